@@ -1,0 +1,258 @@
+//! The model interface: one dyn-compatible trait, provider-neutral request
+//! and response types, and typed errors classified by what the caller should
+//! do next.
+//!
+//! **API boundary:** wire types of a provider (HTTP bodies, llama.cpp
+//! structs) never leave its adapter module. The engine sees only the types
+//! defined here.
+
+mod scripted;
+mod spec;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+pub use scripted::{ScriptError, ScriptedModel};
+pub use spec::{ModelSpec, SpecError};
+
+/// A chat-completion (and optionally embedding) backend.
+///
+/// Required: [`id`](LanguageModel::id) and [`complete`](LanguageModel::complete).
+/// Everything else has a default.
+pub trait LanguageModel: Send + Sync {
+    /// A stable identifier of the concrete model, recorded in events.
+    fn id(&self) -> &str;
+
+    /// Runs one completion request, returning `req.n` choices.
+    fn complete<'a>(&'a self, req: &'a CompletionRequest) -> BoxFuture<'a, Result<Completion, BackendError>>;
+
+    /// Embeds texts. Backends without embeddings keep the default.
+    fn embed<'a>(&'a self, req: &'a EmbeddingRequest) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
+        let _ = req;
+        Box::pin(async move {
+            Err(BackendError::new(self.id(), ErrorKind::Unsupported, "this backend does not provide embeddings"))
+        })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    /// Prompt tokens the request will use, for the budget check made before
+    /// the call. Backends with a tokenizer should count exactly; the default
+    /// over-estimates (one token per 3 bytes plus 4 per message).
+    fn estimate_prompt_tokens(&self, req: &CompletionRequest) -> u64 {
+        req.messages.iter().map(|m| m.content.len() as u64 / 3 + 4).sum()
+    }
+}
+
+/// Compile-time check that the trait stays dyn-compatible.
+#[allow(dead_code)]
+fn _dyn_compatible(_: Arc<dyn LanguageModel>) {}
+
+/// What a backend can do beyond plain completion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    pub logprobs: bool,
+    /// The response format is enforced while decoding (grammar or server-side).
+    pub structured_output: bool,
+    pub embeddings: bool,
+    /// `n` > 1 is served by one call.
+    pub native_n: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn system(content: impl Into<String>) -> Self {
+        Message { role: Role::System, content: content.into() }
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Message { role: Role::User, content: content.into() }
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Message { role: Role::Assistant, content: content.into() }
+    }
+}
+
+/// Sampling settings of one request.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SamplingParams {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub max_tokens: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+}
+
+/// The shape the reply must have.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    #[default]
+    Text,
+    JsonSchema { name: String, schema: serde_json::Value },
+}
+
+/// Who is calling: recorded in events, used by the scripted backend and by
+/// cassettes to key replies. Not sent to providers.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct CallContext {
+    pub node: Arc<str>,
+    pub round: u32,
+    /// 0 for the first attempt; repair attempts count up.
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionRequest {
+    pub messages: Vec<Message>,
+    pub sampling: SamplingParams,
+    /// Number of choices wanted (>= 1).
+    pub n: u32,
+    /// Top-k logprobs per generated token.
+    pub logprobs: Option<u8>,
+    pub response_format: ResponseFormat,
+    pub context: CallContext,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, o: Usage) {
+        self.prompt_tokens += o.prompt_tokens;
+        self.completion_tokens += o.completion_tokens;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    #[default]
+    Stop,
+    Length,
+}
+
+/// Log-probability of one generated token and its top alternatives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub top: Vec<(String, f32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub text: String,
+    pub finish: FinishReason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    pub choices: Vec<Choice>,
+    pub usage: Usage,
+    /// True when the backend could not report usage and it was counted
+    /// another way.
+    pub usage_estimated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingRequest {
+    pub texts: Vec<String>,
+    pub context: CallContext,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub usage: Usage,
+}
+
+/// What the caller should do about a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Worth retrying later: rate limits, 5xx, timeouts, dropped connections.
+    Transient,
+    /// Retrying the same request will fail again.
+    Permanent,
+    /// The prompt (plus max tokens) does not fit the model's context.
+    ContextLength,
+    /// The backend lacks the feature (embeddings, logprobs, ...).
+    Unsupported,
+    /// The model file or endpoint is not usable as configured.
+    Config,
+}
+
+/// A failed backend call.
+#[derive(Debug, thiserror::Error)]
+#[error("{backend}: {message}")]
+pub struct BackendError {
+    pub backend: String,
+    pub kind: ErrorKind,
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl BackendError {
+    pub fn new(backend: &str, kind: ErrorKind, message: impl Into<String>) -> Self {
+        BackendError { backend: backend.to_string(), kind, message: message.into(), source: None }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+}
+
+/// Opens a backend from a spec string. `base_dir` resolves relative paths
+/// (the workflow's directory for specs written in a workflow).
+pub fn open(spec: &str, base_dir: &std::path::Path) -> Result<Arc<dyn LanguageModel>, BackendError> {
+    let parsed = ModelSpec::parse(spec).map_err(|e| BackendError::new(spec, ErrorKind::Config, e.to_string()))?;
+    match parsed {
+        ModelSpec::Scripted { path } => {
+            let path = base_dir.join(path);
+            let model = ScriptedModel::from_file(&path)
+                .map_err(|e| BackendError::new(spec, ErrorKind::Config, e.to_string()))?;
+            Ok(Arc::new(model))
+        }
+        ModelSpec::OpenAi { .. } => Err(BackendError::new(
+            spec,
+            ErrorKind::Unsupported,
+            "the OpenAI-compatible backend is not part of this build yet",
+        )),
+        ModelSpec::Llama { .. } => Err(BackendError::new(
+            spec,
+            ErrorKind::Unsupported,
+            "the llama.cpp backend is not part of this build yet",
+        )),
+    }
+}

@@ -1,0 +1,171 @@
+//! Problems found in a workflow file, and how they are shown to a person.
+//!
+//! Every diagnostic has a stable code (`E0xx`, listed in
+//! `docs/workflow-reference.md`), a message, a span, a short label under the
+//! offending text and an optional help line. Rendering is plain text in the
+//! style of rustc so that it reads well in a terminal and in snapshots.
+
+use std::fmt::Write as _;
+
+use crate::yaml::Span;
+
+/// One problem in a workflow file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Diagnostic {
+    pub code: Code,
+    pub message: String,
+    #[serde(skip)]
+    pub span: Span,
+    pub label: String,
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn new(code: Code, span: Span, message: impl Into<String>) -> Self {
+        Diagnostic { code, message: message.into(), span, label: String::new(), help: None }
+    }
+
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// Renders the diagnostic against the source it was found in.
+    pub fn render(&self, path: &str, source: &str) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "error[{}]: {}", self.code.as_str(), self.message);
+        let line_no = self.span.line.max(1);
+        let _ = writeln!(out, "  --> {}:{}:{}", path, line_no, self.span.col.max(1));
+        if let Some(text) = source.lines().nth(line_no as usize - 1) {
+            let text = clip(text, 160);
+            let gutter = line_no.to_string();
+            let pad = " ".repeat(gutter.len());
+            let start = (self.span.col.max(1) - 1) as usize;
+            let width = if self.span.end_line == self.span.line && self.span.end_col > self.span.col
+            {
+                (self.span.end_col - self.span.col) as usize
+            } else {
+                text.chars().count().saturating_sub(start).max(1)
+            };
+            let width = width.min(text.chars().count().saturating_sub(start).max(1));
+            let _ = writeln!(out, "{pad} |");
+            let _ = writeln!(out, "{gutter} | {text}");
+            let marks = format!("{}{}", " ".repeat(start), "^".repeat(width));
+            if self.label.is_empty() {
+                let _ = writeln!(out, "{pad} | {marks}");
+            } else {
+                let _ = writeln!(out, "{pad} | {marks} {}", self.label);
+            }
+            if let Some(help) = &self.help {
+                let _ = writeln!(out, "{pad} = help: {help}");
+            }
+        } else if let Some(help) = &self.help {
+            let _ = writeln!(out, "   = help: {help}");
+        }
+        out
+    }
+}
+
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        let mut s: String = text.chars().take(max).collect();
+        s.push('…');
+        s
+    }
+}
+
+/// Renders a list of diagnostics, separated by blank lines, with a count.
+pub fn render_all(diagnostics: &[Diagnostic], path: &str, source: &str) -> String {
+    let mut out = String::new();
+    for d in diagnostics {
+        out.push_str(&d.render(path, source));
+        out.push('\n');
+    }
+    let n = diagnostics.len();
+    let _ = writeln!(out, "{path}: {n} error{}", if n == 1 { "" } else { "s" });
+    out
+}
+
+macro_rules! codes {
+    ($($variant:ident = $code:literal: $doc:literal,)*) => {
+        /// Stable diagnostic codes. Never renumber: users search for them.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+        pub enum Code { $(#[doc = $doc] $variant,)* }
+
+        impl Code {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Code::$variant => $code,)* }
+            }
+            pub fn description(self) -> &'static str {
+                match self { $(Code::$variant => $doc,)* }
+            }
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+        }
+    };
+}
+
+codes! {
+    Io = "E001": "the file cannot be read",
+    NotUtf8 = "E002": "the file is not UTF-8 text",
+    YamlSyntax = "E003": "YAML syntax error",
+    YamlLimit = "E004": "the file exceeds a parser limit (size, depth or alias expansion)",
+    Empty = "E005": "the file holds no workflow",
+    UnknownKey = "E010": "a key that the format does not define",
+    WrongType = "E011": "a value of the wrong type",
+    MissingKey = "E012": "a required key is missing",
+    BadVersion = "E013": "unsupported or missing `version`",
+    InvalidValue = "E014": "a value outside its allowed range or set",
+    DuplicateId = "E020": "two nodes, inputs, models or loops share a name",
+    UnknownNode = "E021": "a reference to a node that does not exist",
+    UnknownModel = "E022": "a node names a model that is not declared",
+    Unreachable = "E023": "a node cannot be reached from any start node",
+    UnboundedCycle = "E024": "a cycle of edges with no loop (no stop rule)",
+    BadLoop = "E025": "a loop whose back edge does not close a cycle, or whose body is malformed",
+    NoStart = "E026": "no node without incoming edges to start from",
+    MissingPrompt = "E030": "a prompt file that does not exist or cannot be read",
+    TemplateSyntax = "E031": "a template that does not parse",
+    UnknownVariable = "E032": "a template or condition variable that no input or upstream node provides",
+    InvalidCondition = "E033": "a condition expression that does not parse",
+    BadBudget = "E040": "a budget limit that makes no sense",
+    BadOutput = "E050": "an output that names nothing usable",
+    BadSchema = "E060": "an invalid JSON Schema",
+    BadRegex = "E061": "an invalid regular expression",
+    BadModelSpec = "E070": "a model spec string that cannot be parsed",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_with_excerpt_label_and_help() {
+        let src = "edges:\n  - from: draft\n    to: critque\n";
+        let d = Diagnostic::new(
+            Code::UnknownNode,
+            Span { line: 3, col: 9, end_line: 3, end_col: 16 },
+            "edge target `critque` is not a defined node",
+        )
+        .label("unknown node")
+        .help("did you mean `critique`?");
+        let text = d.render("w.yaml", src);
+        assert_eq!(
+            text,
+            "error[E021]: edge target `critque` is not a defined node\n  --> w.yaml:3:9\n  |\n3 |     to: critque\n  |         ^^^^^^^ unknown node\n  = help: did you mean `critique`?\n"
+        );
+    }
+
+    #[test]
+    fn codes_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for c in Code::ALL {
+            assert!(seen.insert(c.as_str()), "duplicate code {}", c.as_str());
+        }
+    }
+}

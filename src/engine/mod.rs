@@ -1,0 +1,221 @@
+//! The engine: runs a checked [`Workflow`] against language models.
+//!
+//! Entry point: [`Engine::run`]. The scheduler (one task, owning all run
+//! state) starts nodes whose inputs are ready, runs them concurrently as
+//! futures, and applies their results: edges fire or are skipped, loops start
+//! new rounds or stop, and every step is an [`Event`].
+//!
+//! **Invariants:**
+//! - the run state is touched only by the scheduler; node futures get an
+//!   immutable snapshot and return an output;
+//! - a node inside a loop runs at most once per round, and a loop body runs
+//!   at most `max_rounds` times;
+//! - a run always ends with a [`RunSummary`] holding the best output so far,
+//!   whatever stopped it (budget, failure, cancellation).
+
+mod nodes;
+mod scheduler;
+mod state;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub use tokio_util::sync::CancellationToken;
+
+use crate::backend::{BackendError, LanguageModel};
+use crate::budget::{Exhausted, Limits, Meter, Scope};
+use crate::event::{Event, NoRecorder, Recorder};
+use crate::metrics::{FailureKind, RunSummary, Tally};
+use crate::template::TemplateError;
+use crate::workflow::{InputType, Workflow};
+
+pub use state::NodeOutput;
+
+/// Runs workflows. Holds model overrides and the event recorder; cheap to
+/// share between runs.
+pub struct Engine {
+    models: HashMap<String, Arc<dyn LanguageModel>>,
+    recorder: Arc<dyn Recorder>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new()
+    }
+}
+
+/// Options of one run.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Input values by name (JSON).
+    pub inputs: serde_json::Map<String, serde_json::Value>,
+    /// Workflow-level limits that override the file's.
+    pub budget: Limits,
+    /// Cancel to stop the run; finished work is kept and reported.
+    pub cancel: CancellationToken,
+}
+
+/// A run that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("input `{name}`: {reason}")]
+    Input { name: String, reason: String },
+    #[error("model `{name}` could not be opened: {source}")]
+    Model { name: String, source: BackendError },
+}
+
+/// Why a node failed; the run stops on any of these except budget ones
+/// below workflow level.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Budget(Exhausted),
+    #[error(transparent)]
+    Backend(BackendError),
+    #[error("node `{node}`: the reply does not satisfy the schema: {error}")]
+    InvalidOutput { node: String, error: String, raw: String },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("{0}")]
+    Data(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl NodeError {
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            NodeError::Backend(_) | NodeError::InvalidOutput { .. } => FailureKind::Backend,
+            _ => FailureKind::Workflow,
+        }
+    }
+}
+
+/// State shared by the scheduler and node futures.
+pub(crate) struct Shared {
+    pub wf: Arc<Workflow>,
+    pub models: Vec<Arc<dyn LanguageModel>>,
+    pub meter: Meter,
+    pub permits: tokio::sync::Semaphore,
+    pub names: Arc<state::Names>,
+    recorder: Arc<dyn Recorder>,
+    tally: Mutex<Tally>,
+}
+
+impl Shared {
+    pub fn emit(&self, event: Event) {
+        self.tally.lock().unwrap_or_else(|e| e.into_inner()).observe(&event);
+        self.recorder.record(&event);
+    }
+}
+
+impl Engine {
+    pub fn new() -> Engine {
+        Engine { models: HashMap::new(), recorder: Arc::new(NoRecorder) }
+    }
+
+    /// Uses `model` for the workflow model named `name`, instead of its spec.
+    pub fn with_model(mut self, name: impl Into<String>, model: Arc<dyn LanguageModel>) -> Engine {
+        self.models.insert(name.into(), model);
+        self
+    }
+
+    /// Sends every event of every run to `recorder`.
+    pub fn with_recorder(mut self, recorder: Arc<dyn Recorder>) -> Engine {
+        self.recorder = recorder;
+        self
+    }
+
+    /// Opens the workflow's models: overrides first, else their specs
+    /// (relative paths resolve against the workflow's directory).
+    pub fn open_models(&self, wf: &Workflow) -> Result<Vec<Arc<dyn LanguageModel>>, RunError> {
+        let base = wf.path.as_deref().and_then(Path::parent).unwrap_or(Path::new("."));
+        wf.models
+            .iter()
+            .map(|m| match self.models.get(&m.name) {
+                Some(model) => Ok(model.clone()),
+                None => crate::backend::open(&m.spec, base).map_err(|source| RunError::Model { name: m.name.clone(), source }),
+            })
+            .collect()
+    }
+
+    /// Runs a workflow to the end and returns its summary.
+    pub async fn run(&self, wf: Arc<Workflow>, opts: RunOptions) -> Result<RunSummary, RunError> {
+        let inputs = resolve_inputs(&wf, &opts.inputs)?;
+        let models = self.open_models(&wf)?;
+        let mut budget = wf.budget;
+        budget.overlay(&opts.budget);
+        let mut scopes = vec![(Scope::Workflow, budget)];
+        scopes.extend(wf.loops.iter().map(|l| (Scope::Loop(l.id.clone()), l.budget)));
+        scopes.extend(wf.nodes.iter().map(|n| (Scope::Node(n.id.clone()), n.budget)));
+        let ids: Vec<Arc<str>> = wf.nodes.iter().map(|n| Arc::from(n.id.as_str())).collect();
+        let names = Arc::new(state::Names {
+            index: ids.iter().cloned().enumerate().map(|(i, id)| (id, i)).collect(),
+            ids,
+        });
+        let shared = Arc::new(Shared {
+            models,
+            meter: Meter::new(scopes),
+            permits: tokio::sync::Semaphore::new(wf.concurrency),
+            names,
+            recorder: self.recorder.clone(),
+            tally: Mutex::new(Tally::default()),
+            wf,
+        });
+        Ok(scheduler::Run::new(shared, inputs).execute(opts.cancel).await)
+    }
+}
+
+/// Checks given inputs against the declared ones and fills defaults.
+fn resolve_inputs(
+    wf: &Workflow,
+    given: &serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Map<String, serde_json::Value>, RunError> {
+    for name in given.keys() {
+        if !wf.inputs.iter().any(|i| &i.name == name) {
+            let known: Vec<&str> = wf.inputs.iter().map(|i| i.name.as_str()).collect();
+            let hint = match crate::workflow::raw::did_you_mean(name, known.iter().copied()) {
+                Some(b) => format!("did you mean `{b}`?"),
+                None if known.is_empty() => "the workflow declares no inputs".to_string(),
+                None => format!("declared inputs: {}", known.join(", ")),
+            };
+            return Err(RunError::Input { name: name.clone(), reason: format!("not declared by the workflow; {hint}") });
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for decl in &wf.inputs {
+        let value = match given.get(&decl.name).or(decl.default.as_ref()) {
+            Some(v) => v.clone(),
+            None => {
+                return Err(RunError::Input { name: decl.name.clone(), reason: "is required (no default); pass it with --input".into() });
+            }
+        };
+        if !decl.ty.accepts(&value) {
+            return Err(RunError::Input { name: decl.name.clone(), reason: format!("expected {}, got {value}", decl.ty.name()) });
+        }
+        out.insert(decl.name.clone(), value);
+    }
+    Ok(out)
+}
+
+/// Parses a `--input k=v` value by the declared type of `k`.
+pub fn parse_input_value(wf: &Workflow, name: &str, raw: &str) -> Result<serde_json::Value, RunError> {
+    let ty = wf.inputs.iter().find(|i| i.name == name).map_or(InputType::String, |i| i.ty);
+    let err = |what: &str| RunError::Input { name: name.to_string(), reason: format!("{raw:?} is not {what}") };
+    match ty {
+        InputType::String => Ok(serde_json::Value::String(raw.to_string())),
+        InputType::Integer => raw.trim().parse::<i64>().map(Into::into).map_err(|_| err("an integer")),
+        InputType::Number => raw
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| err("a number")),
+        InputType::Boolean => raw.trim().parse::<bool>().map(Into::into).map_err(|_| err("true or false")),
+        InputType::Object | InputType::Array | InputType::Any => {
+            serde_json::from_str(raw).or_else(|e| if ty == InputType::Any { Ok(serde_json::Value::String(raw.to_string())) } else { Err(e) }).map_err(|_| err("JSON"))
+        }
+    }
+}

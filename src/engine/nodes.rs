@@ -1,0 +1,471 @@
+//! Running one node: render its prompts, call its model under the budget,
+//! check structured output, and build its output value.
+//!
+//! **Invariant:** every model call goes through [`Task::call`], which
+//! reserves the worst case in the budget before the call and settles the
+//! actual usage after it. No other code talks to a backend.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use minijinja::Value;
+use serde_json::json;
+
+use super::state::{NodeOutput, NodeScope, ScopeData};
+use super::{NodeError, Shared};
+use crate::backend::{CallContext, Completion, CompletionRequest, Message, ResponseFormat, SamplingParams};
+use crate::budget::Spend;
+use crate::event::{Event, ModelCallEvent};
+use crate::workflow::{Check, ModelCall, NodeKind, Order, Schema, SelectSpec, VerifySpec, VoteSpec};
+
+/// One node execution, owned by its future.
+pub(crate) struct Task {
+    pub shared: Arc<Shared>,
+    pub node: usize,
+    pub round: u32,
+    pub data: Arc<ScopeData>,
+    pub loop_info: Option<Value>,
+    /// Budget scopes this node's calls are charged to.
+    pub scopes: Vec<usize>,
+    /// The artifact text before this node ran (for `revise`'s `changed`).
+    pub artifact_text: Option<String>,
+}
+
+/// What a model node produced.
+struct Reply {
+    texts: Vec<String>,
+    data: Option<serde_json::Value>,
+    completion: Completion,
+}
+
+impl Task {
+    fn scope(&self, extra: Option<(&'static str, Value)>) -> Value {
+        NodeScope { data: self.data.clone(), round: self.round, loop_info: self.loop_info.clone(), extra }.into_value()
+    }
+
+    fn id(&self) -> &str {
+        &self.shared.wf.nodes[self.node].id
+    }
+
+    pub async fn run(self) -> Result<NodeOutput, NodeError> {
+        let wf = self.shared.wf.clone();
+        let spec = &wf.nodes[self.node];
+        match &spec.kind {
+            NodeKind::Generate(call) | NodeKind::Critique(call) => {
+                let (reply, tokens) = self.model_node(call).await?;
+                Ok(NodeOutput::new(self.model_output(&reply, None), tokens))
+            }
+            NodeKind::Revise(call) => {
+                let (reply, tokens) = self.model_node(call).await?;
+                let changed = self.artifact_text.as_deref() != Some(reply.texts[0].as_str());
+                Ok(NodeOutput::new(self.model_output(&reply, Some(changed)), tokens))
+            }
+            NodeKind::Verify(v) => self.verify(v).await,
+            NodeKind::Select(s) => self.select(s),
+            NodeKind::Vote(v) => self.vote(v),
+        }
+    }
+
+    fn model_output(&self, reply: &Reply, changed: Option<bool>) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        if let Some(serde_json::Value::Object(fields)) = &reply.data {
+            out.extend(fields.clone());
+        }
+        if let Some(data) = &reply.data {
+            out.insert("data".into(), data.clone());
+        }
+        out.insert("text".into(), json!(reply.texts[0]));
+        if reply.texts.len() > 1 {
+            out.insert("samples".into(), json!(reply.texts));
+        }
+        if let Some(c) = changed {
+            out.insert("changed".into(), json!(c));
+        }
+        out.insert("round".into(), json!(self.round));
+        out.insert("finish".into(), json!(reply.completion.choices[0].finish));
+        serde_json::Value::Object(out)
+    }
+
+    /// Renders the messages of a model call.
+    fn messages(&self, call: &ModelCall, scope: &Value) -> Result<Vec<Message>, NodeError> {
+        let t = &self.shared.wf.templates;
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = &call.system {
+            messages.push(Message::system(t.render(system, scope)?));
+        }
+        messages.push(Message::user(t.render(&call.prompt, scope)?));
+        Ok(messages)
+    }
+
+    /// Calls the node's model, repairing invalid structured output by feeding
+    /// the error back, up to `repair_attempts` times.
+    async fn model_node(&self, call: &ModelCall) -> Result<(Reply, u64), NodeError> {
+        let scope = self.scope(None);
+        let mut messages = self.messages(call, &scope)?;
+        let mut tokens = 0;
+        let mut attempt = 0;
+        loop {
+            let completion = self.call(call, messages.clone(), attempt).await?;
+            tokens += completion.usage.total();
+            let texts: Vec<String> = completion.choices.iter().map(|c| c.text.clone()).collect();
+            let Some(schema) = &call.schema else {
+                return Ok((Reply { texts, data: None, completion }, tokens));
+            };
+            match parse_structured(&texts[0], schema) {
+                Ok(data) => return Ok((Reply { texts, data: Some(data), completion }, tokens)),
+                Err(error) => {
+                    self.shared.emit(Event::InvalidOutput {
+                        node: self.id().to_string(),
+                        round: self.round,
+                        attempt,
+                        error: error.clone(),
+                        raw: texts[0].clone(),
+                    });
+                    if attempt >= call.repair_attempts {
+                        return Err(NodeError::InvalidOutput { node: self.id().to_string(), error, raw: texts[0].clone() });
+                    }
+                    attempt += 1;
+                    messages.push(Message::assistant(texts[0].clone()));
+                    messages.push(Message::user(format!(
+                        "That reply is not valid: {error}. Reply again with only a JSON value that satisfies this JSON Schema:\n{}",
+                        schema.source
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The one place that calls a backend: budget check, call, metering, event.
+    async fn call(&self, call: &ModelCall, messages: Vec<Message>, attempt: u32) -> Result<Completion, NodeError> {
+        let sh = &self.shared;
+        let decl = &sh.wf.models[call.model];
+        let model = &sh.models[call.model];
+        let max_tokens = call.sampling.max_tokens.unwrap_or(decl.max_tokens);
+        let req = CompletionRequest {
+            messages,
+            sampling: SamplingParams {
+                temperature: call.sampling.temperature,
+                top_p: call.sampling.top_p,
+                seed: call.sampling.seed,
+                max_tokens,
+                stop: call.sampling.stop.clone(),
+            },
+            n: call.n,
+            logprobs: call.logprobs,
+            response_format: match &call.schema {
+                Some(s) => ResponseFormat::JsonSchema { name: self.id().to_string(), schema: s.source.clone() },
+                None => ResponseFormat::Text,
+            },
+            context: CallContext { node: sh.names.ids[self.node].clone(), round: self.round, attempt },
+        };
+        let prompt_est = model.estimate_prompt_tokens(&req);
+        let completion_max = call.n as u64 * max_tokens as u64;
+        let worst = Spend {
+            tokens: prompt_est + completion_max,
+            calls: 1,
+            cost_usd: decl.price.cost(prompt_est, completion_max),
+        };
+        let _permit = sh.permits.acquire().await.map_err(|_| NodeError::Cancelled)?;
+        let reservation = match sh.meter.reserve(&self.scopes, worst) {
+            Ok(r) => r,
+            Err(e) => return Err(NodeError::Budget(e)),
+        };
+        let started = Instant::now();
+        let fut = model.complete(&req);
+        let result = match sh.meter.time_left(&self.scopes) {
+            Some((left, scope)) => match tokio::time::timeout(left, fut).await {
+                Ok(r) => r,
+                Err(_) => {
+                    sh.meter.release(reservation);
+                    return Err(NodeError::Budget(sh.meter.out_of_time(scope)));
+                }
+            },
+            None => fut.await,
+        };
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let mut event = ModelCallEvent {
+            node: self.id().to_string(),
+            round: self.round,
+            model: decl.name.clone(),
+            model_id: model.id().to_string(),
+            attempt,
+            n: call.n,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            usage_estimated: false,
+            latency_ms,
+            cost_usd: 0.0,
+            error: None,
+        };
+        match result {
+            Ok(c) if c.choices.is_empty() => {
+                sh.meter.release(reservation);
+                event.error = Some("the backend returned no choices".into());
+                sh.emit(Event::ModelCall(event));
+                Err(NodeError::Backend(crate::backend::BackendError::new(
+                    model.id(),
+                    crate::backend::ErrorKind::Permanent,
+                    "the backend returned no choices",
+                )))
+            }
+            Ok(c) => {
+                let cost = decl.price.cost(c.usage.prompt_tokens, c.usage.completion_tokens);
+                let warnings = sh.meter.settle(reservation, Spend { tokens: c.usage.total(), calls: 1, cost_usd: cost });
+                event.prompt_tokens = c.usage.prompt_tokens;
+                event.completion_tokens = c.usage.completion_tokens;
+                event.usage_estimated = c.usage_estimated;
+                event.cost_usd = cost;
+                sh.emit(Event::ModelCall(event));
+                for w in warnings {
+                    sh.emit(Event::BudgetWarning(w));
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                // The call was made: it counts, though it used no tokens we know of.
+                let _ = sh.meter.settle(reservation, Spend { tokens: 0, calls: 1, cost_usd: 0.0 });
+                event.error = Some(e.to_string());
+                sh.emit(Event::ModelCall(event));
+                Err(NodeError::Backend(e))
+            }
+        }
+    }
+
+    async fn verify(&self, v: &VerifySpec) -> Result<NodeOutput, NodeError> {
+        let t = &self.shared.wf.templates;
+        let scope = self.scope(None);
+        let target = t.render(&v.target, &scope)?;
+        let mut results = Vec::with_capacity(v.checks.len());
+        let mut tokens = 0;
+        let mut confidence_source = None;
+        for check in &v.checks {
+            let (score, detail) = match check {
+                Check::Exact { expected, ignore_case } => {
+                    let expected = t.render(expected, &scope)?;
+                    let (a, b) = (target.trim(), expected.trim());
+                    let ok = if *ignore_case { a.to_lowercase() == b.to_lowercase() } else { a == b };
+                    (ok as u8 as f64, if ok { "matches".to_string() } else { format!("expected {b:?}, got {a:?}") })
+                }
+                Check::Regex(re) => {
+                    let ok = re.is_match(&target);
+                    (ok as u8 as f64, if ok { "matches".into() } else { format!("does not match /{}/", re.as_str()) })
+                }
+                Check::Numeric { expected, tolerance } => {
+                    let expected_text = t.render(expected, &scope)?;
+                    match (last_number(&target), last_number(&expected_text)) {
+                        (Some(got), Some(want)) => {
+                            let ok = (got - want).abs() <= *tolerance;
+                            (ok as u8 as f64, if ok { format!("{got} is within {tolerance} of {want}") } else { format!("expected {want}, got {got}") })
+                        }
+                        (None, _) => (0.0, "no number in the answer".to_string()),
+                        (_, None) => return Err(NodeError::Data(format!("numeric check of `{}`: the expected value {expected_text:?} holds no number", self.id()))),
+                    }
+                }
+                Check::JsonSchema(schema) => match parse_structured(&target, schema) {
+                    Ok(_) => (1.0, "valid JSON for the schema".to_string()),
+                    Err(e) => (0.0, e),
+                },
+                Check::Judge(call) => {
+                    let scope = self.scope(Some(("target", Value::from(target.clone()))));
+                    let messages = self.messages(call, &scope)?;
+                    let completion = self.call(call, messages, 0).await?;
+                    tokens += completion.usage.total();
+                    let (confidence, source) = judge_confidence(&completion);
+                    confidence_source = Some(source);
+                    let text = completion.choices[0].text.trim().chars().take(200).collect::<String>();
+                    (confidence, format!("judge confidence {confidence:.3} ({source}): {text}"))
+                }
+            };
+            results.push(json!({ "check": check.name(), "passed": score >= 0.5, "score": score, "detail": detail }));
+        }
+        let passed = results.iter().all(|r| r["passed"] == json!(true));
+        let score = if results.is_empty() { 0.0 } else { results.iter().map(|r| r["score"].as_f64().unwrap_or(0.0)).sum::<f64>() / results.len() as f64 };
+        let feedback: Vec<String> = results
+            .iter()
+            .filter(|r| r["passed"] == json!(false))
+            .map(|r| format!("{}: {}", r["check"].as_str().unwrap_or(""), r["detail"].as_str().unwrap_or("")))
+            .collect();
+        self.shared.emit(Event::Verdict { node: self.id().to_string(), round: self.round, passed, score, confidence_source });
+        let out = json!({
+            "passed": passed,
+            "score": score,
+            "checks": results,
+            "feedback": feedback.join("\n"),
+            "target": target,
+            "round": self.round,
+        });
+        Ok(NodeOutput::new(out, tokens))
+    }
+
+    fn samples_of(&self, from: usize) -> Result<Vec<serde_json::Value>, NodeError> {
+        let out = self.data.outputs[from].as_ref().ok_or_else(|| NodeError::Data(format!("`{}` reads `{}`, which has no output yet", self.id(), self.shared.wf.nodes[from].id)))?;
+        let json: serde_json::Value = serde_json::to_value(out).map_err(|e| NodeError::Data(e.to_string()))?;
+        let texts: Vec<serde_json::Value> = match json.get("samples").and_then(|s| s.as_array()) {
+            Some(s) => s.clone(),
+            None => vec![json.get("text").cloned().unwrap_or(serde_json::Value::Null)],
+        };
+        Ok(texts)
+    }
+
+    fn select(&self, s: &SelectSpec) -> Result<NodeOutput, NodeError> {
+        let samples = self.samples_of(s.from)?;
+        let mut best: Option<(usize, f64)> = None;
+        let mut scores = Vec::with_capacity(samples.len());
+        for (i, sample) in samples.iter().enumerate() {
+            let bound = Value::from_serialize(json!({ "text": sample, "index": i }));
+            let score = self.shared.wf.templates.number(&s.by, &self.scope(Some(("sample", bound))))?;
+            scores.push(score);
+            let better = match best {
+                None => true,
+                Some((_, b)) => match s.order {
+                    Order::Max => score > b,
+                    Order::Min => score < b,
+                },
+            };
+            if better {
+                best = Some((i, score));
+            }
+        }
+        let (index, score) = best.ok_or_else(|| NodeError::Data(format!("`{}` has no samples to select from", self.id())))?;
+        Ok(NodeOutput::new(json!({ "text": samples[index], "index": index, "score": score, "scores": scores, "round": self.round }), 0))
+    }
+
+    fn vote(&self, v: &VoteSpec) -> Result<NodeOutput, NodeError> {
+        let samples = self.samples_of(v.from)?;
+        let mut counts: Vec<(String, u32)> = Vec::new();
+        for s in &samples {
+            let text = s.as_str().unwrap_or_default();
+            let answer = match &v.extract {
+                Some(re) => match re.captures(text) {
+                    Some(c) => c.get(1).or_else(|| c.get(0)).map(|m| m.as_str().trim().to_string()),
+                    None => None,
+                },
+                None => Some(text.trim().to_string()),
+            };
+            if let Some(a) = answer {
+                match counts.iter_mut().find(|(k, _)| *k == a) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((a, 1)),
+                }
+            }
+        }
+        // Ties go to the answer seen first.
+        let winner = counts.iter().fold(None::<&(String, u32)>, |best, c| match best {
+            Some(b) if b.1 >= c.1 => Some(b),
+            _ => Some(c),
+        });
+        let (answer, votes) = winner.cloned().ok_or_else(|| NodeError::Data(format!("`{}`: no sample contained an answer", self.id())))?;
+        let tally: serde_json::Map<String, serde_json::Value> = counts.iter().map(|(k, n)| (k.clone(), json!(n))).collect();
+        Ok(NodeOutput::new(json!({ "text": answer, "votes": tally, "agreement": votes as f64 / samples.len() as f64, "round": self.round }), 0))
+    }
+}
+
+/// Parses a reply as JSON (whole, fenced, or the outermost `{...}`/`[...]`)
+/// and validates it against the schema.
+pub(crate) fn parse_structured(text: &str, schema: &Schema) -> Result<serde_json::Value, String> {
+    let value = extract_json(text).ok_or_else(|| "the reply holds no JSON value".to_string())?;
+    let violations = schema.violations(&value);
+    if violations.is_empty() { Ok(value) } else { Err(format!("the JSON does not satisfy the schema: {}", violations.join("; "))) }
+}
+
+fn extract_json(text: &str) -> Option<serde_json::Value> {
+    let t = text.trim();
+    if let Ok(v) = serde_json::from_str(t) {
+        return Some(v);
+    }
+    if let Some(start) = t.find("```") {
+        let body = &t[start + 3..];
+        let body = body.strip_prefix("json").unwrap_or(body);
+        if let Some(end) = body.find("```") {
+            if let Ok(v) = serde_json::from_str(body[..end].trim()) {
+                return Some(v);
+            }
+        }
+    }
+    for (open, close) in [('{', '}'), ('[', ']')] {
+        if let (Some(a), Some(b)) = (t.find(open), t.rfind(close)) {
+            if a < b {
+                if let Ok(v) = serde_json::from_str(&t[a..=b]) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The last number in a text (commas between digits ignored).
+pub(crate) fn last_number(text: &str) -> Option<f64> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| regex::Regex::new(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?").expect("valid"));
+    re.find_iter(text).last().and_then(|m| m.as_str().replace(',', "").parse().ok())
+}
+
+/// A judge's confidence in "yes": p(Yes)/(p(Yes)+p(No)) from the first
+/// token's top logprobs when present, else parsed from the text.
+pub(crate) fn judge_confidence(c: &Completion) -> (f64, &'static str) {
+    let choice = &c.choices[0];
+    if let Some(first) = choice.logprobs.as_ref().and_then(|l| l.first()) {
+        let mut candidates = first.top.clone();
+        candidates.push((first.token.clone(), first.logprob));
+        let p = |word: &str| -> f64 {
+            let mut seen = std::collections::HashSet::new();
+            candidates
+                .iter()
+                .filter(|(t, _)| t.trim().eq_ignore_ascii_case(word) && seen.insert(t.clone()))
+                .map(|(_, lp)| (*lp as f64).exp())
+                .sum()
+        };
+        let (yes, no) = (p("yes"), p("no"));
+        if yes + no > 0.0 {
+            return (yes / (yes + no), "logprobs");
+        }
+    }
+    let text = choice.text.trim();
+    if let Some(v) = extract_json(text) {
+        let verdict = v.get("verdict").or_else(|| v.get("answer")).and_then(|x| x.as_str()).map(str::to_lowercase);
+        let confidence = v.get("confidence").and_then(|x| x.as_f64()).map(|c| c.clamp(0.0, 1.0));
+        match (verdict.as_deref(), confidence) {
+            (Some("yes"), Some(c)) => return (c, "verbalized"),
+            (Some("no"), Some(c)) => return (1.0 - c, "verbalized"),
+            (Some("yes"), None) => return (1.0, "verbalized"),
+            (Some("no"), None) => return (0.0, "verbalized"),
+            _ => {}
+        }
+    }
+    let first = text.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("").to_lowercase();
+    (if first == "yes" { 1.0 } else { 0.0 }, "verbalized")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Choice, FinishReason, TokenLogprob, Usage};
+
+    fn completion(text: &str, logprobs: Option<Vec<TokenLogprob>>) -> Completion {
+        Completion { choices: vec![Choice { text: text.into(), finish: FinishReason::Stop, logprobs }], usage: Usage::default(), usage_estimated: false }
+    }
+
+    #[test]
+    fn confidence_from_logprobs() {
+        let lp = TokenLogprob { token: "Yes".into(), logprob: (0.6f32).ln(), top: vec![("Yes".into(), (0.6f32).ln()), (" No".into(), (0.2f32).ln())] };
+        let (c, src) = judge_confidence(&completion("Yes", Some(vec![lp])));
+        assert_eq!(src, "logprobs");
+        assert!((c - 0.75).abs() < 1e-6, "{c}");
+    }
+
+    #[test]
+    fn confidence_verbalized() {
+        assert_eq!(judge_confidence(&completion("{\"verdict\": \"no\", \"confidence\": 0.9}", None)).0, 1.0 - 0.9);
+        assert_eq!(judge_confidence(&completion("Yes, it is right.", None)), (1.0, "verbalized"));
+        assert_eq!(judge_confidence(&completion("Nope", None)), (0.0, "verbalized"));
+    }
+
+    #[test]
+    fn numbers_and_json_are_found_in_prose() {
+        assert_eq!(last_number("so the total is 1,234.5 dollars"), Some(1234.5));
+        assert_eq!(last_number("none"), None);
+        assert_eq!(extract_json("Sure!\n```json\n{\"a\": 1}\n```"), Some(json!({"a": 1})));
+        assert_eq!(extract_json("Here: {\"a\": [1]} ok"), Some(json!({"a": [1]})));
+    }
+}

@@ -1,0 +1,552 @@
+//! The scheduler: dataflow over forward edges, rounds over loop back edges.
+//!
+//! - A node is *ready* when every incoming forward edge is resolved and at
+//!   least one fired; when all resolved and none fired it is *skipped*, and
+//!   the skip propagates (dead-path elimination).
+//! - An edge leaving an active loop stays unresolved while the loop may still
+//!   iterate: a later round can fire it. When the loop stops, it is skipped.
+//! - A loop round ends when no body node is ready or running. If the back
+//!   edge's source finished in that round and no stop rule holds, the body is
+//!   reset (outputs kept, visible as the previous round's) and the head runs
+//!   again with round + 1.
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use minijinja::Value;
+
+use super::nodes::Task;
+use super::state::{NodeOutput, NodeScope, ScopeData};
+use super::{CancellationToken, NodeError, Shared};
+use crate::budget::{Exhausted, Scope};
+use crate::event::{Event, NodeStatus, StopReason};
+use crate::metrics::{FailureKind, LoopReport, OutputSource, RoundRecord, RunStatus, RunSummary};
+use crate::workflow::{NodeKind, Selection};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    Pending,
+    Ready,
+    Running,
+    Done,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Es {
+    Unresolved,
+    Fired,
+    Skipped,
+}
+
+#[derive(Debug, Default)]
+struct LoopRt {
+    active: bool,
+    round: u32,
+    back_requested: bool,
+    budget_hit: bool,
+    records: Vec<RoundRecord>,
+    round_tokens: u64,
+    round_config: Option<u64>,
+    round_win: bool,
+    best_score: Option<f64>,
+    stale: u32,
+}
+
+struct Candidate {
+    node: usize,
+    round: u32,
+    output: Arc<NodeOutput>,
+    passed: Option<bool>,
+    score: Option<f64>,
+}
+
+enum Stop {
+    Budget(Exhausted),
+    Failed(FailureKind, String),
+    Interrupted,
+}
+
+type Finished = (usize, u32, Result<NodeOutput, NodeError>, Instant);
+
+pub(crate) struct Run {
+    sh: Arc<Shared>,
+    inputs: Value,
+    inputs_json: serde_json::Value,
+    status: Vec<St>,
+    edges: Vec<Es>,
+    outputs: Vec<Option<Arc<NodeOutput>>>,
+    history: Vec<Vec<Value>>,
+    runs: Vec<u32>,
+    loops: Vec<LoopRt>,
+    reports: Vec<LoopReport>,
+    candidates: Vec<Candidate>,
+    ready: VecDeque<usize>,
+    snapshot: Option<Arc<ScopeData>>,
+    stop: Option<Stop>,
+    started: Instant,
+}
+
+impl Run {
+    pub fn new(sh: Arc<Shared>, inputs: serde_json::Map<String, serde_json::Value>) -> Run {
+        let wf = &sh.wf;
+        let (n, e, l) = (wf.nodes.len(), wf.edges.len(), wf.loops.len());
+        let inputs_json = serde_json::Value::Object(inputs);
+        Run {
+            inputs: Value::from_serialize(&inputs_json),
+            inputs_json,
+            status: vec![St::Pending; n],
+            edges: vec![Es::Unresolved; e],
+            outputs: vec![None; n],
+            history: vec![Vec::new(); n],
+            runs: vec![0; n],
+            loops: (0..l).map(|_| LoopRt { round: 1, ..LoopRt::default() }).collect(),
+            reports: Vec::new(),
+            candidates: Vec::new(),
+            ready: VecDeque::new(),
+            snapshot: None,
+            stop: None,
+            started: Instant::now(),
+            sh,
+        }
+    }
+
+    pub async fn execute(mut self, cancel: CancellationToken) -> RunSummary {
+        let sh = self.sh.clone();
+        sh.emit(Event::RunStarted { workflow: sh.wf.name.clone(), inputs: self.inputs_json.clone() });
+        for &s in &sh.wf.topology.starts {
+            self.status[s] = St::Ready;
+            self.ready.push_back(s);
+        }
+        let mut in_flight: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
+        loop {
+            if self.stop.is_none() {
+                while let Some(node) = self.ready.pop_front() {
+                    in_flight.push(self.start(node));
+                }
+            }
+            // After a budget stop, calls already in flight finish (their
+            // cost is reserved), so their results are not thrown away.
+            if in_flight.is_empty() || matches!(self.stop, Some(Stop::Failed(..) | Stop::Interrupted)) {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    self.stop = Some(Stop::Interrupted);
+                    break;
+                }
+                Some((node, round, result, started)) = in_flight.next() => {
+                    self.finish(node, round, result, started);
+                }
+            }
+        }
+        drop(in_flight);
+        self.summary()
+    }
+
+    fn round_of(&self, node: usize) -> u32 {
+        self.sh.wf.topology.loops_of[node].first().map_or(1, |&l| self.loops[l].round)
+    }
+
+    fn loop_info(&self, node: usize) -> Option<Value> {
+        let &li = self.sh.wf.topology.loops_of[node].first()?;
+        let spec = &self.sh.wf.loops[li];
+        let round = self.loops[li].round;
+        Some(Value::from_serialize(serde_json::json!({
+            "id": spec.id, "round": round, "max_rounds": spec.max_rounds, "last": round >= spec.max_rounds,
+        })))
+    }
+
+    fn data(&mut self) -> Arc<ScopeData> {
+        if let Some(d) = &self.snapshot {
+            return d.clone();
+        }
+        let d = Arc::new(ScopeData {
+            names: self.sh.names.clone(),
+            inputs: self.inputs.clone(),
+            outputs: self.outputs.iter().map(|o| o.as_ref().map(|o| o.value.clone())).collect(),
+            history: self.history.iter().map(|h| Value::from(h.clone())).collect(),
+            artifact: self.candidates.last().map(|c| c.output.value.clone()),
+        });
+        self.snapshot = Some(d.clone());
+        d
+    }
+
+    fn scope(&mut self, node: usize) -> Value {
+        NodeScope { data: self.data(), round: self.round_of(node), loop_info: self.loop_info(node), extra: None }.into_value()
+    }
+
+    fn start(&mut self, node: usize) -> BoxFuture<'static, Finished> {
+        let sh = self.sh.clone();
+        let wf = &sh.wf;
+        for &li in &wf.topology.loops_of[node] {
+            if wf.loops[li].to == node && !self.loops[li].active {
+                self.loops[li].active = true;
+                sh.emit(Event::LoopRound { loop_id: wf.loops[li].id.clone(), round: self.loops[li].round });
+            }
+        }
+        self.status[node] = St::Running;
+        let round = self.round_of(node);
+        sh.emit(Event::NodeStarted { node: wf.nodes[node].id.clone(), kind: wf.nodes[node].kind.name(), round });
+        let mut scopes = Vec::with_capacity(2 + wf.topology.loops_of[node].len());
+        scopes.push(0);
+        scopes.extend(wf.topology.loops_of[node].iter().map(|&l| 1 + l).filter(|&i| !wf.loops[i - 1].budget.is_unlimited()));
+        if !wf.nodes[node].budget.is_unlimited() {
+            scopes.push(1 + wf.loops.len() + node);
+        }
+        let task = Task {
+            shared: sh.clone(),
+            node,
+            round,
+            data: self.data(),
+            loop_info: self.loop_info(node),
+            scopes,
+            artifact_text: self.candidates.last().and_then(|c| c.output.text.clone()),
+        };
+        let started = Instant::now();
+        Box::pin(async move { (node, round, task.run().await, started) })
+    }
+
+    fn finish(&mut self, node: usize, round: u32, result: Result<NodeOutput, NodeError>, started: Instant) {
+        let sh = self.sh.clone();
+        let wf = &sh.wf;
+        let id = wf.nodes[node].id.clone();
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.runs[node] += 1;
+        match result {
+            Ok(out) => {
+                sh.emit(Event::NodeFinished { node: id, round, status: NodeStatus::Done, elapsed_ms, output: Some(out.json.clone()), error: None });
+                self.record_output(node, round, out);
+                if self.stop.is_some() {
+                    return;
+                }
+                self.resolve_outgoing(node);
+                for &li in &wf.topology.back_edges[node] {
+                    self.loops[li].back_requested = true;
+                }
+                self.end_rounds(node);
+            }
+            Err(NodeError::Budget(ex)) => {
+                sh.emit(Event::BudgetExhausted(ex.clone()));
+                match &ex.scope {
+                    Scope::Workflow => {
+                        sh.emit(Event::NodeFinished { node: id, round, status: NodeStatus::Skipped, elapsed_ms, output: None, error: Some(ex.to_string()) });
+                        self.status[node] = St::Skipped;
+                        self.stop.get_or_insert(Stop::Budget(ex));
+                    }
+                    scope => {
+                        if let Scope::Loop(lid) = scope {
+                            if let Some(li) = wf.loops.iter().position(|l| &l.id == lid) {
+                                self.loops[li].budget_hit = true;
+                            }
+                        }
+                        self.skip(node, Some(ex.to_string()));
+                        self.end_rounds(node);
+                    }
+                }
+            }
+            Err(e) => {
+                self.status[node] = St::Done;
+                sh.emit(Event::NodeFinished { node: id, round, status: NodeStatus::Failed, elapsed_ms, output: None, error: Some(e.to_string()) });
+                if !matches!(e, NodeError::Cancelled) {
+                    self.stop.get_or_insert(Stop::Failed(e.failure_kind(), e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn record_output(&mut self, node: usize, round: u32, out: NodeOutput) {
+        let wf = self.sh.wf.clone();
+        self.status[node] = St::Done;
+        let out = Arc::new(out);
+        if let Some(prev) = self.outputs[node].replace(out.clone()) {
+            self.history[node].push(prev.value.clone());
+        }
+        self.snapshot = None;
+        for &li in &wf.topology.loops_of[node] {
+            self.loops[li].round_tokens += out.tokens;
+        }
+        if wf.output.from.contains(&node) {
+            self.candidates.push(Candidate { node, round, output: out.clone(), passed: None, score: None });
+        }
+        if let NodeKind::Verify(_) = wf.nodes[node].kind {
+            let passed = out.json["passed"].as_bool().unwrap_or(false);
+            let score = out.json["score"].as_f64().unwrap_or(0.0);
+            let config = self.candidates.last_mut().map(|c| {
+                c.passed = Some(passed);
+                c.score = Some(score);
+                hash_text(c.output.text.as_deref())
+            });
+            for &li in &wf.topology.loops_of[node] {
+                let l = &mut self.loops[li];
+                l.round_win |= passed;
+                l.round_config = config.or(l.round_config);
+            }
+        }
+    }
+
+    /// Evaluates a condition in the scope of `node`; a failure stops the run.
+    fn condition(&mut self, node: usize, expr: &str) -> Option<bool> {
+        let scope = self.scope(node);
+        match self.sh.wf.templates.condition(expr, &scope) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.stop.get_or_insert(Stop::Failed(FailureKind::Workflow, e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn exit_pending(&self, edge: usize) -> bool {
+        self.sh.wf.topology.exits[edge].iter().any(|&l| self.loops[l].active)
+    }
+
+    fn resolve_outgoing(&mut self, node: usize) {
+        let wf = self.sh.wf.clone();
+        for &ei in &wf.topology.outgoing[node] {
+            if self.edges[ei] != Es::Unresolved {
+                continue;
+            }
+            let fire = match &wf.edges[ei].when {
+                None => true,
+                Some(expr) => match self.condition(node, expr) {
+                    Some(b) => b,
+                    None => return,
+                },
+            };
+            if fire {
+                self.edges[ei] = Es::Fired;
+            } else if !self.exit_pending(ei) {
+                self.edges[ei] = Es::Skipped;
+            }
+            self.settle(wf.edges[ei].to);
+        }
+    }
+
+    /// Marks a node ready or skipped once all its inputs are resolved.
+    fn settle(&mut self, node: usize) {
+        if self.status[node] != St::Pending {
+            return;
+        }
+        let wf = self.sh.wf.clone();
+        let incoming = &wf.topology.incoming[node];
+        if incoming.iter().any(|&e| self.edges[e] == Es::Unresolved) {
+            return;
+        }
+        if incoming.iter().any(|&e| self.edges[e] == Es::Fired) {
+            self.status[node] = St::Ready;
+            self.ready.push_back(node);
+        } else {
+            self.skip(node, None);
+        }
+    }
+
+    fn skip(&mut self, node: usize, reason: Option<String>) {
+        let wf = self.sh.wf.clone();
+        self.status[node] = St::Skipped;
+        let round = self.round_of(node);
+        self.sh.emit(Event::NodeFinished { node: wf.nodes[node].id.clone(), round, status: NodeStatus::Skipped, elapsed_ms: 0.0, output: None, error: reason });
+        for &ei in &wf.topology.outgoing[node] {
+            if self.edges[ei] == Es::Unresolved && !self.exit_pending(ei) {
+                self.edges[ei] = Es::Skipped;
+                self.settle(wf.edges[ei].to);
+            }
+        }
+    }
+
+    /// Ends the rounds of the loops around `node` whose bodies went quiet,
+    /// innermost first.
+    fn end_rounds(&mut self, node: usize) {
+        let wf = self.sh.wf.clone();
+        for &li in &wf.topology.loops_of[node] {
+            if self.stop.is_some() || !self.loops[li].active {
+                return;
+            }
+            let busy = wf.loops[li].body.iter().any(|&b| matches!(self.status[b], St::Ready | St::Running));
+            if busy {
+                return;
+            }
+            self.end_round(li);
+        }
+    }
+
+    fn end_round(&mut self, li: usize) {
+        let wf = self.sh.wf.clone();
+        let spec = &wf.loops[li];
+        let from = spec.from;
+        let latest = self.candidates.last().map(|c| hash_text(c.output.text.as_deref()));
+        let l = &mut self.loops[li];
+        l.records.push(RoundRecord { round: l.round, config: l.round_config.or(latest), win: l.round_win, tokens: l.round_tokens });
+        let reason = if !l.back_requested {
+            Some(StopReason::Exited)
+        } else if l.budget_hit {
+            Some(StopReason::Budget)
+        } else if l.round >= spec.max_rounds {
+            Some(StopReason::MaxRounds)
+        } else {
+            None
+        };
+        let reason = reason.or_else(|| {
+            if let Some(until) = &spec.until {
+                if self.condition(from, until)? {
+                    return Some(StopReason::Until);
+                }
+            }
+            let c = spec.converge.as_ref()?;
+            let scope = self.scope(from);
+            let score = match wf.templates.number(&c.score, &scope) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.stop.get_or_insert(Stop::Failed(FailureKind::Workflow, e.to_string()));
+                    return None;
+                }
+            };
+            let l = &mut self.loops[li];
+            match l.best_score {
+                Some(best) if score <= best + c.min_delta => l.stale += 1,
+                _ => {
+                    l.best_score = Some(score);
+                    l.stale = 0;
+                }
+            }
+            (l.stale >= c.patience).then_some(StopReason::Converged)
+        });
+        if self.stop.is_some() {
+            return;
+        }
+        match reason {
+            Some(r) => self.finish_loop(li, r),
+            None => self.next_round(li),
+        }
+    }
+
+    fn next_round(&mut self, li: usize) {
+        let wf = self.sh.wf.clone();
+        let spec = &wf.loops[li];
+        let l = &mut self.loops[li];
+        l.round += 1;
+        l.back_requested = false;
+        l.round_tokens = 0;
+        l.round_config = None;
+        l.round_win = false;
+        let round = l.round;
+        for &b in &spec.body {
+            self.status[b] = St::Pending;
+        }
+        for (ei, e) in wf.edges.iter().enumerate() {
+            if spec.body.contains(&e.from) && spec.body.contains(&e.to) {
+                self.edges[ei] = Es::Unresolved;
+            }
+        }
+        // Inner loops start over.
+        for (lj, inner) in wf.loops.iter().enumerate() {
+            if lj != li && inner.body.iter().all(|b| spec.body.contains(b)) {
+                self.loops[lj] = LoopRt { round: 1, ..LoopRt::default() };
+            }
+        }
+        self.snapshot = None;
+        self.sh.emit(Event::LoopRound { loop_id: spec.id.clone(), round });
+        self.status[spec.to] = St::Ready;
+        self.ready.push_back(spec.to);
+    }
+
+    fn finish_loop(&mut self, li: usize, reason: StopReason) {
+        let wf = self.sh.wf.clone();
+        let spec = &wf.loops[li];
+        let l = &mut self.loops[li];
+        l.active = false;
+        let rounds = std::mem::take(&mut l.records);
+        self.sh.emit(Event::LoopFinished { loop_id: spec.id.clone(), rounds: rounds.len() as u32, reason });
+        self.reports.push(LoopReport::compute(&spec.id, reason, &rounds, spec.round_tokens));
+        for (ei, exits) in wf.topology.exits.iter().enumerate() {
+            if exits.contains(&li) && self.edges[ei] == Es::Unresolved && !self.exit_pending(ei) {
+                self.edges[ei] = Es::Skipped;
+                self.settle(wf.edges[ei].to);
+            }
+        }
+    }
+
+    fn best(&self) -> Option<&Candidate> {
+        match self.sh.wf.output.select {
+            Selection::Latest => self.candidates.last(),
+            Selection::Best => {
+                let scored = self.candidates.iter().filter(|c| c.score.is_some());
+                let best = scored.fold(None::<&Candidate>, |best, c| match best {
+                    Some(b) if (b.passed, b.score) > (c.passed, c.score) => Some(b),
+                    _ => Some(c),
+                });
+                best.or(self.candidates.last())
+            }
+        }
+    }
+
+    fn summary(mut self) -> RunSummary {
+        let sh = self.sh.clone();
+        let wf = &sh.wf;
+        // Loops cut short by the stop still report the rounds they finished.
+        for li in 0..wf.loops.len() {
+            if self.loops[li].active {
+                self.finish_loop(li, StopReason::RunStopped);
+            }
+        }
+        let (mut status, mut error, exhausted) = match self.stop.take() {
+            None => (RunStatus::Finished, None, None),
+            Some(Stop::Budget(ex)) => (RunStatus::BudgetExhausted, None, Some(ex)),
+            Some(Stop::Failed(kind, msg)) => (RunStatus::Failed, Some((kind, msg)), None),
+            Some(Stop::Interrupted) => (RunStatus::Interrupted, None, None),
+        };
+        let best = self.best();
+        let mut output = None;
+        let mut output_source = None;
+        if let Some(c) = best {
+            let field = &wf.output.field;
+            let value = if field == "." { Some(c.output.json.clone()) } else { lookup(&c.output.json, field) };
+            match value {
+                Some(v) => output = Some(v),
+                None if status == RunStatus::Finished => {
+                    status = RunStatus::Failed;
+                    error = Some((FailureKind::Workflow, format!("output field `{field}` is not in the output of node `{}`", wf.nodes[c.node].id)));
+                }
+                None => {}
+            }
+            output_source = Some(OutputSource { node: wf.nodes[c.node].id.clone(), round: c.round, passed: c.passed, score: c.score });
+        }
+        let verified = wf.verifies().then(|| best.is_some_and(|c| c.passed == Some(true)));
+        let tally = sh.tally.lock().unwrap_or_else(|e| e.into_inner());
+        let summary = RunSummary {
+            workflow: wf.name.clone(),
+            status,
+            verified,
+            output,
+            output_source,
+            usage: tally.usage,
+            wall_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            budgets: sh.meter.report(),
+            exhausted,
+            loops: std::mem::take(&mut self.reports),
+            node_runs: wf.nodes.iter().zip(&self.runs).map(|(n, r)| (n.id.clone(), *r)).collect(),
+            error: error.as_ref().map(|(_, m)| m.clone()),
+            failure: error.map(|(k, _)| k),
+        };
+        drop(tally);
+        sh.emit(Event::RunFinished { summary: Box::new(summary.clone()) });
+        summary
+    }
+}
+
+fn hash_text(text: Option<&str>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Looks up a dotted path (`data.answer`) in a JSON value.
+fn lookup(v: &serde_json::Value, path: &str) -> Option<serde_json::Value> {
+    path.split('.').try_fold(v, |v, key| v.get(key)).cloned()
+}

@@ -1,0 +1,159 @@
+//! Run events: the contract between the engine and everything that observes
+//! a run (the CLI's human output, the JSONL log, metrics, library users).
+//!
+//! **Invariant:** the set of events is closed and each serialises to one JSON
+//! object with an `event` tag. Adding a field is compatible; renaming one is
+//! not.
+
+use serde::Serialize;
+
+use crate::budget::{Exhausted, Warning};
+use crate::metrics::RunSummary;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        workflow: String,
+        inputs: serde_json::Value,
+    },
+    NodeStarted {
+        node: String,
+        kind: &'static str,
+        round: u32,
+    },
+    NodeFinished {
+        node: String,
+        round: u32,
+        status: NodeStatus,
+        elapsed_ms: f64,
+        /// The node's output (omitted for skipped nodes).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        output: Option<serde_json::Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    ModelCall(ModelCallEvent),
+    /// A reply that did not satisfy the node's JSON Schema (raw text kept).
+    InvalidOutput {
+        node: String,
+        round: u32,
+        attempt: u32,
+        error: String,
+        raw: String,
+    },
+    Verdict {
+        node: String,
+        round: u32,
+        passed: bool,
+        score: f64,
+        /// Where a judge's confidence came from: `logprobs` or `verbalized`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        confidence_source: Option<&'static str>,
+    },
+    LoopRound {
+        #[serde(rename = "loop")]
+        loop_id: String,
+        round: u32,
+    },
+    LoopFinished {
+        #[serde(rename = "loop")]
+        loop_id: String,
+        rounds: u32,
+        reason: StopReason,
+    },
+    BudgetWarning(Warning),
+    BudgetExhausted(Exhausted),
+    RunFinished {
+        summary: Box<RunSummary>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelCallEvent {
+    pub node: String,
+    pub round: u32,
+    /// The workflow's name for the model.
+    pub model: String,
+    /// The backend's model id.
+    pub model_id: String,
+    pub attempt: u32,
+    pub n: u32,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub usage_estimated: bool,
+    pub latency_ms: f64,
+    pub cost_usd: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Done,
+    Skipped,
+    Failed,
+}
+
+/// Why a loop stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The body took no back edge (a condition routed around it).
+    Exited,
+    MaxRounds,
+    /// The `until` condition became true.
+    Until,
+    Converged,
+    Budget,
+    /// The run stopped (budget, failure, cancellation) inside the loop.
+    RunStopped,
+}
+
+/// Receives events. Must be cheap and must not fail: a recorder that can
+/// fail (a file) reports its own errors later.
+pub trait Recorder: Send + Sync {
+    fn record(&self, event: &Event);
+}
+
+/// Sends every event to several recorders in order.
+#[derive(Default)]
+pub struct Fanout(pub Vec<Box<dyn Recorder>>);
+
+impl Recorder for Fanout {
+    fn record(&self, event: &Event) {
+        for r in &self.0 {
+            r.record(event);
+        }
+    }
+}
+
+/// Discards events.
+pub struct NoRecorder;
+
+impl Recorder for NoRecorder {
+    fn record(&self, _: &Event) {}
+}
+
+/// Collects events in memory (tests, library users).
+#[derive(Default)]
+pub struct Collect(pub std::sync::Mutex<Vec<Event>>);
+
+impl Collect {
+    pub fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Recorder for Collect {
+    fn record(&self, event: &Event) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(event.clone());
+    }
+}
+
+impl<R: Recorder + ?Sized> Recorder for std::sync::Arc<R> {
+    fn record(&self, event: &Event) {
+        (**self).record(event)
+    }
+}

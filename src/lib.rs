@@ -1,0 +1,42 @@
+//! # redraft
+//!
+//! Agentic iterative refinement as a product: workflows are YAML graphs of
+//! nodes that generate, critique, verify and revise with language models,
+//! looping until a stop rule holds, under budgets that are enforced before
+//! every model call.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! let wf = Arc::new(redraft::workflow::load("workflows/self-refine.yaml".as_ref())?);
+//! let summary = redraft::Engine::new().run(wf, redraft::RunOptions::default()).await?;
+//! println!("{:?}", summary.output);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layout
+//! - [`workflow`]: load and check workflow files (YAML → tree → raw → [`workflow::Workflow`]).
+//! - [`yaml`], [`diagnostic`]: the spanned YAML tree and the error reports.
+//! - [`template`]: minijinja prompts and conditions, strict and sandboxed.
+//! - [`backend`]: the [`LanguageModel`] trait and backends (scripted).
+//! - [`engine`]: the scheduler that runs a workflow; [`event`]: what it reports.
+//! - [`budget`]: limits and the meter; [`metrics`]: summaries and loop metrics.
+//! - [`graph`]: Mermaid and DOT renderings; [`cli`]: the `redraft` command.
+
+pub mod backend;
+pub mod budget;
+pub mod cli;
+pub mod diagnostic;
+pub mod engine;
+pub mod event;
+pub mod graph;
+pub mod metrics;
+pub mod template;
+pub mod workflow;
+pub mod yaml;
+
+pub use backend::LanguageModel;
+pub use engine::{CancellationToken, Engine, RunError, RunOptions};
+pub use event::{Event, Recorder};
+pub use metrics::{RunStatus, RunSummary};
+pub use workflow::Workflow;

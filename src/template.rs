@@ -1,0 +1,159 @@
+//! Prompt templates and condition expressions (minijinja).
+//!
+//! **Invariants:** undefined variables are errors (strict mode); templates
+//! cannot read files or the environment (no loader, no `env` global); every
+//! render has a fuel limit, so a template cannot loop forever.
+
+use std::collections::HashSet;
+
+use minijinja::{Environment, UndefinedBehavior, Value};
+
+/// Fuel for one render or evaluation: enough for any sane prompt.
+const FUEL: u64 = 2_000_000;
+
+/// All templates of one workflow, compiled once at load time.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates").finish_non_exhaustive()
+    }
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A template that failed to render or an expression that failed to evaluate.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{what}: {detail}")]
+pub struct TemplateError {
+    pub what: String,
+    pub detail: String,
+}
+
+impl Templates {
+    pub fn new() -> Templates {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_fuel(Some(FUEL));
+        env.set_recursion_limit(64);
+        // Prompts are plain text, never HTML.
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        env.set_keep_trailing_newline(true);
+        Templates { env }
+    }
+
+    /// Compiles and stores a template under `name`.
+    pub fn add(&mut self, name: &str, source: &str) -> Result<(), String> {
+        self.env
+            .add_template_owned(name.to_string(), source.to_string())
+            .map_err(|e| describe(&e))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.env.get_template(name).is_ok()
+    }
+
+    /// Top-level variables a stored template reads without defining them.
+    pub fn variables(&self, name: &str) -> HashSet<String> {
+        self.env.get_template(name).map(|t| t.undeclared_variables(false)).unwrap_or_default()
+    }
+
+    /// Checks that an expression parses; returns its top-level variables.
+    pub fn check_expression(&self, expr: &str) -> Result<HashSet<String>, String> {
+        let compiled = self.env.compile_expression(expr).map_err(|e| describe(&e))?;
+        Ok(compiled.undeclared_variables(false))
+    }
+
+    pub fn render(&self, name: &str, ctx: &Value) -> Result<String, TemplateError> {
+        let tmpl = self.env.get_template(name).map_err(|e| TemplateError {
+            what: format!("template `{name}`"),
+            detail: describe(&e),
+        })?;
+        tmpl.render(ctx).map_err(|e| TemplateError {
+            what: format!("rendering `{name}`"),
+            detail: describe(&e),
+        })
+    }
+
+    /// Evaluates an expression against a context.
+    pub fn eval(&self, expr: &str, ctx: &Value) -> Result<Value, TemplateError> {
+        let err = |e: minijinja::Error| TemplateError {
+            what: format!("evaluating `{expr}`"),
+            detail: describe(&e),
+        };
+        let compiled = self.env.compile_expression(expr).map_err(err)?;
+        compiled.eval(ctx).map_err(err)
+    }
+
+    /// Evaluates an expression as a condition (truthiness).
+    pub fn condition(&self, expr: &str, ctx: &Value) -> Result<bool, TemplateError> {
+        self.eval(expr, ctx).map(|v| v.is_true())
+    }
+
+    /// Evaluates an expression that must give a number.
+    pub fn number(&self, expr: &str, ctx: &Value) -> Result<f64, TemplateError> {
+        let v = self.eval(expr, ctx)?;
+        f64::try_from(v.clone()).map_err(|_| TemplateError {
+            what: format!("evaluating `{expr}`"),
+            detail: format!("expected a number, got `{v}`"),
+        })
+    }
+}
+
+/// The error text without minijinja's source dump, one line.
+fn describe(e: &minijinja::Error) -> String {
+    let mut s = e.kind().to_string();
+    if let Some(detail) = e.detail() {
+        s.push_str(": ");
+        s.push_str(detail);
+    }
+    if let Some(line) = e.line() {
+        s.push_str(&format!(" (template line {line})"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minijinja::context;
+
+    #[test]
+    fn undefined_variables_are_errors() {
+        let mut t = Templates::new();
+        t.add("p", "Hello {{ name }}").unwrap();
+        let err = t.render("p", &context! {}).unwrap_err();
+        assert!(err.detail.contains("undefined"), "{err}");
+        assert_eq!(t.render("p", &context! { name => "x" }).unwrap(), "Hello x");
+    }
+
+    #[test]
+    fn templates_cannot_include_files() {
+        let mut t = Templates::new();
+        t.add("p", "{% include '/etc/passwd' %}").unwrap();
+        assert!(t.render("p", &context! {}).is_err());
+    }
+
+    #[test]
+    fn fuel_stops_runaway_loops() {
+        let mut t = Templates::new();
+        t.add("p", "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}")
+            .unwrap();
+        assert!(t.render("p", &context! {}).is_err());
+    }
+
+    #[test]
+    fn expressions_report_their_variables() {
+        let t = Templates::new();
+        let vars = t.check_expression("not check.passed and round < 3").unwrap();
+        assert_eq!(vars, HashSet::from(["check".to_string(), "round".to_string()]));
+        assert!(t.check_expression("check.passed and").is_err());
+        assert!(t.condition("a > 1", &context! { a => 2 }).unwrap());
+    }
+}

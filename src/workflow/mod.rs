@@ -1,0 +1,128 @@
+//! Workflow files: load, check and describe them.
+//!
+//! Loading runs in passes, like a compiler: bytes → UTF-8 text → spanned YAML
+//! tree ([`crate::yaml`]) → shape-checked raw workflow ([`raw`]) → resolved,
+//! compiled [`Workflow`] ([`validate`]). Each pass reports every problem it
+//! finds; a later pass runs only on what the earlier ones could read.
+
+mod model;
+pub mod raw;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use model::*;
+pub use validate::{BUILTINS, DEFAULT_JUDGE_PROMPT, DEFAULT_TARGET};
+
+use crate::diagnostic::{self, Code, Diagnostic};
+use crate::yaml::{self, Span, YamlErrorKind};
+
+/// Why a workflow could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{} is not a valid workflow ({} error{})", name, diagnostics.len(), if diagnostics.len() == 1 { "" } else { "s" })]
+    Invalid { name: String, source_text: String, diagnostics: Vec<Diagnostic> },
+}
+
+impl WorkflowError {
+    /// Renders the diagnostics the way `redraft validate` prints them.
+    pub fn render(&self) -> String {
+        match self {
+            WorkflowError::Io { .. } => format!("error[{}]: {self}\n", Code::Io.as_str()),
+            WorkflowError::Invalid { name, source_text, diagnostics } => {
+                diagnostic::render_all(diagnostics, name, source_text)
+            }
+        }
+    }
+
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            WorkflowError::Io { .. } => &[],
+            WorkflowError::Invalid { diagnostics, .. } => diagnostics,
+        }
+    }
+}
+
+/// Loads and checks a workflow file. Prompt files resolve against its directory.
+pub fn load(path: &Path) -> Result<Workflow, WorkflowError> {
+    let bytes = read_limited(path).map_err(|source| WorkflowError::Io { path: path.to_path_buf(), source })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let name = path.display().to_string();
+    let mut wf = load_bytes(&bytes, &name, base)?;
+    wf.path = Some(path.to_path_buf());
+    Ok(wf)
+}
+
+/// Reads at most one byte past the YAML size limit, so that a huge file is
+/// refused without reading it all.
+fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let limit = yaml::Limits::default().max_bytes as u64 + 1;
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?.take(limit).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Loads a workflow from a string; `name` is used in messages and `base_dir`
+/// to find prompt files.
+pub fn load_str(source: &str, name: &str, base_dir: &Path) -> Result<Workflow, WorkflowError> {
+    load_bytes(source.as_bytes(), name, base_dir)
+}
+
+fn load_bytes(bytes: &[u8], name: &str, base_dir: &Path) -> Result<Workflow, WorkflowError> {
+    let invalid = |source_text: String, diagnostics: Vec<Diagnostic>| WorkflowError::Invalid {
+        name: name.to_string(),
+        source_text,
+        diagnostics,
+    };
+    let limits = yaml::Limits::default();
+    if bytes.len() > limits.max_bytes {
+        let d = Diagnostic::new(
+            Code::YamlLimit,
+            Span::point(1, 1),
+            format!("the file is larger than {} KiB; workflows are small text files", limits.max_bytes / 1024),
+        )
+        .label("too large");
+        return Err(invalid(String::new(), vec![d]));
+    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let valid = &bytes[..e.valid_up_to()];
+            let line = valid.iter().filter(|b| **b == b'\n').count() as u32 + 1;
+            let col = valid.iter().rev().take_while(|b| **b != b'\n').count() as u32 + 1;
+            let d = Diagnostic::new(
+                Code::NotUtf8,
+                Span::point(line, col),
+                format!("the file is not UTF-8 text (invalid byte at offset {})", e.valid_up_to()),
+            )
+            .label("invalid UTF-8");
+            return Err(invalid(String::from_utf8_lossy(bytes).into_owned(), vec![d]));
+        }
+    };
+    let tree = match yaml::parse(text, limits) {
+        Ok(t) => t,
+        Err(e) => {
+            let code = match e.kind {
+                YamlErrorKind::Syntax | YamlErrorKind::MultipleDocuments => Code::YamlSyntax,
+                YamlErrorKind::Empty => Code::Empty,
+                _ => Code::YamlLimit,
+            };
+            let d = Diagnostic::new(code, e.span, e.message.clone()).label(match code {
+                Code::YamlSyntax => "here",
+                Code::Empty => "empty",
+                _ => "limit exceeded",
+            });
+            let d = if code == Code::Empty { d.help("a workflow starts with `version: 1`") } else { d };
+            return Err(invalid(text.to_string(), vec![d]));
+        }
+    };
+    let mut reader = raw::Reader::default();
+    let raw = reader.workflow(&tree);
+    validate::check(raw, base_dir, reader.diagnostics).map_err(|mut diagnostics| {
+        diagnostics.sort_by_key(|d| (d.span.line, d.span.col));
+        invalid(text.to_string(), diagnostics)
+    })
+}

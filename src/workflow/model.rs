@@ -1,0 +1,404 @@
+//! The checked workflow: what the engine runs.
+//!
+//! **Invariant:** a [`Workflow`] value only exists after every validation pass
+//! succeeded. Node, model and loop references are indices that are known to
+//! be in range, every template compiled, every condition parsed, and the
+//! forward edges (all edges except loop back edges) form a DAG.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::budget::Limits;
+use crate::template::Templates;
+
+/// A validated workflow, ready to run.
+#[derive(Debug)]
+pub struct Workflow {
+    pub name: String,
+    pub description: Option<String>,
+    /// Where it was loaded from (for messages and relative paths).
+    pub path: Option<PathBuf>,
+    pub models: Vec<ModelDecl>,
+    pub inputs: Vec<InputDecl>,
+    pub budget: Limits,
+    /// The most model calls in flight at once.
+    pub concurrency: usize,
+    pub nodes: Vec<NodeSpec>,
+    pub edges: Vec<Edge>,
+    pub loops: Vec<LoopSpec>,
+    pub output: OutputSpec,
+    pub(crate) templates: Arc<Templates>,
+    pub(crate) topology: Topology,
+}
+
+impl Workflow {
+    pub fn node_index(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    pub fn model_index(&self, name: &str) -> Option<usize> {
+        self.models.iter().position(|m| m.name == name)
+    }
+
+    /// True when some node checks the output (exit code 1 means "unverified").
+    pub fn verifies(&self) -> bool {
+        self.nodes.iter().any(|n| matches!(n.kind, NodeKind::Verify(_)))
+    }
+}
+
+/// A named model: a backend spec plus the settings every call gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelDecl {
+    pub name: String,
+    /// `scripted:PATH`, `openai:MODEL[@URL]`, `llama:PATH.gguf`, ...
+    pub spec: String,
+    /// Default `max_tokens` for nodes that set none; also the budget's worst case.
+    pub max_tokens: u32,
+    pub price: Price,
+    /// Backend-specific settings, passed through untouched.
+    pub settings: serde_json::Value,
+}
+
+/// US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+impl Price {
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.input_per_mtok + completion_tokens as f64 * self.output_per_mtok)
+            / 1_000_000.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputDecl {
+    pub name: String,
+    pub ty: InputType,
+    pub default: Option<serde_json::Value>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputType {
+    String,
+    Number,
+    Integer,
+    Boolean,
+    Object,
+    Array,
+    Any,
+}
+
+impl InputType {
+    pub const NAMES: &'static [&'static str] =
+        &["string", "number", "integer", "boolean", "object", "array", "any"];
+
+    pub fn parse(s: &str) -> Option<InputType> {
+        Some(match s {
+            "string" => InputType::String,
+            "number" => InputType::Number,
+            "integer" => InputType::Integer,
+            "boolean" => InputType::Boolean,
+            "object" => InputType::Object,
+            "array" => InputType::Array,
+            "any" => InputType::Any,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// Whether a JSON value has this type.
+    pub fn accepts(self, v: &serde_json::Value) -> bool {
+        use serde_json::Value as J;
+        match self {
+            InputType::String => v.is_string(),
+            InputType::Number => v.is_number(),
+            InputType::Integer => v.is_i64() || v.is_u64(),
+            InputType::Boolean => v.is_boolean(),
+            InputType::Object => v.is_object(),
+            InputType::Array => matches!(v, J::Array(_)),
+            InputType::Any => true,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct NodeSpec {
+    pub id: String,
+    pub kind: NodeKind,
+    /// Limits on everything this node spends over the whole run.
+    pub budget: Limits,
+}
+
+/// The closed set of node kinds. The node-library kinds (execute, extract,
+/// tool, embed, cluster, human_review) are added here as variants, each with
+/// its own spec type and module under `engine::nodes`.
+#[derive(Debug)]
+pub enum NodeKind {
+    /// Sample `n` completions of a prompt.
+    Generate(ModelCall),
+    /// Ask a model for structured feedback, validated against a JSON Schema.
+    Critique(ModelCall),
+    /// Check the current artifact; passes when every check passes.
+    Verify(VerifySpec),
+    /// Rewrite the current artifact; like `generate`, but tracked as a change.
+    Revise(ModelCall),
+    /// Pick one sample of another node by a score expression.
+    Select(SelectSpec),
+    /// Majority vote over the answers in another node's samples.
+    Vote(VoteSpec),
+}
+
+impl NodeKind {
+    pub const NAMES: &'static [&'static str] =
+        &["generate", "critique", "verify", "revise", "select", "vote"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            NodeKind::Generate(_) => "generate",
+            NodeKind::Critique(_) => "critique",
+            NodeKind::Verify(_) => "verify",
+            NodeKind::Revise(_) => "revise",
+            NodeKind::Select(_) => "select",
+            NodeKind::Vote(_) => "vote",
+        }
+    }
+
+    /// The model calls a node of this kind may make (for budgets and graphs).
+    pub fn model_calls(&self) -> Vec<&ModelCall> {
+        match self {
+            NodeKind::Generate(c) | NodeKind::Critique(c) | NodeKind::Revise(c) => vec![c],
+            NodeKind::Verify(v) => v
+                .checks
+                .iter()
+                .filter_map(|c| match c {
+                    Check::Judge(call) => Some(call),
+                    _ => None,
+                })
+                .collect(),
+            NodeKind::Select(_) | NodeKind::Vote(_) => Vec::new(),
+        }
+    }
+}
+
+/// A templated call to a named model.
+#[derive(Debug, Clone)]
+pub struct ModelCall {
+    /// Index into [`Workflow::models`].
+    pub model: usize,
+    /// Template name of the user message.
+    pub prompt: String,
+    /// Template name of the system message, if any.
+    pub system: Option<String>,
+    pub sampling: Sampling,
+    /// Number of samples.
+    pub n: u32,
+    /// Top-k logprobs per generated token, if wanted.
+    pub logprobs: Option<u8>,
+    /// JSON Schema the reply must satisfy (required for critique).
+    pub schema: Option<Arc<Schema>>,
+    /// Extra attempts when the reply does not satisfy the schema; the parse
+    /// error is fed back to the model on each.
+    pub repair_attempts: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    /// `None` means the model's default.
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+}
+
+/// A compiled JSON Schema plus its source.
+pub struct Schema {
+    pub source: serde_json::Value,
+    pub validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schema").field("source", &self.source).finish()
+    }
+}
+
+impl Schema {
+    pub fn compile(source: serde_json::Value) -> Result<Schema, String> {
+        let validator = jsonschema::validator_for(&source).map_err(|e| e.to_string())?;
+        Ok(Schema { source, validator })
+    }
+
+    /// The first few violations, one line each; empty when valid.
+    pub fn violations(&self, instance: &serde_json::Value) -> Vec<String> {
+        self.validator
+            .iter_errors(instance)
+            .take(5)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                if path.is_empty() { e.to_string() } else { format!("{path}: {e}") }
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+pub struct VerifySpec {
+    /// Template name of the text under test (default: `{{ artifact.text }}`).
+    pub target: String,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug)]
+pub enum Check {
+    /// Equal after trimming (optionally ignoring case). `expected` is a template.
+    Exact { expected: String, ignore_case: bool },
+    /// The target matches the regular expression.
+    Regex(regex::Regex),
+    /// The last number in the target is within `tolerance` of `expected`.
+    Numeric { expected: String, tolerance: f64 },
+    /// The target parses as JSON and satisfies the schema.
+    JsonSchema(Arc<Schema>),
+    /// A model answers whether the target is acceptable.
+    Judge(ModelCall),
+}
+
+impl Check {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Check::Exact { .. } => "exact",
+            Check::Regex(_) => "regex",
+            Check::Numeric { .. } => "numeric",
+            Check::JsonSchema(_) => "json_schema",
+            Check::Judge(_) => "judge",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SelectSpec {
+    /// The node whose samples are ranked.
+    pub from: usize,
+    /// Expression evaluated per sample, with `sample` bound to it.
+    pub by: String,
+    pub order: Order,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    Max,
+    Min,
+}
+
+#[derive(Debug)]
+pub struct VoteSpec {
+    pub from: usize,
+    /// Extracts the answer from each sample: capture group 1, else the match.
+    pub extract: Option<regex::Regex>,
+}
+
+/// A forward edge. Loop back edges live in [`LoopSpec`].
+#[derive(Debug, Clone)]
+pub struct Edge {
+    pub from: usize,
+    pub to: usize,
+    /// A condition expression; the edge fires only when it is true.
+    pub when: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoopSpec {
+    pub id: String,
+    /// The back edge `from -> to`; `to` is the loop head.
+    pub from: usize,
+    pub to: usize,
+    /// The body runs at most this many times (rounds are numbered from 1).
+    pub max_rounds: u32,
+    /// Stop before starting another round when this expression is true.
+    pub until: Option<String>,
+    pub converge: Option<Converge>,
+    /// Limits for everything spent inside the loop.
+    pub budget: Limits,
+    /// A soft per-round token target: not enforced, measured by the
+    /// over-budget ratio.
+    pub round_tokens: Option<u64>,
+    /// Nodes of the body (computed): on a path from the head to `from`.
+    pub body: Vec<usize>,
+}
+
+/// Stop when the score has not improved by more than `min_delta` over the
+/// best so far for `patience` consecutive rounds.
+#[derive(Debug, Clone)]
+pub struct Converge {
+    pub score: String,
+    pub patience: u32,
+    pub min_delta: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    /// Nodes whose results are candidate outputs.
+    pub from: Vec<usize>,
+    /// Field of the node output to return (`text` by default; `.` for all).
+    pub field: String,
+    pub select: Selection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// The candidate with the best verdict (passed, then score); ties and
+    /// unverified runs go to the latest.
+    Best,
+    /// The latest candidate.
+    Latest,
+}
+
+/// Adjacency derived from edges and loops, computed once at load time.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Topology {
+    /// Forward edge indices into each node.
+    pub incoming: Vec<Vec<usize>>,
+    /// Forward edge indices out of each node.
+    pub outgoing: Vec<Vec<usize>>,
+    /// Loops whose back edge starts at each node.
+    pub back_edges: Vec<Vec<usize>>,
+    /// Loops containing each node, innermost first.
+    pub loops_of: Vec<Vec<usize>>,
+    /// Nodes with no incoming forward edge.
+    pub starts: Vec<usize>,
+    /// For each edge: the loops it leaves (source inside, target outside).
+    pub exits: Vec<Vec<usize>>,
+}
+
+/// The default for `max_tokens` when neither node nor model sets one.
+pub const DEFAULT_MAX_TOKENS: u32 = 512;
+
+/// Converts the YAML duration forms `30s`, `500ms`, `2m`, `1h` or a number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let value: f64 = num.trim().parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}

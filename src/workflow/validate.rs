@@ -1,0 +1,867 @@
+//! Pass 2: resolve names, load prompts, compile templates and conditions, and
+//! check the graph. Produces a [`Workflow`] or every problem found.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::{Dfs, Reversed};
+
+use super::model::*;
+use super::raw::*;
+use crate::budget::Limits;
+use crate::diagnostic::{Code, Diagnostic};
+use crate::template::Templates;
+use crate::yaml::Span;
+
+/// Names every template can read besides inputs and upstream nodes.
+pub const BUILTINS: &[&str] = &["inputs", "round", "loop", "history", "artifact"];
+/// Extra names in a `select` node's `by` expression.
+const SAMPLE_VAR: &str = "sample";
+/// Extra name in a judge check's prompt.
+const TARGET_VAR: &str = "target";
+
+pub const DEFAULT_JUDGE_PROMPT: &str = "Is the following answer correct and complete?\n\n{{ target }}\n\nAnswer with Yes or No.";
+pub const DEFAULT_TARGET: &str = "{{ artifact.text }}";
+
+struct Ctx {
+    diags: Vec<Diagnostic>,
+    templates: Templates,
+    prompt_dir: std::path::PathBuf,
+    /// Templates to check for variables once the graph is known: (template
+    /// name or expression, node it runs in, is expression, span, extra names).
+    pending_vars: Vec<VarCheck>,
+}
+
+struct VarCheck {
+    source: VarSource,
+    /// The node whose upstream may be read (the node itself is included only
+    /// if it is its own ancestor, i.e. in a loop).
+    node: usize,
+    span: Span,
+    extra: &'static [&'static str],
+    what: String,
+}
+
+enum VarSource {
+    Template(String),
+    Expression(String),
+}
+
+impl Ctx {
+    fn err(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    /// Compiles an inline template; returns its name.
+    fn inline(&mut self, name: String, source: &str, span: Span, what: &str) -> Option<String> {
+        match self.templates.add(&name, source) {
+            Ok(()) => Some(name),
+            Err(e) => {
+                self.err(
+                    Diagnostic::new(Code::TemplateSyntax, span, format!("{what} does not parse: {e}"))
+                        .label("invalid template"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Loads and compiles a prompt file.
+    fn prompt_file(&mut self, name: String, file: &Spanned<String>, what: &str) -> Option<String> {
+        let path = self.prompt_dir.join(&file.value);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => self.inline(name, &text, file.span, &format!("{what} ({})", path.display())),
+            Err(e) => {
+                self.err(
+                    Diagnostic::new(Code::MissingPrompt, file.span, format!("cannot read prompt file `{}`: {e}", file.value))
+                        .label("prompt file")
+                        .help(format!("looked for {}", path.display())),
+                );
+                None
+            }
+        }
+    }
+
+    fn limits(&mut self, raw: &Option<RawBudget>, what: &str) -> Limits {
+        let Some(b) = raw else { return Limits::default() };
+        let mut l = Limits::default();
+        let bad = |c: &mut Self, span: Span, msg: String| {
+            c.err(Diagnostic::new(Code::BadBudget, span, msg).label("invalid limit"));
+        };
+        if let Some(t) = &b.tokens {
+            if t.value <= 0 {
+                bad(self, t.span, format!("{what}: a token limit of {} allows no model call", t.value));
+            } else {
+                l.tokens = Some(t.value as u64);
+            }
+        }
+        if let Some(c) = &b.calls {
+            if c.value <= 0 {
+                bad(self, c.span, format!("{what}: a call limit of {} allows no model call", c.value));
+            } else {
+                l.calls = Some(c.value as u64);
+            }
+        }
+        if let Some(c) = &b.cost_usd {
+            if c.value <= 0.0 {
+                bad(self, c.span, format!("{what}: a cost limit of {} allows no model call", c.value));
+            } else {
+                l.cost_usd = Some(c.value);
+            }
+        }
+        if let Some(w) = &b.wall_time {
+            match parse_duration(&w.value) {
+                Some(d) if !d.is_zero() => l.wall_time = Some(d),
+                Some(_) => bad(self, w.span, format!("{what}: a wall time of 0 allows nothing")),
+                None => self.err(
+                    Diagnostic::new(Code::BadBudget, w.span, format!("{what}: `{}` is not a duration", w.value))
+                        .label("invalid duration")
+                        .help("write a number with a unit: 500ms, 30s, 2m, 1h"),
+                ),
+            }
+        }
+        l
+    }
+}
+
+fn unknown_name(code: Code, span: Span, what: String, name: &str, known: &[&str]) -> Diagnostic {
+    let d = Diagnostic::new(code, span, what).label(match code {
+        Code::UnknownModel => "unknown model",
+        _ => "unknown node",
+    });
+    match did_you_mean(name, known.iter().copied()) {
+        Some(best) => d.help(format!("did you mean `{best}`?")),
+        None if known.is_empty() => d.help("none are defined"),
+        None => d.help(format!("defined: {}", known.join(", "))),
+    }
+}
+
+/// Runs pass 2. `base_dir` is the directory of the workflow file.
+pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> Result<Workflow, Vec<Diagnostic>> {
+    let prompt_dir = base_dir.join(raw.prompt_dir.as_ref().map_or(".", |p| p.value.as_str()));
+    let mut cx = Ctx { diags: Vec::new(), templates: Templates::new(), prompt_dir, pending_vars: Vec::new() };
+
+    match &raw.version {
+        Some(v) if v.value == 1 => {}
+        Some(v) => cx.err(
+            Diagnostic::new(Code::BadVersion, v.span, format!("unsupported workflow version {}", v.value))
+                .label("unsupported")
+                .help("this redraft reads `version: 1`"),
+        ),
+        None => cx.err(
+            Diagnostic::new(Code::BadVersion, Span::point(1, 1), "the workflow has no `version`")
+                .label("`version: 1` is required")
+                .help("add `version: 1` at the top"),
+        ),
+    }
+    if let Some(p) = &raw.prompt_dir {
+        if !cx.prompt_dir.is_dir() {
+            cx.err(
+                Diagnostic::new(Code::MissingPrompt, p.span, format!("prompt directory `{}` does not exist", p.value))
+                    .label("not a directory")
+                    .help(format!("resolved to {}", cx.prompt_dir.display())),
+            );
+        }
+    }
+
+    // Models.
+    let mut models = Vec::new();
+    let mut seen = HashSet::new();
+    for m in &raw.models {
+        if !seen.insert(m.name.value.clone()) {
+            cx.err(Diagnostic::new(Code::DuplicateId, m.name.span, format!("model `{}` is declared twice", m.name.value)).label("duplicate"));
+        }
+        let spec = m.spec.as_ref().map_or(String::new(), |s| s.value.clone());
+        if let Some(s) = &m.spec {
+            if let Err(e) = crate::backend::ModelSpec::parse(&s.value) {
+                cx.err(Diagnostic::new(Code::BadModelSpec, s.span, e.to_string()).label("invalid spec").help(crate::backend::ModelSpec::HELP));
+            }
+        }
+        let max_tokens = match &m.max_tokens {
+            Some(t) if t.value == 0 || t.value > u32::MAX as u64 => {
+                cx.err(Diagnostic::new(Code::InvalidValue, t.span, "`max_tokens` must be between 1 and 4294967295").label("out of range"));
+                DEFAULT_MAX_TOKENS
+            }
+            Some(t) => t.value as u32,
+            None => DEFAULT_MAX_TOKENS,
+        };
+        for (price, key) in [(m.price_in, "input"), (m.price_out, "output")] {
+            if price.is_some_and(|p| p < 0.0) {
+                cx.err(Diagnostic::new(Code::InvalidValue, m.name.span, format!("model `{}` has a negative {key} price", m.name.value)).label("negative price"));
+            }
+        }
+        models.push(ModelDecl {
+            name: m.name.value.clone(),
+            spec,
+            max_tokens,
+            price: Price { input_per_mtok: m.price_in.unwrap_or(0.0), output_per_mtok: m.price_out.unwrap_or(0.0) },
+            settings: m.settings.clone(),
+        });
+    }
+    let model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+
+    // Inputs.
+    let mut inputs = Vec::new();
+    let mut names: HashMap<String, &'static str> = HashMap::new();
+    for i in &raw.inputs {
+        let name = &i.name.value;
+        if BUILTINS.contains(&name.as_str()) {
+            cx.err(Diagnostic::new(Code::DuplicateId, i.name.span, format!("input `{name}` shadows a built-in variable")).label("reserved name").help(format!("reserved: {}", BUILTINS.join(", "))));
+        } else if names.insert(name.clone(), "input").is_some() {
+            cx.err(Diagnostic::new(Code::DuplicateId, i.name.span, format!("input `{name}` is declared twice")).label("duplicate"));
+        }
+        let ty = match &i.ty {
+            None => InputType::String,
+            Some(t) => InputType::parse(&t.value).unwrap_or_else(|| {
+                let d = Diagnostic::new(Code::InvalidValue, t.span, format!("unknown input type `{}`", t.value)).label("unknown type");
+                let d = match did_you_mean(&t.value, InputType::NAMES.iter().copied()) {
+                    Some(b) => d.help(format!("did you mean `{b}`?")),
+                    None => d.help(format!("one of: {}", InputType::NAMES.join(", "))),
+                };
+                cx.err(d);
+                InputType::Any
+            }),
+        };
+        if let Some((default, span)) = &i.default {
+            if !ty.accepts(default) {
+                cx.err(Diagnostic::new(Code::WrongType, *span, format!("the default of input `{name}` is not of type {}", ty.name())).label("wrong type"));
+            }
+        }
+        inputs.push(InputDecl { name: name.clone(), ty, default: i.default.as_ref().map(|d| d.0.clone()), description: i.description.clone() });
+    }
+
+    // Node ids first, so that references can be resolved in any order.
+    let mut node_ids: Vec<String> = Vec::new();
+    for (i, n) in raw.nodes.iter().enumerate() {
+        let Some(id) = &n.id else {
+            node_ids.push(format!("#{}", i + 1));
+            continue;
+        };
+        if BUILTINS.contains(&id.value.as_str()) {
+            cx.err(Diagnostic::new(Code::DuplicateId, id.span, format!("node `{}` shadows a built-in variable", id.value)).label("reserved name").help(format!("reserved: {}", BUILTINS.join(", "))));
+        } else if let Some(prev) = names.insert(id.value.clone(), "node") {
+            let msg = if prev == "node" { format!("node `{}` is defined twice", id.value) } else { format!("node `{}` has the same name as an input", id.value) };
+            cx.err(Diagnostic::new(Code::DuplicateId, id.span, msg).label("duplicate").help("node ids and input names share one namespace in templates"));
+        } else if !id.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || id.value.starts_with(|c: char| c.is_ascii_digit()) {
+            cx.err(Diagnostic::new(Code::InvalidValue, id.span, format!("node id `{}` is not a valid template name", id.value)).label("invalid id").help("use letters, digits and `_`, not starting with a digit (ids are template variables)"));
+        }
+        node_ids.push(id.value.clone());
+    }
+    let id_refs: Vec<&str> = node_ids.iter().map(String::as_str).filter(|s| !s.starts_with('#')).collect();
+    let resolve = |cx: &mut Ctx, name: &Spanned<String>, what: &str| -> Option<usize> {
+        let found = node_ids.iter().position(|n| *n == name.value);
+        if found.is_none() {
+            cx.err(unknown_name(Code::UnknownNode, name.span, format!("{what} `{}` is not a defined node", name.value), &name.value, &id_refs));
+        }
+        found
+    };
+
+    // Nodes.
+    let mut nodes = Vec::new();
+    for (idx, n) in raw.nodes.iter().enumerate() {
+        let id = node_ids[idx].clone();
+        let label = format!("node `{id}`");
+        let budget = cx.limits(&n.budget, &format!("the budget of {label}"));
+        let kind = match n.kind.as_ref().map(|k| k.value.as_str()) {
+            Some("generate") | Some("critique") | Some("revise") => {
+                let is_critique = n.kind.as_ref().is_some_and(|k| k.value == "critique");
+                let call = n.call.as_ref().and_then(|c| model_call(&mut cx, c, idx, &id, &label, &model_names, &models, true));
+                if let Some(call) = &call {
+                    if is_critique && call.schema.is_none() {
+                        cx.err(Diagnostic::new(Code::MissingKey, n.span, format!("{label} is a critique but has no `schema`")).label("`schema` is required for critique").help("give the JSON Schema of the feedback, e.g. {type: object, properties: {score: {type: number}, feedback: {type: string}}}"));
+                    }
+                }
+                match (call, n.kind.as_ref().map(|k| k.value.as_str())) {
+                    (Some(c), Some("generate")) => Some(NodeKind::Generate(c)),
+                    (Some(c), Some("critique")) => Some(NodeKind::Critique(c)),
+                    (Some(c), _) => Some(NodeKind::Revise(c)),
+                    (None, _) => None,
+                }
+            }
+            Some("verify") => {
+                let target = match &n.target {
+                    Some(t) => cx.inline(format!("{id}.target"), &t.value, t.span, &format!("`target` of {label}")),
+                    None => cx.inline(format!("{id}.target"), DEFAULT_TARGET, n.span, "the default target"),
+                };
+                if let Some(name) = &target {
+                    let span = n.target.as_ref().map_or(n.span, |t| t.span);
+                    cx.pending_vars.push(VarCheck { source: VarSource::Template(name.clone()), node: idx, span, extra: &[], what: format!("`target` of {label}") });
+                }
+                if n.checks.as_ref().is_some_and(Vec::is_empty) {
+                    cx.err(Diagnostic::new(Code::InvalidValue, n.span, format!("{label} has an empty `checks` list")).label("no checks").help("a verify node needs at least one check"));
+                }
+                let mut checks = Vec::new();
+                for (ci, c) in n.checks.iter().flatten().enumerate() {
+                    if let Some(check) = verify_check(&mut cx, c, idx, &id, ci, &label, &model_names, &models) {
+                        checks.push(check);
+                    }
+                }
+                target.map(|target| NodeKind::Verify(VerifySpec { target, checks }))
+            }
+            Some("select") => {
+                let from = n.from.as_ref().and_then(|f| resolve(&mut cx, f, "`from`"));
+                if let Some(by) = &n.by {
+                    check_expression(&mut cx, &by.value, by.span, idx, &[SAMPLE_VAR], &format!("`by` of {label}"));
+                }
+                let order = match n.order.as_ref().map(|o| o.value.as_str()) {
+                    None | Some("max") => Order::Max,
+                    Some("min") => Order::Min,
+                    Some(other) => {
+                        let span = n.order.as_ref().map_or(n.span, |o| o.span);
+                        cx.err(Diagnostic::new(Code::InvalidValue, span, format!("unknown order `{other}`")).label("invalid").help("one of: max, min"));
+                        Order::Max
+                    }
+                };
+                match (from, &n.by) {
+                    (Some(from), Some(by)) => Some(NodeKind::Select(SelectSpec { from, by: by.value.clone(), order })),
+                    _ => None,
+                }
+            }
+            Some("vote") => {
+                let from = n.from.as_ref().and_then(|f| resolve(&mut cx, f, "`from`"));
+                let extract = n.extract.as_ref().and_then(|e| compile_regex(&mut cx, e));
+                from.map(|from| NodeKind::Vote(VoteSpec { from, extract }))
+            }
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            nodes.push(NodeSpec { id, kind, budget });
+        }
+    }
+
+    // Edges.
+    let mut edges = Vec::new();
+    let mut edge_spans = Vec::new();
+    for e in &raw.edges {
+        let from = e.from.as_ref().and_then(|f| resolve(&mut cx, f, "edge source"));
+        let to = e.to.as_ref().and_then(|t| resolve(&mut cx, t, "edge target"));
+        if let (Some(from), Some(to)) = (from, to) {
+            if let Some(w) = &e.when {
+                check_expression(&mut cx, &w.value, w.span, from, &[], "the edge condition");
+            }
+            edges.push(Edge { from, to, when: e.when.as_ref().map(|w| w.value.clone()) });
+            edge_spans.push(e.span);
+        }
+    }
+
+    // Loops.
+    let mut loops = Vec::new();
+    let mut loop_spans = Vec::new();
+    let mut loop_ids = HashSet::new();
+    for l in &raw.loops {
+        let from = l.from.as_ref().and_then(|f| resolve(&mut cx, f, "loop back edge source"));
+        let to = l.to.as_ref().and_then(|t| resolve(&mut cx, t, "loop head"));
+        if let Some(id) = &l.id {
+            if !loop_ids.insert(id.value.clone()) {
+                cx.err(Diagnostic::new(Code::DuplicateId, id.span, format!("loop `{}` is declared twice", id.value)).label("duplicate"));
+            }
+        }
+        let what = l.id.as_ref().map_or("a loop".into(), |i| format!("loop `{}`", i.value));
+        let max_rounds = match &l.max_rounds {
+            Some(m) if m.value == 0 => {
+                cx.err(Diagnostic::new(Code::InvalidValue, m.span, format!("{what}: `max_rounds` must be at least 1")).label("zero rounds"));
+                1
+            }
+            Some(m) => m.value.min(u32::MAX as u64) as u32,
+            None => 1,
+        };
+        if let (Some(u), Some(from)) = (&l.until, from) {
+            check_expression(&mut cx, &u.value, u.span, from, &[], &format!("`until` of {what}"));
+        }
+        let converge = l.converge.as_ref().map(|c| {
+            if let Some(from) = from {
+                check_expression(&mut cx, &c.score.value, c.score.span, from, &[], &format!("`converge.score` of {what}"));
+            }
+            let patience = match &c.patience {
+                Some(p) if p.value == 0 => {
+                    cx.err(Diagnostic::new(Code::InvalidValue, p.span, "`patience` must be at least 1").label("zero"));
+                    1
+                }
+                Some(p) => p.value.min(u32::MAX as u64) as u32,
+                None => 1,
+            };
+            Converge { score: c.score.value.clone(), patience, min_delta: c.min_delta.unwrap_or(0.0) }
+        });
+        let budget = cx.limits(&l.budget, &format!("the budget of {what}"));
+        if let (Some(from), Some(to), Some(id)) = (from, to, &l.id) {
+            loops.push(LoopSpec {
+                id: id.value.clone(),
+                from,
+                to,
+                max_rounds,
+                until: l.until.as_ref().map(|u| u.value.clone()),
+                converge,
+                budget,
+                round_tokens: l.round_tokens.as_ref().map(|r| r.value),
+                body: Vec::new(),
+            });
+            loop_spans.push(l.span);
+        }
+    }
+
+    // Workflow settings.
+    let budget = cx.limits(&raw.budget, "the workflow budget");
+    let concurrency = match &raw.concurrency {
+        Some(c) if c.value == 0 => {
+            cx.err(Diagnostic::new(Code::InvalidValue, c.span, "`concurrency` must be at least 1").label("zero"));
+            1
+        }
+        Some(c) => c.value.min(4096) as usize,
+        None => 8,
+    };
+
+    // Output.
+    let output = match &raw.output {
+        None => {
+            cx.err(Diagnostic::new(Code::BadOutput, raw.span, "the workflow has no `output`").label("`output` is required").help("name the nodes whose results are the answer, e.g. `output: {from: [draft, revise]}`"));
+            None
+        }
+        Some(o) if o.from.is_empty() => {
+            cx.err(Diagnostic::new(Code::BadOutput, o.span, "`output` names no node").label("empty output").help("list the nodes whose results are the answer in `from`"));
+            None
+        }
+        Some(o) => {
+            let from: Vec<usize> = o.from.iter().filter_map(|f| resolve(&mut cx, f, "output")).collect();
+            let select = match o.select.as_ref().map(|s| s.value.as_str()) {
+                None | Some("best") => Selection::Best,
+                Some("latest") => Selection::Latest,
+                Some(other) => {
+                    let span = o.select.as_ref().map_or(o.span, |s| s.span);
+                    cx.err(Diagnostic::new(Code::InvalidValue, span, format!("unknown output selection `{other}`")).label("invalid").help("one of: best, latest"));
+                    Selection::Best
+                }
+            };
+            (from.len() == o.from.len()).then(|| OutputSpec {
+                from,
+                field: o.field.as_ref().map_or("text".to_string(), |f| f.value.clone()),
+                select,
+            })
+        }
+    };
+
+    // Graph checks need every name resolved.
+    let names_ok = nodes.len() == raw.nodes.len() && edges.len() == raw.edges.len() && loops.len() == raw.loops.len();
+    let mut topology = Topology::default();
+    if names_ok && !nodes.is_empty() {
+        let node_spans: Vec<Span> = raw.nodes.iter().map(|n| n.id.as_ref().map_or(n.span, |i| i.span)).collect();
+        topology = graph_checks(&mut cx, &nodes, &node_spans, &edges, &edge_spans, &mut loops, &loop_spans, raw.span);
+        if cx.diags.iter().all(|d| !matches!(d.code, Code::UnboundedCycle | Code::BadLoop)) {
+            variable_checks(&mut cx, &nodes, &edges, &loops, &inputs);
+        }
+        budget_checks(&mut cx, &nodes, &models, &loops, &budget, &raw);
+    }
+
+    diags.append(&mut cx.diags);
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(Workflow {
+        name: raw.name.unwrap_or_else(|| "workflow".into()),
+        description: raw.description,
+        path: None,
+        models,
+        inputs,
+        budget,
+        concurrency,
+        nodes,
+        edges,
+        loops,
+        output: output.expect("no diagnostics means an output"),
+        templates: Arc::new(cx.templates),
+        topology,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn model_call(
+    cx: &mut Ctx,
+    c: &RawCall,
+    node: usize,
+    id: &str,
+    label: &str,
+    model_names: &[&str],
+    models: &[ModelDecl],
+    needs_prompt: bool,
+) -> Option<ModelCall> {
+    let model = match &c.model {
+        Some(m) => {
+            let found = model_names.iter().position(|n| *n == m.value);
+            if found.is_none() {
+                cx.err(unknown_name(Code::UnknownModel, m.span, format!("{label} uses model `{}`, which is not declared", m.value), &m.value, model_names));
+            }
+            found
+        }
+        None if models.len() == 1 => Some(0),
+        None => {
+            let help = if models.is_empty() { "declare one under `models:`".to_string() } else { format!("name one of: {}", model_names.join(", ")) };
+            cx.err(Diagnostic::new(Code::MissingKey, c.span, format!("{label} names no `model`")).label("`model` is required").help(help));
+            None
+        }
+    };
+    let prompt = match (&c.prompt_file, &c.template) {
+        (Some(file), _) => cx.prompt_file(format!("{id}.prompt"), file, &format!("prompt of {label}")),
+        (None, Some(t)) => cx.inline(format!("{id}.prompt"), &t.value, t.span, &format!("`template` of {label}")),
+        (None, None) if needs_prompt => {
+            cx.err(Diagnostic::new(Code::MissingKey, c.span, format!("{label} has no prompt")).label("`prompt` or `template` is required").help("`prompt: file.j2` (under the prompt directory) or `template: inline text`"));
+            None
+        }
+        (None, None) => cx.inline(format!("{id}.prompt"), DEFAULT_JUDGE_PROMPT, c.span, "the default judge prompt"),
+    };
+    let extra: &'static [&'static str] = if needs_prompt { &[] } else { &[TARGET_VAR] };
+    if let Some(p) = &prompt {
+        let span = c.prompt_file.as_ref().or(c.template.as_ref()).map_or(c.span, |s| s.span);
+        cx.pending_vars.push(VarCheck { source: VarSource::Template(p.clone()), node, span, extra, what: format!("the prompt of {label}") });
+    }
+    let system = c.system.as_ref().and_then(|s| {
+        let name = cx.inline(format!("{id}.{}system", if needs_prompt { "" } else { "judge." }), &s.value, s.span, &format!("`system` of {label}"))?;
+        cx.pending_vars.push(VarCheck { source: VarSource::Template(name.clone()), node, span: s.span, extra, what: format!("`system` of {label}") });
+        Some(name)
+    });
+    let s = &c.sampling;
+    if let Some(t) = &s.temperature {
+        if !(0.0..=2.0).contains(&t.value) {
+            cx.err(Diagnostic::new(Code::InvalidValue, t.span, format!("temperature {} is outside 0..=2", t.value)).label("out of range"));
+        }
+    }
+    if let Some(t) = &s.top_p {
+        if !(t.value > 0.0 && t.value <= 1.0) {
+            cx.err(Diagnostic::new(Code::InvalidValue, t.span, format!("top_p {} is outside (0, 1]", t.value)).label("out of range"));
+        }
+    }
+    if let Some(m) = &s.max_tokens {
+        if m.value == 0 || m.value > u32::MAX as u64 {
+            cx.err(Diagnostic::new(Code::InvalidValue, m.span, "`max_tokens` must be at least 1").label("out of range"));
+        }
+    }
+    let n = match &c.n {
+        Some(n) if n.value == 0 || n.value > 128 => {
+            cx.err(Diagnostic::new(Code::InvalidValue, n.span, format!("`n` = {} is outside 1..=128", n.value)).label("out of range"));
+            1
+        }
+        Some(n) => n.value as u32,
+        None => 1,
+    };
+    let logprobs = match &c.logprobs {
+        Some(l) if l.value > 20 => {
+            cx.err(Diagnostic::new(Code::InvalidValue, l.span, format!("`logprobs` = {} is more than 20", l.value)).label("out of range"));
+            None
+        }
+        Some(l) => Some(l.value as u8),
+        None => None,
+    };
+    let schema = c.schema.as_ref().and_then(|(src, span)| compile_schema(cx, src, *span));
+    let model = model?;
+    let prompt = prompt?;
+    Some(ModelCall {
+        model,
+        prompt,
+        system,
+        sampling: Sampling {
+            temperature: s.temperature.as_ref().map(|t| t.value as f32),
+            top_p: s.top_p.as_ref().map(|t| t.value as f32),
+            seed: s.seed,
+            max_tokens: s.max_tokens.as_ref().map(|m| m.value.clamp(1, u32::MAX as u64) as u32),
+            stop: s.stop.clone(),
+        },
+        n,
+        logprobs,
+        schema,
+        repair_attempts: c.repair_attempts.as_ref().map_or(1, |r| r.value.min(5) as u32),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn verify_check(
+    cx: &mut Ctx,
+    c: &RawCheck,
+    node: usize,
+    id: &str,
+    index: usize,
+    label: &str,
+    model_names: &[&str],
+    models: &[ModelDecl],
+) -> Option<Check> {
+    let expected = |cx: &mut Ctx, e: &Spanned<String>| {
+        let name = cx.inline(format!("{id}.checks.{index}"), &e.value, e.span, &format!("check {} of {label}", index + 1))?;
+        cx.pending_vars.push(VarCheck { source: VarSource::Template(name.clone()), node, span: e.span, extra: &[], what: format!("check {} of {label}", index + 1) });
+        Some(name)
+    };
+    match c {
+        RawCheck::Exact { expected: e, ignore_case } => expected(cx, e).map(|expected| Check::Exact { expected, ignore_case: *ignore_case }),
+        RawCheck::Numeric { expected: e, tolerance } => expected(cx, e).map(|expected| Check::Numeric { expected, tolerance: *tolerance }),
+        RawCheck::Regex(r) => compile_regex(cx, r).map(Check::Regex),
+        RawCheck::JsonSchema(src, span) => compile_schema(cx, src, *span).map(Check::JsonSchema),
+        RawCheck::Judge(call) => {
+            let judge_id = format!("{id}.checks.{index}.judge");
+            model_call(cx, call, node, &judge_id, &format!("the judge of {label}"), model_names, models, false).map(Check::Judge)
+        }
+    }
+}
+
+fn compile_regex(cx: &mut Ctx, r: &Spanned<String>) -> Option<regex::Regex> {
+    match regex::RegexBuilder::new(&r.value).size_limit(1 << 20).build() {
+        Ok(re) => Some(re),
+        Err(e) => {
+            let detail = e.to_string().lines().last().unwrap_or("").trim().to_string();
+            cx.err(Diagnostic::new(Code::BadRegex, r.span, format!("invalid regular expression: {detail}")).label("invalid regex"));
+            None
+        }
+    }
+}
+
+fn compile_schema(cx: &mut Ctx, src: &serde_json::Value, span: Span) -> Option<Arc<Schema>> {
+    match Schema::compile(src.clone()) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            cx.err(Diagnostic::new(Code::BadSchema, span, format!("invalid JSON Schema: {e}")).label("invalid schema"));
+            None
+        }
+    }
+}
+
+fn check_expression(cx: &mut Ctx, expr: &str, span: Span, node: usize, extra: &'static [&'static str], what: &str) {
+    match cx.templates.check_expression(expr) {
+        Ok(_) => cx.pending_vars.push(VarCheck { source: VarSource::Expression(expr.to_string()), node, span, extra, what: what.to_string() }),
+        Err(e) => cx.err(Diagnostic::new(Code::InvalidCondition, span, format!("{what} does not parse: {e}")).label("invalid expression")),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn graph_checks(
+    cx: &mut Ctx,
+    nodes: &[NodeSpec],
+    node_spans: &[Span],
+    edges: &[Edge],
+    edge_spans: &[Span],
+    loops: &mut [LoopSpec],
+    loop_spans: &[Span],
+    doc_span: Span,
+) -> Topology {
+    let n = nodes.len();
+    let mut g: DiGraph<usize, usize> = DiGraph::with_capacity(n, edges.len());
+    let idx: Vec<NodeIndex> = (0..n).map(|i| g.add_node(i)).collect();
+    for (ei, e) in edges.iter().enumerate() {
+        g.add_edge(idx[e.from], idx[e.to], ei);
+    }
+
+    // Forward edges must be acyclic: every cycle needs a loop (stop rule).
+    for scc in petgraph::algo::tarjan_scc(&g) {
+        let self_loop = scc.len() == 1 && g.contains_edge(scc[0], scc[0]);
+        if scc.len() < 2 && !self_loop {
+            continue;
+        }
+        let members: HashSet<usize> = scc.iter().map(|i| g[*i]).collect();
+        let (ei, e) = edges.iter().enumerate().find(|(_, e)| members.contains(&e.from) && members.contains(&e.to)).expect("a cycle has an edge");
+        let mut names: Vec<&str> = members.iter().map(|&m| nodes[m].id.as_str()).collect();
+        names.sort();
+        cx.err(
+            Diagnostic::new(Code::UnboundedCycle, edge_spans[ei], format!("the edges between {} form a cycle with no stop rule", names.join(", ")))
+                .label("this edge closes the cycle")
+                .help(format!(
+                    "remove this edge and declare it as a loop: `loops: [{{id: refine, from: {}, to: {}, max_rounds: 3}}]`",
+                    nodes[e.from].id, nodes[e.to].id
+                )),
+        );
+    }
+
+    let reach = |from: usize| -> HashSet<usize> {
+        let mut seen = HashSet::new();
+        let mut dfs = Dfs::new(&g, idx[from]);
+        while let Some(x) = dfs.next(&g) {
+            seen.insert(g[x]);
+        }
+        seen
+    };
+    let reached_by = |to: usize| -> HashSet<usize> {
+        let rev = Reversed(&g);
+        let mut seen = HashSet::new();
+        let mut dfs = Dfs::new(rev, idx[to]);
+        while let Some(x) = dfs.next(rev) {
+            seen.insert(g[x]);
+        }
+        seen
+    };
+
+    // Loop bodies: nodes on a path from the head to the back edge's source.
+    for (li, l) in loops.iter_mut().enumerate() {
+        let down = reach(l.to);
+        if !down.contains(&l.from) {
+            cx.err(
+                Diagnostic::new(Code::BadLoop, loop_spans[li], format!("loop `{}`: `{}` cannot be reached from `{}`, so `{} -> {}` closes no cycle", l.id, nodes[l.from].id, nodes[l.to].id, nodes[l.from].id, nodes[l.to].id))
+                    .label("not a back edge")
+                    .help("a loop's `to` is its head; `from` is the last node of its body, reachable from the head by edges"),
+            );
+            continue;
+        }
+        let up = reached_by(l.from);
+        let mut body: Vec<usize> = down.intersection(&up).copied().collect();
+        body.sort_unstable();
+        l.body = body;
+    }
+    // Single entry: edges from outside a body may only enter at its head.
+    for (li, l) in loops.iter().enumerate() {
+        if l.body.is_empty() {
+            continue;
+        }
+        for (ei, e) in edges.iter().enumerate() {
+            if l.body.contains(&e.to) && !l.body.contains(&e.from) && e.to != l.to {
+                cx.err(
+                    Diagnostic::new(Code::BadLoop, edge_spans[ei], format!("edge `{} -> {}` enters loop `{}` at `{}`, not at its head `{}`", nodes[e.from].id, nodes[e.to].id, l.id, nodes[e.to].id, nodes[l.to].id))
+                        .label("enters the loop body")
+                        .help("a loop is entered only through its head; route this edge to the head"),
+                );
+            }
+        }
+        // Nesting: bodies are disjoint or nested.
+        for (lj, other) in loops.iter().enumerate().skip(li + 1) {
+            let a: HashSet<_> = l.body.iter().collect();
+            let b: HashSet<_> = other.body.iter().collect();
+            let inter = a.intersection(&b).count();
+            if inter > 0 && inter != a.len() && inter != b.len() {
+                cx.err(
+                    Diagnostic::new(Code::BadLoop, loop_spans[lj], format!("loops `{}` and `{}` overlap without one containing the other", l.id, other.id))
+                        .label("overlapping loop")
+                        .help("loops must be disjoint or nested"),
+                );
+            }
+            if l.from == other.from && l.to == other.to {
+                cx.err(Diagnostic::new(Code::BadLoop, loop_spans[lj], format!("loops `{}` and `{}` have the same back edge", l.id, other.id)).label("duplicate back edge"));
+            }
+        }
+    }
+
+    let starts: Vec<usize> = (0..n).filter(|&i| !edges.iter().any(|e| e.to == i)).collect();
+    if starts.is_empty() {
+        cx.err(Diagnostic::new(Code::NoStart, doc_span, "every node has an incoming edge, so the run cannot start").label("no start node").help("the first node of a workflow has no incoming edges"));
+    } else {
+        let mut reached = HashSet::new();
+        for &s in &starts {
+            reached.extend(reach(s));
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            if !reached.contains(&i) {
+                cx.err(Diagnostic::new(Code::Unreachable, node_spans[i], format!("node `{}` cannot be reached from a start node", node.id)).label("unreachable").help(format!("start nodes: {}", starts.iter().map(|&s| nodes[s].id.as_str()).collect::<Vec<_>>().join(", "))));
+            }
+        }
+    }
+
+    // Adjacency for the engine.
+    let mut t = Topology {
+        incoming: vec![Vec::new(); n],
+        outgoing: vec![Vec::new(); n],
+        back_edges: vec![Vec::new(); n],
+        loops_of: vec![Vec::new(); n],
+        starts,
+        exits: vec![Vec::new(); edges.len()],
+    };
+    for (ei, e) in edges.iter().enumerate() {
+        t.incoming[e.to].push(ei);
+        t.outgoing[e.from].push(ei);
+    }
+    for (li, l) in loops.iter().enumerate() {
+        t.back_edges[l.from].push(li);
+        for &b in &l.body {
+            t.loops_of[b].push(li);
+        }
+        for (ei, e) in edges.iter().enumerate() {
+            if l.body.contains(&e.from) && !l.body.contains(&e.to) {
+                t.exits[ei].push(li);
+            }
+        }
+    }
+    for list in &mut t.loops_of {
+        list.sort_by_key(|&li| loops[li].body.len());
+    }
+    t
+}
+
+fn variable_checks(cx: &mut Ctx, nodes: &[NodeSpec], edges: &[Edge], loops: &[LoopSpec], inputs: &[InputDecl]) {
+    // Ancestors over forward and back edges.
+    let n = nodes.len();
+    let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for e in edges {
+        preds[e.to].push(e.from);
+    }
+    for l in loops {
+        preds[l.to].push(l.from);
+    }
+    let ancestors = |node: usize| -> HashSet<usize> {
+        let mut seen = HashSet::new();
+        let mut stack = preds[node].clone();
+        while let Some(x) = stack.pop() {
+            if seen.insert(x) {
+                stack.extend(preds[x].iter().copied());
+            }
+        }
+        seen
+    };
+    let pending = std::mem::take(&mut cx.pending_vars);
+    for check in pending {
+        let vars = match &check.source {
+            VarSource::Template(name) => cx.templates.variables(name),
+            VarSource::Expression(e) => cx.templates.check_expression(e).unwrap_or_default(),
+        };
+        let up = ancestors(check.node);
+        let mut vars: Vec<String> = vars.into_iter().collect();
+        vars.sort();
+        for var in vars {
+            if BUILTINS.contains(&var.as_str()) || check.extra.contains(&var.as_str()) || inputs.iter().any(|i| i.name == var) {
+                continue;
+            }
+            if let Some(pos) = nodes.iter().position(|nd| nd.id == var) {
+                // A condition on an edge or loop may read its own source node.
+                let own = matches!(check.source, VarSource::Expression(_)) && pos == check.node;
+                if up.contains(&pos) || own {
+                    continue;
+                }
+                cx.err(
+                    Diagnostic::new(Code::UnknownVariable, check.span, format!("{} reads `{var}`, which is not upstream of `{}`", check.what, nodes[check.node].id))
+                        .label(format!("`{var}` has not run yet here"))
+                        .help(format!("add an edge path from `{var}` to `{}`, or read another node", nodes[check.node].id)),
+                );
+                continue;
+            }
+            let mut known: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+            known.extend(up.iter().map(|&u| nodes[u].id.as_str()));
+            known.extend(BUILTINS);
+            known.extend(check.extra);
+            let d = Diagnostic::new(Code::UnknownVariable, check.span, format!("{} reads `{var}`, which no input or upstream node provides", check.what)).label(format!("unknown variable `{var}`"));
+            let d = match did_you_mean(&var, known.iter().copied()) {
+                Some(best) => d.help(format!("did you mean `{best}`?")),
+                None => d.help(format!("available here: {}", {
+                    known.sort();
+                    known.join(", ")
+                })),
+            };
+            cx.err(d);
+        }
+    }
+}
+
+fn budget_checks(cx: &mut Ctx, nodes: &[NodeSpec], models: &[ModelDecl], loops: &[LoopSpec], budget: &Limits, raw: &RawWorkflow) {
+    for (i, node) in nodes.iter().enumerate() {
+        for call in node.kind.model_calls() {
+            let max = call.sampling.max_tokens.unwrap_or(models[call.model].max_tokens) as u64;
+            let worst = max * call.n as u64;
+            let mut scopes: Vec<(String, Option<u64>, Span)> = vec![("the workflow".into(), budget.tokens, raw.budget.as_ref().map_or(raw.span, |b| b.span))];
+            for l in loops.iter().filter(|l| l.body.contains(&i)) {
+                let span = raw.loops.iter().find(|r| r.id.as_ref().is_some_and(|id| id.value == l.id)).map_or(raw.span, |r| r.span);
+                scopes.push((format!("loop `{}`", l.id), l.budget.tokens, span));
+            }
+            scopes.push((format!("node `{}`", node.id), node.budget.tokens, raw.nodes[i].span));
+            for (scope, limit, span) in scopes {
+                if let Some(limit) = limit {
+                    if worst > limit {
+                        cx.err(
+                            Diagnostic::new(Code::BadBudget, span, format!("node `{}` may use {worst} completion tokens in one call, more than the {limit}-token budget of {scope}", node.id))
+                                .label("no call of this node fits")
+                                .help("raise the token limit or lower the node's `max_tokens` (or `n`)"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
