@@ -1,1 +1,412 @@
-//! cli
+//! The `redraft` command line. This is the edge: errors get context here and
+//! become exit codes; the library below stays typed.
+//!
+//! Exit codes (stable, documented in README and `redraft --help`):
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0    | finished; verified where the workflow verifies |
+//! | 1    | finished, but the output did not pass verification |
+//! | 2    | invalid workflow, input or usage |
+//! | 3    | budget exhausted (the best output so far is printed) |
+//! | 4    | model or backend failure |
+//! | 130  | interrupted (Ctrl-C) |
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::budget::Limits;
+use crate::engine::{Engine, RunError, RunOptions};
+use crate::event::{Event, Fanout, NodeStatus, Recorder};
+use crate::metrics::{FailureKind, RunStatus, RunSummary};
+use crate::workflow::{self, Workflow};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_UNVERIFIED: u8 = 1;
+pub const EXIT_INVALID: u8 = 2;
+pub const EXIT_BUDGET: u8 = 3;
+pub const EXIT_BACKEND: u8 = 4;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// The JSON Schema of the workflow format (`redraft schema`).
+pub const WORKFLOW_SCHEMA: &str = include_str!("../docs/workflow.schema.json");
+
+const EXIT_HELP: &str = "Exit codes: 0 finished (and verified, where the workflow verifies), 1 finished unverified, \
+2 invalid workflow or usage, 3 budget exhausted (best-so-far printed), 4 model/backend failure, 130 interrupted.";
+
+#[derive(Debug, Parser)]
+#[command(name = "redraft", version, about = "Run draft → critique → verify → revise workflows with LLMs.", after_help = EXIT_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a workflow and print its output.
+    Run(RunArgs),
+    /// Check workflow files; exit 2 if any is invalid.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a workflow's graph.
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+    /// Print the JSON Schema of the workflow format.
+    Schema,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    pub file: PathBuf,
+    /// An input value, `NAME=VALUE` (parsed by the input's declared type).
+    #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+    pub inputs: Vec<String>,
+    /// Inputs from a JSON (or YAML) object.
+    #[arg(long, value_name = "FILE")]
+    pub input_file: Option<PathBuf>,
+    /// Use another backend for a workflow model, `NAME=SPEC`.
+    #[arg(long = "model", short = 'm', value_name = "NAME=SPEC")]
+    pub models: Vec<String>,
+    /// Override a workflow budget limit: tokens=N, calls=N, cost_usd=X, wall_time=30s.
+    #[arg(long = "budget", value_name = "LIMIT=VALUE")]
+    pub budgets: Vec<String>,
+    /// Write every event as a JSON line to this file.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Print a machine-readable summary instead of the output alone.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Parses arguments, runs, and returns the exit code.
+pub fn main() -> u8 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_INVALID } else { EXIT_OK };
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    match cli.command {
+        Command::Run(args) => run_command(args),
+        Command::Validate { files } => validate_command(&files),
+        Command::Graph { file, format } => match workflow::load(&file) {
+            Ok(wf) => {
+                print!("{}", match format {
+                    GraphFormat::Mermaid => crate::graph::mermaid(&wf),
+                    GraphFormat::Dot => crate::graph::dot(&wf),
+                });
+                EXIT_OK
+            }
+            Err(e) => {
+                eprint!("{}", e.render());
+                EXIT_INVALID
+            }
+        },
+        Command::Schema => {
+            print!("{WORKFLOW_SCHEMA}");
+            EXIT_OK
+        }
+    }
+}
+
+fn validate_command(files: &[PathBuf]) -> u8 {
+    let mut code = EXIT_OK;
+    for f in files {
+        match workflow::load(f) {
+            Ok(_) => println!("{}: ok", f.display()),
+            Err(e) => {
+                eprint!("{}", e.render());
+                code = EXIT_INVALID;
+            }
+        }
+    }
+    code
+}
+
+fn run_command(args: RunArgs) -> u8 {
+    let wf = match workflow::load(&args.file) {
+        Ok(wf) => Arc::new(wf),
+        Err(e) => {
+            eprint!("{}", e.render());
+            return EXIT_INVALID;
+        }
+    };
+    let setup = (|| -> anyhow::Result<(Engine, RunOptions, Option<Arc<JsonlRecorder>>)> {
+        let opts = RunOptions { inputs: collect_inputs(&wf, &args)?, budget: parse_budgets(&args.budgets)?, ..RunOptions::default() };
+        let mut engine = Engine::new();
+        for m in &args.models {
+            let (name, spec) = m.split_once('=').with_context(|| format!("--model {m:?}: expected NAME=SPEC"))?;
+            if wf.model_index(name).is_none() {
+                let known: Vec<&str> = wf.models.iter().map(|m| m.name.as_str()).collect();
+                bail!("--model {name}: the workflow has no model `{name}` (models: {})", known.join(", "));
+            }
+            crate::backend::ModelSpec::parse(spec).with_context(|| format!("--model {name}"))?;
+            let model = crate::backend::open(spec, Path::new(".")).map_err(|e| anyhow::anyhow!(BackendOpen(e.to_string())))?;
+            engine = engine.with_model(name, model);
+        }
+        let log = match &args.log {
+            Some(path) => Some(Arc::new(JsonlRecorder::create(path).with_context(|| format!("cannot create log file {}", path.display()))?)),
+            None => None,
+        };
+        let mut recorders: Vec<Box<dyn Recorder>> = Vec::new();
+        if let Some(log) = &log {
+            recorders.push(Box::new(log.clone()));
+        }
+        if !args.quiet {
+            recorders.push(Box::new(HumanRecorder));
+        }
+        Ok((engine.with_recorder(Arc::new(Fanout(recorders))), opts, log))
+    })();
+    let (engine, opts, log) = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return if e.downcast_ref::<BackendOpen>().is_some() { EXIT_BACKEND } else { EXIT_INVALID };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_BACKEND;
+        }
+    };
+    let cancel = opts.cancel.clone();
+    let result = runtime.block_on(async move {
+        let watcher = tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ninterrupted: stopping; finished work is kept");
+                cancel.cancel();
+            }
+        });
+        let r = engine.run(wf.clone(), opts).await;
+        watcher.abort();
+        r
+    });
+    if let Some(log) = &log {
+        if let Some(e) = log.error() {
+            eprintln!("warning: writing the event log failed: {e}");
+        }
+    }
+    match result {
+        Ok(summary) => report(&summary, args.json),
+        Err(e @ RunError::Input { .. }) => {
+            eprintln!("error: {e}");
+            EXIT_INVALID
+        }
+        Err(e @ RunError::Model { .. }) => {
+            eprintln!("error: {e}");
+            EXIT_BACKEND
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BackendOpen(String);
+impl std::fmt::Display for BackendOpen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for BackendOpen {}
+
+/// Prints the result and maps it to an exit code.
+fn report(s: &RunSummary, json: bool) -> u8 {
+    if json {
+        match serde_json::to_string_pretty(s) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("error: cannot serialise the summary: {e}"),
+        }
+    } else if let Some(out) = &s.output {
+        match out {
+            serde_json::Value::String(text) => println!("{text}"),
+            other => println!("{other}"),
+        }
+    }
+    let code = exit_code(s);
+    let verdict = match s.verified {
+        Some(true) => "verified",
+        Some(false) => "not verified",
+        None => "no verifier",
+    };
+    let status = match s.status {
+        RunStatus::Finished => "finished",
+        RunStatus::BudgetExhausted => "budget exhausted (best output so far)",
+        RunStatus::Interrupted => "interrupted (best output so far)",
+        RunStatus::Failed => "failed",
+    };
+    eprintln!(
+        "{status} · {verdict} · {} calls · {} tokens{} · ${:.6} · {:.0} ms",
+        s.usage.calls,
+        s.usage.total_tokens,
+        if s.usage.estimated { " (estimated)" } else { "" },
+        s.usage.cost_usd,
+        s.wall_ms
+    );
+    if let Some(ex) = &s.exhausted {
+        eprintln!("budget: {ex}");
+    }
+    if let Some(err) = &s.error {
+        eprintln!("error: {err}");
+    }
+    code
+}
+
+/// The documented exit code of a finished run.
+pub fn exit_code(s: &RunSummary) -> u8 {
+    match s.status {
+        RunStatus::Finished if s.verified == Some(false) => EXIT_UNVERIFIED,
+        RunStatus::Finished => EXIT_OK,
+        RunStatus::BudgetExhausted => EXIT_BUDGET,
+        RunStatus::Interrupted => EXIT_INTERRUPTED,
+        RunStatus::Failed => match s.failure {
+            Some(FailureKind::Backend) => EXIT_BACKEND,
+            _ => EXIT_INVALID,
+        },
+    }
+}
+
+fn collect_inputs(wf: &Workflow, args: &RunArgs) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut inputs = serde_json::Map::new();
+    if let Some(path) = &args.input_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read input file {}", path.display()))?;
+        let value: serde_json::Value = serde_saphyr::from_str(&text).with_context(|| format!("input file {}", path.display()))?;
+        match value {
+            serde_json::Value::Object(map) => inputs.extend(map),
+            other => bail!("input file {}: expected an object of inputs, found {}", path.display(), type_name(&other)),
+        }
+    }
+    for kv in &args.inputs {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--input {kv:?}: expected NAME=VALUE"))?;
+        inputs.insert(k.to_string(), crate::engine::parse_input_value(wf, k, v)?);
+    }
+    Ok(inputs)
+}
+
+fn type_name(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn parse_budgets(items: &[String]) -> anyhow::Result<Limits> {
+    let mut l = Limits::default();
+    for item in items {
+        let (k, v) = item.split_once('=').with_context(|| format!("--budget {item:?}: expected LIMIT=VALUE"))?;
+        let positive = |x: f64| if x > 0.0 && x.is_finite() { Ok(x) } else { bail!("--budget {k}: must be positive, got {v}") };
+        match k {
+            "tokens" => l.tokens = Some(positive(v.parse::<u64>().with_context(|| format!("--budget tokens={v}: not a whole number"))? as f64)? as u64),
+            "calls" => l.calls = Some(positive(v.parse::<u64>().with_context(|| format!("--budget calls={v}: not a whole number"))? as f64)? as u64),
+            "cost_usd" => l.cost_usd = Some(positive(v.parse::<f64>().with_context(|| format!("--budget cost_usd={v}: not a number"))?)?),
+            "wall_time" => {
+                let d = workflow::parse_duration(v).filter(|d| !d.is_zero()).with_context(|| format!("--budget wall_time={v}: not a positive duration (500ms, 30s, 2m)"))?;
+                l.wall_time = Some(d);
+            }
+            other => bail!("--budget {other}: unknown limit (tokens, calls, cost_usd, wall_time)"),
+        }
+    }
+    Ok(l)
+}
+
+/// Writes each event as one JSON line, flushed per line, so a killed run
+/// leaves a valid prefix.
+pub struct JsonlRecorder {
+    file: Mutex<std::io::BufWriter<std::fs::File>>,
+    error: Mutex<Option<String>>,
+}
+
+impl JsonlRecorder {
+    pub fn create(path: &Path) -> std::io::Result<JsonlRecorder> {
+        Ok(JsonlRecorder { file: Mutex::new(std::io::BufWriter::new(std::fs::File::create(path)?)), error: Mutex::new(None) })
+    }
+
+    /// The first write error, if any.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Recorder for JsonlRecorder {
+    fn record(&self, event: &Event) {
+        let line = match serde_json::to_string(event) {
+            Ok(l) => l,
+            Err(e) => {
+                self.error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e.to_string());
+                return;
+            }
+        };
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = writeln!(f, "{line}").and_then(|_| f.flush()) {
+            self.error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e.to_string());
+        }
+    }
+}
+
+/// Progress for people, on stderr.
+pub struct HumanRecorder;
+
+impl Recorder for HumanRecorder {
+    fn record(&self, event: &Event) {
+        if let Some(line) = human_line(event) {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// One line of human progress for an event, if it deserves one.
+pub fn human_line(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::RunStarted { workflow, .. } => format!("run {workflow}"),
+        Event::NodeStarted { .. } | Event::RunFinished { .. } => return None,
+        Event::NodeFinished { node, round, status, elapsed_ms, error, .. } => match status {
+            NodeStatus::Done => format!("  [{round}] {node} done ({elapsed_ms:.1} ms)"),
+            NodeStatus::Skipped => match error {
+                Some(e) => format!("  [{round}] {node} skipped: {e}"),
+                None => format!("  [{round}] {node} skipped"),
+            },
+            NodeStatus::Failed => format!("  [{round}] {node} FAILED: {}", error.as_deref().unwrap_or("")),
+        },
+        Event::ModelCall(c) => match &c.error {
+            Some(e) => format!("      {} call failed after {:.0} ms: {e}", c.model, c.latency_ms),
+            None => format!(
+                "      {} ({}) {} → {} tokens, {:.0} ms",
+                c.model, c.model_id, c.prompt_tokens, c.completion_tokens, c.latency_ms
+            ),
+        },
+        Event::InvalidOutput { node, attempt, error, .. } => format!("      {node}: invalid reply (attempt {attempt}): {error}"),
+        Event::Verdict { node, passed, score, .. } => {
+            format!("      {node}: {} (score {score:.2})", if *passed { "passed" } else { "failed" })
+        }
+        Event::LoopRound { loop_id, round } if *round > 1 => format!("loop {loop_id}: round {round}"),
+        Event::LoopRound { .. } => return None,
+        Event::LoopFinished { loop_id, rounds, reason } => format!("loop {loop_id}: stopped after {rounds} round(s) ({reason:?})"),
+        Event::BudgetWarning(w) => format!("warning: {} has used {:.0} of {:.0} {}", w.scope, w.used, w.max, w.limit),
+        Event::BudgetExhausted(e) => format!("budget: {e}"),
+    })
+}

@@ -69,7 +69,7 @@ impl LoopReport {
         let n = rounds.len();
         let chg: Vec<bool> = (1..n).map(|t| rounds[t].config != rounds[t - 1].config).collect();
         let changes = chg.iter().filter(|c| **c).count();
-        let changed_wins = chg.iter().zip(&rounds[1..]).filter(|(c, r)| **c && r.win).count();
+        let changed_wins = chg.iter().zip(rounds.get(1..).unwrap_or_default()).filter(|(c, r)| **c && r.win).count();
         let wins: Vec<f64> = rounds.iter().map(|r| if r.win { 1.0 } else { 0.0 }).collect();
         LoopReport {
             loop_id: loop_id.to_string(),
@@ -204,6 +204,13 @@ mod tests {
         assert_eq!(r.overcorrection_risk_rate, Some(0.5));
         assert_eq!(r.correction_success_rate, 0.0);
         assert!((r.improvement_slope + 0.5).abs() < 1e-12);
+        assert_eq!(r.over_budget_ratio, None);
+    }
+
+    #[test]
+    fn no_rounds_is_all_zero() {
+        let r = LoopReport::compute("l", StopReason::RunStopped, &[], Some(5));
+        assert_eq!((r.rounds, r.changes, r.wins), (0, 0, 0));
         assert_eq!(r.over_budget_ratio, None);
     }
 

@@ -489,9 +489,12 @@ impl Run {
     fn summary(mut self) -> RunSummary {
         let sh = self.sh.clone();
         let wf = &sh.wf;
-        // Loops cut short by the stop still report the rounds they finished.
+        // Loops cut short by the stop report their rounds, the cut one included.
+        let latest = self.candidates.last().map(|c| hash_text(c.output.text.as_deref()));
         for li in 0..wf.loops.len() {
-            if self.loops[li].active {
+            let l = &mut self.loops[li];
+            if l.active {
+                l.records.push(RoundRecord { round: l.round, config: l.round_config.or(latest), win: l.round_win, tokens: l.round_tokens });
                 self.finish_loop(li, StopReason::RunStopped);
             }
         }
