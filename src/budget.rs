@@ -185,7 +185,9 @@ impl Meter {
                 warned: [false; 4],
             })
             .collect();
-        Meter { scopes: Mutex::new(states) }
+        Meter {
+            scopes: Mutex::new(states),
+        }
     }
 
     /// Reserves a call's worst case in the given scopes, or says which limit
@@ -231,7 +233,10 @@ impl Meter {
         for &i in scopes {
             states[i].reserved += worst;
         }
-        Ok(Reservation { scopes: scopes.to_vec(), amount: worst })
+        Ok(Reservation {
+            scopes: scopes.to_vec(),
+            amount: worst,
+        })
     }
 
     /// The wall time left in the tightest of the given scopes.
@@ -269,15 +274,28 @@ impl Meter {
             s.spent += actual;
             let l = s.limits;
             let checks = [
-                (LimitKind::Tokens, s.spent.tokens as f64, l.tokens.map(|m| m as f64)),
-                (LimitKind::Calls, s.spent.calls as f64, l.calls.map(|m| m as f64)),
+                (
+                    LimitKind::Tokens,
+                    s.spent.tokens as f64,
+                    l.tokens.map(|m| m as f64),
+                ),
+                (
+                    LimitKind::Calls,
+                    s.spent.calls as f64,
+                    l.calls.map(|m| m as f64),
+                ),
                 (LimitKind::CostUsd, s.spent.cost_usd, l.cost_usd),
             ];
             for (k, (kind, used, max)) in checks.into_iter().enumerate() {
                 if let Some(max) = max {
                     if !s.warned[k] && used >= WARN_FRACTION * max {
                         s.warned[k] = true;
-                        warnings.push(Warning { scope: s.scope.clone(), limit: kind, used, max });
+                        warnings.push(Warning {
+                            scope: s.scope.clone(),
+                            limit: kind,
+                            used,
+                            max,
+                        });
                     }
                 }
             }
@@ -299,7 +317,8 @@ impl Meter {
             .enumerate()
             .filter(|(i, s)| *i == 0 || !s.limits.is_unlimited())
             .map(|(_, s)| {
-                let over = |spent: u64, max: Option<u64>| max.map_or(0, |m| spent.saturating_sub(m));
+                let over =
+                    |spent: u64, max: Option<u64>| max.map_or(0, |m| spent.saturating_sub(m));
                 ScopeReport {
                     scope: s.scope.clone(),
                     limits: s.limits,
@@ -307,7 +326,10 @@ impl Meter {
                     overrun: Spend {
                         tokens: over(s.spent.tokens, s.limits.tokens),
                         calls: over(s.spent.calls, s.limits.calls),
-                        cost_usd: s.limits.cost_usd.map_or(0.0, |m| (s.spent.cost_usd - m).max(0.0)),
+                        cost_usd: s
+                            .limits
+                            .cost_usd
+                            .map_or(0.0, |m| (s.spent.cost_usd - m).max(0.0)),
                     },
                 }
             })
@@ -316,7 +338,12 @@ impl Meter {
 }
 
 fn exhausted(scope: &Scope, limit: LimitKind, would_use: f64, max: f64) -> Exhausted {
-    Exhausted { scope: scope.clone(), limit, would_use, max }
+    Exhausted {
+        scope: scope.clone(),
+        limit,
+        would_use,
+        max,
+    }
 }
 
 #[cfg(test)]
@@ -325,13 +352,24 @@ mod tests {
 
     fn meter(tokens: u64) -> Meter {
         Meter::new(vec![
-            (Scope::Workflow, Limits { tokens: Some(tokens), calls: Some(3), ..Limits::default() }),
+            (
+                Scope::Workflow,
+                Limits {
+                    tokens: Some(tokens),
+                    calls: Some(3),
+                    ..Limits::default()
+                },
+            ),
             (Scope::Node("a".into()), Limits::default()),
         ])
     }
 
     fn spend(tokens: u64) -> Spend {
-        Spend { tokens, calls: 1, cost_usd: 0.0 }
+        Spend {
+            tokens,
+            calls: 1,
+            cost_usd: 0.0,
+        }
     }
 
     #[test]
@@ -358,7 +396,10 @@ mod tests {
             let r = m.reserve(&[0], spend(1)).unwrap();
             m.settle(r, spend(1));
         }
-        assert_eq!(m.reserve(&[0], spend(1)).unwrap_err().limit, LimitKind::Calls);
+        assert_eq!(
+            m.reserve(&[0], spend(1)).unwrap_err().limit,
+            LimitKind::Calls
+        );
     }
 
     #[test]
@@ -371,7 +412,11 @@ mod tests {
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].limit, LimitKind::Tokens);
         let r = m.reserve(&[0], spend(10)).unwrap();
-        assert!(m.settle(r, spend(10)).iter().all(|w| w.limit != LimitKind::Tokens));
+        assert!(
+            m.settle(r, spend(10))
+                .iter()
+                .all(|w| w.limit != LimitKind::Tokens)
+        );
     }
 
     #[test]
@@ -386,18 +431,31 @@ mod tests {
     fn wall_time_is_checked_before_a_call() {
         let m = Meter::new(vec![(
             Scope::Workflow,
-            Limits { wall_time: Some(Duration::ZERO), ..Limits::default() },
+            Limits {
+                wall_time: Some(Duration::ZERO),
+                ..Limits::default()
+            },
         )]);
-        assert_eq!(m.reserve(&[0], spend(1)).unwrap_err().limit, LimitKind::WallTime);
+        assert_eq!(
+            m.reserve(&[0], spend(1)).unwrap_err().limit,
+            LimitKind::WallTime
+        );
     }
 
     #[test]
     fn cost_limits_use_dollars() {
         let m = Meter::new(vec![(
             Scope::Workflow,
-            Limits { cost_usd: Some(0.01), ..Limits::default() },
+            Limits {
+                cost_usd: Some(0.01),
+                ..Limits::default()
+            },
         )]);
-        let big = Spend { tokens: 0, calls: 1, cost_usd: 0.02 };
+        let big = Spend {
+            tokens: 0,
+            calls: 1,
+            cost_usd: 0.02,
+        };
         assert_eq!(m.reserve(&[0], big).unwrap_err().limit, LimitKind::CostUsd);
     }
 }

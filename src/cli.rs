@@ -102,20 +102,31 @@ pub fn main() -> u8 {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { EXIT_INVALID } else { EXIT_OK };
+            return if e.use_stderr() {
+                EXIT_INVALID
+            } else {
+                EXIT_OK
+            };
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     match cli.command {
         Command::Run(args) => run_command(args),
         Command::Validate { files } => validate_command(&files),
         Command::Graph { file, format } => match workflow::load(&file) {
             Ok(wf) => {
-                print!("{}", match format {
-                    GraphFormat::Mermaid => crate::graph::mermaid(&wf),
-                    GraphFormat::Dot => crate::graph::dot(&wf),
-                });
+                print!(
+                    "{}",
+                    match format {
+                        GraphFormat::Mermaid => crate::graph::mermaid(&wf),
+                        GraphFormat::Dot => crate::graph::dot(&wf),
+                    }
+                );
                 EXIT_OK
             }
             Err(e) => {
@@ -153,20 +164,33 @@ fn run_command(args: RunArgs) -> u8 {
         }
     };
     let setup = (|| -> anyhow::Result<(Engine, RunOptions, Option<Arc<JsonlRecorder>>)> {
-        let opts = RunOptions { inputs: collect_inputs(&wf, &args)?, budget: parse_budgets(&args.budgets)?, ..RunOptions::default() };
+        let opts = RunOptions {
+            inputs: collect_inputs(&wf, &args)?,
+            budget: parse_budgets(&args.budgets)?,
+            ..RunOptions::default()
+        };
         let mut engine = Engine::new();
         for m in &args.models {
-            let (name, spec) = m.split_once('=').with_context(|| format!("--model {m:?}: expected NAME=SPEC"))?;
+            let (name, spec) = m
+                .split_once('=')
+                .with_context(|| format!("--model {m:?}: expected NAME=SPEC"))?;
             if wf.model_index(name).is_none() {
                 let known: Vec<&str> = wf.models.iter().map(|m| m.name.as_str()).collect();
-                bail!("--model {name}: the workflow has no model `{name}` (models: {})", known.join(", "));
+                bail!(
+                    "--model {name}: the workflow has no model `{name}` (models: {})",
+                    known.join(", ")
+                );
             }
             crate::backend::ModelSpec::parse(spec).with_context(|| format!("--model {name}"))?;
-            let model = crate::backend::open(spec, Path::new(".")).map_err(|e| anyhow::anyhow!(BackendOpen(e.to_string())))?;
+            let model = crate::backend::open(spec, Path::new("."))
+                .map_err(|e| anyhow::anyhow!(BackendOpen(e.to_string())))?;
             engine = engine.with_model(name, model);
         }
         let log = match &args.log {
-            Some(path) => Some(Arc::new(JsonlRecorder::create(path).with_context(|| format!("cannot create log file {}", path.display()))?)),
+            Some(path) => Some(Arc::new(
+                JsonlRecorder::create(path)
+                    .with_context(|| format!("cannot create log file {}", path.display()))?,
+            )),
             None => None,
         };
         let mut recorders: Vec<Box<dyn Recorder>> = Vec::new();
@@ -182,10 +206,17 @@ fn run_command(args: RunArgs) -> u8 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e:#}");
-            return if e.downcast_ref::<BackendOpen>().is_some() { EXIT_BACKEND } else { EXIT_INVALID };
+            return if e.downcast_ref::<BackendOpen>().is_some() {
+                EXIT_BACKEND
+            } else {
+                EXIT_INVALID
+            };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -260,7 +291,11 @@ fn report(s: &RunSummary, json: bool) -> u8 {
         "{status} · {verdict} · {} calls · {} tokens{} · ${:.6} · {:.0} ms",
         s.usage.calls,
         s.usage.total_tokens,
-        if s.usage.estimated { " (estimated)" } else { "" },
+        if s.usage.estimated {
+            " (estimated)"
+        } else {
+            ""
+        },
         s.usage.cost_usd,
         s.wall_ms
     );
@@ -287,18 +322,29 @@ pub fn exit_code(s: &RunSummary) -> u8 {
     }
 }
 
-fn collect_inputs(wf: &Workflow, args: &RunArgs) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+fn collect_inputs(
+    wf: &Workflow,
+    args: &RunArgs,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let mut inputs = serde_json::Map::new();
     if let Some(path) = &args.input_file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read input file {}", path.display()))?;
-        let value: serde_json::Value = serde_saphyr::from_str(&text).with_context(|| format!("input file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read input file {}", path.display()))?;
+        let value: serde_json::Value = serde_saphyr::from_str(&text)
+            .with_context(|| format!("input file {}", path.display()))?;
         match value {
             serde_json::Value::Object(map) => inputs.extend(map),
-            other => bail!("input file {}: expected an object of inputs, found {}", path.display(), type_name(&other)),
+            other => bail!(
+                "input file {}: expected an object of inputs, found {}",
+                path.display(),
+                type_name(&other)
+            ),
         }
     }
     for kv in &args.inputs {
-        let (k, v) = kv.split_once('=').with_context(|| format!("--input {kv:?}: expected NAME=VALUE"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--input {kv:?}: expected NAME=VALUE"))?;
         inputs.insert(k.to_string(), crate::engine::parse_input_value(wf, k, v)?);
     }
     Ok(inputs)
@@ -318,14 +364,43 @@ fn type_name(v: &serde_json::Value) -> &'static str {
 fn parse_budgets(items: &[String]) -> anyhow::Result<Limits> {
     let mut l = Limits::default();
     for item in items {
-        let (k, v) = item.split_once('=').with_context(|| format!("--budget {item:?}: expected LIMIT=VALUE"))?;
-        let positive = |x: f64| if x > 0.0 && x.is_finite() { Ok(x) } else { bail!("--budget {k}: must be positive, got {v}") };
+        let (k, v) = item
+            .split_once('=')
+            .with_context(|| format!("--budget {item:?}: expected LIMIT=VALUE"))?;
+        let positive = |x: f64| {
+            if x > 0.0 && x.is_finite() {
+                Ok(x)
+            } else {
+                bail!("--budget {k}: must be positive, got {v}")
+            }
+        };
         match k {
-            "tokens" => l.tokens = Some(positive(v.parse::<u64>().with_context(|| format!("--budget tokens={v}: not a whole number"))? as f64)? as u64),
-            "calls" => l.calls = Some(positive(v.parse::<u64>().with_context(|| format!("--budget calls={v}: not a whole number"))? as f64)? as u64),
-            "cost_usd" => l.cost_usd = Some(positive(v.parse::<f64>().with_context(|| format!("--budget cost_usd={v}: not a number"))?)?),
+            "tokens" => {
+                l.tokens = Some(positive(
+                    v.parse::<u64>()
+                        .with_context(|| format!("--budget tokens={v}: not a whole number"))?
+                        as f64,
+                )? as u64)
+            }
+            "calls" => {
+                l.calls = Some(positive(
+                    v.parse::<u64>()
+                        .with_context(|| format!("--budget calls={v}: not a whole number"))?
+                        as f64,
+                )? as u64)
+            }
+            "cost_usd" => {
+                l.cost_usd =
+                    Some(positive(v.parse::<f64>().with_context(|| {
+                        format!("--budget cost_usd={v}: not a number")
+                    })?)?)
+            }
             "wall_time" => {
-                let d = workflow::parse_duration(v).filter(|d| !d.is_zero()).with_context(|| format!("--budget wall_time={v}: not a positive duration (500ms, 30s, 2m)"))?;
+                let d = workflow::parse_duration(v)
+                    .filter(|d| !d.is_zero())
+                    .with_context(|| {
+                        format!("--budget wall_time={v}: not a positive duration (500ms, 30s, 2m)")
+                    })?;
                 l.wall_time = Some(d);
             }
             other => bail!("--budget {other}: unknown limit (tokens, calls, cost_usd, wall_time)"),
@@ -343,7 +418,10 @@ pub struct JsonlRecorder {
 
 impl JsonlRecorder {
     pub fn create(path: &Path) -> std::io::Result<JsonlRecorder> {
-        Ok(JsonlRecorder { file: Mutex::new(std::io::BufWriter::new(std::fs::File::create(path)?)), error: Mutex::new(None) })
+        Ok(JsonlRecorder {
+            file: Mutex::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+            error: Mutex::new(None),
+        })
     }
 
     /// The first write error, if any.
@@ -357,13 +435,19 @@ impl Recorder for JsonlRecorder {
         let line = match serde_json::to_string(event) {
             Ok(l) => l,
             Err(e) => {
-                self.error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e.to_string());
+                self.error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e.to_string());
                 return;
             }
         };
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = writeln!(f, "{line}").and_then(|_| f.flush()) {
-            self.error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e.to_string());
+            self.error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(e.to_string());
         }
     }
 }
@@ -384,29 +468,64 @@ pub fn human_line(event: &Event) -> Option<String> {
     Some(match event {
         Event::RunStarted { workflow, .. } => format!("run {workflow}"),
         Event::NodeStarted { .. } | Event::RunFinished { .. } => return None,
-        Event::NodeFinished { node, round, status, elapsed_ms, error, .. } => match status {
+        Event::NodeFinished {
+            node,
+            round,
+            status,
+            elapsed_ms,
+            error,
+            ..
+        } => match status {
             NodeStatus::Done => format!("  [{round}] {node} done ({elapsed_ms:.1} ms)"),
             NodeStatus::Skipped => match error {
                 Some(e) => format!("  [{round}] {node} skipped: {e}"),
                 None => format!("  [{round}] {node} skipped"),
             },
-            NodeStatus::Failed => format!("  [{round}] {node} FAILED: {}", error.as_deref().unwrap_or("")),
+            NodeStatus::Failed => format!(
+                "  [{round}] {node} FAILED: {}",
+                error.as_deref().unwrap_or("")
+            ),
         },
         Event::ModelCall(c) => match &c.error {
-            Some(e) => format!("      {} call failed after {:.0} ms: {e}", c.model, c.latency_ms),
+            Some(e) => format!(
+                "      {} call failed after {:.0} ms: {e}",
+                c.model, c.latency_ms
+            ),
             None => format!(
                 "      {} ({}) {} → {} tokens, {:.0} ms",
                 c.model, c.model_id, c.prompt_tokens, c.completion_tokens, c.latency_ms
             ),
         },
-        Event::InvalidOutput { node, attempt, error, .. } => format!("      {node}: invalid reply (attempt {attempt}): {error}"),
-        Event::Verdict { node, passed, score, .. } => {
-            format!("      {node}: {} (score {score:.2})", if *passed { "passed" } else { "failed" })
+        Event::InvalidOutput {
+            node,
+            attempt,
+            error,
+            ..
+        } => format!("      {node}: invalid reply (attempt {attempt}): {error}"),
+        Event::Verdict {
+            node,
+            passed,
+            score,
+            ..
+        } => {
+            format!(
+                "      {node}: {} (score {score:.2})",
+                if *passed { "passed" } else { "failed" }
+            )
         }
-        Event::LoopRound { loop_id, round } if *round > 1 => format!("loop {loop_id}: round {round}"),
+        Event::LoopRound { loop_id, round } if *round > 1 => {
+            format!("loop {loop_id}: round {round}")
+        }
         Event::LoopRound { .. } => return None,
-        Event::LoopFinished { loop_id, rounds, reason } => format!("loop {loop_id}: stopped after {rounds} round(s) ({reason:?})"),
-        Event::BudgetWarning(w) => format!("warning: {} has used {:.0} of {:.0} {}", w.scope, w.used, w.max, w.limit),
+        Event::LoopFinished {
+            loop_id,
+            rounds,
+            reason,
+        } => format!("loop {loop_id}: stopped after {rounds} round(s) ({reason:?})"),
+        Event::BudgetWarning(w) => format!(
+            "warning: {} has used {:.0} of {:.0} {}",
+            w.scope, w.used, w.max, w.limit
+        ),
         Event::BudgetExhausted(e) => format!("budget: {e}"),
     })
 }

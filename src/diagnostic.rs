@@ -22,7 +22,13 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(code: Code, span: Span, message: impl Into<String>) -> Self {
-        Diagnostic { code, message: message.into(), span, label: String::new(), help: None }
+        Diagnostic {
+            code,
+            message: message.into(),
+            span,
+            label: String::new(),
+            help: None,
+        }
     }
 
     pub fn label(mut self, label: impl Into<String>) -> Self {
@@ -46,11 +52,10 @@ impl Diagnostic {
             let gutter = line_no.to_string();
             let pad = " ".repeat(gutter.len());
             let start = (self.span.col.max(1) - 1) as usize;
-            let width = if self.span.end_line == self.span.line && self.span.end_col > self.span.col
-            {
-                (self.span.end_col - self.span.col) as usize
-            } else {
+            let width = if self.span.end_line != self.span.line {
                 text.chars().count().saturating_sub(start).max(1)
+            } else {
+                self.span.end_col.saturating_sub(self.span.col).max(1) as usize
             };
             let width = width.min(text.chars().count().saturating_sub(start).max(1));
             let _ = writeln!(out, "{pad} |");
@@ -128,7 +133,7 @@ codes! {
     Unreachable = "E023": "a node cannot be reached from any start node",
     UnboundedCycle = "E024": "a cycle of edges with no loop (no stop rule)",
     BadLoop = "E025": "a loop whose back edge does not close a cycle, or whose body is malformed",
-    NoStart = "E026": "no node without incoming edges to start from",
+    NoStart = "E026": "a start node that has an incoming edge",
     MissingPrompt = "E030": "a prompt file that does not exist or cannot be read",
     TemplateSyntax = "E031": "a template that does not parse",
     UnknownVariable = "E032": "a template or condition variable that no input or upstream node provides",
@@ -149,7 +154,12 @@ mod tests {
         let src = "edges:\n  - from: draft\n    to: critque\n";
         let d = Diagnostic::new(
             Code::UnknownNode,
-            Span { line: 3, col: 9, end_line: 3, end_col: 16 },
+            Span {
+                line: 3,
+                col: 9,
+                end_line: 3,
+                end_col: 16,
+            },
             "edge target `critque` is not a defined node",
         )
         .label("unknown node")

@@ -148,7 +148,10 @@ impl Collect {
 
 impl Recorder for Collect {
     fn record(&self, event: &Event) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(event.clone());
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event.clone());
     }
 }
 

@@ -15,20 +15,49 @@ pub struct NodeLabel {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum EdgeLabel {
-    Forward { when: Option<String> },
+    Forward {
+        when: Option<String>,
+    },
     /// A loop back edge.
-    Back { loop_id: String, max_rounds: u32, until: Option<String> },
+    Back {
+        loop_id: String,
+        max_rounds: u32,
+        until: Option<String>,
+    },
 }
 
 /// Nodes and edges (forward and back) of a workflow.
 pub fn build(wf: &Workflow) -> DiGraph<NodeLabel, EdgeLabel> {
     let mut g = DiGraph::new();
-    let idx: Vec<_> = wf.nodes.iter().map(|n| g.add_node(NodeLabel { id: n.id.clone(), kind: n.kind.name() })).collect();
+    let idx: Vec<_> = wf
+        .nodes
+        .iter()
+        .map(|n| {
+            g.add_node(NodeLabel {
+                id: n.id.clone(),
+                kind: n.kind.name(),
+            })
+        })
+        .collect();
     for e in &wf.edges {
-        g.add_edge(idx[e.from], idx[e.to], EdgeLabel::Forward { when: e.when.clone() });
+        g.add_edge(
+            idx[e.from],
+            idx[e.to],
+            EdgeLabel::Forward {
+                when: e.when.clone(),
+            },
+        );
     }
     for l in &wf.loops {
-        g.add_edge(idx[l.from], idx[l.to], EdgeLabel::Back { loop_id: l.id.clone(), max_rounds: l.max_rounds, until: l.until.clone() });
+        g.add_edge(
+            idx[l.from],
+            idx[l.to],
+            EdgeLabel::Back {
+                loop_id: l.id.clone(),
+                max_rounds: l.max_rounds,
+                until: l.until.clone(),
+            },
+        );
     }
     g
 }
@@ -53,9 +82,19 @@ pub fn mermaid(wf: &Workflow) -> String {
         let (a, b) = (&g[e.source()].id, &g[e.target()].id);
         let _ = match e.weight() {
             EdgeLabel::Forward { when: None } => writeln!(out, "    {a} --> {b}"),
-            EdgeLabel::Forward { when: Some(w) } => writeln!(out, "    {a} -->|\"{}\"| {b}", esc(w)),
-            EdgeLabel::Back { loop_id, max_rounds, until } => {
-                writeln!(out, "    {a} -.->|\"{}\"| {b}", esc(&back_label(loop_id, *max_rounds, until)))
+            EdgeLabel::Forward { when: Some(w) } => {
+                writeln!(out, "    {a} -->|\"{}\"| {b}", esc(w))
+            }
+            EdgeLabel::Back {
+                loop_id,
+                max_rounds,
+                until,
+            } => {
+                writeln!(
+                    out,
+                    "    {a} -.->|\"{}\"| {b}",
+                    esc(&back_label(loop_id, *max_rounds, until))
+                )
             }
         };
     }
@@ -66,17 +105,32 @@ pub fn mermaid(wf: &Workflow) -> String {
 pub fn dot(wf: &Workflow) -> String {
     let g = build(wf);
     let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    let mut out = format!("digraph \"{}\" {{\n    rankdir=TB;\n    node [shape=box];\n", esc(&wf.name));
+    let mut out = format!(
+        "digraph \"{}\" {{\n    rankdir=TB;\n    node [shape=box];\n",
+        esc(&wf.name)
+    );
     for n in g.node_indices() {
         let l = &g[n];
-        let _ = writeln!(out, "    \"{}\" [label=\"{}\\n({})\"];", esc(&l.id), esc(&l.id), l.kind);
+        let _ = writeln!(
+            out,
+            "    \"{}\" [label=\"{}\\n({})\"];",
+            esc(&l.id),
+            esc(&l.id),
+            l.kind
+        );
     }
     for e in g.edge_references() {
         let (a, b) = (esc(&g[e.source()].id), esc(&g[e.target()].id));
         let _ = match e.weight() {
             EdgeLabel::Forward { when: None } => writeln!(out, "    \"{a}\" -> \"{b}\";"),
-            EdgeLabel::Forward { when: Some(w) } => writeln!(out, "    \"{a}\" -> \"{b}\" [label=\"{}\"];", esc(w)),
-            EdgeLabel::Back { loop_id, max_rounds, until } => writeln!(
+            EdgeLabel::Forward { when: Some(w) } => {
+                writeln!(out, "    \"{a}\" -> \"{b}\" [label=\"{}\"];", esc(w))
+            }
+            EdgeLabel::Back {
+                loop_id,
+                max_rounds,
+                until,
+            } => writeln!(
                 out,
                 "    \"{a}\" -> \"{b}\" [style=dashed, label=\"{}\"];",
                 esc(&back_label(loop_id, *max_rounds, until))

@@ -65,12 +65,26 @@ pub struct LoopReport {
 }
 
 impl LoopReport {
-    pub fn compute(loop_id: &str, stop_reason: StopReason, rounds: &[RoundRecord], round_tokens: Option<u64>) -> Self {
+    pub fn compute(
+        loop_id: &str,
+        stop_reason: StopReason,
+        rounds: &[RoundRecord],
+        round_tokens: Option<u64>,
+    ) -> Self {
         let n = rounds.len();
-        let chg: Vec<bool> = (1..n).map(|t| rounds[t].config != rounds[t - 1].config).collect();
+        let chg: Vec<bool> = (1..n)
+            .map(|t| rounds[t].config != rounds[t - 1].config)
+            .collect();
         let changes = chg.iter().filter(|c| **c).count();
-        let changed_wins = chg.iter().zip(rounds.get(1..).unwrap_or_default()).filter(|(c, r)| **c && r.win).count();
-        let wins: Vec<f64> = rounds.iter().map(|r| if r.win { 1.0 } else { 0.0 }).collect();
+        let changed_wins = chg
+            .iter()
+            .zip(rounds.get(1..).unwrap_or_default())
+            .filter(|(c, r)| **c && r.win)
+            .count();
+        let wins: Vec<f64> = rounds
+            .iter()
+            .map(|r| if r.win { 1.0 } else { 0.0 })
+            .collect();
         LoopReport {
             loop_id: loop_id.to_string(),
             rounds: n as u32,
@@ -78,7 +92,11 @@ impl LoopReport {
             changes: changes as u32,
             wins: rounds.iter().filter(|r| r.win).count() as u32,
             overcorrection_risk_rate: (n >= 2).then(|| changes as f64 / (n - 1) as f64),
-            correction_success_rate: if changes == 0 { 0.0 } else { changed_wins as f64 / changes as f64 },
+            correction_success_rate: if changes == 0 {
+                0.0
+            } else {
+                changed_wins as f64 / changes as f64
+            },
             improvement_slope: ols_slope(&wins),
             over_budget_ratio: round_tokens
                 .filter(|_| n > 0)
@@ -174,7 +192,12 @@ mod tests {
     fn rounds(spec: &[(u64, bool, u64)]) -> Vec<RoundRecord> {
         spec.iter()
             .enumerate()
-            .map(|(i, &(config, win, tokens))| RoundRecord { round: i as u32 + 1, config: Some(config), win, tokens })
+            .map(|(i, &(config, win, tokens))| RoundRecord {
+                round: i as u32 + 1,
+                config: Some(config),
+                win,
+                tokens,
+            })
             .collect()
     }
 
@@ -186,7 +209,17 @@ mod tests {
         // Slope of [0,1,0,1] on [0,1,2,3]: mean_x 1.5, mean_y .5,
         // sxy = (-1.5)(-.5)+(-.5)(.5)+(.5)(-.5)+(1.5)(.5) = 1.0, sxx = 5 → 0.2.
         // OBR: rounds over 100 tokens: 2 of 4 = 0.5.
-        let r = LoopReport::compute("refine", StopReason::MaxRounds, &rounds(&[(1, false, 50), (2, true, 120), (2, false, 80), (3, true, 130)]), Some(100));
+        let r = LoopReport::compute(
+            "refine",
+            StopReason::MaxRounds,
+            &rounds(&[
+                (1, false, 50),
+                (2, true, 120),
+                (2, false, 80),
+                (3, true, 130),
+            ]),
+            Some(100),
+        );
         assert_eq!(r.rounds, 4);
         assert_eq!(r.changes, 2);
         assert_eq!(r.wins, 2);
@@ -199,7 +232,12 @@ mod tests {
     #[test]
     fn a_change_that_loses_lowers_csr() {
         // A(win) → B(lose) → B(lose): one change, not successful; slope of [1,0,0] = -0.5.
-        let r = LoopReport::compute("l", StopReason::MaxRounds, &rounds(&[(1, true, 0), (2, false, 0), (2, false, 0)]), None);
+        let r = LoopReport::compute(
+            "l",
+            StopReason::MaxRounds,
+            &rounds(&[(1, true, 0), (2, false, 0), (2, false, 0)]),
+            None,
+        );
         assert_eq!(r.changes, 1);
         assert_eq!(r.overcorrection_risk_rate, Some(0.5));
         assert_eq!(r.correction_success_rate, 0.0);

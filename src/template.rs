@@ -61,12 +61,18 @@ impl Templates {
 
     /// Top-level variables a stored template reads without defining them.
     pub fn variables(&self, name: &str) -> HashSet<String> {
-        self.env.get_template(name).map(|t| t.undeclared_variables(false)).unwrap_or_default()
+        self.env
+            .get_template(name)
+            .map(|t| t.undeclared_variables(false))
+            .unwrap_or_default()
     }
 
     /// Checks that an expression parses; returns its top-level variables.
     pub fn check_expression(&self, expr: &str) -> Result<HashSet<String>, String> {
-        let compiled = self.env.compile_expression(expr).map_err(|e| describe(&e))?;
+        let compiled = self
+            .env
+            .compile_expression(expr)
+            .map_err(|e| describe(&e))?;
         Ok(compiled.undeclared_variables(false))
     }
 
@@ -143,16 +149,24 @@ mod tests {
     #[test]
     fn fuel_stops_runaway_loops() {
         let mut t = Templates::new();
-        t.add("p", "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}")
-            .unwrap();
+        t.add(
+            "p",
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        )
+        .unwrap();
         assert!(t.render("p", &context! {}).is_err());
     }
 
     #[test]
     fn expressions_report_their_variables() {
         let t = Templates::new();
-        let vars = t.check_expression("not check.passed and round < 3").unwrap();
-        assert_eq!(vars, HashSet::from(["check".to_string(), "round".to_string()]));
+        let vars = t
+            .check_expression("not check.passed and round < 3")
+            .unwrap();
+        assert_eq!(
+            vars,
+            HashSet::from(["check".to_string(), "round".to_string()])
+        );
         assert!(t.check_expression("check.passed and").is_err());
         assert!(t.condition("a > 1", &context! { a => 2 }).unwrap());
     }

@@ -34,7 +34,12 @@ impl Span {
 
     /// A zero-width span at a point.
     pub fn point(line: u32, col: u32) -> Span {
-        Span { line, col, end_line: line, end_col: col }
+        Span {
+            line,
+            col,
+            end_line: line,
+            end_col: col,
+        }
     }
 }
 
@@ -135,7 +140,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bytes: 1 << 20, max_depth: 64, max_nodes: 200_000 }
+        Limits {
+            max_bytes: 1 << 20,
+            max_depth: 64,
+            max_nodes: 200_000,
+        }
     }
 }
 
@@ -172,13 +181,31 @@ pub fn parse(source: &str, limits: Limits) -> Result<Node, YamlError> {
             kind: YamlErrorKind::TooLarge,
         });
     }
-    Builder { limits, nodes: 0, anchors: HashMap::new(), stack: Vec::new(), root: None, docs: 0 }
-        .run(source)
+    Builder {
+        limits,
+        nodes: 0,
+        anchors: HashMap::new(),
+        stack: Vec::new(),
+        root: None,
+        docs: 0,
+    }
+    .run(source)
 }
 
 enum Frame {
-    Seq { start: Span, anchor: usize, items: Vec<Node> },
-    Map { start: Span, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
+    Seq {
+        start: Span,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    /// `merged[i]` marks entries that came from a `<<` merge key.
+    Map {
+        start: Span,
+        anchor: usize,
+        entries: Vec<(Node, Node)>,
+        merged: Vec<bool>,
+        key: Option<Node>,
+    },
 }
 
 struct Builder {
@@ -250,20 +277,47 @@ impl Builder {
             }
             Event::SequenceStart(anchor, _) => {
                 self.open(span)?;
-                self.stack.push(Frame::Seq { start: span, anchor, items: Vec::new() });
+                self.stack.push(Frame::Seq {
+                    start: span,
+                    anchor,
+                    items: Vec::new(),
+                });
             }
             Event::MappingStart(anchor, _) => {
                 self.open(span)?;
-                self.stack.push(Frame::Map { start: span, anchor, entries: Vec::new(), key: None });
+                self.stack.push(Frame::Map {
+                    start: span,
+                    anchor,
+                    entries: Vec::new(),
+                    merged: Vec::new(),
+                    key: None,
+                });
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq { start, anchor, items }) => {
-                        (Node { span: merge(start, span), value: Value::Seq(items) }, anchor)
-                    }
-                    Some(Frame::Map { start, anchor, entries, .. }) => {
-                        (Node { span: merge(start, span), value: Value::Map(entries) }, anchor)
-                    }
+                    Some(Frame::Seq {
+                        start,
+                        anchor,
+                        items,
+                    }) => (
+                        Node {
+                            span: merge(start, span),
+                            value: Value::Seq(items),
+                        },
+                        anchor,
+                    ),
+                    Some(Frame::Map {
+                        start,
+                        anchor,
+                        entries,
+                        ..
+                    }) => (
+                        Node {
+                            span: merge(start, span),
+                            value: Value::Map(entries),
+                        },
+                        anchor,
+                    ),
                     None => return Ok(()),
                 };
                 self.push(node, anchor)?;
@@ -306,9 +360,14 @@ impl Builder {
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, key, .. }) => match key.take() {
+            Some(Frame::Map {
+                entries,
+                merged,
+                key,
+                ..
+            }) => match key.take() {
                 None => *key = Some(node),
-                Some(k) => insert_entry(entries, k, node),
+                Some(k) => insert_entry(entries, merged, k, node)?,
             },
         }
         Ok(())
@@ -316,45 +375,81 @@ impl Builder {
 }
 
 /// Adds a mapping entry, expanding YAML merge keys (`<<: *defaults`):
-/// merged entries never override keys written explicitly.
-fn insert_entry(entries: &mut Vec<(Node, Node)>, key: Node, value: Node) {
+/// merged entries never override keys written explicitly, and a key written
+/// twice is an error.
+fn insert_entry(
+    entries: &mut Vec<(Node, Node)>,
+    merged: &mut Vec<bool>,
+    key: Node,
+    value: Node,
+) -> Result<(), YamlError> {
     let is_merge = matches!(&key.value, Value::Str(s) if s == "<<");
-    if !is_merge {
-        entries.push((key, value));
-        return;
-    }
     let sources: Vec<Node> = match value.value {
-        Value::Map(_) => vec![value],
-        Value::Seq(items) => items,
-        _ => {
-            entries.push((key, value));
-            return;
+        Value::Map(_) if is_merge => vec![value],
+        Value::Seq(items) if is_merge && items.iter().all(|i| matches!(i.value, Value::Map(_))) => {
+            items
+        }
+        value_kind => {
+            let value = Node {
+                span: value.span,
+                value: value_kind,
+            };
+            match entries.iter().position(|(e, _)| e.value == key.value) {
+                Some(i) if merged[i] => {
+                    entries[i] = (key, value);
+                    merged[i] = false;
+                }
+                Some(_) => {
+                    return Err(YamlError {
+                        message: format!(
+                            "duplicate key `{}` in a mapping",
+                            scalar_text(&key.value)
+                        ),
+                        span: key.span,
+                        kind: YamlErrorKind::Syntax,
+                    });
+                }
+                None => {
+                    entries.push((key, value));
+                    merged.push(false);
+                }
+            }
+            return Ok(());
         }
     };
     for source in sources {
-        if let Value::Map(merged) = source.value {
-            for (k, v) in merged {
-                let present = entries.iter().any(|(e, _)| e.value == k.value);
-                if !present {
+        if let Value::Map(more) = source.value {
+            for (k, v) in more {
+                if !entries.iter().any(|(e, _)| e.value == k.value) {
                     entries.push((k, v));
+                    merged.push(true);
                 }
             }
         }
     }
+    Ok(())
 }
 
 fn tree_size(node: &Node) -> usize {
     match &node.value {
         Value::Seq(items) => 1 + items.iter().map(tree_size).sum::<usize>(),
         Value::Map(entries) => {
-            1 + entries.iter().map(|(k, v)| tree_size(k) + tree_size(v)).sum::<usize>()
+            1 + entries
+                .iter()
+                .map(|(k, v)| tree_size(k) + tree_size(v))
+                .sum::<usize>()
         }
         _ => 1,
     }
 }
 
 fn merge(start: Span, end: Span) -> Span {
-    Span { line: start.line, col: start.col, end_line: end.end_line, end_col: end.end_col }
+    Span {
+        line: start.line,
+        col: start.col,
+        end_line: end.end_line,
+        end_col: end.end_col,
+    }
 }
 
 /// Resolves a plain scalar with the YAML 1.2 core schema.
@@ -363,7 +458,9 @@ fn resolve_plain(text: &str) -> Value {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         "true" | "True" | "TRUE" => return Value::Bool(true),
         "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Value::Float(f64::INFINITY);
+        }
         "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
         _ => {}
@@ -386,7 +483,9 @@ fn resolve_plain(text: &str) -> Value {
     }
     let looks_float = !digits.is_empty()
         && digits.bytes().any(|b| b.is_ascii_digit())
-        && digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
     if looks_float {
         if let Ok(f) = text.parse::<f64>() {
             return Value::Float(f);
@@ -415,7 +514,10 @@ mod tests {
         assert_eq!(get("f"), Value::Str("hello".into()));
         assert_eq!(get("g"), Value::Float(1000.0));
         assert_eq!(get("h"), Value::Int(-7));
-        assert_eq!(p("x: infinity").unwrap().get("x").unwrap().value, Value::Str("infinity".into()));
+        assert_eq!(
+            p("x: infinity").unwrap().get("x").unwrap().value,
+            Value::Str("infinity".into())
+        );
     }
 
     #[test]
@@ -435,6 +537,13 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_keys_are_errors() {
+        let err = p("a: 1\nb: 2\na: 3\n").unwrap_err();
+        assert!(err.message.contains("duplicate key `a`"), "{err:?}");
+        assert_eq!(err.span.line, 3);
+    }
+
+    #[test]
     fn alias_bomb_is_refused() {
         let mut s = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
         for i in 1..12 {
@@ -449,14 +558,23 @@ mod tests {
     fn deep_nesting_is_refused() {
         let s = "[".repeat(10_000);
         let err = p(&s).unwrap_err();
-        assert!(matches!(err.kind, YamlErrorKind::TooDeep | YamlErrorKind::Syntax), "{err:?}");
+        assert!(
+            matches!(err.kind, YamlErrorKind::TooDeep | YamlErrorKind::Syntax),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn empty_and_multi_document_inputs_are_errors() {
         assert_eq!(p("").unwrap_err().kind, YamlErrorKind::Empty);
-        assert_eq!(p("# only a comment\n").unwrap_err().kind, YamlErrorKind::Empty);
-        assert_eq!(p("a: 1\n---\nb: 2\n").unwrap_err().kind, YamlErrorKind::MultipleDocuments);
+        assert_eq!(
+            p("# only a comment\n").unwrap_err().kind,
+            YamlErrorKind::Empty
+        );
+        assert_eq!(
+            p("a: 1\n---\nb: 2\n").unwrap_err().kind,
+            YamlErrorKind::MultipleDocuments
+        );
     }
 
     #[test]

@@ -26,13 +26,23 @@ pub trait LanguageModel: Send + Sync {
     fn id(&self) -> &str;
 
     /// Runs one completion request, returning `req.n` choices.
-    fn complete<'a>(&'a self, req: &'a CompletionRequest) -> BoxFuture<'a, Result<Completion, BackendError>>;
+    fn complete<'a>(
+        &'a self,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Completion, BackendError>>;
 
     /// Embeds texts. Backends without embeddings keep the default.
-    fn embed<'a>(&'a self, req: &'a EmbeddingRequest) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
+    fn embed<'a>(
+        &'a self,
+        req: &'a EmbeddingRequest,
+    ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
         let _ = req;
         Box::pin(async move {
-            Err(BackendError::new(self.id(), ErrorKind::Unsupported, "this backend does not provide embeddings"))
+            Err(BackendError::new(
+                self.id(),
+                ErrorKind::Unsupported,
+                "this backend does not provide embeddings",
+            ))
         })
     }
 
@@ -44,7 +54,10 @@ pub trait LanguageModel: Send + Sync {
     /// the call. Backends with a tokenizer should count exactly; the default
     /// over-estimates (one token per 3 bytes plus 4 per message).
     fn estimate_prompt_tokens(&self, req: &CompletionRequest) -> u64 {
-        req.messages.iter().map(|m| m.content.len() as u64 / 3 + 4).sum()
+        req.messages
+            .iter()
+            .map(|m| m.content.len() as u64 / 3 + 4)
+            .sum()
     }
 }
 
@@ -79,13 +92,22 @@ pub struct Message {
 
 impl Message {
     pub fn system(content: impl Into<String>) -> Self {
-        Message { role: Role::System, content: content.into() }
+        Message {
+            role: Role::System,
+            content: content.into(),
+        }
     }
     pub fn user(content: impl Into<String>) -> Self {
-        Message { role: Role::User, content: content.into() }
+        Message {
+            role: Role::User,
+            content: content.into(),
+        }
     }
     pub fn assistant(content: impl Into<String>) -> Self {
-        Message { role: Role::Assistant, content: content.into() }
+        Message {
+            role: Role::Assistant,
+            content: content.into(),
+        }
     }
 }
 
@@ -106,7 +128,10 @@ pub struct SamplingParams {
 pub enum ResponseFormat {
     #[default]
     Text,
-    JsonSchema { name: String, schema: serde_json::Value },
+    JsonSchema {
+        name: String,
+        schema: serde_json::Value,
+    },
 }
 
 /// Who is calling: recorded in events, used by the scripted backend and by
@@ -225,7 +250,12 @@ pub struct BackendError {
 
 impl BackendError {
     pub fn new(backend: &str, kind: ErrorKind, message: impl Into<String>) -> Self {
-        BackendError { backend: backend.to_string(), kind, message: message.into(), source: None }
+        BackendError {
+            backend: backend.to_string(),
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     pub fn is_transient(&self) -> bool {
@@ -235,8 +265,12 @@ impl BackendError {
 
 /// Opens a backend from a spec string. `base_dir` resolves relative paths
 /// (the workflow's directory for specs written in a workflow).
-pub fn open(spec: &str, base_dir: &std::path::Path) -> Result<Arc<dyn LanguageModel>, BackendError> {
-    let parsed = ModelSpec::parse(spec).map_err(|e| BackendError::new(spec, ErrorKind::Config, e.to_string()))?;
+pub fn open(
+    spec: &str,
+    base_dir: &std::path::Path,
+) -> Result<Arc<dyn LanguageModel>, BackendError> {
+    let parsed = ModelSpec::parse(spec)
+        .map_err(|e| BackendError::new(spec, ErrorKind::Config, e.to_string()))?;
     match parsed {
         ModelSpec::Scripted { path } => {
             let path = base_dir.join(path);

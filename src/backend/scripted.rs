@@ -70,7 +70,10 @@ enum FailureKind {
 #[derive(Debug, thiserror::Error)]
 pub enum ScriptError {
     #[error("cannot read script {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("script {path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -89,37 +92,62 @@ pub struct ScriptedModel {
 impl ScriptedModel {
     pub fn from_file(path: &Path) -> Result<ScriptedModel, ScriptError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ScriptError::Io { path: name.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ScriptError::Io {
+            path: name.clone(),
+            source,
+        })?;
         Self::from_yaml(&text, &name)
     }
 
     /// Parses a script; `name` is used in messages.
     pub fn from_yaml(text: &str, name: &str) -> Result<ScriptedModel, ScriptError> {
-        let invalid = |message: String| ScriptError::Invalid { path: name.to_string(), message };
+        let invalid = |message: String| ScriptError::Invalid {
+            path: name.to_string(),
+            message,
+        };
         let script: Script = serde_saphyr::from_str(text).map_err(|e| invalid(e.to_string()))?;
         let mut rules = Vec::with_capacity(script.replies.len());
         for (i, rule) in script.replies.into_iter().enumerate() {
-            let outcomes = [rule.text.is_some(), rule.samples.is_some(), rule.error.is_some()];
+            let outcomes = [
+                rule.text.is_some(),
+                rule.samples.is_some(),
+                rule.error.is_some(),
+            ];
             if outcomes.iter().filter(|x| **x).count() != 1 {
-                return Err(invalid(format!("reply {} needs exactly one of `text`, `samples`, `error`", i + 1)));
+                return Err(invalid(format!(
+                    "reply {} needs exactly one of `text`, `samples`, `error`",
+                    i + 1
+                )));
             }
             if rule.samples.as_ref().is_some_and(Vec::is_empty) {
-                return Err(invalid(format!("reply {} has an empty `samples` list", i + 1)));
+                return Err(invalid(format!(
+                    "reply {} has an empty `samples` list",
+                    i + 1
+                )));
             }
-            let prompt = match &rule.prompt {
-                Some(p) => Some(regex::Regex::new(p).map_err(|e| invalid(format!("reply {}: bad `prompt` regex: {e}", i + 1)))?),
-                None => None,
-            };
+            let prompt =
+                match &rule.prompt {
+                    Some(p) => Some(regex::Regex::new(p).map_err(|e| {
+                        invalid(format!("reply {}: bad `prompt` regex: {e}", i + 1))
+                    })?),
+                    None => None,
+                };
             rules.push(CompiledRule { rule, prompt });
         }
-        Ok(ScriptedModel { id: script.id, rules })
+        Ok(ScriptedModel {
+            id: script.id,
+            rules,
+        })
     }
 
     fn find(&self, req: &CompletionRequest, prompt: &str) -> Option<&Rule> {
         self.rules
             .iter()
             .find(|r| {
-                r.rule.node.as_deref().is_none_or(|n| n == &*req.context.node)
+                r.rule
+                    .node
+                    .as_deref()
+                    .is_none_or(|n| n == &*req.context.node)
                     && r.rule.round.is_none_or(|round| round == req.context.round)
                     && r.prompt.as_ref().is_none_or(|re| re.is_match(prompt))
             })
@@ -127,7 +155,12 @@ impl ScriptedModel {
     }
 
     fn reply(&self, req: &CompletionRequest) -> Result<(Completion, Duration), BackendError> {
-        let prompt: String = req.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+        let prompt: String = req
+            .messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
         let Some(rule) = self.find(req, &prompt) else {
             let mut excerpt: String = prompt.chars().take(200).collect();
             if excerpt.len() < prompt.len() {
@@ -153,7 +186,9 @@ impl ScriptedModel {
         }
         let texts: Vec<&str> = match (&rule.text, &rule.samples) {
             (Some(t), _) => vec![t.as_str(); req.n as usize],
-            (None, Some(s)) => (0..req.n as usize).map(|i| s[i % s.len()].as_str()).collect(),
+            (None, Some(s)) => (0..req.n as usize)
+                .map(|i| s[i % s.len()].as_str())
+                .collect(),
             (None, None) => unreachable!("checked at load"),
         };
         let mut completion_tokens = 0;
@@ -169,8 +204,18 @@ impl ScriptedModel {
                 }
             })
             .collect();
-        let usage = rule.usage.unwrap_or(Usage { prompt_tokens: self.estimate_prompt_tokens(req), completion_tokens });
-        Ok((Completion { choices, usage, usage_estimated: false }, latency))
+        let usage = rule.usage.unwrap_or(Usage {
+            prompt_tokens: self.estimate_prompt_tokens(req),
+            completion_tokens,
+        });
+        Ok((
+            Completion {
+                choices,
+                usage,
+                usage_estimated: false,
+            },
+            latency,
+        ))
     }
 }
 
@@ -202,7 +247,10 @@ impl LanguageModel for ScriptedModel {
         &self.id
     }
 
-    fn complete<'a>(&'a self, req: &'a CompletionRequest) -> BoxFuture<'a, Result<Completion, BackendError>> {
+    fn complete<'a>(
+        &'a self,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Completion, BackendError>> {
         Box::pin(async move {
             let (result, latency) = match self.reply(req) {
                 Ok((c, latency)) => (Ok(c), latency),
@@ -216,7 +264,12 @@ impl LanguageModel for ScriptedModel {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { logprobs: true, structured_output: false, embeddings: false, native_n: true }
+        Capabilities {
+            logprobs: true,
+            structured_output: false,
+            embeddings: false,
+            native_n: true,
+        }
     }
 
     fn estimate_prompt_tokens(&self, req: &CompletionRequest) -> u64 {
@@ -231,11 +284,18 @@ mod tests {
     fn req(node: &str, round: u32, prompt: &str, n: u32, max_tokens: u32) -> CompletionRequest {
         CompletionRequest {
             messages: vec![Message::user(prompt)],
-            sampling: SamplingParams { max_tokens, ..Default::default() },
+            sampling: SamplingParams {
+                max_tokens,
+                ..Default::default()
+            },
             n,
             logprobs: None,
             response_format: ResponseFormat::Text,
-            context: CallContext { node: node.into(), round, attempt: 0 },
+            context: CallContext {
+                node: node.into(),
+                round,
+                attempt: 0,
+            },
         }
     }
 
@@ -255,18 +315,33 @@ replies:
         let m = ScriptedModel::from_yaml(SCRIPT, "s.yaml").unwrap();
         let c = m.complete(&req("draft", 2, "x", 1, 100)).await.unwrap();
         assert_eq!(c.choices[0].text, "second round");
-        let c = m.complete(&req("draft", 1, "one two three", 3, 100)).await.unwrap();
+        let c = m
+            .complete(&req("draft", 1, "one two three", 3, 100))
+            .await
+            .unwrap();
         let texts: Vec<_> = c.choices.iter().map(|c| c.text.as_str()).collect();
         assert_eq!(texts, ["a b", "c d e", "a b"]);
-        assert_eq!(c.usage, Usage { prompt_tokens: 3, completion_tokens: 7 });
-        let c = m.complete(&req("critique", 1, "Please GRADE this", 1, 100)).await.unwrap();
+        assert_eq!(
+            c.usage,
+            Usage {
+                prompt_tokens: 3,
+                completion_tokens: 7
+            }
+        );
+        let c = m
+            .complete(&req("critique", 1, "Please GRADE this", 1, 100))
+            .await
+            .unwrap();
         assert_eq!(c.choices[0].text, "{\"score\": 3}");
     }
 
     #[tokio::test]
     async fn no_match_fails_loudly() {
         let m = ScriptedModel::from_yaml(SCRIPT, "s.yaml").unwrap();
-        let e = m.complete(&req("revise", 1, "hello", 1, 100)).await.unwrap_err();
+        let e = m
+            .complete(&req("revise", 1, "hello", 1, 100))
+            .await
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Permanent);
         assert!(e.message.contains("node `revise` round 1"), "{e}");
     }
@@ -282,7 +357,12 @@ replies:
 
     #[test]
     fn bad_scripts_are_rejected_with_the_file_name() {
-        for bad in ["replies: 3", "replies:\n  - node: a\n", "replies:\n  - text: a\n    txt: b\n", "replies:\n  - text: a\n    prompt: '('\n"] {
+        for bad in [
+            "replies: 3",
+            "replies:\n  - node: a\n",
+            "replies:\n  - text: a\n    txt: b\n",
+            "replies:\n  - text: a\n    prompt: '('\n",
+        ] {
             let e = ScriptedModel::from_yaml(bad, "bad.yaml").err().expect(bad);
             assert!(e.to_string().contains("bad.yaml"), "{e}");
         }

@@ -74,7 +74,11 @@ pub enum NodeError {
     #[error(transparent)]
     Backend(BackendError),
     #[error("node `{node}`: the reply does not satisfy the schema: {error}")]
-    InvalidOutput { node: String, error: String, raw: String },
+    InvalidOutput {
+        node: String,
+        error: String,
+        raw: String,
+    },
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("{0}")]
@@ -105,14 +109,20 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn emit(&self, event: Event) {
-        self.tally.lock().unwrap_or_else(|e| e.into_inner()).observe(&event);
+        self.tally
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(&event);
         self.recorder.record(&event);
     }
 }
 
 impl Engine {
     pub fn new() -> Engine {
-        Engine { models: HashMap::new(), recorder: Arc::new(NoRecorder) }
+        Engine {
+            models: HashMap::new(),
+            recorder: Arc::new(NoRecorder),
+        }
     }
 
     /// Uses `model` for the workflow model named `name`, instead of its spec.
@@ -130,12 +140,19 @@ impl Engine {
     /// Opens the workflow's models: overrides first, else their specs
     /// (relative paths resolve against the workflow's directory).
     pub fn open_models(&self, wf: &Workflow) -> Result<Vec<Arc<dyn LanguageModel>>, RunError> {
-        let base = wf.path.as_deref().and_then(Path::parent).unwrap_or(Path::new("."));
+        let base = wf
+            .path
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
         wf.models
             .iter()
             .map(|m| match self.models.get(&m.name) {
                 Some(model) => Ok(model.clone()),
-                None => crate::backend::open(&m.spec, base).map_err(|source| RunError::Model { name: m.name.clone(), source }),
+                None => crate::backend::open(&m.spec, base).map_err(|source| RunError::Model {
+                    name: m.name.clone(),
+                    source,
+                }),
             })
             .collect()
     }
@@ -147,11 +164,24 @@ impl Engine {
         let mut budget = wf.budget;
         budget.overlay(&opts.budget);
         let mut scopes = vec![(Scope::Workflow, budget)];
-        scopes.extend(wf.loops.iter().map(|l| (Scope::Loop(l.id.clone()), l.budget)));
-        scopes.extend(wf.nodes.iter().map(|n| (Scope::Node(n.id.clone()), n.budget)));
+        scopes.extend(
+            wf.loops
+                .iter()
+                .map(|l| (Scope::Loop(l.id.clone()), l.budget)),
+        );
+        scopes.extend(
+            wf.nodes
+                .iter()
+                .map(|n| (Scope::Node(n.id.clone()), n.budget)),
+        );
         let ids: Vec<Arc<str>> = wf.nodes.iter().map(|n| Arc::from(n.id.as_str())).collect();
         let names = Arc::new(state::Names {
-            index: ids.iter().cloned().enumerate().map(|(i, id)| (id, i)).collect(),
+            index: ids
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, id)| (id, i))
+                .collect(),
             ids,
         });
         let shared = Arc::new(Shared {
@@ -163,7 +193,9 @@ impl Engine {
             tally: Mutex::new(Tally::default()),
             wf,
         });
-        Ok(scheduler::Run::new(shared, inputs).execute(opts.cancel).await)
+        Ok(scheduler::Run::new(shared, inputs)
+            .execute(opts.cancel)
+            .await)
     }
 }
 
@@ -180,7 +212,10 @@ fn resolve_inputs(
                 None if known.is_empty() => "the workflow declares no inputs".to_string(),
                 None => format!("declared inputs: {}", known.join(", ")),
             };
-            return Err(RunError::Input { name: name.clone(), reason: format!("not declared by the workflow; {hint}") });
+            return Err(RunError::Input {
+                name: name.clone(),
+                reason: format!("not declared by the workflow; {hint}"),
+            });
         }
     }
     let mut out = serde_json::Map::new();
@@ -188,11 +223,17 @@ fn resolve_inputs(
         let value = match given.get(&decl.name).or(decl.default.as_ref()) {
             Some(v) => v.clone(),
             None => {
-                return Err(RunError::Input { name: decl.name.clone(), reason: "is required (no default); pass it with --input".into() });
+                return Err(RunError::Input {
+                    name: decl.name.clone(),
+                    reason: "is required (no default); pass it with --input".into(),
+                });
             }
         };
         if !decl.ty.accepts(&value) {
-            return Err(RunError::Input { name: decl.name.clone(), reason: format!("expected {}, got {value}", decl.ty.name()) });
+            return Err(RunError::Input {
+                name: decl.name.clone(),
+                reason: format!("expected {}, got {value}", decl.ty.name()),
+            });
         }
         out.insert(decl.name.clone(), value);
     }
@@ -200,12 +241,27 @@ fn resolve_inputs(
 }
 
 /// Parses a `--input k=v` value by the declared type of `k`.
-pub fn parse_input_value(wf: &Workflow, name: &str, raw: &str) -> Result<serde_json::Value, RunError> {
-    let ty = wf.inputs.iter().find(|i| i.name == name).map_or(InputType::String, |i| i.ty);
-    let err = |what: &str| RunError::Input { name: name.to_string(), reason: format!("{raw:?} is not {what}") };
+pub fn parse_input_value(
+    wf: &Workflow,
+    name: &str,
+    raw: &str,
+) -> Result<serde_json::Value, RunError> {
+    let ty = wf
+        .inputs
+        .iter()
+        .find(|i| i.name == name)
+        .map_or(InputType::String, |i| i.ty);
+    let err = |what: &str| RunError::Input {
+        name: name.to_string(),
+        reason: format!("{raw:?} is not {what}"),
+    };
     match ty {
         InputType::String => Ok(serde_json::Value::String(raw.to_string())),
-        InputType::Integer => raw.trim().parse::<i64>().map(Into::into).map_err(|_| err("an integer")),
+        InputType::Integer => raw
+            .trim()
+            .parse::<i64>()
+            .map(Into::into)
+            .map_err(|_| err("an integer")),
         InputType::Number => raw
             .trim()
             .parse::<f64>()
@@ -213,9 +269,19 @@ pub fn parse_input_value(wf: &Workflow, name: &str, raw: &str) -> Result<serde_j
             .and_then(serde_json::Number::from_f64)
             .map(serde_json::Value::Number)
             .ok_or_else(|| err("a number")),
-        InputType::Boolean => raw.trim().parse::<bool>().map(Into::into).map_err(|_| err("true or false")),
-        InputType::Object | InputType::Array | InputType::Any => {
-            serde_json::from_str(raw).or_else(|e| if ty == InputType::Any { Ok(serde_json::Value::String(raw.to_string())) } else { Err(e) }).map_err(|_| err("JSON"))
-        }
+        InputType::Boolean => raw
+            .trim()
+            .parse::<bool>()
+            .map(Into::into)
+            .map_err(|_| err("true or false")),
+        InputType::Object | InputType::Array | InputType::Any => serde_json::from_str(raw)
+            .or_else(|e| {
+                if ty == InputType::Any {
+                    Ok(serde_json::Value::String(raw.to_string()))
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|_| err("JSON")),
     }
 }

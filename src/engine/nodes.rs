@@ -13,10 +13,14 @@ use serde_json::json;
 
 use super::state::{NodeOutput, NodeScope, ScopeData};
 use super::{NodeError, Shared};
-use crate::backend::{CallContext, Completion, CompletionRequest, Message, ResponseFormat, SamplingParams};
+use crate::backend::{
+    CallContext, Completion, CompletionRequest, Message, ResponseFormat, SamplingParams,
+};
 use crate::budget::Spend;
 use crate::event::{Event, ModelCallEvent};
-use crate::workflow::{Check, ModelCall, NodeKind, Order, Schema, SelectSpec, VerifySpec, VoteSpec};
+use crate::workflow::{
+    Check, ModelCall, NodeKind, Order, Schema, SelectSpec, VerifySpec, VoteSpec,
+};
 
 /// One node execution, owned by its future.
 pub(crate) struct Task {
@@ -40,7 +44,13 @@ struct Reply {
 
 impl Task {
     fn scope(&self, extra: Option<(&'static str, Value)>) -> Value {
-        NodeScope { data: self.data.clone(), round: self.round, loop_info: self.loop_info.clone(), extra }.into_value()
+        NodeScope {
+            data: self.data.clone(),
+            round: self.round,
+            loop_info: self.loop_info.clone(),
+            extra,
+        }
+        .into_value()
     }
 
     fn id(&self) -> &str {
@@ -58,7 +68,10 @@ impl Task {
             NodeKind::Revise(call) => {
                 let (reply, tokens) = self.model_node(call).await?;
                 let changed = self.artifact_text.as_deref() != Some(reply.texts[0].as_str());
-                Ok(NodeOutput::new(self.model_output(&reply, Some(changed)), tokens))
+                Ok(NodeOutput::new(
+                    self.model_output(&reply, Some(changed)),
+                    tokens,
+                ))
             }
             NodeKind::Verify(v) => self.verify(v).await,
             NodeKind::Select(s) => self.select(s),
@@ -109,10 +122,26 @@ impl Task {
             tokens += completion.usage.total();
             let texts: Vec<String> = completion.choices.iter().map(|c| c.text.clone()).collect();
             let Some(schema) = &call.schema else {
-                return Ok((Reply { texts, data: None, completion }, tokens));
+                return Ok((
+                    Reply {
+                        texts,
+                        data: None,
+                        completion,
+                    },
+                    tokens,
+                ));
             };
             match parse_structured(&texts[0], schema) {
-                Ok(data) => return Ok((Reply { texts, data: Some(data), completion }, tokens)),
+                Ok(data) => {
+                    return Ok((
+                        Reply {
+                            texts,
+                            data: Some(data),
+                            completion,
+                        },
+                        tokens,
+                    ));
+                }
                 Err(error) => {
                     self.shared.emit(Event::InvalidOutput {
                         node: self.id().to_string(),
@@ -122,7 +151,11 @@ impl Task {
                         raw: texts[0].clone(),
                     });
                     if attempt >= call.repair_attempts {
-                        return Err(NodeError::InvalidOutput { node: self.id().to_string(), error, raw: texts[0].clone() });
+                        return Err(NodeError::InvalidOutput {
+                            node: self.id().to_string(),
+                            error,
+                            raw: texts[0].clone(),
+                        });
                     }
                     attempt += 1;
                     messages.push(Message::assistant(texts[0].clone()));
@@ -136,7 +169,12 @@ impl Task {
     }
 
     /// The one place that calls a backend: budget check, call, metering, event.
-    async fn call(&self, call: &ModelCall, messages: Vec<Message>, attempt: u32) -> Result<Completion, NodeError> {
+    async fn call(
+        &self,
+        call: &ModelCall,
+        messages: Vec<Message>,
+        attempt: u32,
+    ) -> Result<Completion, NodeError> {
         let sh = &self.shared;
         let decl = &sh.wf.models[call.model];
         let model = &sh.models[call.model];
@@ -153,10 +191,17 @@ impl Task {
             n: call.n,
             logprobs: call.logprobs,
             response_format: match &call.schema {
-                Some(s) => ResponseFormat::JsonSchema { name: self.id().to_string(), schema: s.source.clone() },
+                Some(s) => ResponseFormat::JsonSchema {
+                    name: self.id().to_string(),
+                    schema: s.source.clone(),
+                },
                 None => ResponseFormat::Text,
             },
-            context: CallContext { node: sh.names.ids[self.node].clone(), round: self.round, attempt },
+            context: CallContext {
+                node: sh.names.ids[self.node].clone(),
+                round: self.round,
+                attempt,
+            },
         };
         let prompt_est = model.estimate_prompt_tokens(&req);
         let completion_max = call.n as u64 * max_tokens as u64;
@@ -165,7 +210,11 @@ impl Task {
             calls: 1,
             cost_usd: decl.price.cost(prompt_est, completion_max),
         };
-        let _permit = sh.permits.acquire().await.map_err(|_| NodeError::Cancelled)?;
+        let _permit = sh
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| NodeError::Cancelled)?;
         let reservation = match sh.meter.reserve(&self.scopes, worst) {
             Ok(r) => r,
             Err(e) => return Err(NodeError::Budget(e)),
@@ -209,8 +258,17 @@ impl Task {
                 )))
             }
             Ok(c) => {
-                let cost = decl.price.cost(c.usage.prompt_tokens, c.usage.completion_tokens);
-                let warnings = sh.meter.settle(reservation, Spend { tokens: c.usage.total(), calls: 1, cost_usd: cost });
+                let cost = decl
+                    .price
+                    .cost(c.usage.prompt_tokens, c.usage.completion_tokens);
+                let warnings = sh.meter.settle(
+                    reservation,
+                    Spend {
+                        tokens: c.usage.total(),
+                        calls: 1,
+                        cost_usd: cost,
+                    },
+                );
                 event.prompt_tokens = c.usage.prompt_tokens;
                 event.completion_tokens = c.usage.completion_tokens;
                 event.usage_estimated = c.usage_estimated;
@@ -223,7 +281,14 @@ impl Task {
             }
             Err(e) => {
                 // The call was made: it counts, though it used no tokens we know of.
-                let _ = sh.meter.settle(reservation, Spend { tokens: 0, calls: 1, cost_usd: 0.0 });
+                let _ = sh.meter.settle(
+                    reservation,
+                    Spend {
+                        tokens: 0,
+                        calls: 1,
+                        cost_usd: 0.0,
+                    },
+                );
                 event.error = Some(e.to_string());
                 sh.emit(Event::ModelCall(event));
                 Err(NodeError::Backend(e))
@@ -240,25 +305,61 @@ impl Task {
         let mut confidence_source = None;
         for check in &v.checks {
             let (score, detail) = match check {
-                Check::Exact { expected, ignore_case } => {
+                Check::Exact {
+                    expected,
+                    ignore_case,
+                } => {
                     let expected = t.render(expected, &scope)?;
                     let (a, b) = (target.trim(), expected.trim());
-                    let ok = if *ignore_case { a.to_lowercase() == b.to_lowercase() } else { a == b };
-                    (ok as u8 as f64, if ok { "matches".to_string() } else { format!("expected {b:?}, got {a:?}") })
+                    let ok = if *ignore_case {
+                        a.to_lowercase() == b.to_lowercase()
+                    } else {
+                        a == b
+                    };
+                    (
+                        ok as u8 as f64,
+                        if ok {
+                            "matches".to_string()
+                        } else {
+                            format!("expected {b:?}, got {a:?}")
+                        },
+                    )
                 }
                 Check::Regex(re) => {
                     let ok = re.is_match(&target);
-                    (ok as u8 as f64, if ok { "matches".into() } else { format!("does not match /{}/", re.as_str()) })
+                    (
+                        ok as u8 as f64,
+                        if ok {
+                            "matches".into()
+                        } else {
+                            format!("does not match /{}/", re.as_str())
+                        },
+                    )
                 }
-                Check::Numeric { expected, tolerance } => {
+                Check::Numeric {
+                    expected,
+                    tolerance,
+                } => {
                     let expected_text = t.render(expected, &scope)?;
                     match (last_number(&target), last_number(&expected_text)) {
                         (Some(got), Some(want)) => {
                             let ok = (got - want).abs() <= *tolerance;
-                            (ok as u8 as f64, if ok { format!("{got} is within {tolerance} of {want}") } else { format!("expected {want}, got {got}") })
+                            (
+                                ok as u8 as f64,
+                                if ok {
+                                    format!("{got} is within {tolerance} of {want}")
+                                } else {
+                                    format!("expected {want}, got {got}")
+                                },
+                            )
                         }
                         (None, _) => (0.0, "no number in the answer".to_string()),
-                        (_, None) => return Err(NodeError::Data(format!("numeric check of `{}`: the expected value {expected_text:?} holds no number", self.id()))),
+                        (_, None) => {
+                            return Err(NodeError::Data(format!(
+                                "numeric check of `{}`: the expected value {expected_text:?} holds no number",
+                                self.id()
+                            )));
+                        }
                     }
                 }
                 Check::JsonSchema(schema) => match parse_structured(&target, schema) {
@@ -272,20 +373,48 @@ impl Task {
                     tokens += completion.usage.total();
                     let (confidence, source) = judge_confidence(&completion);
                     confidence_source = Some(source);
-                    let text = completion.choices[0].text.trim().chars().take(200).collect::<String>();
-                    (confidence, format!("judge confidence {confidence:.3} ({source}): {text}"))
+                    let text = completion.choices[0]
+                        .text
+                        .trim()
+                        .chars()
+                        .take(200)
+                        .collect::<String>();
+                    (
+                        confidence,
+                        format!("judge confidence {confidence:.3} ({source}): {text}"),
+                    )
                 }
             };
             results.push(json!({ "check": check.name(), "passed": score >= 0.5, "score": score, "detail": detail }));
         }
         let passed = results.iter().all(|r| r["passed"] == json!(true));
-        let score = if results.is_empty() { 0.0 } else { results.iter().map(|r| r["score"].as_f64().unwrap_or(0.0)).sum::<f64>() / results.len() as f64 };
+        let score = if results.is_empty() {
+            0.0
+        } else {
+            results
+                .iter()
+                .map(|r| r["score"].as_f64().unwrap_or(0.0))
+                .sum::<f64>()
+                / results.len() as f64
+        };
         let feedback: Vec<String> = results
             .iter()
             .filter(|r| r["passed"] == json!(false))
-            .map(|r| format!("{}: {}", r["check"].as_str().unwrap_or(""), r["detail"].as_str().unwrap_or("")))
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    r["check"].as_str().unwrap_or(""),
+                    r["detail"].as_str().unwrap_or("")
+                )
+            })
             .collect();
-        self.shared.emit(Event::Verdict { node: self.id().to_string(), round: self.round, passed, score, confidence_source });
+        self.shared.emit(Event::Verdict {
+            node: self.id().to_string(),
+            round: self.round,
+            passed,
+            score,
+            confidence_source,
+        });
         let out = json!({
             "passed": passed,
             "score": score,
@@ -298,8 +427,15 @@ impl Task {
     }
 
     fn samples_of(&self, from: usize) -> Result<Vec<serde_json::Value>, NodeError> {
-        let out = self.data.outputs[from].as_ref().ok_or_else(|| NodeError::Data(format!("`{}` reads `{}`, which has no output yet", self.id(), self.shared.wf.nodes[from].id)))?;
-        let json: serde_json::Value = serde_json::to_value(out).map_err(|e| NodeError::Data(e.to_string()))?;
+        let out = self.data.outputs[from].as_ref().ok_or_else(|| {
+            NodeError::Data(format!(
+                "`{}` reads `{}`, which has no output yet",
+                self.id(),
+                self.shared.wf.nodes[from].id
+            ))
+        })?;
+        let json: serde_json::Value =
+            serde_json::to_value(out).map_err(|e| NodeError::Data(e.to_string()))?;
         let texts: Vec<serde_json::Value> = match json.get("samples").and_then(|s| s.as_array()) {
             Some(s) => s.clone(),
             None => vec![json.get("text").cloned().unwrap_or(serde_json::Value::Null)],
@@ -313,7 +449,11 @@ impl Task {
         let mut scores = Vec::with_capacity(samples.len());
         for (i, sample) in samples.iter().enumerate() {
             let bound = Value::from_serialize(json!({ "text": sample, "index": i }));
-            let score = self.shared.wf.templates.number(&s.by, &self.scope(Some(("sample", bound))))?;
+            let score = self
+                .shared
+                .wf
+                .templates
+                .number(&s.by, &self.scope(Some(("sample", bound))))?;
             scores.push(score);
             let better = match best {
                 None => true,
@@ -326,8 +466,13 @@ impl Task {
                 best = Some((i, score));
             }
         }
-        let (index, score) = best.ok_or_else(|| NodeError::Data(format!("`{}` has no samples to select from", self.id())))?;
-        Ok(NodeOutput::new(json!({ "text": samples[index], "index": index, "score": score, "scores": scores, "round": self.round }), 0))
+        let (index, score) = best.ok_or_else(|| {
+            NodeError::Data(format!("`{}` has no samples to select from", self.id()))
+        })?;
+        Ok(NodeOutput::new(
+            json!({ "text": samples[index], "index": index, "score": score, "scores": scores, "round": self.round }),
+            0,
+        ))
     }
 
     fn vote(&self, v: &VoteSpec) -> Result<NodeOutput, NodeError> {
@@ -337,7 +482,10 @@ impl Task {
             let text = s.as_str().unwrap_or_default();
             let answer = match &v.extract {
                 Some(re) => match re.captures(text) {
-                    Some(c) => c.get(1).or_else(|| c.get(0)).map(|m| m.as_str().trim().to_string()),
+                    Some(c) => c
+                        .get(1)
+                        .or_else(|| c.get(0))
+                        .map(|m| m.as_str().trim().to_string()),
                     None => None,
                 },
                 None => Some(text.trim().to_string()),
@@ -350,13 +498,21 @@ impl Task {
             }
         }
         // Ties go to the answer seen first.
-        let winner = counts.iter().fold(None::<&(String, u32)>, |best, c| match best {
-            Some(b) if b.1 >= c.1 => Some(b),
-            _ => Some(c),
-        });
-        let (answer, votes) = winner.cloned().ok_or_else(|| NodeError::Data(format!("`{}`: no sample contained an answer", self.id())))?;
-        let tally: serde_json::Map<String, serde_json::Value> = counts.iter().map(|(k, n)| (k.clone(), json!(n))).collect();
-        Ok(NodeOutput::new(json!({ "text": answer, "votes": tally, "agreement": votes as f64 / samples.len() as f64, "round": self.round }), 0))
+        let winner = counts
+            .iter()
+            .fold(None::<&(String, u32)>, |best, c| match best {
+                Some(b) if b.1 >= c.1 => Some(b),
+                _ => Some(c),
+            });
+        let (answer, votes) = winner.cloned().ok_or_else(|| {
+            NodeError::Data(format!("`{}`: no sample contained an answer", self.id()))
+        })?;
+        let tally: serde_json::Map<String, serde_json::Value> =
+            counts.iter().map(|(k, n)| (k.clone(), json!(n))).collect();
+        Ok(NodeOutput::new(
+            json!({ "text": answer, "votes": tally, "agreement": votes as f64 / samples.len() as f64, "round": self.round }),
+            0,
+        ))
     }
 }
 
@@ -365,7 +521,14 @@ impl Task {
 pub(crate) fn parse_structured(text: &str, schema: &Schema) -> Result<serde_json::Value, String> {
     let value = extract_json(text).ok_or_else(|| "the reply holds no JSON value".to_string())?;
     let violations = schema.violations(&value);
-    if violations.is_empty() { Ok(value) } else { Err(format!("the JSON does not satisfy the schema: {}", violations.join("; "))) }
+    if violations.is_empty() {
+        Ok(value)
+    } else {
+        Err(format!(
+            "the JSON does not satisfy the schema: {}",
+            violations.join("; ")
+        ))
+    }
 }
 
 fn extract_json(text: &str) -> Option<serde_json::Value> {
@@ -397,8 +560,12 @@ fn extract_json(text: &str) -> Option<serde_json::Value> {
 /// The last number in a text (commas between digits ignored).
 pub(crate) fn last_number(text: &str) -> Option<f64> {
     static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let re = RE.get_or_init(|| regex::Regex::new(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?").expect("valid"));
-    re.find_iter(text).last().and_then(|m| m.as_str().replace(',', "").parse().ok())
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?").expect("valid")
+    });
+    re.find_iter(text)
+        .last()
+        .and_then(|m| m.as_str().replace(',', "").parse().ok())
 }
 
 /// A judge's confidence in "yes": p(Yes)/(p(Yes)+p(No)) from the first
@@ -423,8 +590,15 @@ pub(crate) fn judge_confidence(c: &Completion) -> (f64, &'static str) {
     }
     let text = choice.text.trim();
     if let Some(v) = extract_json(text) {
-        let verdict = v.get("verdict").or_else(|| v.get("answer")).and_then(|x| x.as_str()).map(str::to_lowercase);
-        let confidence = v.get("confidence").and_then(|x| x.as_f64()).map(|c| c.clamp(0.0, 1.0));
+        let verdict = v
+            .get("verdict")
+            .or_else(|| v.get("answer"))
+            .and_then(|x| x.as_str())
+            .map(str::to_lowercase);
+        let confidence = v
+            .get("confidence")
+            .and_then(|x| x.as_f64())
+            .map(|c| c.clamp(0.0, 1.0));
         match (verdict.as_deref(), confidence) {
             (Some("yes"), Some(c)) => return (c, "verbalized"),
             (Some("no"), Some(c)) => return (1.0 - c, "verbalized"),
@@ -433,7 +607,11 @@ pub(crate) fn judge_confidence(c: &Completion) -> (f64, &'static str) {
             _ => {}
         }
     }
-    let first = text.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("").to_lowercase();
+    let first = text
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("")
+        .to_lowercase();
     (if first == "yes" { 1.0 } else { 0.0 }, "verbalized")
 }
 
@@ -443,12 +621,24 @@ mod tests {
     use crate::backend::{Choice, FinishReason, TokenLogprob, Usage};
 
     fn completion(text: &str, logprobs: Option<Vec<TokenLogprob>>) -> Completion {
-        Completion { choices: vec![Choice { text: text.into(), finish: FinishReason::Stop, logprobs }], usage: Usage::default(), usage_estimated: false }
+        Completion {
+            choices: vec![Choice {
+                text: text.into(),
+                finish: FinishReason::Stop,
+                logprobs,
+            }],
+            usage: Usage::default(),
+            usage_estimated: false,
+        }
     }
 
     #[test]
     fn confidence_from_logprobs() {
-        let lp = TokenLogprob { token: "Yes".into(), logprob: (0.6f32).ln(), top: vec![("Yes".into(), (0.6f32).ln()), (" No".into(), (0.2f32).ln())] };
+        let lp = TokenLogprob {
+            token: "Yes".into(),
+            logprob: (0.6f32).ln(),
+            top: vec![("Yes".into(), (0.6f32).ln()), (" No".into(), (0.2f32).ln())],
+        };
         let (c, src) = judge_confidence(&completion("Yes", Some(vec![lp])));
         assert_eq!(src, "logprobs");
         assert!((c - 0.75).abs() < 1e-6, "{c}");
@@ -456,16 +646,35 @@ mod tests {
 
     #[test]
     fn confidence_verbalized() {
-        assert_eq!(judge_confidence(&completion("{\"verdict\": \"no\", \"confidence\": 0.9}", None)).0, 1.0 - 0.9);
-        assert_eq!(judge_confidence(&completion("Yes, it is right.", None)), (1.0, "verbalized"));
-        assert_eq!(judge_confidence(&completion("Nope", None)), (0.0, "verbalized"));
+        assert_eq!(
+            judge_confidence(&completion(
+                "{\"verdict\": \"no\", \"confidence\": 0.9}",
+                None
+            ))
+            .0,
+            1.0 - 0.9
+        );
+        assert_eq!(
+            judge_confidence(&completion("Yes, it is right.", None)),
+            (1.0, "verbalized")
+        );
+        assert_eq!(
+            judge_confidence(&completion("Nope", None)),
+            (0.0, "verbalized")
+        );
     }
 
     #[test]
     fn numbers_and_json_are_found_in_prose() {
         assert_eq!(last_number("so the total is 1,234.5 dollars"), Some(1234.5));
         assert_eq!(last_number("none"), None);
-        assert_eq!(extract_json("Sure!\n```json\n{\"a\": 1}\n```"), Some(json!({"a": 1})));
-        assert_eq!(extract_json("Here: {\"a\": [1]} ok"), Some(json!({"a": [1]})));
+        assert_eq!(
+            extract_json("Sure!\n```json\n{\"a\": 1}\n```"),
+            Some(json!({"a": 1}))
+        );
+        assert_eq!(
+            extract_json("Here: {\"a\": [1]} ok"),
+            Some(json!({"a": [1]}))
+        );
     }
 }

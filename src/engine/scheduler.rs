@@ -105,7 +105,12 @@ impl Run {
             outputs: vec![None; n],
             history: vec![Vec::new(); n],
             runs: vec![0; n],
-            loops: (0..l).map(|_| LoopRt { round: 1, ..LoopRt::default() }).collect(),
+            loops: (0..l)
+                .map(|_| LoopRt {
+                    round: 1,
+                    ..LoopRt::default()
+                })
+                .collect(),
             reports: Vec::new(),
             candidates: Vec::new(),
             ready: VecDeque::new(),
@@ -118,7 +123,10 @@ impl Run {
 
     pub async fn execute(mut self, cancel: CancellationToken) -> RunSummary {
         let sh = self.sh.clone();
-        sh.emit(Event::RunStarted { workflow: sh.wf.name.clone(), inputs: self.inputs_json.clone() });
+        sh.emit(Event::RunStarted {
+            workflow: sh.wf.name.clone(),
+            inputs: self.inputs_json.clone(),
+        });
         for &s in &sh.wf.topology.starts {
             self.status[s] = St::Ready;
             self.ready.push_back(s);
@@ -132,7 +140,9 @@ impl Run {
             }
             // After a budget stop, calls already in flight finish (their
             // cost is reserved), so their results are not thrown away.
-            if in_flight.is_empty() || matches!(self.stop, Some(Stop::Failed(..) | Stop::Interrupted)) {
+            if in_flight.is_empty()
+                || matches!(self.stop, Some(Stop::Failed(..) | Stop::Interrupted))
+            {
                 break;
             }
             tokio::select! {
@@ -151,7 +161,9 @@ impl Run {
     }
 
     fn round_of(&self, node: usize) -> u32 {
-        self.sh.wf.topology.loops_of[node].first().map_or(1, |&l| self.loops[l].round)
+        self.sh.wf.topology.loops_of[node]
+            .first()
+            .map_or(1, |&l| self.loops[l].round)
     }
 
     fn loop_info(&self, node: usize) -> Option<Value> {
@@ -170,8 +182,16 @@ impl Run {
         let d = Arc::new(ScopeData {
             names: self.sh.names.clone(),
             inputs: self.inputs.clone(),
-            outputs: self.outputs.iter().map(|o| o.as_ref().map(|o| o.value.clone())).collect(),
-            history: self.history.iter().map(|h| Value::from(h.clone())).collect(),
+            outputs: self
+                .outputs
+                .iter()
+                .map(|o| o.as_ref().map(|o| o.value.clone()))
+                .collect(),
+            history: self
+                .history
+                .iter()
+                .map(|h| Value::from(h.clone()))
+                .collect(),
             artifact: self.candidates.last().map(|c| c.output.value.clone()),
         });
         self.snapshot = Some(d.clone());
@@ -179,7 +199,13 @@ impl Run {
     }
 
     fn scope(&mut self, node: usize) -> Value {
-        NodeScope { data: self.data(), round: self.round_of(node), loop_info: self.loop_info(node), extra: None }.into_value()
+        NodeScope {
+            data: self.data(),
+            round: self.round_of(node),
+            loop_info: self.loop_info(node),
+            extra: None,
+        }
+        .into_value()
     }
 
     fn start(&mut self, node: usize) -> BoxFuture<'static, Finished> {
@@ -188,15 +214,27 @@ impl Run {
         for &li in &wf.topology.loops_of[node] {
             if wf.loops[li].to == node && !self.loops[li].active {
                 self.loops[li].active = true;
-                sh.emit(Event::LoopRound { loop_id: wf.loops[li].id.clone(), round: self.loops[li].round });
+                sh.emit(Event::LoopRound {
+                    loop_id: wf.loops[li].id.clone(),
+                    round: self.loops[li].round,
+                });
             }
         }
         self.status[node] = St::Running;
         let round = self.round_of(node);
-        sh.emit(Event::NodeStarted { node: wf.nodes[node].id.clone(), kind: wf.nodes[node].kind.name(), round });
+        sh.emit(Event::NodeStarted {
+            node: wf.nodes[node].id.clone(),
+            kind: wf.nodes[node].kind.name(),
+            round,
+        });
         let mut scopes = Vec::with_capacity(2 + wf.topology.loops_of[node].len());
         scopes.push(0);
-        scopes.extend(wf.topology.loops_of[node].iter().map(|&l| 1 + l).filter(|&i| !wf.loops[i - 1].budget.is_unlimited()));
+        scopes.extend(
+            wf.topology.loops_of[node]
+                .iter()
+                .map(|&l| 1 + l)
+                .filter(|&i| !wf.loops[i - 1].budget.is_unlimited()),
+        );
         if !wf.nodes[node].budget.is_unlimited() {
             scopes.push(1 + wf.loops.len() + node);
         }
@@ -213,15 +251,30 @@ impl Run {
         Box::pin(async move { (node, round, task.run().await, started) })
     }
 
-    fn finish(&mut self, node: usize, round: u32, result: Result<NodeOutput, NodeError>, started: Instant) {
+    fn finish(
+        &mut self,
+        node: usize,
+        round: u32,
+        result: Result<NodeOutput, NodeError>,
+        started: Instant,
+    ) {
         let sh = self.sh.clone();
         let wf = &sh.wf;
         let id = wf.nodes[node].id.clone();
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        self.runs[node] += 1;
+        if !matches!(result, Err(NodeError::Budget(_))) {
+            self.runs[node] += 1;
+        }
         match result {
             Ok(out) => {
-                sh.emit(Event::NodeFinished { node: id, round, status: NodeStatus::Done, elapsed_ms, output: Some(out.json.clone()), error: None });
+                sh.emit(Event::NodeFinished {
+                    node: id,
+                    round,
+                    status: NodeStatus::Done,
+                    elapsed_ms,
+                    output: Some(out.json.clone()),
+                    error: None,
+                });
                 self.record_output(node, round, out);
                 if self.stop.is_some() {
                     return;
@@ -236,7 +289,14 @@ impl Run {
                 sh.emit(Event::BudgetExhausted(ex.clone()));
                 match &ex.scope {
                     Scope::Workflow => {
-                        sh.emit(Event::NodeFinished { node: id, round, status: NodeStatus::Skipped, elapsed_ms, output: None, error: Some(ex.to_string()) });
+                        sh.emit(Event::NodeFinished {
+                            node: id,
+                            round,
+                            status: NodeStatus::Skipped,
+                            elapsed_ms,
+                            output: None,
+                            error: Some(ex.to_string()),
+                        });
                         self.status[node] = St::Skipped;
                         self.stop.get_or_insert(Stop::Budget(ex));
                     }
@@ -253,9 +313,17 @@ impl Run {
             }
             Err(e) => {
                 self.status[node] = St::Done;
-                sh.emit(Event::NodeFinished { node: id, round, status: NodeStatus::Failed, elapsed_ms, output: None, error: Some(e.to_string()) });
+                sh.emit(Event::NodeFinished {
+                    node: id,
+                    round,
+                    status: NodeStatus::Failed,
+                    elapsed_ms,
+                    output: None,
+                    error: Some(e.to_string()),
+                });
                 if !matches!(e, NodeError::Cancelled) {
-                    self.stop.get_or_insert(Stop::Failed(e.failure_kind(), e.to_string()));
+                    self.stop
+                        .get_or_insert(Stop::Failed(e.failure_kind(), e.to_string()));
                 }
             }
         }
@@ -273,7 +341,13 @@ impl Run {
             self.loops[li].round_tokens += out.tokens;
         }
         if wf.output.from.contains(&node) {
-            self.candidates.push(Candidate { node, round, output: out.clone(), passed: None, score: None });
+            self.candidates.push(Candidate {
+                node,
+                round,
+                output: out.clone(),
+                passed: None,
+                score: None,
+            });
         }
         if let NodeKind::Verify(_) = wf.nodes[node].kind {
             let passed = out.json["passed"].as_bool().unwrap_or(false);
@@ -297,14 +371,17 @@ impl Run {
         match self.sh.wf.templates.condition(expr, &scope) {
             Ok(b) => Some(b),
             Err(e) => {
-                self.stop.get_or_insert(Stop::Failed(FailureKind::Workflow, e.to_string()));
+                self.stop
+                    .get_or_insert(Stop::Failed(FailureKind::Workflow, e.to_string()));
                 None
             }
         }
     }
 
     fn exit_pending(&self, edge: usize) -> bool {
-        self.sh.wf.topology.exits[edge].iter().any(|&l| self.loops[l].active)
+        self.sh.wf.topology.exits[edge]
+            .iter()
+            .any(|&l| self.loops[l].active)
     }
 
     fn resolve_outgoing(&mut self, node: usize) {
@@ -351,7 +428,14 @@ impl Run {
         let wf = self.sh.wf.clone();
         self.status[node] = St::Skipped;
         let round = self.round_of(node);
-        self.sh.emit(Event::NodeFinished { node: wf.nodes[node].id.clone(), round, status: NodeStatus::Skipped, elapsed_ms: 0.0, output: None, error: reason });
+        self.sh.emit(Event::NodeFinished {
+            node: wf.nodes[node].id.clone(),
+            round,
+            status: NodeStatus::Skipped,
+            elapsed_ms: 0.0,
+            output: None,
+            error: reason,
+        });
         for &ei in &wf.topology.outgoing[node] {
             if self.edges[ei] == Es::Unresolved && !self.exit_pending(ei) {
                 self.edges[ei] = Es::Skipped;
@@ -368,7 +452,10 @@ impl Run {
             if self.stop.is_some() || !self.loops[li].active {
                 return;
             }
-            let busy = wf.loops[li].body.iter().any(|&b| matches!(self.status[b], St::Ready | St::Running));
+            let busy = wf.loops[li]
+                .body
+                .iter()
+                .any(|&b| matches!(self.status[b], St::Ready | St::Running));
             if busy {
                 return;
             }
@@ -380,13 +467,21 @@ impl Run {
         let wf = self.sh.wf.clone();
         let spec = &wf.loops[li];
         let from = spec.from;
-        let latest = self.candidates.last().map(|c| hash_text(c.output.text.as_deref()));
+        let latest = self
+            .candidates
+            .last()
+            .map(|c| hash_text(c.output.text.as_deref()));
         let l = &mut self.loops[li];
-        l.records.push(RoundRecord { round: l.round, config: l.round_config.or(latest), win: l.round_win, tokens: l.round_tokens });
-        let reason = if !l.back_requested {
-            Some(StopReason::Exited)
-        } else if l.budget_hit {
+        l.records.push(RoundRecord {
+            round: l.round,
+            config: l.round_config.or(latest),
+            win: l.round_win,
+            tokens: l.round_tokens,
+        });
+        let reason = if l.budget_hit {
             Some(StopReason::Budget)
+        } else if !l.back_requested {
+            Some(StopReason::Exited)
         } else if l.round >= spec.max_rounds {
             Some(StopReason::MaxRounds)
         } else {
@@ -403,7 +498,8 @@ impl Run {
             let score = match wf.templates.number(&c.score, &scope) {
                 Ok(s) => s,
                 Err(e) => {
-                    self.stop.get_or_insert(Stop::Failed(FailureKind::Workflow, e.to_string()));
+                    self.stop
+                        .get_or_insert(Stop::Failed(FailureKind::Workflow, e.to_string()));
                     return None;
                 }
             };
@@ -447,11 +543,17 @@ impl Run {
         // Inner loops start over.
         for (lj, inner) in wf.loops.iter().enumerate() {
             if lj != li && inner.body.iter().all(|b| spec.body.contains(b)) {
-                self.loops[lj] = LoopRt { round: 1, ..LoopRt::default() };
+                self.loops[lj] = LoopRt {
+                    round: 1,
+                    ..LoopRt::default()
+                };
             }
         }
         self.snapshot = None;
-        self.sh.emit(Event::LoopRound { loop_id: spec.id.clone(), round });
+        self.sh.emit(Event::LoopRound {
+            loop_id: spec.id.clone(),
+            round,
+        });
         self.status[spec.to] = St::Ready;
         self.ready.push_back(spec.to);
     }
@@ -462,8 +564,17 @@ impl Run {
         let l = &mut self.loops[li];
         l.active = false;
         let rounds = std::mem::take(&mut l.records);
-        self.sh.emit(Event::LoopFinished { loop_id: spec.id.clone(), rounds: rounds.len() as u32, reason });
-        self.reports.push(LoopReport::compute(&spec.id, reason, &rounds, spec.round_tokens));
+        self.sh.emit(Event::LoopFinished {
+            loop_id: spec.id.clone(),
+            rounds: rounds.len() as u32,
+            reason,
+        });
+        self.reports.push(LoopReport::compute(
+            &spec.id,
+            reason,
+            &rounds,
+            spec.round_tokens,
+        ));
         for (ei, exits) in wf.topology.exits.iter().enumerate() {
             if exits.contains(&li) && self.edges[ei] == Es::Unresolved && !self.exit_pending(ei) {
                 self.edges[ei] = Es::Skipped;
@@ -490,11 +601,19 @@ impl Run {
         let sh = self.sh.clone();
         let wf = &sh.wf;
         // Loops cut short by the stop report their rounds, the cut one included.
-        let latest = self.candidates.last().map(|c| hash_text(c.output.text.as_deref()));
+        let latest = self
+            .candidates
+            .last()
+            .map(|c| hash_text(c.output.text.as_deref()));
         for li in 0..wf.loops.len() {
             let l = &mut self.loops[li];
             if l.active {
-                l.records.push(RoundRecord { round: l.round, config: l.round_config.or(latest), win: l.round_win, tokens: l.round_tokens });
+                l.records.push(RoundRecord {
+                    round: l.round,
+                    config: l.round_config.or(latest),
+                    win: l.round_win,
+                    tokens: l.round_tokens,
+                });
                 self.finish_loop(li, StopReason::RunStopped);
             }
         }
@@ -509,18 +628,35 @@ impl Run {
         let mut output_source = None;
         if let Some(c) = best {
             let field = &wf.output.field;
-            let value = if field == "." { Some(c.output.json.clone()) } else { lookup(&c.output.json, field) };
+            let value = if field == "." {
+                Some(c.output.json.clone())
+            } else {
+                lookup(&c.output.json, field)
+            };
             match value {
                 Some(v) => output = Some(v),
                 None if status == RunStatus::Finished => {
                     status = RunStatus::Failed;
-                    error = Some((FailureKind::Workflow, format!("output field `{field}` is not in the output of node `{}`", wf.nodes[c.node].id)));
+                    error = Some((
+                        FailureKind::Workflow,
+                        format!(
+                            "output field `{field}` is not in the output of node `{}`",
+                            wf.nodes[c.node].id
+                        ),
+                    ));
                 }
                 None => {}
             }
-            output_source = Some(OutputSource { node: wf.nodes[c.node].id.clone(), round: c.round, passed: c.passed, score: c.score });
+            output_source = Some(OutputSource {
+                node: wf.nodes[c.node].id.clone(),
+                round: c.round,
+                passed: c.passed,
+                score: c.score,
+            });
         }
-        let verified = wf.verifies().then(|| best.is_some_and(|c| c.passed == Some(true)));
+        let verified = wf
+            .verifies()
+            .then(|| best.is_some_and(|c| c.passed == Some(true)));
         let tally = sh.tally.lock().unwrap_or_else(|e| e.into_inner());
         let summary = RunSummary {
             workflow: wf.name.clone(),
@@ -533,12 +669,19 @@ impl Run {
             budgets: sh.meter.report(),
             exhausted,
             loops: std::mem::take(&mut self.reports),
-            node_runs: wf.nodes.iter().zip(&self.runs).map(|(n, r)| (n.id.clone(), *r)).collect(),
+            node_runs: wf
+                .nodes
+                .iter()
+                .zip(&self.runs)
+                .map(|(n, r)| (n.id.clone(), *r))
+                .collect(),
             error: error.as_ref().map(|(_, m)| m.clone()),
             failure: error.map(|(k, _)| k),
         };
         drop(tally);
-        sh.emit(Event::RunFinished { summary: Box::new(summary.clone()) });
+        sh.emit(Event::RunFinished {
+            summary: Box::new(summary.clone()),
+        });
         summary
     }
 }

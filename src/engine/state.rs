@@ -26,8 +26,16 @@ pub struct NodeOutput {
 impl NodeOutput {
     pub fn new(json: serde_json::Value, tokens: u64) -> NodeOutput {
         let value = Value::from_serialize(&json);
-        let text = json.get("text").and_then(|t| t.as_str()).map(str::to_string);
-        NodeOutput { json, value, text, tokens }
+        let text = json
+            .get("text")
+            .and_then(|t| t.as_str())
+            .map(str::to_string);
+        NodeOutput {
+            json,
+            value,
+            text,
+            tokens,
+        }
     }
 }
 
@@ -93,7 +101,10 @@ impl Object for NodeScope {
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        let mut keys: Vec<Value> = ["inputs", "round", "history"].iter().map(|k| Value::from(*k)).collect();
+        let mut keys: Vec<Value> = ["inputs", "round", "history"]
+            .iter()
+            .map(|k| Value::from(*k))
+            .collect();
         if self.loop_info.is_some() {
             keys.push(Value::from("loop"));
         }
@@ -124,6 +135,13 @@ impl Object for History {
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        Enumerator::Values(self.0.names.ids.iter().map(|id| Value::from(id.as_ref())).collect())
+        Enumerator::Values(
+            self.0
+                .names
+                .ids
+                .iter()
+                .map(|id| Value::from(id.as_ref()))
+                .collect(),
+        )
     }
 }

@@ -21,9 +21,16 @@ use crate::yaml::{self, Span, YamlErrorKind};
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {
     #[error("cannot read {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{} is not a valid workflow ({} error{})", name, diagnostics.len(), if diagnostics.len() == 1 { "" } else { "s" })]
-    Invalid { name: String, source_text: String, diagnostics: Vec<Diagnostic> },
+    Invalid {
+        name: String,
+        source_text: String,
+        diagnostics: Vec<Diagnostic>,
+    },
 }
 
 impl WorkflowError {
@@ -31,9 +38,11 @@ impl WorkflowError {
     pub fn render(&self) -> String {
         match self {
             WorkflowError::Io { .. } => format!("error[{}]: {self}\n", Code::Io.as_str()),
-            WorkflowError::Invalid { name, source_text, diagnostics } => {
-                diagnostic::render_all(diagnostics, name, source_text)
-            }
+            WorkflowError::Invalid {
+                name,
+                source_text,
+                diagnostics,
+            } => diagnostic::render_all(diagnostics, name, source_text),
         }
     }
 
@@ -47,7 +56,10 @@ impl WorkflowError {
 
 /// Loads and checks a workflow file. Prompt files resolve against its directory.
 pub fn load(path: &Path) -> Result<Workflow, WorkflowError> {
-    let bytes = read_limited(path).map_err(|source| WorkflowError::Io { path: path.to_path_buf(), source })?;
+    let bytes = read_limited(path).map_err(|source| WorkflowError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let name = path.display().to_string();
     let mut wf = load_bytes(&bytes, &name, base)?;
@@ -61,7 +73,9 @@ fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let limit = yaml::Limits::default().max_bytes as u64 + 1;
     let mut buf = Vec::new();
-    std::fs::File::open(path)?.take(limit).read_to_end(&mut buf)?;
+    std::fs::File::open(path)?
+        .take(limit)
+        .read_to_end(&mut buf)?;
     Ok(buf)
 }
 
@@ -71,7 +85,8 @@ pub fn load_str(source: &str, name: &str, base_dir: &Path) -> Result<Workflow, W
     load_bytes(source.as_bytes(), name, base_dir)
 }
 
-fn load_bytes(bytes: &[u8], name: &str, base_dir: &Path) -> Result<Workflow, WorkflowError> {
+/// Loads a workflow from raw bytes (checked for UTF-8 and size first).
+pub fn load_bytes(bytes: &[u8], name: &str, base_dir: &Path) -> Result<Workflow, WorkflowError> {
     let invalid = |source_text: String, diagnostics: Vec<Diagnostic>| WorkflowError::Invalid {
         name: name.to_string(),
         source_text,
@@ -82,7 +97,10 @@ fn load_bytes(bytes: &[u8], name: &str, base_dir: &Path) -> Result<Workflow, Wor
         let d = Diagnostic::new(
             Code::YamlLimit,
             Span::point(1, 1),
-            format!("the file is larger than {} KiB; workflows are small text files", limits.max_bytes / 1024),
+            format!(
+                "the file is larger than {} KiB; workflows are small text files",
+                limits.max_bytes / 1024
+            ),
         )
         .label("too large");
         return Err(invalid(String::new(), vec![d]));
@@ -96,10 +114,16 @@ fn load_bytes(bytes: &[u8], name: &str, base_dir: &Path) -> Result<Workflow, Wor
             let d = Diagnostic::new(
                 Code::NotUtf8,
                 Span::point(line, col),
-                format!("the file is not UTF-8 text (invalid byte at offset {})", e.valid_up_to()),
+                format!(
+                    "the file is not UTF-8 text (invalid byte at offset {})",
+                    e.valid_up_to()
+                ),
             )
             .label("invalid UTF-8");
-            return Err(invalid(String::from_utf8_lossy(bytes).into_owned(), vec![d]));
+            return Err(invalid(
+                String::from_utf8_lossy(bytes).into_owned(),
+                vec![d],
+            ));
         }
     };
     let tree = match yaml::parse(text, limits) {
@@ -115,7 +139,11 @@ fn load_bytes(bytes: &[u8], name: &str, base_dir: &Path) -> Result<Workflow, Wor
                 Code::Empty => "empty",
                 _ => "limit exceeded",
             });
-            let d = if code == Code::Empty { d.help("a workflow starts with `version: 1`") } else { d };
+            let d = if code == Code::Empty {
+                d.help("a workflow starts with `version: 1`")
+            } else {
+                d
+            };
             return Err(invalid(text.to_string(), vec![d]));
         }
     };

@@ -43,7 +43,9 @@ impl Workflow {
 
     /// True when some node checks the output (exit code 1 means "unverified").
     pub fn verifies(&self) -> bool {
-        self.nodes.iter().any(|n| matches!(n.kind, NodeKind::Verify(_)))
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.kind, NodeKind::Verify(_)))
     }
 }
 
@@ -69,7 +71,8 @@ pub struct Price {
 
 impl Price {
     pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-        (prompt_tokens as f64 * self.input_per_mtok + completion_tokens as f64 * self.output_per_mtok)
+        (prompt_tokens as f64 * self.input_per_mtok
+            + completion_tokens as f64 * self.output_per_mtok)
             / 1_000_000.0
     }
 }
@@ -94,8 +97,9 @@ pub enum InputType {
 }
 
 impl InputType {
-    pub const NAMES: &'static [&'static str] =
-        &["string", "number", "integer", "boolean", "object", "array", "any"];
+    pub const NAMES: &'static [&'static str] = &[
+        "string", "number", "integer", "boolean", "object", "array", "any",
+    ];
 
     pub fn parse(s: &str) -> Option<InputType> {
         Some(match s {
@@ -227,7 +231,9 @@ pub struct Schema {
 
 impl std::fmt::Debug for Schema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Schema").field("source", &self.source).finish()
+        f.debug_struct("Schema")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -244,7 +250,11 @@ impl Schema {
             .take(5)
             .map(|e| {
                 let path = e.instance_path().to_string();
-                if path.is_empty() { e.to_string() } else { format!("{path}: {e}") }
+                if path.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{path}: {e}")
+                }
             })
             .collect()
     }

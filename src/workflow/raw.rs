@@ -16,26 +16,56 @@ pub struct Spanned<T> {
 }
 
 pub const TOP_KEYS: &[&str] = &[
-    "version", "name", "description", "prompt_dir", "models", "inputs", "budget", "concurrency",
-    "nodes", "edges", "loops", "output",
+    "version",
+    "name",
+    "description",
+    "prompt_dir",
+    "models",
+    "inputs",
+    "budget",
+    "concurrency",
+    "start",
+    "nodes",
+    "edges",
+    "loops",
+    "output",
 ];
 pub const MODEL_KEYS: &[&str] = &["spec", "max_tokens", "price", "settings"];
 pub const PRICE_KEYS: &[&str] = &["input", "output"];
 pub const INPUT_KEYS: &[&str] = &["type", "default", "description"];
 pub const BUDGET_KEYS: &[&str] = &["tokens", "calls", "cost_usd", "wall_time"];
 pub const NODE_COMMON_KEYS: &[&str] = &["id", "kind", "budget"];
-pub const MODEL_CALL_KEYS: &[&str] =
-    &["model", "prompt", "template", "system", "sampling", "n", "logprobs", "schema", "repair_attempts"];
+pub const MODEL_CALL_KEYS: &[&str] = &[
+    "model",
+    "prompt",
+    "template",
+    "system",
+    "sampling",
+    "n",
+    "logprobs",
+    "schema",
+    "repair_attempts",
+];
 pub const VERIFY_KEYS: &[&str] = &["target", "checks"];
 pub const SELECT_KEYS: &[&str] = &["from", "by", "order"];
 pub const VOTE_KEYS: &[&str] = &["from", "extract"];
 pub const SAMPLING_KEYS: &[&str] = &["temperature", "top_p", "seed", "max_tokens", "stop"];
 pub const CHECK_KINDS: &[&str] = &["exact", "regex", "numeric", "json_schema", "judge"];
 pub const CHECK_OPTION_KEYS: &[&str] = &["ignore_case", "tolerance"];
-pub const JUDGE_KEYS: &[&str] = &["model", "prompt", "template", "system", "sampling", "logprobs"];
+pub const JUDGE_KEYS: &[&str] = &[
+    "model", "prompt", "template", "system", "sampling", "logprobs",
+];
 pub const EDGE_KEYS: &[&str] = &["from", "to", "when"];
-pub const LOOP_KEYS: &[&str] =
-    &["id", "from", "to", "max_rounds", "until", "converge", "budget", "round_tokens"];
+pub const LOOP_KEYS: &[&str] = &[
+    "id",
+    "from",
+    "to",
+    "max_rounds",
+    "until",
+    "converge",
+    "budget",
+    "round_tokens",
+];
 pub const CONVERGE_KEYS: &[&str] = &["score", "patience", "min_delta"];
 pub const OUTPUT_KEYS: &[&str] = &["from", "field", "select"];
 
@@ -49,6 +79,8 @@ pub struct RawWorkflow {
     pub inputs: Vec<RawInput>,
     pub budget: Option<RawBudget>,
     pub concurrency: Option<Spanned<u64>>,
+    /// Start nodes; the first node when absent.
+    pub start: Vec<Spanned<String>>,
     pub nodes: Vec<RawNode>,
     pub edges: Vec<RawEdge>,
     pub loops: Vec<RawLoop>,
@@ -125,9 +157,15 @@ pub struct RawSampling {
 
 #[derive(Debug)]
 pub enum RawCheck {
-    Exact { expected: Spanned<String>, ignore_case: bool },
+    Exact {
+        expected: Spanned<String>,
+        ignore_case: bool,
+    },
     Regex(Spanned<String>),
-    Numeric { expected: Spanned<String>, tolerance: f64 },
+    Numeric {
+        expected: Spanned<String>,
+        tolerance: f64,
+    },
     JsonSchema(serde_json::Value, Span),
     Judge(RawCall),
 }
@@ -184,7 +222,10 @@ struct Fields<'n> {
 
 impl<'n> Fields<'n> {
     fn get(&mut self, key: &str) -> Option<&'n Node> {
-        let i = self.entries.iter().position(|(k, _)| matches!(&k.value, Value::Str(s) if s == key))?;
+        let i = self
+            .entries
+            .iter()
+            .position(|(k, _)| matches!(&k.value, Value::Str(s) if s == key))?;
         self.used[i] = true;
         Some(&self.entries[i].1)
     }
@@ -200,8 +241,12 @@ impl<'n> Fields<'n> {
                 Value::Str(s) => s.clone(),
                 other => format!("{other:?}"),
             };
-            let mut d = Diagnostic::new(Code::UnknownKey, k.span, format!("unknown key `{name}` in {}", self.what))
-                .label("not a key here");
+            let mut d = Diagnostic::new(
+                Code::UnknownKey,
+                k.span,
+                format!("unknown key `{name}` in {}", self.what),
+            )
+            .label("not a key here");
             if let Some(best) = did_you_mean(&name, allowed.iter().copied()) {
                 d = d.help(format!("did you mean `{best}`?"));
             } else {
@@ -213,7 +258,10 @@ impl<'n> Fields<'n> {
 }
 
 /// The closest candidate by edit distance, if it is close enough.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(name, c), c))
@@ -232,7 +280,10 @@ impl Reader {
             Diagnostic::new(
                 Code::WrongType,
                 node.span,
-                format!("{what} must be {expected}, found {}", node.value.type_name()),
+                format!(
+                    "{what} must be {expected}, found {}",
+                    node.value.type_name()
+                ),
             )
             .label(format!("expected {expected}")),
         );
@@ -260,7 +311,10 @@ impl Reader {
 
     fn string(&mut self, node: &Node, what: &str) -> Option<Spanned<String>> {
         match &node.value {
-            Value::Str(s) => Some(Spanned { value: s.clone(), span: node.span }),
+            Value::Str(s) => Some(Spanned {
+                value: s.clone(),
+                span: node.span,
+            }),
             _ => {
                 self.wrong_type(node, what, "a string");
                 None
@@ -280,12 +334,18 @@ impl Reader {
                 return None;
             }
         };
-        Some(Spanned { value, span: node.span })
+        Some(Spanned {
+            value,
+            span: node.span,
+        })
     }
 
     fn int(&mut self, node: &Node, what: &str) -> Option<Spanned<i64>> {
         match &node.value {
-            Value::Int(i) => Some(Spanned { value: *i, span: node.span }),
+            Value::Int(i) => Some(Spanned {
+                value: *i,
+                span: node.span,
+            }),
             _ => {
                 self.wrong_type(node, what, "an integer");
                 None
@@ -297,18 +357,31 @@ impl Reader {
         let i = self.int(node, what)?;
         if i.value < 0 {
             self.err(
-                Diagnostic::new(Code::InvalidValue, node.span, format!("{what} must not be negative"))
-                    .label("negative"),
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    node.span,
+                    format!("{what} must not be negative"),
+                )
+                .label("negative"),
             );
             return None;
         }
-        Some(Spanned { value: i.value as u64, span: i.span })
+        Some(Spanned {
+            value: i.value as u64,
+            span: i.span,
+        })
     }
 
     fn float(&mut self, node: &Node, what: &str) -> Option<Spanned<f64>> {
         match &node.value {
-            Value::Int(i) => Some(Spanned { value: *i as f64, span: node.span }),
-            Value::Float(f) if f.is_finite() => Some(Spanned { value: *f, span: node.span }),
+            Value::Int(i) => Some(Spanned {
+                value: *i as f64,
+                span: node.span,
+            }),
+            Value::Float(f) if f.is_finite() => Some(Spanned {
+                value: *f,
+                span: node.span,
+            }),
             _ => {
                 self.wrong_type(node, what, "a finite number");
                 None
@@ -364,14 +437,25 @@ impl Reader {
 
     /// Reads the whole document.
     pub fn workflow(&mut self, root: &Node) -> RawWorkflow {
-        let mut w = RawWorkflow { span: root.span, ..RawWorkflow::default() };
+        let mut w = RawWorkflow {
+            span: root.span,
+            ..RawWorkflow::default()
+        };
         let Some(mut f) = self.fields(root, "the workflow", &[TOP_KEYS]) else {
             return w;
         };
         w.version = f.get("version").and_then(|n| self.int(n, "`version`"));
-        w.name = f.get("name").and_then(|n| self.string(n, "`name`")).map(|s| s.value);
-        w.description = f.get("description").and_then(|n| self.string(n, "`description`")).map(|s| s.value);
-        w.prompt_dir = f.get("prompt_dir").and_then(|n| self.string(n, "`prompt_dir`"));
+        w.name = f
+            .get("name")
+            .and_then(|n| self.string(n, "`name`"))
+            .map(|s| s.value);
+        w.description = f
+            .get("description")
+            .and_then(|n| self.string(n, "`description`"))
+            .map(|s| s.value);
+        w.prompt_dir = f
+            .get("prompt_dir")
+            .and_then(|n| self.string(n, "`prompt_dir`"));
         if let Some(n) = f.get("models") {
             for (name, v) in self.named(n, "`models`") {
                 let model = self.model(name, v);
@@ -384,8 +468,22 @@ impl Reader {
                 w.inputs.push(input);
             }
         }
-        w.budget = f.get("budget").map(|n| self.budget(n, "the workflow budget"));
-        w.concurrency = f.get("concurrency").and_then(|n| self.uint(n, "`concurrency`"));
+        w.budget = f
+            .get("budget")
+            .map(|n| self.budget(n, "the workflow budget"));
+        w.concurrency = f
+            .get("concurrency")
+            .and_then(|n| self.uint(n, "`concurrency`"));
+        if let Some(n) = f.get("start") {
+            w.start = match &n.value {
+                Value::Str(_) => self.string(n, "`start`").into_iter().collect(),
+                _ => self
+                    .list(n, "`start`")
+                    .iter()
+                    .filter_map(|i| self.string(i, "a start node"))
+                    .collect(),
+            };
+        }
         match f.get("nodes") {
             Some(n) => {
                 for (i, item) in self.list(n, "`nodes`").iter().enumerate() {
@@ -394,9 +492,13 @@ impl Reader {
                 }
             }
             None => self.err(
-                Diagnostic::new(Code::MissingKey, Span::point(1, 1), "the workflow has no `nodes`")
-                    .label("`nodes` is required")
-                    .help("add a `nodes:` list with at least one node"),
+                Diagnostic::new(
+                    Code::MissingKey,
+                    Span::point(1, 1),
+                    "the workflow has no `nodes`",
+                )
+                .label("`nodes` is required")
+                .help("add a `nodes:` list with at least one node"),
             ),
         }
         if let Some(n) = f.get("edges") {
@@ -433,14 +535,26 @@ impl Reader {
             return m;
         }
         let what = format!("model `{}`", m.name.value);
-        let Some(mut f) = self.fields(node, &what, &[MODEL_KEYS]) else { return m };
-        m.spec = f.get("spec").and_then(|n| self.string(n, &format!("`spec` of {what}")));
+        let Some(mut f) = self.fields(node, &what, &[MODEL_KEYS]) else {
+            return m;
+        };
+        m.spec = f
+            .get("spec")
+            .and_then(|n| self.string(n, &format!("`spec` of {what}")));
         self.required(m.spec.as_ref(), "spec", &what, node.span);
-        m.max_tokens = f.get("max_tokens").and_then(|n| self.uint(n, "`max_tokens`"));
+        m.max_tokens = f
+            .get("max_tokens")
+            .and_then(|n| self.uint(n, "`max_tokens`"));
         if let Some(p) = f.get("price") {
             if let Some(mut pf) = self.fields(p, "`price`", &[PRICE_KEYS]) {
-                m.price_in = pf.get("input").and_then(|n| self.float(n, "`price.input`")).map(|s| s.value);
-                m.price_out = pf.get("output").and_then(|n| self.float(n, "`price.output`")).map(|s| s.value);
+                m.price_in = pf
+                    .get("input")
+                    .and_then(|n| self.float(n, "`price.input`"))
+                    .map(|s| s.value);
+                m.price_out = pf
+                    .get("output")
+                    .and_then(|n| self.float(n, "`price.output`"))
+                    .map(|s| s.value);
                 pf.finish(self);
             }
         }
@@ -452,7 +566,12 @@ impl Reader {
     }
 
     fn input(&mut self, name: Spanned<String>, node: &Node) -> RawInput {
-        let mut i = RawInput { name, ty: None, default: None, description: None };
+        let mut i = RawInput {
+            name,
+            ty: None,
+            default: None,
+            description: None,
+        };
         match &node.value {
             // Shorthand: `task: string`.
             Value::Str(_) => i.ty = self.string(node, "an input type"),
@@ -462,7 +581,10 @@ impl Reader {
                 if let Some(mut f) = self.fields(node, &what, &[INPUT_KEYS]) {
                     i.ty = f.get("type").and_then(|n| self.string(n, "`type`"));
                     i.default = f.get("default").map(|n| (n.to_json(), n.span));
-                    i.description = f.get("description").and_then(|n| self.string(n, "`description`")).map(|s| s.value);
+                    i.description = f
+                        .get("description")
+                        .and_then(|n| self.string(n, "`description`"))
+                        .map(|s| s.value);
                     f.finish(self);
                 }
             }
@@ -471,8 +593,13 @@ impl Reader {
     }
 
     fn budget(&mut self, node: &Node, what: &str) -> RawBudget {
-        let mut b = RawBudget { span: node.span, ..RawBudget::default() };
-        let Some(mut f) = self.fields(node, what, &[BUDGET_KEYS]) else { return b };
+        let mut b = RawBudget {
+            span: node.span,
+            ..RawBudget::default()
+        };
+        let Some(mut f) = self.fields(node, what, &[BUDGET_KEYS]) else {
+            return b;
+        };
         b.tokens = f.get("tokens").and_then(|n| self.int(n, "`tokens`"));
         b.calls = f.get("calls").and_then(|n| self.int(n, "`calls`"));
         b.cost_usd = f.get("cost_usd").and_then(|n| self.float(n, "`cost_usd`"));
@@ -518,24 +645,43 @@ impl Reader {
             Some(k) => format!("{label} (kind `{k}`)"),
             None => label.clone(),
         };
-        let Some(mut f) = self.fields(node, &what, &[NODE_COMMON_KEYS, specific]) else { return raw };
+        let Some(mut f) = self.fields(node, &what, &[NODE_COMMON_KEYS, specific]) else {
+            return raw;
+        };
         raw.id = f.get("id").and_then(|n| self.string(n, "`id`"));
         self.required(raw.id.as_ref(), "id", &label, node.span);
         raw.kind = f.get("kind").and_then(|n| self.string(n, "`kind`"));
         match &raw.kind {
             None if node.get("kind").is_none() => {
                 self.err(
-                    Diagnostic::new(Code::MissingKey, node.span, format!("{label} has no `kind`"))
-                        .label("`kind` is required")
-                        .help(format!("one of: {}", crate::workflow::NodeKind::NAMES.join(", "))),
+                    Diagnostic::new(
+                        Code::MissingKey,
+                        node.span,
+                        format!("{label} has no `kind`"),
+                    )
+                    .label("`kind` is required")
+                    .help(format!(
+                        "one of: {}",
+                        crate::workflow::NodeKind::NAMES.join(", ")
+                    )),
                 );
+                // Without a kind the other keys cannot be judged.
+                f.used.iter_mut().for_each(|u| *u = true);
             }
+            None => f.used.iter_mut().for_each(|u| *u = true),
             Some(k) if specific.is_empty() => {
-                let mut d = Diagnostic::new(Code::InvalidValue, k.span, format!("unknown node kind `{}`", k.value))
-                    .label("unknown kind");
+                let mut d = Diagnostic::new(
+                    Code::InvalidValue,
+                    k.span,
+                    format!("unknown node kind `{}`", k.value),
+                )
+                .label("unknown kind");
                 d = match did_you_mean(&k.value, crate::workflow::NodeKind::NAMES.iter().copied()) {
                     Some(best) => d.help(format!("did you mean `{best}`?")),
-                    None => d.help(format!("one of: {}", crate::workflow::NodeKind::NAMES.join(", "))),
+                    None => d.help(format!(
+                        "one of: {}",
+                        crate::workflow::NodeKind::NAMES.join(", ")
+                    )),
                 };
                 self.err(d);
                 // Keys of an unknown kind cannot be judged: mark them read.
@@ -543,7 +689,9 @@ impl Reader {
             }
             _ => {}
         }
-        raw.budget = f.get("budget").map(|n| self.budget(n, &format!("the budget of {label}")));
+        raw.budget = f
+            .get("budget")
+            .map(|n| self.budget(n, &format!("the budget of {label}")));
         match kind {
             Some("generate" | "critique" | "revise") => {
                 raw.call = Some(self.call_fields(&mut f, node.span, &label, true));
@@ -553,12 +701,28 @@ impl Reader {
                 match f.get("checks") {
                     Some(list) => {
                         let items = self.list(list, "`checks`");
-                        raw.checks = Some(items.iter().filter_map(|item| self.check(item)).collect());
+                        if items.is_empty() {
+                            self.err(
+                                Diagnostic::new(
+                                    Code::InvalidValue,
+                                    list.span,
+                                    format!("{label} has an empty `checks` list"),
+                                )
+                                .label("no checks")
+                                .help("a verify node needs at least one check"),
+                            );
+                        }
+                        raw.checks =
+                            Some(items.iter().filter_map(|item| self.check(item)).collect());
                     }
                     None => self.err(
-                        Diagnostic::new(Code::MissingKey, node.span, format!("{label} has no `checks`"))
-                            .label("`checks` is required")
-                            .help(format!("a list of checks: {}", CHECK_KINDS.join(", "))),
+                        Diagnostic::new(
+                            Code::MissingKey,
+                            node.span,
+                            format!("{label} has no `checks`"),
+                        )
+                        .label("`checks` is required")
+                        .help(format!("a list of checks: {}", CHECK_KINDS.join(", "))),
                     ),
                 }
             }
@@ -580,8 +744,17 @@ impl Reader {
         raw
     }
 
-    fn call_fields(&mut self, f: &mut Fields<'_>, span: Span, label: &str, node_level: bool) -> RawCall {
-        let mut c = RawCall { span, ..RawCall::default() };
+    fn call_fields(
+        &mut self,
+        f: &mut Fields<'_>,
+        span: Span,
+        label: &str,
+        node_level: bool,
+    ) -> RawCall {
+        let mut c = RawCall {
+            span,
+            ..RawCall::default()
+        };
         c.model = f.get("model").and_then(|n| self.string(n, "`model`"));
         c.prompt_file = f.get("prompt").and_then(|n| self.string(n, "`prompt`"));
         c.template = f.get("template").and_then(|n| self.string(n, "`template`"));
@@ -593,13 +766,21 @@ impl Reader {
         if node_level {
             c.n = f.get("n").and_then(|n| self.uint(n, "`n`"));
             c.schema = f.get("schema").map(|n| (n.to_json(), n.span));
-            c.repair_attempts = f.get("repair_attempts").and_then(|n| self.uint(n, "`repair_attempts`"));
+            c.repair_attempts = f
+                .get("repair_attempts")
+                .and_then(|n| self.uint(n, "`repair_attempts`"));
         }
         if let (Some(p), Some(_)) = (&c.prompt_file, &c.template) {
             self.err(
-                Diagnostic::new(Code::InvalidValue, p.span, format!("{label} sets both `prompt` and `template`"))
-                    .label("one of these")
-                    .help("`prompt` names a file under the prompt directory; `template` is inline text"),
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    p.span,
+                    format!("{label} sets both `prompt` and `template`"),
+                )
+                .label("one of these")
+                .help(
+                    "`prompt` names a file under the prompt directory; `template` is inline text",
+                ),
             );
         }
         c
@@ -607,11 +788,20 @@ impl Reader {
 
     fn sampling(&mut self, node: &Node) -> RawSampling {
         let mut s = RawSampling::default();
-        let Some(mut f) = self.fields(node, "`sampling`", &[SAMPLING_KEYS]) else { return s };
-        s.temperature = f.get("temperature").and_then(|n| self.float(n, "`temperature`"));
+        let Some(mut f) = self.fields(node, "`sampling`", &[SAMPLING_KEYS]) else {
+            return s;
+        };
+        s.temperature = f
+            .get("temperature")
+            .and_then(|n| self.float(n, "`temperature`"));
         s.top_p = f.get("top_p").and_then(|n| self.float(n, "`top_p`"));
-        s.seed = f.get("seed").and_then(|n| self.uint(n, "`seed`")).map(|v| v.value);
-        s.max_tokens = f.get("max_tokens").and_then(|n| self.uint(n, "`max_tokens`"));
+        s.seed = f
+            .get("seed")
+            .and_then(|n| self.uint(n, "`seed`"))
+            .map(|v| v.value);
+        s.max_tokens = f
+            .get("max_tokens")
+            .and_then(|n| self.uint(n, "`max_tokens`"));
         if let Some(n) = f.get("stop") {
             s.stop = match &n.value {
                 Value::Str(one) => vec![one.clone()],
@@ -628,7 +818,11 @@ impl Reader {
 
     fn check(&mut self, node: &Node) -> Option<RawCheck> {
         let mut f = self.fields(node, "a check", &[CHECK_KINDS, CHECK_OPTION_KEYS])?;
-        let present: Vec<&str> = CHECK_KINDS.iter().copied().filter(|k| node.get(k).is_some()).collect();
+        let present: Vec<&str> = CHECK_KINDS
+            .iter()
+            .copied()
+            .filter(|k| node.get(k).is_some())
+            .collect();
         if present.len() != 1 {
             let msg = if present.is_empty() {
                 "a check names no check kind".to_string()
@@ -640,29 +834,40 @@ impl Reader {
                     .label("exactly one kind per check")
                     .help(format!("one of: {}", CHECK_KINDS.join(", "))),
             );
-            f.finish(self);
             return None;
         }
         let kind = present[0];
         let value = f.get(kind)?;
         let ignore_case = self.check_option(&mut f, kind, "ignore_case", kind == "exact");
-        let ignore_case = ignore_case.and_then(|n| self.bool(n, "`ignore_case`")).unwrap_or(false);
+        let ignore_case = ignore_case
+            .and_then(|n| self.bool(n, "`ignore_case`"))
+            .unwrap_or(false);
         let tolerance = self.check_option(&mut f, kind, "tolerance", kind == "numeric");
         let tolerance = tolerance.and_then(|n| self.float(n, "`tolerance`"));
         if let Some(t) = &tolerance {
             if t.value < 0.0 {
                 self.err(
-                    Diagnostic::new(Code::InvalidValue, t.span, "`tolerance` must not be negative")
-                        .label("negative"),
+                    Diagnostic::new(
+                        Code::InvalidValue,
+                        t.span,
+                        "`tolerance` must not be negative",
+                    )
+                    .label("negative"),
                 );
             }
         }
         let check = match kind {
-            "exact" => self.text(value, "`exact`").map(|expected| RawCheck::Exact { expected, ignore_case }),
+            "exact" => self.text(value, "`exact`").map(|expected| RawCheck::Exact {
+                expected,
+                ignore_case,
+            }),
             "regex" => self.string(value, "`regex`").map(RawCheck::Regex),
             "numeric" => self
                 .text(value, "`numeric`")
-                .map(|expected| RawCheck::Numeric { expected, tolerance: tolerance.map_or(1e-6, |t| t.value) }),
+                .map(|expected| RawCheck::Numeric {
+                    expected,
+                    tolerance: tolerance.map_or(1e-6, |t| t.value),
+                }),
             "json_schema" => Some(RawCheck::JsonSchema(value.to_json(), value.span)),
             _ => {
                 let mut jf = self.fields(value, "a `judge` check", &[JUDGE_KEYS])?;
@@ -676,12 +881,22 @@ impl Reader {
     }
 
     /// An option key of a check, which only some check kinds accept.
-    fn check_option<'n>(&mut self, f: &mut Fields<'n>, kind: &str, key: &str, valid: bool) -> Option<&'n Node> {
+    fn check_option<'n>(
+        &mut self,
+        f: &mut Fields<'n>,
+        kind: &str,
+        key: &str,
+        valid: bool,
+    ) -> Option<&'n Node> {
         let n = f.get(key)?;
         if !valid {
             self.err(
-                Diagnostic::new(Code::UnknownKey, n.span, format!("`{key}` does not apply to a `{kind}` check"))
-                    .label("not valid here"),
+                Diagnostic::new(
+                    Code::UnknownKey,
+                    n.span,
+                    format!("`{key}` does not apply to a `{kind}` check"),
+                )
+                .label("not valid here"),
             );
             return None;
         }
@@ -705,35 +920,54 @@ impl Reader {
     fn loop_(&mut self, node: &Node) -> Option<RawLoop> {
         let mut f = self.fields(node, "a loop", &[LOOP_KEYS])?;
         let id = f.get("id").and_then(|n| self.string(n, "`id`"));
-        let what = id.as_ref().map_or("a loop".to_string(), |i| format!("loop `{}`", i.value));
+        let what = id
+            .as_ref()
+            .map_or("a loop".to_string(), |i| format!("loop `{}`", i.value));
         let mut l = RawLoop {
             span: node.span,
             id,
             from: f.get("from").and_then(|n| self.string(n, "`from`")),
             to: f.get("to").and_then(|n| self.string(n, "`to`")),
-            max_rounds: f.get("max_rounds").and_then(|n| self.uint(n, "`max_rounds`")),
+            max_rounds: f
+                .get("max_rounds")
+                .and_then(|n| self.uint(n, "`max_rounds`")),
             until: f.get("until").and_then(|n| self.string(n, "`until`")),
             converge: None,
-            budget: f.get("budget").map(|n| self.budget(n, &format!("the budget of {what}"))),
-            round_tokens: f.get("round_tokens").and_then(|n| self.uint(n, "`round_tokens`")),
+            budget: f
+                .get("budget")
+                .map(|n| self.budget(n, &format!("the budget of {what}"))),
+            round_tokens: f
+                .get("round_tokens")
+                .and_then(|n| self.uint(n, "`round_tokens`")),
         };
         self.required(l.id.as_ref(), "id", &what, node.span);
         self.required(l.from.as_ref(), "from", &what, node.span);
         self.required(l.to.as_ref(), "to", &what, node.span);
         if l.max_rounds.is_none() {
             self.err(
-                Diagnostic::new(Code::MissingKey, node.span, format!("{what} has no `max_rounds`"))
-                    .label("`max_rounds` is required")
-                    .help("every loop needs a hard cap, even with `until` or `converge`"),
+                Diagnostic::new(
+                    Code::MissingKey,
+                    node.span,
+                    format!("{what} has no `max_rounds`"),
+                )
+                .label("`max_rounds` is required")
+                .help("every loop needs a hard cap, even with `until` or `converge`"),
             );
         }
         if let Some(c) = f.get("converge") {
             if let Some(mut cf) = self.fields(c, "`converge`", &[CONVERGE_KEYS]) {
                 let score = cf.get("score").and_then(|n| self.string(n, "`score`"));
                 let patience = cf.get("patience").and_then(|n| self.uint(n, "`patience`"));
-                let min_delta = cf.get("min_delta").and_then(|n| self.float(n, "`min_delta`")).map(|v| v.value);
+                let min_delta = cf
+                    .get("min_delta")
+                    .and_then(|n| self.float(n, "`min_delta`"))
+                    .map(|v| v.value);
                 if let Some(score) = self.required(score, "score", "`converge`", c.span) {
-                    l.converge = Some(RawConverge { score, patience, min_delta });
+                    l.converge = Some(RawConverge {
+                        score,
+                        patience,
+                        min_delta,
+                    });
                 }
                 cf.finish(self);
             }
@@ -743,7 +977,12 @@ impl Reader {
     }
 
     fn output(&mut self, node: &Node) -> Option<RawOutput> {
-        let mut out = RawOutput { span: node.span, from: Vec::new(), field: None, select: None };
+        let mut out = RawOutput {
+            span: node.span,
+            from: Vec::new(),
+            field: None,
+            select: None,
+        };
         let from_node = match &node.value {
             Value::Str(_) | Value::Seq(_) => Some(node),
             _ => {
@@ -758,7 +997,11 @@ impl Reader {
         if let Some(n) = from_node {
             out.from = match &n.value {
                 Value::Str(_) => self.string(n, "`output.from`").into_iter().collect(),
-                _ => self.list(n, "`output.from`").iter().filter_map(|i| self.string(i, "a node id")).collect(),
+                _ => self
+                    .list(n, "`output.from`")
+                    .iter()
+                    .filter_map(|i| self.string(i, "a node id"))
+                    .collect(),
             };
         }
         Some(out)

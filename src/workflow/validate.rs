@@ -22,7 +22,8 @@ const SAMPLE_VAR: &str = "sample";
 /// Extra name in a judge check's prompt.
 const TARGET_VAR: &str = "target";
 
-pub const DEFAULT_JUDGE_PROMPT: &str = "Is the following answer correct and complete?\n\n{{ target }}\n\nAnswer with Yes or No.";
+pub const DEFAULT_JUDGE_PROMPT: &str =
+    "Is the following answer correct and complete?\n\n{{ target }}\n\nAnswer with Yes or No.";
 pub const DEFAULT_TARGET: &str = "{{ artifact.text }}";
 
 struct Ctx {
@@ -60,8 +61,12 @@ impl Ctx {
             Ok(()) => Some(name),
             Err(e) => {
                 self.err(
-                    Diagnostic::new(Code::TemplateSyntax, span, format!("{what} does not parse: {e}"))
-                        .label("invalid template"),
+                    Diagnostic::new(
+                        Code::TemplateSyntax,
+                        span,
+                        format!("{what} does not parse: {e}"),
+                    )
+                    .label("invalid template"),
                 );
                 None
             }
@@ -72,12 +77,21 @@ impl Ctx {
     fn prompt_file(&mut self, name: String, file: &Spanned<String>, what: &str) -> Option<String> {
         let path = self.prompt_dir.join(&file.value);
         match std::fs::read_to_string(&path) {
-            Ok(text) => self.inline(name, &text, file.span, &format!("{what} ({})", path.display())),
+            Ok(text) => self.inline(
+                name,
+                &text,
+                file.span,
+                &format!("{what} ({})", path.display()),
+            ),
             Err(e) => {
                 self.err(
-                    Diagnostic::new(Code::MissingPrompt, file.span, format!("cannot read prompt file `{}`: {e}", file.value))
-                        .label("prompt file")
-                        .help(format!("looked for {}", path.display())),
+                    Diagnostic::new(
+                        Code::MissingPrompt,
+                        file.span,
+                        format!("cannot read prompt file `{}`: {e}", file.value),
+                    )
+                    .label("prompt file")
+                    .help(format!("looked for {}", path.display())),
                 );
                 None
             }
@@ -85,28 +99,42 @@ impl Ctx {
     }
 
     fn limits(&mut self, raw: &Option<RawBudget>, what: &str) -> Limits {
-        let Some(b) = raw else { return Limits::default() };
+        let Some(b) = raw else {
+            return Limits::default();
+        };
         let mut l = Limits::default();
         let bad = |c: &mut Self, span: Span, msg: String| {
             c.err(Diagnostic::new(Code::BadBudget, span, msg).label("invalid limit"));
         };
         if let Some(t) = &b.tokens {
             if t.value <= 0 {
-                bad(self, t.span, format!("{what}: a token limit of {} allows no model call", t.value));
+                bad(
+                    self,
+                    t.span,
+                    format!("{what}: a token limit of {} allows no model call", t.value),
+                );
             } else {
                 l.tokens = Some(t.value as u64);
             }
         }
         if let Some(c) = &b.calls {
             if c.value <= 0 {
-                bad(self, c.span, format!("{what}: a call limit of {} allows no model call", c.value));
+                bad(
+                    self,
+                    c.span,
+                    format!("{what}: a call limit of {} allows no model call", c.value),
+                );
             } else {
                 l.calls = Some(c.value as u64);
             }
         }
         if let Some(c) = &b.cost_usd {
             if c.value <= 0.0 {
-                bad(self, c.span, format!("{what}: a cost limit of {} allows no model call", c.value));
+                bad(
+                    self,
+                    c.span,
+                    format!("{what}: a cost limit of {} allows no model call", c.value),
+                );
             } else {
                 l.cost_usd = Some(c.value);
             }
@@ -114,11 +142,19 @@ impl Ctx {
         if let Some(w) = &b.wall_time {
             match parse_duration(&w.value) {
                 Some(d) if !d.is_zero() => l.wall_time = Some(d),
-                Some(_) => bad(self, w.span, format!("{what}: a wall time of 0 allows nothing")),
+                Some(_) => bad(
+                    self,
+                    w.span,
+                    format!("{what}: a wall time of 0 allows nothing"),
+                ),
                 None => self.err(
-                    Diagnostic::new(Code::BadBudget, w.span, format!("{what}: `{}` is not a duration", w.value))
-                        .label("invalid duration")
-                        .help("write a number with a unit: 500ms, 30s, 2m, 1h"),
+                    Diagnostic::new(
+                        Code::BadBudget,
+                        w.span,
+                        format!("{what}: `{}` is not a duration", w.value),
+                    )
+                    .label("invalid duration")
+                    .help("write a number with a unit: 500ms, 30s, 2m, 1h"),
                 ),
             }
         }
@@ -139,29 +175,53 @@ fn unknown_name(code: Code, span: Span, what: String, name: &str, known: &[&str]
 }
 
 /// Runs pass 2. `base_dir` is the directory of the workflow file.
-pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> Result<Workflow, Vec<Diagnostic>> {
-    let prompt_dir = base_dir.join(raw.prompt_dir.as_ref().map_or(".", |p| p.value.as_str()));
-    let mut cx = Ctx { diags: Vec::new(), templates: Templates::new(), prompt_dir, pending_vars: Vec::new() };
+pub fn check(
+    raw: RawWorkflow,
+    base_dir: &Path,
+    mut diags: Vec<Diagnostic>,
+) -> Result<Workflow, Vec<Diagnostic>> {
+    let prompt_dir = match &raw.prompt_dir {
+        Some(p) => base_dir.join(&p.value),
+        None => base_dir.to_path_buf(),
+    };
+    let mut cx = Ctx {
+        diags: Vec::new(),
+        templates: Templates::new(),
+        prompt_dir,
+        pending_vars: Vec::new(),
+    };
 
     match &raw.version {
         Some(v) if v.value == 1 => {}
         Some(v) => cx.err(
-            Diagnostic::new(Code::BadVersion, v.span, format!("unsupported workflow version {}", v.value))
-                .label("unsupported")
-                .help("this redraft reads `version: 1`"),
+            Diagnostic::new(
+                Code::BadVersion,
+                v.span,
+                format!("unsupported workflow version {}", v.value),
+            )
+            .label("unsupported")
+            .help("this redraft reads `version: 1`"),
         ),
         None => cx.err(
-            Diagnostic::new(Code::BadVersion, Span::point(1, 1), "the workflow has no `version`")
-                .label("`version: 1` is required")
-                .help("add `version: 1` at the top"),
+            Diagnostic::new(
+                Code::BadVersion,
+                Span::point(1, 1),
+                "the workflow has no `version`",
+            )
+            .label("`version: 1` is required")
+            .help("add `version: 1` at the top"),
         ),
     }
     if let Some(p) = &raw.prompt_dir {
         if !cx.prompt_dir.is_dir() {
             cx.err(
-                Diagnostic::new(Code::MissingPrompt, p.span, format!("prompt directory `{}` does not exist", p.value))
-                    .label("not a directory")
-                    .help(format!("resolved to {}", cx.prompt_dir.display())),
+                Diagnostic::new(
+                    Code::MissingPrompt,
+                    p.span,
+                    format!("prompt directory `{}` does not exist", p.value),
+                )
+                .label("not a directory")
+                .help(format!("resolved to {}", cx.prompt_dir.display())),
             );
         }
     }
@@ -171,17 +231,35 @@ pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> R
     let mut seen = HashSet::new();
     for m in &raw.models {
         if !seen.insert(m.name.value.clone()) {
-            cx.err(Diagnostic::new(Code::DuplicateId, m.name.span, format!("model `{}` is declared twice", m.name.value)).label("duplicate"));
+            cx.err(
+                Diagnostic::new(
+                    Code::DuplicateId,
+                    m.name.span,
+                    format!("model `{}` is declared twice", m.name.value),
+                )
+                .label("duplicate"),
+            );
         }
         let spec = m.spec.as_ref().map_or(String::new(), |s| s.value.clone());
         if let Some(s) = &m.spec {
             if let Err(e) = crate::backend::ModelSpec::parse(&s.value) {
-                cx.err(Diagnostic::new(Code::BadModelSpec, s.span, e.to_string()).label("invalid spec").help(crate::backend::ModelSpec::HELP));
+                cx.err(
+                    Diagnostic::new(Code::BadModelSpec, s.span, e.to_string())
+                        .label("invalid spec")
+                        .help(crate::backend::ModelSpec::HELP),
+                );
             }
         }
         let max_tokens = match &m.max_tokens {
             Some(t) if t.value == 0 || t.value > u32::MAX as u64 => {
-                cx.err(Diagnostic::new(Code::InvalidValue, t.span, "`max_tokens` must be between 1 and 4294967295").label("out of range"));
+                cx.err(
+                    Diagnostic::new(
+                        Code::InvalidValue,
+                        t.span,
+                        "`max_tokens` must be between 1 and 4294967295",
+                    )
+                    .label("out of range"),
+                );
                 DEFAULT_MAX_TOKENS
             }
             Some(t) => t.value as u32,
@@ -189,14 +267,24 @@ pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> R
         };
         for (price, key) in [(m.price_in, "input"), (m.price_out, "output")] {
             if price.is_some_and(|p| p < 0.0) {
-                cx.err(Diagnostic::new(Code::InvalidValue, m.name.span, format!("model `{}` has a negative {key} price", m.name.value)).label("negative price"));
+                cx.err(
+                    Diagnostic::new(
+                        Code::InvalidValue,
+                        m.name.span,
+                        format!("model `{}` has a negative {key} price", m.name.value),
+                    )
+                    .label("negative price"),
+                );
             }
         }
         models.push(ModelDecl {
             name: m.name.value.clone(),
             spec,
             max_tokens,
-            price: Price { input_per_mtok: m.price_in.unwrap_or(0.0), output_per_mtok: m.price_out.unwrap_or(0.0) },
+            price: Price {
+                input_per_mtok: m.price_in.unwrap_or(0.0),
+                output_per_mtok: m.price_out.unwrap_or(0.0),
+            },
             settings: m.settings.clone(),
         });
     }
@@ -208,14 +296,34 @@ pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> R
     for i in &raw.inputs {
         let name = &i.name.value;
         if BUILTINS.contains(&name.as_str()) {
-            cx.err(Diagnostic::new(Code::DuplicateId, i.name.span, format!("input `{name}` shadows a built-in variable")).label("reserved name").help(format!("reserved: {}", BUILTINS.join(", "))));
+            cx.err(
+                Diagnostic::new(
+                    Code::DuplicateId,
+                    i.name.span,
+                    format!("input `{name}` shadows a built-in variable"),
+                )
+                .label("reserved name")
+                .help(format!("reserved: {}", BUILTINS.join(", "))),
+            );
         } else if names.insert(name.clone(), "input").is_some() {
-            cx.err(Diagnostic::new(Code::DuplicateId, i.name.span, format!("input `{name}` is declared twice")).label("duplicate"));
+            cx.err(
+                Diagnostic::new(
+                    Code::DuplicateId,
+                    i.name.span,
+                    format!("input `{name}` is declared twice"),
+                )
+                .label("duplicate"),
+            );
         }
         let ty = match &i.ty {
             None => InputType::String,
             Some(t) => InputType::parse(&t.value).unwrap_or_else(|| {
-                let d = Diagnostic::new(Code::InvalidValue, t.span, format!("unknown input type `{}`", t.value)).label("unknown type");
+                let d = Diagnostic::new(
+                    Code::InvalidValue,
+                    t.span,
+                    format!("unknown input type `{}`", t.value),
+                )
+                .label("unknown type");
                 let d = match did_you_mean(&t.value, InputType::NAMES.iter().copied()) {
                     Some(b) => d.help(format!("did you mean `{b}`?")),
                     None => d.help(format!("one of: {}", InputType::NAMES.join(", "))),
@@ -226,10 +334,22 @@ pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> R
         };
         if let Some((default, span)) = &i.default {
             if !ty.accepts(default) {
-                cx.err(Diagnostic::new(Code::WrongType, *span, format!("the default of input `{name}` is not of type {}", ty.name())).label("wrong type"));
+                cx.err(
+                    Diagnostic::new(
+                        Code::WrongType,
+                        *span,
+                        format!("the default of input `{name}` is not of type {}", ty.name()),
+                    )
+                    .label("wrong type"),
+                );
             }
         }
-        inputs.push(InputDecl { name: name.clone(), ty, default: i.default.as_ref().map(|d| d.0.clone()), description: i.description.clone() });
+        inputs.push(InputDecl {
+            name: name.clone(),
+            ty,
+            default: i.default.as_ref().map(|d| d.0.clone()),
+            description: i.description.clone(),
+        });
     }
 
     // Node ids first, so that references can be resolved in any order.
@@ -240,20 +360,53 @@ pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> R
             continue;
         };
         if BUILTINS.contains(&id.value.as_str()) {
-            cx.err(Diagnostic::new(Code::DuplicateId, id.span, format!("node `{}` shadows a built-in variable", id.value)).label("reserved name").help(format!("reserved: {}", BUILTINS.join(", "))));
+            cx.err(
+                Diagnostic::new(
+                    Code::DuplicateId,
+                    id.span,
+                    format!("node `{}` shadows a built-in variable", id.value),
+                )
+                .label("reserved name")
+                .help(format!("reserved: {}", BUILTINS.join(", "))),
+            );
         } else if let Some(prev) = names.insert(id.value.clone(), "node") {
-            let msg = if prev == "node" { format!("node `{}` is defined twice", id.value) } else { format!("node `{}` has the same name as an input", id.value) };
-            cx.err(Diagnostic::new(Code::DuplicateId, id.span, msg).label("duplicate").help("node ids and input names share one namespace in templates"));
-        } else if !id.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || id.value.starts_with(|c: char| c.is_ascii_digit()) {
+            let msg = if prev == "node" {
+                format!("node `{}` is defined twice", id.value)
+            } else {
+                format!("node `{}` has the same name as an input", id.value)
+            };
+            cx.err(
+                Diagnostic::new(Code::DuplicateId, id.span, msg)
+                    .label("duplicate")
+                    .help("node ids and input names share one namespace in templates"),
+            );
+        } else if !id
+            .value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || id.value.starts_with(|c: char| c.is_ascii_digit())
+        {
             cx.err(Diagnostic::new(Code::InvalidValue, id.span, format!("node id `{}` is not a valid template name", id.value)).label("invalid id").help("use letters, digits and `_`, not starting with a digit (ids are template variables)"));
         }
         node_ids.push(id.value.clone());
     }
-    let id_refs: Vec<&str> = node_ids.iter().map(String::as_str).filter(|s| !s.starts_with('#')).collect();
+    let mut id_refs: Vec<&str> = node_ids
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.starts_with('#'))
+        .collect();
+    id_refs.sort_unstable();
+    id_refs.dedup();
     let resolve = |cx: &mut Ctx, name: &Spanned<String>, what: &str| -> Option<usize> {
         let found = node_ids.iter().position(|n| *n == name.value);
         if found.is_none() {
-            cx.err(unknown_name(Code::UnknownNode, name.span, format!("{what} `{}` is not a defined node", name.value), &name.value, &id_refs));
+            cx.err(unknown_name(
+                Code::UnknownNode,
+                name.span,
+                format!("{what} `{}` is not a defined node", name.value),
+                &name.value,
+                &id_refs,
+            ));
         }
         found
     };
@@ -267,7 +420,9 @@ pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> R
         let kind = match n.kind.as_ref().map(|k| k.value.as_str()) {
             Some("generate") | Some("critique") | Some("revise") => {
                 let is_critique = n.kind.as_ref().is_some_and(|k| k.value == "critique");
-                let call = n.call.as_ref().and_then(|c| model_call(&mut cx, c, idx, &id, &label, &model_names, &models, true));
+                let call = n.call.as_ref().and_then(|c| {
+                    model_call(&mut cx, c, idx, &id, &label, &model_names, &models, true)
+                });
                 if let Some(call) = &call {
                     if is_critique && call.schema.is_none() {
                         cx.err(Diagnostic::new(Code::MissingKey, n.span, format!("{label} is a critique but has no `schema`")).label("`schema` is required for critique").help("give the JSON Schema of the feedback, e.g. {type: object, properties: {score: {type: number}, feedback: {type: string}}}"));
@@ -282,19 +437,34 @@ pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> R
             }
             Some("verify") => {
                 let target = match &n.target {
-                    Some(t) => cx.inline(format!("{id}.target"), &t.value, t.span, &format!("`target` of {label}")),
-                    None => cx.inline(format!("{id}.target"), DEFAULT_TARGET, n.span, "the default target"),
+                    Some(t) => cx.inline(
+                        format!("{id}.target"),
+                        &t.value,
+                        t.span,
+                        &format!("`target` of {label}"),
+                    ),
+                    None => cx.inline(
+                        format!("{id}.target"),
+                        DEFAULT_TARGET,
+                        n.span,
+                        "the default target",
+                    ),
                 };
                 if let Some(name) = &target {
                     let span = n.target.as_ref().map_or(n.span, |t| t.span);
-                    cx.pending_vars.push(VarCheck { source: VarSource::Template(name.clone()), node: idx, span, extra: &[], what: format!("`target` of {label}") });
-                }
-                if n.checks.as_ref().is_some_and(Vec::is_empty) {
-                    cx.err(Diagnostic::new(Code::InvalidValue, n.span, format!("{label} has an empty `checks` list")).label("no checks").help("a verify node needs at least one check"));
+                    cx.pending_vars.push(VarCheck {
+                        source: VarSource::Template(name.clone()),
+                        node: idx,
+                        span,
+                        extra: &[],
+                        what: format!("`target` of {label}"),
+                    });
                 }
                 let mut checks = Vec::new();
                 for (ci, c) in n.checks.iter().flatten().enumerate() {
-                    if let Some(check) = verify_check(&mut cx, c, idx, &id, ci, &label, &model_names, &models) {
+                    if let Some(check) =
+                        verify_check(&mut cx, c, idx, &id, ci, &label, &model_names, &models)
+                    {
                         checks.push(check);
                     }
                 }
@@ -303,19 +473,38 @@ pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> R
             Some("select") => {
                 let from = n.from.as_ref().and_then(|f| resolve(&mut cx, f, "`from`"));
                 if let Some(by) = &n.by {
-                    check_expression(&mut cx, &by.value, by.span, idx, &[SAMPLE_VAR], &format!("`by` of {label}"));
+                    check_expression(
+                        &mut cx,
+                        &by.value,
+                        by.span,
+                        idx,
+                        &[SAMPLE_VAR],
+                        &format!("`by` of {label}"),
+                    );
                 }
                 let order = match n.order.as_ref().map(|o| o.value.as_str()) {
                     None | Some("max") => Order::Max,
                     Some("min") => Order::Min,
                     Some(other) => {
                         let span = n.order.as_ref().map_or(n.span, |o| o.span);
-                        cx.err(Diagnostic::new(Code::InvalidValue, span, format!("unknown order `{other}`")).label("invalid").help("one of: max, min"));
+                        cx.err(
+                            Diagnostic::new(
+                                Code::InvalidValue,
+                                span,
+                                format!("unknown order `{other}`"),
+                            )
+                            .label("invalid")
+                            .help("one of: max, min"),
+                        );
                         Order::Max
                     }
                 };
                 match (from, &n.by) {
-                    (Some(from), Some(by)) => Some(NodeKind::Select(SelectSpec { from, by: by.value.clone(), order })),
+                    (Some(from), Some(by)) => Some(NodeKind::Select(SelectSpec {
+                        from,
+                        by: by.value.clone(),
+                        order,
+                    })),
                     _ => None,
                 }
             }
@@ -335,13 +524,22 @@ pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> R
     let mut edges = Vec::new();
     let mut edge_spans = Vec::new();
     for e in &raw.edges {
-        let from = e.from.as_ref().and_then(|f| resolve(&mut cx, f, "edge source"));
-        let to = e.to.as_ref().and_then(|t| resolve(&mut cx, t, "edge target"));
+        let from = e
+            .from
+            .as_ref()
+            .and_then(|f| resolve(&mut cx, f, "edge source"));
+        let to =
+            e.to.as_ref()
+                .and_then(|t| resolve(&mut cx, t, "edge target"));
         if let (Some(from), Some(to)) = (from, to) {
             if let Some(w) = &e.when {
                 check_expression(&mut cx, &w.value, w.span, from, &[], "the edge condition");
             }
-            edges.push(Edge { from, to, when: e.when.as_ref().map(|w| w.value.clone()) });
+            edges.push(Edge {
+                from,
+                to,
+                when: e.when.as_ref().map(|w| w.value.clone()),
+            });
             edge_spans.push(e.span);
         }
     }
@@ -351,38 +549,82 @@ pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> R
     let mut loop_spans = Vec::new();
     let mut loop_ids = HashSet::new();
     for l in &raw.loops {
-        let from = l.from.as_ref().and_then(|f| resolve(&mut cx, f, "loop back edge source"));
+        let from = l
+            .from
+            .as_ref()
+            .and_then(|f| resolve(&mut cx, f, "loop back edge source"));
         let to = l.to.as_ref().and_then(|t| resolve(&mut cx, t, "loop head"));
         if let Some(id) = &l.id {
             if !loop_ids.insert(id.value.clone()) {
-                cx.err(Diagnostic::new(Code::DuplicateId, id.span, format!("loop `{}` is declared twice", id.value)).label("duplicate"));
+                cx.err(
+                    Diagnostic::new(
+                        Code::DuplicateId,
+                        id.span,
+                        format!("loop `{}` is declared twice", id.value),
+                    )
+                    .label("duplicate"),
+                );
             }
         }
-        let what = l.id.as_ref().map_or("a loop".into(), |i| format!("loop `{}`", i.value));
+        let what =
+            l.id.as_ref()
+                .map_or("a loop".into(), |i| format!("loop `{}`", i.value));
         let max_rounds = match &l.max_rounds {
             Some(m) if m.value == 0 => {
-                cx.err(Diagnostic::new(Code::InvalidValue, m.span, format!("{what}: `max_rounds` must be at least 1")).label("zero rounds"));
+                cx.err(
+                    Diagnostic::new(
+                        Code::InvalidValue,
+                        m.span,
+                        format!("{what}: `max_rounds` must be at least 1"),
+                    )
+                    .label("zero rounds"),
+                );
                 1
             }
             Some(m) => m.value.min(u32::MAX as u64) as u32,
             None => 1,
         };
         if let (Some(u), Some(from)) = (&l.until, from) {
-            check_expression(&mut cx, &u.value, u.span, from, &[], &format!("`until` of {what}"));
+            check_expression(
+                &mut cx,
+                &u.value,
+                u.span,
+                from,
+                &[],
+                &format!("`until` of {what}"),
+            );
         }
         let converge = l.converge.as_ref().map(|c| {
             if let Some(from) = from {
-                check_expression(&mut cx, &c.score.value, c.score.span, from, &[], &format!("`converge.score` of {what}"));
+                check_expression(
+                    &mut cx,
+                    &c.score.value,
+                    c.score.span,
+                    from,
+                    &[],
+                    &format!("`converge.score` of {what}"),
+                );
             }
             let patience = match &c.patience {
                 Some(p) if p.value == 0 => {
-                    cx.err(Diagnostic::new(Code::InvalidValue, p.span, "`patience` must be at least 1").label("zero"));
+                    cx.err(
+                        Diagnostic::new(
+                            Code::InvalidValue,
+                            p.span,
+                            "`patience` must be at least 1",
+                        )
+                        .label("zero"),
+                    );
                     1
                 }
                 Some(p) => p.value.min(u32::MAX as u64) as u32,
                 None => 1,
             };
-            Converge { score: c.score.value.clone(), patience, min_delta: c.min_delta.unwrap_or(0.0) }
+            Converge {
+                score: c.score.value.clone(),
+                patience,
+                min_delta: c.min_delta.unwrap_or(0.0),
+            }
         });
         let budget = cx.limits(&l.budget, &format!("the budget of {what}"));
         if let (Some(from), Some(to), Some(id)) = (from, to, &l.id) {
@@ -405,7 +647,14 @@ pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> R
     let budget = cx.limits(&raw.budget, "the workflow budget");
     let concurrency = match &raw.concurrency {
         Some(c) if c.value == 0 => {
-            cx.err(Diagnostic::new(Code::InvalidValue, c.span, "`concurrency` must be at least 1").label("zero"));
+            cx.err(
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    c.span,
+                    "`concurrency` must be at least 1",
+                )
+                .label("zero"),
+            );
             1
         }
         Some(c) => c.value.min(4096) as usize,
@@ -419,35 +668,81 @@ pub fn check(raw: RawWorkflow, base_dir: &Path, mut diags: Vec<Diagnostic>) -> R
             None
         }
         Some(o) if o.from.is_empty() => {
-            cx.err(Diagnostic::new(Code::BadOutput, o.span, "`output` names no node").label("empty output").help("list the nodes whose results are the answer in `from`"));
+            cx.err(
+                Diagnostic::new(Code::BadOutput, o.span, "`output` names no node")
+                    .label("empty output")
+                    .help("list the nodes whose results are the answer in `from`"),
+            );
             None
         }
         Some(o) => {
-            let from: Vec<usize> = o.from.iter().filter_map(|f| resolve(&mut cx, f, "output")).collect();
+            let from: Vec<usize> = o
+                .from
+                .iter()
+                .filter_map(|f| resolve(&mut cx, f, "output"))
+                .collect();
             let select = match o.select.as_ref().map(|s| s.value.as_str()) {
                 None | Some("best") => Selection::Best,
                 Some("latest") => Selection::Latest,
                 Some(other) => {
                     let span = o.select.as_ref().map_or(o.span, |s| s.span);
-                    cx.err(Diagnostic::new(Code::InvalidValue, span, format!("unknown output selection `{other}`")).label("invalid").help("one of: best, latest"));
+                    cx.err(
+                        Diagnostic::new(
+                            Code::InvalidValue,
+                            span,
+                            format!("unknown output selection `{other}`"),
+                        )
+                        .label("invalid")
+                        .help("one of: best, latest"),
+                    );
                     Selection::Best
                 }
             };
             (from.len() == o.from.len()).then(|| OutputSpec {
                 from,
-                field: o.field.as_ref().map_or("text".to_string(), |f| f.value.clone()),
+                field: o
+                    .field
+                    .as_ref()
+                    .map_or("text".to_string(), |f| f.value.clone()),
                 select,
             })
         }
     };
 
     // Graph checks need every name resolved.
-    let names_ok = nodes.len() == raw.nodes.len() && edges.len() == raw.edges.len() && loops.len() == raw.loops.len();
+    let names_ok = nodes.len() == raw.nodes.len()
+        && edges.len() == raw.edges.len()
+        && loops.len() == raw.loops.len();
     let mut topology = Topology::default();
     if names_ok && !nodes.is_empty() {
-        let node_spans: Vec<Span> = raw.nodes.iter().map(|n| n.id.as_ref().map_or(n.span, |i| i.span)).collect();
-        topology = graph_checks(&mut cx, &nodes, &node_spans, &edges, &edge_spans, &mut loops, &loop_spans, raw.span);
-        if cx.diags.iter().all(|d| !matches!(d.code, Code::UnboundedCycle | Code::BadLoop)) {
+        let node_spans: Vec<Span> = raw
+            .nodes
+            .iter()
+            .map(|n| n.id.as_ref().map_or(n.span, |i| i.span))
+            .collect();
+        let starts: Vec<(usize, Span)> = if raw.start.is_empty() {
+            vec![(0, node_spans[0])]
+        } else {
+            raw.start
+                .iter()
+                .filter_map(|s| resolve(&mut cx, s, "start node").map(|i| (i, s.span)))
+                .collect()
+        };
+        topology = graph_checks(
+            &mut cx,
+            &nodes,
+            &node_spans,
+            &starts,
+            &edges,
+            &edge_spans,
+            &mut loops,
+            &loop_spans,
+        );
+        if cx
+            .diags
+            .iter()
+            .all(|d| !matches!(d.code, Code::UnboundedCycle | Code::BadLoop))
+        {
             variable_checks(&mut cx, &nodes, &edges, &loops, &inputs);
         }
         budget_checks(&mut cx, &nodes, &models, &loops, &budget, &raw);
@@ -489,55 +784,140 @@ fn model_call(
         Some(m) => {
             let found = model_names.iter().position(|n| *n == m.value);
             if found.is_none() {
-                cx.err(unknown_name(Code::UnknownModel, m.span, format!("{label} uses model `{}`, which is not declared", m.value), &m.value, model_names));
+                cx.err(unknown_name(
+                    Code::UnknownModel,
+                    m.span,
+                    format!("{label} uses model `{}`, which is not declared", m.value),
+                    &m.value,
+                    model_names,
+                ));
             }
             found
         }
         None if models.len() == 1 => Some(0),
         None => {
-            let help = if models.is_empty() { "declare one under `models:`".to_string() } else { format!("name one of: {}", model_names.join(", ")) };
-            cx.err(Diagnostic::new(Code::MissingKey, c.span, format!("{label} names no `model`")).label("`model` is required").help(help));
+            let help = if models.is_empty() {
+                "declare one under `models:`".to_string()
+            } else {
+                format!("name one of: {}", model_names.join(", "))
+            };
+            cx.err(
+                Diagnostic::new(
+                    Code::MissingKey,
+                    c.span,
+                    format!("{label} names no `model`"),
+                )
+                .label("`model` is required")
+                .help(help),
+            );
             None
         }
     };
     let prompt = match (&c.prompt_file, &c.template) {
-        (Some(file), _) => cx.prompt_file(format!("{id}.prompt"), file, &format!("prompt of {label}")),
-        (None, Some(t)) => cx.inline(format!("{id}.prompt"), &t.value, t.span, &format!("`template` of {label}")),
+        (Some(file), _) => {
+            cx.prompt_file(format!("{id}.prompt"), file, &format!("prompt of {label}"))
+        }
+        (None, Some(t)) => cx.inline(
+            format!("{id}.prompt"),
+            &t.value,
+            t.span,
+            &format!("`template` of {label}"),
+        ),
         (None, None) if needs_prompt => {
-            cx.err(Diagnostic::new(Code::MissingKey, c.span, format!("{label} has no prompt")).label("`prompt` or `template` is required").help("`prompt: file.j2` (under the prompt directory) or `template: inline text`"));
+            cx.err(
+                Diagnostic::new(Code::MissingKey, c.span, format!("{label} has no prompt"))
+                    .label("`prompt` or `template` is required")
+                    .help(
+                        "`prompt: file.j2` (under the prompt directory) or `template: inline text`",
+                    ),
+            );
             None
         }
-        (None, None) => cx.inline(format!("{id}.prompt"), DEFAULT_JUDGE_PROMPT, c.span, "the default judge prompt"),
+        (None, None) => cx.inline(
+            format!("{id}.prompt"),
+            DEFAULT_JUDGE_PROMPT,
+            c.span,
+            "the default judge prompt",
+        ),
     };
     let extra: &'static [&'static str] = if needs_prompt { &[] } else { &[TARGET_VAR] };
     if let Some(p) = &prompt {
-        let span = c.prompt_file.as_ref().or(c.template.as_ref()).map_or(c.span, |s| s.span);
-        cx.pending_vars.push(VarCheck { source: VarSource::Template(p.clone()), node, span, extra, what: format!("the prompt of {label}") });
+        let span = c
+            .prompt_file
+            .as_ref()
+            .or(c.template.as_ref())
+            .map_or(c.span, |s| s.span);
+        cx.pending_vars.push(VarCheck {
+            source: VarSource::Template(p.clone()),
+            node,
+            span,
+            extra,
+            what: format!("the prompt of {label}"),
+        });
     }
     let system = c.system.as_ref().and_then(|s| {
-        let name = cx.inline(format!("{id}.{}system", if needs_prompt { "" } else { "judge." }), &s.value, s.span, &format!("`system` of {label}"))?;
-        cx.pending_vars.push(VarCheck { source: VarSource::Template(name.clone()), node, span: s.span, extra, what: format!("`system` of {label}") });
+        let name = cx.inline(
+            format!("{id}.{}system", if needs_prompt { "" } else { "judge." }),
+            &s.value,
+            s.span,
+            &format!("`system` of {label}"),
+        )?;
+        cx.pending_vars.push(VarCheck {
+            source: VarSource::Template(name.clone()),
+            node,
+            span: s.span,
+            extra,
+            what: format!("`system` of {label}"),
+        });
         Some(name)
     });
     let s = &c.sampling;
     if let Some(t) = &s.temperature {
         if !(0.0..=2.0).contains(&t.value) {
-            cx.err(Diagnostic::new(Code::InvalidValue, t.span, format!("temperature {} is outside 0..=2", t.value)).label("out of range"));
+            cx.err(
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    t.span,
+                    format!("temperature {} is outside 0..=2", t.value),
+                )
+                .label("out of range"),
+            );
         }
     }
     if let Some(t) = &s.top_p {
         if !(t.value > 0.0 && t.value <= 1.0) {
-            cx.err(Diagnostic::new(Code::InvalidValue, t.span, format!("top_p {} is outside (0, 1]", t.value)).label("out of range"));
+            cx.err(
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    t.span,
+                    format!("top_p {} is outside (0, 1]", t.value),
+                )
+                .label("out of range"),
+            );
         }
     }
     if let Some(m) = &s.max_tokens {
         if m.value == 0 || m.value > u32::MAX as u64 {
-            cx.err(Diagnostic::new(Code::InvalidValue, m.span, "`max_tokens` must be at least 1").label("out of range"));
+            cx.err(
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    m.span,
+                    "`max_tokens` must be at least 1",
+                )
+                .label("out of range"),
+            );
         }
     }
     let n = match &c.n {
         Some(n) if n.value == 0 || n.value > 128 => {
-            cx.err(Diagnostic::new(Code::InvalidValue, n.span, format!("`n` = {} is outside 1..=128", n.value)).label("out of range"));
+            cx.err(
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    n.span,
+                    format!("`n` = {} is outside 1..=128", n.value),
+                )
+                .label("out of range"),
+            );
             1
         }
         Some(n) => n.value as u32,
@@ -545,13 +925,23 @@ fn model_call(
     };
     let logprobs = match &c.logprobs {
         Some(l) if l.value > 20 => {
-            cx.err(Diagnostic::new(Code::InvalidValue, l.span, format!("`logprobs` = {} is more than 20", l.value)).label("out of range"));
+            cx.err(
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    l.span,
+                    format!("`logprobs` = {} is more than 20", l.value),
+                )
+                .label("out of range"),
+            );
             None
         }
         Some(l) => Some(l.value as u8),
         None => None,
     };
-    let schema = c.schema.as_ref().and_then(|(src, span)| compile_schema(cx, src, *span));
+    let schema = c
+        .schema
+        .as_ref()
+        .and_then(|(src, span)| compile_schema(cx, src, *span));
     let model = model?;
     let prompt = prompt?;
     Some(ModelCall {
@@ -562,13 +952,19 @@ fn model_call(
             temperature: s.temperature.as_ref().map(|t| t.value as f32),
             top_p: s.top_p.as_ref().map(|t| t.value as f32),
             seed: s.seed,
-            max_tokens: s.max_tokens.as_ref().map(|m| m.value.clamp(1, u32::MAX as u64) as u32),
+            max_tokens: s
+                .max_tokens
+                .as_ref()
+                .map(|m| m.value.clamp(1, u32::MAX as u64) as u32),
             stop: s.stop.clone(),
         },
         n,
         logprobs,
         schema,
-        repair_attempts: c.repair_attempts.as_ref().map_or(1, |r| r.value.min(5) as u32),
+        repair_attempts: c
+            .repair_attempts
+            .as_ref()
+            .map_or(1, |r| r.value.min(5) as u32),
     })
 }
 
@@ -584,28 +980,77 @@ fn verify_check(
     models: &[ModelDecl],
 ) -> Option<Check> {
     let expected = |cx: &mut Ctx, e: &Spanned<String>| {
-        let name = cx.inline(format!("{id}.checks.{index}"), &e.value, e.span, &format!("check {} of {label}", index + 1))?;
-        cx.pending_vars.push(VarCheck { source: VarSource::Template(name.clone()), node, span: e.span, extra: &[], what: format!("check {} of {label}", index + 1) });
+        let name = cx.inline(
+            format!("{id}.checks.{index}"),
+            &e.value,
+            e.span,
+            &format!("check {} of {label}", index + 1),
+        )?;
+        cx.pending_vars.push(VarCheck {
+            source: VarSource::Template(name.clone()),
+            node,
+            span: e.span,
+            extra: &[],
+            what: format!("check {} of {label}", index + 1),
+        });
         Some(name)
     };
     match c {
-        RawCheck::Exact { expected: e, ignore_case } => expected(cx, e).map(|expected| Check::Exact { expected, ignore_case: *ignore_case }),
-        RawCheck::Numeric { expected: e, tolerance } => expected(cx, e).map(|expected| Check::Numeric { expected, tolerance: *tolerance }),
+        RawCheck::Exact {
+            expected: e,
+            ignore_case,
+        } => expected(cx, e).map(|expected| Check::Exact {
+            expected,
+            ignore_case: *ignore_case,
+        }),
+        RawCheck::Numeric {
+            expected: e,
+            tolerance,
+        } => expected(cx, e).map(|expected| Check::Numeric {
+            expected,
+            tolerance: *tolerance,
+        }),
         RawCheck::Regex(r) => compile_regex(cx, r).map(Check::Regex),
         RawCheck::JsonSchema(src, span) => compile_schema(cx, src, *span).map(Check::JsonSchema),
         RawCheck::Judge(call) => {
             let judge_id = format!("{id}.checks.{index}.judge");
-            model_call(cx, call, node, &judge_id, &format!("the judge of {label}"), model_names, models, false).map(Check::Judge)
+            model_call(
+                cx,
+                call,
+                node,
+                &judge_id,
+                &format!("the judge of {label}"),
+                model_names,
+                models,
+                false,
+            )
+            .map(Check::Judge)
         }
     }
 }
 
 fn compile_regex(cx: &mut Ctx, r: &Spanned<String>) -> Option<regex::Regex> {
-    match regex::RegexBuilder::new(&r.value).size_limit(1 << 20).build() {
+    match regex::RegexBuilder::new(&r.value)
+        .size_limit(1 << 20)
+        .build()
+    {
         Ok(re) => Some(re),
         Err(e) => {
-            let detail = e.to_string().lines().last().unwrap_or("").trim().to_string();
-            cx.err(Diagnostic::new(Code::BadRegex, r.span, format!("invalid regular expression: {detail}")).label("invalid regex"));
+            let detail = e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            cx.err(
+                Diagnostic::new(
+                    Code::BadRegex,
+                    r.span,
+                    format!("invalid regular expression: {detail}"),
+                )
+                .label("invalid regex"),
+            );
             None
         }
     }
@@ -615,16 +1060,39 @@ fn compile_schema(cx: &mut Ctx, src: &serde_json::Value, span: Span) -> Option<A
     match Schema::compile(src.clone()) {
         Ok(s) => Some(Arc::new(s)),
         Err(e) => {
-            cx.err(Diagnostic::new(Code::BadSchema, span, format!("invalid JSON Schema: {e}")).label("invalid schema"));
+            cx.err(
+                Diagnostic::new(Code::BadSchema, span, format!("invalid JSON Schema: {e}"))
+                    .label("invalid schema"),
+            );
             None
         }
     }
 }
 
-fn check_expression(cx: &mut Ctx, expr: &str, span: Span, node: usize, extra: &'static [&'static str], what: &str) {
+fn check_expression(
+    cx: &mut Ctx,
+    expr: &str,
+    span: Span,
+    node: usize,
+    extra: &'static [&'static str],
+    what: &str,
+) {
     match cx.templates.check_expression(expr) {
-        Ok(_) => cx.pending_vars.push(VarCheck { source: VarSource::Expression(expr.to_string()), node, span, extra, what: what.to_string() }),
-        Err(e) => cx.err(Diagnostic::new(Code::InvalidCondition, span, format!("{what} does not parse: {e}")).label("invalid expression")),
+        Ok(_) => cx.pending_vars.push(VarCheck {
+            source: VarSource::Expression(expr.to_string()),
+            node,
+            span,
+            extra,
+            what: what.to_string(),
+        }),
+        Err(e) => cx.err(
+            Diagnostic::new(
+                Code::InvalidCondition,
+                span,
+                format!("{what} does not parse: {e}"),
+            )
+            .label("invalid expression"),
+        ),
     }
 }
 
@@ -633,11 +1101,11 @@ fn graph_checks(
     cx: &mut Ctx,
     nodes: &[NodeSpec],
     node_spans: &[Span],
+    starts: &[(usize, Span)],
     edges: &[Edge],
     edge_spans: &[Span],
     loops: &mut [LoopSpec],
     loop_spans: &[Span],
-    doc_span: Span,
 ) -> Topology {
     let n = nodes.len();
     let mut g: DiGraph<usize, usize> = DiGraph::with_capacity(n, edges.len());
@@ -653,7 +1121,19 @@ fn graph_checks(
             continue;
         }
         let members: HashSet<usize> = scc.iter().map(|i| g[*i]).collect();
-        let (ei, e) = edges.iter().enumerate().find(|(_, e)| members.contains(&e.from) && members.contains(&e.to)).expect("a cycle has an edge");
+        // Blame the edge that points backwards in file order: the likely back edge.
+        let inside = || {
+            edges
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| members.contains(&e.from) && members.contains(&e.to))
+        };
+        let Some((ei, e)) = inside()
+            .find(|(_, e)| e.to <= e.from)
+            .or_else(|| inside().next())
+        else {
+            continue;
+        };
         let mut names: Vec<&str> = members.iter().map(|&m| nodes[m].id.as_str()).collect();
         names.sort();
         cx.err(
@@ -708,9 +1188,16 @@ fn graph_checks(
         for (ei, e) in edges.iter().enumerate() {
             if l.body.contains(&e.to) && !l.body.contains(&e.from) && e.to != l.to {
                 cx.err(
-                    Diagnostic::new(Code::BadLoop, edge_spans[ei], format!("edge `{} -> {}` enters loop `{}` at `{}`, not at its head `{}`", nodes[e.from].id, nodes[e.to].id, l.id, nodes[e.to].id, nodes[l.to].id))
-                        .label("enters the loop body")
-                        .help("a loop is entered only through its head; route this edge to the head"),
+                    Diagnostic::new(
+                        Code::BadLoop,
+                        edge_spans[ei],
+                        format!(
+                            "edge `{} -> {}` enters loop `{}` at `{}`, not at its head `{}`",
+                            nodes[e.from].id, nodes[e.to].id, l.id, nodes[e.to].id, nodes[l.to].id
+                        ),
+                    )
+                    .label("enters the loop body")
+                    .help("a loop is entered only through its head; route this edge to the head"),
                 );
             }
         }
@@ -721,30 +1208,81 @@ fn graph_checks(
             let inter = a.intersection(&b).count();
             if inter > 0 && inter != a.len() && inter != b.len() {
                 cx.err(
-                    Diagnostic::new(Code::BadLoop, loop_spans[lj], format!("loops `{}` and `{}` overlap without one containing the other", l.id, other.id))
-                        .label("overlapping loop")
-                        .help("loops must be disjoint or nested"),
+                    Diagnostic::new(
+                        Code::BadLoop,
+                        loop_spans[lj],
+                        format!(
+                            "loops `{}` and `{}` overlap without one containing the other",
+                            l.id, other.id
+                        ),
+                    )
+                    .label("overlapping loop")
+                    .help("loops must be disjoint or nested"),
                 );
             }
             if l.from == other.from && l.to == other.to {
-                cx.err(Diagnostic::new(Code::BadLoop, loop_spans[lj], format!("loops `{}` and `{}` have the same back edge", l.id, other.id)).label("duplicate back edge"));
+                cx.err(
+                    Diagnostic::new(
+                        Code::BadLoop,
+                        loop_spans[lj],
+                        format!(
+                            "loops `{}` and `{}` have the same back edge",
+                            l.id, other.id
+                        ),
+                    )
+                    .label("duplicate back edge"),
+                );
             }
         }
     }
 
-    let starts: Vec<usize> = (0..n).filter(|&i| !edges.iter().any(|e| e.to == i)).collect();
-    if starts.is_empty() {
-        cx.err(Diagnostic::new(Code::NoStart, doc_span, "every node has an incoming edge, so the run cannot start").label("no start node").help("the first node of a workflow has no incoming edges"));
-    } else {
-        let mut reached = HashSet::new();
-        for &s in &starts {
-            reached.extend(reach(s));
+    let start_ids: Vec<usize> = starts.iter().map(|s| s.0).collect();
+    let start_names = start_ids
+        .iter()
+        .map(|&s| nodes[s].id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    for &(s, span) in starts {
+        if let Some(e) = edges.iter().find(|e| e.to == s) {
+            cx.err(
+                Diagnostic::new(Code::NoStart, span, format!("start node `{}` has an incoming edge from `{}`", nodes[s].id, nodes[e.from].id))
+                    .label("start node with an input")
+                    .help("a start node runs first, with no inputs; make the edge a loop back edge, or start elsewhere"),
+            );
         }
-        for (i, node) in nodes.iter().enumerate() {
-            if !reached.contains(&i) {
-                cx.err(Diagnostic::new(Code::Unreachable, node_spans[i], format!("node `{}` cannot be reached from a start node", node.id)).label("unreachable").help(format!("start nodes: {}", starts.iter().map(|&s| nodes[s].id.as_str()).collect::<Vec<_>>().join(", "))));
-            }
+    }
+    let mut reached = HashSet::new();
+    for &s in &start_ids {
+        reached.extend(reach(s));
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        if reached.contains(&i) {
+            continue;
         }
+        let orphan = !edges.iter().any(|e| e.to == i);
+        let d = if orphan {
+            Diagnostic::new(
+                Code::Unreachable,
+                node_spans[i],
+                format!(
+                    "node `{}` has no incoming edge and is not a start node",
+                    node.id
+                ),
+            )
+            .label("never runs")
+            .help(format!(
+                "add an edge to it, or list it under `start:` (start nodes: {start_names})"
+            ))
+        } else {
+            Diagnostic::new(
+                Code::Unreachable,
+                node_spans[i],
+                format!("node `{}` cannot be reached from a start node", node.id),
+            )
+            .label("never runs")
+            .help(format!("start nodes: {start_names}"))
+        };
+        cx.err(d);
     }
 
     // Adjacency for the engine.
@@ -753,7 +1291,7 @@ fn graph_checks(
         outgoing: vec![Vec::new(); n],
         back_edges: vec![Vec::new(); n],
         loops_of: vec![Vec::new(); n],
-        starts,
+        starts: start_ids,
         exits: vec![Vec::new(); edges.len()],
     };
     for (ei, e) in edges.iter().enumerate() {
@@ -777,7 +1315,13 @@ fn graph_checks(
     t
 }
 
-fn variable_checks(cx: &mut Ctx, nodes: &[NodeSpec], edges: &[Edge], loops: &[LoopSpec], inputs: &[InputDecl]) {
+fn variable_checks(
+    cx: &mut Ctx,
+    nodes: &[NodeSpec],
+    edges: &[Edge],
+    loops: &[LoopSpec],
+    inputs: &[InputDecl],
+) {
     // Ancestors over forward and back edges.
     let n = nodes.len();
     let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -807,7 +1351,10 @@ fn variable_checks(cx: &mut Ctx, nodes: &[NodeSpec], edges: &[Edge], loops: &[Lo
         let mut vars: Vec<String> = vars.into_iter().collect();
         vars.sort();
         for var in vars {
-            if BUILTINS.contains(&var.as_str()) || check.extra.contains(&var.as_str()) || inputs.iter().any(|i| i.name == var) {
+            if BUILTINS.contains(&var.as_str())
+                || check.extra.contains(&var.as_str())
+                || inputs.iter().any(|i| i.name == var)
+            {
                 continue;
             }
             if let Some(pos) = nodes.iter().position(|nd| nd.id == var) {
@@ -817,9 +1364,19 @@ fn variable_checks(cx: &mut Ctx, nodes: &[NodeSpec], edges: &[Edge], loops: &[Lo
                     continue;
                 }
                 cx.err(
-                    Diagnostic::new(Code::UnknownVariable, check.span, format!("{} reads `{var}`, which is not upstream of `{}`", check.what, nodes[check.node].id))
-                        .label(format!("`{var}` has not run yet here"))
-                        .help(format!("add an edge path from `{var}` to `{}`, or read another node", nodes[check.node].id)),
+                    Diagnostic::new(
+                        Code::UnknownVariable,
+                        check.span,
+                        format!(
+                            "{} reads `{var}`, which is not upstream of `{}`",
+                            check.what, nodes[check.node].id
+                        ),
+                    )
+                    .label(format!("`{var}` has not run yet here"))
+                    .help(format!(
+                        "add an edge path from `{var}` to `{}`, or read another node",
+                        nodes[check.node].id
+                    )),
                 );
                 continue;
             }
@@ -827,7 +1384,15 @@ fn variable_checks(cx: &mut Ctx, nodes: &[NodeSpec], edges: &[Edge], loops: &[Lo
             known.extend(up.iter().map(|&u| nodes[u].id.as_str()));
             known.extend(BUILTINS);
             known.extend(check.extra);
-            let d = Diagnostic::new(Code::UnknownVariable, check.span, format!("{} reads `{var}`, which no input or upstream node provides", check.what)).label(format!("unknown variable `{var}`"));
+            let d = Diagnostic::new(
+                Code::UnknownVariable,
+                check.span,
+                format!(
+                    "{} reads `{var}`, which no input or upstream node provides",
+                    check.what
+                ),
+            )
+            .label(format!("unknown variable `{var}`"));
             let d = match did_you_mean(&var, known.iter().copied()) {
                 Some(best) => d.help(format!("did you mean `{best}`?")),
                 None => d.help(format!("available here: {}", {
@@ -840,17 +1405,39 @@ fn variable_checks(cx: &mut Ctx, nodes: &[NodeSpec], edges: &[Edge], loops: &[Lo
     }
 }
 
-fn budget_checks(cx: &mut Ctx, nodes: &[NodeSpec], models: &[ModelDecl], loops: &[LoopSpec], budget: &Limits, raw: &RawWorkflow) {
+fn budget_checks(
+    cx: &mut Ctx,
+    nodes: &[NodeSpec],
+    models: &[ModelDecl],
+    loops: &[LoopSpec],
+    budget: &Limits,
+    raw: &RawWorkflow,
+) {
     for (i, node) in nodes.iter().enumerate() {
         for call in node.kind.model_calls() {
-            let max = call.sampling.max_tokens.unwrap_or(models[call.model].max_tokens) as u64;
+            let max = call
+                .sampling
+                .max_tokens
+                .unwrap_or(models[call.model].max_tokens) as u64;
             let worst = max * call.n as u64;
-            let mut scopes: Vec<(String, Option<u64>, Span)> = vec![("the workflow".into(), budget.tokens, raw.budget.as_ref().map_or(raw.span, |b| b.span))];
+            let mut scopes: Vec<(String, Option<u64>, Span)> = vec![(
+                "the workflow".into(),
+                budget.tokens,
+                raw.budget.as_ref().map_or(raw.span, |b| b.span),
+            )];
             for l in loops.iter().filter(|l| l.body.contains(&i)) {
-                let span = raw.loops.iter().find(|r| r.id.as_ref().is_some_and(|id| id.value == l.id)).map_or(raw.span, |r| r.span);
+                let span = raw
+                    .loops
+                    .iter()
+                    .find(|r| r.id.as_ref().is_some_and(|id| id.value == l.id))
+                    .map_or(raw.span, |r| r.span);
                 scopes.push((format!("loop `{}`", l.id), l.budget.tokens, span));
             }
-            scopes.push((format!("node `{}`", node.id), node.budget.tokens, raw.nodes[i].span));
+            scopes.push((
+                format!("node `{}`", node.id),
+                node.budget.tokens,
+                raw.nodes[i].span,
+            ));
             for (scope, limit, span) in scopes {
                 if let Some(limit) = limit {
                     if worst > limit {

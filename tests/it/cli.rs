@@ -1,0 +1,213 @@
+//! The `redraft` binary: exit codes, output and the event log.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use crate::support::root;
+
+fn redraft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_redraft"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("binary runs")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited normally")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("redraft-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+const FLAGSHIP: &str = "workflows/self-refine.yaml";
+
+#[test]
+fn run_prints_the_verified_output_and_exits_0() {
+    let o = redraft(&["run", FLAGSHIP]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "Old functions untangle,\ngreen tests keep watch through the night,\nthe code breathes again.\n"
+    );
+    assert!(
+        stderr(&o).contains("finished · verified · 5 calls"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn unverified_output_exits_1() {
+    let script = temp("never.yaml");
+    std::fs::write(&script, "replies:\n  - { node: critique, text: '{\"score\": 2, \"feedback\": \"x\"}' }\n  - { text: one line }\n").unwrap();
+    let spec = format!("writer=scripted:{}", script.display());
+    let o = redraft(&["run", FLAGSHIP, "--model", &spec, "-q"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "one line\n");
+}
+
+#[test]
+fn budget_exhaustion_exits_3_with_the_best_so_far() {
+    let o = redraft(&["run", FLAGSHIP, "--budget", "tokens=150", "--json"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json summary");
+    assert_eq!(summary["status"], "budget_exhausted");
+    assert_eq!(summary["exhausted"]["limit"], "tokens");
+    assert!(
+        summary["output"]
+            .as_str()
+            .unwrap()
+            .starts_with("Old functions untangle")
+    );
+    assert_eq!(summary["usage"]["calls"], 1);
+}
+
+#[test]
+fn backend_failure_exits_4() {
+    let script = temp("fail.yaml");
+    std::fs::write(
+        &script,
+        "replies:\n  - { error: { kind: transient, message: upstream is down } }\n",
+    )
+    .unwrap();
+    let spec = format!("writer=scripted:{}", script.display());
+    let o = redraft(&["run", FLAGSHIP, "--model", &spec]);
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert!(stderr(&o).contains("upstream is down"));
+    // A model that cannot be opened is a backend failure too.
+    let o = redraft(&[
+        "run",
+        FLAGSHIP,
+        "--model",
+        "writer=scripted:/no/such/file.yaml",
+    ]);
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert!(stderr(&o).contains("/no/such/file.yaml"));
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_reason() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", FLAGSHIP, "--budget", "tokens=lots"], "tokens=lots"),
+        (&["run", FLAGSHIP, "--budget", "money=3"], "unknown limit"),
+        (&["run", FLAGSHIP, "--input", "task"], "expected NAME=VALUE"),
+        (
+            &["run", FLAGSHIP, "--input", "tsk=x"],
+            "did you mean `task`?",
+        ),
+        (
+            &["run", FLAGSHIP, "--model", "critic=scripted:x.yaml"],
+            "no model `critic`",
+        ),
+        (&["run", FLAGSHIP, "--model", "writer=gpt4"], "model spec"),
+        (
+            &["run", FLAGSHIP, "--input-file", "/no/such.json"],
+            "cannot read input file",
+        ),
+        (
+            &["run", "tests/fixtures/invalid/unknown-edge-target.yaml"],
+            "error[E021]",
+        ),
+        (&["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, needle) in cases {
+        let o = redraft(args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn input_file_supplies_inputs() {
+    let f = temp("inputs.json");
+    std::fs::write(&f, r#"{"task": "Write a haiku."}"#).unwrap();
+    let o = redraft(&[
+        "run",
+        FLAGSHIP,
+        "--input-file",
+        f.to_str().unwrap(),
+        "--json",
+        "-q",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    std::fs::write(&f, "[1, 2]").unwrap();
+    let o = redraft(&["run", FLAGSHIP, "--input-file", f.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("expected an object of inputs"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn validate_exit_codes() {
+    let o = redraft(&["validate", FLAGSHIP, "tests/fixtures/valid/vote.yaml"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = redraft(&[
+        "validate",
+        FLAGSHIP,
+        "tests/fixtures/invalid/cycle-without-loop.yaml",
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(stdout(&o).contains("self-refine.yaml: ok"));
+    assert!(stderr(&o).contains("error[E024]"));
+    let o = redraft(&["validate", "no/such/file.yaml"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("cannot read no/such/file.yaml"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn graph_renders_mermaid_and_dot() {
+    let m = redraft(&["graph", FLAGSHIP]);
+    assert_eq!(code(&m), 0);
+    let d = redraft(&["graph", FLAGSHIP, "--format", "dot"]);
+    assert_eq!(code(&d), 0);
+    insta::assert_snapshot!("graph_mermaid", stdout(&m));
+    insta::assert_snapshot!("graph_dot", stdout(&d));
+}
+
+#[test]
+fn schema_prints_the_json_schema() {
+    let o = redraft(&["schema"]);
+    assert_eq!(code(&o), 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["properties"]["version"]["const"], 1);
+}
+
+#[test]
+fn the_event_log_has_one_json_event_per_line() {
+    let log = temp("run.jsonl");
+    let o = redraft(&["run", FLAGSHIP, "--log", log.to_str().unwrap(), "-q"]);
+    assert_eq!(code(&o), 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(events.first().unwrap()["event"], "run_started");
+    assert_eq!(events.last().unwrap()["event"], "run_finished");
+    assert_eq!(
+        events.iter().filter(|e| e["event"] == "model_call").count(),
+        5
+    );
+    let summary = &events.last().unwrap()["summary"];
+    assert_eq!(summary["loops"][0]["rounds"], 3);
+}

@@ -1,0 +1,523 @@
+//! The engine on the scripted backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redraft::budget::{LimitKind, Limits, Scope};
+use redraft::event::{Event, StopReason};
+use redraft::metrics::{FailureKind, RunStatus};
+use redraft::{CancellationToken, RunOptions};
+
+use crate::support::{load, root, run, runs, trace, workflow};
+
+const SELF_REFINE_SCRIPT_NEVER_PASSES: &str = r#"
+replies:
+  - node: draft
+    text: "a first line"
+  - node: critique
+    text: '{"score": 3, "feedback": "needs three lines"}'
+  - node: revise
+    prompt: "Earlier feedback"
+    text: "still one line, later round"
+  - node: revise
+    text: "still one line"
+"#;
+
+fn self_refine() -> Arc<redraft::Workflow> {
+    load(&root().join("workflows/self-refine.yaml"))
+}
+
+fn shipped_script() -> String {
+    std::fs::read_to_string(root().join("workflows/self-refine.replies.yaml")).unwrap()
+}
+
+#[tokio::test]
+async fn self_refine_runs_until_the_verifier_passes() {
+    let (s, events) = run(self_refine(), &shipped_script(), RunOptions::default()).await;
+    insta::assert_snapshot!(trace(&events));
+    assert_eq!(s.status, RunStatus::Finished);
+    assert_eq!(s.verified, Some(true));
+    assert_eq!(s.output_source.as_ref().unwrap().node, "revise");
+    assert_eq!(s.output_source.as_ref().unwrap().round, 2);
+    let l = &s.loops[0];
+    assert_eq!(
+        (l.rounds, l.stop_reason, l.changes, l.wins),
+        (3, StopReason::Exited, 2, 1)
+    );
+    // Calls and tokens in the summary equal the sum over model-call events.
+    let calls: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::ModelCall(c) = e {
+                Some(c)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(s.usage.calls, calls.len() as u64);
+    assert_eq!(
+        s.usage.total_tokens,
+        calls
+            .iter()
+            .map(|c| c.prompt_tokens + c.completion_tokens)
+            .sum::<u64>()
+    );
+    assert_eq!(s.budgets[0].spent.tokens, s.usage.total_tokens);
+}
+
+#[tokio::test]
+async fn max_rounds_caps_the_loop_exactly() {
+    let (s, events) = run(
+        self_refine(),
+        SELF_REFINE_SCRIPT_NEVER_PASSES,
+        RunOptions::default(),
+    )
+    .await;
+    let l = &s.loops[0];
+    assert_eq!(
+        l.stop_reason,
+        StopReason::Exited,
+        "the last round's check routes around critique"
+    );
+    assert_eq!(l.rounds, 4);
+    assert_eq!(runs(&s, "check"), 4);
+    assert_eq!(runs(&s, "revise"), 3);
+    assert_eq!(runs(&s, "critique"), 3);
+    assert_eq!(s.verified, Some(false));
+    // The later rounds saw the history of earlier critiques in their prompt.
+    assert!(trace(&events).contains("done revise r3"));
+    // ORR: configs draft, r1, r2, r2 → changes at rounds 2 and 3 of 4: 2/3.
+    assert_eq!(l.changes, 2);
+    assert!((l.overcorrection_risk_rate.unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!(l.correction_success_rate, 0.0);
+}
+
+const LOOP_WORKFLOW: &str = r#"
+version: 1
+models:
+  m: scripted:unused.yaml
+nodes:
+  - { id: draft, kind: generate, template: "draft" }
+  - id: grade
+    kind: critique
+    template: "grade {{ artifact.text }}"
+    schema: { type: object, required: [score], properties: { score: { type: number } } }
+  - { id: revise, kind: revise, template: "revise {{ artifact.text }} round {{ round }}" }
+edges:
+  - { from: draft, to: grade }
+  - { from: grade, to: revise }
+loops:
+  - id: polish
+    from: revise
+    to: grade
+    max_rounds: 10
+    STOP_RULE
+output: [draft, revise]
+"#;
+
+fn loop_workflow(stop_rule: &str) -> Arc<redraft::Workflow> {
+    workflow(&LOOP_WORKFLOW.replace("STOP_RULE", stop_rule))
+}
+
+const GRADES: &str = r#"
+replies:
+  - { node: draft, text: "v0" }
+  - { node: grade, round: 1, text: '{"score": 5}' }
+  - { node: grade, round: 2, text: '{"score": 6}' }
+  - { node: grade, round: 3, text: '{"score": 6}' }
+  - { node: grade, text: '{"score": 6}' }
+  - { node: revise, round: 1, text: "v1" }
+  - { node: revise, round: 2, text: "v2" }
+  - { node: revise, round: 3, text: "stop" }
+  - { node: revise, text: "v9" }
+"#;
+
+#[tokio::test]
+async fn until_stops_the_loop() {
+    let wf = loop_workflow(r#"until: "revise.text == 'stop'""#);
+    let (s, _) = run(wf, GRADES, RunOptions::default()).await;
+    assert_eq!(s.loops[0].stop_reason, StopReason::Until);
+    assert_eq!(s.loops[0].rounds, 3);
+    assert_eq!(s.output.unwrap(), "stop");
+}
+
+#[tokio::test]
+async fn convergence_stops_when_the_score_stalls() {
+    // Scores 5, 6, 6, 6: best improves in round 2, then stalls for 2 rounds.
+    let wf = loop_workflow("converge: { score: grade.score, patience: 2 }");
+    let (s, _) = run(wf, GRADES, RunOptions::default()).await;
+    assert_eq!(s.loops[0].stop_reason, StopReason::Converged);
+    assert_eq!(s.loops[0].rounds, 4);
+}
+
+#[tokio::test]
+async fn max_rounds_without_other_rules() {
+    let wf = loop_workflow("");
+    let (s, _) = run(wf, GRADES, RunOptions::default()).await;
+    assert_eq!(s.loops[0].stop_reason, StopReason::MaxRounds);
+    assert_eq!(s.loops[0].rounds, 10);
+    assert_eq!(runs(&s, "revise"), 10);
+    assert_eq!(runs(&s, "grade"), 10);
+}
+
+#[tokio::test]
+async fn a_loop_budget_stops_the_loop_not_the_run() {
+    // Each round: grade (prompt 2 words + max 512) — the loop allows about two rounds.
+    let wf = loop_workflow("budget: { calls: 5 }");
+    let (s, events) = run(wf, GRADES, RunOptions::default()).await;
+    assert_eq!(s.status, RunStatus::Finished);
+    assert_eq!(s.loops[0].stop_reason, StopReason::Budget);
+    // 5 calls in the loop: grade, revise, grade, revise, grade; the 6th is refused.
+    assert_eq!(runs(&s, "grade"), 3);
+    assert_eq!(runs(&s, "revise"), 2);
+    let exhausted: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::BudgetExhausted(x) = e {
+                Some(x)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(exhausted.len(), 1);
+    assert_eq!(exhausted[0].scope, Scope::Loop("polish".into()));
+    assert_eq!(exhausted[0].limit, LimitKind::Calls);
+}
+
+#[tokio::test]
+async fn workflow_token_budget_is_exact_and_keeps_the_best_output() {
+    // Scripted tokens are words; max_tokens defaults to 512. Worst case of a
+    // call = prompt words + 512. With a 530-token limit:
+    //   draft     prompt "draft" (1):             0 + 513 = 513 ok, uses 1+1 → 2
+    //   grade r1  prompt "grade v0" (2):          2 + 514 = 516 ok, uses 2+2 → 6
+    //   revise r1 prompt "revise v0 round 1" (4): 6 + 516 = 522 ok, uses 4+1 → 11
+    //   grade r2  prompt "grade v1" (2):         11 + 514 = 525 ok, uses 2+2 → 15
+    //   revise r2 prompt "revise v1 round 2" (4): 15 + 516 = 531 > 530: refused.
+    let wf = loop_workflow("");
+    let opts = RunOptions {
+        budget: Limits {
+            tokens: Some(530),
+            ..Limits::default()
+        },
+        ..RunOptions::default()
+    };
+    let (s, events) = run(wf, GRADES, opts).await;
+    assert_eq!(s.status, RunStatus::BudgetExhausted);
+    let x = s.exhausted.as_ref().unwrap();
+    assert_eq!(
+        (x.scope.clone(), x.limit, x.would_use, x.max),
+        (Scope::Workflow, LimitKind::Tokens, 531.0, 530.0)
+    );
+    assert_eq!(s.usage.calls, 4);
+    assert_eq!(s.usage.total_tokens, 15);
+    assert_eq!((s.usage.prompt_tokens, s.usage.completion_tokens), (9, 6));
+    assert_eq!(s.budgets[0].overrun.tokens, 0);
+    // The best so far is the latest candidate (this workflow has no verifier).
+    assert_eq!(s.output.unwrap(), "v1");
+    assert_eq!(s.loops[0].stop_reason, StopReason::RunStopped);
+    assert!(
+        trace(&events)
+            .contains("budget exhausted: workflow budget exhausted: tokens would reach 531 of 530")
+    );
+    // A warning fired once 80% (424 tokens) of... no: spending stayed at 15.
+    assert!(!events.iter().any(|e| matches!(e, Event::BudgetWarning(_))));
+}
+
+#[tokio::test]
+async fn call_budget_and_warning() {
+    let wf = loop_workflow("");
+    let opts = RunOptions {
+        budget: Limits {
+            calls: Some(5),
+            ..Limits::default()
+        },
+        ..RunOptions::default()
+    };
+    let (s, events) = run(wf, GRADES, opts).await;
+    assert_eq!(s.status, RunStatus::BudgetExhausted);
+    assert_eq!(s.usage.calls, 5);
+    let warnings: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::BudgetWarning(w) = e {
+                Some(w)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning at 4 of 5 calls");
+    assert_eq!(
+        (warnings[0].limit, warnings[0].used),
+        (LimitKind::Calls, 4.0)
+    );
+}
+
+#[tokio::test]
+async fn best_so_far_prefers_a_passing_candidate_over_a_later_failing_one() {
+    let wf = workflow(
+        r#"
+version: 1
+models: { m: "scripted:unused.yaml" }
+nodes:
+  - { id: draft, kind: generate, template: "draft" }
+  - { id: check, kind: verify, checks: [ { regex: "good" } ] }
+  - { id: revise, kind: revise, template: "revise {{ artifact.text }}" }
+edges:
+  - { from: draft, to: check }
+  - { from: check, to: revise }
+loops:
+  - { id: l, from: revise, to: check, max_rounds: 3 }
+output: { from: [draft, revise], select: best }
+"#,
+    );
+    let script = r#"
+replies:
+  - { node: draft, text: "good draft" }
+  - { node: revise, round: 1, text: "worse" }
+  - { node: revise, text: "even worse" }
+"#;
+    let (s, _) = run(wf, script, RunOptions::default()).await;
+    assert_eq!(s.output.unwrap(), "good draft");
+    assert_eq!(s.verified, Some(true));
+    let l = &s.loops[0];
+    // Configs: draft (win), worse (lose), even worse (lose): two changes, none successful.
+    assert_eq!((l.rounds, l.changes, l.wins), (3, 2, 1));
+    assert_eq!(l.correction_success_rate, 0.0);
+    assert!((l.improvement_slope + 0.5).abs() < 1e-9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn independent_branches_overlap() {
+    let wf = load(&root().join("tests/fixtures/valid/fan-out.yaml"));
+    let script =
+        std::fs::read_to_string(root().join("tests/fixtures/scripts/fan-out.yaml")).unwrap();
+    let start = tokio::time::Instant::now();
+    let (s, events) = run(wf, &script, RunOptions::default()).await;
+    let elapsed = start.elapsed();
+    assert_eq!(s.status, RunStatus::Finished);
+    // Two 100 ms branches: 100 ms of (virtual) time together, 200 if serial.
+    assert!(
+        elapsed >= Duration::from_millis(100) && elapsed < Duration::from_millis(150),
+        "{elapsed:?}"
+    );
+    let t = trace(&events);
+    let pos = |needle: &str| {
+        t.find(needle)
+            .unwrap_or_else(|| panic!("{needle} not in\n{t}"))
+    };
+    assert!(pos("start style") < pos("done facts") && pos("start facts") < pos("done style"));
+    assert!(pos("start essay") > pos("done facts").max(pos("done style")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_setting_serialises_model_calls() {
+    let path = root().join("tests/fixtures/valid/fan-out.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("concurrency: 4", "concurrency: 1");
+    let wf = workflow(&text);
+    let script =
+        std::fs::read_to_string(root().join("tests/fixtures/scripts/fan-out.yaml")).unwrap();
+    let start = tokio::time::Instant::now();
+    let (s, _) = run(wf, &script, RunOptions::default()).await;
+    assert_eq!(s.status, RunStatus::Finished);
+    assert!(
+        start.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancellation_keeps_finished_work() {
+    let wf = self_refine();
+    let script = r#"
+replies:
+  - { node: draft, text: "a draft" }
+  - { node: critique, text: '{"score": 2, "feedback": "x"}', latency_ms: 60000 }
+"#;
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c2.cancel();
+    });
+    let (s, events) = run(
+        wf,
+        script,
+        RunOptions {
+            cancel,
+            ..RunOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Interrupted);
+    assert_eq!(s.output.unwrap(), "a draft");
+    assert_eq!(s.verified, Some(false));
+    assert_eq!(s.loops[0].stop_reason, StopReason::RunStopped);
+    assert!(matches!(events.last(), Some(Event::RunFinished { .. })));
+}
+
+#[tokio::test]
+async fn invalid_structured_output_is_repaired_with_the_error_fed_back() {
+    let wf = self_refine();
+    let script = r#"
+replies:
+  - { node: draft, text: "one line" }
+  - { node: critique, prompt: "not valid", text: '{"score": 4, "feedback": "add lines"}' }
+  - { node: critique, text: "I think it is fine, score eleven" }
+  - { node: revise, text: "a\nb tests\nc" }
+"#;
+    let (s, events) = run(wf, script, RunOptions::default()).await;
+    let t = trace(&events);
+    assert_eq!(s.status, RunStatus::Finished, "{t}");
+    assert_eq!(s.verified, Some(true), "{t}");
+    assert!(t.contains("invalid output critique attempt 0"), "{t}");
+    assert!(t.contains("call critique r1 attempt 1"), "{t}");
+}
+
+#[tokio::test]
+async fn output_that_stays_invalid_fails_the_run_as_a_backend_failure() {
+    let script = r#"
+replies:
+  - { node: draft, text: "one line" }
+  - { node: critique, text: '{"score": "high"}' }
+"#;
+    let (s, events) = run(self_refine(), script, RunOptions::default()).await;
+    assert_eq!(s.status, RunStatus::Failed);
+    assert_eq!(s.failure, Some(FailureKind::Backend));
+    assert!(
+        s.error.as_ref().unwrap().contains("schema"),
+        "{:?}",
+        s.error
+    );
+    let raws: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::InvalidOutput { raw, .. } = e {
+                Some(raw.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        raws,
+        vec![r#"{"score": "high"}"#.to_string(); 2],
+        "the raw text is kept in the log"
+    );
+    // Nothing computed is lost: the draft is still the output.
+    assert_eq!(s.output.unwrap(), "one line");
+}
+
+#[tokio::test]
+async fn a_backend_error_fails_the_run_with_the_best_output_kept() {
+    let script = r#"
+replies:
+  - { node: draft, text: "one line" }
+  - { node: critique, error: { kind: transient, message: "503 from upstream" } }
+"#;
+    let (s, _) = run(self_refine(), script, RunOptions::default()).await;
+    assert_eq!(s.status, RunStatus::Failed);
+    assert_eq!(s.failure, Some(FailureKind::Backend));
+    assert!(s.error.as_ref().unwrap().contains("503"));
+    assert_eq!(s.output.unwrap(), "one line");
+    assert_eq!(s.usage.calls, 2, "the failed call counts");
+}
+
+#[tokio::test]
+async fn a_missing_script_reply_is_a_loud_error() {
+    let (s, _) = run(
+        self_refine(),
+        "replies:
+  - { node: draft, text: x }
+",
+        RunOptions::default(),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Failed);
+    assert!(
+        s.error
+            .unwrap()
+            .contains("no scripted reply matches node `critique` round 1")
+    );
+}
+
+#[tokio::test]
+async fn a_runtime_template_error_is_a_workflow_failure() {
+    let wf = workflow(
+        r#"
+version: 1
+models: { m: "scripted:unused.yaml" }
+inputs: { data: { type: object, default: {} } }
+nodes:
+  - { id: draft, kind: generate, template: "{{ data.missing_field }}" }
+output: draft
+"#,
+    );
+    let (s, _) = run(
+        wf,
+        "replies:
+  - { text: x }
+",
+        RunOptions::default(),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Failed);
+    assert_eq!(s.failure, Some(FailureKind::Workflow));
+    assert!(s.error.unwrap().contains("undefined"));
+}
+
+#[tokio::test]
+async fn vote_and_select_over_samples() {
+    let wf = load(&root().join("tests/fixtures/valid/vote.yaml"));
+    let script = std::fs::read_to_string(root().join("tests/fixtures/scripts/vote.yaml")).unwrap();
+    let (s, events) = run(wf, &script, RunOptions::default()).await;
+    assert_eq!(s.output.unwrap(), "42");
+    assert_eq!(s.verified, Some(true));
+    assert_eq!(s.usage.calls, 1, "n = 5 samples in one call");
+    let longest = events.iter().find_map(|e| match e {
+        Event::NodeFinished {
+            node,
+            output: Some(o),
+            ..
+        } if node == "longest" => Some(o.clone()),
+        _ => None,
+    });
+    assert_eq!(longest.unwrap()["index"], 2);
+}
+
+#[tokio::test]
+async fn inputs_are_checked_before_the_run() {
+    let wf = self_refine();
+    let engine = redraft::Engine::new();
+    let mut inputs = serde_json::Map::new();
+    inputs.insert("tsk".into(), "x".into());
+    let err = engine
+        .run(
+            wf.clone(),
+            RunOptions {
+                inputs,
+                ..RunOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("did you mean `task`?"), "{err}");
+    let mut inputs = serde_json::Map::new();
+    inputs.insert("task".into(), 3.into());
+    let err = engine
+        .run(
+            wf,
+            RunOptions {
+                inputs,
+                ..RunOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("expected string"), "{err}");
+}

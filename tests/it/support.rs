@@ -1,0 +1,118 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redraft::backend::ScriptedModel;
+use redraft::event::{Collect, Event, NodeStatus};
+use redraft::{Engine, RunOptions, RunSummary, Workflow};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    root().join("tests/fixtures")
+}
+
+/// Loads a workflow from YAML text (prompt files resolve against fixtures/valid).
+pub fn workflow(yaml: &str) -> Arc<Workflow> {
+    match redraft::workflow::load_str(yaml, "test.yaml", &fixtures().join("valid")) {
+        Ok(wf) => Arc::new(wf),
+        Err(e) => panic!("test workflow is invalid:\n{}", e.render()),
+    }
+}
+
+pub fn load(path: &Path) -> Arc<Workflow> {
+    match redraft::workflow::load(path) {
+        Ok(wf) => Arc::new(wf),
+        Err(e) => panic!("{}", e.render()),
+    }
+}
+
+/// Runs `wf` with every model replaced by the script, collecting events.
+pub async fn run(wf: Arc<Workflow>, script: &str, opts: RunOptions) -> (RunSummary, Vec<Event>) {
+    let model = Arc::new(ScriptedModel::from_yaml(script, "test-script").expect("valid script"));
+    let events = Arc::new(Collect::default());
+    let mut engine = Engine::new().with_recorder(events.clone());
+    for m in &wf.models {
+        engine = engine.with_model(m.name.clone(), model.clone());
+    }
+    let summary = engine.run(wf, opts).await.expect("run starts");
+    (summary, events.take())
+}
+
+/// One line per event, without timings: the shape of a run.
+pub fn trace(events: &[Event]) -> String {
+    let mut out = String::new();
+    for e in events {
+        let line = match e {
+            Event::RunStarted { .. } => "run started".to_string(),
+            Event::NodeStarted { node, round, .. } => format!("start {node} r{round}"),
+            Event::NodeFinished {
+                node,
+                round,
+                status,
+                ..
+            } => {
+                let s = match status {
+                    NodeStatus::Done => "done",
+                    NodeStatus::Skipped => "skip",
+                    NodeStatus::Failed => "FAIL",
+                };
+                format!("{s} {node} r{round}")
+            }
+            Event::ModelCall(c) => format!(
+                "  call {} r{} attempt {}: {}+{} tokens{}",
+                c.node,
+                c.round,
+                c.attempt,
+                c.prompt_tokens,
+                c.completion_tokens,
+                c.error
+                    .as_ref()
+                    .map(|e| format!(" error: {e}"))
+                    .unwrap_or_default()
+            ),
+            Event::InvalidOutput { node, attempt, .. } => {
+                format!("  invalid output {node} attempt {attempt}")
+            }
+            Event::Verdict {
+                node,
+                round,
+                passed,
+                score,
+                ..
+            } => {
+                format!(
+                    "  verdict {node} r{round}: {} {score:.2}",
+                    if *passed { "pass" } else { "fail" }
+                )
+            }
+            Event::LoopRound { loop_id, round } => format!("loop {loop_id} round {round}"),
+            Event::LoopFinished {
+                loop_id,
+                rounds,
+                reason,
+            } => format!("loop {loop_id} stopped after {rounds}: {reason:?}"),
+            Event::BudgetWarning(w) => format!(
+                "  budget warning: {} {} {}/{}",
+                w.scope, w.limit, w.used, w.max
+            ),
+            Event::BudgetExhausted(x) => format!("  budget exhausted: {x}"),
+            Event::RunFinished { summary } => format!("run finished: {:?}", summary.status),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// How many times each node finished (done).
+pub fn runs(summary: &RunSummary, node: &str) -> u32 {
+    summary
+        .node_runs
+        .iter()
+        .find(|(n, _)| n == node)
+        .map_or(0, |(_, r)| *r)
+}

@@ -1,0 +1,252 @@
+//! Workflow validation: diagnostics snapshots and hostile input.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+
+use redraft::diagnostic::Code;
+use redraft::workflow::{self, WorkflowError, raw};
+
+use crate::support::{fixtures, root};
+
+fn load_fixture(path: &Path) -> Result<workflow::Workflow, WorkflowError> {
+    let bytes = std::fs::read(path).expect("fixture readable");
+    let name = format!("invalid/{}", path.file_name().unwrap().to_string_lossy());
+    // A relative base keeps absolute paths out of the snapshots.
+    workflow::load_bytes(&bytes, &name, Path::new("tests/fixtures/invalid"))
+}
+
+/// The code a fixture's first line promises: `# expect: E021`.
+fn expected_code(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let first = String::from_utf8_lossy(&bytes)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    first
+        .strip_prefix("# expect: ")
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{} lacks `# expect: CODE`", path.display()))
+}
+
+#[test]
+fn invalid_fixtures_render_their_diagnostics() {
+    insta::glob!("../fixtures/invalid", "*.yaml", |path| {
+        let err = match load_fixture(path) {
+            Ok(_) => panic!("{} loaded, but it is in invalid/", path.display()),
+            Err(e) => e,
+        };
+        let rendered = err.render();
+        let code = expected_code(path);
+        assert!(
+            rendered.contains(&format!("error[{code}]")),
+            "{} should report {code}:\n{rendered}",
+            path.display()
+        );
+        insta::assert_snapshot!(rendered);
+    });
+}
+
+#[test]
+fn at_least_25_distinct_mistakes_are_covered() {
+    let dir = fixtures().join("invalid");
+    let mut codes = BTreeSet::new();
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        codes.insert(expected_code(&path));
+        files += 1;
+    }
+    assert!(files >= 25, "only {files} invalid fixtures");
+    assert!(
+        codes.len() >= 20,
+        "only {} distinct codes: {codes:?}",
+        codes.len()
+    );
+}
+
+#[test]
+fn every_code_is_documented() {
+    let reference = std::fs::read_to_string(root().join("docs/workflow-reference.md")).unwrap();
+    for code in Code::ALL {
+        assert!(
+            reference.contains(code.as_str()),
+            "{} is not in docs/workflow-reference.md",
+            code.as_str()
+        );
+    }
+}
+
+fn shipped_and_valid() -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for dir in [root().join("workflows"), fixtures().join("valid")] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if name.ends_with(".yaml") && !name.ends_with(".replies.yaml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn valid_fixtures_and_shipped_workflows_load() {
+    let files = shipped_and_valid();
+    assert!(files.len() >= 3);
+    for path in files {
+        if let Err(e) = workflow::load(&path) {
+            panic!("{} is invalid:\n{}", path.display(), e.render());
+        }
+    }
+}
+
+fn code_of(result: Result<workflow::Workflow, WorkflowError>) -> Code {
+    result.expect_err("must be rejected").diagnostics()[0].code
+}
+
+#[test]
+fn hostile_inputs_fail_with_a_clear_error() {
+    let dir = fixtures();
+    // A 10 MB file.
+    let big = "x: 1\n".repeat(2 * 1024 * 1024);
+    assert_eq!(
+        code_of(workflow::load_bytes(big.as_bytes(), "big.yaml", &dir)),
+        Code::YamlLimit
+    );
+    // Deep nesting far past the limit, in both YAML styles.
+    let deep = "[".repeat(100_000);
+    assert!(matches!(
+        code_of(workflow::load_str(&deep, "deep.yaml", &dir)),
+        Code::YamlLimit | Code::YamlSyntax
+    ));
+    let mut block = String::new();
+    for i in 0..500 {
+        block.push_str(&" ".repeat(i));
+        block.push_str("a:\n");
+    }
+    assert!(matches!(
+        code_of(workflow::load_str(&block, "deep2.yaml", &dir)),
+        Code::YamlLimit | Code::YamlSyntax
+    ));
+    // Binary garbage, with and without valid UTF-8.
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    assert_eq!(
+        code_of(workflow::load_bytes(&garbage, "g.bin", &dir)),
+        Code::NotUtf8
+    );
+    let text_garbage = "}{][:,,-?&*!|>'\"%@`\n\t\u{0}";
+    assert!(workflow::load_str(text_garbage, "t.yaml", &dir).is_err());
+    // Scalars and lists at the top.
+    for doc in ["42", "null", "[1, 2]", "'text'", "~"] {
+        assert!(workflow::load_str(doc, "s.yaml", &dir).is_err(), "{doc}");
+    }
+}
+
+#[test]
+fn a_large_file_is_refused_without_reading_it_all() {
+    let dir = std::env::temp_dir().join(format!("redraft-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("big.yaml");
+    std::fs::write(&path, "# padding\n".repeat(1_100_000)).unwrap();
+    let err = workflow::load(&path).unwrap_err();
+    assert_eq!(err.diagnostics()[0].code, Code::YamlLimit);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn diagnostics_come_sorted_and_all_at_once() {
+    let text = std::fs::read_to_string(fixtures().join("invalid/many-mistakes.yaml")).unwrap();
+    let err = workflow::load_str(&text, "m.yaml", &fixtures().join("invalid")).unwrap_err();
+    let d = err.diagnostics();
+    assert!(d.len() >= 5, "{}", err.render());
+    let lines: Vec<u32> = d.iter().map(|d| d.span.line).collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted);
+}
+
+// --- The JSON Schema of the format must agree with the parser. ---
+
+fn schema() -> serde_json::Value {
+    serde_json::from_str(redraft::cli::WORKFLOW_SCHEMA).expect("schema is JSON")
+}
+
+fn keys(v: &serde_json::Value) -> HashSet<String> {
+    v["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+fn set(list: &[&[&str]]) -> HashSet<String> {
+    list.iter()
+        .flat_map(|l| l.iter().map(|s| s.to_string()))
+        .collect()
+}
+
+#[test]
+fn schema_keys_match_the_parser() {
+    let s = schema();
+    let defs = &s["$defs"];
+    assert_eq!(keys(&s), set(&[raw::TOP_KEYS]));
+    assert_eq!(keys(&defs["budget"]), set(&[raw::BUDGET_KEYS]));
+    assert_eq!(keys(&defs["sampling"]), set(&[raw::SAMPLING_KEYS]));
+    assert_eq!(
+        keys(&s["properties"]["loops"]["items"]),
+        set(&[raw::LOOP_KEYS])
+    );
+    assert_eq!(
+        keys(&s["properties"]["edges"]["items"]),
+        set(&[raw::EDGE_KEYS])
+    );
+    let node_variants = defs["node"]["oneOf"].as_array().unwrap();
+    assert_eq!(
+        keys(&node_variants[0]),
+        set(&[raw::NODE_COMMON_KEYS, raw::MODEL_CALL_KEYS])
+    );
+    assert_eq!(
+        keys(&node_variants[1]),
+        set(&[raw::NODE_COMMON_KEYS, raw::VERIFY_KEYS])
+    );
+    assert_eq!(
+        keys(&node_variants[2]),
+        set(&[raw::NODE_COMMON_KEYS, raw::SELECT_KEYS])
+    );
+    assert_eq!(
+        keys(&node_variants[3]),
+        set(&[raw::NODE_COMMON_KEYS, raw::VOTE_KEYS])
+    );
+    let judge = &defs["check"]["oneOf"].as_array().unwrap()[4]["properties"]["judge"];
+    assert_eq!(keys(judge), set(&[raw::JUDGE_KEYS]));
+}
+
+/// YAML file → JSON, for checking files against the schema.
+fn yaml_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    redraft::yaml::parse(&text, Default::default())
+        .unwrap()
+        .to_json()
+}
+
+#[test]
+fn shipped_workflows_satisfy_the_schema() {
+    let validator = jsonschema::validator_for(&schema()).expect("schema compiles");
+    for path in shipped_and_valid() {
+        let doc = yaml_json(&path);
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+    }
+    // And the schema rejects a misspelled key, as an editor would flag it.
+    let bad = yaml_json(&fixtures().join("invalid/unknown-top-key.yaml"));
+    assert!(!validator.is_valid(&bad));
+}
