@@ -242,12 +242,13 @@ impl Meter {
     /// The wall time left in the tightest of the given scopes.
     pub fn time_left(&self, scopes: &[usize]) -> Option<(Duration, usize)> {
         let states = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
+        let now = std::cell::OnceCell::new();
         scopes
             .iter()
             .filter_map(|&i| {
                 let s = &states[i];
                 let max = s.limits.wall_time?;
+                let now = *now.get_or_init(Instant::now);
                 let elapsed = now.duration_since(s.started.unwrap_or(now));
                 Some((max.saturating_sub(elapsed), i))
             })

@@ -29,7 +29,7 @@ pub enum Event {
         elapsed_ms: f64,
         /// The node's output (omitted for skipped nodes).
         #[serde(skip_serializing_if = "Option::is_none")]
-        output: Option<serde_json::Value>,
+        output: Option<std::sync::Arc<serde_json::Value>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
@@ -65,7 +65,7 @@ pub enum Event {
     BudgetWarning(Warning),
     BudgetExhausted(Exhausted),
     RunFinished {
-        summary: Box<RunSummary>,
+        summary: std::sync::Arc<RunSummary>,
     },
 }
 

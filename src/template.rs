@@ -67,6 +67,20 @@ impl Templates {
             .unwrap_or_default()
     }
 
+    /// Checks that an expression parses, and compiles it once for
+    /// [`eval`](Self::eval); returns its top-level variables.
+    pub fn add_expression(&mut self, expr: &str) -> Result<HashSet<String>, String> {
+        let vars = self.check_expression(expr)?;
+        // Compiled as `{% set __value = (expr) %}` so evaluation skips parsing.
+        // An expression that cannot be wrapped (a stray `%}` in a string)
+        // is compiled at each evaluation instead.
+        let _ = self.env.add_template_owned(
+            expression_name(expr),
+            format!("{{% set __value = ({expr}) %}}"),
+        );
+        Ok(vars)
+    }
+
     /// Checks that an expression parses; returns its top-level variables.
     pub fn check_expression(&self, expr: &str) -> Result<HashSet<String>, String> {
         let compiled = self
@@ -93,6 +107,13 @@ impl Templates {
             what: format!("evaluating `{expr}`"),
             detail: describe(&e),
         };
+        if let Ok(tmpl) = self.env.get_template(&expression_name(expr)) {
+            let captured = tmpl.render_captured(ctx).map_err(err)?;
+            return Ok(captured
+                .state()
+                .lookup("__value")
+                .unwrap_or(Value::UNDEFINED));
+        }
         let compiled = self.env.compile_expression(expr).map_err(err)?;
         compiled.eval(ctx).map_err(err)
     }
@@ -110,6 +131,10 @@ impl Templates {
             detail: format!("expected a number, got `{v}`"),
         })
     }
+}
+
+fn expression_name(expr: &str) -> String {
+    format!("expression:{expr}")
 }
 
 /// The error text without minijinja's source dump, one line.
@@ -155,6 +180,37 @@ mod tests {
         )
         .unwrap();
         assert!(t.render("p", &context! {}).is_err());
+    }
+
+    #[test]
+    fn compiled_and_uncompiled_expressions_agree() {
+        let mut t = Templates::new();
+        let ctx = context! { a => 2, s => "x" };
+        for expr in [
+            "a > 1",
+            "a * 3",
+            "s ~ '%}'",
+            "[a, a] | length",
+            "undefined_name.x",
+        ] {
+            let fresh = t
+                .eval(expr, &ctx)
+                .map(|v| v.to_string())
+                .map_err(|e| e.detail);
+            t.add_expression(expr).unwrap();
+            let compiled = t
+                .eval(expr, &ctx)
+                .map(|v| v.to_string())
+                .map_err(|e| e.detail);
+            assert_eq!(
+                fresh.is_ok(),
+                compiled.is_ok(),
+                "{expr}: {fresh:?} vs {compiled:?}"
+            );
+            if let (Ok(a), Ok(b)) = (&fresh, &compiled) {
+                assert_eq!(a, b, "{expr}");
+            }
+        }
     }
 
     #[test]

@@ -140,7 +140,8 @@ impl ScriptedModel {
         })
     }
 
-    fn find(&self, req: &CompletionRequest, prompt: &str) -> Option<&Rule> {
+    fn find(&self, req: &CompletionRequest, prompt: &dyn Fn() -> String) -> Option<&Rule> {
+        let text = std::cell::OnceCell::new();
         self.rules
             .iter()
             .find(|r| {
@@ -149,19 +150,20 @@ impl ScriptedModel {
                     .as_deref()
                     .is_none_or(|n| n == &*req.context.node)
                     && r.rule.round.is_none_or(|round| round == req.context.round)
-                    && r.prompt.as_ref().is_none_or(|re| re.is_match(prompt))
+                    && r.prompt
+                        .as_ref()
+                        .is_none_or(|re| re.is_match(text.get_or_init(prompt)))
             })
             .map(|r| &r.rule)
     }
 
     fn reply(&self, req: &CompletionRequest) -> Result<(Completion, Duration), BackendError> {
-        let prompt: String = req
-            .messages
-            .iter()
-            .map(|m| m.content.as_str())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let prompt = || -> String {
+            let parts: Vec<&str> = req.messages.iter().map(|m| m.content.as_str()).collect();
+            parts.join("\n")
+        };
         let Some(rule) = self.find(req, &prompt) else {
+            let prompt = prompt();
             let mut excerpt: String = prompt.chars().take(200).collect();
             if excerpt.len() < prompt.len() {
                 excerpt.push('…');
@@ -219,9 +221,17 @@ impl ScriptedModel {
     }
 }
 
-/// Words, the scripted backend's tokens.
+/// Words, the scripted backend's tokens: runs of bytes that are not ASCII
+/// whitespace.
 pub(crate) fn count_words(text: &str) -> u64 {
-    text.split_whitespace().count() as u64
+    let mut words = 0;
+    let mut in_word = false;
+    for b in text.bytes() {
+        let space = b.is_ascii_whitespace();
+        words += (!space && !in_word) as u64;
+        in_word = !space;
+    }
+    words
 }
 
 /// Cuts `text` after `max` words, keeping the original spacing.
@@ -229,7 +239,7 @@ fn truncate_words(text: &str, max: usize) -> (String, FinishReason) {
     let mut seen = 0;
     let mut in_word = false;
     for (i, c) in text.char_indices() {
-        if c.is_whitespace() {
+        if c.is_ascii_whitespace() {
             in_word = false;
         } else if !in_word {
             in_word = true;

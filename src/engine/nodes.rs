@@ -14,7 +14,8 @@ use serde_json::json;
 use super::state::{NodeOutput, NodeScope, ScopeData};
 use super::{NodeError, Shared};
 use crate::backend::{
-    CallContext, Completion, CompletionRequest, Message, ResponseFormat, SamplingParams,
+    CallContext, Completion, CompletionRequest, FinishReason, Message, ResponseFormat,
+    SamplingParams,
 };
 use crate::budget::Spend;
 use crate::event::{Event, ModelCallEvent};
@@ -39,7 +40,7 @@ pub(crate) struct Task {
 struct Reply {
     texts: Vec<String>,
     data: Option<serde_json::Value>,
-    completion: Completion,
+    finish: FinishReason,
 }
 
 impl Task {
@@ -63,13 +64,13 @@ impl Task {
         match &spec.kind {
             NodeKind::Generate(call) | NodeKind::Critique(call) => {
                 let (reply, tokens) = self.model_node(call).await?;
-                Ok(NodeOutput::new(self.model_output(&reply, None), tokens))
+                Ok(NodeOutput::new(self.model_output(reply, None), tokens))
             }
             NodeKind::Revise(call) => {
                 let (reply, tokens) = self.model_node(call).await?;
                 let changed = self.artifact_text.as_deref() != Some(reply.texts[0].as_str());
                 Ok(NodeOutput::new(
-                    self.model_output(&reply, Some(changed)),
+                    self.model_output(reply, Some(changed)),
                     tokens,
                 ))
             }
@@ -79,23 +80,30 @@ impl Task {
         }
     }
 
-    fn model_output(&self, reply: &Reply, changed: Option<bool>) -> serde_json::Value {
+    fn model_output(&self, reply: Reply, changed: Option<bool>) -> serde_json::Value {
+        let finish = match reply.finish {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        };
         let mut out = serde_json::Map::new();
-        if let Some(serde_json::Value::Object(fields)) = &reply.data {
-            out.extend(fields.clone());
+        if let Some(data) = reply.data {
+            if let serde_json::Value::Object(fields) = &data {
+                out.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            out.insert("data".into(), data);
         }
-        if let Some(data) = &reply.data {
-            out.insert("data".into(), data.clone());
-        }
-        out.insert("text".into(), json!(reply.texts[0]));
-        if reply.texts.len() > 1 {
-            out.insert("samples".into(), json!(reply.texts));
+        let mut texts = reply.texts;
+        if texts.len() > 1 {
+            out.insert("text".into(), texts[0].clone().into());
+            out.insert("samples".into(), texts.into());
+        } else {
+            out.insert("text".into(), texts.swap_remove(0).into());
         }
         if let Some(c) = changed {
-            out.insert("changed".into(), json!(c));
+            out.insert("changed".into(), c.into());
         }
-        out.insert("round".into(), json!(self.round));
-        out.insert("finish".into(), json!(reply.completion.choices[0].finish));
+        out.insert("round".into(), self.round.into());
+        out.insert("finish".into(), finish.into());
         serde_json::Value::Object(out)
     }
 
@@ -120,13 +128,14 @@ impl Task {
         loop {
             let completion = self.call(call, messages.clone(), attempt).await?;
             tokens += completion.usage.total();
-            let texts: Vec<String> = completion.choices.iter().map(|c| c.text.clone()).collect();
+            let finish = completion.choices[0].finish;
+            let texts: Vec<String> = completion.choices.into_iter().map(|c| c.text).collect();
             let Some(schema) = &call.schema else {
                 return Ok((
                     Reply {
                         texts,
                         data: None,
-                        completion,
+                        finish,
                     },
                     tokens,
                 ));
@@ -137,7 +146,7 @@ impl Task {
                         Reply {
                             texts,
                             data: Some(data),
-                            completion,
+                            finish,
                         },
                         tokens,
                     ));
@@ -385,28 +394,18 @@ impl Task {
                     )
                 }
             };
-            results.push(json!({ "check": check.name(), "passed": score >= 0.5, "score": score, "detail": detail }));
+            results.push((check.name(), score, detail));
         }
-        let passed = results.iter().all(|r| r["passed"] == json!(true));
+        let passed = results.iter().all(|(_, score, _)| *score >= 0.5);
         let score = if results.is_empty() {
             0.0
         } else {
-            results
-                .iter()
-                .map(|r| r["score"].as_f64().unwrap_or(0.0))
-                .sum::<f64>()
-                / results.len() as f64
+            results.iter().map(|(_, s, _)| s).sum::<f64>() / results.len() as f64
         };
         let feedback: Vec<String> = results
             .iter()
-            .filter(|r| r["passed"] == json!(false))
-            .map(|r| {
-                format!(
-                    "{}: {}",
-                    r["check"].as_str().unwrap_or(""),
-                    r["detail"].as_str().unwrap_or("")
-                )
-            })
+            .filter(|(_, score, _)| *score < 0.5)
+            .map(|(name, _, detail)| format!("{name}: {detail}"))
             .collect();
         self.shared.emit(Event::Verdict {
             node: self.id().to_string(),
@@ -415,14 +414,25 @@ impl Task {
             score,
             confidence_source,
         });
-        let out = json!({
-            "passed": passed,
-            "score": score,
-            "checks": results,
-            "feedback": feedback.join("\n"),
-            "target": target,
-            "round": self.round,
-        });
+        let checks = results
+            .into_iter()
+            .map(|(name, score, detail)| {
+                object([
+                    ("check", name.into()),
+                    ("passed", (score >= 0.5).into()),
+                    ("score", score.into()),
+                    ("detail", detail.into()),
+                ])
+            })
+            .collect::<Vec<_>>();
+        let out = object([
+            ("passed", passed.into()),
+            ("score", score.into()),
+            ("checks", checks.into()),
+            ("feedback", feedback.join("\n").into()),
+            ("target", target.into()),
+            ("round", self.round.into()),
+        ]);
         Ok(NodeOutput::new(out, tokens))
     }
 
@@ -514,6 +524,11 @@ impl Task {
             0,
         ))
     }
+}
+
+/// A JSON object from key/value pairs, without `json!`'s serde round trip.
+fn object<const N: usize>(pairs: [(&str, serde_json::Value); N]) -> serde_json::Value {
+    serde_json::Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
 /// Parses a reply as JSON (whole, fenced, or the outermost `{...}`/`[...]`)

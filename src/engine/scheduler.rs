@@ -81,7 +81,8 @@ pub(crate) struct Run {
     status: Vec<St>,
     edges: Vec<Es>,
     outputs: Vec<Option<Arc<NodeOutput>>>,
-    history: Vec<Vec<Value>>,
+    /// Earlier outputs of each node, as template lists.
+    history: Vec<Value>,
     runs: Vec<u32>,
     loops: Vec<LoopRt>,
     reports: Vec<LoopReport>,
@@ -103,7 +104,7 @@ impl Run {
             status: vec![St::Pending; n],
             edges: vec![Es::Unresolved; e],
             outputs: vec![None; n],
-            history: vec![Vec::new(); n],
+            history: vec![Value::from(Vec::<Value>::new()); n],
             runs: vec![0; n],
             loops: (0..l)
                 .map(|_| LoopRt {
@@ -170,9 +171,12 @@ impl Run {
         let &li = self.sh.wf.topology.loops_of[node].first()?;
         let spec = &self.sh.wf.loops[li];
         let round = self.loops[li].round;
-        Some(Value::from_serialize(serde_json::json!({
-            "id": spec.id, "round": round, "max_rounds": spec.max_rounds, "last": round >= spec.max_rounds,
-        })))
+        Some(minijinja::context! {
+            id => spec.id.as_str(),
+            round => round,
+            max_rounds => spec.max_rounds,
+            last => round >= spec.max_rounds,
+        })
     }
 
     fn data(&mut self) -> Arc<ScopeData> {
@@ -187,11 +191,7 @@ impl Run {
                 .iter()
                 .map(|o| o.as_ref().map(|o| o.value.clone()))
                 .collect(),
-            history: self
-                .history
-                .iter()
-                .map(|h| Value::from(h.clone()))
-                .collect(),
+            history: self.history.clone(),
             artifact: self.candidates.last().map(|c| c.output.value.clone()),
         });
         self.snapshot = Some(d.clone());
@@ -334,7 +334,8 @@ impl Run {
         self.status[node] = St::Done;
         let out = Arc::new(out);
         if let Some(prev) = self.outputs[node].replace(out.clone()) {
-            self.history[node].push(prev.value.clone());
+            let earlier = self.history[node].try_iter().into_iter().flatten();
+            self.history[node] = earlier.chain([prev.value.clone()]).collect();
         }
         self.snapshot = None;
         for &li in &wf.topology.loops_of[node] {
@@ -629,7 +630,7 @@ impl Run {
         if let Some(c) = best {
             let field = &wf.output.field;
             let value = if field == "." {
-                Some(c.output.json.clone())
+                Some((*c.output.json).clone())
             } else {
                 lookup(&c.output.json, field)
             };
@@ -679,10 +680,12 @@ impl Run {
             failure: error.map(|(k, _)| k),
         };
         drop(tally);
+        // Recorders that keep the event share the summary; copy only then.
+        let summary = Arc::new(summary);
         sh.emit(Event::RunFinished {
-            summary: Box::new(summary.clone()),
+            summary: summary.clone(),
         });
-        summary
+        Arc::try_unwrap(summary).unwrap_or_else(|shared| (*shared).clone())
     }
 }
 

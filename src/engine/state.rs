@@ -15,7 +15,7 @@ use minijinja::value::{Enumerator, Object, ObjectRepr};
 /// template value for prompts and conditions.
 #[derive(Debug)]
 pub struct NodeOutput {
-    pub json: serde_json::Value,
+    pub json: Arc<serde_json::Value>,
     pub value: Value,
     /// The artifact text (`text` field), if the node produced one.
     pub text: Option<String>,
@@ -25,7 +25,11 @@ pub struct NodeOutput {
 
 impl NodeOutput {
     pub fn new(json: serde_json::Value, tokens: u64) -> NodeOutput {
-        let value = Value::from_serialize(&json);
+        let json = Arc::new(json);
+        let value = match *json {
+            serde_json::Value::Object(_) => Value::from_object(JsonObject(json.clone())),
+            _ => json_value(&json),
+        };
         let text = json
             .get("text")
             .and_then(|t| t.as_str())
@@ -143,5 +147,96 @@ impl Object for History {
                 .map(|id| Value::from(id.as_ref()))
                 .collect(),
         )
+    }
+}
+
+/// A JSON object seen by templates; fields are converted when read, so a
+/// node output costs nothing until a template looks inside it.
+#[derive(Debug)]
+struct JsonObject(Arc<serde_json::Value>);
+
+impl JsonObject {
+    fn map(&self) -> &serde_json::Map<String, serde_json::Value> {
+        self.0.as_object().expect("built from an object")
+    }
+}
+
+impl Object for JsonObject {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.map().get(key.as_str()?).map(json_value)
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(self.map().keys().map(|k| Value::from(k.as_str())).collect())
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        Some(self.map().len())
+    }
+}
+
+/// Converts JSON to a template value directly (cheaper than going through
+/// serde, which matters on the per-node hot path).
+pub fn json_value(json: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match json {
+        J::Null => Value::from(()),
+        J::Bool(b) => Value::from(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(u)) => Value::from(u),
+            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::from(s.as_str()),
+        J::Array(items) => items.iter().map(json_value).collect(),
+        J::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.as_str(), json_value(v)))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_value_matches_serde_conversion() {
+        let json = serde_json::json!({
+            "text": "a", "n": 3, "big": u64::MAX, "f": 0.5, "ok": true, "none": null,
+            "list": [1, "two", [3]], "nested": { "score": 7 }
+        });
+        assert_eq!(
+            json_value(&json).to_string(),
+            Value::from_serialize(&json).to_string()
+        );
+    }
+
+    #[test]
+    fn node_outputs_read_like_maps() {
+        let out = NodeOutput::new(
+            serde_json::json!({"text": "hi", "score": 3, "data": {"k": [1, 2]}}),
+            0,
+        );
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        let r = env
+            .render_str(
+                "{{ o.text }} {{ o.score + 1 }} {{ o.data.k | length }} {{ o | length }} {{ o | list | sort | join(',') }} {{ o | tojson }}",
+                minijinja::context! { o => out.value.clone() },
+            )
+            .unwrap();
+        assert_eq!(
+            r,
+            r#"hi 4 2 3 data,score,text {"data":{"k":[1,2]},"score":3,"text":"hi"}"#
+        );
+        assert!(
+            env.render_str("{{ o.missing }}", minijinja::context! { o => out.value })
+                .is_err()
+        );
     }
 }

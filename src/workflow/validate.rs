@@ -1077,7 +1077,7 @@ fn check_expression(
     extra: &'static [&'static str],
     what: &str,
 ) {
-    match cx.templates.check_expression(expr) {
+    match cx.templates.add_expression(expr) {
         Ok(_) => cx.pending_vars.push(VarCheck {
             source: VarSource::Expression(expr.to_string()),
             node,
