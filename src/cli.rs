@@ -225,8 +225,10 @@ fn run_command(args: RunArgs) -> u8 {
     };
     let cancel = opts.cancel.clone();
     let result = runtime.block_on(async move {
+        // Listen before the run starts, so an early Ctrl-C is never lost.
+        let interrupted = interrupt_signal();
         let watcher = tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if interrupted.await {
                 eprintln!("\ninterrupted: stopping; finished work is kept");
                 cancel.cancel();
             }
@@ -250,6 +252,25 @@ fn run_command(args: RunArgs) -> u8 {
             eprintln!("error: {e}");
             EXIT_BACKEND
         }
+    }
+}
+
+/// Resolves when Ctrl-C arrives (false if signals are unavailable). On Unix
+/// the handler is installed by this call, not at the first poll.
+fn interrupt_signal() -> impl std::future::Future<Output = bool> {
+    #[cfg(unix)]
+    {
+        let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+        async move {
+            match signal {
+                Ok(mut s) => s.recv().await.is_some(),
+                Err(_) => false,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        tokio::signal::ctrl_c().await.is_ok()
     }
 }
 
@@ -367,39 +388,26 @@ fn parse_budgets(items: &[String]) -> anyhow::Result<Limits> {
         let (k, v) = item
             .split_once('=')
             .with_context(|| format!("--budget {item:?}: expected LIMIT=VALUE"))?;
-        let positive = |x: f64| {
-            if x > 0.0 && x.is_finite() {
-                Ok(x)
-            } else {
-                bail!("--budget {k}: must be positive, got {v}")
-            }
+        let count = || match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(anyhow::anyhow!(
+                "--budget {k}={v}: expected a whole number above 0"
+            )),
         };
         match k {
-            "tokens" => {
-                l.tokens = Some(positive(
-                    v.parse::<u64>()
-                        .with_context(|| format!("--budget tokens={v}: not a whole number"))?
-                        as f64,
-                )? as u64)
-            }
-            "calls" => {
-                l.calls = Some(positive(
-                    v.parse::<u64>()
-                        .with_context(|| format!("--budget calls={v}: not a whole number"))?
-                        as f64,
-                )? as u64)
-            }
-            "cost_usd" => {
-                l.cost_usd =
-                    Some(positive(v.parse::<f64>().with_context(|| {
-                        format!("--budget cost_usd={v}: not a number")
-                    })?)?)
-            }
+            "tokens" => l.tokens = Some(count()?),
+            "calls" => l.calls = Some(count()?),
+            "cost_usd" => match v.parse::<f64>() {
+                Ok(x) if x > 0.0 && x.is_finite() => l.cost_usd = Some(x),
+                _ => bail!("--budget cost_usd={v}: expected a number of dollars above 0"),
+            },
             "wall_time" => {
                 let d = workflow::parse_duration(v)
                     .filter(|d| !d.is_zero())
                     .with_context(|| {
-                        format!("--budget wall_time={v}: not a positive duration (500ms, 30s, 2m)")
+                        format!(
+                            "--budget wall_time={v}: expected a positive duration (500ms, 30s, 2m)"
+                        )
                     })?;
                 l.wall_time = Some(d);
             }

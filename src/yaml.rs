@@ -548,7 +548,7 @@ mod tests {
         let mut s = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
         for i in 1..12 {
             let prev = format!("*a{}", i - 1);
-            s += &format!("a{i}: &a{i} [{}]\n", vec![prev.as_str(); 9].join(", "));
+            s += &format!("a{i}: &a{i} [{}]\n", [prev.as_str(); 9].join(", "));
         }
         let err = p(&s).unwrap_err();
         assert_eq!(err.kind, YamlErrorKind::TooManyNodes);

@@ -184,6 +184,41 @@ impl Task {
         messages: Vec<Message>,
         attempt: u32,
     ) -> Result<Completion, NodeError> {
+        let model = &self.shared.models[call.model];
+        if call.n <= 1 || model.capabilities().native_n {
+            return self
+                .call_once(call, messages, attempt, call.n, call.sampling.seed)
+                .await;
+        }
+        // The backend serves one sample per request: make `n` requests at
+        // once (bounded by the concurrency setting), each with its own seed.
+        let requests = (0..call.n).map(|i| {
+            let seed = call.sampling.seed.map(|s| s.wrapping_add(i as u64));
+            self.call_once(call, messages.clone(), attempt, 1, seed)
+        });
+        let mut merged = Completion {
+            choices: Vec::with_capacity(call.n as usize),
+            usage: Default::default(),
+            usage_estimated: false,
+        };
+        for part in futures_util::future::join_all(requests).await {
+            let part = part?;
+            merged.choices.extend(part.choices);
+            merged.usage += part.usage;
+            merged.usage_estimated |= part.usage_estimated;
+        }
+        Ok(merged)
+    }
+
+    /// One request: budget check, call, metering, event.
+    async fn call_once(
+        &self,
+        call: &ModelCall,
+        messages: Vec<Message>,
+        attempt: u32,
+        n: u32,
+        seed: Option<u64>,
+    ) -> Result<Completion, NodeError> {
         let sh = &self.shared;
         let decl = &sh.wf.models[call.model];
         let model = &sh.models[call.model];
@@ -193,11 +228,11 @@ impl Task {
             sampling: SamplingParams {
                 temperature: call.sampling.temperature,
                 top_p: call.sampling.top_p,
-                seed: call.sampling.seed,
+                seed,
                 max_tokens,
                 stop: call.sampling.stop.clone(),
             },
-            n: call.n,
+            n,
             logprobs: call.logprobs,
             response_format: match &call.schema {
                 Some(s) => ResponseFormat::JsonSchema {
@@ -213,7 +248,7 @@ impl Task {
             },
         };
         let prompt_est = model.estimate_prompt_tokens(&req);
-        let completion_max = call.n as u64 * max_tokens as u64;
+        let completion_max = n as u64 * max_tokens as u64;
         let worst = Spend {
             tokens: prompt_est + completion_max,
             calls: 1,
@@ -247,7 +282,7 @@ impl Task {
             model: decl.name.clone(),
             model_id: model.id().to_string(),
             attempt,
-            n: call.n,
+            n,
             prompt_tokens: 0,
             completion_tokens: 0,
             usage_estimated: false,

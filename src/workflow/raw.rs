@@ -167,7 +167,7 @@ pub enum RawCheck {
         tolerance: f64,
     },
     JsonSchema(serde_json::Value, Span),
-    Judge(RawCall),
+    Judge(Box<RawCall>),
 }
 
 #[derive(Debug)]
@@ -873,7 +873,7 @@ impl Reader {
                 let mut jf = self.fields(value, "a `judge` check", &[JUDGE_KEYS])?;
                 let call = self.call_fields(&mut jf, value.span, "the judge", false);
                 jf.finish(self);
-                Some(RawCheck::Judge(call))
+                Some(RawCheck::Judge(Box::new(call)))
             }
         };
         f.finish(self);

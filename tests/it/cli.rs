@@ -211,3 +211,62 @@ fn the_event_log_has_one_json_event_per_line() {
     let summary = &events.last().unwrap()["summary"];
     assert_eq!(summary["loops"][0]["rounds"], 3);
 }
+
+#[test]
+fn ctrl_c_exits_130_with_the_best_so_far_and_a_valid_log() {
+    use std::io::BufRead;
+    let script = temp("slow.yaml");
+    std::fs::write(
+        &script,
+        "replies:\n  - { node: draft, text: a draft }\n  - { node: critique, text: '{\"score\": 1, \"feedback\": \"x\"}', latency_ms: 60000 }\n",
+    )
+    .unwrap();
+    let log = temp("interrupted.jsonl");
+    let spec = format!("writer=scripted:{}", script.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redraft"))
+        .args([
+            "run",
+            FLAGSHIP,
+            "--model",
+            &spec,
+            "--log",
+            log.to_str().unwrap(),
+        ])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    // Watchdog: never let a broken build hang the suite.
+    let watchdog_pid = pid.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        let _ = Command::new("kill").args(["-KILL", &watchdog_pid]).status();
+    });
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("check done") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains("check done"), "{seen}");
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a draft\n");
+    let text = std::fs::read_to_string(&log).unwrap();
+    for l in text.lines() {
+        serde_json::from_str::<serde_json::Value>(l).expect("valid JSON line");
+    }
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .contains("\"status\":\"interrupted\"")
+    );
+}

@@ -521,3 +521,75 @@ async fn inputs_are_checked_before_the_run() {
         .unwrap_err();
     assert!(err.to_string().contains("expected string"), "{err}");
 }
+
+/// A backend that serves one sample per request, slowly.
+struct OneSampleAtATime;
+
+impl redraft::LanguageModel for OneSampleAtATime {
+    fn id(&self) -> &str {
+        "one-at-a-time"
+    }
+
+    fn complete<'a>(
+        &'a self,
+        req: &'a redraft::backend::CompletionRequest,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<redraft::backend::Completion, redraft::backend::BackendError>,
+    > {
+        Box::pin(async move {
+            assert_eq!(req.n, 1, "the engine must split n for this backend");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(redraft::backend::Completion {
+                choices: vec![redraft::backend::Choice {
+                    text: format!("seed {}", req.sampling.seed.unwrap_or(0)),
+                    finish: redraft::backend::FinishReason::Stop,
+                    logprobs: None,
+                }],
+                usage: redraft::backend::Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 2,
+                },
+                usage_estimated: false,
+            })
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn samples_run_concurrently_on_backends_without_native_n() {
+    for (concurrency, expected_ms) in [(4, 100), (2, 200)] {
+        let wf = workflow(&format!(
+            r#"
+version: 1
+models: {{ m: "scripted:unused.yaml" }}
+concurrency: {concurrency}
+nodes:
+  - {{ id: draft, kind: generate, template: "go", n: 4, sampling: {{ seed: 10 }} }}
+output: {{ from: draft, field: samples }}
+"#
+        ));
+        let events = Arc::new(redraft::event::Collect::default());
+        let engine = redraft::Engine::new()
+            .with_model("m", Arc::new(OneSampleAtATime))
+            .with_recorder(events.clone());
+        let start = tokio::time::Instant::now();
+        let s = engine.run(wf, RunOptions::default()).await.unwrap();
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(expected_ms),
+            "concurrency {concurrency}"
+        );
+        assert_eq!(
+            s.output.unwrap(),
+            serde_json::json!(["seed 10", "seed 11", "seed 12", "seed 13"])
+        );
+        assert_eq!((s.usage.calls, s.usage.total_tokens), (4, 20));
+        let calls = events
+            .take()
+            .into_iter()
+            .filter(|e| matches!(e, Event::ModelCall(c) if c.n == 1))
+            .count();
+        assert_eq!(calls, 4);
+    }
+}
