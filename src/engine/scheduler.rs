@@ -3,8 +3,11 @@
 //! - A node is *ready* when every incoming forward edge is resolved and at
 //!   least one fired; when all resolved and none fired it is *skipped*, and
 //!   the skip propagates (dead-path elimination).
-//! - An edge leaving an active loop stays unresolved while the loop may still
-//!   iterate: a later round can fire it. When the loop stops, it is skipped.
+//! - An edge leaving an active loop is evaluated each time its source runs
+//!   but stays unresolved while the loop may iterate; when the loop stops,
+//!   its latest evaluation decides (fired, or skipped if it never fired or
+//!   its last evaluation was false). So a node after a loop runs once, on
+//!   the loop's final state.
 //! - A loop round ends when no body node is ready or running. If the back
 //!   edge's source finished in that round and no stop rule holds, the body is
 //!   reset (outputs kept, visible as the previous round's) and the head runs
@@ -80,6 +83,8 @@ pub(crate) struct Run {
     inputs_json: serde_json::Value,
     status: Vec<St>,
     edges: Vec<Es>,
+    /// For edges leaving an active loop: whether their latest evaluation fired.
+    exit_fired: Vec<bool>,
     outputs: Vec<Option<Arc<NodeOutput>>>,
     /// Earlier outputs of each node, as template lists.
     history: Vec<Value>,
@@ -99,10 +104,11 @@ impl Run {
         let (n, e, l) = (wf.nodes.len(), wf.edges.len(), wf.loops.len());
         let inputs_json = serde_json::Value::Object(inputs);
         Run {
-            inputs: Value::from_serialize(&inputs_json),
+            inputs: super::state::json_value(&inputs_json),
             inputs_json,
             status: vec![St::Pending; n],
             edges: vec![Es::Unresolved; e],
+            exit_fired: vec![false; e],
             outputs: vec![None; n],
             history: vec![Value::from(Vec::<Value>::new()); n],
             runs: vec![0; n],
@@ -398,11 +404,13 @@ impl Run {
                     None => return,
                 },
             };
-            if fire {
-                self.edges[ei] = Es::Fired;
-            } else if !self.exit_pending(ei) {
-                self.edges[ei] = Es::Skipped;
+            if self.exit_pending(ei) {
+                // Leaving a loop that may go on: the latest evaluation
+                // decides when the loop ends.
+                self.exit_fired[ei] = fire;
+                continue;
             }
+            self.edges[ei] = if fire { Es::Fired } else { Es::Skipped };
             self.settle(wf.edges[ei].to);
         }
     }
@@ -539,6 +547,7 @@ impl Run {
         for (ei, e) in wf.edges.iter().enumerate() {
             if spec.body.contains(&e.from) && spec.body.contains(&e.to) {
                 self.edges[ei] = Es::Unresolved;
+                self.exit_fired[ei] = false;
             }
         }
         // Inner loops start over.
@@ -578,7 +587,11 @@ impl Run {
         ));
         for (ei, exits) in wf.topology.exits.iter().enumerate() {
             if exits.contains(&li) && self.edges[ei] == Es::Unresolved && !self.exit_pending(ei) {
-                self.edges[ei] = Es::Skipped;
+                self.edges[ei] = if self.exit_fired[ei] {
+                    Es::Fired
+                } else {
+                    Es::Skipped
+                };
                 self.settle(wf.edges[ei].to);
             }
         }

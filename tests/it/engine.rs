@@ -593,3 +593,64 @@ output: {{ from: draft, field: samples }}
         assert_eq!(calls, 4);
     }
 }
+
+#[tokio::test]
+async fn nested_loops_and_a_node_after_them() {
+    let wf = workflow(
+        r#"
+version: 1
+models: { m: "scripted:unused.yaml" }
+nodes:
+  - { id: plan, kind: generate, template: "plan {{ round }}" }
+  - { id: write, kind: generate, template: "write {{ plan.text }} {{ round }}" }
+  - { id: review, kind: generate, template: "review {{ write.text }}" }
+  - { id: judge, kind: generate, template: "judge {{ review.text }}" }
+  - { id: publish, kind: generate, template: "publish {{ write.text }}" }
+edges:
+  - { from: plan, to: write }
+  - { from: write, to: review }
+  - { from: review, to: judge }
+  - { from: review, to: publish }
+loops:
+  - { id: inner, from: review, to: write, max_rounds: 2 }
+  - { id: outer, from: judge, to: plan, max_rounds: 2 }
+output: publish
+"#,
+    );
+    let script = r#"
+replies:
+  - { node: plan, round: 1, text: "p1" }
+  - { node: plan, round: 2, text: "p2" }
+  - { node: write, prompt: "p2 2", text: "final draft" }
+  - { node: write, text: "draft" }
+  - { node: review, text: "ok" }
+  - { node: judge, text: "fine" }
+  - { node: publish, prompt: "final draft", text: "published" }
+"#;
+    let (s, events) = run(wf, script, RunOptions::default()).await;
+    insta::assert_snapshot!(trace(&events));
+    assert_eq!(s.status, RunStatus::Finished);
+    assert_eq!(s.output.as_ref().unwrap(), "published");
+    for (node, n) in [
+        ("plan", 2),
+        ("write", 4),
+        ("review", 4),
+        ("judge", 2),
+        ("publish", 1),
+    ] {
+        assert_eq!(runs(&s, node), n, "{node}");
+    }
+    let reasons: Vec<_> = s
+        .loops
+        .iter()
+        .map(|l| (l.loop_id.as_str(), l.rounds, l.stop_reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("inner", 2, StopReason::MaxRounds),
+            ("inner", 2, StopReason::MaxRounds),
+            ("outer", 2, StopReason::MaxRounds)
+        ]
+    );
+}
