@@ -654,3 +654,73 @@ replies:
         ]
     );
 }
+
+#[tokio::test]
+async fn a_node_budget_skips_the_node_and_costs_are_priced() {
+    // $1 per million prompt tokens, $2 per million completion tokens.
+    let text = std::fs::read_to_string(root().join("workflows/self-refine.yaml"))
+        .unwrap()
+        .replace(
+            "max_tokens: 256",
+            "max_tokens: 256\n    price: { input: 1.0, output: 2.0 }",
+        )
+        .replace(
+            "    prompt: critique.j2",
+            "    prompt: critique.j2\n    budget: { calls: 1 }",
+        );
+    let wf = redraft::workflow::load_str(&text, "self-refine.yaml", &root().join("workflows"))
+        .map_err(|e| e.render())
+        .unwrap();
+    let (s, events) = run(
+        Arc::new(wf),
+        SELF_REFINE_SCRIPT_NEVER_PASSES,
+        RunOptions::default(),
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Finished);
+    assert_eq!(runs(&s, "critique"), 1);
+    assert_eq!(runs(&s, "revise"), 1);
+    assert_eq!(s.loops[0].rounds, 2);
+    let exhausted = events
+        .iter()
+        .find_map(|e| {
+            if let Event::BudgetExhausted(x) = e {
+                Some(x.clone())
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        (exhausted.scope, exhausted.limit),
+        (Scope::Node("critique".into()), LimitKind::Calls)
+    );
+    let expected: f64 =
+        s.usage.prompt_tokens as f64 * 1e-6 + s.usage.completion_tokens as f64 * 2e-6;
+    assert!(
+        (s.usage.cost_usd - expected).abs() < 1e-12,
+        "{} vs {expected}",
+        s.usage.cost_usd
+    );
+    assert!(s.usage.cost_usd > 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wall_time_cuts_a_slow_call_and_keeps_the_draft() {
+    let script = r#"
+replies:
+  - { node: draft, text: "a draft" }
+  - { node: critique, text: '{"score": 2, "feedback": "x"}', latency_ms: 600000 }
+"#;
+    let opts = RunOptions {
+        budget: Limits {
+            wall_time: Some(Duration::from_secs(2)),
+            ..Limits::default()
+        },
+        ..RunOptions::default()
+    };
+    let (s, _) = run(self_refine(), script, opts).await;
+    assert_eq!(s.status, RunStatus::BudgetExhausted);
+    assert_eq!(s.exhausted.unwrap().limit, LimitKind::WallTime);
+    assert_eq!(s.output.unwrap(), "a draft");
+}
