@@ -88,6 +88,9 @@ pub struct RunArgs {
     /// Write every event as a JSON line to this file.
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
+    /// Record every model call into a cassette (JSONL) for `replay:FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     /// Print a machine-readable summary instead of the output alone.
     #[arg(long)]
     pub json: bool,
@@ -182,9 +185,14 @@ fn run_command(args: RunArgs) -> u8 {
                 );
             }
             crate::backend::ModelSpec::parse(spec).with_context(|| format!("--model {name}"))?;
-            let model = crate::backend::open(spec, Path::new("."))
+            let model = crate::backend::open(spec, &serde_json::Value::Null, Path::new("."))
                 .map_err(|e| anyhow::anyhow!(BackendOpen(e.to_string())))?;
             engine = engine.with_model(name, model);
+        }
+        if let Some(path) = &args.record {
+            let cassette = crate::backend::cassette::CassetteWriter::create(path)
+                .with_context(|| format!("cannot create cassette {}", path.display()))?;
+            engine = engine.with_cassette(Arc::new(cassette));
         }
         let log = match &args.log {
             Some(path) => Some(Arc::new(

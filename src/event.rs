@@ -77,7 +77,10 @@ pub struct ModelCallEvent {
     pub model: String,
     /// The backend's model id.
     pub model_id: String,
+    /// Repair attempt (invalid structured output fed back), from 0.
     pub attempt: u32,
+    /// Transport retry of this attempt, from 0.
+    pub retry: u32,
     pub n: u32,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,

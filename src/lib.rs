@@ -30,6 +30,7 @@ pub mod diagnostic;
 pub mod engine;
 pub mod event;
 pub mod graph;
+pub mod layer;
 pub mod metrics;
 pub mod template;
 pub mod workflow;

@@ -6,6 +6,8 @@
 //! structs) never leave its adapter module. The engine sees only the types
 //! defined here.
 
+pub mod cassette;
+pub mod openai;
 mod scripted;
 mod spec;
 
@@ -58,6 +60,54 @@ pub trait LanguageModel: Send + Sync {
             .iter()
             .map(|m| m.content.len() as u64 / 3 + 4)
             .sum()
+    }
+}
+
+impl<T: LanguageModel + ?Sized> LanguageModel for &T {
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+    fn complete<'a>(
+        &'a self,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Completion, BackendError>> {
+        (**self).complete(req)
+    }
+    fn embed<'a>(
+        &'a self,
+        req: &'a EmbeddingRequest,
+    ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
+        (**self).embed(req)
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    fn estimate_prompt_tokens(&self, req: &CompletionRequest) -> u64 {
+        (**self).estimate_prompt_tokens(req)
+    }
+}
+
+impl<T: LanguageModel + ?Sized> LanguageModel for Arc<T> {
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+    fn complete<'a>(
+        &'a self,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Completion, BackendError>> {
+        (**self).complete(req)
+    }
+    fn embed<'a>(
+        &'a self,
+        req: &'a EmbeddingRequest,
+    ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
+        (**self).embed(req)
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    fn estimate_prompt_tokens(&self, req: &CompletionRequest) -> u64 {
+        (**self).estimate_prompt_tokens(req)
     }
 }
 
@@ -142,6 +192,9 @@ pub struct CallContext {
     pub round: u32,
     /// 0 for the first attempt; repair attempts count up.
     pub attempt: u32,
+    /// 0 for the first try; transport retries (see `layer::Retry`) count up.
+    #[serde(default)]
+    pub retry: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,7 +274,7 @@ pub struct Embeddings {
 }
 
 /// What the caller should do about a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -235,6 +288,9 @@ pub enum ErrorKind {
     Unsupported,
     /// The model file or endpoint is not usable as configured.
     Config,
+    /// The call was not made: it would cross a budget (see `budget::Exhausted`
+    /// in `source`).
+    Budget,
 }
 
 /// A failed backend call.
@@ -244,6 +300,8 @@ pub struct BackendError {
     pub backend: String,
     pub kind: ErrorKind,
     pub message: String,
+    /// How long the server asked us to wait (`Retry-After`), if it did.
+    pub retry_after: Option<std::time::Duration>,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -254,8 +312,14 @@ impl BackendError {
             backend: backend.to_string(),
             kind,
             message: message.into(),
+            retry_after: None,
             source: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, after: Option<std::time::Duration>) -> Self {
+        self.retry_after = after;
+        self
     }
 
     pub fn is_transient(&self) -> bool {
@@ -263,10 +327,12 @@ impl BackendError {
     }
 }
 
-/// Opens a backend from a spec string. `base_dir` resolves relative paths
-/// (the workflow's directory for specs written in a workflow).
+/// Opens a backend from a spec string and its backend-specific settings.
+/// `base_dir` resolves relative paths (the workflow's directory for specs
+/// written in a workflow).
 pub fn open(
     spec: &str,
+    settings: &serde_json::Value,
     base_dir: &std::path::Path,
 ) -> Result<Arc<dyn LanguageModel>, BackendError> {
     let parsed = ModelSpec::parse(spec)
@@ -278,11 +344,16 @@ pub fn open(
                 .map_err(|e| BackendError::new(spec, ErrorKind::Config, e.to_string()))?;
             Ok(Arc::new(model))
         }
-        ModelSpec::OpenAi { .. } => Err(BackendError::new(
-            spec,
-            ErrorKind::Unsupported,
-            "the OpenAI-compatible backend is not part of this build yet",
-        )),
+        ModelSpec::OpenAi { model, base_url } => Ok(Arc::new(openai::OpenAiModel::new(
+            &model,
+            base_url.as_deref(),
+            settings,
+        )?)),
+        ModelSpec::Replay { path } => {
+            let replay = cassette::Replay::from_file(&base_dir.join(path))
+                .map_err(|e| BackendError::new(spec, ErrorKind::Config, e.to_string()))?;
+            Ok(Arc::new(replay))
+        }
         ModelSpec::Llama { .. } => Err(BackendError::new(
             spec,
             ErrorKind::Unsupported,

@@ -305,6 +305,7 @@ mod tests {
                 node: node.into(),
                 round,
                 attempt: 0,
+                retry: 0,
             },
         }
     }

@@ -13,6 +13,8 @@ pub enum ModelSpec {
     },
     /// A local GGUF file run in-process by llama.cpp.
     Llama { path: PathBuf },
+    /// Replies replayed from a cassette recorded with `--record`.
+    Replay { path: PathBuf },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,9 +33,9 @@ impl ModelSpec {
             spec: spec.to_string(),
             reason: reason.to_string(),
         };
-        let (scheme, rest) = spec
-            .split_once(':')
-            .ok_or_else(|| err("no backend prefix (`scripted:`, `openai:`, `llama:`)"))?;
+        let (scheme, rest) = spec.split_once(':').ok_or_else(|| {
+            err("no backend prefix (`scripted:`, `openai:`, `llama:`, `replay:`)")
+        })?;
         if rest.trim().is_empty() {
             return Err(err("nothing after the backend prefix"));
         }
@@ -42,6 +44,9 @@ impl ModelSpec {
                 path: PathBuf::from(rest),
             }),
             "llama" => Ok(ModelSpec::Llama {
+                path: PathBuf::from(rest),
+            }),
+            "replay" => Ok(ModelSpec::Replay {
                 path: PathBuf::from(rest),
             }),
             "openai" => {

@@ -23,9 +23,11 @@ use std::sync::{Arc, Mutex};
 
 pub use tokio_util::sync::CancellationToken;
 
+use crate::backend::cassette::{CassetteWriter, Recording};
 use crate::backend::{BackendError, LanguageModel};
 use crate::budget::{Exhausted, Limits, Meter, Scope};
 use crate::event::{Event, NoRecorder, Recorder};
+use crate::layer::{RateLimit, RateLimits};
 use crate::metrics::{FailureKind, RunSummary, Tally};
 use crate::template::TemplateError;
 use crate::workflow::{InputType, Workflow};
@@ -37,6 +39,11 @@ pub use state::NodeOutput;
 pub struct Engine {
     models: HashMap<String, Arc<dyn LanguageModel>>,
     recorder: Arc<dyn Recorder>,
+    cassette: Option<Arc<CassetteWriter>>,
+    /// Models opened from specs, with their persistent layers (rate limit,
+    /// recording), shared by every run of this engine: connection pools and
+    /// rate-limit buckets outlive a run.
+    opened: Mutex<HashMap<String, Arc<dyn LanguageModel>>>,
 }
 
 impl Default for Engine {
@@ -122,7 +129,15 @@ impl Engine {
         Engine {
             models: HashMap::new(),
             recorder: Arc::new(NoRecorder),
+            cassette: None,
+            opened: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records every model call of every run into a cassette (`--record`).
+    pub fn with_cassette(mut self, cassette: Arc<CassetteWriter>) -> Engine {
+        self.cassette = Some(cassette);
+        self
     }
 
     /// Uses `model` for the workflow model named `name`, instead of its spec.
@@ -145,14 +160,38 @@ impl Engine {
             .as_deref()
             .and_then(Path::parent)
             .unwrap_or(Path::new("."));
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
         wf.models
             .iter()
-            .map(|m| match self.models.get(&m.name) {
-                Some(model) => Ok(model.clone()),
-                None => crate::backend::open(&m.spec, base).map_err(|source| RunError::Model {
-                    name: m.name.clone(),
-                    source,
-                }),
+            .map(|m| {
+                let key = format!(
+                    "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{:?}",
+                    base.display(),
+                    m.name,
+                    m.spec,
+                    m.settings,
+                    m.rate_limit
+                );
+                if let Some(model) = opened.get(&key) {
+                    return Ok(model.clone());
+                }
+                let mut model = match self.models.get(&m.name) {
+                    Some(model) => model.clone(),
+                    None => crate::backend::open(&m.spec, &m.settings, base).map_err(|source| {
+                        RunError::Model {
+                            name: m.name.clone(),
+                            source,
+                        }
+                    })?,
+                };
+                if let Some(cassette) = &self.cassette {
+                    model = Arc::new(Recording::new(model, &m.name, cassette.clone()));
+                }
+                if m.rate_limit != RateLimits::default() {
+                    model = Arc::new(RateLimit::new(model, m.rate_limit));
+                }
+                opened.insert(key, model.clone());
+                Ok(model)
             })
             .collect()
     }

@@ -14,14 +14,16 @@ use serde_json::json;
 use super::state::{NodeOutput, NodeScope, ScopeData};
 use super::{NodeError, Shared};
 use crate::backend::{
-    CallContext, Completion, CompletionRequest, FinishReason, Message, ResponseFormat,
-    SamplingParams,
+    BackendError, CallContext, Capabilities, Completion, CompletionRequest, ErrorKind,
+    FinishReason, LanguageModel, Message, ResponseFormat, SamplingParams,
 };
-use crate::budget::Spend;
+use crate::budget::{Exhausted, Spend};
 use crate::event::{Event, ModelCallEvent};
+use crate::layer::{Retry, Timeout};
 use crate::workflow::{
     Check, ModelCall, NodeKind, Order, Schema, SelectSpec, VerifySpec, VoteSpec,
 };
+use futures_util::future::BoxFuture;
 
 /// One node execution, owned by its future.
 pub(crate) struct Task {
@@ -34,6 +36,142 @@ pub(crate) struct Task {
     pub scopes: Vec<usize>,
     /// The artifact text before this node ran (for `revise`'s `changed`).
     pub artifact_text: Option<String>,
+}
+
+/// The engine's layer: the budget check before each attempt, metering and
+/// the model-call event after it. Sits under [`Retry`], so a retry is a new
+/// attempt that must fit the budget again.
+struct Metered<'a> {
+    task: &'a Task,
+    model: usize,
+    inner: &'a dyn LanguageModel,
+}
+
+impl LanguageModel for Metered<'_> {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    fn complete<'a>(
+        &'a self,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Completion, BackendError>> {
+        Box::pin(self.metered(req))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn estimate_prompt_tokens(&self, req: &CompletionRequest) -> u64 {
+        self.inner.estimate_prompt_tokens(req)
+    }
+}
+
+impl Metered<'_> {
+    fn budget_error(&self, ex: Exhausted) -> BackendError {
+        BackendError {
+            source: Some(Box::new(ex.clone())),
+            ..BackendError::new(self.inner.id(), ErrorKind::Budget, ex.to_string())
+        }
+    }
+
+    async fn metered(&self, req: &CompletionRequest) -> Result<Completion, BackendError> {
+        let task = self.task;
+        let sh = &task.shared;
+        let decl = &sh.wf.models[self.model];
+        let prompt_est = self.inner.estimate_prompt_tokens(req);
+        let completion_max = req.n as u64 * req.sampling.max_tokens as u64;
+        let worst = Spend {
+            tokens: prompt_est + completion_max,
+            calls: 1,
+            cost_usd: decl.price.cost(prompt_est, completion_max),
+        };
+        let _permit =
+            sh.permits.acquire().await.map_err(|_| {
+                BackendError::new(self.inner.id(), ErrorKind::Permanent, "cancelled")
+            })?;
+        let reservation = sh
+            .meter
+            .reserve(&task.scopes, worst)
+            .map_err(|e| self.budget_error(e))?;
+        let started = Instant::now();
+        let fut = self.inner.complete(req);
+        let result = match sh.meter.time_left(&task.scopes) {
+            Some((left, scope)) => match tokio::time::timeout(left, fut).await {
+                Ok(r) => r,
+                Err(_) => {
+                    sh.meter.release(reservation);
+                    return Err(self.budget_error(sh.meter.out_of_time(scope)));
+                }
+            },
+            None => fut.await,
+        };
+        let mut event = ModelCallEvent {
+            node: task.id().to_string(),
+            round: task.round,
+            model: decl.name.clone(),
+            model_id: self.inner.id().to_string(),
+            attempt: req.context.attempt,
+            retry: req.context.retry,
+            n: req.n,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            usage_estimated: false,
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            cost_usd: 0.0,
+            error: None,
+        };
+        let result = result.and_then(|c| {
+            if c.choices.is_empty() {
+                Err(BackendError::new(
+                    self.inner.id(),
+                    ErrorKind::Permanent,
+                    "the backend returned no choices",
+                ))
+            } else {
+                Ok(c)
+            }
+        });
+        match result {
+            Ok(c) => {
+                let cost = decl
+                    .price
+                    .cost(c.usage.prompt_tokens, c.usage.completion_tokens);
+                let warnings = sh.meter.settle(
+                    reservation,
+                    Spend {
+                        tokens: c.usage.total(),
+                        calls: 1,
+                        cost_usd: cost,
+                    },
+                );
+                event.prompt_tokens = c.usage.prompt_tokens;
+                event.completion_tokens = c.usage.completion_tokens;
+                event.usage_estimated = c.usage_estimated;
+                event.cost_usd = cost;
+                sh.emit(Event::ModelCall(event));
+                for w in warnings {
+                    sh.emit(Event::BudgetWarning(w));
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                // The call was made: it counts, though it used no tokens we know of.
+                let _ = sh.meter.settle(
+                    reservation,
+                    Spend {
+                        tokens: 0,
+                        calls: 1,
+                        cost_usd: 0.0,
+                    },
+                );
+                event.error = Some(e.to_string());
+                sh.emit(Event::ModelCall(event));
+                Err(e)
+            }
+        }
+    }
 }
 
 /// What a model node produced.
@@ -210,7 +348,8 @@ impl Task {
         Ok(merged)
     }
 
-    /// One request: budget check, call, metering, event.
+    /// One request through the per-call stack
+    /// `Retry → Metered → Timeout → (the model's persistent layers)`.
     async fn call_once(
         &self,
         call: &ModelCall,
@@ -221,15 +360,14 @@ impl Task {
     ) -> Result<Completion, NodeError> {
         let sh = &self.shared;
         let decl = &sh.wf.models[call.model];
-        let model = &sh.models[call.model];
-        let max_tokens = call.sampling.max_tokens.unwrap_or(decl.max_tokens);
+        let model: &dyn LanguageModel = &*sh.models[call.model];
         let req = CompletionRequest {
             messages,
             sampling: SamplingParams {
                 temperature: call.sampling.temperature,
                 top_p: call.sampling.top_p,
                 seed,
-                max_tokens,
+                max_tokens: call.sampling.max_tokens.unwrap_or(decl.max_tokens),
                 stop: call.sampling.stop.clone(),
             },
             n,
@@ -245,98 +383,35 @@ impl Task {
                 node: sh.names.ids[self.node].clone(),
                 round: self.round,
                 attempt,
+                retry: 0,
             },
         };
-        let prompt_est = model.estimate_prompt_tokens(&req);
-        let completion_max = n as u64 * max_tokens as u64;
-        let worst = Spend {
-            tokens: prompt_est + completion_max,
-            calls: 1,
-            cost_usd: decl.price.cost(prompt_est, completion_max),
+        let timed;
+        let below: &dyn LanguageModel = match decl.timeout {
+            Some(limit) => {
+                timed = Timeout::new(model, limit);
+                &timed
+            }
+            None => model,
         };
-        let _permit = sh
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| NodeError::Cancelled)?;
-        let reservation = match sh.meter.reserve(&self.scopes, worst) {
-            Ok(r) => r,
-            Err(e) => return Err(NodeError::Budget(e)),
+        let metered = Metered {
+            task: self,
+            model: call.model,
+            inner: below,
         };
-        let started = Instant::now();
-        let fut = model.complete(&req);
-        let result = match sh.meter.time_left(&self.scopes) {
-            Some((left, scope)) => match tokio::time::timeout(left, fut).await {
-                Ok(r) => r,
-                Err(_) => {
-                    sh.meter.release(reservation);
-                    return Err(NodeError::Budget(sh.meter.out_of_time(scope)));
+        match Retry::new(&metered, decl.retry).complete(&req).await {
+            Ok(c) => Ok(c),
+            Err(e) if e.kind == ErrorKind::Budget => {
+                match e.source.and_then(|s| s.downcast::<Exhausted>().ok()) {
+                    Some(ex) => Err(NodeError::Budget(*ex)),
+                    None => Err(NodeError::Backend(BackendError::new(
+                        &e.backend,
+                        ErrorKind::Permanent,
+                        e.message,
+                    ))),
                 }
-            },
-            None => fut.await,
-        };
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let mut event = ModelCallEvent {
-            node: self.id().to_string(),
-            round: self.round,
-            model: decl.name.clone(),
-            model_id: model.id().to_string(),
-            attempt,
-            n,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            usage_estimated: false,
-            latency_ms,
-            cost_usd: 0.0,
-            error: None,
-        };
-        match result {
-            Ok(c) if c.choices.is_empty() => {
-                sh.meter.release(reservation);
-                event.error = Some("the backend returned no choices".into());
-                sh.emit(Event::ModelCall(event));
-                Err(NodeError::Backend(crate::backend::BackendError::new(
-                    model.id(),
-                    crate::backend::ErrorKind::Permanent,
-                    "the backend returned no choices",
-                )))
             }
-            Ok(c) => {
-                let cost = decl
-                    .price
-                    .cost(c.usage.prompt_tokens, c.usage.completion_tokens);
-                let warnings = sh.meter.settle(
-                    reservation,
-                    Spend {
-                        tokens: c.usage.total(),
-                        calls: 1,
-                        cost_usd: cost,
-                    },
-                );
-                event.prompt_tokens = c.usage.prompt_tokens;
-                event.completion_tokens = c.usage.completion_tokens;
-                event.usage_estimated = c.usage_estimated;
-                event.cost_usd = cost;
-                sh.emit(Event::ModelCall(event));
-                for w in warnings {
-                    sh.emit(Event::BudgetWarning(w));
-                }
-                Ok(c)
-            }
-            Err(e) => {
-                // The call was made: it counts, though it used no tokens we know of.
-                let _ = sh.meter.settle(
-                    reservation,
-                    Spend {
-                        tokens: 0,
-                        calls: 1,
-                        cost_usd: 0.0,
-                    },
-                );
-                event.error = Some(e.to_string());
-                sh.emit(Event::ModelCall(event));
-                Err(NodeError::Backend(e))
-            }
+            Err(e) => Err(NodeError::Backend(e)),
         }
     }
 

@@ -58,6 +58,12 @@ pub struct ModelDecl {
     /// Default `max_tokens` for nodes that set none; also the budget's worst case.
     pub max_tokens: u32,
     pub price: Price,
+    /// Transport retries of transient failures (`retries`, default 2).
+    pub retry: crate::layer::RetryPolicy,
+    /// Per-call timeout (`timeout`), if any.
+    pub timeout: Option<Duration>,
+    /// Requests and tokens per minute (`rate_limit`).
+    pub rate_limit: crate::layer::RateLimits,
     /// Backend-specific settings, passed through untouched.
     pub settings: serde_json::Value,
 }

@@ -30,7 +30,16 @@ pub const TOP_KEYS: &[&str] = &[
     "loops",
     "output",
 ];
-pub const MODEL_KEYS: &[&str] = &["spec", "max_tokens", "price", "settings"];
+pub const MODEL_KEYS: &[&str] = &[
+    "spec",
+    "max_tokens",
+    "price",
+    "retries",
+    "timeout",
+    "rate_limit",
+    "settings",
+];
+pub const RATE_LIMIT_KEYS: &[&str] = &["rpm", "tpm"];
 pub const PRICE_KEYS: &[&str] = &["input", "output"];
 pub const INPUT_KEYS: &[&str] = &["type", "default", "description"];
 pub const BUDGET_KEYS: &[&str] = &["tokens", "calls", "cost_usd", "wall_time"];
@@ -96,6 +105,10 @@ pub struct RawModel {
     pub max_tokens: Option<Spanned<u64>>,
     pub price_in: Option<f64>,
     pub price_out: Option<f64>,
+    pub retries: Option<Spanned<u64>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rpm: Option<Spanned<u64>>,
+    pub tpm: Option<Spanned<u64>>,
     pub settings: serde_json::Value,
 }
 
@@ -527,6 +540,10 @@ impl Reader {
             max_tokens: None,
             price_in: None,
             price_out: None,
+            retries: None,
+            timeout: None,
+            rpm: None,
+            tpm: None,
             settings: serde_json::Value::Null,
         };
         // Shorthand: `writer: scripted:replies.yaml`.
@@ -556,6 +573,15 @@ impl Reader {
                     .and_then(|n| self.float(n, "`price.output`"))
                     .map(|s| s.value);
                 pf.finish(self);
+            }
+        }
+        m.retries = f.get("retries").and_then(|n| self.uint(n, "`retries`"));
+        m.timeout = f.get("timeout").and_then(|n| self.text(n, "`timeout`"));
+        if let Some(r) = f.get("rate_limit") {
+            if let Some(mut rf) = self.fields(r, "`rate_limit`", &[RATE_LIMIT_KEYS]) {
+                m.rpm = rf.get("rpm").and_then(|n| self.uint(n, "`rate_limit.rpm`"));
+                m.tpm = rf.get("tpm").and_then(|n| self.uint(n, "`rate_limit.tpm`"));
+                rf.finish(self);
             }
         }
         if let Some(s) = f.get("settings") {

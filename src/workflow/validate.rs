@@ -277,6 +277,60 @@ pub fn check(
                 );
             }
         }
+        let timeout = m
+            .timeout
+            .as_ref()
+            .and_then(|t| match parse_duration(&t.value) {
+                Some(d) if !d.is_zero() => Some(d),
+                _ => {
+                    cx.err(
+                        Diagnostic::new(
+                            Code::InvalidValue,
+                            t.span,
+                            format!(
+                                "`timeout` of model `{}` is not a positive duration",
+                                m.name.value
+                            ),
+                        )
+                        .label("invalid duration")
+                        .help("write a number with a unit: 500ms, 30s, 2m"),
+                    );
+                    None
+                }
+            });
+        let mut retry = crate::layer::RetryPolicy::default();
+        if let Some(r) = &m.retries {
+            if r.value > 10 {
+                cx.err(
+                    Diagnostic::new(
+                        Code::InvalidValue,
+                        r.span,
+                        format!("`retries` = {} is more than 10", r.value),
+                    )
+                    .label("out of range"),
+                );
+            }
+            retry.max_retries = r.value.min(10) as u32;
+        }
+        for limit in [&m.rpm, &m.tpm].into_iter().flatten() {
+            if limit.value == 0 {
+                cx.err(
+                    Diagnostic::new(
+                        Code::InvalidValue,
+                        limit.span,
+                        "a rate limit of 0 allows no call",
+                    )
+                    .label("zero"),
+                );
+            }
+        }
+        let rate_limit = crate::layer::RateLimits {
+            requests_per_minute: m
+                .rpm
+                .as_ref()
+                .map(|r| r.value.clamp(1, u32::MAX as u64) as u32),
+            tokens_per_minute: m.tpm.as_ref().map(|t| t.value.max(1)),
+        };
         models.push(ModelDecl {
             name: m.name.value.clone(),
             spec,
@@ -285,6 +339,9 @@ pub fn check(
                 input_per_mtok: m.price_in.unwrap_or(0.0),
                 output_per_mtok: m.price_out.unwrap_or(0.0),
             },
+            retry,
+            timeout,
+            rate_limit,
             settings: m.settings.clone(),
         });
     }

@@ -413,7 +413,7 @@ replies:
     assert_eq!(s.output.unwrap(), "one line");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_backend_error_fails_the_run_with_the_best_output_kept() {
     let script = r#"
 replies:
@@ -425,7 +425,43 @@ replies:
     assert_eq!(s.failure, Some(FailureKind::Backend));
     assert!(s.error.as_ref().unwrap().contains("503"));
     assert_eq!(s.output.unwrap(), "one line");
-    assert_eq!(s.usage.calls, 2, "the failed call counts");
+    // The draft, then the critique tried once and retried twice (the default);
+    // every attempt is a call.
+    assert_eq!(s.usage.calls, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_retry_passes_the_budget_check() {
+    let script = r#"
+replies:
+  - { node: draft, text: "one line" }
+  - { node: critique, error: { kind: transient, message: "503 from upstream" } }
+"#;
+    let text = std::fs::read_to_string(root().join("workflows/self-refine.yaml"))
+        .unwrap()
+        .replace("max_tokens: 256", "max_tokens: 256\n    retries: 5");
+    let wf = redraft::workflow::load_str(&text, "self-refine.yaml", &root().join("workflows"))
+        .map_err(|e| e.render())
+        .unwrap();
+    let opts = RunOptions {
+        budget: Limits {
+            calls: Some(3),
+            ..Limits::default()
+        },
+        ..RunOptions::default()
+    };
+    let (s, events) = run(Arc::new(wf), script, opts).await;
+    // Draft + two critique attempts fit the 3-call budget; the third attempt is refused.
+    assert_eq!(s.status, RunStatus::BudgetExhausted);
+    assert_eq!(s.usage.calls, 3);
+    let retries: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ModelCall(c) if c.node == "critique" => Some(c.retry),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retries, [0, 1]);
 }
 
 #[tokio::test]
