@@ -35,6 +35,7 @@ pub const MODEL_KEYS: &[&str] = &[
     "max_tokens",
     "price",
     "retries",
+    "retry_delay",
     "timeout",
     "rate_limit",
     "settings",
@@ -106,6 +107,7 @@ pub struct RawModel {
     pub price_in: Option<f64>,
     pub price_out: Option<f64>,
     pub retries: Option<Spanned<u64>>,
+    pub retry_delay: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub rpm: Option<Spanned<u64>>,
     pub tpm: Option<Spanned<u64>>,
@@ -541,6 +543,7 @@ impl Reader {
             price_in: None,
             price_out: None,
             retries: None,
+            retry_delay: None,
             timeout: None,
             rpm: None,
             tpm: None,
@@ -576,6 +579,9 @@ impl Reader {
             }
         }
         m.retries = f.get("retries").and_then(|n| self.uint(n, "`retries`"));
+        m.retry_delay = f
+            .get("retry_delay")
+            .and_then(|n| self.text(n, "`retry_delay`"));
         m.timeout = f.get("timeout").and_then(|n| self.text(n, "`timeout`"));
         if let Some(r) = f.get("rate_limit") {
             if let Some(mut rf) = self.fields(r, "`rate_limit`", &[RATE_LIMIT_KEYS]) {

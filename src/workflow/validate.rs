@@ -312,6 +312,23 @@ pub fn check(
             }
             retry.max_retries = r.value.min(10) as u32;
         }
+        if let Some(d) = &m.retry_delay {
+            match parse_duration(&d.value) {
+                Some(delay) => retry.base_delay = delay,
+                None => cx.err(
+                    Diagnostic::new(
+                        Code::InvalidValue,
+                        d.span,
+                        format!(
+                            "`retry_delay` of model `{}` is not a duration",
+                            m.name.value
+                        ),
+                    )
+                    .label("invalid duration")
+                    .help("write a number with a unit: 100ms, 1s"),
+                ),
+            }
+        }
         for limit in [&m.rpm, &m.tpm].into_iter().flatten() {
             if limit.value == 0 {
                 cx.err(

@@ -10,5 +10,7 @@
 
 mod cli;
 mod engine;
+mod mock_openai;
+mod openai;
 mod support;
 mod validate;

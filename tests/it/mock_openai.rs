@@ -20,7 +20,11 @@ pub enum Fault {
     /// A normal reply.
     Ok,
     /// An error status, with an optional `Retry-After` and a JSON body.
-    Status { code: u16, retry_after: Option<&'static str>, body: &'static str },
+    Status {
+        code: u16,
+        retry_after: Option<&'static str>,
+        body: &'static str,
+    },
     /// Wait this long before a normal reply.
     Stall(Duration),
     /// 200 with a body that is not JSON.
@@ -73,7 +77,8 @@ pub fn default_reply(req: &serde_json::Value) -> String {
     if req.get("response_format").is_some() {
         r#"{"score": 8, "feedback": "Keep the three lines."}"#.to_string()
     } else {
-        "Old code untangles,\ngreen tests keep watch through the night,\nthe build breathes again.".to_string()
+        "Old code untangles,\ngreen tests keep watch through the night,\nthe build breathes again."
+            .to_string()
     }
 }
 
@@ -83,14 +88,29 @@ impl MockServer {
     }
 
     /// `record: false` skips keeping requests (for load tests).
-    pub async fn start_with(faults: Vec<Fault>, latency: Duration, reply: Box<ReplyFn>, record: bool) -> MockServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+    pub async fn start_with(
+        faults: Vec<Fault>,
+        latency: Duration,
+        reply: Box<ReplyFn>,
+        record: bool,
+    ) -> MockServer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
-        let state = Arc::new(State { faults: Mutex::new(faults.into()), seen: Mutex::new(Vec::new()), latency, reply, record });
+        let state = Arc::new(State {
+            faults: Mutex::new(faults.into()),
+            seen: Mutex::new(Vec::new()),
+            latency,
+            reply,
+            record,
+        });
         let s = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let s = s.clone();
                 tokio::spawn(async move {
                     let _ = serve(stream, s).await;
@@ -130,7 +150,13 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
         let mut lines = head.lines();
-        let path = lines.next().unwrap_or("").split_whitespace().nth(1).unwrap_or("").to_string();
+        let path = lines
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
         let mut length = 0usize;
         let mut authorization = None;
         for line in lines {
@@ -150,11 +176,21 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
             }
             buf.extend_from_slice(&chunk[..n]);
         }
-        let body: serde_json::Value = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(serde_json::Value::Null);
+        let body: serde_json::Value = serde_json::from_slice(&buf[head_end..head_end + length])
+            .unwrap_or(serde_json::Value::Null);
         buf.drain(..head_end + length);
-        let fault = state.faults.lock().unwrap().pop_front().unwrap_or(Fault::Ok);
+        let fault = state
+            .faults
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Fault::Ok);
         if state.record {
-            state.seen.lock().unwrap().push(Seen { path: path.clone(), authorization, body: body.clone() });
+            state.seen.lock().unwrap().push(Seen {
+                path: path.clone(),
+                authorization,
+                body: body.clone(),
+            });
         }
         if !state.latency.is_zero() {
             tokio::time::sleep(state.latency).await;
@@ -162,7 +198,11 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
         let ok_body = || reply_body(&path, &body, &state, true);
         let response: Vec<u8> = match fault {
             Fault::Ok => http(200, "application/json", &ok_body(), None),
-            Fault::Status { code, retry_after, body } => http(code, "application/json", body, retry_after),
+            Fault::Status {
+                code,
+                retry_after,
+                body,
+            } => http(code, "application/json", body, retry_after),
             Fault::Stall(d) => {
                 tokio::time::sleep(d).await;
                 http(200, "application/json", &ok_body(), None)
@@ -176,9 +216,24 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
                 stream.write_all(&r).await?;
                 return Ok(());
             }
-            Fault::NoUsage => http(200, "application/json", &reply_body(&path, &body, &state, false), None),
-            Fault::WrongContentType => http(200, "text/html", "<html><body>Bad gateway</body></html>", None),
-            Fault::Huge(n) => http(200, "application/json", &format!("{{\"pad\": \"{}\"}}", "x".repeat(n)), None),
+            Fault::NoUsage => http(
+                200,
+                "application/json",
+                &reply_body(&path, &body, &state, false),
+                None,
+            ),
+            Fault::WrongContentType => http(
+                200,
+                "text/html",
+                "<html><body>Bad gateway</body></html>",
+                None,
+            ),
+            Fault::Huge(n) => http(
+                200,
+                "application/json",
+                &format!("{{\"pad\": \"{}\"}}", "x".repeat(n)),
+                None,
+            ),
             Fault::Drop => return Ok(()),
         };
         stream.write_all(&response).await?;
@@ -200,7 +255,9 @@ fn http(code: u16, content_type: &str, body: &str, retry_after: Option<&str>) ->
         503 => "Service Unavailable",
         _ => "Status",
     };
-    let retry = retry_after.map(|r| format!("retry-after: {r}\r\n")).unwrap_or_default();
+    let retry = retry_after
+        .map(|r| format!("retry-after: {r}\r\n"))
+        .unwrap_or_default();
     format!(
         "HTTP/1.1 {code} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{retry}connection: keep-alive\r\n\r\n{body}",
         body.len()
@@ -226,7 +283,11 @@ fn reply_body(path: &str, req: &serde_json::Value, state: &State, usage: bool) -
         return serde_json::json!({ "object": "list", "data": data, "usage": { "prompt_tokens": 3, "total_tokens": 3 } }).to_string();
     }
     let n = req["n"].as_u64().unwrap_or(1);
-    let prompt: u64 = req["messages"].as_array().map_or(0, |m| m.iter().map(|m| words(m["content"].as_str().unwrap_or(""))).sum());
+    let prompt: u64 = req["messages"].as_array().map_or(0, |m| {
+        m.iter()
+            .map(|m| words(m["content"].as_str().unwrap_or("")))
+            .sum()
+    });
     let content = (state.reply)(req);
     let choices: Vec<serde_json::Value> = (0..n)
         .map(|i| {

@@ -197,6 +197,12 @@ fn schema_keys_match_the_parser() {
     let defs = &s["$defs"];
     assert_eq!(keys(&s), set(&[raw::TOP_KEYS]));
     assert_eq!(keys(&defs["budget"]), set(&[raw::BUDGET_KEYS]));
+    let model = &s["properties"]["models"]["additionalProperties"]["oneOf"][1];
+    assert_eq!(keys(model), set(&[raw::MODEL_KEYS]));
+    assert_eq!(
+        keys(&model["properties"]["rate_limit"]),
+        set(&[raw::RATE_LIMIT_KEYS])
+    );
     assert_eq!(keys(&defs["sampling"]), set(&[raw::SAMPLING_KEYS]));
     assert_eq!(
         keys(&s["properties"]["loops"]["items"]),
