@@ -458,3 +458,204 @@ async fn a_backend_that_stays_down_fails_the_run() {
     assert_eq!(s.failure, Some(FailureKind::Backend));
     assert_eq!(mock.requests(), 3, "one try and two retries");
 }
+
+/// Runs the CLI in a blocking task while the mock serves on the runtime.
+async fn cli(args: Vec<String>, env: Vec<(&'static str, String)>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_redraft"));
+        cmd.args(&args)
+            .current_dir(root())
+            .env_remove("RUST_LOG")
+            .env_remove("OPENAI_API_KEY");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("binary runs")
+    })
+    .await
+    .unwrap()
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("redraft-openai-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_never_leaves_the_authorization_header() {
+    const KEY: &str = "sk-redraft-test-7f3a9c1e5b";
+    // The second request is refused with a body that echoes the key, as some servers do.
+    let echo: &'static str = Box::leak(
+        format!(r#"{{"error":{{"message":"Incorrect API key provided: {KEY}"}}}}"#)
+            .into_boxed_str(),
+    );
+    let mock = MockServer::start_with(
+        vec![
+            Fault::Ok,
+            Fault::Status {
+                code: 401,
+                retry_after: None,
+                body: echo,
+            },
+        ],
+        Duration::ZERO,
+        Box::new(refine_reply),
+        true,
+    )
+    .await;
+    let (log, cassette) = (temp("secret.jsonl"), temp("secret-cassette.jsonl"));
+    let args: Vec<String> = [
+        "run",
+        "workflows/self-refine.yaml",
+        "--json",
+        "--log",
+        log.to_str().unwrap(),
+        "--record",
+        cassette.to_str().unwrap(),
+        "--model",
+        &format!("writer=openai:mock-model@{}", mock.url),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = cli(
+        args,
+        vec![
+            ("OPENAI_API_KEY", KEY.to_string()),
+            ("RUST_LOG", "trace".to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The key was sent...
+    assert!(
+        mock.seen()
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {KEY}")))
+    );
+    // ...and appears nowhere else: stdout, stderr (with trace logging), event log, cassette.
+    for (what, text) in [
+        ("stdout", String::from_utf8_lossy(&out.stdout).into_owned()),
+        ("stderr", String::from_utf8_lossy(&out.stderr).into_owned()),
+        ("log", std::fs::read_to_string(&log).unwrap()),
+        ("cassette", std::fs::read_to_string(&cassette).unwrap()),
+    ] {
+        assert!(!text.contains(KEY), "the key leaked into {what}:\n{text}");
+        assert!(
+            !text.contains("7f3a9c1e5b"),
+            "part of the key leaked into {what}"
+        );
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("authentication failed (HTTP 401)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_run_with_retries_replays_deterministically() {
+    let mock = MockServer::start_with(
+        vec![
+            Fault::Ok,
+            Fault::Status {
+                code: 503,
+                retry_after: Some("0"),
+                body: "{}",
+            },
+            Fault::Truncated,
+        ],
+        Duration::ZERO,
+        Box::new(refine_reply),
+        true,
+    )
+    .await;
+    let (cassette, log1, log2) = (
+        temp("replay.jsonl"),
+        temp("record-log.jsonl"),
+        temp("replay-log.jsonl"),
+    );
+    let base = |log: &std::path::Path, model: String| -> Vec<String> {
+        vec![
+            "run".into(),
+            "workflows/self-refine.yaml".into(),
+            "--json".into(),
+            "--log".into(),
+            log.display().to_string(),
+            "--model".into(),
+            model,
+        ]
+    };
+    let mut record = base(&log1, format!("writer=openai:mock-model@{}", mock.url));
+    record.extend(["--record".to_string(), cassette.display().to_string()]);
+    let first = cli(record, vec![]).await;
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let served = mock.requests();
+    assert_eq!(served, 5, "draft, critique (503, truncated, ok), revise");
+
+    let second = cli(
+        base(&log2, format!("writer=replay:{}", cassette.display())),
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(mock.requests(), served, "the replay made no HTTP request");
+    let summary = |o: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (a, b) = (summary(&first), summary(&second));
+    assert_eq!(a["output"], b["output"]);
+    assert_eq!(a["usage"]["calls"], b["usage"]["calls"]);
+    assert_eq!(a["usage"]["total_tokens"], b["usage"]["total_tokens"]);
+    // The same calls, retries and errors in the same order.
+    let calls = |log: &std::path::Path| -> Vec<(String, u64, bool)> {
+        std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["event"] == "model_call")
+            .map(|e| {
+                (
+                    e["node"].as_str().unwrap().to_string(),
+                    e["retry"].as_u64().unwrap(),
+                    e["error"].is_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(calls(&log1), calls(&log2));
+    assert_eq!(calls(&log1).iter().filter(|c| c.2).count(), 2);
+
+    // A request the cassette lacks names the closest one and the difference.
+    let miss = cli(
+        vec![
+            "run".into(),
+            "workflows/self-refine.yaml".into(),
+            "--input".into(),
+            "task=Write a limerick.".into(),
+            "--model".into(),
+            format!("writer=replay:{}", cassette.display()),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(miss.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&miss.stderr);
+    assert!(
+        err.contains("no recorded reply for node `draft` round 1"),
+        "{err}"
+    );
+    assert!(err.contains("closest recorded request"), "{err}");
+}
