@@ -12,5 +12,6 @@ mod cli;
 mod engine;
 mod mock_openai;
 mod openai;
+mod real_server;
 mod support;
 mod validate;
