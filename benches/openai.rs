@@ -1,0 +1,149 @@
+//! The OpenAI-compatible backend end to end against the mock server, which
+//! runs in a separate process so that its CPU is not counted as ours.
+//! Run: `cargo bench --bench openai`.
+//!
+//! The workflow is self-refine with replies that never pass the checks, so
+//! every run makes 7 model calls (a draft and three critique/revise rounds).
+//! Reported: client CPU per workflow and workflows per second at 0 ms mock
+//! latency; wall time against the ideal (7 × latency) and peak memory for
+//! 256 and 10,000 concurrent workflows at 50 ms latency.
+
+#[path = "../tests/it/mock_openai.rs"]
+mod mock_openai;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redraft::{Engine, RunOptions};
+
+/// Replies that never satisfy the checks: JSON for the critique, one line otherwise.
+fn never_passes(req: &serde_json::Value) -> String {
+    if req.get("response_format").is_some() {
+        r#"{"score": 3, "feedback": "Use three lines and mention tests."}"#.into()
+    } else {
+        "one line about code".into()
+    }
+}
+
+/// Process CPU time (user + system) from /proc, in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map_or(f64::NAN, |k| k / 1024.0)
+}
+
+/// Starts the mock in a child process (this binary, in server mode).
+fn spawn_mock(latency_ms: u64) -> (std::process::Child, String) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("REDRAFT_MOCK_SERVER", latency_ms.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mock process starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line.trim().to_string())
+}
+
+fn serve_mock(latency_ms: u64) -> ! {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mock = mock_openai::MockServer::start_with(vec![], Duration::from_millis(latency_ms), Box::new(never_passes), false).await;
+        println!("{}", mock.url);
+        std::future::pending::<()>().await;
+    });
+    unreachable!()
+}
+
+fn open_engine(url: &str) -> Arc<Engine> {
+    let model = redraft::backend::open(
+        &format!("openai:mock@{url}"),
+        &serde_json::json!({ "concurrency_per_endpoint": 20000, "request_timeout": "600s" }),
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    Arc::new(Engine::new().with_model("writer", model))
+}
+
+fn workflow() -> Arc<redraft::Workflow> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    Arc::new(redraft::workflow::load(&root.join("workflows/self-refine.yaml")).unwrap())
+}
+
+async fn run_many(engine: &Arc<Engine>, wf: &Arc<redraft::Workflow>, runs: usize, in_flight: usize) {
+    let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..runs {
+        let (engine, wf, sem) = (engine.clone(), wf.clone(), sem.clone());
+        set.spawn(async move {
+            let _p = sem.acquire_owned().await.unwrap();
+            let s = engine.run(wf, RunOptions::default()).await.unwrap();
+            assert_eq!(s.usage.calls, 7, "{:?}", s.error);
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+}
+
+fn main() {
+    if let Ok(latency) = std::env::var("REDRAFT_MOCK_SERVER") {
+        serve_mock(latency.parse().unwrap_or(0));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let wf = workflow();
+    let me = std::process::id().to_string();
+
+    // 1. CPU per workflow and throughput at 0 ms latency.
+    let (mut mock, url) = spawn_mock(0);
+    let mock_pid = mock.id().to_string();
+    let engine = open_engine(&url);
+    rt.block_on(run_many(&engine, &wf, 200, 32)); // warm up connections
+    for in_flight in [1, 32] {
+        let runs = 2000;
+        let (cpu0, mock0, t0) = (cpu_seconds(&me), cpu_seconds(&mock_pid), Instant::now());
+        rt.block_on(run_many(&engine, &wf, runs, in_flight));
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(&me) - cpu0;
+        let mock_cpu = cpu_seconds(&mock_pid) - mock0;
+        println!(
+            "latency=0ms in_flight={in_flight} runs={runs}: client_cpu_per_workflow={:.3}ms per_call={:.1}us workflows_per_s={:.0} (mock cpu {:.0}% of client)",
+            cpu / runs as f64 * 1000.0,
+            cpu / (runs * 7) as f64 * 1e6,
+            runs as f64 / wall,
+            mock_cpu / cpu.max(1e-9) * 100.0
+        );
+    }
+    let _ = mock.kill();
+
+    // 2. Many concurrent workflows at 50 ms latency.
+    let (mut mock, url) = spawn_mock(50);
+    let mock_pid = mock.id().to_string();
+    let engine = open_engine(&url);
+    for runs in [256usize, 10_000] {
+        let (cpu0, mock0, t0) = (cpu_seconds(&me), cpu_seconds(&mock_pid), Instant::now());
+        rt.block_on(run_many(&engine, &wf, runs, runs));
+        let wall = t0.elapsed().as_secs_f64() * 1000.0;
+        println!(
+            "latency=50ms concurrent={runs}: wall={wall:.0}ms ideal=350ms ratio={:.2} client_cpu={:.2}s mock_cpu={:.2}s peak_rss={:.0}MiB",
+            wall / 350.0,
+            cpu_seconds(&me) - cpu0,
+            cpu_seconds(&mock_pid) - mock0,
+            peak_rss_mib()
+        );
+    }
+    let _ = mock.kill();
+}
