@@ -30,9 +30,20 @@ fn never_passes(req: &serde_json::Value) -> String {
 /// Process CPU time (user + system) from /proc, in seconds.
 fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -54,14 +65,25 @@ fn spawn_mock(latency_ms: u64) -> (std::process::Child, String) {
         .spawn()
         .expect("mock process starts");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     (child, line.trim().to_string())
 }
 
 fn serve_mock(latency_ms: u64) -> ! {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let mock = mock_openai::MockServer::start_with(vec![], Duration::from_millis(latency_ms), Box::new(never_passes), false).await;
+        let mock = mock_openai::MockServer::start_with(
+            vec![],
+            Duration::from_millis(latency_ms),
+            Box::new(never_passes),
+            false,
+        )
+        .await;
         println!("{}", mock.url);
         std::future::pending::<()>().await;
     });
@@ -83,7 +105,12 @@ fn workflow() -> Arc<redraft::Workflow> {
     Arc::new(redraft::workflow::load(&root.join("workflows/self-refine.yaml")).unwrap())
 }
 
-async fn run_many(engine: &Arc<Engine>, wf: &Arc<redraft::Workflow>, runs: usize, in_flight: usize) {
+async fn run_many(
+    engine: &Arc<Engine>,
+    wf: &Arc<redraft::Workflow>,
+    runs: usize,
+    in_flight: usize,
+) {
     let sem = Arc::new(tokio::sync::Semaphore::new(in_flight));
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..runs {
@@ -103,7 +130,10 @@ fn main() {
     if let Ok(latency) = std::env::var("REDRAFT_MOCK_SERVER") {
         serve_mock(latency.parse().unwrap_or(0));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let wf = workflow();
     let me = std::process::id().to_string();
 

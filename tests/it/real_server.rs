@@ -28,10 +28,14 @@ fn peers() -> Option<(PathBuf, PathBuf)> {
     match (server, model) {
         (Some(s), Some(m)) if s.exists() && m.exists() => Some((s, m)),
         _ if std::env::var("REDRAFT_REQUIRE_PEERS").as_deref() == Ok("1") => {
-            panic!("REDRAFT_REQUIRE_PEERS=1 but REDRAFT_LLAMA_SERVER / REDRAFT_MODEL do not name existing files")
+            panic!(
+                "REDRAFT_REQUIRE_PEERS=1 but REDRAFT_LLAMA_SERVER / REDRAFT_MODEL do not name existing files"
+            )
         }
         _ => {
-            eprintln!("real-server test not run: set REDRAFT_LLAMA_SERVER and REDRAFT_MODEL (see .ci/run)");
+            eprintln!(
+                "real-server test not run: set REDRAFT_LLAMA_SERVER and REDRAFT_MODEL (see .ci/run)"
+            );
             None
         }
     }
@@ -50,17 +54,41 @@ impl Drop for LlamaServer {
     }
 }
 
-async fn start(server: &PathBuf, model: &PathBuf) -> LlamaServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+async fn start(server: &std::path::Path, model: &std::path::Path) -> LlamaServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(server)
-        .args(["-m", model.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "-m",
+            model.to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
         // One thread: two collapse under load on these 2-core machines.
-        .args(["--threads", "1", "--threads-batch", "1", "--ctx-size", "4096", "--parallel", "1", "--no-webui"])
+        .args([
+            "--threads",
+            "1",
+            "--threads-batch",
+            "1",
+            "--ctx-size",
+            "4096",
+            "--parallel",
+            "1",
+            "--no-webui",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("llama-server starts");
-    let s = LlamaServer { child, url: format!("http://127.0.0.1:{port}/v1") };
+    let s = LlamaServer {
+        child,
+        url: format!("http://127.0.0.1:{port}/v1"),
+    };
     let health = format!("http://127.0.0.1:{port}/health");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -69,14 +97,19 @@ async fn start(server: &PathBuf, model: &PathBuf) -> LlamaServer {
                 return s;
             }
         }
-        assert!(Instant::now() < deadline, "llama-server did not become healthy in 120 s");
+        assert!(
+            Instant::now() < deadline,
+            "llama-server did not become healthy in 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_refine_runs_against_llama_server() {
-    let Some((server, model_path)) = peers() else { return };
+    let Some((server, model_path)) = peers() else {
+        return;
+    };
     let server = start(&server, &model_path).await;
     // llama-server returns one choice whatever `n` says: let the engine fan out.
     let model = redraft::backend::open(
@@ -87,20 +120,34 @@ async fn self_refine_runs_against_llama_server() {
     .unwrap();
     let record = std::env::var("REDRAFT_UPDATE_CASSETTES").as_deref() == Ok("1");
     let events = Arc::new(Collect::default());
-    let mut engine = Engine::new().with_model("writer", model).with_recorder(events.clone());
+    let mut engine = Engine::new()
+        .with_model("writer", model)
+        .with_recorder(events.clone());
     if record {
-        engine = engine.with_cassette(Arc::new(CassetteWriter::create(&root().join(CASSETTE)).unwrap()));
+        engine = engine.with_cassette(Arc::new(
+            CassetteWriter::create(&root().join(CASSETTE)).unwrap(),
+        ));
     }
     let wf = load(&root().join("workflows/self-refine.yaml"));
     let s = engine.run(wf, RunOptions::default()).await.unwrap();
     assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
     assert!(s.usage.calls >= 1 && !s.usage.estimated, "{:?}", s.usage);
-    assert!(s.output.as_ref().and_then(|o| o.as_str()).is_some_and(|o| !o.trim().is_empty()));
+    assert!(
+        s.output
+            .as_ref()
+            .and_then(|o| o.as_str())
+            .is_some_and(|o| !o.trim().is_empty())
+    );
     // Every critique the model wrote satisfied the schema: grammar-constrained
     // decoding on the server, validated again by the engine.
     let events = events.take();
     for e in &events {
-        if let Event::NodeFinished { node, output: Some(o), .. } = e {
+        if let Event::NodeFinished {
+            node,
+            output: Some(o),
+            ..
+        } = e
+        {
             if node == "critique" {
                 assert!(o["score"].is_number() && o["feedback"].is_string(), "{o}");
             }
@@ -108,13 +155,19 @@ async fn self_refine_runs_against_llama_server() {
     }
     if record {
         let expected = serde_json::json!({ "output": s.output, "calls": s.usage.calls, "verified": s.verified });
-        std::fs::write(root().join(EXPECTED), serde_json::to_string_pretty(&expected).unwrap() + "\n").unwrap();
+        std::fs::write(
+            root().join(EXPECTED),
+            serde_json::to_string_pretty(&expected).unwrap() + "\n",
+        )
+        .unwrap();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_structured_critique_from_the_real_model() {
-    let Some((server, model_path)) = peers() else { return };
+    let Some((server, model_path)) = peers() else {
+        return;
+    };
     let server = start(&server, &model_path).await;
     let wf = Arc::new(
         redraft::workflow::load_str(
@@ -158,10 +211,20 @@ output: {{ from: critique, field: data }}
 #[tokio::test]
 async fn the_recorded_llama_server_run_replays() {
     let cassette = root().join(CASSETTE);
-    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join(EXPECTED)).unwrap()).unwrap();
-    let model = redraft::backend::open(&format!("replay:{}", cassette.display()), &serde_json::Value::Null, std::path::Path::new(".")).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join(EXPECTED)).unwrap()).unwrap();
+    let model = redraft::backend::open(
+        &format!("replay:{}", cassette.display()),
+        &serde_json::Value::Null,
+        std::path::Path::new("."),
+    )
+    .unwrap();
     let wf = load(&root().join("workflows/self-refine.yaml"));
-    let s = Engine::new().with_model("writer", model).run(wf, RunOptions::default()).await.unwrap();
+    let s = Engine::new()
+        .with_model("writer", model)
+        .run(wf, RunOptions::default())
+        .await
+        .unwrap();
     assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
     assert_eq!(serde_json::json!(s.output), expected["output"]);
     assert_eq!(serde_json::json!(s.usage.calls), expected["calls"]);
