@@ -42,6 +42,7 @@ impl LanguageModel for Calculator {
                 usage: Usage {
                     prompt_tokens: prompt.len() as u64 / 4,
                     completion_tokens: 4,
+                    ..Default::default()
                 },
                 usage_estimated: true,
             })

@@ -84,6 +84,8 @@ pub struct ModelCallEvent {
     pub n: u32,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Prompt tokens served from a cache (reused KV prefix), part of `prompt_tokens`.
+    pub reused_tokens: u64,
     pub usage_estimated: bool,
     pub latency_ms: f64,
     pub cost_usd: f64,

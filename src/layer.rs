@@ -345,6 +345,7 @@ mod tests {
                     usage: Usage {
                         prompt_tokens: 1,
                         completion_tokens: 1,
+                        ..Default::default()
                     },
                     usage_estimated: false,
                 })

@@ -7,6 +7,8 @@
 //! defined here.
 
 pub mod cassette;
+#[cfg(feature = "llama")]
+pub mod llama;
 pub mod openai;
 mod scripted;
 mod spec;
@@ -213,6 +215,10 @@ pub struct CompletionRequest {
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Prompt tokens served from a cache (a reused KV prefix), included in
+    /// `prompt_tokens`.
+    #[serde(default)]
+    pub cached_tokens: u64,
 }
 
 impl Usage {
@@ -225,6 +231,7 @@ impl std::ops::AddAssign for Usage {
     fn add_assign(&mut self, o: Usage) {
         self.prompt_tokens += o.prompt_tokens;
         self.completion_tokens += o.completion_tokens;
+        self.cached_tokens += o.cached_tokens;
     }
 }
 
@@ -354,10 +361,20 @@ pub fn open(
                 .map_err(|e| BackendError::new(spec, ErrorKind::Config, e.to_string()))?;
             Ok(Arc::new(replay))
         }
+        #[cfg(feature = "llama")]
+        ModelSpec::Llama { path } => {
+            let path = if path == std::path::Path::new("default") {
+                path
+            } else {
+                base_dir.join(path)
+            };
+            Ok(Arc::new(llama::LlamaModel::open(&path, settings)?))
+        }
+        #[cfg(not(feature = "llama"))]
         ModelSpec::Llama { .. } => Err(BackendError::new(
             spec,
             ErrorKind::Unsupported,
-            "the llama.cpp backend is not part of this build yet",
+            "this build has no llama.cpp backend: build with `--features llama`",
         )),
     }
 }

@@ -752,6 +752,7 @@ impl LanguageModel for OpenAiModel {
                     Usage {
                         prompt_tokens: p,
                         completion_tokens: c,
+                        ..Default::default()
                     },
                     false,
                 ),
@@ -762,6 +763,7 @@ impl LanguageModel for OpenAiModel {
                         Usage {
                             prompt_tokens: self.estimate_prompt_tokens(req),
                             completion_tokens: completion,
+                            ..Default::default()
                         },
                         true,
                     )
@@ -806,6 +808,7 @@ impl LanguageModel for OpenAiModel {
                 usage: Usage {
                     prompt_tokens,
                     completion_tokens: 0,
+                    ..Default::default()
                 },
             })
         })

@@ -209,6 +209,7 @@ impl ScriptedModel {
         let usage = rule.usage.unwrap_or(Usage {
             prompt_tokens: self.estimate_prompt_tokens(req),
             completion_tokens,
+            ..Default::default()
         });
         Ok((
             Completion {
@@ -336,7 +337,8 @@ replies:
             c.usage,
             Usage {
                 prompt_tokens: 3,
-                completion_tokens: 7
+                completion_tokens: 7,
+                ..Default::default()
             }
         );
         let c = m

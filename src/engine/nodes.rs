@@ -117,6 +117,7 @@ impl Metered<'_> {
             n: req.n,
             prompt_tokens: 0,
             completion_tokens: 0,
+            reused_tokens: 0,
             usage_estimated: false,
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
             cost_usd: 0.0,
@@ -148,6 +149,7 @@ impl Metered<'_> {
                 );
                 event.prompt_tokens = c.usage.prompt_tokens;
                 event.completion_tokens = c.usage.completion_tokens;
+                event.reused_tokens = c.usage.cached_tokens;
                 event.usage_estimated = c.usage_estimated;
                 event.cost_usd = cost;
                 sh.emit(Event::ModelCall(event));

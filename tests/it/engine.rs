@@ -585,6 +585,7 @@ impl redraft::LanguageModel for OneSampleAtATime {
                 usage: redraft::backend::Usage {
                     prompt_tokens: 3,
                     completion_tokens: 2,
+                    ..Default::default()
                 },
                 usage_estimated: false,
             })
