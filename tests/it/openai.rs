@@ -97,7 +97,7 @@ async fn self_refine_over_http_with_a_structured_critique() {
         serde_json::json!(["score", "feedback"])
     );
     assert_eq!(critique["model"], "mock-model");
-    assert_eq!(critique["max_tokens"], 160);
+    assert_eq!(critique["max_tokens"], 200);
     // The critique's fields are in its output, and usage comes from the server.
     let out = events.iter().find_map(|e| match e {
         Event::NodeFinished {
