@@ -123,13 +123,10 @@ pub fn main() -> u8 {
         Command::Validate { files } => validate_command(&files),
         Command::Graph { file, format } => match workflow::load(&file) {
             Ok(wf) => {
-                print!(
-                    "{}",
-                    match format {
-                        GraphFormat::Mermaid => crate::graph::mermaid(&wf),
-                        GraphFormat::Dot => crate::graph::dot(&wf),
-                    }
-                );
+                let _ = stdout(&match format {
+                    GraphFormat::Mermaid => crate::graph::mermaid(&wf),
+                    GraphFormat::Dot => crate::graph::dot(&wf),
+                });
                 EXIT_OK
             }
             Err(e) => {
@@ -138,7 +135,7 @@ pub fn main() -> u8 {
             }
         },
         Command::Schema => {
-            print!("{WORKFLOW_SCHEMA}");
+            let _ = stdout(WORKFLOW_SCHEMA);
             EXIT_OK
         }
     }
@@ -148,7 +145,11 @@ fn validate_command(files: &[PathBuf]) -> u8 {
     let mut code = EXIT_OK;
     for f in files {
         match workflow::load(f) {
-            Ok(_) => println!("{}: ok", f.display()),
+            Ok(_) => {
+                if !stdout(&format!("{}: ok\n", f.display())) {
+                    break;
+                }
+            }
             Err(e) => {
                 eprint!("{}", e.render());
                 code = EXIT_INVALID;
@@ -295,14 +296,16 @@ impl std::error::Error for BackendOpen {}
 fn report(s: &RunSummary, json: bool) -> u8 {
     if json {
         match serde_json::to_string_pretty(s) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => {
+                stdout(&format!("{text}\n"));
+            }
             Err(e) => eprintln!("error: cannot serialise the summary: {e}"),
         }
     } else if let Some(out) = &s.output {
         match out {
-            serde_json::Value::String(text) => println!("{text}"),
-            other => println!("{other}"),
-        }
+            serde_json::Value::String(text) => stdout(&format!("{text}\n")),
+            other => stdout(&format!("{other}\n")),
+        };
     }
     let code = exit_code(s);
     let verdict = match s.verified {
@@ -335,6 +338,15 @@ fn report(s: &RunSummary, json: bool) -> u8 {
         eprintln!("error: {err}");
     }
     code
+}
+
+/// Writes to stdout; a closed pipe (`redraft run ... | head`) is not an
+/// error. Returns false once nobody is reading.
+fn stdout(text: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .is_ok()
 }
 
 /// The documented exit code of a finished run.

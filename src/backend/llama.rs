@@ -359,7 +359,13 @@ impl Worker {
             );
         }
         if d.repeat_penalty != 1.0 {
-            chain.push(LlamaSampler::penalties(64, d.repeat_penalty, 0.0, 0.0));
+            chain.push(LlamaSampler::penalties(
+                self.weights.vocab().n_tokens(),
+                64,
+                d.repeat_penalty,
+                0.0,
+                0.0,
+            ));
         }
         let temperature = req.sampling.temperature.unwrap_or(0.8);
         if temperature <= 0.0 {

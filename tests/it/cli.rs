@@ -270,3 +270,33 @@ fn ctrl_c_exits_130_with_the_best_so_far_and_a_valid_log() {
             .contains("\"status\":\"interrupted\"")
     );
 }
+
+#[test]
+fn a_closed_stdout_pipe_is_not_a_panic() {
+    use std::io::Read;
+    // Enough output to overflow the pipe buffer once the reader is gone.
+    let mut args = vec!["validate".to_string()];
+    args.extend(std::iter::repeat_n(FLAGSHIP.to_string(), 1000));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redraft"))
+        .args(&args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one byte and hang up, like `redraft validate ... | head -c1`.
+    let mut out = child.stdout.take().unwrap();
+    let mut one = [0u8; 1];
+    out.read_exact(&mut one).unwrap();
+    drop(out);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(status.code(), Some(0));
+}

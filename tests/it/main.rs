@@ -10,6 +10,8 @@
 
 mod cli;
 mod engine;
+#[cfg(feature = "llama")]
+mod llama;
 mod mock_openai;
 mod openai;
 mod real_server;

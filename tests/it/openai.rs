@@ -659,3 +659,46 @@ async fn a_recorded_run_with_retries_replays_deterministically() {
     );
     assert!(err.contains("closest recorded request"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exits_4_when_the_server_stays_down_and_the_log_stays_valid() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", l.local_addr().unwrap())
+    };
+    let log = temp("down.jsonl");
+    let out = cli(
+        vec![
+            "run".into(),
+            "workflows/self-refine.yaml".into(),
+            "--log".into(),
+            log.display().to_string(),
+            "--model".into(),
+            format!("writer=openai:m@{dead}"),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("valid JSON line"))
+        .collect();
+    assert_eq!(
+        events.iter().filter(|e| e["event"] == "model_call").count(),
+        3,
+        "a try and two retries"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last["event"].as_str(), last["summary"]["status"].as_str()),
+        (Some("run_finished"), Some("failed"))
+    );
+}

@@ -1,0 +1,186 @@
+//! The in-process llama.cpp backend on the embedded default model
+//! (SmolLM2-135M-Instruct, installed by `scripts/fetch-model.sh`).
+//! Assert properties, not exact text, so a llama.cpp update does not break
+//! these for no reason.
+
+use std::sync::{Arc, OnceLock};
+
+use redraft::LanguageModel;
+use redraft::backend::llama::{LlamaModel, default_model_path};
+use redraft::backend::{
+    CallContext, CompletionRequest, ErrorKind, FinishReason, Message, ResponseFormat,
+    SamplingParams,
+};
+
+/// One loaded model shared by the tests (loading takes a moment).
+fn model() -> Arc<LlamaModel> {
+    static MODEL: OnceLock<Arc<LlamaModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = std::env::var_os("REDRAFT_MODEL")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(default_model_path);
+            Arc::new(
+                LlamaModel::open(
+                    &path,
+                    &serde_json::json!({ "threads": 1, "context_size": 2048 }),
+                )
+                .expect("the default model loads"),
+            )
+        })
+        .clone()
+}
+
+fn request(prompt: &str, max_tokens: u32) -> CompletionRequest {
+    CompletionRequest {
+        messages: vec![
+            Message::system("You are a concise assistant."),
+            Message::user(prompt),
+        ],
+        sampling: SamplingParams {
+            temperature: Some(0.0),
+            max_tokens,
+            ..Default::default()
+        },
+        n: 1,
+        logprobs: None,
+        response_format: ResponseFormat::Text,
+        context: CallContext::default(),
+    }
+}
+
+#[tokio::test]
+async fn greedy_generation_is_deterministic() {
+    let m = model();
+    let req = request("Name three colours.", 24);
+    let a = m.complete(&req).await.unwrap();
+    let b = m.complete(&req).await.unwrap();
+    assert_eq!(a.choices[0].text, b.choices[0].text);
+    assert!(!a.choices[0].text.trim().is_empty());
+    assert!(a.usage.completion_tokens > 0 && a.usage.completion_tokens <= 24);
+    // The prompt count matches the exact estimate the budget uses.
+    assert_eq!(a.usage.prompt_tokens, m.estimate_prompt_tokens(&req));
+}
+
+#[tokio::test]
+async fn max_tokens_and_stop_strings_end_generation() {
+    let m = model();
+    let c = m
+        .complete(&request(
+            "Count from one to fifty in words, separated by commas.",
+            5,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(c.choices[0].finish, FinishReason::Length);
+    assert_eq!(c.usage.completion_tokens, 5);
+    let mut req = request("Count from one to fifty in words, separated by commas.", 64);
+    req.sampling.stop = vec![",".into()];
+    let c = m.complete(&req).await.unwrap();
+    assert!(!c.choices[0].text.contains(','), "{}", c.choices[0].text);
+}
+
+#[tokio::test]
+async fn a_schema_constrained_critique_parses_and_validates() {
+    let m = model();
+    let schema = serde_json::json!({
+        "type": "object", "required": ["score", "feedback"],
+        "properties": { "score": { "type": "integer", "minimum": 1, "maximum": 10 }, "feedback": { "type": "string", "maxLength": 120 } }
+    });
+    let mut req = request(
+        "Grade this answer from 1 to 10: 'The capital of France is Berlin.'",
+        96,
+    );
+    req.response_format = ResponseFormat::JsonSchema {
+        name: "critique".into(),
+        schema: schema.clone(),
+    };
+    let c = m.complete(&req).await.unwrap();
+    let value: serde_json::Value = serde_json::from_str(&c.choices[0].text).expect("valid JSON");
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    assert!(validator.is_valid(&value), "{value}");
+}
+
+#[tokio::test]
+async fn logprobs_are_finite_and_normalised() {
+    let m = model();
+    let mut req = request("Is the sky blue? Answer Yes or No.", 4);
+    req.logprobs = Some(5);
+    let c = m.complete(&req).await.unwrap();
+    let lps = c.choices[0].logprobs.as_ref().unwrap();
+    assert!(!lps.is_empty());
+    for t in lps {
+        assert!(t.logprob.is_finite() && t.logprob <= 0.0);
+        assert_eq!(t.top.len(), 5);
+        let mass: f32 = t.top.iter().map(|(_, lp)| lp.exp()).sum();
+        assert!(mass > 0.0 && mass <= 1.0 + 1e-4, "{mass}");
+        assert!(t.top.windows(2).all(|w| w[0].1 >= w[1].1), "sorted");
+        // Greedy: the chosen token is the most likely one.
+        assert!((t.logprob - t.top[0].1).abs() < 1e-4);
+    }
+}
+
+#[tokio::test]
+async fn a_shared_prefix_is_reused() {
+    let m = model();
+    let mut req = request("Write one sentence about rivers.", 8);
+    let first = m.complete(&req).await.unwrap();
+    req.messages
+        .push(Message::assistant(first.choices[0].text.clone()));
+    req.messages.push(Message::user("Now make it shorter."));
+    let second = m.complete(&req).await.unwrap();
+    assert!(second.usage.cached_tokens > 0, "{:?}", second.usage);
+    assert!(second.usage.cached_tokens < second.usage.prompt_tokens);
+}
+
+#[tokio::test]
+async fn n_samples_decode_as_parallel_sequences() {
+    let m = model();
+    let mut req = request("Invent a name for a cat.", 8);
+    req.sampling.temperature = Some(1.0);
+    req.sampling.seed = Some(7);
+    req.n = 4;
+    let c = m.complete(&req).await.unwrap();
+    assert_eq!(c.choices.len(), 4);
+    assert!(c.choices.iter().all(|ch| !ch.text.is_empty()));
+    // Seeds differ per sequence, so the samples are not all the same.
+    let distinct: std::collections::HashSet<_> =
+        c.choices.iter().map(|ch| ch.text.clone()).collect();
+    assert!(distinct.len() > 1, "{:?}", c.choices);
+}
+
+#[test]
+fn a_corrupt_or_missing_gguf_is_a_typed_error() {
+    let dir = std::env::temp_dir().join(format!("redraft-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        ("not.gguf", b"this is not a model".to_vec()),
+        ("short.gguf", b"GGUF".to_vec()),
+    ];
+    for (name, bytes) in cases {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let e = LlamaModel::open(&p, &serde_json::Value::Null)
+            .err()
+            .expect("rejected");
+        assert_eq!(e.kind, ErrorKind::Config, "{e}");
+    }
+    // A truncated copy of the real model.
+    let real = std::fs::read(
+        std::env::var_os("REDRAFT_MODEL")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(default_model_path),
+    )
+    .unwrap();
+    let p = dir.join("truncated.gguf");
+    std::fs::write(&p, &real[..real.len() / 3]).unwrap();
+    let e = LlamaModel::open(&p, &serde_json::Value::Null)
+        .err()
+        .expect("rejected");
+    assert_eq!(e.kind, ErrorKind::Config, "{e}");
+    let e = LlamaModel::open(&dir.join("missing.gguf"), &serde_json::Value::Null)
+        .err()
+        .unwrap();
+    assert!(e.message.contains("does not exist"));
+    std::fs::remove_dir_all(&dir).ok();
+}
