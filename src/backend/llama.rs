@@ -116,6 +116,10 @@ enum Job {
         CompletionRequest,
         tokio::sync::oneshot::Sender<Result<Completion, BackendError>>,
     ),
+    Embed(
+        Vec<String>,
+        tokio::sync::oneshot::Sender<Result<Embeddings, BackendError>>,
+    ),
 }
 
 /// A GGUF model run in-process.
@@ -194,10 +198,19 @@ impl LlamaModel {
             .with_n_seq_max(sequences);
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let embed_params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_ctx)
+            .with_n_ubatch(n_ctx)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads)
+            .with_embeddings(true)
+            .with_pooling_type(llama_cpp_2::context::params::LlamaPoolingType::Mean);
         let worker = Worker {
             id: id.clone(),
             weights: weights.clone(),
             template: template.clone(),
+            embed_params,
             sampling: SamplerDefaults {
                 seed: s.seed.unwrap_or(0x5eed),
                 top_k: s.top_k.unwrap_or(40),
@@ -256,11 +269,39 @@ impl LanguageModel for LlamaModel {
         })
     }
 
+    fn embed<'a>(
+        &'a self,
+        req: &'a EmbeddingRequest,
+    ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let sent = self
+                .jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(Job::Embed(req.texts.clone(), tx));
+            if sent.is_err() {
+                return Err(BackendError::new(
+                    &self.id,
+                    ErrorKind::Permanent,
+                    "the model thread has stopped",
+                ));
+            }
+            rx.await.unwrap_or_else(|_| {
+                Err(BackendError::new(
+                    &self.id,
+                    ErrorKind::Permanent,
+                    "the model thread has stopped",
+                ))
+            })
+        })
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             logprobs: true,
             structured_output: true,
-            embeddings: false,
+            embeddings: true,
             native_n: true,
         }
     }
@@ -290,6 +331,8 @@ struct Worker {
     id: String,
     weights: Arc<Weights>,
     template: Option<LlamaChatTemplate>,
+    /// Parameters of the embedding context, created on first use.
+    embed_params: LlamaContextParams,
     sampling: SamplerDefaults,
     sequences: u32,
 }
@@ -324,8 +367,25 @@ impl Worker {
         let _ = ready.send(Ok(()));
         // Tokens whose KV entries sequence 0 holds, for prefix reuse.
         let mut cached: Vec<LlamaToken> = Vec::new();
+        let mut embed_ctx: Option<LlamaContext<'_>> = None;
         while let Ok(job) = jobs.recv() {
             match job {
+                Job::Embed(texts, reply) => {
+                    if embed_ctx.is_none() {
+                        match weights.new_context(backend, self.embed_params.clone()) {
+                            Ok(c) => embed_ctx = Some(c),
+                            Err(e) => {
+                                let _ = reply.send(Err(self.err(
+                                    ErrorKind::Config,
+                                    format!("cannot create an embedding context: {e}"),
+                                )));
+                                continue;
+                            }
+                        }
+                    }
+                    let ctx = embed_ctx.as_mut().expect("created above");
+                    let _ = reply.send(self.embed(ctx, &texts));
+                }
                 Job::Complete(req, reply) => {
                     let result = self.complete(&mut ctx, &mut cached, &req);
                     if result.is_err() {
@@ -527,6 +587,59 @@ impl Worker {
                 cached_tokens: reuse as u64,
             },
             usage_estimated: false,
+        })
+    }
+
+    /// Mean-pooled, L2-normalised embeddings, one text at a time.
+    fn embed(
+        &self,
+        ctx: &mut LlamaContext<'_>,
+        texts: &[String],
+    ) -> Result<Embeddings, BackendError> {
+        let vocab = self.weights.vocab();
+        let n_ctx = ctx.n_ctx() as usize;
+        let mut vectors = Vec::with_capacity(texts.len());
+        let mut prompt_tokens = 0;
+        for text in texts {
+            let tokens = vocab.tokenize(text.as_bytes(), true, false);
+            if tokens.is_empty() {
+                return Err(self.err(ErrorKind::Permanent, "cannot embed an empty text"));
+            }
+            if tokens.len() > n_ctx {
+                return Err(self.err(
+                    ErrorKind::ContextLength,
+                    format!(
+                        "a text of {} tokens exceeds the context size ({n_ctx})",
+                        tokens.len()
+                    ),
+                ));
+            }
+            prompt_tokens += tokens.len() as u64;
+            ctx.clear_kv_cache();
+            let mut batch = LlamaBatch::new(tokens.len(), 1);
+            for (i, t) in tokens.iter().enumerate() {
+                batch
+                    .add(*t, i as i32, &[0], true)
+                    .map_err(|e| self.err(ErrorKind::Permanent, e.to_string()))?;
+            }
+            self.decode(ctx, &mut batch)?;
+            let v = ctx
+                .embeddings_seq_ith(0)
+                .map_err(|e| self.err(ErrorKind::Permanent, format!("no embedding: {e}")))?;
+            let norm = v
+                .iter()
+                .map(|x| x * x)
+                .sum::<f32>()
+                .sqrt()
+                .max(f32::EPSILON);
+            vectors.push(v.iter().map(|x| x / norm).collect());
+        }
+        Ok(Embeddings {
+            vectors,
+            usage: Usage {
+                prompt_tokens,
+                ..Default::default()
+            },
         })
     }
 

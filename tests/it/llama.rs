@@ -184,3 +184,35 @@ fn a_corrupt_or_missing_gguf_is_a_typed_error() {
     assert!(e.message.contains("does not exist"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn embeddings_have_the_model_dimension_and_rank_similar_texts_closer() {
+    let m = model();
+    let texts = [
+        "The cat sat on the mat.",
+        "A kitten was sitting on the rug.",
+        "Quarterly tax filing deadlines for corporations.",
+    ];
+    let req = redraft::backend::EmbeddingRequest {
+        texts: texts.iter().map(|t| t.to_string()).collect(),
+        context: CallContext::default(),
+    };
+    let e = m.embed(&req).await.unwrap();
+    assert_eq!(e.vectors.len(), 3);
+    // SmolLM2-135M has 576-dimensional hidden states.
+    assert!(
+        e.vectors.iter().all(|v| v.len() == 576),
+        "{}",
+        e.vectors[0].len()
+    );
+    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let (similar, different) = (
+        cos(&e.vectors[0], &e.vectors[1]),
+        cos(&e.vectors[0], &e.vectors[2]),
+    );
+    assert!(
+        similar > different,
+        "similar {similar} vs different {different}"
+    );
+    assert!(e.usage.prompt_tokens > 0);
+}
