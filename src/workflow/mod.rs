@@ -12,7 +12,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use model::*;
-pub use validate::{BUILTINS, DEFAULT_JUDGE_PROMPT, DEFAULT_TARGET};
+pub use validate::{
+    BUILTINS, DEFAULT_JUDGE_PROMPT, DEFAULT_MODEL_NAME, DEFAULT_MODEL_SPEC, DEFAULT_TARGET,
+};
 
 use crate::diagnostic::{self, Code, Diagnostic};
 use crate::yaml::{self, Span, YamlErrorKind};

@@ -25,6 +25,9 @@ const TARGET_VAR: &str = "target";
 pub const DEFAULT_JUDGE_PROMPT: &str =
     "Is the following answer correct and complete?\n\n{{ target }}\n\nAnswer with Yes or No.";
 pub const DEFAULT_TARGET: &str = "{{ artifact.text }}";
+/// The model a workflow gets when it declares none.
+pub const DEFAULT_MODEL_NAME: &str = "default";
+pub const DEFAULT_MODEL_SPEC: &str = "llama:default";
 
 struct Ctx {
     diags: Vec<Diagnostic>,
@@ -360,6 +363,27 @@ pub fn check(
             timeout,
             rate_limit,
             settings: m.settings.clone(),
+        });
+    }
+    // A workflow that declares no model but calls one gets the embedded
+    // default model (SmolLM2 through llama.cpp) under the name `default`.
+    let calls_a_model = raw.nodes.iter().any(|n| {
+        n.call.is_some()
+            || n.checks
+                .iter()
+                .flatten()
+                .any(|c| matches!(c, RawCheck::Judge(_)))
+    });
+    if models.is_empty() && calls_a_model {
+        models.push(ModelDecl {
+            name: DEFAULT_MODEL_NAME.to_string(),
+            spec: DEFAULT_MODEL_SPEC.to_string(),
+            max_tokens: DEFAULT_MAX_TOKENS,
+            price: Price::default(),
+            retry: crate::layer::RetryPolicy::default(),
+            timeout: None,
+            rate_limit: crate::layer::RateLimits::default(),
+            settings: serde_json::Value::Null,
         });
     }
     let model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();

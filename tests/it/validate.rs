@@ -256,3 +256,28 @@ fn shipped_workflows_satisfy_the_schema() {
     let bad = yaml_json(&fixtures().join("invalid/unknown-top-key.yaml"));
     assert!(!validator.is_valid(&bad));
 }
+
+#[test]
+fn a_workflow_without_models_gets_the_embedded_default() {
+    let wf = workflow::load_str(
+        "version: 1\nnodes:\n  - { id: draft, kind: generate, template: hi }\noutput: draft\n",
+        "w.yaml",
+        &fixtures(),
+    )
+    .map_err(|e| e.render())
+    .unwrap();
+    assert_eq!(wf.models.len(), 1);
+    assert_eq!(
+        (wf.models[0].name.as_str(), wf.models[0].spec.as_str()),
+        ("default", "llama:default")
+    );
+    // A workflow that calls no model declares none.
+    let wf = workflow::load_str(
+        "version: 1\ninputs: { x: string }\nnodes:\n  - { id: check, kind: verify, target: '{{ x }}', checks: [ { regex: a } ] }\noutput: { from: check, field: passed }\n",
+        "v.yaml",
+        &fixtures(),
+    )
+    .map_err(|e| e.render())
+    .unwrap();
+    assert!(wf.models.is_empty());
+}
