@@ -131,6 +131,23 @@ impl<M: LanguageModel> Timeout<M> {
     }
 }
 
+impl<M: LanguageModel> Timeout<M> {
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        tokio::time::timeout(self.limit, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(BackendError::new(
+                    self.inner.id(),
+                    ErrorKind::Transient,
+                    format!("no reply within {:?}", self.limit),
+                ))
+            })
+    }
+}
+
 impl<M: LanguageModel> LanguageModel for Timeout<M> {
     fn id(&self) -> &str {
         self.inner.id()
@@ -140,32 +157,14 @@ impl<M: LanguageModel> LanguageModel for Timeout<M> {
         &'a self,
         req: &'a CompletionRequest,
     ) -> BoxFuture<'a, Result<Completion, BackendError>> {
-        Box::pin(async move {
-            match tokio::time::timeout(self.limit, self.inner.complete(req)).await {
-                Ok(r) => r,
-                Err(_) => Err(BackendError::new(
-                    self.inner.id(),
-                    ErrorKind::Transient,
-                    format!("no reply within {:?}", self.limit),
-                )),
-            }
-        })
+        Box::pin(self.bounded(self.inner.complete(req)))
     }
 
     fn embed<'a>(
         &'a self,
         req: &'a EmbeddingRequest,
     ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
-        Box::pin(async move {
-            match tokio::time::timeout(self.limit, self.inner.embed(req)).await {
-                Ok(r) => r,
-                Err(_) => Err(BackendError::new(
-                    self.inner.id(),
-                    ErrorKind::Transient,
-                    format!("no reply within {:?}", self.limit),
-                )),
-            }
-        })
+        Box::pin(self.bounded(self.inner.embed(req)))
     }
 
     fn capabilities(&self) -> Capabilities {

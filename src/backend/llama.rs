@@ -236,6 +236,32 @@ impl LlamaModel {
     }
 }
 
+impl LlamaModel {
+    /// Sends a job to the model thread and waits for its reply.
+    async fn ask<T>(
+        &self,
+        job: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, BackendError>>) -> Job,
+    ) -> Result<T, BackendError> {
+        let stopped = || {
+            BackendError::new(
+                &self.id,
+                ErrorKind::Permanent,
+                "the model thread has stopped",
+            )
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job(tx));
+        if sent.is_err() {
+            return Err(stopped());
+        }
+        rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
 impl LanguageModel for LlamaModel {
     fn id(&self) -> &str {
         &self.id
@@ -245,56 +271,14 @@ impl LanguageModel for LlamaModel {
         &'a self,
         req: &'a CompletionRequest,
     ) -> BoxFuture<'a, Result<Completion, BackendError>> {
-        Box::pin(async move {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let sent = self
-                .jobs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .send(Job::Complete(req.clone(), tx));
-            if sent.is_err() {
-                return Err(BackendError::new(
-                    &self.id,
-                    ErrorKind::Permanent,
-                    "the model thread has stopped",
-                ));
-            }
-            rx.await.unwrap_or_else(|_| {
-                Err(BackendError::new(
-                    &self.id,
-                    ErrorKind::Permanent,
-                    "the model thread has stopped",
-                ))
-            })
-        })
+        Box::pin(async move { self.ask(|tx| Job::Complete(req.clone(), tx)).await })
     }
 
     fn embed<'a>(
         &'a self,
         req: &'a EmbeddingRequest,
     ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
-        Box::pin(async move {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let sent = self
-                .jobs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .send(Job::Embed(req.texts.clone(), tx));
-            if sent.is_err() {
-                return Err(BackendError::new(
-                    &self.id,
-                    ErrorKind::Permanent,
-                    "the model thread has stopped",
-                ));
-            }
-            rx.await.unwrap_or_else(|_| {
-                Err(BackendError::new(
-                    &self.id,
-                    ErrorKind::Permanent,
-                    "the model thread has stopped",
-                ))
-            })
-        })
+        Box::pin(async move { self.ask(|tx| Job::Embed(req.texts.clone(), tx)).await })
     }
 
     fn capabilities(&self) -> Capabilities {
