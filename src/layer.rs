@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use crate::backend::{
-    BackendError, Capabilities, Completion, CompletionRequest, EmbeddingRequest, Embeddings,
-    ErrorKind, LanguageModel,
+    BackendError, Completion, CompletionRequest, EmbeddingRequest, Embeddings, ErrorKind,
+    LanguageModel,
 };
 
 /// When and how long to wait before trying again.
@@ -69,9 +69,7 @@ fn jitter() -> f64 {
 }
 
 impl<M: LanguageModel> LanguageModel for Retry<M> {
-    fn id(&self) -> &str {
-        self.inner.id()
-    }
+    crate::backend::forward_to_inner!(id, embed, capabilities, estimate);
 
     fn complete<'a>(
         &'a self,
@@ -101,21 +99,6 @@ impl<M: LanguageModel> LanguageModel for Retry<M> {
             }
             Err(err)
         })
-    }
-
-    fn embed<'a>(
-        &'a self,
-        req: &'a EmbeddingRequest,
-    ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
-        self.inner.embed(req)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    fn estimate_prompt_tokens(&self, req: &CompletionRequest) -> u64 {
-        self.inner.estimate_prompt_tokens(req)
     }
 }
 
@@ -149,9 +132,7 @@ impl<M: LanguageModel> Timeout<M> {
 }
 
 impl<M: LanguageModel> LanguageModel for Timeout<M> {
-    fn id(&self) -> &str {
-        self.inner.id()
-    }
+    crate::backend::forward_to_inner!(id, capabilities, estimate);
 
     fn complete<'a>(
         &'a self,
@@ -165,14 +146,6 @@ impl<M: LanguageModel> LanguageModel for Timeout<M> {
         req: &'a EmbeddingRequest,
     ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
         Box::pin(self.bounded(self.inner.embed(req)))
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    fn estimate_prompt_tokens(&self, req: &CompletionRequest) -> u64 {
-        self.inner.estimate_prompt_tokens(req)
     }
 }
 
@@ -253,9 +226,7 @@ impl<M: LanguageModel> RateLimit<M> {
 }
 
 impl<M: LanguageModel> LanguageModel for RateLimit<M> {
-    fn id(&self) -> &str {
-        self.inner.id()
-    }
+    crate::backend::forward_to_inner!(id, capabilities, estimate);
 
     fn complete<'a>(
         &'a self,
@@ -282,14 +253,6 @@ impl<M: LanguageModel> LanguageModel for RateLimit<M> {
             }
             self.inner.embed(req).await
         })
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    fn estimate_prompt_tokens(&self, req: &CompletionRequest) -> u64 {
-        self.inner.estimate_prompt_tokens(req)
     }
 }
 

@@ -121,9 +121,7 @@ impl<M: LanguageModel> Recording<M> {
 }
 
 impl<M: LanguageModel> LanguageModel for Recording<M> {
-    fn id(&self) -> &str {
-        self.inner.id()
-    }
+    crate::backend::forward_to_inner!(id, embed, capabilities, estimate);
 
     fn complete<'a>(
         &'a self,
@@ -149,21 +147,6 @@ impl<M: LanguageModel> LanguageModel for Recording<M> {
             });
             result
         })
-    }
-
-    fn embed<'a>(
-        &'a self,
-        req: &'a EmbeddingRequest,
-    ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
-        self.inner.embed(req)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    fn estimate_prompt_tokens(&self, req: &CompletionRequest) -> u64 {
-        self.inner.estimate_prompt_tokens(req)
     }
 }
 

@@ -65,6 +65,39 @@ pub trait LanguageModel: Send + Sync {
     }
 }
 
+/// Writes the `LanguageModel` methods a wrapper passes through unchanged to
+/// its `inner` field: any of `id`, `embed`, `capabilities`, `estimate`.
+/// Every layer uses it, so a wrapper's impl shows only what it changes.
+macro_rules! forward_to_inner {
+    (id) => {
+        fn id(&self) -> &str {
+            self.inner.id()
+        }
+    };
+    (embed) => {
+        fn embed<'a>(
+            &'a self,
+            req: &'a $crate::backend::EmbeddingRequest,
+        ) -> futures_util::future::BoxFuture<'a, Result<$crate::backend::Embeddings, $crate::backend::BackendError>> {
+            self.inner.embed(req)
+        }
+    };
+    (capabilities) => {
+        fn capabilities(&self) -> $crate::backend::Capabilities {
+            self.inner.capabilities()
+        }
+    };
+    (estimate) => {
+        fn estimate_prompt_tokens(&self, req: &$crate::backend::CompletionRequest) -> u64 {
+            self.inner.estimate_prompt_tokens(req)
+        }
+    };
+    ($($method:ident),+) => {
+        $($crate::backend::forward_to_inner!($method);)+
+    };
+}
+pub(crate) use forward_to_inner;
+
 impl<T: LanguageModel + ?Sized> LanguageModel for &T {
     fn id(&self) -> &str {
         (**self).id()

@@ -14,8 +14,8 @@ use serde_json::json;
 use super::state::{NodeOutput, NodeScope, ScopeData};
 use super::{NodeError, Shared};
 use crate::backend::{
-    BackendError, CallContext, Capabilities, Completion, CompletionRequest, ErrorKind,
-    FinishReason, LanguageModel, Message, ResponseFormat, SamplingParams,
+    BackendError, CallContext, Completion, CompletionRequest, ErrorKind, FinishReason,
+    LanguageModel, Message, ResponseFormat, SamplingParams,
 };
 use crate::budget::{Exhausted, Spend};
 use crate::event::{Event, ModelCallEvent};
@@ -48,23 +48,13 @@ struct Metered<'a> {
 }
 
 impl LanguageModel for Metered<'_> {
-    fn id(&self) -> &str {
-        self.inner.id()
-    }
+    crate::backend::forward_to_inner!(id, capabilities, estimate);
 
     fn complete<'a>(
         &'a self,
         req: &'a CompletionRequest,
     ) -> BoxFuture<'a, Result<Completion, BackendError>> {
         Box::pin(self.metered(req))
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    fn estimate_prompt_tokens(&self, req: &CompletionRequest) -> u64 {
-        self.inner.estimate_prompt_tokens(req)
     }
 }
 

@@ -61,6 +61,19 @@ struct LoopRt {
     stale: u32,
 }
 
+impl LoopRt {
+    /// Closes the current round's record; `latest` hashes the latest
+    /// candidate, the configuration when no verify node judged one.
+    fn record_round(&mut self, latest: Option<u64>) {
+        self.records.push(RoundRecord {
+            round: self.round,
+            config: self.round_config.or(latest),
+            win: self.round_win,
+            tokens: self.round_tokens,
+        });
+    }
+}
+
 struct Candidate {
     node: usize,
     round: u32,
@@ -481,12 +494,7 @@ impl Run {
             .last()
             .map(|c| hash_text(c.output.text.as_deref()));
         let l = &mut self.loops[li];
-        l.records.push(RoundRecord {
-            round: l.round,
-            config: l.round_config.or(latest),
-            win: l.round_win,
-            tokens: l.round_tokens,
-        });
+        l.record_round(latest);
         let reason = if l.budget_hit {
             Some(StopReason::Budget)
         } else if !l.back_requested {
@@ -622,12 +630,7 @@ impl Run {
         for li in 0..wf.loops.len() {
             let l = &mut self.loops[li];
             if l.active {
-                l.records.push(RoundRecord {
-                    round: l.round,
-                    config: l.round_config.or(latest),
-                    win: l.round_win,
-                    tokens: l.round_tokens,
-                });
+                l.record_round(latest);
                 self.finish_loop(li, StopReason::RunStopped);
             }
         }
