@@ -7,6 +7,7 @@
 //! defined here.
 
 pub mod cassette;
+pub mod hf;
 #[cfg(feature = "llama")]
 pub mod llama;
 pub mod openai;
@@ -403,8 +404,13 @@ pub fn open(
             };
             Ok(Arc::new(llama::LlamaModel::open(&path, settings)?))
         }
+        #[cfg(feature = "llama")]
+        ModelSpec::Hub { file } => {
+            let path = hf::resolve(&file, &hf::HubConfig::from_env())?;
+            Ok(Arc::new(llama::LlamaModel::open(&path, settings)?))
+        }
         #[cfg(not(feature = "llama"))]
-        ModelSpec::Llama { .. } => Err(BackendError::new(
+        ModelSpec::Llama { .. } | ModelSpec::Hub { .. } => Err(BackendError::new(
             spec,
             ErrorKind::Unsupported,
             "this build has no llama.cpp backend: build with `--features llama`",

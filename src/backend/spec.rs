@@ -1,4 +1,5 @@
-//! Model spec strings: `scripted:PATH`, `openai:MODEL[@BASE_URL]`, `llama:PATH.gguf`.
+//! Model spec strings: `scripted:PATH`, `openai:MODEL[@BASE_URL]`, `llama:PATH.gguf`,
+//! `hf:OWNER/REPO/FILE.gguf[@REVISION]`, `replay:PATH.jsonl`.
 
 use std::path::PathBuf;
 
@@ -13,6 +14,8 @@ pub enum ModelSpec {
     },
     /// A local GGUF file run in-process by llama.cpp.
     Llama { path: PathBuf },
+    /// A GGUF file from the Hugging Face Hub, run by the llama backend.
+    Hub { file: super::hf::HubFile },
     /// Replies replayed from a cassette recorded with `--record`.
     Replay { path: PathBuf },
 }
@@ -26,7 +29,7 @@ pub struct SpecError {
 
 impl ModelSpec {
     pub const HELP: &'static str =
-        "write `scripted:PATH.yaml`, `openai:MODEL[@BASE_URL]` or `llama:PATH.gguf`";
+        "write `scripted:PATH.yaml`, `openai:MODEL[@BASE_URL]`, `llama:PATH.gguf` or `hf:OWNER/REPO/FILE.gguf`";
 
     pub fn parse(spec: &str) -> Result<ModelSpec, SpecError> {
         let err = |reason: &str| SpecError {
@@ -34,7 +37,7 @@ impl ModelSpec {
             reason: reason.to_string(),
         };
         let (scheme, rest) = spec.split_once(':').ok_or_else(|| {
-            err("no backend prefix (`scripted:`, `openai:`, `llama:`, `replay:`)")
+            err("no backend prefix (`scripted:`, `openai:`, `llama:`, `hf:`, `replay:`)")
         })?;
         if rest.trim().is_empty() {
             return Err(err("nothing after the backend prefix"));
@@ -45,6 +48,9 @@ impl ModelSpec {
             }),
             "llama" => Ok(ModelSpec::Llama {
                 path: PathBuf::from(rest),
+            }),
+            "hf" => Ok(ModelSpec::Hub {
+                file: super::hf::HubFile::parse(rest).map_err(|r| err(&r))?,
             }),
             "replay" => Ok(ModelSpec::Replay {
                 path: PathBuf::from(rest),
@@ -116,6 +122,7 @@ mod tests {
             "foo:bar",
             "openai:@http://x",
             "openai:m@ftp://x",
+            "hf:owner/repo",
         ] {
             assert!(ModelSpec::parse(bad).is_err(), "{bad}");
         }

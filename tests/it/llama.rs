@@ -216,3 +216,87 @@ async fn embeddings_have_the_model_dimension_and_rank_similar_texts_closer() {
     );
     assert!(e.usage.prompt_tokens > 0);
 }
+
+/// `hf:` specs resolve through the Hub cache: the first use downloads from
+/// the endpoint, later uses need no network; a missing file is a typed error.
+#[test]
+fn hub_files_download_once_then_come_from_the_cache() {
+    use redraft::backend::hf::{HubConfig, HubFile, resolve};
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let hub = crate::mock_hub::MockHub::start(
+        "acme/tiny",
+        [("gguf/tiny.gguf".to_string(), Arc::new(bytes.clone()))].into(),
+    );
+    let dir = std::env::temp_dir().join(format!("redraft-hub-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = HubConfig {
+        endpoint: hub.endpoint.clone(),
+        cache_dir: dir.join("hub"),
+    };
+    let file = HubFile::parse("acme/tiny/gguf/tiny.gguf").unwrap();
+    let path = resolve(&file, &config).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    // The layout of the Hub cache (shared with the Python client).
+    let expected = dir.join(format!(
+        "hub/models--acme--tiny/snapshots/{}/gguf/tiny.gguf",
+        crate::mock_hub::COMMIT
+    ));
+    assert_eq!(path.canonicalize().unwrap(), expected.canonicalize().unwrap());
+    let served = hub.requests.lock().unwrap().len();
+    assert!(served >= 1);
+
+    // Offline: the endpoint is gone, the cache answers.
+    hub.shutdown();
+    drop(hub);
+    let again = resolve(&file, &config).unwrap();
+    assert_eq!(again, path);
+
+    let hub = crate::mock_hub::MockHub::start("acme/tiny", Default::default());
+    let config = HubConfig {
+        endpoint: hub.endpoint.clone(),
+        ..config
+    };
+    let missing = HubFile::parse("acme/tiny/nope.gguf").unwrap();
+    let err = resolve(&missing, &config).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Config);
+    assert!(err.message.contains("nope.gguf") && err.message.contains("404"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// End to end through the CLI: `HF_ENDPOINT` and `HF_HOME` are honoured, and
+/// the downloaded GGUF runs.
+#[test]
+fn cli_runs_a_hub_model_from_hf_endpoint() {
+    let gguf = std::env::var_os("REDRAFT_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(default_model_path);
+    let hub = crate::mock_hub::MockHub::start(
+        "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
+        [("smollm2.gguf".to_string(), Arc::new(std::fs::read(gguf).unwrap()))].into(),
+    );
+    let dir = std::env::temp_dir().join(format!("redraft-hub-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let wf = dir.join("hello.yaml");
+    std::fs::write(
+        &wf,
+        "version: 1\nmodels:\n  m: { spec: 'hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2.gguf', settings: { threads: 1, context_size: 512 } }\nnodes:\n  - { id: hello, kind: generate, model: m, sampling: { max_tokens: 8, temperature: 0 }, template: 'Say hello.' }\noutput: hello\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redraft"))
+        .args(["run", wf.to_str().unwrap(), "--json", "-q"])
+        .env("HF_ENDPOINT", &hub.endpoint)
+        .env("HF_HOME", dir.join("hf"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(summary["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{summary}");
+    assert!(
+        dir.join("hf/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF").is_dir(),
+        "downloaded into HF_HOME"
+    );
+    assert!(!hub.requests.lock().unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,6 +12,8 @@ mod cli;
 mod engine;
 #[cfg(feature = "llama")]
 mod llama;
+#[cfg(feature = "llama")]
+mod mock_hub;
 mod mock_openai;
 mod openai;
 mod real_server;
