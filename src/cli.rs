@@ -91,12 +91,33 @@ pub struct RunArgs {
     /// Record every model call into a cassette (JSONL) for `replay:FILE`.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Decisions for human review nodes: accept-all, reject-all, ask, or a
+    /// decisions FILE (one entry per review round).
+    #[arg(long, value_name = "MODE|FILE")]
+    pub review: Option<String>,
     /// Print a machine-readable summary instead of the output alone.
     #[arg(long)]
     pub json: bool,
     /// No progress on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+fn parse_review(s: &str) -> anyhow::Result<workflow::ReviewDecisions> {
+    use workflow::ReviewDecisions as D;
+    Ok(match s {
+        "accept-all" | "accept_all" => D::AcceptAll,
+        "reject-all" | "reject_all" => D::RejectAll,
+        "ask" => D::Ask,
+        path => {
+            let p = PathBuf::from(path);
+            anyhow::ensure!(
+                p.is_file(),
+                "--review {path:?}: not accept-all, reject-all, ask, or an existing decisions file"
+            );
+            D::File(p)
+        }
+    })
 }
 
 /// Parses arguments, runs, and returns the exit code.
@@ -171,6 +192,7 @@ fn run_command(args: RunArgs) -> u8 {
         let opts = RunOptions {
             inputs: collect_inputs(&wf, &args)?,
             budget: parse_budgets(&args.budgets)?,
+            review: args.review.as_deref().map(parse_review).transpose()?,
             ..RunOptions::default()
         };
         let mut engine = Engine::new();
@@ -530,6 +552,13 @@ pub fn human_line(event: &Event) -> Option<String> {
             error,
             ..
         } => format!("      {node}: invalid reply (attempt {attempt}): {error}"),
+        Event::Review {
+            node,
+            depth,
+            proposed,
+            accepted,
+            ..
+        } => format!("      {node}: review {depth}: accepted {accepted} of {proposed} edits"),
         Event::Verdict {
             node,
             passed,

@@ -64,6 +64,14 @@ pub enum Event {
     },
     BudgetWarning(Warning),
     BudgetExhausted(Exhausted),
+    /// A `human_review` node's decisions: `depth` counts its reviews.
+    Review {
+        node: String,
+        round: u32,
+        depth: u32,
+        proposed: u32,
+        accepted: u32,
+    },
     RunFinished {
         summary: std::sync::Arc<RunSummary>,
     },

@@ -21,17 +21,26 @@
 //! - [`backend`]: the [`LanguageModel`] trait and backends (scripted).
 //! - [`engine`]: the scheduler that runs a workflow; [`event`]: what it reports.
 //! - [`budget`]: limits and the meter; [`metrics`]: summaries and loop metrics.
+//! - [`extract`], [`cluster`]: code blocks and Python functions; seeded k-means.
+//! - [`review`]: R3 edits (diffs with spans and intents) and applying them.
+//! - [`sandbox`]: running untrusted programs (bubblewrap namespaces, rlimits).
+//! - [`similarity`]: cosine, BLEU-4, lexical TF-IDF embeddings.
 //! - [`graph`]: Mermaid and DOT renderings; [`cli`]: the `redraft` command.
 
 pub mod backend;
 pub mod budget;
+pub mod cluster;
 pub mod cli;
 pub mod diagnostic;
 pub mod engine;
 pub mod event;
+pub mod extract;
 pub mod graph;
 pub mod layer;
 pub mod metrics;
+pub mod review;
+pub mod sandbox;
+pub mod similarity;
 pub mod template;
 pub mod workflow;
 pub mod yaml;

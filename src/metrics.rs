@@ -148,6 +148,9 @@ pub struct RunSummary {
     pub budgets: Vec<ScopeReport>,
     pub exhausted: Option<Exhausted>,
     pub loops: Vec<LoopReport>,
+    /// Edits proposed and accepted at each `human_review` round (R3).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<ReviewReport>,
     pub node_runs: Vec<(String, u32)>,
     pub error: Option<String>,
     /// The class of failure when `status` is `failed`.
@@ -164,16 +167,44 @@ pub enum FailureKind {
     Workflow,
 }
 
+/// One review round: R3's acceptance rate is `accepted / proposed`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReviewReport {
+    pub node: String,
+    pub depth: u32,
+    pub proposed: u32,
+    pub accepted: u32,
+    /// `None` when nothing was proposed.
+    pub acceptance_rate: Option<f64>,
+}
+
 /// Folds events into usage totals; the engine feeds it every event it emits,
 /// so the summary and the event log can never disagree.
 #[derive(Debug, Default)]
 pub struct Tally {
     pub usage: UsageTotals,
     pub loops: Vec<LoopReport>,
+    pub reviews: Vec<ReviewReport>,
 }
 
 impl Tally {
     pub fn observe(&mut self, event: &Event) {
+        if let Event::Review {
+            node,
+            depth,
+            proposed,
+            accepted,
+            ..
+        } = event
+        {
+            self.reviews.push(ReviewReport {
+                node: node.clone(),
+                depth: *depth,
+                proposed: *proposed,
+                accepted: *accepted,
+                acceptance_rate: (*proposed > 0).then(|| *accepted as f64 / *proposed as f64),
+            });
+        }
         if let Event::ModelCall(c) = event {
             self.usage.calls += 1;
             self.usage.prompt_tokens += c.prompt_tokens;

@@ -63,6 +63,9 @@ pub struct LlamaSettings {
     pub repeat_penalty: Option<f32>,
     /// Parallel sequences per context, the largest `n` decoded at once (default 4).
     pub max_sequences: Option<u32>,
+    /// Reuse the KV cache of the prefix a call shares with the previous one
+    /// (default true).
+    pub prefix_cache: Option<bool>,
 }
 
 /// The llama.cpp backend is process-global: initialise it once.
@@ -218,6 +221,7 @@ impl LlamaModel {
                 repeat_penalty: s.repeat_penalty.unwrap_or(1.0),
             },
             sequences,
+            prefix_cache: s.prefix_cache.unwrap_or(true),
         };
         std::thread::Builder::new()
             .name(format!("redraft-{id}"))
@@ -319,6 +323,7 @@ struct Worker {
     embed_params: LlamaContextParams,
     sampling: SamplerDefaults,
     sequences: u32,
+    prefix_cache: bool,
 }
 
 /// A sequence being decoded.
@@ -468,7 +473,11 @@ impl Worker {
             .zip(&tokens)
             .take_while(|(a, b)| a == b)
             .count();
-        reuse = reuse.min(tokens.len() - 1);
+        reuse = if self.prefix_cache {
+            reuse.min(tokens.len() - 1)
+        } else {
+            0
+        };
         let n = (req.n.max(1)).min(self.sequences) as i32;
         for s in 1..self.sequences as i32 {
             ctx.clear_kv_cache_seq(Some(s as u32), None, None)

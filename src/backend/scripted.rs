@@ -24,7 +24,18 @@ struct Script {
     /// The model id recorded in events.
     #[serde(default = "default_id")]
     id: String,
+    #[serde(default)]
     replies: Vec<Rule>,
+    /// Embedding vectors by a regex on the text; the first match wins.
+    #[serde(default)]
+    embeddings: Vec<EmbedRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbedRule {
+    text: String,
+    vector: Vec<f32>,
 }
 
 fn default_id() -> String {
@@ -87,6 +98,7 @@ struct CompiledRule {
 pub struct ScriptedModel {
     id: String,
     rules: Vec<CompiledRule>,
+    embeddings: Vec<(regex::Regex, Vec<f32>)>,
 }
 
 impl ScriptedModel {
@@ -134,9 +146,20 @@ impl ScriptedModel {
                 };
             rules.push(CompiledRule { rule, prompt });
         }
+        let embeddings = script
+            .embeddings
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                regex::Regex::new(&e.text)
+                    .map(|re| (re, e.vector))
+                    .map_err(|err| invalid(format!("embedding {}: bad `text` regex: {err}", i + 1)))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(ScriptedModel {
             id: script.id,
             rules,
+            embeddings,
         })
     }
 
@@ -274,11 +297,41 @@ impl LanguageModel for ScriptedModel {
         })
     }
 
+    fn embed<'a>(
+        &'a self,
+        req: &'a EmbeddingRequest,
+    ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
+        Box::pin(async move {
+            let mut vectors = Vec::with_capacity(req.texts.len());
+            for text in &req.texts {
+                let found = self.embeddings.iter().find(|(re, _)| re.is_match(text));
+                match found {
+                    Some((_, v)) => vectors.push(v.clone()),
+                    None => {
+                        return Err(BackendError::new(
+                            &self.id,
+                            ErrorKind::Permanent,
+                            format!("no scripted embedding matches {text:?}"),
+                        ));
+                    }
+                }
+            }
+            let words: u64 = req.texts.iter().map(|t| count_words(t)).sum();
+            Ok(Embeddings {
+                vectors,
+                usage: Usage {
+                    prompt_tokens: words,
+                    ..Usage::default()
+                },
+            })
+        })
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             logprobs: true,
             structured_output: false,
-            embeddings: false,
+            embeddings: !self.embeddings.is_empty(),
             native_n: true,
         }
     }

@@ -13,6 +13,7 @@
 //! - a run always ends with a [`RunSummary`] holding the best output so far,
 //!   whatever stopped it (budget, failure, cancellation).
 
+mod library;
 mod nodes;
 mod scheduler;
 mod state;
@@ -61,6 +62,8 @@ pub struct RunOptions {
     pub budget: Limits,
     /// Cancel to stop the run; finished work is kept and reported.
     pub cancel: CancellationToken,
+    /// Decisions for every `human_review` node, overriding the workflow's.
+    pub review: Option<crate::workflow::ReviewDecisions>,
 }
 
 /// A run that could not start.
@@ -110,6 +113,7 @@ pub(crate) struct Shared {
     pub meter: Meter,
     pub permits: tokio::sync::Semaphore,
     pub names: Arc<state::Names>,
+    pub review: Option<crate::workflow::ReviewDecisions>,
     recorder: Arc<dyn Recorder>,
     tally: Mutex<Tally>,
 }
@@ -228,6 +232,7 @@ impl Engine {
             meter: Meter::new(scopes),
             permits: tokio::sync::Semaphore::new(wf.concurrency),
             names,
+            review: opts.review,
             recorder: self.recorder.clone(),
             tally: Mutex::new(Tally::default()),
             wf,

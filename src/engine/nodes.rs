@@ -14,8 +14,8 @@ use serde_json::json;
 use super::state::{NodeOutput, NodeScope, ScopeData};
 use super::{NodeError, Shared};
 use crate::backend::{
-    BackendError, CallContext, Completion, CompletionRequest, ErrorKind, FinishReason,
-    LanguageModel, Message, ResponseFormat, SamplingParams,
+    BackendError, CallContext, Completion, CompletionRequest, EmbeddingRequest, Embeddings,
+    ErrorKind, FinishReason, LanguageModel, Message, ResponseFormat, SamplingParams, Usage,
 };
 use crate::budget::{Exhausted, Spend};
 use crate::event::{Event, ModelCallEvent};
@@ -56,6 +56,13 @@ impl LanguageModel for Metered<'_> {
     ) -> BoxFuture<'a, Result<Completion, BackendError>> {
         Box::pin(self.metered(req))
     }
+
+    fn embed<'a>(
+        &'a self,
+        req: &'a EmbeddingRequest,
+    ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
+        Box::pin(self.metered_embed(req))
+    }
 }
 
 impl Metered<'_> {
@@ -67,11 +74,49 @@ impl Metered<'_> {
     }
 
     async fn metered(&self, req: &CompletionRequest) -> Result<Completion, BackendError> {
+        let prompt_est = self.inner.estimate_prompt_tokens(req);
+        let completion_max = req.n as u64 * req.sampling.max_tokens as u64;
+        let fut = async {
+            let c = self.inner.complete(req).await?;
+            if c.choices.is_empty() {
+                return Err(BackendError::new(
+                    self.inner.id(),
+                    ErrorKind::Permanent,
+                    "the backend returned no choices",
+                ));
+            }
+            Ok(c)
+        };
+        self.account(&req.context, req.n, prompt_est, completion_max, fut, |c| {
+            (c.usage, c.usage_estimated)
+        })
+        .await
+    }
+
+    /// Embeddings cost their input tokens; the worst case is one token per byte.
+    async fn metered_embed(&self, req: &EmbeddingRequest) -> Result<Embeddings, BackendError> {
+        let worst: u64 = req.texts.iter().map(|t| t.len() as u64 + 1).sum();
+        let fut = self.inner.embed(req);
+        self.account(&req.context, req.texts.len() as u32, worst, 0, fut, |e| {
+            (e.usage, false)
+        })
+        .await
+    }
+
+    /// Reserves the worst case in every budget scope, runs the call within
+    /// the time left, settles what it used and reports a model-call event.
+    async fn account<T>(
+        &self,
+        context: &CallContext,
+        n: u32,
+        prompt_est: u64,
+        completion_max: u64,
+        fut: impl std::future::Future<Output = Result<T, BackendError>>,
+        usage_of: impl Fn(&T) -> (Usage, bool),
+    ) -> Result<T, BackendError> {
         let task = self.task;
         let sh = &task.shared;
         let decl = &sh.wf.models[self.model];
-        let prompt_est = self.inner.estimate_prompt_tokens(req);
-        let completion_max = req.n as u64 * req.sampling.max_tokens as u64;
         let worst = Spend {
             tokens: prompt_est + completion_max,
             calls: 1,
@@ -86,7 +131,6 @@ impl Metered<'_> {
             .reserve(&task.scopes, worst)
             .map_err(|e| self.budget_error(e))?;
         let started = Instant::now();
-        let fut = self.inner.complete(req);
         let result = match sh.meter.time_left(&task.scopes) {
             Some((left, scope)) => match tokio::time::timeout(left, fut).await {
                 Ok(r) => r,
@@ -102,9 +146,9 @@ impl Metered<'_> {
             round: task.round,
             model: decl.name.clone(),
             model_id: self.inner.id().to_string(),
-            attempt: req.context.attempt,
-            retry: req.context.retry,
-            n: req.n,
+            attempt: context.attempt,
+            retry: context.retry,
+            n,
             prompt_tokens: 0,
             completion_tokens: 0,
             reused_tokens: 0,
@@ -113,40 +157,28 @@ impl Metered<'_> {
             cost_usd: 0.0,
             error: None,
         };
-        let result = result.and_then(|c| {
-            if c.choices.is_empty() {
-                Err(BackendError::new(
-                    self.inner.id(),
-                    ErrorKind::Permanent,
-                    "the backend returned no choices",
-                ))
-            } else {
-                Ok(c)
-            }
-        });
         match result {
-            Ok(c) => {
-                let cost = decl
-                    .price
-                    .cost(c.usage.prompt_tokens, c.usage.completion_tokens);
+            Ok(value) => {
+                let (usage, estimated) = usage_of(&value);
+                let cost = decl.price.cost(usage.prompt_tokens, usage.completion_tokens);
                 let warnings = sh.meter.settle(
                     reservation,
                     Spend {
-                        tokens: c.usage.total(),
+                        tokens: usage.total(),
                         calls: 1,
                         cost_usd: cost,
                     },
                 );
-                event.prompt_tokens = c.usage.prompt_tokens;
-                event.completion_tokens = c.usage.completion_tokens;
-                event.reused_tokens = c.usage.cached_tokens;
-                event.usage_estimated = c.usage_estimated;
+                event.prompt_tokens = usage.prompt_tokens;
+                event.completion_tokens = usage.completion_tokens;
+                event.reused_tokens = usage.cached_tokens;
+                event.usage_estimated = estimated;
                 event.cost_usd = cost;
                 sh.emit(Event::ModelCall(event));
                 for w in warnings {
                     sh.emit(Event::BudgetWarning(w));
                 }
-                Ok(c)
+                Ok(value)
             }
             Err(e) => {
                 // The call was made: it counts, though it used no tokens we know of.
@@ -166,6 +198,17 @@ impl Metered<'_> {
     }
 }
 
+/// A failed call as a node error; budget refusals keep their details.
+fn node_error(e: BackendError) -> NodeError {
+    if e.kind != ErrorKind::Budget {
+        return NodeError::Backend(e);
+    }
+    match e.source.and_then(|s| s.downcast::<Exhausted>().ok()) {
+        Some(ex) => NodeError::Budget(*ex),
+        None => NodeError::Backend(BackendError::new(&e.backend, ErrorKind::Permanent, e.message)),
+    }
+}
+
 /// What a model node produced.
 struct Reply {
     texts: Vec<String>,
@@ -174,7 +217,7 @@ struct Reply {
 }
 
 impl Task {
-    fn scope(&self, extra: Option<(&'static str, Value)>) -> Value {
+    pub(super) fn scope(&self, extra: Option<(&'static str, Value)>) -> Value {
         NodeScope {
             data: self.data.clone(),
             round: self.round,
@@ -184,7 +227,7 @@ impl Task {
         .into_value()
     }
 
-    fn id(&self) -> &str {
+    pub(super) fn id(&self) -> &str {
         &self.shared.wf.nodes[self.node].id
     }
 
@@ -207,6 +250,12 @@ impl Task {
             NodeKind::Verify(v) => self.verify(v).await,
             NodeKind::Select(s) => self.select(s),
             NodeKind::Vote(v) => self.vote(v),
+            NodeKind::Execute(e) => self.execute(e).await,
+            NodeKind::Extract(e) => self.extract(e),
+            NodeKind::Tool(t) => self.tool(t).await,
+            NodeKind::Embed(e) => self.embed(e).await,
+            NodeKind::Cluster(c) => self.cluster(c),
+            NodeKind::HumanReview(r) => self.human_review(r).await,
         }
     }
 
@@ -391,20 +440,48 @@ impl Task {
             model: call.model,
             inner: below,
         };
-        match Retry::new(&metered, decl.retry).complete(&req).await {
-            Ok(c) => Ok(c),
-            Err(e) if e.kind == ErrorKind::Budget => {
-                match e.source.and_then(|s| s.downcast::<Exhausted>().ok()) {
-                    Some(ex) => Err(NodeError::Budget(*ex)),
-                    None => Err(NodeError::Backend(BackendError::new(
-                        &e.backend,
-                        ErrorKind::Permanent,
-                        e.message,
-                    ))),
-                }
+        Retry::new(&metered, decl.retry)
+            .complete(&req)
+            .await
+            .map_err(node_error)
+    }
+
+    /// Embeddings through the same stack as completions (budget, retries,
+    /// timeout, model-call events).
+    pub(super) async fn embed_texts(
+        &self,
+        model: usize,
+        texts: Vec<String>,
+    ) -> Result<Embeddings, NodeError> {
+        let sh = &self.shared;
+        let decl = &sh.wf.models[model];
+        let inner: &dyn LanguageModel = &*sh.models[model];
+        let req = EmbeddingRequest {
+            texts,
+            context: CallContext {
+                node: sh.names.ids[self.node].clone(),
+                round: self.round,
+                attempt: 1,
+                retry: 0,
+            },
+        };
+        let timed;
+        let below: &dyn LanguageModel = match decl.timeout {
+            Some(limit) => {
+                timed = Timeout::new(inner, limit);
+                &timed
             }
-            Err(e) => Err(NodeError::Backend(e)),
-        }
+            None => inner,
+        };
+        let metered = Metered {
+            task: self,
+            model,
+            inner: below,
+        };
+        Retry::new(&metered, decl.retry)
+            .embed(&req)
+            .await
+            .map_err(node_error)
     }
 
     async fn verify(&self, v: &VerifySpec) -> Result<NodeOutput, NodeError> {
@@ -538,7 +615,7 @@ impl Task {
         Ok(NodeOutput::new(out, tokens))
     }
 
-    fn samples_of(&self, from: usize) -> Result<Vec<serde_json::Value>, NodeError> {
+    pub(super) fn samples_of(&self, from: usize) -> Result<Vec<serde_json::Value>, NodeError> {
         let out = self.data.outputs[from].as_ref().ok_or_else(|| {
             NodeError::Data(format!(
                 "`{}` reads `{}`, which has no output yet",
@@ -589,40 +666,71 @@ impl Task {
 
     fn vote(&self, v: &VoteSpec) -> Result<NodeOutput, NodeError> {
         let samples = self.samples_of(v.from)?;
-        let mut counts: Vec<(String, u32)> = Vec::new();
-        for s in &samples {
+        // (answer, total weight, votes), in order of first appearance.
+        let mut counts: Vec<(String, f64, u32)> = Vec::new();
+        let mut weights = Vec::with_capacity(samples.len());
+        for (i, s) in samples.iter().enumerate() {
             let text = s.as_str().unwrap_or_default();
             let answer = match &v.extract {
-                Some(re) => match re.captures(text) {
-                    Some(c) => c
-                        .get(1)
+                Some(re) => re.captures(text).and_then(|c| {
+                    c.get(1)
                         .or_else(|| c.get(0))
-                        .map(|m| m.as_str().trim().to_string()),
-                    None => None,
-                },
+                        .map(|m| m.as_str().trim().to_string())
+                }),
                 None => Some(text.trim().to_string()),
             };
+            let weight = match &v.weight {
+                Some(expr) => {
+                    let bound = Value::from_serialize(json!({ "text": s, "index": i }));
+                    let w = self
+                        .shared
+                        .wf
+                        .templates
+                        .number(expr, &self.scope(Some(("sample", bound))))?;
+                    if !w.is_finite() || w < 0.0 {
+                        return Err(NodeError::Data(format!(
+                            "`{}`: the weight of sample {i} is {w}; weights must be finite and not negative",
+                            self.id()
+                        )));
+                    }
+                    w
+                }
+                None => 1.0,
+            };
+            weights.push(weight);
             if let Some(a) = answer {
-                match counts.iter_mut().find(|(k, _)| *k == a) {
-                    Some((_, n)) => *n += 1,
-                    None => counts.push((a, 1)),
+                match counts.iter_mut().find(|(k, _, _)| *k == a) {
+                    Some((_, w, n)) => {
+                        *w += weight;
+                        *n += 1;
+                    }
+                    None => counts.push((a, weight, 1)),
                 }
             }
         }
         // Ties go to the answer seen first.
         let winner = counts
             .iter()
-            .fold(None::<&(String, u32)>, |best, c| match best {
+            .fold(None::<&(String, f64, u32)>, |best, c| match best {
                 Some(b) if b.1 >= c.1 => Some(b),
                 _ => Some(c),
             });
-        let (answer, votes) = winner.cloned().ok_or_else(|| {
+        let (answer, weight, _) = winner.cloned().ok_or_else(|| {
             NodeError::Data(format!("`{}`: no sample contained an answer", self.id()))
         })?;
+        let total: f64 = weights.iter().sum();
         let tally: serde_json::Map<String, serde_json::Value> =
-            counts.iter().map(|(k, n)| (k.clone(), json!(n))).collect();
+            counts.iter().map(|(k, w, n)| (k.clone(), if v.weight.is_some() { json!(w) } else { json!(n) })).collect();
+        let agreement = if total > 0.0 { weight / total } else { 0.0 };
         Ok(NodeOutput::new(
-            json!({ "text": answer, "votes": tally, "agreement": votes as f64 / samples.len() as f64, "round": self.round }),
+            json!({
+                "text": answer,
+                "votes": tally,
+                "agreement": agreement,
+                "weights": weights,
+                "method": if v.weight.is_some() { "weighted" } else { "majority" },
+                "round": self.round,
+            }),
             0,
         ))
     }

@@ -29,7 +29,7 @@ use super::{CancellationToken, NodeError, Shared};
 use crate::budget::{Exhausted, Scope};
 use crate::event::{Event, NodeStatus, StopReason};
 use crate::metrics::{FailureKind, LoopReport, OutputSource, RoundRecord, RunStatus, RunSummary};
-use crate::workflow::{NodeKind, Selection};
+use crate::workflow::Selection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum St {
@@ -369,7 +369,7 @@ impl Run {
                 score: None,
             });
         }
-        if let NodeKind::Verify(_) = wf.nodes[node].kind {
+        if wf.nodes[node].kind.is_verdict() {
             let passed = out.json["passed"].as_bool().unwrap_or(false);
             let score = out.json["score"].as_f64().unwrap_or(0.0);
             let config = self.candidates.last_mut().map(|c| {
@@ -674,7 +674,7 @@ impl Run {
         let verified = wf
             .verifies()
             .then(|| best.is_some_and(|c| c.passed == Some(true)));
-        let tally = sh.tally.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tally = sh.tally.lock().unwrap_or_else(|e| e.into_inner());
         let summary = RunSummary {
             workflow: wf.name.clone(),
             status,
@@ -686,6 +686,7 @@ impl Run {
             budgets: sh.meter.report(),
             exhausted,
             loops: std::mem::take(&mut self.reports),
+            reviews: std::mem::take(&mut tally.reviews),
             node_runs: wf
                 .nodes
                 .iter()

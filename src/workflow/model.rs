@@ -45,7 +45,7 @@ impl Workflow {
     pub fn verifies(&self) -> bool {
         self.nodes
             .iter()
-            .any(|n| matches!(n.kind, NodeKind::Verify(_)))
+            .any(|n| n.kind.is_verdict())
     }
 }
 
@@ -147,9 +147,10 @@ pub struct NodeSpec {
     pub budget: Limits,
 }
 
-/// The closed set of node kinds. The node-library kinds (execute, extract,
-/// tool, embed, cluster, human_review) are added here as variants, each with
-/// its own spec type and module under `engine::nodes`.
+/// The closed set of node kinds: the refinement core (generate, critique,
+/// verify, revise, select, vote) and the node library (execute, extract,
+/// tool, embed, cluster, human_review), whose bodies live in
+/// `engine::library`.
 #[derive(Debug)]
 pub enum NodeKind {
     /// Sample `n` completions of a prompt.
@@ -162,13 +163,37 @@ pub enum NodeKind {
     Revise(ModelCall),
     /// Pick one sample of another node by a score expression.
     Select(SelectSpec),
-    /// Majority vote over the answers in another node's samples.
+    /// Majority (or weighted) vote over the answers in another node's samples.
     Vote(VoteSpec),
+    /// Run a program against tests in the sandbox.
+    Execute(ExecuteSpec),
+    /// Pull code and functions out of another node's replies.
+    Extract(ExtractSpec),
+    /// Call a command or an HTTP endpoint and capture what it did.
+    Tool(ToolSpec),
+    /// Embed a list of texts (model embeddings or lexical TF-IDF).
+    Embed(EmbedSpec),
+    /// Seeded k-means over an embed node's vectors, with representatives.
+    Cluster(ClusterSpec),
+    /// Accept or reject the edits between two texts (R3).
+    HumanReview(ReviewSpec),
 }
 
 impl NodeKind {
-    pub const NAMES: &'static [&'static str] =
-        &["generate", "critique", "verify", "revise", "select", "vote"];
+    pub const NAMES: &'static [&'static str] = &[
+        "generate",
+        "critique",
+        "verify",
+        "revise",
+        "select",
+        "vote",
+        "execute",
+        "extract",
+        "tool",
+        "embed",
+        "cluster",
+        "human_review",
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -178,6 +203,12 @@ impl NodeKind {
             NodeKind::Revise(_) => "revise",
             NodeKind::Select(_) => "select",
             NodeKind::Vote(_) => "vote",
+            NodeKind::Execute(_) => "execute",
+            NodeKind::Extract(_) => "extract",
+            NodeKind::Tool(_) => "tool",
+            NodeKind::Embed(_) => "embed",
+            NodeKind::Cluster(_) => "cluster",
+            NodeKind::HumanReview(_) => "human_review",
         }
     }
 
@@ -193,8 +224,21 @@ impl NodeKind {
                     _ => None,
                 })
                 .collect(),
-            NodeKind::Select(_) | NodeKind::Vote(_) => Vec::new(),
+            NodeKind::Select(_)
+            | NodeKind::Vote(_)
+            | NodeKind::Execute(_)
+            | NodeKind::Extract(_)
+            | NodeKind::Tool(_)
+            | NodeKind::Embed(_)
+            | NodeKind::Cluster(_)
+            | NodeKind::HumanReview(_) => Vec::new(),
         }
+    }
+
+    /// Whether the node's output is a verdict on the artifact (`passed`,
+    /// `score`): verify, and execute (tests passed, pass rate).
+    pub fn is_verdict(&self) -> bool {
+        matches!(self, NodeKind::Verify(_) | NodeKind::Execute(_))
     }
 }
 
@@ -319,6 +363,157 @@ pub struct VoteSpec {
     pub from: usize,
     /// Extracts the answer from each sample: capture group 1, else the match.
     pub extract: Option<regex::Regex>,
+    /// Expression giving each sample's weight (`sample` bound); majority when absent.
+    pub weight: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ExecuteSpec {
+    /// Template name of the program source.
+    pub code: String,
+    pub tests: TestSource,
+    pub mode: TestMode,
+    /// Argument vector; `{file}` is replaced by the program's file name.
+    pub command: Vec<String>,
+    pub file: String,
+    pub limits: crate::sandbox::Limits,
+    pub isolation: crate::sandbox::Isolation,
+    /// Tests run at once.
+    pub parallel: usize,
+}
+
+/// Where an execute node's tests come from.
+#[derive(Debug)]
+pub enum TestSource {
+    /// Written in the workflow.
+    Literal(Vec<TestCase>),
+    /// An expression giving a list (e.g. `inputs.tests`), read at run time.
+    Expr(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TestCase {
+    /// Feed `input` on stdin; stdout must equal `output` (trailing
+    /// whitespace of each line ignored).
+    Stdio { input: String, output: String },
+    /// Run the program followed by this code; passes when it exits with 0.
+    Assert { code: String },
+}
+
+impl TestCase {
+    /// One test case from JSON (the workflow's list, or an expression's value).
+    pub fn from_json(v: &serde_json::Value, mode: TestMode) -> Result<TestCase, String> {
+        let text = |v: &serde_json::Value| -> Option<String> {
+            match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+        };
+        match mode {
+            TestMode::Stdio => {
+                let input = v.get("input").and_then(text);
+                let output = v.get("output").and_then(text);
+                match (input, output) {
+                    (Some(input), Some(output)) => Ok(TestCase::Stdio { input, output }),
+                    _ => Err("needs string `input` and `output`".into()),
+                }
+            }
+            TestMode::Assert => match v {
+                serde_json::Value::String(code) => Ok(TestCase::Assert { code: code.clone() }),
+                _ => match v.get("code").and_then(text) {
+                    Some(code) => Ok(TestCase::Assert { code }),
+                    None => Err("needs test code (a string, or `code:`)".into()),
+                },
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestMode {
+    Stdio,
+    Assert,
+}
+
+#[derive(Debug)]
+pub struct ExtractSpec {
+    pub from: usize,
+    /// Split the program into functions (Python); otherwise blocks only.
+    pub functions: bool,
+}
+
+#[derive(Debug)]
+pub struct ToolSpec {
+    pub action: ToolAction,
+    pub timeout: Duration,
+    /// Characters of the response kept.
+    pub max_output: usize,
+}
+
+#[derive(Debug)]
+pub enum ToolAction {
+    /// A program run directly (no shell); each argument is a template.
+    Command {
+        argv: Vec<String>,
+        stdin: Option<String>,
+        isolation: crate::sandbox::Isolation,
+    },
+    /// An HTTP request; `url` and `body` are templates, `body` must render to JSON.
+    Http {
+        method: String,
+        url: String,
+        body: Option<String>,
+        headers: Vec<(String, String)>,
+    },
+}
+
+#[derive(Debug)]
+pub struct EmbedSpec {
+    /// Expression giving the list of items.
+    pub items: String,
+    /// Template name rendering each item's text (`item` bound), if set.
+    pub text: Option<String>,
+    /// Model with embeddings; lexical TF-IDF when absent.
+    pub model: Option<usize>,
+    /// Dimensions of the TF-IDF vectors.
+    pub dims: usize,
+}
+
+#[derive(Debug)]
+pub struct ClusterSpec {
+    /// An embed node.
+    pub from: usize,
+    pub k: ClusterK,
+    pub seed: u64,
+}
+
+#[derive(Debug)]
+pub enum ClusterK {
+    Fixed(usize),
+    /// An expression, e.g. a per-round schedule `[5, 4, 3, 2, 1][loop.round - 1]`.
+    Expr(String),
+}
+
+#[derive(Debug)]
+pub struct ReviewSpec {
+    /// Template names of the text before and after the revision.
+    pub before: String,
+    pub after: String,
+    /// Decisions when no person is asked (the run's `--review` wins).
+    pub decisions: Option<ReviewDecisions>,
+}
+
+/// Where review decisions come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewDecisions {
+    /// Ask on the terminal.
+    Ask,
+    AcceptAll,
+    RejectAll,
+    /// A YAML/JSON file: one entry per round, each `accept_all`,
+    /// `reject_all`, or a list of `accept`/`reject` per proposed edit.
+    File(PathBuf),
 }
 
 /// A forward edge. Loop back edges live in [`LoopSpec`].

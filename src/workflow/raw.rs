@@ -58,7 +58,24 @@ pub const MODEL_CALL_KEYS: &[&str] = &[
 ];
 pub const VERIFY_KEYS: &[&str] = &["target", "checks"];
 pub const SELECT_KEYS: &[&str] = &["from", "by", "order"];
-pub const VOTE_KEYS: &[&str] = &["from", "extract"];
+pub const VOTE_KEYS: &[&str] = &["from", "extract", "weight"];
+pub const EXECUTE_KEYS: &[&str] = &[
+    "code",
+    "tests",
+    "mode",
+    "command",
+    "file",
+    "limits",
+    "isolation",
+    "parallel",
+];
+pub const EXECUTE_LIMIT_KEYS: &[&str] = &["time", "memory", "output", "processes"];
+pub const EXTRACT_KEYS: &[&str] = &["from", "language"];
+pub const TOOL_KEYS: &[&str] = &["command", "stdin", "http", "timeout", "max_output", "isolation"];
+pub const TOOL_HTTP_KEYS: &[&str] = &["url", "method", "body", "headers"];
+pub const EMBED_KEYS: &[&str] = &["items", "text", "model", "dims"];
+pub const CLUSTER_KEYS: &[&str] = &["from", "k", "seed"];
+pub const HUMAN_REVIEW_KEYS: &[&str] = &["before", "after", "decisions"];
 pub const SAMPLING_KEYS: &[&str] = &["temperature", "top_p", "seed", "max_tokens", "stop"];
 pub const CHECK_KINDS: &[&str] = &["exact", "regex", "numeric", "json_schema", "judge"];
 pub const CHECK_OPTION_KEYS: &[&str] = &["ignore_case", "tolerance"];
@@ -144,6 +161,9 @@ pub struct RawNode {
     pub by: Option<Spanned<String>>,
     pub order: Option<Spanned<String>>,
     pub extract: Option<Spanned<String>>,
+    pub weight: Option<Spanned<String>>,
+    /// The kind-specific keys of node-library kinds, read in the second pass.
+    pub library: Vec<(&'static str, Node)>,
 }
 
 /// The model-call part of a node or a judge check.
@@ -653,6 +673,8 @@ impl Reader {
             by: None,
             order: None,
             extract: None,
+            weight: None,
+            library: Vec::new(),
         };
         // Peek at the kind first: it decides which keys are valid.
         let kind = node.get("kind").and_then(|k| match &k.value {
@@ -664,6 +686,12 @@ impl Reader {
             Some("verify") => VERIFY_KEYS,
             Some("select") => SELECT_KEYS,
             Some("vote") => VOTE_KEYS,
+            Some("execute") => EXECUTE_KEYS,
+            Some("extract") => EXTRACT_KEYS,
+            Some("tool") => TOOL_KEYS,
+            Some("embed") => EMBED_KEYS,
+            Some("cluster") => CLUSTER_KEYS,
+            Some("human_review") => HUMAN_REVIEW_KEYS,
             _ => &[],
         };
         let label = node
@@ -769,6 +797,14 @@ impl Reader {
                 raw.from = f.get("from").and_then(|n| self.string(n, "`from`"));
                 self.required(raw.from.as_ref(), "from", &label, node.span);
                 raw.extract = f.get("extract").and_then(|n| self.string(n, "`extract`"));
+                raw.weight = f.get("weight").and_then(|n| self.string(n, "`weight`"));
+            }
+            Some("execute" | "extract" | "tool" | "embed" | "cluster" | "human_review") => {
+                for key in specific {
+                    if let Some(value) = f.get(key) {
+                        raw.library.push((*key, value.clone()));
+                    }
+                }
             }
             _ => {}
         }

@@ -29,6 +29,8 @@ pub const DEFAULT_TARGET: &str = "{{ artifact.text }}";
 pub const DEFAULT_MODEL_NAME: &str = "default";
 pub const DEFAULT_MODEL_SPEC: &str = "llama:default";
 
+mod library;
+
 struct Ctx {
     diags: Vec<Diagnostic>,
     templates: Templates,
@@ -609,7 +611,34 @@ pub fn check(
             Some("vote") => {
                 let from = n.from.as_ref().and_then(|f| resolve(&mut cx, f, "`from`"));
                 let extract = n.extract.as_ref().and_then(|e| compile_regex(&mut cx, e));
-                from.map(|from| NodeKind::Vote(VoteSpec { from, extract }))
+                if let Some(w) = &n.weight {
+                    check_expression(
+                        &mut cx,
+                        &w.value,
+                        w.span,
+                        idx,
+                        &[SAMPLE_VAR],
+                        &format!("`weight` of {label}"),
+                    );
+                }
+                from.map(|from| {
+                    NodeKind::Vote(VoteSpec {
+                        from,
+                        extract,
+                        weight: n.weight.as_ref().map(|w| w.value.clone()),
+                    })
+                })
+            }
+            Some(kind @ ("execute" | "extract" | "tool" | "embed" | "cluster" | "human_review")) => {
+                let env = library::Env {
+                    idx,
+                    id: &id,
+                    label: &label,
+                    span: n.span,
+                    model_names: &model_names,
+                    resolve: &resolve,
+                };
+                library::build(&mut cx, kind, n, &env)
             }
             _ => None,
         };

@@ -17,5 +17,6 @@ mod mock_hub;
 mod mock_openai;
 mod openai;
 mod real_server;
+mod sandbox;
 mod support;
 mod validate;

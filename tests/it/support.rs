@@ -101,6 +101,13 @@ pub fn trace(events: &[Event]) -> String {
             ),
             Event::BudgetExhausted(x) => format!("  budget exhausted: {x}"),
             Event::RunFinished { summary } => format!("run finished: {:?}", summary.status),
+            Event::Review {
+                node,
+                round,
+                depth,
+                proposed,
+                accepted,
+            } => format!("  {node} [{round}] review {depth}: {accepted}/{proposed} accepted"),
         };
         out.push_str(&line);
         out.push('\n');

@@ -229,6 +229,28 @@ fn schema_keys_match_the_parser() {
         keys(&node_variants[3]),
         set(&[raw::NODE_COMMON_KEYS, raw::VOTE_KEYS])
     );
+    let library: [&[&str]; 6] = [
+        raw::EXECUTE_KEYS,
+        raw::EXTRACT_KEYS,
+        raw::TOOL_KEYS,
+        raw::EMBED_KEYS,
+        raw::CLUSTER_KEYS,
+        raw::HUMAN_REVIEW_KEYS,
+    ];
+    for (i, kind_keys) in library.iter().enumerate() {
+        assert_eq!(
+            keys(&node_variants[4 + i]),
+            set(&[raw::NODE_COMMON_KEYS, kind_keys])
+        );
+    }
+    assert_eq!(
+        keys(&node_variants[4]["properties"]["limits"]),
+        set(&[raw::EXECUTE_LIMIT_KEYS])
+    );
+    assert_eq!(
+        keys(&node_variants[6]["properties"]["http"]),
+        set(&[raw::TOOL_HTTP_KEYS])
+    );
     let judge = &defs["check"]["oneOf"].as_array().unwrap()[4]["properties"]["judge"];
     assert_eq!(keys(judge), set(&[raw::JUDGE_KEYS]));
 }

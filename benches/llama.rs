@@ -1,0 +1,246 @@
+//! The in-process llama.cpp backend on the embedded default model.
+//! Run: `cargo bench --bench llama --features llama`
+//! (env: `REDRAFT_MODEL`, `REDRAFT_LLAMA_BENCH` = path of llama.cpp's
+//! `llama-bench` from `scripts/build-peers.sh`, `REPS` = repetitions, default 3).
+//!
+//! 1. Prompt processing (512 tokens) and generation (128 tokens) speed, one
+//!    thread, against `llama-bench -p 512 -n 128 -t 1` on the same file.
+//!    Ours is timed through the public `complete` call: prefill = a call with
+//!    `max_tokens: 1` less one generated token; generation = a 128-token call
+//!    less the 1-token call on the same prompt (prefix cache off, so both
+//!    prefill the same).
+//! 2. `n` = 4 samples in one call (parallel sequences sharing the prompt's
+//!    KV cache) against four calls of `n` = 1.
+//! 3. The prompts of a recorded self-refine run on this model
+//!    (`tests/cassettes/self-refine-smollm2.jsonl`), replayed in order with
+//!    the prefix cache on and off: prefill time of rounds 2 and later.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use redraft::LanguageModel;
+use redraft::backend::llama::{LlamaModel, default_model_path};
+use redraft::backend::{
+    CallContext, CompletionRequest, Message, ResponseFormat, SamplingParams,
+};
+
+fn reps() -> usize {
+    std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(3)
+}
+
+fn open(path: &PathBuf, prefix_cache: bool) -> LlamaModel {
+    LlamaModel::open(
+        path,
+        &serde_json::json!({
+            "threads": 1, "context_size": 2048, "batch_size": 512,
+            "prefix_cache": prefix_cache, "max_sequences": 4,
+        }),
+    )
+    .expect("the model loads")
+}
+
+fn request(messages: Vec<Message>, max_tokens: u32, temperature: f32, n: u32) -> CompletionRequest {
+    CompletionRequest {
+        messages,
+        sampling: SamplingParams {
+            temperature: Some(temperature),
+            max_tokens,
+            seed: Some(7),
+            ..Default::default()
+        },
+        n,
+        logprobs: None,
+        response_format: ResponseFormat::Text,
+        context: CallContext::default(),
+    }
+}
+
+/// Median wall seconds and the last completion of `reps` calls.
+fn time(
+    rt: &tokio::runtime::Runtime,
+    m: &LlamaModel,
+    req: &CompletionRequest,
+    reps: usize,
+) -> (f64, redraft::backend::Completion) {
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let c = rt.block_on(m.complete(req)).expect("completion");
+        times.push(t.elapsed().as_secs_f64());
+        last = Some(c);
+    }
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], last.unwrap())
+}
+
+/// A user message of exactly `target` prompt tokens (chat template included).
+fn prompt_of(m: &LlamaModel, target: u64) -> Vec<Message> {
+    let words = [
+        "river", "stone", "lantern", "orbit", "meadow", "copper", "signal", "harbor",
+    ];
+    let mut text = String::new();
+    let mut i = 0;
+    loop {
+        let msgs = vec![Message::user(text.clone())];
+        let n = m.estimate_prompt_tokens(&request(msgs.clone(), 1, 0.0, 1));
+        if n >= target {
+            return msgs;
+        }
+        text.push_str(words[i % words.len()]);
+        text.push(' ');
+        i += 1;
+    }
+}
+
+struct LlamaBench {
+    pp: f64,
+    tg: f64,
+}
+
+fn llama_bench(model: &PathBuf, reps: usize) -> Option<LlamaBench> {
+    let bin = std::env::var_os("REDRAFT_LLAMA_BENCH")?;
+    let out = std::process::Command::new(bin)
+        .args(["-m", model.to_str()?, "-p", "512", "-n", "128", "-t", "1"])
+        .args(["-r", &reps.to_string(), "-o", "json"])
+        .output()
+        .ok()?;
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut bench = LlamaBench { pp: 0.0, tg: 0.0 };
+    for row in rows.as_array()? {
+        let ts = row["avg_ts"].as_f64()?;
+        if row["n_gen"].as_u64()? > 0 {
+            bench.tg = ts;
+        } else {
+            bench.pp = ts;
+        }
+    }
+    Some(bench)
+}
+
+fn main() {
+    let path = std::env::var_os("REDRAFT_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_model_path);
+    let reps = reps();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("model: {}  threads: 1  reps: {reps}", path.display());
+
+    // 1. Speed against llama-bench.
+    let cold = open(&path, false);
+    let long = prompt_of(&cold, 512);
+    let pp_tokens = cold.estimate_prompt_tokens(&request(long.clone(), 1, 0.0, 1));
+    let count = vec![Message::user(
+        "Count from 1 to 1000 in digits, separated by spaces.".to_string(),
+    )];
+    let (t1, _) = time(&rt, &cold, &request(count.clone(), 1, 0.0, 1), reps);
+    let (t128, c) = time(&rt, &cold, &request(count, 128, 0.0, 1), reps);
+    let generated = c.usage.completion_tokens as f64;
+    let tg = (generated - 1.0) / (t128 - t1);
+    let (tpp, _) = time(&rt, &cold, &request(long, 1, 0.0, 1), reps);
+    let pp = pp_tokens as f64 / (tpp - 1.0 / tg);
+    println!("\n## Speed (tokens/s)");
+    println!("redraft: pp{pp_tokens} {pp:.1}  tg{generated} {tg:.1}");
+    match llama_bench(&path, reps) {
+        Some(b) => println!(
+            "llama-bench: pp512 {:.1}  tg128 {:.1}  -> redraft/llama-bench: pp {:.1}%  tg {:.1}%",
+            b.pp,
+            b.tg,
+            100.0 * pp / b.pp,
+            100.0 * tg / b.tg
+        ),
+        None => println!("llama-bench: not run (set REDRAFT_LLAMA_BENCH)"),
+    }
+    drop(cold);
+
+    // 2. n = 4 in one call against four calls.
+    let warm = open(&path, true);
+    let poem = vec![Message::user(
+        "Write a long story about a lighthouse keeper and a storm.".to_string(),
+    )];
+    let (t_batched, c) = time(&rt, &warm, &request(poem.clone(), 64, 0.8, 4), reps);
+    let batched_tokens = c.usage.completion_tokens;
+    let mut t_seq = Vec::new();
+    let mut seq_tokens = 0;
+    for _ in 0..reps {
+        let t = Instant::now();
+        seq_tokens = 0;
+        for _ in 0..4 {
+            let c = rt
+                .block_on(warm.complete(&request(poem.clone(), 64, 0.8, 1)))
+                .unwrap();
+            seq_tokens += c.usage.completion_tokens;
+        }
+        t_seq.push(t.elapsed().as_secs_f64());
+    }
+    t_seq.sort_by(f64::total_cmp);
+    let t_seq = t_seq[t_seq.len() / 2];
+    println!("\n## n = 4 samples, 64 tokens each at most");
+    println!(
+        "one call, 4 parallel sequences: {:.0} ms, {batched_tokens} tokens ({:.1} tokens/s)",
+        t_batched * 1e3,
+        batched_tokens as f64 / t_batched
+    );
+    println!(
+        "four calls of n = 1: {:.0} ms, {seq_tokens} tokens ({:.1} tokens/s)",
+        t_seq * 1e3,
+        seq_tokens as f64 / t_seq
+    );
+    println!(
+        "speed-up: {:.2}x wall, {:.2}x tokens/s",
+        t_seq / t_batched,
+        (batched_tokens as f64 / t_batched) / (seq_tokens as f64 / t_seq)
+    );
+    drop(warm);
+
+    // 3. Prefix reuse over the prompts of a real self-refine run.
+    let cassette = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cassettes/self-refine-smollm2.jsonl"),
+    )
+    .unwrap();
+    let calls: Vec<(u64, String, Vec<Message>)> = cassette
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["round"].as_u64().unwrap(),
+                v["node"].as_str().unwrap().to_string(),
+                serde_json::from_value(v["request"]["messages"].clone()).unwrap(),
+            )
+        })
+        .collect();
+    println!("\n## Prefill of self-refine rounds 2+ (recorded prompts, max_tokens 1)");
+    let mut totals = Vec::new();
+    for prefix_cache in [false, true] {
+        let mut best: Option<(f64, u64, u64)> = None;
+        for _ in 0..reps {
+            let m = open(&path, prefix_cache);
+            let (mut secs, mut prompt, mut reused) = (0.0, 0, 0);
+            for (round, _node, messages) in &calls {
+                let t = Instant::now();
+                let c = rt
+                    .block_on(m.complete(&request(messages.clone(), 1, 0.0, 1)))
+                    .unwrap();
+                if *round >= 2 {
+                    secs += t.elapsed().as_secs_f64();
+                    prompt += c.usage.prompt_tokens;
+                    reused += c.usage.cached_tokens;
+                }
+            }
+            if best.is_none_or(|b| secs < b.0) {
+                best = Some((secs, prompt, reused));
+            }
+        }
+        let (secs, prompt, reused) = best.unwrap();
+        println!(
+            "prefix cache {}: {:.1} ms for {prompt} prompt tokens, {reused} reused",
+            if prefix_cache { "on " } else { "off" },
+            secs * 1e3
+        );
+        totals.push(secs);
+    }
+    println!("saved: {:.0}%", 100.0 * (1.0 - totals[1] / totals[0]));
+}

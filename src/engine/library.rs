@@ -1,0 +1,753 @@
+//! The bodies of the node-library kinds: execute, extract, tool, embed,
+//! cluster and human_review. Each reads its inputs through the node's scope,
+//! does its work, and returns one JSON output (documented in
+//! `docs/workflow-reference.md`). Embedding calls go through the same
+//! budget-metered layer as completions.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use minijinja::Value;
+use serde_json::json;
+
+use super::NodeError;
+use super::nodes::Task;
+use super::state::NodeOutput;
+use crate::event::Event;
+use crate::review::{self, Edit};
+use crate::sandbox::{Limits, Outcome, RunResult, Sandbox};
+use crate::workflow::{
+    ClusterK, ClusterSpec, EmbedSpec, ExecuteSpec, ExtractSpec, ReviewDecisions, ReviewSpec,
+    TestCase, TestSource, ToolAction, ToolSpec,
+};
+
+/// The most stderr a test result quotes (its end: where the error is).
+const STDERR_KEEP: usize = 1200;
+
+impl Task {
+    pub(super) async fn execute(&self, e: &ExecuteSpec) -> Result<NodeOutput, NodeError> {
+        let templates = &self.shared.wf.templates;
+        let program = templates.render(&e.code, &self.scope(None))?;
+        let tests = match &e.tests {
+            TestSource::Literal(cases) => cases.clone(),
+            TestSource::Expr(expr) => {
+                let value = templates.eval(expr, &self.scope(None))?;
+                let json: serde_json::Value = serde_json::to_value(&value)
+                    .map_err(|err| self.data_error(format!("`tests` is not data: {err}")))?;
+                let items = json.as_array().ok_or_else(|| {
+                    self.data_error(format!("`tests` must give a list, it gave {json}"))
+                })?;
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        TestCase::from_json(item, e.mode)
+                            .map_err(|err| self.data_error(format!("test {}: {err}", i + 1)))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        let sandbox = Sandbox::new(e.isolation, e.limits)
+            .map_err(|err| self.data_error(err.to_string()))?;
+        let argv: Vec<String> = e.command.iter().map(|a| a.replace("{file}", &e.file)).collect();
+        let permits = Arc::new(tokio::sync::Semaphore::new(e.parallel));
+        let runs = tests.iter().map(|test| {
+            let (source, stdin) = match test {
+                TestCase::Stdio { input, .. } => (program.clone(), input.clone()),
+                TestCase::Assert { code } => (format!("{program}\n\n{code}\n"), String::new()),
+            };
+            let files = vec![(e.file.clone(), source)];
+            let (sandbox, argv, permits) = (&sandbox, &argv, permits.clone());
+            async move {
+                let _permit = permits.acquire().await;
+                sandbox.run(&files, argv, &[], stdin.as_bytes()).await
+            }
+        });
+        let finished = futures_util::future::join_all(runs).await;
+        let mut results = Vec::with_capacity(tests.len());
+        let mut report = Vec::new();
+        let mut passed_count = 0;
+        for (i, (test, run)) in tests.iter().zip(finished).enumerate() {
+            let run = run.map_err(|err| self.data_error(err.to_string()))?;
+            let (status, line) = judge(test, &run, e.limits);
+            if status == "passed" {
+                passed_count += 1;
+            } else {
+                report.push(format!("Test {}: {line}", i + 1));
+            }
+            let mut r = json!({
+                "index": i,
+                "status": status,
+                "time_ms": run.wall_ms,
+                "stderr": tail(&run.stderr, STDERR_KEEP),
+            });
+            if let TestCase::Stdio { input, output } = test {
+                r["input"] = json!(input);
+                r["expected"] = json!(output);
+                r["actual"] = json!(run.stdout);
+            } else if let TestCase::Assert { code } = test {
+                r["test"] = json!(code);
+            }
+            results.push(r);
+        }
+        let total = tests.len();
+        let passed = total > 0 && passed_count == total;
+        let score = if total == 0 {
+            0.0
+        } else {
+            passed_count as f64 / total as f64
+        };
+        let mut text = format!("{passed_count} of {total} tests passed.");
+        for line in &report {
+            text.push('\n');
+            text.push_str(line);
+        }
+        self.shared.emit(Event::Verdict {
+            node: self.id().to_string(),
+            round: self.round,
+            passed,
+            score,
+            confidence_source: None,
+        });
+        Ok(NodeOutput::new(
+            json!({
+                "text": text,
+                "feedback": text,
+                "passed": passed,
+                "score": score,
+                "passed_count": passed_count,
+                "total": total,
+                "results": results,
+                "isolation": sandbox.isolation(),
+                "round": self.round,
+            }),
+            0,
+        ))
+    }
+
+    pub(super) fn extract(&self, e: &ExtractSpec) -> Result<NodeOutput, NodeError> {
+        let samples = self.samples_of(e.from)?;
+        let mut programs = Vec::with_capacity(samples.len());
+        let mut functions = Vec::new();
+        let mut has_errors = Vec::new();
+        for (i, sample) in samples.iter().enumerate() {
+            let text = sample.as_str().unwrap_or_default();
+            let program = crate::extract::program(text);
+            if e.functions {
+                let parsed = crate::extract::functions(&program);
+                has_errors.push(parsed.has_errors);
+                for f in parsed.functions {
+                    let mut v = serde_json::to_value(&f).unwrap_or_default();
+                    v["sample"] = json!(i);
+                    functions.push(v);
+                }
+            }
+            programs.push(program);
+        }
+        Ok(NodeOutput::new(
+            json!({
+                "text": programs.first().cloned().unwrap_or_default(),
+                "code": programs.first().cloned().unwrap_or_default(),
+                "programs": programs,
+                "functions": functions,
+                "has_errors": has_errors,
+                "round": self.round,
+            }),
+            0,
+        ))
+    }
+
+    pub(super) async fn tool(&self, t: &ToolSpec) -> Result<NodeOutput, NodeError> {
+        let templates = &self.shared.wf.templates;
+        let scope = self.scope(None);
+        let started = Instant::now();
+        let (status, ok, error_class, body) = match &t.action {
+            ToolAction::Command {
+                argv,
+                stdin,
+                isolation,
+            } => {
+                let mut args = Vec::with_capacity(argv.len());
+                for a in argv {
+                    args.push(templates.render(a, &scope)?);
+                }
+                // A relative program path is relative to the workflow file.
+                if args[0].contains('/') && !args[0].starts_with('/') {
+                    args[0] = self.base_dir().join(&args[0]).display().to_string();
+                }
+                let input = match stdin {
+                    Some(s) => templates.render(s, &scope)?,
+                    None => String::new(),
+                };
+                let limits = Limits {
+                    time: t.timeout,
+                    output: t.max_output.max(1) * 4,
+                    ..Limits::default()
+                };
+                let sandbox =
+                    Sandbox::new(*isolation, limits).map_err(|e| self.data_error(e.to_string()))?;
+                match sandbox.run(&[], &args, &[], input.as_bytes()).await {
+                    Err(e) => (json!(null), false, Some("spawn"), e.to_string()),
+                    Ok(run) => {
+                        let class = match run.outcome {
+                            Outcome::Exited(0) => None,
+                            Outcome::Exited(_) => Some("exit_status"),
+                            Outcome::TimedOut => Some("timeout"),
+                            Outcome::MemoryExceeded => Some("memory"),
+                            Outcome::OutputExceeded => Some("output_limit"),
+                            Outcome::Signaled(_) => Some("killed"),
+                        };
+                        let code = match run.outcome {
+                            Outcome::Exited(c) => json!(c),
+                            _ => json!(null),
+                        };
+                        let body = if class.is_some() && !run.stderr.trim().is_empty() {
+                            format!("{}\n{}", run.stdout, tail(&run.stderr, STDERR_KEEP))
+                        } else {
+                            run.stdout
+                        };
+                        (code, class.is_none(), class, body)
+                    }
+                }
+            }
+            ToolAction::Http {
+                method,
+                url,
+                body,
+                headers,
+            } => {
+                let url = templates.render(url, &scope)?;
+                let payload = match body {
+                    Some(b) => Some(templates.render(b, &scope)?),
+                    None => None,
+                };
+                http_call(method, &url, payload, headers, t.timeout).await
+            }
+        };
+        let (text, truncated) = truncate_chars(&body, t.max_output);
+        let parsed: Option<serde_json::Value> = serde_json::from_str(body.trim()).ok();
+        Ok(NodeOutput::new(
+            json!({
+                "text": text,
+                "status": status,
+                "ok": ok,
+                "error_class": error_class,
+                "truncated": truncated,
+                "json": parsed,
+                "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+                "round": self.round,
+            }),
+            0,
+        ))
+    }
+
+    pub(super) async fn embed(&self, e: &EmbedSpec) -> Result<NodeOutput, NodeError> {
+        let templates = &self.shared.wf.templates;
+        let items = templates.eval(&e.items, &self.scope(None))?;
+        let items: serde_json::Value = serde_json::to_value(&items)
+            .map_err(|err| self.data_error(format!("`items` is not data: {err}")))?;
+        let Some(list) = items.as_array() else {
+            return Err(self.data_error(format!("`items` must give a list, it gave {items}")));
+        };
+        let mut texts = Vec::with_capacity(list.len());
+        for item in list {
+            texts.push(match &e.text {
+                Some(t) => templates.render(t, &self.scope(Some(("item", Value::from_serialize(item)))))?,
+                None => default_text(item),
+            });
+        }
+        let (vectors, method, tokens) = match e.model {
+            Some(model) if !texts.is_empty() => {
+                let out = self.embed_texts(model, texts.clone()).await?;
+                if out.vectors.len() != texts.len() {
+                    return Err(self.data_error(format!(
+                        "the model returned {} vectors for {} texts",
+                        out.vectors.len(),
+                        texts.len()
+                    )));
+                }
+                (out.vectors, "model", out.usage.total())
+            }
+            _ => (crate::similarity::tfidf(&texts, e.dims), "tfidf", 0),
+        };
+        let dims = vectors.first().map_or(0, Vec::len);
+        Ok(NodeOutput::new(
+            json!({
+                "items": list,
+                "texts": texts,
+                "vectors": vectors,
+                "method": method,
+                "dims": dims,
+                "count": texts.len(),
+                "round": self.round,
+            }),
+            tokens,
+        ))
+    }
+
+    pub(super) fn cluster(&self, c: &ClusterSpec) -> Result<NodeOutput, NodeError> {
+        let from = self.output_json(c.from)?;
+        let vectors: Vec<Vec<f32>> = serde_json::from_value(from["vectors"].clone())
+            .map_err(|_| self.data_error(format!("`{}` has no `vectors` to cluster (use an embed node)", self.node_id(c.from))))?;
+        let items = from["items"].as_array().cloned().unwrap_or_default();
+        let texts = from["texts"].as_array().cloned().unwrap_or_default();
+        let k = match &c.k {
+            ClusterK::Fixed(k) => *k,
+            ClusterK::Expr(expr) => {
+                let k = self.shared.wf.templates.number(expr, &self.scope(None))?;
+                if !(k >= 1.0 && k.fract() == 0.0) {
+                    return Err(self.data_error(format!("`k` evaluated to {k}, not a positive integer")));
+                }
+                k as usize
+            }
+        };
+        let result = crate::cluster::kmeans(&vectors, k, c.seed)
+            .map_err(|e| self.data_error(format!("cannot cluster: {e}")))?;
+        let clusters: Vec<serde_json::Value> = (0..result.sizes.len())
+            .map(|ci| {
+                let members: Vec<usize> = (0..result.assignments.len())
+                    .filter(|&i| result.assignments[i] == ci)
+                    .collect();
+                json!({ "members": members, "size": result.sizes[ci], "representative": result.representatives[ci] })
+            })
+            .collect();
+        let representatives: Vec<serde_json::Value> = result
+            .representatives
+            .iter()
+            .map(|&i| items.get(i).cloned().unwrap_or_default())
+            .collect();
+        let text = result
+            .representatives
+            .iter()
+            .filter_map(|&i| texts.get(i).and_then(|t| t.as_str()))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        Ok(NodeOutput::new(
+            json!({
+                "text": text,
+                "k": result.sizes.len(),
+                "clusters": clusters,
+                "representatives": representatives,
+                "representative_indices": result.representatives,
+                "assignments": result.assignments,
+                "inertia": result.inertia,
+                "round": self.round,
+            }),
+            0,
+        ))
+    }
+
+    pub(super) async fn human_review(&self, r: &ReviewSpec) -> Result<NodeOutput, NodeError> {
+        let templates = &self.shared.wf.templates;
+        let before = templates.render(&r.before, &self.scope(None))?;
+        let after = templates.render(&r.after, &self.scope(None))?;
+        // What earlier rounds of this node rejected is never proposed again.
+        let previous = self.output_json(self.node).ok();
+        let mut rejected: Vec<Edit> = previous
+            .as_ref()
+            .and_then(|p| serde_json::from_value(p["rejected"].clone()).ok())
+            .unwrap_or_default();
+        let depth = previous
+            .as_ref()
+            .and_then(|p| p["depth"].as_u64())
+            .unwrap_or(0) as u32
+            + 1;
+        let proposals: Vec<Edit> = review::edits(&before, &after)
+            .into_iter()
+            .filter(|e| !rejected.iter().any(|r| r.same_as(e)))
+            .collect();
+        let mode = self
+            .shared
+            .review
+            .clone()
+            .or_else(|| r.decisions.clone())
+            .unwrap_or(ReviewDecisions::Ask);
+        let decisions = self.decide(&mode, &before, &proposals, depth).await?;
+        let text = review::apply(&before, &proposals, &decisions);
+        let accepted = decisions.iter().filter(|d| **d).count();
+        let mut edits = Vec::with_capacity(proposals.len());
+        for (edit, ok) in proposals.iter().zip(&decisions) {
+            let mut v = serde_json::to_value(edit).unwrap_or_default();
+            v["decision"] = json!(if *ok { "accept" } else { "reject" });
+            edits.push(v);
+            if !ok {
+                rejected.push(edit.clone());
+            }
+        }
+        let proposed = proposals.len();
+        self.shared.emit(Event::Review {
+            node: self.id().to_string(),
+            round: self.round,
+            depth,
+            proposed: proposed as u32,
+            accepted: accepted as u32,
+        });
+        Ok(NodeOutput::new(
+            json!({
+                "text": text,
+                "changed": text != before,
+                "proposed": proposed,
+                "accepted": accepted,
+                "acceptance_rate": if proposed == 0 { serde_json::Value::Null } else { json!(accepted as f64 / proposed as f64) },
+                "edits": edits,
+                "rejected": rejected,
+                "depth": depth,
+                "round": self.round,
+            }),
+            0,
+        ))
+    }
+
+    /// One decision per proposed edit.
+    async fn decide(
+        &self,
+        mode: &ReviewDecisions,
+        before: &str,
+        proposals: &[Edit],
+        depth: u32,
+    ) -> Result<Vec<bool>, NodeError> {
+        if proposals.is_empty() {
+            return Ok(Vec::new());
+        }
+        match mode {
+            ReviewDecisions::AcceptAll => Ok(vec![true; proposals.len()]),
+            ReviewDecisions::RejectAll => Ok(vec![false; proposals.len()]),
+            ReviewDecisions::File(path) => {
+                decisions_from_file(path, depth, proposals.len()).map_err(|e| self.data_error(e))
+            }
+            ReviewDecisions::Ask => {
+                if !std::io::stdin().is_terminal() {
+                    return Err(self.data_error(
+                        "human review needs decisions: stdin is not a terminal; pass `--review accept-all`, `--review reject-all` or `--review FILE`, or set `decisions:` on the node".into(),
+                    ));
+                }
+                let (before, proposals, node) =
+                    (before.to_string(), proposals.to_vec(), self.id().to_string());
+                tokio::task::spawn_blocking(move || ask(&node, &before, &proposals))
+                    .await
+                    .map_err(|e| self.data_error(format!("review prompt failed: {e}")))?
+                    .map_err(|e| self.data_error(format!("review prompt failed: {e}")))
+            }
+        }
+    }
+
+    fn output_json(&self, node: usize) -> Result<serde_json::Value, NodeError> {
+        let out = self.data.outputs[node].as_ref().ok_or_else(|| {
+            self.data_error(format!("`{}` has no output yet", self.node_id(node)))
+        })?;
+        serde_json::to_value(out).map_err(|e| self.data_error(e.to_string()))
+    }
+
+    fn node_id(&self, node: usize) -> &str {
+        &self.shared.wf.nodes[node].id
+    }
+
+    fn data_error(&self, message: String) -> NodeError {
+        NodeError::Data(format!("`{}`: {message}", self.id()))
+    }
+
+    fn base_dir(&self) -> std::path::PathBuf {
+        self.shared
+            .wf
+            .path
+            .as_deref()
+            .and_then(std::path::Path::parent)
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_else(|| ".".into())
+    }
+}
+
+/// The status of one test and the line a revise prompt can quote.
+fn judge(test: &TestCase, run: &RunResult, limits: Limits) -> (&'static str, String) {
+    let last_error = || {
+        run.stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    match run.outcome {
+        Outcome::TimedOut => (
+            "timeout",
+            format!("timed out after {:.1} s", limits.time.as_secs_f64()),
+        ),
+        Outcome::MemoryExceeded => (
+            "memory",
+            format!("ran out of memory ({} MiB limit)", limits.memory >> 20),
+        ),
+        Outcome::OutputExceeded => (
+            "output_limit",
+            format!("printed more than {} bytes", limits.output),
+        ),
+        Outcome::Signaled(sig) => ("error", format!("killed by signal {sig}")),
+        Outcome::Exited(code) => match test {
+            TestCase::Stdio { input, output } => {
+                if code != 0 {
+                    ("error", format!("exited with status {code}: {}", last_error()))
+                } else if same_output(&run.stdout, output) {
+                    ("passed", String::new())
+                } else {
+                    (
+                        "failed",
+                        format!(
+                            "input {:?}: expected {:?}, got {:?}",
+                            clip(input, 200),
+                            clip(output.trim_end(), 200),
+                            clip(run.stdout.trim_end(), 200)
+                        ),
+                    )
+                }
+            }
+            TestCase::Assert { code: test } => {
+                if code == 0 {
+                    ("passed", String::new())
+                } else if run.stderr.contains("AssertionError") {
+                    ("failed", format!("`{}` failed: {}", clip(test.trim(), 200), last_error()))
+                } else {
+                    ("error", format!("`{}` raised: {}", clip(test.trim(), 200), last_error()))
+                }
+            }
+        },
+    }
+}
+
+/// Equal up to trailing whitespace on each line and trailing blank lines.
+fn same_output(actual: &str, expected: &str) -> bool {
+    let norm = |s: &str| -> Vec<String> {
+        let mut lines: Vec<String> = s.lines().map(|l| l.trim_end().to_string()).collect();
+        while lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        lines
+    };
+    norm(actual) == norm(expected)
+}
+
+fn clip(s: &str, max: usize) -> String {
+    truncate_chars(s, max).0
+}
+
+/// The first `max` characters, and whether anything was cut.
+fn truncate_chars(s: &str, max: usize) -> (String, bool) {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => (format!("{}…", &s[..i]), true),
+        None => (s.to_string(), false),
+    }
+}
+
+/// The last `max` bytes (on a character boundary).
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &s[start..])
+}
+
+/// An item's text when the node gives no `text` template.
+fn default_text(item: &serde_json::Value) -> String {
+    match item {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(o) => match (o.get("header"), o.get("code"), o.get("text")) {
+            (Some(h), Some(c), _) if c.is_string() => match o.get("docstring").and_then(|d| d.as_str()) {
+                Some(doc) => format!("{}\n{doc}\n{}", h.as_str().unwrap_or(""), c.as_str().unwrap_or("")),
+                None => c.as_str().unwrap_or("").to_string(),
+            },
+            (_, Some(c), _) if c.is_string() => c.as_str().unwrap_or("").to_string(),
+            (_, _, Some(t)) if t.is_string() => t.as_str().unwrap_or("").to_string(),
+            _ => item.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+async fn http_call(
+    method: &str,
+    url: &str,
+    body: Option<String>,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> (serde_json::Value, bool, Option<&'static str>, String) {
+    if let Some(b) = &body
+        && serde_json::from_str::<serde_json::Value>(b).is_err()
+    {
+        return (
+            json!(null),
+            false,
+            Some("invalid_parameters"),
+            format!("the parameters are not valid JSON: {}", clip(b, 300)),
+        );
+    }
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(c) => c,
+        Err(e) => return (json!(null), false, Some("connection"), e.to_string()),
+    };
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let mut req = client.request(method, url);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    match req.send().await {
+        Err(e) => {
+            let class = if e.is_timeout() { "timeout" } else { "connection" };
+            (json!(null), false, Some(class), e.to_string())
+        }
+        Ok(resp) => {
+            let status = resp.status();
+            let text = match resp.text().await {
+                Ok(t) => t,
+                Err(e) => return (json!(status.as_u16()), false, Some("connection"), e.to_string()),
+            };
+            let class = if status.is_client_error() {
+                Some("http_4xx")
+            } else if status.is_server_error() {
+                Some("http_5xx")
+            } else {
+                None
+            };
+            (json!(status.as_u16()), class.is_none(), class, text)
+        }
+    }
+}
+
+/// Decisions for review `depth` (1-based) from a YAML or JSON file.
+fn decisions_from_file(path: &std::path::Path, depth: u32, count: usize) -> Result<Vec<bool>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read decisions file {}: {e}", path.display()))?;
+    let doc = crate::yaml::parse(&text, Default::default())
+        .map_err(|e| format!("decisions file {}: {e}", path.display()))?
+        .to_json();
+    let rounds = doc.as_array().ok_or_else(|| {
+        format!("decisions file {}: expected a list with one entry per review round", path.display())
+    })?;
+    let entry = rounds.get(depth as usize - 1).ok_or_else(|| {
+        format!(
+            "decisions file {} has {} entries; review round {depth} needs one",
+            path.display(),
+            rounds.len()
+        )
+    })?;
+    let word = |v: &serde_json::Value| -> Result<bool, String> {
+        match v.as_str().map(|s| s.replace('-', "_")) {
+            Some(s) if s == "accept" => Ok(true),
+            Some(s) if s == "reject" => Ok(false),
+            _ => Err(format!(
+                "decisions file {}, round {depth}: `{v}` is not `accept` or `reject`",
+                path.display()
+            )),
+        }
+    };
+    match entry {
+        serde_json::Value::String(s) if s.replace('-', "_") == "accept_all" => Ok(vec![true; count]),
+        serde_json::Value::String(s) if s.replace('-', "_") == "reject_all" => Ok(vec![false; count]),
+        serde_json::Value::Array(list) if list.len() == count => list.iter().map(word).collect(),
+        serde_json::Value::Array(list) => Err(format!(
+            "decisions file {}, round {depth}: {} decisions for {count} proposed edits",
+            path.display(),
+            list.len()
+        )),
+        other => Err(format!(
+            "decisions file {}, round {depth}: `{other}` is not `accept_all`, `reject_all` or a list",
+            path.display()
+        )),
+    }
+}
+
+/// Asks on the terminal, one edit at a time.
+fn ask(node: &str, before: &str, proposals: &[Edit]) -> std::io::Result<Vec<bool>> {
+    let mut err = std::io::stderr().lock();
+    let stdin = std::io::stdin();
+    let chars: Vec<char> = before.chars().collect();
+    let context = |from: usize, to: usize| -> String {
+        chars[from.min(chars.len())..to.min(chars.len())].iter().collect()
+    };
+    writeln!(err, "\n{node}: {} proposed edits", proposals.len())?;
+    let mut out = Vec::with_capacity(proposals.len());
+    let mut rest: Option<bool> = None;
+    for (i, e) in proposals.iter().enumerate() {
+        if let Some(all) = rest {
+            out.push(all);
+            continue;
+        }
+        let lead = context(e.start.saturating_sub(40), e.start);
+        let trail = context(e.end, e.end + 40);
+        writeln!(
+            err,
+            "\n[{}/{}] {:?} ({})\n  …{lead}[-{}-]{{+{}+}}{trail}…",
+            i + 1,
+            proposals.len(),
+            e.kind,
+            e.intent,
+            e.before,
+            e.after
+        )?;
+        loop {
+            write!(err, "  accept? [y]es / [n]o / [a]ccept all the rest / [r]eject all the rest: ")?;
+            err.flush()?;
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "stdin closed before every edit was decided",
+                ));
+            }
+            match line.trim() {
+                "y" | "yes" => out.push(true),
+                "n" | "no" => out.push(false),
+                "a" => {
+                    rest = Some(true);
+                    out.push(true);
+                }
+                "r" => {
+                    rest = Some(false);
+                    out.push(false);
+                }
+                _ => continue,
+            }
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_comparison_ignores_trailing_space_only() {
+        assert!(same_output("1 2\n3  \n\n", "1 2\n3"));
+        assert!(!same_output("1 2\n3", "1 2\n4"));
+        assert!(!same_output(" 3", "3"));
+    }
+
+    #[test]
+    fn truncation_is_by_characters() {
+        assert_eq!(truncate_chars("héllo", 2), ("hé…".to_string(), true));
+        assert_eq!(truncate_chars("hi", 5), ("hi".to_string(), false));
+        assert_eq!(tail("abcdef", 3), "…def");
+    }
+
+    #[test]
+    fn decisions_file_entries() {
+        let dir = std::env::temp_dir().join(format!("redraft-decisions-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.yaml");
+        std::fs::write(&path, "- [accept, reject]\n- reject_all\n- accept-all\n").unwrap();
+        assert_eq!(decisions_from_file(&path, 1, 2).unwrap(), [true, false]);
+        assert_eq!(decisions_from_file(&path, 2, 3).unwrap(), [false, false, false]);
+        assert_eq!(decisions_from_file(&path, 3, 1).unwrap(), [true]);
+        assert!(decisions_from_file(&path, 1, 3).unwrap_err().contains("2 decisions for 3"));
+        assert!(decisions_from_file(&path, 4, 1).unwrap_err().contains("needs one"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,230 @@
+//! Code and sub-modules from model output (CodeChain's extraction).
+//!
+//! [`blocks`] finds fenced code blocks (closed or cut off by the token limit);
+//! [`program`] picks the final program from them; [`functions`] splits Python
+//! source into its top-level functions with a real parser (tree-sitter's
+//! Python grammar), so broken code still yields what parses.
+
+use serde::Serialize;
+
+/// A fenced block: its info string (language tag) and body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Block {
+    pub lang: String,
+    pub code: String,
+    /// False when the reply ended inside the block.
+    pub closed: bool,
+}
+
+/// Every fenced block (```` ``` ```` or `~~~`), in order.
+pub fn blocks(text: &str) -> Vec<Block> {
+    let mut out = Vec::new();
+    let mut open: Option<(String, &str, Vec<&str>)> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        match &mut open {
+            None => {
+                for fence in ["```", "~~~"] {
+                    if let Some(info) = trimmed.strip_prefix(fence) {
+                        let lang = info.trim().split_whitespace().next().unwrap_or("");
+                        open = Some((lang.to_lowercase(), fence, Vec::new()));
+                        break;
+                    }
+                }
+            }
+            Some((lang, fence, body)) => {
+                if trimmed.starts_with(*fence) && trimmed.trim_end() == *fence {
+                    out.push(Block {
+                        lang: std::mem::take(lang),
+                        code: body.join("\n"),
+                        closed: true,
+                    });
+                    open = None;
+                } else {
+                    body.push(line);
+                }
+            }
+        }
+    }
+    if let Some((lang, _, body)) = open {
+        out.push(Block {
+            lang,
+            code: body.join("\n"),
+            closed: false,
+        });
+    }
+    out
+}
+
+const PYTHON_TAGS: &[&str] = &["python", "py", "python3"];
+
+/// The final program in a reply, following CodeChain: every Python-tagged
+/// block joined; else the last untagged block; else (no fences) the whole
+/// reply. Sub-module outlines (` ```module `) are never part of it.
+pub fn program(text: &str) -> String {
+    let all = blocks(text);
+    let python: Vec<&str> = all
+        .iter()
+        .filter(|b| PYTHON_TAGS.contains(&b.lang.as_str()))
+        .map(|b| b.code.as_str())
+        .collect();
+    if !python.is_empty() {
+        return python.join("\n\n");
+    }
+    if let Some(b) = all.iter().rev().find(|b| b.lang.is_empty()) {
+        return b.code.clone();
+    }
+    if all.is_empty() {
+        return text.trim().to_string();
+    }
+    String::new()
+}
+
+/// A top-level function of a Python program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Function {
+    pub name: String,
+    /// The `def` line(s) up to and including the colon, decorators first.
+    pub header: String,
+    /// The docstring's text, if the body starts with one.
+    pub docstring: Option<String>,
+    /// The whole definition.
+    pub code: String,
+    /// 1-based lines.
+    pub start_line: usize,
+    pub end_line: usize,
+}
+
+/// The parse of a program: its functions and whether the parser had to
+/// recover from errors (the functions are still those it could read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Parsed {
+    pub functions: Vec<Function>,
+    pub has_errors: bool,
+}
+
+/// Top-level (and decorated) function definitions of Python source.
+pub fn functions(source: &str) -> Parsed {
+    let mut parser = tree_sitter::Parser::new();
+    let language: tree_sitter::Language = tree_sitter_python::LANGUAGE.into();
+    if parser.set_language(&language).is_err() {
+        return Parsed {
+            functions: Vec::new(),
+            has_errors: true,
+        };
+    }
+    let Some(tree) = parser.parse(source, None) else {
+        return Parsed {
+            functions: Vec::new(),
+            has_errors: true,
+        };
+    };
+    let root = tree.root_node();
+    let mut out = Vec::new();
+    let mut cursor = root.walk();
+    for child in root.children(&mut cursor) {
+        let (outer, def) = match child.kind() {
+            "function_definition" => (child, child),
+            "decorated_definition" => match child.child_by_field_name("definition") {
+                Some(d) if d.kind() == "function_definition" => (child, d),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        if def.has_error() && def.child_by_field_name("body").is_none() {
+            continue;
+        }
+        let text = |n: tree_sitter::Node| source[n.byte_range()].to_string();
+        let Some(name) = def.child_by_field_name("name").map(text) else {
+            continue;
+        };
+        let header_end = def
+            .child_by_field_name("body")
+            .map_or(def.end_byte(), |b| b.start_byte());
+        let header = source[outer.start_byte()..header_end].trim_end().to_string();
+        let docstring = def.child_by_field_name("body").and_then(|body| {
+            let first = body.named_child(0)?;
+            let string = match first.kind() {
+                "expression_statement" => first.named_child(0)?,
+                _ => return None,
+            };
+            (string.kind() == "string").then(|| {
+                let raw = text(string);
+                strip_quotes(&raw).trim().to_string()
+            })
+        });
+        out.push(Function {
+            name,
+            header,
+            docstring,
+            code: text(outer),
+            start_line: outer.start_position().row + 1,
+            end_line: outer.end_position().row + 1,
+        });
+    }
+    Parsed {
+        functions: out,
+        has_errors: root.has_error(),
+    }
+}
+
+fn strip_quotes(s: &str) -> &str {
+    let s = s.trim_start_matches(|c: char| "rRbBuUfF".contains(c));
+    for q in ["\"\"\"", "'''", "\"", "'"] {
+        if let Some(inner) = s.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
+            return inner;
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_closed_and_cut_off_blocks() {
+        let text = "Intro\n```python\nx = 1\n```\ntext\n~~~\nplain\n~~~\n```py\ny = 2";
+        let b = blocks(text);
+        assert_eq!(b.len(), 3);
+        assert_eq!((b[0].lang.as_str(), b[0].code.as_str(), b[0].closed), ("python", "x = 1", true));
+        assert_eq!((b[1].lang.as_str(), b[1].code.as_str()), ("", "plain"));
+        assert_eq!((b[2].code.as_str(), b[2].closed), ("y = 2", false));
+    }
+
+    #[test]
+    fn the_program_follows_codechain() {
+        // Python blocks are joined; module outlines are not code.
+        let text = "```module\ndef f(x):\n    \"\"\"Doubles.\"\"\"\n```\n```python\ndef f(x):\n    return 2 * x\n```\n```python\nprint(f(2))\n```";
+        assert_eq!(program(text), "def f(x):\n    return 2 * x\n\nprint(f(2))");
+        // The last untagged block.
+        assert_eq!(program("```\na\n```\n```\nb\n```"), "b");
+        // No fences: the whole reply.
+        assert_eq!(program("  print(1)\n"), "print(1)");
+        // Only non-code blocks: nothing.
+        assert_eq!(program("```text\nhello\n```"), "");
+    }
+
+    #[test]
+    fn splits_functions_with_docstrings_and_decorators() {
+        let src = "import math\n\n@cache\ndef area(r):\n    '''Area of a circle.'''\n    return math.pi * r * r\n\ndef main():\n    print(area(2))\n\nclass A:\n    def m(self):\n        pass\n";
+        let p = functions(src);
+        assert!(!p.has_errors);
+        let names: Vec<_> = p.functions.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["area", "main"]);
+        let area = &p.functions[0];
+        assert_eq!(area.header, "@cache\ndef area(r):");
+        assert_eq!(area.docstring.as_deref(), Some("Area of a circle."));
+        assert_eq!((area.start_line, area.end_line), (3, 6));
+        assert!(area.code.ends_with("return math.pi * r * r"));
+        assert_eq!(p.functions[1].docstring, None);
+    }
+
+    #[test]
+    fn broken_code_keeps_what_parses() {
+        let src = "def good(a):\n    return a + 1\n\ndef bad(:\n    return (\n";
+        let p = functions(src);
+        assert!(p.has_errors);
+        assert_eq!(p.functions.first().map(|f| f.name.as_str()), Some("good"));
+    }
+}
