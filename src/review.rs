@@ -116,7 +116,8 @@ pub fn edits(before: &str, after: &str) -> Vec<Edit> {
 
 /// A heuristic intent label (R3 uses a trained classifier): numbers or
 /// negations changed → `meaning-changed`; only punctuation, case or
-/// whitespace → `fluency`; a small spelling-sized change → `fluency`; a
+/// whitespace → `fluency`; spelling, inflection or grammatical-word swaps
+/// (`teh`→`the`, `finish`→`finished`, `was`→`were`) → `fluency`; a
 /// deletion → `clarity`; an insertion → `coherence`; other rewording →
 /// `style`.
 pub fn intent(before: &str, after: &str, kind: EditKind) -> &'static str {
@@ -153,14 +154,31 @@ pub fn intent(before: &str, after: &str, kind: EditKind) -> &'static str {
         EditKind::Delete => "clarity",
         EditKind::Insert => "coherence",
         EditKind::Replace => {
-            if strsim::damerau_levenshtein(&lb, &la) <= 2 && words(before).len() == words(after).len() {
-                "fluency"
-            } else {
-                "style"
-            }
+            let (wb, wa) = (words(before), words(after));
+            // Same words up to inflection, spelling, or a grammatical word.
+            let grammatical = wb.len() == wa.len()
+                && wb.iter().zip(&wa).all(|(b, a)| {
+                    let (b, a) = (letters(b), letters(a));
+                    let shared = b.chars().zip(a.chars()).take_while(|(x, y)| x == y).count();
+                    b == a
+                        || (FUNCTION_WORDS.contains(&b.as_str()) && FUNCTION_WORDS.contains(&a.as_str()))
+                        || shared >= 3.min(b.len()).min(a.len()).max(1) && shared * 2 >= b.len().min(a.len())
+                        || strsim::damerau_levenshtein(&b, &a) <= 2
+                });
+            if grammatical { "fluency" } else { "style" }
         }
     }
 }
+
+/// Articles, auxiliaries, pronouns and prepositions: swapping one for another
+/// is a grammar (fluency) edit.
+const FUNCTION_WORDS: &[&str] = &[
+    "a", "an", "the", "is", "are", "was", "were", "be", "been", "being", "am", "has", "have",
+    "had", "do", "does", "did", "will", "would", "can", "could", "shall", "should", "may",
+    "might", "must", "i", "me", "my", "he", "him", "his", "she", "her", "it", "its", "we",
+    "us", "our", "they", "them", "their", "this", "that", "these", "those", "in", "on", "at",
+    "of", "for", "to", "from", "with", "by", "as", "and", "or", "but", "which", "who", "whom",
+];
 
 /// Applies the edits whose `accepted` flag is true, in character order.
 /// Edits must not overlap (those from [`edits`] never do).
@@ -244,5 +262,8 @@ mod tests {
         assert_eq!(intent("very", "", EditKind::Delete), "clarity");
         assert_eq!(intent("", "however", EditKind::Insert), "coherence");
         assert_eq!(intent("big", "enormous", EditKind::Replace), "style");
+        assert_eq!(intent("was", "were", EditKind::Replace), "fluency");
+        assert_eq!(intent("has finish", "have finished", EditKind::Replace), "fluency");
+        assert_eq!(intent("quick", "rapid", EditKind::Replace), "style");
     }
 }

@@ -127,7 +127,10 @@ impl Task {
     }
 
     pub(super) fn extract(&self, e: &ExtractSpec) -> Result<NodeOutput, NodeError> {
-        let samples = self.samples_of(e.from)?;
+        let samples = match e.from {
+            Some(from) => self.samples_of(from)?,
+            None => vec![json!(self.artifact_text.clone().unwrap_or_default())],
+        };
         let mut programs = Vec::with_capacity(samples.len());
         let mut functions = Vec::new();
         let mut has_errors = Vec::new();

@@ -438,7 +438,8 @@ pub enum TestMode {
 
 #[derive(Debug)]
 pub struct ExtractSpec {
-    pub from: usize,
+    /// The node whose replies (all samples) are read; the artifact when absent.
+    pub from: Option<usize>,
     /// Split the program into functions (Python); otherwise blocks only.
     pub functions: bool,
 }

@@ -35,6 +35,8 @@ struct Ctx {
     diags: Vec<Diagnostic>,
     templates: Templates,
     prompt_dir: std::path::PathBuf,
+    /// The workflow file's directory (relative paths other than prompts).
+    base_dir: std::path::PathBuf,
     /// Templates to check for variables once the graph is known: (template
     /// name or expression, node it runs in, is expression, span, extra names).
     pending_vars: Vec<VarCheck>,
@@ -193,6 +195,7 @@ pub fn check(
         diags: Vec::new(),
         templates: Templates::new(),
         prompt_dir,
+        base_dir: base_dir.to_path_buf(),
         pending_vars: Vec::new(),
     };
 

@@ -12,6 +12,7 @@ mod cli;
 mod engine;
 #[cfg(feature = "llama")]
 mod llama;
+mod library;
 #[cfg(feature = "llama")]
 mod mock_hub;
 mod mock_openai;

@@ -25,225 +25,236 @@ pub(super) struct Env<'a> {
 /// `item` is bound in embed's `text`; `sample` in vote's `weight`.
 const ITEM_VAR: &[&str] = &["item"];
 
-pub(super) fn build(cx: &mut Ctx, kind: &str, n: &RawNode, env: &Env) -> Option<NodeKind> {
-    let f = Fields(&n.library);
-    match kind {
-        "execute" => execute(cx, &f, env).map(NodeKind::Execute),
-        "extract" => {
-            let from = required(cx, &f, "from", env).and_then(|v| node_ref(cx, v, env))?;
-            let functions = match f.get("language") {
-                None => true,
-                Some(v) => match string(cx, v, "`language`")?.as_str() {
-                    "python" => true,
-                    "none" => false,
-                    other => {
-                        invalid(cx, v.span, format!("unsupported language `{other}`"), "one of: python, none");
-                        return None;
-                    }
-                },
-            };
-            Some(NodeKind::Extract(ExtractSpec { from, functions }))
-        }
-        "tool" => tool(cx, &f, env).map(NodeKind::Tool),
-        "embed" => {
-            let items = required(cx, &f, "items", env)
-                .and_then(|v| expression(cx, v, env, "`items`", &[]))?;
-            let text = match f.get("text") {
-                Some(v) => Some(template(cx, v, env, "text", ITEM_VAR)?),
-                None => None,
-            };
-            let model = match f.get("model") {
-                Some(v) => {
-                    let name = string(cx, v, "`model`")?;
-                    let found = env.model_names.iter().position(|m| *m == name);
-                    if found.is_none() {
-                        cx.err(unknown_name(
-                            Code::UnknownModel,
-                            v.span,
-                            format!("{} uses model `{name}`, which is not declared", env.label),
-                            &name,
-                            env.model_names,
-                        ));
-                        return None;
-                    }
-                    found
-                }
-                None => None,
-            };
-            let dims = match f.get("dims") {
-                Some(v) => ranged(cx, v, "`dims`", 1, 1 << 16)? as usize,
-                None => 512,
-            };
-            Some(NodeKind::Embed(EmbedSpec {
-                items,
-                text,
-                model,
-                dims,
-            }))
-        }
-        "cluster" => {
-            let from = required(cx, &f, "from", env).and_then(|v| node_ref(cx, v, env))?;
-            let k = match required(cx, &f, "k", env)? {
-                v @ Node {
-                    value: Value::Str(_),
-                    ..
-                } => ClusterK::Expr(expression(cx, v, env, "`k`", &[])?),
-                v => ClusterK::Fixed(ranged(cx, v, "`k`", 1, 10_000)? as usize),
-            };
-            let seed = match f.get("seed") {
-                Some(v) => ranged(cx, v, "`seed`", 0, i64::MAX as u64)?,
-                None => 0,
-            };
-            Some(NodeKind::Cluster(ClusterSpec { from, k, seed }))
-        }
-        "human_review" => {
-            let before = required(cx, &f, "before", env)
-                .and_then(|v| template(cx, v, env, "before", &[]));
-            let after = match f.get("after") {
-                Some(v) => template(cx, v, env, "after", &[]),
-                None => inline(cx, env, "after", "{{ artifact.text }}", env.span, &[]),
-            };
-            let decisions = match f.get("decisions") {
-                None => None,
-                Some(v) => Some(match string(cx, v, "`decisions`")?.as_str() {
-                    "ask" => ReviewDecisions::Ask,
-                    "accept_all" => ReviewDecisions::AcceptAll,
-                    "reject_all" => ReviewDecisions::RejectAll,
-                    path => {
-                        let full = cx.prompt_dir.parent().unwrap_or(&cx.prompt_dir).join(path);
-                        if !full.is_file() {
-                            invalid(
-                                cx,
-                                v.span,
-                                format!("decisions file `{}` does not exist", full.display()),
-                                "`ask`, `accept_all`, `reject_all`, or a file relative to the workflow",
-                            );
-                            return None;
-                        }
-                        ReviewDecisions::File(full)
-                    }
-                }),
-            };
-            Some(NodeKind::HumanReview(ReviewSpec {
-                before: before?,
-                after: after?,
-                decisions,
-            }))
-        }
-        _ => None,
+/// Reported already: the node cannot be built, but reading goes on so that
+/// every problem is reported at once.
+struct Reported;
+
+type Read<T> = Result<T, Reported>;
+
+/// An optional key: `Ok(None)` when absent.
+fn optional<T>(v: Option<&Node>, parse: impl FnOnce(&Node) -> Option<T>) -> Read<Option<T>> {
+    match v {
+        None => Ok(None),
+        Some(v) => parse(v).map(Some).ok_or(Reported),
     }
 }
 
-fn execute(cx: &mut Ctx, f: &Fields, env: &Env) -> Option<ExecuteSpec> {
-    let code = match f.get("code") {
-        Some(v) => template(cx, v, env, "code", &[]),
-        None => inline(cx, env, "code", "{{ artifact.text }}", env.span, &[]),
+fn must<T>(v: Option<T>) -> Read<T> {
+    v.ok_or(Reported)
+}
+
+pub(super) fn build(cx: &mut Ctx, kind: &str, n: &RawNode, env: &Env) -> Option<NodeKind> {
+    let f = Fields(&n.library);
+    let built = match kind {
+        "execute" => execute(cx, &f, env).map(NodeKind::Execute),
+        "extract" => extract(cx, &f, env).map(NodeKind::Extract),
+        "tool" => tool(cx, &f, env).map(NodeKind::Tool),
+        "embed" => embed(cx, &f, env).map(NodeKind::Embed),
+        "cluster" => cluster(cx, &f, env).map(NodeKind::Cluster),
+        "human_review" => review(cx, &f, env).map(NodeKind::HumanReview),
+        _ => Err(Reported),
     };
-    let mode = match f.get("mode") {
-        None => TestMode::Stdio,
-        Some(v) => match string(cx, v, "`mode`")?.as_str() {
-            "stdio" => TestMode::Stdio,
-            "assert" => TestMode::Assert,
-            other => {
-                invalid(cx, v.span, format!("unknown test mode `{other}`"), "one of: stdio, assert");
-                return None;
+    built.ok()
+}
+
+fn extract(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ExtractSpec> {
+    let from = optional(f.get("from"), |v| node_ref(cx, v, env));
+    let functions = optional(f.get("language"), |v| match string(cx, v, "`language`")?.as_str() {
+        "python" => Some(true),
+        "none" => Some(false),
+        other => {
+            invalid(cx, v.span, format!("unsupported language `{other}`"), "one of: python, none");
+            None
+        }
+    });
+    Ok(ExtractSpec {
+        from: from?,
+        functions: functions?.unwrap_or(true),
+    })
+}
+
+fn embed(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<EmbedSpec> {
+    let items = must(required(cx, f, "items", env)).and_then(|v| must(expression(cx, v, env, "`items`", &[])));
+    let text = optional(f.get("text"), |v| template(cx, v, env, "text", ITEM_VAR));
+    let model = optional(f.get("model"), |v| {
+        let name = string(cx, v, "`model`")?;
+        let found = env.model_names.iter().position(|m| *m == name);
+        if found.is_none() {
+            cx.err(unknown_name(
+                Code::UnknownModel,
+                v.span,
+                format!("{} uses model `{name}`, which is not declared", env.label),
+                &name,
+                env.model_names,
+            ));
+        }
+        found
+    });
+    let dims = optional(f.get("dims"), |v| ranged(cx, v, "`dims`", 1, 1 << 16));
+    Ok(EmbedSpec {
+        items: items?,
+        text: text?,
+        model: model?,
+        dims: dims?.map_or(512, |d| d as usize),
+    })
+}
+
+fn cluster(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ClusterSpec> {
+    let from = must(required(cx, f, "from", env)).and_then(|v| must(node_ref(cx, v, env)));
+    let k = must(required(cx, f, "k", env)).and_then(|v| match &v.value {
+        Value::Str(_) => must(expression(cx, v, env, "`k`", &[])).map(ClusterK::Expr),
+        _ => must(ranged(cx, v, "`k`", 1, 10_000)).map(|k| ClusterK::Fixed(k as usize)),
+    });
+    let seed = optional(f.get("seed"), |v| ranged(cx, v, "`seed`", 0, i64::MAX as u64));
+    Ok(ClusterSpec {
+        from: from?,
+        k: k?,
+        seed: seed?.unwrap_or(0),
+    })
+}
+
+fn review(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ReviewSpec> {
+    let before = must(required(cx, f, "before", env)).and_then(|v| must(template(cx, v, env, "before", &[])));
+    let after = match f.get("after") {
+        Some(v) => must(template(cx, v, env, "after", &[])),
+        None => must(inline(cx, env, "after", "{{ artifact.text }}", env.span, &[])),
+    };
+    let decisions = optional(f.get("decisions"), |v| {
+        Some(match string(cx, v, "`decisions`")?.as_str() {
+            "ask" => ReviewDecisions::Ask,
+            "accept_all" => ReviewDecisions::AcceptAll,
+            "reject_all" => ReviewDecisions::RejectAll,
+            path => {
+                let full = cx.base_dir.join(path);
+                if !full.is_file() {
+                    invalid(
+                        cx,
+                        v.span,
+                        format!("decisions file `{}` does not exist", full.display()),
+                        "`ask`, `accept_all`, `reject_all`, or a file relative to the workflow",
+                    );
+                    return None;
+                }
+                ReviewDecisions::File(full)
             }
-        },
+        })
+    });
+    Ok(ReviewSpec {
+        before: before?,
+        after: after?,
+        decisions: decisions?,
+    })
+}
+
+fn execute(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ExecuteSpec> {
+    let code = match f.get("code") {
+        Some(v) => must(template(cx, v, env, "code", &[])),
+        None => must(inline(cx, env, "code", "{{ artifact.text }}", env.span, &[])),
     };
-    let tests = match required(cx, f, "tests", env)? {
-        v @ Node {
-            value: Value::Str(_),
-            ..
-        } => TestSource::Expr(expression(cx, v, env, "`tests`", &[])?),
-        v @ Node {
-            value: Value::Seq(items),
-            ..
-        } => {
+    let mode = optional(f.get("mode"), |v| match string(cx, v, "`mode`")?.as_str() {
+        "stdio" => Some(TestMode::Stdio),
+        "assert" => Some(TestMode::Assert),
+        other => {
+            invalid(cx, v.span, format!("unknown test mode `{other}`"), "one of: stdio, assert");
+            None
+        }
+    })
+    .map(|m| m.unwrap_or(TestMode::Stdio));
+    let tests = must(required(cx, f, "tests", env)).and_then(|v| match &v.value {
+        Value::Str(_) => must(expression(cx, v, env, "`tests`", &[])).map(TestSource::Expr),
+        Value::Seq(items) => {
+            let mode = mode.as_ref().copied().unwrap_or(TestMode::Stdio);
             let mut cases = Vec::new();
+            let mut ok = true;
             for item in items {
                 match TestCase::from_json(&item.to_json(), mode) {
                     Ok(c) => cases.push(c),
-                    Err(e) => invalid(cx, item.span, format!("a test case {e}"), test_help(mode)),
+                    Err(e) => {
+                        invalid(cx, item.span, format!("a test case {e}"), test_help(mode));
+                        ok = false;
+                    }
                 }
             }
-            if cases.is_empty() && items.is_empty() {
+            if items.is_empty() {
                 invalid(cx, v.span, "the test list is empty".into(), test_help(mode));
+                ok = false;
             }
-            TestSource::Literal(cases)
+            if ok { Ok(TestSource::Literal(cases)) } else { Err(Reported) }
         }
-        v => {
+        _ => {
             wrong_type(cx, v, "`tests`", "a list of tests or an expression");
+            Err(Reported)
+        }
+    });
+    let file = optional(f.get("file"), |v| {
+        let name = string(cx, v, "`file`")?;
+        let plain = std::path::Path::new(&name)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || name.is_empty() {
+            invalid(cx, v.span, format!("`file` `{name}` is not a plain file name"), "e.g. main.py");
             return None;
         }
-    };
-    let file = match f.get("file") {
-        Some(v) => {
-            let name = string(cx, v, "`file`")?;
-            let plain = std::path::Path::new(&name)
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-            if !plain || name.is_empty() {
-                invalid(cx, v.span, format!("`file` `{name}` is not a plain file name"), "e.g. main.py");
-                return None;
-            }
-            name
-        }
-        None => "main.py".to_string(),
-    };
-    let command = match f.get("command") {
-        Some(v) => string_list(cx, v, "`command`")?,
-        None => vec!["python3".to_string(), "{file}".to_string()],
-    };
-    if command.is_empty() {
-        invalid(cx, f.get("command").map_or(env.span, |v| v.span), "`command` is empty".into(), "e.g. [python3, \"{file}\"]");
-    }
-    let mut limits = Limits::default();
-    if let Some(v) = f.get("limits") {
-        let Value::Map(entries) = &v.value else {
-            wrong_type(cx, v, "`limits`", "a mapping");
+        Some(name)
+    });
+    let command = optional(f.get("command"), |v| {
+        let argv = string_list(cx, v, "`command`")?;
+        if argv.is_empty() {
+            invalid(cx, v.span, "`command` is empty".into(), "e.g. [python3, \"{file}\"]");
             return None;
-        };
-        for (k, val) in entries {
-            let key = match &k.value {
-                Value::Str(s) => s.as_str(),
-                _ => "",
-            };
-            match key {
-                "time" => limits.time = duration(cx, val, "`limits.time`")?,
-                "memory" => limits.memory = size(cx, val, "`limits.memory`")?,
-                "output" => limits.output = size(cx, val, "`limits.output`")? as usize,
-                "processes" => limits.processes = ranged(cx, val, "`limits.processes`", 1, 4096)?,
-                other => {
-                    let mut d = Diagnostic::new(
-                        Code::UnknownKey,
-                        k.span,
-                        format!("unknown key `{other}` in `limits` of {}", env.label),
-                    )
-                    .label("not a key here");
-                    d = d.help(format!("expected one of: {}", EXECUTE_LIMIT_KEYS.join(", ")));
-                    cx.err(d);
-                }
-            }
         }
-    }
-    let isolation = match f.get("isolation") {
-        Some(v) => isolation(cx, v)?,
-        None => Isolation::Bubblewrap,
-    };
-    let parallel = match f.get("parallel") {
-        Some(v) => ranged(cx, v, "`parallel`", 1, 64)? as usize,
-        None => 2,
-    };
-    Some(ExecuteSpec {
+        Some(argv)
+    });
+    let limits = optional(f.get("limits"), |v| limits(cx, v, env));
+    let isolation = optional(f.get("isolation"), |v| isolation(cx, v));
+    let parallel = optional(f.get("parallel"), |v| ranged(cx, v, "`parallel`", 1, 64));
+    Ok(ExecuteSpec {
         code: code?,
-        tests,
-        mode,
-        command,
-        file,
-        limits,
-        isolation,
-        parallel,
+        tests: tests?,
+        mode: mode?,
+        command: command?.unwrap_or_else(|| vec!["python3".to_string(), "{file}".to_string()]),
+        file: file?.unwrap_or_else(|| "main.py".to_string()),
+        limits: limits?.unwrap_or_default(),
+        isolation: isolation?.unwrap_or(Isolation::Bubblewrap),
+        parallel: parallel?.map_or(2, |p| p as usize),
     })
+}
+
+fn limits(cx: &mut Ctx, v: &Node, env: &Env) -> Option<Limits> {
+    let Value::Map(entries) = &v.value else {
+        wrong_type(cx, v, "`limits`", "a mapping");
+        return None;
+    };
+    let mut limits = Limits::default();
+    let mut ok = true;
+    for (k, val) in entries {
+        let key = match &k.value {
+            Value::Str(s) => s.as_str(),
+            _ => "",
+        };
+        let read = match key {
+            "time" => duration(cx, val, "`limits.time`").map(|d| limits.time = d),
+            "memory" => size(cx, val, "`limits.memory`").map(|m| limits.memory = m),
+            "output" => size(cx, val, "`limits.output`").map(|o| limits.output = o as usize),
+            "processes" => ranged(cx, val, "`limits.processes`", 1, 4096).map(|p| limits.processes = p),
+            other => {
+                let mut d = Diagnostic::new(
+                    Code::UnknownKey,
+                    k.span,
+                    format!("unknown key `{other}` in `limits` of {}", env.label),
+                )
+                .label("not a key here");
+                d = match crate::workflow::raw::did_you_mean(other, EXECUTE_LIMIT_KEYS.iter().copied()) {
+                    Some(best) => d.help(format!("did you mean `{best}`?")),
+                    None => d.help(format!("expected one of: {}", EXECUTE_LIMIT_KEYS.join(", "))),
+                };
+                cx.err(d);
+                None
+            }
+        };
+        ok &= read.is_some();
+    }
+    ok.then_some(limits)
 }
 
 fn test_help(mode: TestMode) -> &'static str {
@@ -253,112 +264,135 @@ fn test_help(mode: TestMode) -> &'static str {
     }
 }
 
-fn tool(cx: &mut Ctx, f: &Fields, env: &Env) -> Option<ToolSpec> {
-    let timeout = match f.get("timeout") {
-        Some(v) => duration(cx, v, "`timeout`")?,
-        None => Duration::from_secs(10),
-    };
-    let max_output = match f.get("max_output") {
-        Some(v) => size(cx, v, "`max_output`")? as usize,
-        None => 2048,
-    };
+fn tool(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ToolSpec> {
+    let timeout = optional(f.get("timeout"), |v| duration(cx, v, "`timeout`"));
+    let max_output = optional(f.get("max_output"), |v| size(cx, v, "`max_output`"));
     let action = match (f.get("command"), f.get("http")) {
-        (Some(_), Some(h)) => {
+        (Some(c), Some(h)) => {
+            // Still check both, then refuse the pair.
+            let _ = command_action(cx, f, env, c);
+            let _ = http_action(cx, env, h);
             invalid(cx, h.span, format!("{} has both `command` and `http`", env.label), "a tool is one command or one HTTP endpoint");
-            return None;
+            Err(Reported)
         }
-        (Some(c), None) => {
-            let parts = string_list(cx, c, "`command`")?;
-            if parts.is_empty() {
-                invalid(cx, c.span, "`command` is empty".into(), "e.g. [\"./weather\", \"--city\", \"{{ query.city }}\"]");
-                return None;
-            }
-            let mut argv = Vec::new();
-            for (i, part) in parts.iter().enumerate() {
-                argv.push(inline(cx, env, &format!("command.{i}"), part, c.span, &[])?);
-            }
-            let stdin = match f.get("stdin") {
-                Some(v) => Some(template(cx, v, env, "stdin", &[])?),
-                None => None,
-            };
-            let isolation = match f.get("isolation") {
-                Some(v) => isolation(cx, v)?,
-                None => Isolation::None,
-            };
-            ToolAction::Command {
-                argv,
-                stdin,
-                isolation,
-            }
-        }
-        (None, Some(h)) => {
-            let Value::Map(entries) = &h.value else {
-                wrong_type(cx, h, "`http`", "a mapping");
-                return None;
-            };
-            let mut url = None;
-            let mut method = "POST".to_string();
-            let mut body = None;
-            let mut headers = Vec::new();
-            for (k, v) in entries {
-                let key = match &k.value {
-                    Value::Str(s) => s.as_str(),
-                    _ => "",
-                };
-                match key {
-                    "url" => url = template(cx, v, env, "http.url", &[]),
-                    "method" => {
-                        let m = string(cx, v, "`http.method`")?.to_uppercase();
-                        if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&m.as_str()) {
-                            invalid(cx, v.span, format!("unsupported method `{m}`"), "one of: GET, POST, PUT, PATCH, DELETE");
-                            return None;
-                        }
-                        method = m;
-                    }
-                    "body" => body = Some(template(cx, v, env, "http.body", &[])?),
-                    "headers" => {
-                        let Value::Map(hs) = &v.value else {
-                            wrong_type(cx, v, "`http.headers`", "a mapping");
-                            return None;
-                        };
-                        for (hk, hv) in hs {
-                            headers.push((string(cx, hk, "a header name")?, string(cx, hv, "a header value")?));
-                        }
-                    }
-                    other => cx.err(
-                        Diagnostic::new(Code::UnknownKey, k.span, format!("unknown key `{other}` in `http` of {}", env.label))
-                            .label("not a key here")
-                            .help(format!("expected one of: {}", TOOL_HTTP_KEYS.join(", "))),
-                    ),
-                }
-            }
-            let Some(url) = url else {
-                cx.err(
-                    Diagnostic::new(Code::MissingKey, h.span, format!("`http` of {} has no `url`", env.label))
-                        .label("`url` is required"),
-                );
-                return None;
-            };
-            ToolAction::Http {
-                method,
-                url,
-                body,
-                headers,
-            }
-        }
+        (Some(c), None) => command_action(cx, f, env, c),
+        (None, Some(h)) => http_action(cx, env, h),
         (None, None) => {
             cx.err(
                 Diagnostic::new(Code::MissingKey, env.span, format!("{} has neither `command` nor `http`", env.label))
                     .label("a tool needs one")
                     .help("`command: [prog, arg, ...]` (no shell) or `http: {url: ..., body: ...}`"),
             );
-            return None;
+            Err(Reported)
         }
     };
-    Some(ToolSpec {
-        action,
-        timeout,
-        max_output,
+    Ok(ToolSpec {
+        action: action?,
+        timeout: timeout?.unwrap_or(Duration::from_secs(10)),
+        max_output: max_output?.map_or(2048, |m| m as usize),
+    })
+}
+
+fn command_action(cx: &mut Ctx, f: &Fields, env: &Env, c: &Node) -> Read<ToolAction> {
+    let parts = must(string_list(cx, c, "`command`"))?;
+    if parts.is_empty() {
+        invalid(cx, c.span, "`command` is empty".into(), "e.g. [\"./weather\", \"--city\", \"{{ query.city }}\"]");
+        return Err(Reported);
+    }
+    let mut argv = Vec::new();
+    let mut ok = true;
+    for (i, part) in parts.iter().enumerate() {
+        match inline(cx, env, &format!("command.{i}"), part, c.span, &[]) {
+            Some(name) => argv.push(name),
+            None => ok = false,
+        }
+    }
+    let stdin = optional(f.get("stdin"), |v| template(cx, v, env, "stdin", &[]));
+    let isolation = optional(f.get("isolation"), |v| isolation(cx, v));
+    if !ok {
+        return Err(Reported);
+    }
+    Ok(ToolAction::Command {
+        argv,
+        stdin: stdin?,
+        isolation: isolation?.unwrap_or(Isolation::None),
+    })
+}
+
+fn http_action(cx: &mut Ctx, env: &Env, h: &Node) -> Read<ToolAction> {
+    let Value::Map(entries) = &h.value else {
+        wrong_type(cx, h, "`http`", "a mapping");
+        return Err(Reported);
+    };
+    let mut url = None;
+    let mut method = "POST".to_string();
+    let mut body = None;
+    let mut headers = Vec::new();
+    let mut ok = true;
+    for (k, v) in entries {
+        let key = match &k.value {
+            Value::Str(s) => s.as_str(),
+            _ => "",
+        };
+        match key {
+            "url" => {
+                url = template(cx, v, env, "http.url", &[]);
+                ok &= url.is_some();
+            }
+            "method" => match string(cx, v, "`http.method`").map(|m| m.to_uppercase()) {
+                Some(m) if ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&m.as_str()) => method = m,
+                Some(m) => {
+                    invalid(cx, v.span, format!("unsupported method `{m}`"), "one of: GET, POST, PUT, PATCH, DELETE");
+                    ok = false;
+                }
+                None => ok = false,
+            },
+            "body" => {
+                body = template(cx, v, env, "http.body", &[]);
+                ok &= body.is_some();
+            }
+            "headers" => {
+                let Value::Map(hs) = &v.value else {
+                    wrong_type(cx, v, "`http.headers`", "a mapping");
+                    ok = false;
+                    continue;
+                };
+                for (hk, hv) in hs {
+                    match (string(cx, hk, "a header name"), string(cx, hv, "a header value")) {
+                        (Some(k), Some(v)) => headers.push((k, v)),
+                        _ => ok = false,
+                    }
+                }
+            }
+            other => {
+                let mut d = Diagnostic::new(Code::UnknownKey, k.span, format!("unknown key `{other}` in `http` of {}", env.label))
+                    .label("not a key here");
+                d = match crate::workflow::raw::did_you_mean(other, TOOL_HTTP_KEYS.iter().copied()) {
+                    Some(best) => d.help(format!("did you mean `{best}`?")),
+                    None => d.help(format!("expected one of: {}", TOOL_HTTP_KEYS.join(", "))),
+                };
+                cx.err(d);
+                ok = false;
+            }
+        }
+    }
+    let Some(url) = url else {
+        if !entries.iter().any(|(k, _)| matches!(&k.value, Value::Str(s) if s == "url")) {
+            cx.err(
+                Diagnostic::new(Code::MissingKey, h.span, format!("`http` of {} has no `url`", env.label))
+                    .label("`url` is required"),
+            );
+        }
+        return Err(Reported);
+    };
+    if !ok {
+        return Err(Reported);
+    }
+    Ok(ToolAction::Http {
+        method,
+        url,
+        body,
+        headers,
     })
 }
 
