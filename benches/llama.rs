@@ -1,7 +1,10 @@
 //! The in-process llama.cpp backend on the embedded default model.
 //! Run: `cargo bench --bench llama --features llama`
 //! (env: `REDRAFT_MODEL`, `REDRAFT_LLAMA_BENCH` = path of llama.cpp's
-//! `llama-bench` from `scripts/build-peers.sh`, `REPS` = repetitions, default 3).
+//! `llama-bench` from `scripts/build-peers.sh`, `REPS` = repetitions, default 5,
+//! `SECTIONS` = a comma list of `speed`, `batch`, `prefix`, default all).
+//! Medians of `REPS` runs; llama-bench runs before and after ours, so that
+//! drift on a shared machine shows.
 //!
 //! 1. Prompt processing (512 tokens) and generation (128 tokens) speed, one
 //!    thread, against `llama-bench -p 512 -n 128 -t 1` on the same file.
@@ -25,7 +28,7 @@ use redraft::backend::{
 };
 
 fn reps() -> usize {
-    std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(3)
+    std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(5)
 }
 
 fn open(path: &PathBuf, prefix_cache: bool) -> LlamaModel {
@@ -129,39 +132,58 @@ fn main() {
         .unwrap();
     println!("model: {}  threads: 1  reps: {reps}", path.display());
 
-    // 1. Speed against llama-bench.
-    let cold = open(&path, false);
+    let sections = std::env::var("SECTIONS").unwrap_or_else(|_| "speed,batch,prefix".into());
+    if sections.contains("speed") {
+        speed(&rt, &path, reps);
+    }
+    if sections.contains("batch") {
+        batch(&rt, &path, reps);
+    }
+    if sections.contains("prefix") {
+        prefix(&rt, &path, reps);
+    }
+}
+
+/// 1. Speed against llama-bench.
+fn speed(rt: &tokio::runtime::Runtime, path: &PathBuf, reps: usize) {
+    let before = llama_bench(path, reps);
+    let cold = open(path, false);
     let long = prompt_of(&cold, 512);
     let pp_tokens = cold.estimate_prompt_tokens(&request(long.clone(), 1, 0.0, 1));
     let count = vec![Message::user(
         "Count from 1 to 1000 in digits, separated by spaces.".to_string(),
     )];
-    let (t1, _) = time(&rt, &cold, &request(count.clone(), 1, 0.0, 1), reps);
-    let (t128, c) = time(&rt, &cold, &request(count, 128, 0.0, 1), reps);
+    let (t1, _) = time(rt, &cold, &request(count.clone(), 1, 0.0, 1), reps);
+    let (t128, c) = time(rt, &cold, &request(count, 128, 0.0, 1), reps);
     let generated = c.usage.completion_tokens as f64;
     let tg = (generated - 1.0) / (t128 - t1);
-    let (tpp, _) = time(&rt, &cold, &request(long, 1, 0.0, 1), reps);
+    let (tpp, _) = time(rt, &cold, &request(long, 1, 0.0, 1), reps);
     let pp = pp_tokens as f64 / (tpp - 1.0 / tg);
     println!("\n## Speed (tokens/s)");
     println!("redraft: pp{pp_tokens} {pp:.1}  tg{generated} {tg:.1}");
-    match llama_bench(&path, reps) {
-        Some(b) => println!(
-            "llama-bench: pp512 {:.1}  tg128 {:.1}  -> redraft/llama-bench: pp {:.1}%  tg {:.1}%",
-            b.pp,
-            b.tg,
-            100.0 * pp / b.pp,
-            100.0 * tg / b.tg
-        ),
-        None => println!("llama-bench: not run (set REDRAFT_LLAMA_BENCH)"),
-    }
     drop(cold);
+    let after = llama_bench(path, reps);
+    for (when, b) in [("before", before), ("after", after)] {
+        match b {
+            Some(b) => println!(
+                "llama-bench ({when}): pp512 {:.1}  tg128 {:.1}  -> redraft/llama-bench: pp {:.1}%  tg {:.1}%",
+                b.pp,
+                b.tg,
+                100.0 * pp / b.pp,
+                100.0 * tg / b.tg
+            ),
+            None => println!("llama-bench: not run (set REDRAFT_LLAMA_BENCH)"),
+        }
+    }
+}
 
-    // 2. n = 4 in one call against four calls.
-    let warm = open(&path, true);
+/// 2. n = 4 in one call (parallel sequences) against four calls of n = 1.
+fn batch(rt: &tokio::runtime::Runtime, path: &PathBuf, reps: usize) {
+    let warm = open(path, true);
     let poem = vec![Message::user(
         "Write a long story about a lighthouse keeper and a storm.".to_string(),
     )];
-    let (t_batched, c) = time(&rt, &warm, &request(poem.clone(), 64, 0.8, 4), reps);
+    let (t_batched, c) = time(rt, &warm, &request(poem.clone(), 64, 0.8, 4), reps);
     let batched_tokens = c.usage.completion_tokens;
     let mut t_seq = Vec::new();
     let mut seq_tokens = 0;
@@ -194,9 +216,10 @@ fn main() {
         t_seq / t_batched,
         (batched_tokens as f64 / t_batched) / (seq_tokens as f64 / t_seq)
     );
-    drop(warm);
+}
 
-    // 3. Prefix reuse over the prompts of a real self-refine run.
+/// 3. Prefix reuse over the prompts of a real self-refine run.
+fn prefix(rt: &tokio::runtime::Runtime, path: &PathBuf, reps: usize) {
     let cassette = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cassettes/self-refine-smollm2.jsonl"),
     )
@@ -215,9 +238,9 @@ fn main() {
     println!("\n## Prefill of self-refine rounds 2+ (recorded prompts, max_tokens 1)");
     let mut totals = Vec::new();
     for prefix_cache in [false, true] {
-        let mut best: Option<(f64, u64, u64)> = None;
+        let mut runs: Vec<(f64, u64, u64)> = Vec::new();
         for _ in 0..reps {
-            let m = open(&path, prefix_cache);
+            let m = open(path, prefix_cache);
             let (mut secs, mut prompt, mut reused) = (0.0, 0, 0);
             for (round, _node, messages) in &calls {
                 let t = Instant::now();
@@ -230,15 +253,15 @@ fn main() {
                     reused += c.usage.cached_tokens;
                 }
             }
-            if best.is_none_or(|b| secs < b.0) {
-                best = Some((secs, prompt, reused));
-            }
+            runs.push((secs, prompt, reused));
         }
-        let (secs, prompt, reused) = best.unwrap();
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (secs, prompt, reused) = runs[runs.len() / 2];
         println!(
-            "prefix cache {}: {:.1} ms for {prompt} prompt tokens, {reused} reused",
+            "prefix cache {}: {:.1} ms (median) for {prompt} prompt tokens, {reused} reused ({:.0}%)",
             if prefix_cache { "on " } else { "off" },
-            secs * 1e3
+            secs * 1e3,
+            100.0 * reused as f64 / prompt as f64
         );
         totals.push(secs);
     }

@@ -16,12 +16,18 @@ pub struct Block {
     pub closed: bool,
 }
 
-/// Every fenced block (```` ``` ```` or `~~~`), in order.
+/// Every fenced block (```` ``` ```` or `~~~`), in order. A reply whose only
+/// fence is a bare one after unfenced code (models forget the opening fence)
+/// has that code as its block, when what follows the fence is not code.
 pub fn blocks(text: &str) -> Vec<Block> {
     let mut out = Vec::new();
     let mut open: Option<(String, &str, Vec<&str>)> = None;
+    let mut preamble: Vec<&str> = Vec::new();
     for line in text.lines() {
         let trimmed = line.trim_start();
+        if open.is_none() && out.is_empty() && !trimmed.starts_with("```") && !trimmed.starts_with("~~~") {
+            preamble.push(line);
+        }
         match &mut open {
             None => {
                 for fence in ["```", "~~~"] {
@@ -47,11 +53,25 @@ pub fn blocks(text: &str) -> Vec<Block> {
         }
     }
     if let Some((lang, _, body)) = open {
-        out.push(Block {
-            lang,
-            code: body.join("\n"),
-            closed: false,
-        });
+        // A lone bare fence closes the text before it when that text is
+        // code (it parses as Python) and what follows is not.
+        let before = preamble.join("\n");
+        let after = body.join("\n");
+        let parses = |t: &str| !t.trim().is_empty() && !functions(t).has_errors;
+        let lone_closing = out.is_empty() && lang.is_empty() && parses(&before) && !parses(&after);
+        if lone_closing {
+            out.push(Block {
+                lang,
+                code: preamble.join("\n").trim_end().to_string(),
+                closed: true,
+            });
+        } else {
+            out.push(Block {
+                lang,
+                code: body.join("\n"),
+                closed: false,
+            });
+        }
     }
     out
 }
@@ -138,9 +158,16 @@ pub fn functions(source: &str) -> Parsed {
         let Some(name) = def.child_by_field_name("name").map(text) else {
             continue;
         };
-        let header_end = def
-            .child_by_field_name("body")
-            .map_or(def.end_byte(), |b| b.start_byte());
+        // The header ends at the colon after the parameters (and return
+        // type), found from the signature so that a broken body cannot
+        // leak into it.
+        let signature_end = ["return_type", "parameters", "name"]
+            .iter()
+            .find_map(|f| def.child_by_field_name(f))
+            .map_or(def.start_byte(), |n| n.end_byte());
+        let header_end = source[signature_end..def.end_byte()]
+            .find(':')
+            .map_or(def.end_byte(), |i| signature_end + i + 1);
         let header = source[outer.start_byte()..header_end].trim_end().to_string();
         let docstring = def.child_by_field_name("body").and_then(|body| {
             let first = body.named_child(0)?;
@@ -193,6 +220,18 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_bare_fence_closes_the_text_before_it() {
+        let b = blocks("def f():\n    return 1\n```\n\nThis returns one.");
+        assert_eq!(b.len(), 1);
+        assert_eq!((b[0].code.as_str(), b[0].closed), ("def f():\n    return 1", true));
+        // A bare fence at the start, or after prose, opens a block as usual.
+        let b = blocks("```\nx = 1");
+        assert_eq!((b[0].code.as_str(), b[0].closed), ("x = 1", false));
+        let b = blocks("Here is the code:\n```\nx = 1");
+        assert_eq!((b[0].code.as_str(), b[0].closed), ("x = 1", false));
+    }
+
+    #[test]
     fn the_program_follows_codechain() {
         // Python blocks are joined; module outlines are not code.
         let text = "```module\ndef f(x):\n    \"\"\"Doubles.\"\"\"\n```\n```python\ndef f(x):\n    return 2 * x\n```\n```python\nprint(f(2))\n```";
@@ -226,5 +265,8 @@ mod tests {
         let p = functions(src);
         assert!(p.has_errors);
         assert_eq!(p.functions.first().map(|f| f.name.as_str()), Some("good"));
+        // A body cut off mid-expression stays out of the header.
+        let p = functions("def f(x: int) -> int:\n    return g(x");
+        assert_eq!(p.functions[0].header, "def f(x: int) -> int:");
     }
 }

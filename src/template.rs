@@ -8,6 +8,14 @@ use std::collections::HashSet;
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 
+/// Functions every template and expression may call.
+const FUNCTIONS: &[&str] = &["bleu4", "cosine"];
+
+fn without_functions(mut vars: HashSet<String>) -> HashSet<String> {
+    vars.retain(|v| !FUNCTIONS.contains(&v.as_str()));
+    vars
+}
+
 /// Fuel for one render or evaluation: enough for any sane prompt.
 const FUEL: u64 = 2_000_000;
 
@@ -45,6 +53,11 @@ impl Templates {
         // Prompts are plain text, never HTML.
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env.set_keep_trailing_newline(true);
+        // Similarity helpers for stop rules (DRAFT's convergence δ).
+        env.add_function("bleu4", |reference: String, hypothesis: String| {
+            crate::similarity::bleu4(&reference, &hypothesis)
+        });
+        env.add_function("cosine", |a: Vec<f32>, b: Vec<f32>| crate::similarity::cosine(&a, &b));
         Templates { env }
     }
 
@@ -63,7 +76,7 @@ impl Templates {
     pub fn variables(&self, name: &str) -> HashSet<String> {
         self.env
             .get_template(name)
-            .map(|t| t.undeclared_variables(false))
+            .map(|t| without_functions(t.undeclared_variables(false)))
             .unwrap_or_default()
     }
 
@@ -87,7 +100,7 @@ impl Templates {
             .env
             .compile_expression(expr)
             .map_err(|e| describe(&e))?;
-        Ok(compiled.undeclared_variables(false))
+        Ok(without_functions(compiled.undeclared_variables(false)))
     }
 
     pub fn render(&self, name: &str, ctx: &Value) -> Result<String, TemplateError> {
@@ -162,6 +175,19 @@ mod tests {
         let err = t.render("p", &context! {}).unwrap_err();
         assert!(err.detail.contains("undefined"), "{err}");
         assert_eq!(t.render("p", &context! { name => "x" }).unwrap(), "Hello x");
+    }
+
+    #[test]
+    fn similarity_functions_serve_stop_rules() {
+        let mut t = Templates::new();
+        let expr = "(bleu4(old, new) + cosine(u, v)) / 2 >= 0.75";
+        let vars = t.add_expression(expr).unwrap();
+        assert_eq!(vars.len(), 4, "functions are not variables: {vars:?}");
+        let same = context! { old => "a b c d e", new => "a b c d e", u => [1.0, 0.0], v => [2.0, 0.0] };
+        assert!(t.condition(expr, &same).unwrap());
+        let apart = context! { old => "a b c d e", new => "v w x y z", u => [1.0, 0.0], v => [0.0, 1.0] };
+        assert!(!t.condition(expr, &apart).unwrap());
+        assert_eq!(t.number("bleu4('the cat sat', 'the cat sat')", &context! {}).unwrap(), 1.0);
     }
 
     #[test]

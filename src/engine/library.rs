@@ -667,24 +667,35 @@ fn decisions_from_file(path: &std::path::Path, depth: u32, count: usize) -> Resu
 
 /// Asks on the terminal, one edit at a time.
 fn ask(node: &str, before: &str, proposals: &[Edit]) -> std::io::Result<Vec<bool>> {
-    let mut err = std::io::stderr().lock();
     let stdin = std::io::stdin();
+    ask_with(&mut stdin.lock(), &mut std::io::stderr().lock(), node, before, proposals)
+}
+
+/// Shows each edit with 40 characters of context either side
+/// (`[-old-]{+new+}`) and reads y/n, or a/r for all the rest.
+fn ask_with(
+    input: &mut impl BufRead,
+    out: &mut impl Write,
+    node: &str,
+    before: &str,
+    proposals: &[Edit],
+) -> std::io::Result<Vec<bool>> {
     let chars: Vec<char> = before.chars().collect();
     let context = |from: usize, to: usize| -> String {
         chars[from.min(chars.len())..to.min(chars.len())].iter().collect()
     };
-    writeln!(err, "\n{node}: {} proposed edits", proposals.len())?;
-    let mut out = Vec::with_capacity(proposals.len());
+    writeln!(out, "\n{node}: {} proposed edits", proposals.len())?;
+    let mut decisions = Vec::with_capacity(proposals.len());
     let mut rest: Option<bool> = None;
     for (i, e) in proposals.iter().enumerate() {
         if let Some(all) = rest {
-            out.push(all);
+            decisions.push(all);
             continue;
         }
         let lead = context(e.start.saturating_sub(40), e.start);
         let trail = context(e.end, e.end + 40);
         writeln!(
-            err,
+            out,
             "\n[{}/{}] {:?} ({})\n  …{lead}[-{}-]{{+{}+}}{trail}…",
             i + 1,
             proposals.len(),
@@ -694,32 +705,33 @@ fn ask(node: &str, before: &str, proposals: &[Edit]) -> std::io::Result<Vec<bool
             e.after
         )?;
         loop {
-            write!(err, "  accept? [y]es / [n]o / [a]ccept all the rest / [r]eject all the rest: ")?;
-            err.flush()?;
+            write!(out, "  accept? [y]es / [n]o / [a]ccept all the rest / [r]eject all the rest: ")?;
+            out.flush()?;
             let mut line = String::new();
-            if stdin.lock().read_line(&mut line)? == 0 {
+            if input.read_line(&mut line)? == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    "stdin closed before every edit was decided",
+                    "input closed before every edit was decided",
                 ));
             }
-            match line.trim() {
-                "y" | "yes" => out.push(true),
-                "n" | "no" => out.push(false),
+            let decision = match line.trim() {
+                "y" | "yes" => true,
+                "n" | "no" => false,
                 "a" => {
                     rest = Some(true);
-                    out.push(true);
+                    true
                 }
                 "r" => {
                     rest = Some(false);
-                    out.push(false);
+                    false
                 }
                 _ => continue,
-            }
+            };
+            decisions.push(decision);
             break;
         }
     }
-    Ok(out)
+    Ok(decisions)
 }
 
 #[cfg(test)]
@@ -738,6 +750,24 @@ mod tests {
         assert_eq!(truncate_chars("héllo", 2), ("hé…".to_string(), true));
         assert_eq!(truncate_chars("hi", 5), ("hi".to_string(), false));
         assert_eq!(tail("abcdef", 3), "…def");
+    }
+
+    #[test]
+    fn terminal_review_reads_a_decision_per_edit() {
+        let before = "one two three four five";
+        let edits = review::edits(before, "one 2 three 4 five six");
+        assert_eq!(edits.len(), 3);
+        // A typo is asked again; `r` rejects the rest.
+        let mut input = std::io::Cursor::new("y\nmaybe\nr\n");
+        let mut shown = Vec::new();
+        let got = ask_with(&mut input, &mut shown, "review", before, &edits).unwrap();
+        assert_eq!(got, [true, false, false]);
+        let shown = String::from_utf8(shown).unwrap();
+        assert!(shown.contains("[1/3] Replace (meaning-changed)"), "{shown}");
+        assert!(shown.contains("…one [-two-]{+2+} three four five…"), "{shown}");
+        // Input that ends early is an error, not a guess.
+        let mut short = std::io::Cursor::new("y\n");
+        assert!(ask_with(&mut short, &mut Vec::new(), "review", before, &edits).is_err());
     }
 
     #[test]

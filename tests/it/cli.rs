@@ -300,3 +300,31 @@ fn a_closed_stdout_pipe_is_not_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn review_decisions_come_from_the_command_line() {
+    let o = redraft(&[
+        "run",
+        "tests/fixtures/library/review.yaml",
+        "--review",
+        "reject-all",
+        "--json",
+        "-q",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let reviews = summary["reviews"].as_array().unwrap();
+    assert_eq!(reviews[0]["proposed"], 2);
+    assert_eq!(reviews[0]["accepted"], 0);
+    assert_eq!(reviews[0]["acceptance_rate"], 0.0);
+    // The rejected edits are not proposed again: the loop stops at depth 2.
+    assert_eq!(reviews[1]["proposed"], 0);
+    assert_eq!(
+        summary["output"],
+        "The results was good and we has finish the tests."
+    );
+
+    let o = redraft(&["run", "tests/fixtures/library/review.yaml", "--review", "sometimes"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("--review \"sometimes\""), "{}", stderr(&o));
+}

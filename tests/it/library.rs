@@ -495,3 +495,95 @@ replies:
     assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
     assert_eq!(s.output.unwrap(), "b");
 }
+
+/// ReVISE's verifier: confidence p(Yes)/(p(Yes)+p(No)) from the first
+/// token's logprobs when the backend gives them, else verbalised; the
+/// verdict event says which.
+#[tokio::test]
+async fn verify_confidence_comes_from_logprobs_or_words() {
+    let wf = || {
+        workflow(
+            r#"
+version: 1
+models: { m: "scripted:x" }
+nodes:
+  - { id: solve, kind: generate, template: "What is 2 + 2?" }
+  - id: check
+    kind: verify
+    checks:
+      - judge: { template: "Is this answer correct? {{ target }} Answer Yes or No.", logprobs: 5 }
+edges: [{ from: solve, to: check }]
+output: { from: solve }
+"#,
+        )
+    };
+    let sources = |events: &[Event]| -> Vec<(Option<&'static str>, f64)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Verdict {
+                    confidence_source,
+                    score,
+                    ..
+                } => Some((*confidence_source, *score)),
+                _ => None,
+            })
+            .collect()
+    };
+    // ln 0.6 and ln 0.2: p(Yes) / (p(Yes) + p(No)) = 0.75.
+    let with_logprobs = r#"
+replies:
+  - { node: solve, text: "4" }
+  - node: check
+    text: "Yes"
+    logprobs:
+      - { token: "Yes", logprob: -0.5108256, top: [["Yes", -0.5108256], ["No", -1.6094379], ["Maybe", -2.0]] }
+"#;
+    let (s, events) = run(wf(), with_logprobs, RunOptions::default()).await;
+    assert_eq!(s.verified, Some(true));
+    let got = sources(&events);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, Some("logprobs"));
+    assert!((got[0].1 - 0.75).abs() < 1e-4, "{got:?}");
+
+    let verbalised = r#"
+replies:
+  - { node: solve, text: "5" }
+  - { node: check, text: '{"verdict": "no", "confidence": 0.9}' }
+"#;
+    let (s, events) = run(wf(), verbalised, RunOptions::default()).await;
+    assert_eq!(s.verified, Some(false));
+    let got = sources(&events);
+    assert_eq!(got[0].0, Some("verbalized"));
+    assert!((got[0].1 - 0.1).abs() < 1e-9, "{got:?}");
+}
+
+/// Extraction on real replies of SmolLM2-135M-Instruct to HumanEval prompts
+/// (fenced, unfenced, several blocks, cut off by the token limit): the
+/// program and functions found are snapshotted and reviewed.
+#[test]
+fn extraction_on_real_model_outputs() {
+    insta::glob!("../fixtures/extract", "*.txt", |path| {
+        let reply = std::fs::read_to_string(path).unwrap();
+        let program = redraft::extract::program(&reply);
+        let parsed = redraft::extract::functions(&program);
+        let mut report = format!(
+            "blocks: {}\nhas_errors: {}\n",
+            redraft::extract::blocks(&reply)
+                .iter()
+                .map(|b| format!("{}{}", if b.lang.is_empty() { "-" } else { &b.lang }, if b.closed { "" } else { " (cut off)" }))
+                .collect::<Vec<_>>()
+                .join(", "),
+            parsed.has_errors
+        );
+        for f in &parsed.functions {
+            report.push_str(&format!(
+                "- {} (lines {}-{}): {:?}\n  docstring: {:?}\n",
+                f.name, f.start_line, f.end_line, f.header, f.docstring
+            ));
+        }
+        report.push_str("program:\n");
+        report.push_str(&program);
+        insta::assert_snapshot!(report);
+    });
+}
