@@ -3,8 +3,9 @@
 //! (env: `REDRAFT_MODEL`, `REDRAFT_LLAMA_BENCH` = path of llama.cpp's
 //! `llama-bench` from `scripts/build-peers.sh`, `REPS` = repetitions, default 5,
 //! `SECTIONS` = a comma list of `speed`, `batch`, `prefix`, default all).
-//! Medians of `REPS` runs; llama-bench runs before and after ours, so that
-//! drift on a shared machine shows.
+//! Medians of `REPS` runs; for speed, llama-bench and ours alternate round
+//! by round and the ratio is the median of per-round ratios, because a
+//! shared machine drifts by more than the 5% being measured.
 //!
 //! 1. Prompt processing (512 tokens) and generation (128 tokens) speed, one
 //!    thread, against `llama-bench -p 512 -n 128 -t 1` on the same file.
@@ -18,20 +19,21 @@
 //!    (`tests/cassettes/self-refine-smollm2.jsonl`), replayed in order with
 //!    the prefix cache on and off: prefill time of rounds 2 and later.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use redraft::LanguageModel;
 use redraft::backend::llama::{LlamaModel, default_model_path};
-use redraft::backend::{
-    CallContext, CompletionRequest, Message, ResponseFormat, SamplingParams,
-};
+use redraft::backend::{CallContext, CompletionRequest, Message, ResponseFormat, SamplingParams};
 
 fn reps() -> usize {
-    std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(5)
+    std::env::var("REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5)
 }
 
-fn open(path: &PathBuf, prefix_cache: bool) -> LlamaModel {
+fn open(path: &Path, prefix_cache: bool) -> LlamaModel {
     LlamaModel::open(
         path,
         &serde_json::json!({
@@ -101,7 +103,7 @@ struct LlamaBench {
     tg: f64,
 }
 
-fn llama_bench(model: &PathBuf, reps: usize) -> Option<LlamaBench> {
+fn llama_bench(model: &Path, reps: usize) -> Option<LlamaBench> {
     let bin = std::env::var_os("REDRAFT_LLAMA_BENCH")?;
     let out = std::process::Command::new(bin)
         .args(["-m", model.to_str()?, "-p", "512", "-n", "128", "-t", "1"])
@@ -145,40 +147,61 @@ fn main() {
 }
 
 /// 1. Speed against llama-bench.
-fn speed(rt: &tokio::runtime::Runtime, path: &PathBuf, reps: usize) {
-    let before = llama_bench(path, reps);
+fn speed(rt: &tokio::runtime::Runtime, path: &Path, reps: usize) {
     let cold = open(path, false);
     let long = prompt_of(&cold, 512);
     let pp_tokens = cold.estimate_prompt_tokens(&request(long.clone(), 1, 0.0, 1));
     let count = vec![Message::user(
         "Count from 1 to 1000 in digits, separated by spaces.".to_string(),
     )];
-    let (t1, _) = time(rt, &cold, &request(count.clone(), 1, 0.0, 1), reps);
-    let (t128, c) = time(rt, &cold, &request(count, 128, 0.0, 1), reps);
-    let generated = c.usage.completion_tokens as f64;
-    let tg = (generated - 1.0) / (t128 - t1);
-    let (tpp, _) = time(rt, &cold, &request(long, 1, 0.0, 1), reps);
-    let pp = pp_tokens as f64 / (tpp - 1.0 / tg);
-    println!("\n## Speed (tokens/s)");
-    println!("redraft: pp{pp_tokens} {pp:.1}  tg{generated} {tg:.1}");
-    drop(cold);
-    let after = llama_bench(path, reps);
-    for (when, b) in [("before", before), ("after", after)] {
-        match b {
-            Some(b) => println!(
-                "llama-bench ({when}): pp512 {:.1}  tg128 {:.1}  -> redraft/llama-bench: pp {:.1}%  tg {:.1}%",
-                b.pp,
-                b.tg,
-                100.0 * pp / b.pp,
-                100.0 * tg / b.tg
-            ),
-            None => println!("llama-bench: not run (set REDRAFT_LLAMA_BENCH)"),
+    // Interleaved rounds (llama-bench once, then ours once), so that both
+    // see the same machine; the ratio is taken per round, then the median.
+    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let peer = llama_bench(path, 1);
+        let (t1, _) = time(rt, &cold, &request(count.clone(), 1, 0.0, 1), 1);
+        let (t128, c) = time(rt, &cold, &request(count.clone(), 128, 0.0, 1), 1);
+        let generated = c.usage.completion_tokens as f64;
+        let tg = (generated - 1.0) / (t128 - t1);
+        let (tpp, _) = time(rt, &cold, &request(long.clone(), 1, 0.0, 1), 1);
+        let pp = pp_tokens as f64 / (tpp - 1.0 / tg);
+        if let Some(b) = &peer {
+            ratios.push((pp / b.pp, tg / b.tg));
         }
+        ours.push((pp, tg));
+        theirs.extend(peer.map(|b| (b.pp, b.tg)));
     }
+    let median = |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| -> f64 {
+        let mut x: Vec<f64> = v.iter().map(pick).collect();
+        x.sort_by(f64::total_cmp);
+        x.get(x.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (pp, tg) = (median(&ours, |x| x.0), median(&ours, |x| x.1));
+    println!("\n## Speed (tokens/s, medians of {reps} interleaved rounds)");
+    println!("redraft: pp{pp_tokens} {pp:.1}  tg128 {tg:.1}");
+    if theirs.is_empty() {
+        println!("llama-bench: not run (set REDRAFT_LLAMA_BENCH)");
+        return;
+    }
+    println!(
+        "llama-bench: pp512 {:.1}  tg128 {:.1}",
+        median(&theirs, |x| x.0),
+        median(&theirs, |x| x.1)
+    );
+    println!(
+        "redraft/llama-bench, median of per-round ratios: pp {:.1}%  tg {:.1}%  (rounds: {})",
+        100.0 * median(&ratios, |x| x.0),
+        100.0 * median(&ratios, |x| x.1),
+        ratios
+            .iter()
+            .map(|(p, t)| format!("{:.0}/{:.0}", 100.0 * p, 100.0 * t))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
 }
 
 /// 2. n = 4 in one call (parallel sequences) against four calls of n = 1.
-fn batch(rt: &tokio::runtime::Runtime, path: &PathBuf, reps: usize) {
+fn batch(rt: &tokio::runtime::Runtime, path: &Path, reps: usize) {
     let warm = open(path, true);
     let poem = vec![Message::user(
         "Write a long story about a lighthouse keeper and a storm.".to_string(),
@@ -219,7 +242,7 @@ fn batch(rt: &tokio::runtime::Runtime, path: &PathBuf, reps: usize) {
 }
 
 /// 3. Prefix reuse over the prompts of a real self-refine run.
-fn prefix(rt: &tokio::runtime::Runtime, path: &PathBuf, reps: usize) {
+fn prefix(rt: &tokio::runtime::Runtime, path: &Path, reps: usize) {
     let cassette = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cassettes/self-refine-smollm2.jsonl"),
     )

@@ -25,14 +25,18 @@ pub fn blocks(text: &str) -> Vec<Block> {
     let mut preamble: Vec<&str> = Vec::new();
     for line in text.lines() {
         let trimmed = line.trim_start();
-        if open.is_none() && out.is_empty() && !trimmed.starts_with("```") && !trimmed.starts_with("~~~") {
+        if open.is_none()
+            && out.is_empty()
+            && !trimmed.starts_with("```")
+            && !trimmed.starts_with("~~~")
+        {
             preamble.push(line);
         }
         match &mut open {
             None => {
                 for fence in ["```", "~~~"] {
                     if let Some(info) = trimmed.strip_prefix(fence) {
-                        let lang = info.trim().split_whitespace().next().unwrap_or("");
+                        let lang = info.split_whitespace().next().unwrap_or("");
                         open = Some((lang.to_lowercase(), fence, Vec::new()));
                         break;
                     }
@@ -168,7 +172,9 @@ pub fn functions(source: &str) -> Parsed {
         let header_end = source[signature_end..def.end_byte()]
             .find(':')
             .map_or(def.end_byte(), |i| signature_end + i + 1);
-        let header = source[outer.start_byte()..header_end].trim_end().to_string();
+        let header = source[outer.start_byte()..header_end]
+            .trim_end()
+            .to_string();
         let docstring = def.child_by_field_name("body").and_then(|body| {
             let first = body.named_child(0)?;
             let string = match first.kind() {
@@ -214,7 +220,10 @@ mod tests {
         let text = "Intro\n```python\nx = 1\n```\ntext\n~~~\nplain\n~~~\n```py\ny = 2";
         let b = blocks(text);
         assert_eq!(b.len(), 3);
-        assert_eq!((b[0].lang.as_str(), b[0].code.as_str(), b[0].closed), ("python", "x = 1", true));
+        assert_eq!(
+            (b[0].lang.as_str(), b[0].code.as_str(), b[0].closed),
+            ("python", "x = 1", true)
+        );
         assert_eq!((b[1].lang.as_str(), b[1].code.as_str()), ("", "plain"));
         assert_eq!((b[2].code.as_str(), b[2].closed), ("y = 2", false));
     }
@@ -223,7 +232,10 @@ mod tests {
     fn a_lone_bare_fence_closes_the_text_before_it() {
         let b = blocks("def f():\n    return 1\n```\n\nThis returns one.");
         assert_eq!(b.len(), 1);
-        assert_eq!((b[0].code.as_str(), b[0].closed), ("def f():\n    return 1", true));
+        assert_eq!(
+            (b[0].code.as_str(), b[0].closed),
+            ("def f():\n    return 1", true)
+        );
         // A bare fence at the start, or after prose, opens a block as usual.
         let b = blocks("```\nx = 1");
         assert_eq!((b[0].code.as_str(), b[0].closed), ("x = 1", false));

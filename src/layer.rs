@@ -105,11 +105,19 @@ impl<M: LanguageModel> LanguageModel for Retry<M> {
 /// Fails a call that takes longer than `limit` with a transient error.
 pub struct Timeout<M> {
     inner: M,
-    limit: Duration,
+    limit: Option<Duration>,
 }
 
 impl<M: LanguageModel> Timeout<M> {
     pub fn new(inner: M, limit: Duration) -> Self {
+        Timeout {
+            inner,
+            limit: Some(limit),
+        }
+    }
+
+    /// No limit when `limit` is `None` (the layer passes calls through).
+    pub fn optional(inner: M, limit: Option<Duration>) -> Self {
         Timeout { inner, limit }
     }
 }
@@ -119,15 +127,16 @@ impl<M: LanguageModel> Timeout<M> {
         &self,
         call: impl std::future::Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
-        tokio::time::timeout(self.limit, call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(BackendError::new(
-                    self.inner.id(),
-                    ErrorKind::Transient,
-                    format!("no reply within {:?}", self.limit),
-                ))
-            })
+        let Some(limit) = self.limit else {
+            return call.await;
+        };
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(BackendError::new(
+                self.inner.id(),
+                ErrorKind::Transient,
+                format!("no reply within {limit:?}"),
+            ))
+        })
     }
 }
 

@@ -29,8 +29,8 @@
 
 pub mod backend;
 pub mod budget;
-pub mod cluster;
 pub mod cli;
+pub mod cluster;
 pub mod diagnostic;
 pub mod engine;
 pub mod event;

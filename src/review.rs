@@ -106,8 +106,16 @@ pub fn edits(before: &str, after: &str) -> Vec<Edit> {
             .take_while(|(a, b)| a == b && a.is_whitespace())
             .count();
         if common > 0 && e.before.chars().count() > common && e.after.chars().count() > common {
-            e.before = e.before.chars().take(e.before.chars().count() - common).collect();
-            e.after = e.after.chars().take(e.after.chars().count() - common).collect();
+            e.before = e
+                .before
+                .chars()
+                .take(e.before.chars().count() - common)
+                .collect();
+            e.after = e
+                .after
+                .chars()
+                .take(e.after.chars().count() - common)
+                .collect();
             e.end -= common;
         }
     }
@@ -121,11 +129,8 @@ pub fn edits(before: &str, after: &str) -> Vec<Edit> {
 /// deletion → `clarity`; an insertion → `coherence`; other rewording →
 /// `style`.
 pub fn intent(before: &str, after: &str, kind: EditKind) -> &'static str {
-    let words = |s: &str| -> Vec<String> {
-        s.split_whitespace()
-            .map(|w| w.to_lowercase())
-            .collect()
-    };
+    let words =
+        |s: &str| -> Vec<String> { s.split_whitespace().map(|w| w.to_lowercase()).collect() };
     let meaning = |s: &str| -> Vec<String> {
         words(s)
             .into_iter()
@@ -161,8 +166,10 @@ pub fn intent(before: &str, after: &str, kind: EditKind) -> &'static str {
                     let (b, a) = (letters(b), letters(a));
                     let shared = b.chars().zip(a.chars()).take_while(|(x, y)| x == y).count();
                     b == a
-                        || (FUNCTION_WORDS.contains(&b.as_str()) && FUNCTION_WORDS.contains(&a.as_str()))
-                        || shared >= 3.min(b.len()).min(a.len()).max(1) && shared * 2 >= b.len().min(a.len())
+                        || (FUNCTION_WORDS.contains(&b.as_str())
+                            && FUNCTION_WORDS.contains(&a.as_str()))
+                        || shared >= 3.min(b.len()).min(a.len()).max(1)
+                            && shared * 2 >= b.len().min(a.len())
                         || strsim::damerau_levenshtein(&b, &a) <= 2
                 });
             if grammatical { "fluency" } else { "style" }
@@ -174,10 +181,10 @@ pub fn intent(before: &str, after: &str, kind: EditKind) -> &'static str {
 /// is a grammar (fluency) edit.
 const FUNCTION_WORDS: &[&str] = &[
     "a", "an", "the", "is", "are", "was", "were", "be", "been", "being", "am", "has", "have",
-    "had", "do", "does", "did", "will", "would", "can", "could", "shall", "should", "may",
-    "might", "must", "i", "me", "my", "he", "him", "his", "she", "her", "it", "its", "we",
-    "us", "our", "they", "them", "their", "this", "that", "these", "those", "in", "on", "at",
-    "of", "for", "to", "from", "with", "by", "as", "and", "or", "but", "which", "who", "whom",
+    "had", "do", "does", "did", "will", "would", "can", "could", "shall", "should", "may", "might",
+    "must", "i", "me", "my", "he", "him", "his", "she", "her", "it", "its", "we", "us", "our",
+    "they", "them", "their", "this", "that", "these", "those", "in", "on", "at", "of", "for", "to",
+    "from", "with", "by", "as", "and", "or", "but", "which", "who", "whom",
 ];
 
 /// Applies the edits whose `accepted` flag is true, in character order.
@@ -229,14 +236,21 @@ mod tests {
         let cases = [
             ("a b c d", "a x c"),
             ("one two three", "zero one two three four"),
-            ("Refactor the code. Tests pass.", "Refactor code carefully. All tests pass!"),
+            (
+                "Refactor the code. Tests pass.",
+                "Refactor code carefully. All tests pass!",
+            ),
             ("", "new text"),
             ("old text", ""),
             ("naïve café ok", "naive café fine"),
         ];
         for (before, after) in cases {
             let e = edits(before, after);
-            assert_eq!(apply(before, &e, &vec![true; e.len()]), after, "{before:?} → {after:?}: {e:#?}");
+            assert_eq!(
+                apply(before, &e, &vec![true; e.len()]),
+                after,
+                "{before:?} → {after:?}: {e:#?}"
+            );
             assert_eq!(apply(before, &e, &vec![false; e.len()]), before);
         }
     }
@@ -248,22 +262,34 @@ mod tests {
         let e = edits(before, after);
         assert_eq!(e.len(), 2, "{e:#?}");
         let decisions: Vec<bool> = e.iter().map(|x| x.before == "has").collect();
-        assert_eq!(apply(before, &e, &decisions), "I have an apple and a orange.");
+        assert_eq!(
+            apply(before, &e, &decisions),
+            "I have an apple and a orange."
+        );
         // Neighbouring changed words form one edit.
         let e = edits("I has a apple.", "I have an apple.");
-        assert_eq!((e.len(), e[0].before.as_str(), e[0].after.as_str()), (1, "has a", "have an"));
+        assert_eq!(
+            (e.len(), e[0].before.as_str(), e[0].after.as_str()),
+            (1, "has a", "have an")
+        );
     }
 
     #[test]
     fn intents() {
-        assert_eq!(intent("3 apples", "4 apples", EditKind::Replace), "meaning-changed");
+        assert_eq!(
+            intent("3 apples", "4 apples", EditKind::Replace),
+            "meaning-changed"
+        );
         assert_eq!(intent("is", "is not", EditKind::Replace), "meaning-changed");
         assert_eq!(intent("hello,", "Hello.", EditKind::Replace), "fluency");
         assert_eq!(intent("very", "", EditKind::Delete), "clarity");
         assert_eq!(intent("", "however", EditKind::Insert), "coherence");
         assert_eq!(intent("big", "enormous", EditKind::Replace), "style");
         assert_eq!(intent("was", "were", EditKind::Replace), "fluency");
-        assert_eq!(intent("has finish", "have finished", EditKind::Replace), "fluency");
+        assert_eq!(
+            intent("has finish", "have finished", EditKind::Replace),
+            "fluency"
+        );
         assert_eq!(intent("quick", "rapid", EditKind::Replace), "style");
     }
 }

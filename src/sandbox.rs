@@ -23,6 +23,9 @@
 //! - **Output:** stdout and stderr are read up to a limit; past it the
 //!   program is killed and reported as such.
 //!
+//! Linux only for isolation (bubblewrap needs Linux namespaces); elsewhere
+//! `bwrap` is not found and the same refusal applies.
+//!
 //! Without bubblewrap on the machine, running is refused with
 //! [`SandboxError::Unavailable`] unless the caller chose
 //! [`Isolation::None`] (then only the rlimits, time, output limits and a
@@ -190,7 +193,9 @@ impl Sandbox {
             }
             _ => {
                 let mut c = tokio::process::Command::new(&argv[0]);
-                c.args(&argv[1..]).current_dir(&dir.path).envs(envs.iter().cloned());
+                c.args(&argv[1..])
+                    .current_dir(&dir.path)
+                    .envs(envs.iter().cloned());
                 c
             }
         };
@@ -286,9 +291,14 @@ fn classify(
     isolation: Isolation,
 ) -> Outcome {
     use std::os::unix::process::ExitStatusExt;
-    let oom = ["MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory"]
-        .iter()
-        .any(|m| stderr.contains(m));
+    let oom = [
+        "MemoryError",
+        "Cannot allocate memory",
+        "std::bad_alloc",
+        "out of memory",
+    ]
+    .iter()
+    .any(|m| stderr.contains(m));
     let signal = match status {
         None => Some(libc::SIGKILL),
         Some(s) => match (s.code(), s.signal()) {
@@ -331,10 +341,14 @@ async fn capped<R: AsyncRead + Unpin>(pipe: Option<R>, cap: usize) -> (Vec<u8>, 
 
 /// In the child between fork and exec: rlimits, then a user of its own.
 fn restrict(limits: Limits, uid: Option<u32>) -> std::io::Result<()> {
-    fn set(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    type Resource = libc::__rlimit_resource_t;
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    type Resource = libc::c_int;
+    fn set(resource: Resource, value: u64) -> std::io::Result<()> {
         let lim = libc::rlimit {
-            rlim_cur: value,
-            rlim_max: value,
+            rlim_cur: value as libc::rlim_t,
+            rlim_max: value as libc::rlim_t,
         };
         // SAFETY: setrlimit with a valid pointer.
         if unsafe { libc::setrlimit(resource, &lim) } != 0 {
@@ -362,6 +376,7 @@ fn restrict(limits: Limits, uid: Option<u32>) -> std::io::Result<()> {
     }
     // Die with redraft (set after the uid change, which clears it).
     // SAFETY: prctl with constant arguments.
+    #[cfg(target_os = "linux")]
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }

@@ -167,10 +167,18 @@ mod tests {
             ("the cat sat on the mat", "dogs bark loudly", 0.0),
             // p1 = 5/6, p2 = 3/5, p3 = 1/4, p4 = 0/3 → smoothed ln 6/(2·5)/3
             // = 0.0597; BP = 1; (5/6 · 3/5 · 1/4 · 0.0597)^(1/4) = 0.2939.
-            ("the cat sat on the mat", "the cat is on the mat", 0.293945703509473),
+            (
+                "the cat sat on the mat",
+                "the cat is on the mat",
+                0.293945703509473,
+            ),
             // Shorter hypothesis: BP = exp(1 - 6/4) = 0.6065; p = 1, 1, 1, 1
             // for "the cat sat on" → 0.6065.
-            ("the cat sat on the mat", "The cat sat on", 0.6065306597126334),
+            (
+                "the cat sat on the mat",
+                "The cat sat on",
+                0.6065306597126334,
+            ),
             // p1 = 1/4; p2 = 0/3, p3 = 0/2, p4 = 0/1 smoothed to ln 4/(2·5)/3,
             // ln 4/(4·5)/2, ln 4/(8·5)/1 → (1.3876e-5)^(1/4) = 0.0610.
             ("a b c d", "a x y z", 0.061033220311973134),

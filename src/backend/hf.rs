@@ -57,7 +57,9 @@ impl HubFile {
     pub fn parse(rest: &str) -> Result<HubFile, String> {
         let (path, revision) = match rest.rsplit_once('@') {
             Some((p, r)) if !r.is_empty() && !r.contains('/') => (p, r),
-            Some(_) => return Err("nothing usable after `@` (write a branch, tag or commit)".into()),
+            Some(_) => {
+                return Err("nothing usable after `@` (write a branch, tag or commit)".into());
+            }
             None => (rest, "main"),
         };
         let mut parts = path.splitn(3, '/');
@@ -69,7 +71,9 @@ impl HubFile {
             return Err("write `hf:OWNER/REPO/FILE.gguf[@REVISION]`".into());
         }
         if file.split('/').any(|seg| seg == ".." || seg.is_empty()) {
-            return Err(format!("file path `{file}` must not contain `..` or empty segments"));
+            return Err(format!(
+                "file path `{file}` must not contain `..` or empty segments"
+            ));
         }
         Ok(HubFile {
             repo: format!("{owner}/{name}"),
@@ -99,7 +103,12 @@ pub fn resolve(file: &HubFile, config: &HubConfig) -> Result<PathBuf, BackendErr
         .with_endpoint(config.endpoint.clone())
         .with_progress(false)
         .build()
-        .map_err(|e| err(ErrorKind::Config, format!("cannot set up the Hub client: {e}")))?;
+        .map_err(|e| {
+            err(
+                ErrorKind::Config,
+                format!("cannot set up the Hub client: {e}"),
+            )
+        })?;
     let name = file.file.clone();
     let download = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -153,11 +162,16 @@ mod tests {
                 revision: "main".into(),
             }
         );
-        assert_eq!(
-            HubFile::parse("a/b/c.gguf@v1.0").unwrap().revision,
-            "v1.0"
-        );
-        for bad in ["a/b", "a//c.gguf", "/b/c", "a/b/", "a/b/../x", "a/b/c@", "a/b/c@x/y"] {
+        assert_eq!(HubFile::parse("a/b/c.gguf@v1.0").unwrap().revision, "v1.0");
+        for bad in [
+            "a/b",
+            "a//c.gguf",
+            "/b/c",
+            "a/b/",
+            "a/b/../x",
+            "a/b/c@",
+            "a/b/c@x/y",
+        ] {
             assert!(HubFile::parse(bad).is_err(), "{bad}");
         }
     }

@@ -28,8 +28,7 @@ pub struct SpecError {
 }
 
 impl ModelSpec {
-    pub const HELP: &'static str =
-        "write `scripted:PATH.yaml`, `openai:MODEL[@BASE_URL]`, `llama:PATH.gguf` or `hf:OWNER/REPO/FILE.gguf`";
+    pub const HELP: &'static str = "write `scripted:PATH.yaml`, `openai:MODEL[@BASE_URL]`, `llama:PATH.gguf` or `hf:OWNER/REPO/FILE.gguf`";
 
     pub fn parse(spec: &str) -> Result<ModelSpec, SpecError> {
         let err = |reason: &str| SpecError {

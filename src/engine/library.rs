@@ -48,9 +48,13 @@ impl Task {
                     .collect::<Result<_, _>>()?
             }
         };
-        let sandbox = Sandbox::new(e.isolation, e.limits)
-            .map_err(|err| self.data_error(err.to_string()))?;
-        let argv: Vec<String> = e.command.iter().map(|a| a.replace("{file}", &e.file)).collect();
+        let sandbox =
+            Sandbox::new(e.isolation, e.limits).map_err(|err| self.data_error(err.to_string()))?;
+        let argv: Vec<String> = e
+            .command
+            .iter()
+            .map(|a| a.replace("{file}", &e.file))
+            .collect();
         let permits = Arc::new(tokio::sync::Semaphore::new(e.parallel));
         let runs = tests.iter().map(|test| {
             let (source, stdin) = match test {
@@ -256,7 +260,9 @@ impl Task {
         let mut texts = Vec::with_capacity(list.len());
         for item in list {
             texts.push(match &e.text {
-                Some(t) => templates.render(t, &self.scope(Some(("item", Value::from_serialize(item)))))?,
+                Some(t) => {
+                    templates.render(t, &self.scope(Some(("item", Value::from_serialize(item)))))?
+                }
                 None => default_text(item),
             });
         }
@@ -291,8 +297,13 @@ impl Task {
 
     pub(super) fn cluster(&self, c: &ClusterSpec) -> Result<NodeOutput, NodeError> {
         let from = self.output_json(c.from)?;
-        let vectors: Vec<Vec<f32>> = serde_json::from_value(from["vectors"].clone())
-            .map_err(|_| self.data_error(format!("`{}` has no `vectors` to cluster (use an embed node)", self.node_id(c.from))))?;
+        let vectors: Vec<Vec<f32>> =
+            serde_json::from_value(from["vectors"].clone()).map_err(|_| {
+                self.data_error(format!(
+                    "`{}` has no `vectors` to cluster (use an embed node)",
+                    self.node_id(c.from)
+                ))
+            })?;
         let items = from["items"].as_array().cloned().unwrap_or_default();
         let texts = from["texts"].as_array().cloned().unwrap_or_default();
         let k = match &c.k {
@@ -300,7 +311,9 @@ impl Task {
             ClusterK::Expr(expr) => {
                 let k = self.shared.wf.templates.number(expr, &self.scope(None))?;
                 if !(k >= 1.0 && k.fract() == 0.0) {
-                    return Err(self.data_error(format!("`k` evaluated to {k}, not a positive integer")));
+                    return Err(
+                        self.data_error(format!("`k` evaluated to {k}, not a positive integer"))
+                    );
                 }
                 k as usize
             }
@@ -425,8 +438,11 @@ impl Task {
                         "human review needs decisions: stdin is not a terminal; pass `--review accept-all`, `--review reject-all` or `--review FILE`, or set `decisions:` on the node".into(),
                     ));
                 }
-                let (before, proposals, node) =
-                    (before.to_string(), proposals.to_vec(), self.id().to_string());
+                let (before, proposals, node) = (
+                    before.to_string(),
+                    proposals.to_vec(),
+                    self.id().to_string(),
+                );
                 tokio::task::spawn_blocking(move || ask(&node, &before, &proposals))
                     .await
                     .map_err(|e| self.data_error(format!("review prompt failed: {e}")))?
@@ -489,7 +505,10 @@ fn judge(test: &TestCase, run: &RunResult, limits: Limits) -> (&'static str, Str
         Outcome::Exited(code) => match test {
             TestCase::Stdio { input, output } => {
                 if code != 0 {
-                    ("error", format!("exited with status {code}: {}", last_error()))
+                    (
+                        "error",
+                        format!("exited with status {code}: {}", last_error()),
+                    )
                 } else if same_output(&run.stdout, output) {
                     ("passed", String::new())
                 } else {
@@ -508,9 +527,15 @@ fn judge(test: &TestCase, run: &RunResult, limits: Limits) -> (&'static str, Str
                 if code == 0 {
                     ("passed", String::new())
                 } else if run.stderr.contains("AssertionError") {
-                    ("failed", format!("`{}` failed: {}", clip(test.trim(), 200), last_error()))
+                    (
+                        "failed",
+                        format!("`{}` failed: {}", clip(test.trim(), 200), last_error()),
+                    )
                 } else {
-                    ("error", format!("`{}` raised: {}", clip(test.trim(), 200), last_error()))
+                    (
+                        "error",
+                        format!("`{}` raised: {}", clip(test.trim(), 200), last_error()),
+                    )
                 }
             }
         },
@@ -558,10 +583,16 @@ fn default_text(item: &serde_json::Value) -> String {
     match item {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Object(o) => match (o.get("header"), o.get("code"), o.get("text")) {
-            (Some(h), Some(c), _) if c.is_string() => match o.get("docstring").and_then(|d| d.as_str()) {
-                Some(doc) => format!("{}\n{doc}\n{}", h.as_str().unwrap_or(""), c.as_str().unwrap_or("")),
-                None => c.as_str().unwrap_or("").to_string(),
-            },
+            (Some(h), Some(c), _) if c.is_string() => {
+                match o.get("docstring").and_then(|d| d.as_str()) {
+                    Some(doc) => format!(
+                        "{}\n{doc}\n{}",
+                        h.as_str().unwrap_or(""),
+                        c.as_str().unwrap_or("")
+                    ),
+                    None => c.as_str().unwrap_or("").to_string(),
+                }
+            }
             (_, Some(c), _) if c.is_string() => c.as_str().unwrap_or("").to_string(),
             (_, _, Some(t)) if t.is_string() => t.as_str().unwrap_or("").to_string(),
             _ => item.to_string(),
@@ -601,14 +632,25 @@ async fn http_call(
     }
     match req.send().await {
         Err(e) => {
-            let class = if e.is_timeout() { "timeout" } else { "connection" };
+            let class = if e.is_timeout() {
+                "timeout"
+            } else {
+                "connection"
+            };
             (json!(null), false, Some(class), e.to_string())
         }
         Ok(resp) => {
             let status = resp.status();
             let text = match resp.text().await {
                 Ok(t) => t,
-                Err(e) => return (json!(status.as_u16()), false, Some("connection"), e.to_string()),
+                Err(e) => {
+                    return (
+                        json!(status.as_u16()),
+                        false,
+                        Some("connection"),
+                        e.to_string(),
+                    );
+                }
             };
             let class = if status.is_client_error() {
                 Some("http_4xx")
@@ -623,14 +665,21 @@ async fn http_call(
 }
 
 /// Decisions for review `depth` (1-based) from a YAML or JSON file.
-fn decisions_from_file(path: &std::path::Path, depth: u32, count: usize) -> Result<Vec<bool>, String> {
+fn decisions_from_file(
+    path: &std::path::Path,
+    depth: u32,
+    count: usize,
+) -> Result<Vec<bool>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read decisions file {}: {e}", path.display()))?;
     let doc = crate::yaml::parse(&text, Default::default())
         .map_err(|e| format!("decisions file {}: {e}", path.display()))?
         .to_json();
     let rounds = doc.as_array().ok_or_else(|| {
-        format!("decisions file {}: expected a list with one entry per review round", path.display())
+        format!(
+            "decisions file {}: expected a list with one entry per review round",
+            path.display()
+        )
     })?;
     let entry = rounds.get(depth as usize - 1).ok_or_else(|| {
         format!(
@@ -650,8 +699,12 @@ fn decisions_from_file(path: &std::path::Path, depth: u32, count: usize) -> Resu
         }
     };
     match entry {
-        serde_json::Value::String(s) if s.replace('-', "_") == "accept_all" => Ok(vec![true; count]),
-        serde_json::Value::String(s) if s.replace('-', "_") == "reject_all" => Ok(vec![false; count]),
+        serde_json::Value::String(s) if s.replace('-', "_") == "accept_all" => {
+            Ok(vec![true; count])
+        }
+        serde_json::Value::String(s) if s.replace('-', "_") == "reject_all" => {
+            Ok(vec![false; count])
+        }
         serde_json::Value::Array(list) if list.len() == count => list.iter().map(word).collect(),
         serde_json::Value::Array(list) => Err(format!(
             "decisions file {}, round {depth}: {} decisions for {count} proposed edits",
@@ -668,7 +721,13 @@ fn decisions_from_file(path: &std::path::Path, depth: u32, count: usize) -> Resu
 /// Asks on the terminal, one edit at a time.
 fn ask(node: &str, before: &str, proposals: &[Edit]) -> std::io::Result<Vec<bool>> {
     let stdin = std::io::stdin();
-    ask_with(&mut stdin.lock(), &mut std::io::stderr().lock(), node, before, proposals)
+    ask_with(
+        &mut stdin.lock(),
+        &mut std::io::stderr().lock(),
+        node,
+        before,
+        proposals,
+    )
 }
 
 /// Shows each edit with 40 characters of context either side
@@ -682,7 +741,9 @@ fn ask_with(
 ) -> std::io::Result<Vec<bool>> {
     let chars: Vec<char> = before.chars().collect();
     let context = |from: usize, to: usize| -> String {
-        chars[from.min(chars.len())..to.min(chars.len())].iter().collect()
+        chars[from.min(chars.len())..to.min(chars.len())]
+            .iter()
+            .collect()
     };
     writeln!(out, "\n{node}: {} proposed edits", proposals.len())?;
     let mut decisions = Vec::with_capacity(proposals.len());
@@ -705,7 +766,10 @@ fn ask_with(
             e.after
         )?;
         loop {
-            write!(out, "  accept? [y]es / [n]o / [a]ccept all the rest / [r]eject all the rest: ")?;
+            write!(
+                out,
+                "  accept? [y]es / [n]o / [a]ccept all the rest / [r]eject all the rest: "
+            )?;
             out.flush()?;
             let mut line = String::new();
             if input.read_line(&mut line)? == 0 {
@@ -764,7 +828,10 @@ mod tests {
         assert_eq!(got, [true, false, false]);
         let shown = String::from_utf8(shown).unwrap();
         assert!(shown.contains("[1/3] Replace (meaning-changed)"), "{shown}");
-        assert!(shown.contains("…one [-two-]{+2+} three four five…"), "{shown}");
+        assert!(
+            shown.contains("…one [-two-]{+2+} three four five…"),
+            "{shown}"
+        );
         // Input that ends early is an error, not a guess.
         let mut short = std::io::Cursor::new("y\n");
         assert!(ask_with(&mut short, &mut Vec::new(), "review", before, &edits).is_err());
@@ -777,10 +844,21 @@ mod tests {
         let path = dir.join("d.yaml");
         std::fs::write(&path, "- [accept, reject]\n- reject_all\n- accept-all\n").unwrap();
         assert_eq!(decisions_from_file(&path, 1, 2).unwrap(), [true, false]);
-        assert_eq!(decisions_from_file(&path, 2, 3).unwrap(), [false, false, false]);
+        assert_eq!(
+            decisions_from_file(&path, 2, 3).unwrap(),
+            [false, false, false]
+        );
         assert_eq!(decisions_from_file(&path, 3, 1).unwrap(), [true]);
-        assert!(decisions_from_file(&path, 1, 3).unwrap_err().contains("2 decisions for 3"));
-        assert!(decisions_from_file(&path, 4, 1).unwrap_err().contains("needs one"));
+        assert!(
+            decisions_from_file(&path, 1, 3)
+                .unwrap_err()
+                .contains("2 decisions for 3")
+        );
+        assert!(
+            decisions_from_file(&path, 4, 1)
+                .unwrap_err()
+                .contains("needs one")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -160,7 +160,9 @@ impl Metered<'_> {
         match result {
             Ok(value) => {
                 let (usage, estimated) = usage_of(&value);
-                let cost = decl.price.cost(usage.prompt_tokens, usage.completion_tokens);
+                let cost = decl
+                    .price
+                    .cost(usage.prompt_tokens, usage.completion_tokens);
                 let warnings = sh.meter.settle(
                     reservation,
                     Spend {
@@ -205,7 +207,11 @@ fn node_error(e: BackendError) -> NodeError {
     }
     match e.source.and_then(|s| s.downcast::<Exhausted>().ok()) {
         Some(ex) => NodeError::Budget(*ex),
-        None => NodeError::Backend(BackendError::new(&e.backend, ErrorKind::Permanent, e.message)),
+        None => NodeError::Backend(BackendError::new(
+            &e.backend,
+            ErrorKind::Permanent,
+            e.message,
+        )),
     }
 }
 
@@ -427,18 +433,11 @@ impl Task {
                 retry: 0,
             },
         };
-        let timed;
-        let below: &dyn LanguageModel = match decl.timeout {
-            Some(limit) => {
-                timed = Timeout::new(model, limit);
-                &timed
-            }
-            None => model,
-        };
+        let timed = Timeout::optional(model, decl.timeout);
         let metered = Metered {
             task: self,
             model: call.model,
-            inner: below,
+            inner: &timed,
         };
         Retry::new(&metered, decl.retry)
             .complete(&req)
@@ -465,18 +464,11 @@ impl Task {
                 retry: 0,
             },
         };
-        let timed;
-        let below: &dyn LanguageModel = match decl.timeout {
-            Some(limit) => {
-                timed = Timeout::new(inner, limit);
-                &timed
-            }
-            None => inner,
-        };
+        let timed = Timeout::optional(inner, decl.timeout);
         let metered = Metered {
             task: self,
             model,
-            inner: below,
+            inner: &timed,
         };
         Retry::new(&metered, decl.retry)
             .embed(&req)
@@ -719,8 +711,19 @@ impl Task {
             NodeError::Data(format!("`{}`: no sample contained an answer", self.id()))
         })?;
         let total: f64 = weights.iter().sum();
-        let tally: serde_json::Map<String, serde_json::Value> =
-            counts.iter().map(|(k, w, n)| (k.clone(), if v.weight.is_some() { json!(w) } else { json!(n) })).collect();
+        let tally: serde_json::Map<String, serde_json::Value> = counts
+            .iter()
+            .map(|(k, w, n)| {
+                (
+                    k.clone(),
+                    if v.weight.is_some() {
+                        json!(w)
+                    } else {
+                        json!(n)
+                    },
+                )
+            })
+            .collect();
         let agreement = if total > 0.0 { weight / total } else { 0.0 };
         Ok(NodeOutput::new(
             json!({

@@ -43,9 +43,7 @@ impl Workflow {
 
     /// True when some node checks the output (exit code 1 means "unverified").
     pub fn verifies(&self) -> bool {
-        self.nodes
-            .iter()
-            .any(|n| n.kind.is_verdict())
+        self.nodes.iter().any(|n| n.kind.is_verdict())
     }
 }
 

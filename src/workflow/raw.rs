@@ -71,7 +71,14 @@ pub const EXECUTE_KEYS: &[&str] = &[
 ];
 pub const EXECUTE_LIMIT_KEYS: &[&str] = &["time", "memory", "output", "processes"];
 pub const EXTRACT_KEYS: &[&str] = &["from", "language"];
-pub const TOOL_KEYS: &[&str] = &["command", "stdin", "http", "timeout", "max_output", "isolation"];
+pub const TOOL_KEYS: &[&str] = &[
+    "command",
+    "stdin",
+    "http",
+    "timeout",
+    "max_output",
+    "isolation",
+];
 pub const TOOL_HTTP_KEYS: &[&str] = &["url", "method", "body", "headers"];
 pub const EMBED_KEYS: &[&str] = &["items", "text", "model", "dims"];
 pub const CLUSTER_KEYS: &[&str] = &["from", "k", "seed"];

@@ -632,7 +632,9 @@ pub fn check(
                     })
                 })
             }
-            Some(kind @ ("execute" | "extract" | "tool" | "embed" | "cluster" | "human_review")) => {
+            Some(
+                kind @ ("execute" | "extract" | "tool" | "embed" | "cluster" | "human_review"),
+            ) => {
                 let env = library::Env {
                     idx,
                     id: &id,

@@ -324,7 +324,16 @@ fn review_decisions_come_from_the_command_line() {
         "The results was good and we has finish the tests."
     );
 
-    let o = redraft(&["run", "tests/fixtures/library/review.yaml", "--review", "sometimes"]);
+    let o = redraft(&[
+        "run",
+        "tests/fixtures/library/review.yaml",
+        "--review",
+        "sometimes",
+    ]);
     assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("--review \"sometimes\""), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--review \"sometimes\""),
+        "{}",
+        stderr(&o)
+    );
 }

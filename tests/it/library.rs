@@ -18,13 +18,21 @@ fn script(name: &str) -> String {
     std::fs::read_to_string(fixtures().join("library").join(name)).unwrap()
 }
 
+/// Runs `library/NAME.yaml` on its `NAME.replies.yaml`.
+async fn run_library(name: &str, opts: RunOptions) -> (RunSummary, Vec<Event>) {
+    run(
+        library(&format!("{name}.yaml")),
+        &script(&format!("{name}.replies.yaml")),
+        opts,
+    )
+    .await
+}
+
 /// The sandbox needs bubblewrap; see `tests/it/sandbox.rs`.
 fn have_sandbox() -> bool {
-    let ok = redraft::sandbox::Sandbox::new(
-        redraft::sandbox::Isolation::Bubblewrap,
-        Default::default(),
-    )
-    .is_ok();
+    let ok =
+        redraft::sandbox::Sandbox::new(redraft::sandbox::Isolation::Bubblewrap, Default::default())
+            .is_ok();
     if !ok {
         assert!(
             std::env::var("REDRAFT_REQUIRE_PEERS").is_err(),
@@ -55,15 +63,17 @@ async fn execute_repairs_a_program_until_its_tests_pass() {
     if !have_sandbox() {
         return;
     }
-    let (s, events) = run(
-        library("repair.yaml"),
-        &script("repair.replies.yaml"),
-        RunOptions::default(),
-    )
-    .await;
+    let (s, events) = run_library("repair", RunOptions::default()).await;
     assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
     assert_eq!(s.verified, Some(true));
-    assert!(s.output.as_ref().unwrap().as_str().unwrap().contains("a + b"));
+    assert!(
+        s.output
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .contains("a + b")
+    );
     // Round 1: both tests fail, with what was expected and what came out.
     let first = output_of(&events, "run", 1);
     assert_eq!(first["passed"], false);
@@ -88,12 +98,7 @@ async fn execute_reports_every_outcome() {
     if !have_sandbox() {
         return;
     }
-    let (s, _) = run(
-        library("outcomes.yaml"),
-        &script("outcomes.replies.yaml"),
-        RunOptions::default(),
-    )
-    .await;
+    let (s, _) = run_library("outcomes", RunOptions::default()).await;
     assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
     let out = s.output.unwrap();
     let statuses: Vec<&str> = out["results"]
@@ -102,7 +107,10 @@ async fn execute_reports_every_outcome() {
         .iter()
         .map(|r| r["status"].as_str().unwrap())
         .collect();
-    assert_eq!(statuses, ["passed", "failed", "error", "timeout", "output_limit"]);
+    assert_eq!(
+        statuses,
+        ["passed", "failed", "error", "timeout", "output_limit"]
+    );
     assert_eq!(out["passed_count"], 1);
     assert_eq!(out["passed"], false);
     let feedback = out["feedback"].as_str().unwrap();
@@ -157,7 +165,10 @@ output: { from: run, field: "." }
     let (s, _) = run(wf, "replies: []", opts).await;
     assert_eq!(s.status, RunStatus::Failed);
     let error = s.error.unwrap();
-    assert!(error.contains("`run`: test 1: needs string `input` and `output`"), "{error}");
+    assert!(
+        error.contains("`run`: test 1: needs string `input` and `output`"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -198,7 +209,12 @@ fn execute_without_a_sandbox_refuses_unless_opted_out() {
 #[tokio::test]
 async fn extract_embed_and_cluster_pick_representatives_reproducibly() {
     let wf = library("codechain.yaml");
-    let (s, events) = run(wf.clone(), &script("codechain.replies.yaml"), RunOptions::default()).await;
+    let (s, events) = run(
+        wf.clone(),
+        &script("codechain.replies.yaml"),
+        RunOptions::default(),
+    )
+    .await;
     assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
     let program = output_of(&events, "program", 1);
     let names: Vec<&str> = program["functions"]
@@ -207,7 +223,16 @@ async fn extract_embed_and_cluster_pick_representatives_reproducibly() {
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["parse_numbers", "total_sum", "read_numbers", "sum_values", "parse_ints"]);
+    assert_eq!(
+        names,
+        [
+            "parse_numbers",
+            "total_sum",
+            "read_numbers",
+            "sum_values",
+            "parse_ints"
+        ]
+    );
     let vectors = output_of(&events, "vectors", 1);
     assert_eq!(vectors["method"], "tfidf");
     assert_eq!(vectors["count"], 5);
@@ -272,12 +297,7 @@ embeddings:
 
 #[tokio::test]
 async fn a_weighted_vote_can_overrule_the_majority() {
-    let (s, events) = run(
-        library("vote.yaml"),
-        &script("vote.replies.yaml"),
-        RunOptions::default(),
-    )
-    .await;
+    let (s, events) = run_library("vote", RunOptions::default()).await;
     assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
     let majority = output_of(&events, "majority", 1);
     assert_eq!(majority["text"], "41");
@@ -292,12 +312,7 @@ async fn a_weighted_vote_can_overrule_the_majority() {
 
 #[tokio::test]
 async fn tool_commands_get_model_text_as_single_arguments() {
-    let (s, _) = run(
-        library("tool.yaml"),
-        &script("tool.replies.yaml"),
-        RunOptions::default(),
-    )
-    .await;
+    let (s, _) = run_library("tool", RunOptions::default()).await;
     assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
     let out = s.output.unwrap();
     assert_eq!(out["ok"], true, "{out}");
@@ -321,7 +336,10 @@ async fn tool_failures_are_classified() {
     let tool = tool.display();
     let cases = [
         (format!(r#"["{tool}", "--bogus"]"#), "exit_status"),
-        (format!(r#"["{tool}", "--city", "x", "--sleep", "5"]"#), "timeout"),
+        (
+            format!(r#"["{tool}", "--city", "x", "--sleep", "5"]"#),
+            "timeout",
+        ),
         (r#"["/nonexistent/tool"]"#.to_string(), "spawn"),
     ];
     for (command, class) in cases {
@@ -341,7 +359,9 @@ async fn tool_http_calls_capture_status_and_body() {
     let server_seen = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             let seen = server_seen.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
@@ -357,7 +377,11 @@ async fn tool_http_calls_capture_status_and_body() {
                     if let Some(end) = text.find("\r\n\r\n") {
                         let len = text
                             .lines()
-                            .find_map(|l| l.to_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                            .find_map(|l| {
+                                l.to_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
                             .unwrap_or(0);
                         if got.len() >= end + 4 + len {
                             break;
@@ -369,7 +393,10 @@ async fn tool_http_calls_capture_status_and_body() {
                 let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
                 seen.lock().unwrap().push(format!("{path} {body}"));
                 let (status, reply) = if path == "/fail" {
-                    ("500 Internal Server Error", r#"{"error": "boom"}"#.to_string())
+                    (
+                        "500 Internal Server Error",
+                        r#"{"error": "boom"}"#.to_string(),
+                    )
                 } else {
                     ("200 OK", format!(r#"{{"echo": {body}}}"#))
                 };
@@ -387,15 +414,28 @@ async fn tool_http_calls_capture_status_and_body() {
         ))
     };
     let script = r#"replies: [{ node: params, text: '{"q": "weather in Oslo"}' }]"#;
-    let (s, _) = run(wf("/api", "{{ params.text }}"), script, RunOptions::default()).await;
+    let (s, _) = run(
+        wf("/api", "{{ params.text }}"),
+        script,
+        RunOptions::default(),
+    )
+    .await;
     let out = s.output.unwrap();
     assert_eq!(out["status"], 200, "{out}");
     assert_eq!(out["ok"], true);
     assert_eq!(out["json"]["echo"]["q"], "weather in Oslo");
 
-    let (s, _) = run(wf("/fail", "{{ params.text }}"), script, RunOptions::default()).await;
+    let (s, _) = run(
+        wf("/fail", "{{ params.text }}"),
+        script,
+        RunOptions::default(),
+    )
+    .await;
     let out = s.output.unwrap();
-    assert_eq!((out["status"].clone(), out["error_class"].clone()), (500.into(), "http_5xx".into()));
+    assert_eq!(
+        (out["status"].clone(), out["error_class"].clone()),
+        (500.into(), "http_5xx".into())
+    );
 
     // Parameters that are not JSON never reach the endpoint.
     let before = seen.lock().unwrap().len();
@@ -422,26 +462,30 @@ fn reviews(s: &RunSummary) -> Vec<(u32, u32, u32)> {
 
 #[tokio::test]
 async fn human_review_applies_accepted_edits_and_forgets_nothing_rejected() {
-    let (s, events) = run(
-        library("review.yaml"),
-        &script("review.replies.yaml"),
-        RunOptions::default(),
-    )
-    .await;
+    let (s, events) = run_library("review", RunOptions::default()).await;
     assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
     let first = output_of(&events, "review", 1);
     let edits = first["edits"].as_array().unwrap();
     assert_eq!(edits.len(), 2, "{first}");
-    assert_eq!((edits[0]["before"].as_str(), edits[0]["after"].as_str()), (Some("was"), Some("were")));
+    assert_eq!(
+        (edits[0]["before"].as_str(), edits[0]["after"].as_str()),
+        (Some("was"), Some("were"))
+    );
     assert_eq!(edits[0]["kind"], "replace");
     assert_eq!(edits[0]["intent"], "fluency");
     assert_eq!(edits[1]["decision"], "reject");
-    assert_eq!(first["text"], "The results were good and we has finish the tests.");
+    assert_eq!(
+        first["text"],
+        "The results were good and we has finish the tests."
+    );
     // Round 2 re-proposes only the rejected edit: filtered, nothing left, stop.
     assert_eq!(reviews(&s), [(1, 2, 1), (2, 0, 0)]);
     assert_eq!(s.reviews[0].acceptance_rate, Some(0.5));
     assert_eq!(s.reviews[1].acceptance_rate, None);
-    assert_eq!(s.output.unwrap(), "The results were good and we has finish the tests.");
+    assert_eq!(
+        s.output.unwrap(),
+        "The results were good and we has finish the tests."
+    );
 }
 
 #[tokio::test]
@@ -450,15 +494,18 @@ async fn review_decisions_from_the_run_override_the_workflow() {
         review: Some(ReviewDecisions::AcceptAll),
         ..RunOptions::default()
     };
-    let (s, _) = run(library("review.yaml"), &script("review.replies.yaml"), opts).await;
+    let (s, _) = run_library("review", opts).await;
     assert_eq!(reviews(&s), [(1, 2, 2), (2, 0, 0)]);
-    assert_eq!(s.output.unwrap(), "The results were good and we have finished the tests.");
+    assert_eq!(
+        s.output.unwrap(),
+        "The results were good and we have finished the tests."
+    );
     // Asking needs a terminal; tests have none.
     let opts = RunOptions {
         review: Some(ReviewDecisions::Ask),
         ..RunOptions::default()
     };
-    let (s, _) = run(library("review.yaml"), &script("review.replies.yaml"), opts).await;
+    let (s, _) = run_library("review", opts).await;
     assert_eq!(s.status, RunStatus::Failed);
     assert!(s.error.unwrap().contains("--review accept-all"));
 }
@@ -473,7 +520,10 @@ async fn rbd_rejudges_until_the_detector_finds_no_bias() {
     assert_eq!(runs(&s, "detect"), 2);
     assert_eq!(runs(&s, "rejudge"), 1);
     let first = output_of(&events, "detect", 1);
-    assert_eq!((first["biased"].as_str(), first["bias_type"].as_str()), (Some("yes"), Some("verbosity")));
+    assert_eq!(
+        (first["biased"].as_str(), first["bias_type"].as_str()),
+        (Some("yes"), Some("verbosity"))
+    );
     // The detector sees the judge's model name and its latest decision, and
     // the re-evaluation sees the prior decision and the detector's reasoning:
     // replies keyed on those prompts fail loudly when they are missing.
@@ -571,7 +621,11 @@ fn extraction_on_real_model_outputs() {
             "blocks: {}\nhas_errors: {}\n",
             redraft::extract::blocks(&reply)
                 .iter()
-                .map(|b| format!("{}{}", if b.lang.is_empty() { "-" } else { &b.lang }, if b.closed { "" } else { " (cut off)" }))
+                .map(|b| format!(
+                    "{}{}",
+                    if b.lang.is_empty() { "-" } else { &b.lang },
+                    if b.closed { "" } else { " (cut off)" }
+                ))
                 .collect::<Vec<_>>()
                 .join(", "),
             parsed.has_errors

@@ -241,7 +241,10 @@ fn hub_files_download_once_then_come_from_the_cache() {
         "hub/models--acme--tiny/snapshots/{}/gguf/tiny.gguf",
         crate::mock_hub::COMMIT
     ));
-    assert_eq!(path.canonicalize().unwrap(), expected.canonicalize().unwrap());
+    assert_eq!(
+        path.canonicalize().unwrap(),
+        expected.canonicalize().unwrap()
+    );
     let served = hub.requests.lock().unwrap().len();
     assert!(served >= 1);
 
@@ -259,7 +262,10 @@ fn hub_files_download_once_then_come_from_the_cache() {
     let missing = HubFile::parse("acme/tiny/nope.gguf").unwrap();
     let err = resolve(&missing, &config).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Config);
-    assert!(err.message.contains("nope.gguf") && err.message.contains("404"), "{err}");
+    assert!(
+        err.message.contains("nope.gguf") && err.message.contains("404"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -272,7 +278,11 @@ fn cli_runs_a_hub_model_from_hf_endpoint() {
         .unwrap_or_else(default_model_path);
     let hub = crate::mock_hub::MockHub::start(
         "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF",
-        [("smollm2.gguf".to_string(), Arc::new(std::fs::read(gguf).unwrap()))].into(),
+        [(
+            "smollm2.gguf".to_string(),
+            Arc::new(std::fs::read(gguf).unwrap()),
+        )]
+        .into(),
     );
     let dir = std::env::temp_dir().join(format!("redraft-hub-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -292,9 +302,13 @@ fn cli_runs_a_hub_model_from_hf_endpoint() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(summary["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{summary}");
     assert!(
-        dir.join("hf/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF").is_dir(),
+        summary["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    assert!(
+        dir.join("hf/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF")
+            .is_dir(),
         "downloaded into HF_HOME"
     );
     assert!(!hub.requests.lock().unwrap().is_empty());

@@ -10,9 +10,9 @@
 
 mod cli;
 mod engine;
+mod library;
 #[cfg(feature = "llama")]
 mod llama;
-mod library;
 #[cfg(feature = "llama")]
 mod mock_hub;
 mod mock_openai;

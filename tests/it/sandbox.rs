@@ -58,7 +58,10 @@ async fn a_well_behaved_program_runs_with_stdin() {
     let Some(sb) = sandbox(5000) else { return };
     let r = sb
         .run(
-            &[("main.py".into(), "import sys\nprint(sum(int(x) for x in sys.stdin.read().split()))".into())],
+            &[(
+                "main.py".into(),
+                "import sys\nprint(sum(int(x) for x in sys.stdin.read().split()))".into(),
+            )],
             &["python3".into(), "main.py".into()],
             &[],
             b"1 2 3 4\n",
@@ -92,20 +95,32 @@ async fn a_fork_bomb_is_contained() {
         .await
         .unwrap();
     assert!(
-        matches!(r.outcome, Outcome::TimedOut | Outcome::Signaled(_) | Outcome::Exited(_)),
+        matches!(
+            r.outcome,
+            Outcome::TimedOut | Outcome::Signaled(_) | Outcome::Exited(_)
+        ),
         "{r:?}"
     );
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     // Nothing left behind, and the host can still start processes.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(host_processes_with("bomb_7f3a"), 0);
-    assert!(std::process::Command::new("true").status().unwrap().success());
+    assert!(
+        std::process::Command::new("true")
+            .status()
+            .unwrap()
+            .success()
+    );
 }
 
 #[tokio::test]
 async fn a_memory_bomb_is_reported_as_memory() {
     let Some(sb) = sandbox(5000) else { return };
-    let r = python(&sb, "blocks = []\nwhile True:\n    blocks.append(bytearray(50 * 1024 * 1024))\n").await;
+    let r = python(
+        &sb,
+        "blocks = []\nwhile True:\n    blocks.append(bytearray(50 * 1024 * 1024))\n",
+    )
+    .await;
     assert_eq!(r.outcome, Outcome::MemoryExceeded, "{r:?}");
 }
 
@@ -132,7 +147,10 @@ async fn the_network_is_unreachable() {
     .await;
     assert_eq!(r.outcome, Outcome::Exited(0), "{r:?}");
     assert_eq!(r.stdout.trim(), "refused refused");
-    assert!(listener.accept().is_err(), "the host listener saw a connection");
+    assert!(
+        listener.accept().is_err(),
+        "the host listener saw a connection"
+    );
 }
 
 #[tokio::test]
@@ -151,10 +169,18 @@ async fn writes_outside_the_work_directory_fail_or_stay_private() {
     assert_eq!(r.outcome, Outcome::Exited(0), "{r:?}");
     // Only the sandbox's own tmpfs accepted writes (and the host /tmp path is
     // that tmpfs inside the sandbox): nothing reached the host.
-    assert!(!r.stdout.contains("/etc/") && !r.stdout.contains("/usr/"), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("/etc/") && !r.stdout.contains("/usr/"),
+        "{}",
+        r.stdout
+    );
     assert!(!r.stdout.contains("../escape"), "{}", r.stdout);
     assert!(!std::env::temp_dir().join("escape").exists());
-    assert!(!host_tmp.exists(), "a write reached the host's {}", host_tmp.display());
+    assert!(
+        !host_tmp.exists(),
+        "a write reached the host's {}",
+        host_tmp.display()
+    );
     assert!(!std::path::Path::new("/etc/escape").exists());
 }
 
@@ -169,7 +195,11 @@ async fn host_environment_and_secrets_are_not_visible() {
     assert_eq!(r.outcome, Outcome::Exited(0), "{r:?}");
     // cargo gives the test process CARGO_* variables; none may leak.
     assert!(!r.stdout.contains("CARGO"), "{}", r.stdout);
-    assert!(!r.stdout.contains(env!("CARGO_MANIFEST_DIR")), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains(env!("CARGO_MANIFEST_DIR")),
+        "{}",
+        r.stdout
+    );
     assert!(!r.stdout.contains("read /"), "{}", r.stdout);
 }
 
@@ -183,7 +213,11 @@ async fn background_processes_die_with_the_program() {
     .await;
     assert_eq!(r.outcome, Outcome::Exited(0), "{r:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(host_processes_with("31.4159"), 0, "the background process outlived the run");
+    assert_eq!(
+        host_processes_with("31.4159"),
+        0,
+        "the background process outlived the run"
+    );
 }
 
 #[tokio::test]
@@ -192,7 +226,13 @@ async fn several_programs_run_in_parallel() {
     let t = Instant::now();
     let runs = (0..4).map(|i| {
         let sb = sb.clone();
-        async move { python(&sb, &format!("import time\ntime.sleep(1.0)\nprint({i} * {i})\n")).await }
+        async move {
+            python(
+                &sb,
+                &format!("import time\ntime.sleep(1.0)\nprint({i} * {i})\n"),
+            )
+            .await
+        }
     });
     let results = futures_util::future::join_all(runs).await;
     for (i, r) in results.iter().enumerate() {
@@ -200,5 +240,9 @@ async fn several_programs_run_in_parallel() {
         assert_eq!(r.stdout.trim(), (i * i).to_string());
     }
     // Four one-second sleeps overlapped (one after another would take 4 s).
-    assert!(t.elapsed() < Duration::from_millis(3500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(3500),
+        "{:?}",
+        t.elapsed()
+    );
 }

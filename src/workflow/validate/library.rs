@@ -12,6 +12,9 @@ use crate::workflow::model::*;
 use crate::workflow::raw::{EXECUTE_LIMIT_KEYS, RawNode, Spanned, TOOL_HTTP_KEYS};
 use crate::yaml::{Node, Span, Value};
 
+/// Resolves a node name to its index, reporting an unknown one.
+pub(super) type ResolveNode<'a> = &'a dyn Fn(&mut Ctx, &Spanned<String>, &str) -> Option<usize>;
+
 /// What the builders need from the surrounding pass.
 pub(super) struct Env<'a> {
     pub idx: usize,
@@ -19,7 +22,7 @@ pub(super) struct Env<'a> {
     pub label: &'a str,
     pub span: Span,
     pub model_names: &'a [&'a str],
-    pub resolve: &'a dyn Fn(&mut Ctx, &Spanned<String>, &str) -> Option<usize>,
+    pub resolve: ResolveNode<'a>,
 }
 
 /// `item` is bound in embed's `text`; `sample` in vote's `weight`.
@@ -59,12 +62,19 @@ pub(super) fn build(cx: &mut Ctx, kind: &str, n: &RawNode, env: &Env) -> Option<
 
 fn extract(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ExtractSpec> {
     let from = optional(f.get("from"), |v| node_ref(cx, v, env));
-    let functions = optional(f.get("language"), |v| match string(cx, v, "`language`")?.as_str() {
-        "python" => Some(true),
-        "none" => Some(false),
-        other => {
-            invalid(cx, v.span, format!("unsupported language `{other}`"), "one of: python, none");
-            None
+    let functions = optional(f.get("language"), |v| {
+        match string(cx, v, "`language`")?.as_str() {
+            "python" => Some(true),
+            "none" => Some(false),
+            other => {
+                invalid(
+                    cx,
+                    v.span,
+                    format!("unsupported language `{other}`"),
+                    "one of: python, none",
+                );
+                None
+            }
         }
     });
     Ok(ExtractSpec {
@@ -74,7 +84,8 @@ fn extract(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ExtractSpec> {
 }
 
 fn embed(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<EmbedSpec> {
-    let items = must(required(cx, f, "items", env)).and_then(|v| must(expression(cx, v, env, "`items`", &[])));
+    let items = must(required(cx, f, "items", env))
+        .and_then(|v| must(expression(cx, v, env, "`items`", &[])));
     let text = optional(f.get("text"), |v| template(cx, v, env, "text", ITEM_VAR));
     let model = optional(f.get("model"), |v| {
         let name = string(cx, v, "`model`")?;
@@ -105,7 +116,9 @@ fn cluster(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ClusterSpec> {
         Value::Str(_) => must(expression(cx, v, env, "`k`", &[])).map(ClusterK::Expr),
         _ => must(ranged(cx, v, "`k`", 1, 10_000)).map(|k| ClusterK::Fixed(k as usize)),
     });
-    let seed = optional(f.get("seed"), |v| ranged(cx, v, "`seed`", 0, i64::MAX as u64));
+    let seed = optional(f.get("seed"), |v| {
+        ranged(cx, v, "`seed`", 0, i64::MAX as u64)
+    });
     Ok(ClusterSpec {
         from: from?,
         k: k?,
@@ -114,10 +127,18 @@ fn cluster(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ClusterSpec> {
 }
 
 fn review(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ReviewSpec> {
-    let before = must(required(cx, f, "before", env)).and_then(|v| must(template(cx, v, env, "before", &[])));
+    let before = must(required(cx, f, "before", env))
+        .and_then(|v| must(template(cx, v, env, "before", &[])));
     let after = match f.get("after") {
         Some(v) => must(template(cx, v, env, "after", &[])),
-        None => must(inline(cx, env, "after", "{{ artifact.text }}", env.span, &[])),
+        None => must(inline(
+            cx,
+            env,
+            "after",
+            "{{ artifact.text }}",
+            env.span,
+            &[],
+        )),
     };
     let decisions = optional(f.get("decisions"), |v| {
         Some(match string(cx, v, "`decisions`")?.as_str() {
@@ -149,13 +170,25 @@ fn review(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ReviewSpec> {
 fn execute(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ExecuteSpec> {
     let code = match f.get("code") {
         Some(v) => must(template(cx, v, env, "code", &[])),
-        None => must(inline(cx, env, "code", "{{ artifact.text }}", env.span, &[])),
+        None => must(inline(
+            cx,
+            env,
+            "code",
+            "{{ artifact.text }}",
+            env.span,
+            &[],
+        )),
     };
     let mode = optional(f.get("mode"), |v| match string(cx, v, "`mode`")?.as_str() {
         "stdio" => Some(TestMode::Stdio),
         "assert" => Some(TestMode::Assert),
         other => {
-            invalid(cx, v.span, format!("unknown test mode `{other}`"), "one of: stdio, assert");
+            invalid(
+                cx,
+                v.span,
+                format!("unknown test mode `{other}`"),
+                "one of: stdio, assert",
+            );
             None
         }
     })
@@ -179,7 +212,11 @@ fn execute(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ExecuteSpec> {
                 invalid(cx, v.span, "the test list is empty".into(), test_help(mode));
                 ok = false;
             }
-            if ok { Ok(TestSource::Literal(cases)) } else { Err(Reported) }
+            if ok {
+                Ok(TestSource::Literal(cases))
+            } else {
+                Err(Reported)
+            }
         }
         _ => {
             wrong_type(cx, v, "`tests`", "a list of tests or an expression");
@@ -192,7 +229,12 @@ fn execute(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ExecuteSpec> {
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_)));
         if !plain || name.is_empty() {
-            invalid(cx, v.span, format!("`file` `{name}` is not a plain file name"), "e.g. main.py");
+            invalid(
+                cx,
+                v.span,
+                format!("`file` `{name}` is not a plain file name"),
+                "e.g. main.py",
+            );
             return None;
         }
         Some(name)
@@ -200,7 +242,12 @@ fn execute(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ExecuteSpec> {
     let command = optional(f.get("command"), |v| {
         let argv = string_list(cx, v, "`command`")?;
         if argv.is_empty() {
-            invalid(cx, v.span, "`command` is empty".into(), "e.g. [python3, \"{file}\"]");
+            invalid(
+                cx,
+                v.span,
+                "`command` is empty".into(),
+                "e.g. [python3, \"{file}\"]",
+            );
             return None;
         }
         Some(argv)
@@ -236,7 +283,9 @@ fn limits(cx: &mut Ctx, v: &Node, env: &Env) -> Option<Limits> {
             "time" => duration(cx, val, "`limits.time`").map(|d| limits.time = d),
             "memory" => size(cx, val, "`limits.memory`").map(|m| limits.memory = m),
             "output" => size(cx, val, "`limits.output`").map(|o| limits.output = o as usize),
-            "processes" => ranged(cx, val, "`limits.processes`", 1, 4096).map(|p| limits.processes = p),
+            "processes" => {
+                ranged(cx, val, "`limits.processes`", 1, 4096).map(|p| limits.processes = p)
+            }
             other => {
                 let mut d = Diagnostic::new(
                     Code::UnknownKey,
@@ -244,9 +293,15 @@ fn limits(cx: &mut Ctx, v: &Node, env: &Env) -> Option<Limits> {
                     format!("unknown key `{other}` in `limits` of {}", env.label),
                 )
                 .label("not a key here");
-                d = match crate::workflow::raw::did_you_mean(other, EXECUTE_LIMIT_KEYS.iter().copied()) {
+                d = match crate::workflow::raw::did_you_mean(
+                    other,
+                    EXECUTE_LIMIT_KEYS.iter().copied(),
+                ) {
                     Some(best) => d.help(format!("did you mean `{best}`?")),
-                    None => d.help(format!("expected one of: {}", EXECUTE_LIMIT_KEYS.join(", "))),
+                    None => d.help(format!(
+                        "expected one of: {}",
+                        EXECUTE_LIMIT_KEYS.join(", ")
+                    )),
                 };
                 cx.err(d);
                 None
@@ -272,16 +327,25 @@ fn tool(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ToolSpec> {
             // Still check both, then refuse the pair.
             let _ = command_action(cx, f, env, c);
             let _ = http_action(cx, env, h);
-            invalid(cx, h.span, format!("{} has both `command` and `http`", env.label), "a tool is one command or one HTTP endpoint");
+            invalid(
+                cx,
+                h.span,
+                format!("{} has both `command` and `http`", env.label),
+                "a tool is one command or one HTTP endpoint",
+            );
             Err(Reported)
         }
         (Some(c), None) => command_action(cx, f, env, c),
         (None, Some(h)) => http_action(cx, env, h),
         (None, None) => {
             cx.err(
-                Diagnostic::new(Code::MissingKey, env.span, format!("{} has neither `command` nor `http`", env.label))
-                    .label("a tool needs one")
-                    .help("`command: [prog, arg, ...]` (no shell) or `http: {url: ..., body: ...}`"),
+                Diagnostic::new(
+                    Code::MissingKey,
+                    env.span,
+                    format!("{} has neither `command` nor `http`", env.label),
+                )
+                .label("a tool needs one")
+                .help("`command: [prog, arg, ...]` (no shell) or `http: {url: ..., body: ...}`"),
             );
             Err(Reported)
         }
@@ -296,7 +360,12 @@ fn tool(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ToolSpec> {
 fn command_action(cx: &mut Ctx, f: &Fields, env: &Env, c: &Node) -> Read<ToolAction> {
     let parts = must(string_list(cx, c, "`command`"))?;
     if parts.is_empty() {
-        invalid(cx, c.span, "`command` is empty".into(), "e.g. [\"./weather\", \"--city\", \"{{ query.city }}\"]");
+        invalid(
+            cx,
+            c.span,
+            "`command` is empty".into(),
+            "e.g. [\"./weather\", \"--city\", \"{{ query.city }}\"]",
+        );
         return Err(Reported);
     }
     let mut argv = Vec::new();
@@ -340,9 +409,16 @@ fn http_action(cx: &mut Ctx, env: &Env, h: &Node) -> Read<ToolAction> {
                 ok &= url.is_some();
             }
             "method" => match string(cx, v, "`http.method`").map(|m| m.to_uppercase()) {
-                Some(m) if ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&m.as_str()) => method = m,
+                Some(m) if ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&m.as_str()) => {
+                    method = m
+                }
                 Some(m) => {
-                    invalid(cx, v.span, format!("unsupported method `{m}`"), "one of: GET, POST, PUT, PATCH, DELETE");
+                    invalid(
+                        cx,
+                        v.span,
+                        format!("unsupported method `{m}`"),
+                        "one of: GET, POST, PUT, PATCH, DELETE",
+                    );
                     ok = false;
                 }
                 None => ok = false,
@@ -358,16 +434,24 @@ fn http_action(cx: &mut Ctx, env: &Env, h: &Node) -> Read<ToolAction> {
                     continue;
                 };
                 for (hk, hv) in hs {
-                    match (string(cx, hk, "a header name"), string(cx, hv, "a header value")) {
+                    match (
+                        string(cx, hk, "a header name"),
+                        string(cx, hv, "a header value"),
+                    ) {
                         (Some(k), Some(v)) => headers.push((k, v)),
                         _ => ok = false,
                     }
                 }
             }
             other => {
-                let mut d = Diagnostic::new(Code::UnknownKey, k.span, format!("unknown key `{other}` in `http` of {}", env.label))
-                    .label("not a key here");
-                d = match crate::workflow::raw::did_you_mean(other, TOOL_HTTP_KEYS.iter().copied()) {
+                let mut d = Diagnostic::new(
+                    Code::UnknownKey,
+                    k.span,
+                    format!("unknown key `{other}` in `http` of {}", env.label),
+                )
+                .label("not a key here");
+                d = match crate::workflow::raw::did_you_mean(other, TOOL_HTTP_KEYS.iter().copied())
+                {
                     Some(best) => d.help(format!("did you mean `{best}`?")),
                     None => d.help(format!("expected one of: {}", TOOL_HTTP_KEYS.join(", "))),
                 };
@@ -377,10 +461,17 @@ fn http_action(cx: &mut Ctx, env: &Env, h: &Node) -> Read<ToolAction> {
         }
     }
     let Some(url) = url else {
-        if !entries.iter().any(|(k, _)| matches!(&k.value, Value::Str(s) if s == "url")) {
+        if !entries
+            .iter()
+            .any(|(k, _)| matches!(&k.value, Value::Str(s) if s == "url"))
+        {
             cx.err(
-                Diagnostic::new(Code::MissingKey, h.span, format!("`http` of {} has no `url`", env.label))
-                    .label("`url` is required"),
+                Diagnostic::new(
+                    Code::MissingKey,
+                    h.span,
+                    format!("`http` of {} has no `url`", env.label),
+                )
+                .label("`url` is required"),
             );
         }
         return Err(Reported);
@@ -410,8 +501,12 @@ fn required<'a>(cx: &mut Ctx, f: &'a Fields, key: &str, env: &Env) -> Option<&'a
     let v = f.get(key);
     if v.is_none() {
         cx.err(
-            Diagnostic::new(Code::MissingKey, env.span, format!("{} has no `{key}`", env.label))
-                .label(format!("`{key}` is required")),
+            Diagnostic::new(
+                Code::MissingKey,
+                env.span,
+                format!("{} has no `{key}`", env.label),
+            )
+            .label(format!("`{key}` is required")),
         );
     }
     v
@@ -471,7 +566,12 @@ fn ranged(cx: &mut Ctx, v: &Node, what: &str, min: u64, max: u64) -> Option<u64>
     match v.value {
         Value::Int(i) if i >= 0 && (i as u64) >= min && (i as u64) <= max => Some(i as u64),
         Value::Int(i) => {
-            invalid(cx, v.span, format!("{what} is {i}, outside {min}..={max}"), "pick a value in range");
+            invalid(
+                cx,
+                v.span,
+                format!("{what} is {i}, outside {min}..={max}"),
+                "pick a value in range",
+            );
             None
         }
         _ => {
@@ -491,7 +591,12 @@ fn duration(cx: &mut Ctx, v: &Node, what: &str) -> Option<Duration> {
     match parsed {
         Some(d) if !d.is_zero() => Some(d),
         _ => {
-            invalid(cx, v.span, format!("{what} is not a positive duration"), "e.g. 500ms, 2s, 1m");
+            invalid(
+                cx,
+                v.span,
+                format!("{what} is not a positive duration"),
+                "e.g. 500ms, 2s, 1m",
+            );
             None
         }
     }
@@ -505,7 +610,12 @@ fn size(cx: &mut Ctx, v: &Node, what: &str) -> Option<u64> {
         _ => None,
     };
     if parsed.is_none() {
-        invalid(cx, v.span, format!("{what} is not a positive size"), "bytes, or e.g. 64KiB, 256MiB, 1GiB");
+        invalid(
+            cx,
+            v.span,
+            format!("{what} is not a positive size"),
+            "bytes, or e.g. 64KiB, 256MiB, 1GiB",
+        );
     }
     parsed
 }
@@ -526,7 +636,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     let bytes = value * scale;
-    (bytes.is_finite() && bytes >= 1.0 && bytes < 1e15).then_some(bytes as u64)
+    (1.0..1e15).contains(&bytes).then_some(bytes as u64)
 }
 
 fn isolation(cx: &mut Ctx, v: &Node) -> Option<Isolation> {
@@ -534,7 +644,12 @@ fn isolation(cx: &mut Ctx, v: &Node) -> Option<Isolation> {
         "sandbox" => Some(Isolation::Bubblewrap),
         "none" => Some(Isolation::None),
         other => {
-            invalid(cx, v.span, format!("unknown isolation `{other}`"), "`sandbox` (bubblewrap namespaces) or `none` (explicit opt-out)");
+            invalid(
+                cx,
+                v.span,
+                format!("unknown isolation `{other}`"),
+                "`sandbox` (bubblewrap namespaces) or `none` (explicit opt-out)",
+            );
             None
         }
     }
@@ -542,11 +657,30 @@ fn isolation(cx: &mut Ctx, v: &Node) -> Option<Isolation> {
 
 fn node_ref(cx: &mut Ctx, v: &Node, env: &Env) -> Option<usize> {
     let name = string(cx, v, "`from`")?;
-    (env.resolve)(cx, &Spanned { value: name, span: v.span }, "`from`")
+    (env.resolve)(
+        cx,
+        &Spanned {
+            value: name,
+            span: v.span,
+        },
+        "`from`",
+    )
 }
 
-fn inline(cx: &mut Ctx, env: &Env, key: &str, source: &str, span: Span, extra: &'static [&'static str]) -> Option<String> {
-    let name = cx.inline(format!("{}.{key}", env.id), source, span, &format!("`{key}` of {}", env.label))?;
+fn inline(
+    cx: &mut Ctx,
+    env: &Env,
+    key: &str,
+    source: &str,
+    span: Span,
+    extra: &'static [&'static str],
+) -> Option<String> {
+    let name = cx.inline(
+        format!("{}.{key}", env.id),
+        source,
+        span,
+        &format!("`{key}` of {}", env.label),
+    )?;
     cx.pending_vars.push(VarCheck {
         source: VarSource::Template(name.clone()),
         node: env.idx,
@@ -557,15 +691,34 @@ fn inline(cx: &mut Ctx, env: &Env, key: &str, source: &str, span: Span, extra: &
     Some(name)
 }
 
-fn template(cx: &mut Ctx, v: &Node, env: &Env, key: &str, extra: &'static [&'static str]) -> Option<String> {
+fn template(
+    cx: &mut Ctx,
+    v: &Node,
+    env: &Env,
+    key: &str,
+    extra: &'static [&'static str],
+) -> Option<String> {
     let source = string(cx, v, &format!("`{key}`"))?;
     inline(cx, env, key, &source, v.span, extra)
 }
 
-fn expression(cx: &mut Ctx, v: &Node, env: &Env, what: &str, extra: &'static [&'static str]) -> Option<String> {
+fn expression(
+    cx: &mut Ctx,
+    v: &Node,
+    env: &Env,
+    what: &str,
+    extra: &'static [&'static str],
+) -> Option<String> {
     let expr = string(cx, v, what)?;
     let before = cx.diags.len();
-    check_expression(cx, &expr, v.span, env.idx, extra, &format!("{what} of {}", env.label));
+    check_expression(
+        cx,
+        &expr,
+        v.span,
+        env.idx,
+        extra,
+        &format!("{what} of {}", env.label),
+    );
     (cx.diags.len() == before).then_some(expr)
 }
 
