@@ -168,8 +168,19 @@ impl Sandbox {
         env: &[(String, String)],
         stdin: &[u8],
     ) -> Result<RunResult, SandboxError> {
+        if argv.is_empty() {
+            return Err(SandboxError::Spawn {
+                program: String::new(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no program given"),
+            });
+        }
         let dir = WorkDir::create(files)?;
-        let uid = run_uid();
+        // A user of its own only inside the sandbox: an opted-out run keeps
+        // redraft's user, like any program it starts.
+        let uid = match self.isolation {
+            Isolation::Bubblewrap => run_uid(),
+            Isolation::None => None,
+        };
         if let Some(uid) = uid {
             dir.chown(uid)?;
         }
@@ -193,9 +204,7 @@ impl Sandbox {
             }
             _ => {
                 let mut c = tokio::process::Command::new(&argv[0]);
-                c.args(&argv[1..])
-                    .current_dir(&dir.path)
-                    .envs(envs.iter().cloned());
+                c.args(&argv[1..]).current_dir(&dir.path);
                 c
             }
         };

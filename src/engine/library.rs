@@ -5,7 +5,6 @@
 //! budget-metered layer as completions.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use minijinja::Value;
@@ -55,14 +54,14 @@ impl Task {
             .iter()
             .map(|a| a.replace("{file}", &e.file))
             .collect();
-        let permits = Arc::new(tokio::sync::Semaphore::new(e.parallel));
+        let permits = tokio::sync::Semaphore::new(e.parallel);
         let runs = tests.iter().map(|test| {
             let (source, stdin) = match test {
                 TestCase::Stdio { input, .. } => (program.clone(), input.clone()),
                 TestCase::Assert { code } => (format!("{program}\n\n{code}\n"), String::new()),
             };
             let files = vec![(e.file.clone(), source)];
-            let (sandbox, argv, permits) = (&sandbox, &argv, permits.clone());
+            let (sandbox, argv, permits) = (&sandbox, &argv, &permits);
             async move {
                 let _permit = permits.acquire().await;
                 sandbox.run(&files, argv, &[], stdin.as_bytes()).await
