@@ -42,14 +42,17 @@ impl Edit {
 /// The edits that turn `before` into `after`, word by word; neighbouring
 /// changed words (with the spaces between them) form one edit.
 pub fn edits(before: &str, after: &str) -> Vec<Edit> {
-    let diff = TextDiff::from_words(before, after);
+    // A deadline keeps a huge or adversarial pair from stalling the run;
+    // past it the diff is coarser but still exact.
+    let diff = TextDiff::configure()
+        .timeout(std::time::Duration::from_secs(2))
+        .diff_words(before, after);
     let mut out = Vec::new();
     // Character position in `before`.
     let mut pos = 0usize;
     let mut pending: Option<(usize, String, String)> = None;
     let flush = |pending: &mut Option<(usize, String, String)>, out: &mut Vec<Edit>| {
         if let Some((start, del, ins)) = pending.take() {
-            // Keep surrounding whitespace out of the edit where possible.
             let kind = match (del.is_empty(), ins.is_empty()) {
                 (true, false) => EditKind::Insert,
                 (false, true) => EditKind::Delete,
