@@ -68,37 +68,57 @@ fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+impl<M: LanguageModel> Retry<M> {
+    /// Calls, then retries transient failures with backoff (or the server's
+    /// `Retry-After`), numbering each try in the request's context.
+    async fn retrying<'a, R, T>(
+        &'a self,
+        req: &'a R,
+        number: fn(&mut R, u32),
+        call: impl for<'r> Fn(&'r M, &'r R) -> BoxFuture<'r, Result<T, BackendError>>,
+    ) -> Result<T, BackendError>
+    where
+        R: Clone,
+    {
+        let mut err = match call(&self.inner, req).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        for retry in 1..=self.policy.max_retries {
+            if !err.is_transient() {
+                break;
+            }
+            let wait = err
+                .retry_after
+                .unwrap_or_else(|| self.policy.delay(retry - 1, jitter()));
+            tracing::debug!(model = self.inner.id(), retry, ?wait, error = %err, "retrying");
+            tokio::time::sleep(wait).await;
+            let mut again = req.clone();
+            number(&mut again, retry);
+            match call(&self.inner, &again).await {
+                Ok(v) => return Ok(v),
+                Err(e) => err = e,
+            }
+        }
+        Err(err)
+    }
+}
+
 impl<M: LanguageModel> LanguageModel for Retry<M> {
-    crate::backend::forward_to_inner!(id, embed, capabilities, estimate);
+    crate::backend::forward_to_inner!(id, capabilities, estimate);
 
     fn complete<'a>(
         &'a self,
         req: &'a CompletionRequest,
     ) -> BoxFuture<'a, Result<Completion, BackendError>> {
-        Box::pin(async move {
-            let mut err = match self.inner.complete(req).await {
-                Ok(c) => return Ok(c),
-                Err(e) => e,
-            };
-            let mut retry_req;
-            for retry in 1..=self.policy.max_retries {
-                if !err.is_transient() {
-                    break;
-                }
-                let wait = err
-                    .retry_after
-                    .unwrap_or_else(|| self.policy.delay(retry - 1, jitter()));
-                tracing::debug!(model = self.inner.id(), retry, ?wait, error = %err, "retrying");
-                tokio::time::sleep(wait).await;
-                retry_req = req.clone();
-                retry_req.context.retry = retry;
-                match self.inner.complete(&retry_req).await {
-                    Ok(c) => return Ok(c),
-                    Err(e) => err = e,
-                }
-            }
-            Err(err)
-        })
+        Box::pin(self.retrying(req, |r, n| r.context.retry = n, M::complete))
+    }
+
+    fn embed<'a>(
+        &'a self,
+        req: &'a EmbeddingRequest,
+    ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
+        Box::pin(self.retrying(req, |r, n| r.context.retry = n, M::embed))
     }
 }
 
@@ -322,6 +342,24 @@ mod tests {
                 })
             })
         }
+
+        fn embed<'a>(
+            &'a self,
+            req: &'a EmbeddingRequest,
+        ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
+            Box::pin(async move {
+                self.tries.fetch_add(1, Ordering::SeqCst);
+                self.retries_seen.lock().unwrap().push(req.context.retry);
+                let mut f = self.failures.lock().unwrap();
+                if !f.is_empty() {
+                    return Err(f.remove(0));
+                }
+                Ok(Embeddings {
+                    vectors: vec![vec![1.0]; req.texts.len()],
+                    usage: Usage::default(),
+                })
+            })
+        }
     }
 
     fn req() -> CompletionRequest {
@@ -340,6 +378,34 @@ mod tests {
 
     fn transient() -> BackendError {
         BackendError::new("flaky", ErrorKind::Transient, "503")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn embeddings_are_retried_like_completions() {
+        let model = Flaky::new(vec![transient(), transient()]);
+        let req = EmbeddingRequest {
+            texts: vec!["a".into(), "b".into()],
+            context: CallContext::default(),
+        };
+        let e = Retry::new(model.clone(), RetryPolicy::default())
+            .embed(&req)
+            .await
+            .unwrap();
+        assert_eq!(e.vectors.len(), 2);
+        assert_eq!(*model.retries_seen.lock().unwrap(), [0, 1, 2]);
+        // Permanent errors are not retried.
+        let model = Flaky::new(vec![BackendError::new(
+            "flaky",
+            ErrorKind::Permanent,
+            "400",
+        )]);
+        assert!(
+            Retry::new(model.clone(), RetryPolicy::default())
+                .embed(&req)
+                .await
+                .is_err()
+        );
+        assert_eq!(model.tries.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
