@@ -310,6 +310,18 @@ mod tests {
                 retries_seen: Mutex::new(Vec::new()),
             })
         }
+
+        /// Records a try; fails with the next scripted error, if any.
+        fn attempt(&self, retry: u32) -> Result<(), BackendError> {
+            self.tries.fetch_add(1, Ordering::SeqCst);
+            self.retries_seen.lock().unwrap().push(retry);
+            let mut f = self.failures.lock().unwrap();
+            if f.is_empty() {
+                Ok(())
+            } else {
+                Err(f.remove(0))
+            }
+        }
     }
 
     impl LanguageModel for Flaky {
@@ -321,12 +333,7 @@ mod tests {
             req: &'a CompletionRequest,
         ) -> BoxFuture<'a, Result<Completion, BackendError>> {
             Box::pin(async move {
-                self.tries.fetch_add(1, Ordering::SeqCst);
-                self.retries_seen.lock().unwrap().push(req.context.retry);
-                let mut f = self.failures.lock().unwrap();
-                if !f.is_empty() {
-                    return Err(f.remove(0));
-                }
+                self.attempt(req.context.retry)?;
                 Ok(Completion {
                     choices: vec![Choice {
                         text: "ok".into(),
@@ -348,12 +355,7 @@ mod tests {
             req: &'a EmbeddingRequest,
         ) -> BoxFuture<'a, Result<Embeddings, BackendError>> {
             Box::pin(async move {
-                self.tries.fetch_add(1, Ordering::SeqCst);
-                self.retries_seen.lock().unwrap().push(req.context.retry);
-                let mut f = self.failures.lock().unwrap();
-                if !f.is_empty() {
-                    return Err(f.remove(0));
-                }
+                self.attempt(req.context.retry)?;
                 Ok(Embeddings {
                     vectors: vec![vec![1.0]; req.texts.len()],
                     usage: Usage::default(),
