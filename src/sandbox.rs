@@ -246,27 +246,30 @@ impl Sandbox {
             }
             drop(stdin_pipe);
         };
-        let out = capped(child.stdout.take(), limits.output);
-        let err = capped(child.stderr.take(), limits.output);
+        // Past the output limit the whole tree is killed at once, so the
+        // other stream ends too.
+        let out = capped(child.stdout.take(), limits.output, kill);
+        let err = capped(child.stderr.take(), limits.output, kill);
         let work = async {
             let (_, out, err) = tokio::join!(feed, out, err);
             (out, err)
         };
+        tokio::pin!(work);
         let mut outcome = None;
-        let (stdout, stderr) = match tokio::time::timeout(limits.time, work).await {
-            Ok(((out, out_over), (err, err_over))) => {
-                if out_over || err_over {
-                    kill();
-                    outcome = Some(Outcome::OutputExceeded);
-                }
-                (out, err)
-            }
-            Err(_) => {
+        let ((stdout, out_over), (stderr, err_over)) = tokio::select! {
+            streams = &mut work => streams,
+            _ = tokio::time::sleep(limits.time) => {
                 kill();
                 outcome = Some(Outcome::TimedOut);
-                (Vec::new(), Vec::new())
+                // Killed: the pipes close and what was printed so far is kept.
+                tokio::time::timeout(Duration::from_secs(2), &mut work)
+                    .await
+                    .unwrap_or_default()
             }
         };
+        if outcome.is_none() && (out_over || err_over) {
+            outcome = Some(Outcome::OutputExceeded);
+        }
         let status = match tokio::time::timeout(
             limits.time.saturating_sub(started.elapsed()) + Duration::from_millis(500),
             child.wait(),
@@ -327,8 +330,12 @@ fn classify(
     }
 }
 
-/// Reads up to `cap` bytes; reports whether there was more.
-async fn capped<R: AsyncRead + Unpin>(pipe: Option<R>, cap: usize) -> (Vec<u8>, bool) {
+/// Reads up to `cap` bytes; on more, calls `over` and reports it.
+async fn capped<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    cap: usize,
+    over: impl Fn(),
+) -> (Vec<u8>, bool) {
     let Some(mut pipe) = pipe else {
         return (Vec::new(), false);
     };
@@ -341,6 +348,7 @@ async fn capped<R: AsyncRead + Unpin>(pipe: Option<R>, cap: usize) -> (Vec<u8>, 
                 let room = cap.saturating_sub(buf.len());
                 buf.extend_from_slice(&chunk[..n.min(room)]);
                 if n > room {
+                    over();
                     return (buf, true);
                 }
             }

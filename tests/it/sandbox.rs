@@ -76,8 +76,10 @@ async fn a_well_behaved_program_runs_with_stdin() {
 async fn an_infinite_loop_times_out() {
     let Some(sb) = sandbox(700) else { return };
     let t = Instant::now();
-    let r = python(&sb, "while True:\n    pass\n").await;
+    let r = python(&sb, "print('started', flush=True)\nwhile True:\n    pass\n").await;
     assert_eq!(r.outcome, Outcome::TimedOut, "{r:?}");
+    // What it printed before the limit is kept.
+    assert_eq!(r.stdout.trim(), "started");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
 
@@ -130,6 +132,10 @@ async fn huge_output_is_cut_and_reported() {
     let r = python(&sb, "while True:\n    print('x' * 1000)\n").await;
     assert_eq!(r.outcome, Outcome::OutputExceeded, "{r:?}");
     assert_eq!(r.stdout.len(), 4096);
+    // A writer that ignores the closed pipe is killed, not waited for.
+    let stubborn = "import signal, sys\nsignal.signal(signal.SIGPIPE, signal.SIG_IGN)\nwhile True:\n    try:\n        sys.stdout.write('x' * 1000)\n        sys.stdout.flush()\n    except BrokenPipeError:\n        pass\n";
+    let r = python(&sb, stubborn).await;
+    assert_eq!(r.outcome, Outcome::OutputExceeded, "{r:?}");
 }
 
 #[tokio::test]
