@@ -130,8 +130,8 @@ impl RunResult {
 /// A configured sandbox; cheap to share between concurrent runs.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
-    isolation: Isolation,
     limits: Limits,
+    /// The bubblewrap binary; `None` only when isolation was opted out of.
     bwrap: Option<PathBuf>,
 }
 
@@ -143,15 +143,14 @@ impl Sandbox {
             Isolation::Bubblewrap => Some(find_on_path("bwrap").ok_or(SandboxError::Unavailable)?),
             Isolation::None => None,
         };
-        Ok(Sandbox {
-            isolation,
-            limits,
-            bwrap,
-        })
+        Ok(Sandbox { limits, bwrap })
     }
 
     pub fn isolation(&self) -> Isolation {
-        self.isolation
+        match self.bwrap {
+            Some(_) => Isolation::Bubblewrap,
+            None => Isolation::None,
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -177,46 +176,47 @@ impl Sandbox {
         let dir = WorkDir::create(files)?;
         // A user of its own only inside the sandbox: an opted-out run keeps
         // redraft's user, like any program it starts.
-        let uid = match self.isolation {
-            Isolation::Bubblewrap => run_uid(),
-            Isolation::None => None,
-        };
+        let uid = self.bwrap.as_ref().and_then(|_| run_uid());
         if let Some(uid) = uid {
             dir.chown(uid)?;
         }
-        let workdir = match self.isolation {
-            Isolation::Bubblewrap => "/work".to_string(),
-            Isolation::None => dir.path.display().to_string(),
+        let home = match self.bwrap {
+            Some(_) => "/work".to_string(),
+            None => dir.path.display().to_string(),
         };
         let mut envs: Vec<(String, String)> = vec![
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-            ("HOME".into(), workdir.clone()),
+            ("HOME".into(), home),
             ("LANG".into(), "C.UTF-8".into()),
             ("TMPDIR".into(), "/tmp".into()),
             ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
         ];
         envs.extend(env.iter().cloned());
-        let mut cmd = match (&self.isolation, &self.bwrap) {
-            (Isolation::Bubblewrap, Some(bwrap)) => {
+        // The environment is always replaced: inside bubblewrap by its
+        // `--setenv`s, otherwise directly.
+        let mut cmd = match &self.bwrap {
+            Some(bwrap) => {
                 let mut c = tokio::process::Command::new(bwrap);
-                c.args(bwrap_args(&dir.path, &envs)).arg("--").args(argv);
+                c.args(bwrap_args(&dir.path, &envs))
+                    .arg("--")
+                    .args(argv)
+                    .env_clear();
                 c
             }
-            _ => {
+            None => {
                 let mut c = tokio::process::Command::new(&argv[0]);
-                c.args(&argv[1..]).current_dir(&dir.path);
+                c.args(&argv[1..])
+                    .current_dir(&dir.path)
+                    .env_clear()
+                    .envs(envs);
                 c
             }
         };
-        cmd.env_clear()
-            .stdin(Stdio::piped())
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
-        if self.isolation == Isolation::None {
-            cmd.envs(envs.iter().cloned());
-        }
         let limits = self.limits;
         // SAFETY: only async-signal-safe calls (setrlimit, setgroups, setgid,
         // setuid, prctl) between fork and exec.
@@ -285,7 +285,7 @@ impl Sandbox {
         };
         let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
         let stderr = String::from_utf8_lossy(&stderr).into_owned();
-        let outcome = outcome.unwrap_or_else(|| classify(status, &stderr, self.isolation));
+        let outcome = outcome.unwrap_or_else(|| classify(status, &stderr, self.isolation()));
         Ok(RunResult {
             outcome,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),

@@ -283,20 +283,37 @@ impl<'n> Fields<'n> {
                 Value::Str(s) => s.clone(),
                 other => format!("{other:?}"),
             };
-            let mut d = Diagnostic::new(
-                Code::UnknownKey,
-                k.span,
-                format!("unknown key `{name}` in {}", self.what),
-            )
-            .label("not a key here");
-            if let Some(best) = did_you_mean(&name, allowed.iter().copied()) {
-                d = d.help(format!("did you mean `{best}`?"));
-            } else {
-                d = d.help(format!("expected one of: {}", allowed.join(", ")));
-            }
-            r.diagnostics.push(d);
+            r.diagnostics
+                .push(unknown_key(k.span, &name, &self.what, allowed));
         }
     }
+}
+
+/// A key that `what` does not take, with the nearest allowed one.
+pub(crate) fn unknown_key(span: Span, name: &str, what: &str, allowed: &[&str]) -> Diagnostic {
+    let d = Diagnostic::new(
+        Code::UnknownKey,
+        span,
+        format!("unknown key `{name}` in {what}"),
+    )
+    .label("not a key here");
+    match did_you_mean(name, allowed.iter().copied()) {
+        Some(best) => d.help(format!("did you mean `{best}`?")),
+        None => d.help(format!("expected one of: {}", allowed.join(", "))),
+    }
+}
+
+/// A value of the wrong YAML type.
+pub(crate) fn wrong_type(node: &Node, what: &str, expected: &str) -> Diagnostic {
+    Diagnostic::new(
+        Code::WrongType,
+        node.span,
+        format!(
+            "{what} must be {expected}, found {}",
+            node.value.type_name()
+        ),
+    )
+    .label(format!("expected {expected}"))
 }
 
 /// The closest candidate by edit distance, if it is close enough.
@@ -318,17 +335,7 @@ impl Reader {
     }
 
     fn wrong_type(&mut self, node: &Node, what: &str, expected: &str) {
-        self.err(
-            Diagnostic::new(
-                Code::WrongType,
-                node.span,
-                format!(
-                    "{what} must be {expected}, found {}",
-                    node.value.type_name()
-                ),
-            )
-            .label(format!("expected {expected}")),
-        );
+        self.err(wrong_type(node, what, expected));
     }
 
     fn fields<'n>(

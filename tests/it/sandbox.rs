@@ -96,13 +96,8 @@ async fn a_fork_bomb_is_contained() {
         )
         .await
         .unwrap();
-    assert!(
-        matches!(
-            r.outcome,
-            Outcome::TimedOut | Outcome::Signaled(_) | Outcome::Exited(_)
-        ),
-        "{r:?}"
-    );
+    // It never stops forking (failures only make it wait), so the clock ends it.
+    assert_eq!(r.outcome, Outcome::TimedOut, "{r:?}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     // Nothing left behind, and the host can still start processes.
     tokio::time::sleep(Duration::from_millis(300)).await;

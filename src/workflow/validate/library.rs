@@ -9,7 +9,9 @@ use super::{Ctx, VarCheck, VarSource, check_expression, unknown_name};
 use crate::diagnostic::{Code, Diagnostic};
 use crate::sandbox::{Isolation, Limits};
 use crate::workflow::model::*;
-use crate::workflow::raw::{EXECUTE_LIMIT_KEYS, RawNode, Spanned, TOOL_HTTP_KEYS};
+use crate::workflow::raw::{
+    self, EXECUTE_LIMIT_KEYS, RawNode, Spanned, TOOL_HTTP_KEYS, unknown_key,
+};
 use crate::yaml::{Node, Span, Value};
 
 /// Resolves a node name to its index, reporting an unknown one.
@@ -287,23 +289,12 @@ fn limits(cx: &mut Ctx, v: &Node, env: &Env) -> Option<Limits> {
                 ranged(cx, val, "`limits.processes`", 1, 4096).map(|p| limits.processes = p)
             }
             other => {
-                let mut d = Diagnostic::new(
-                    Code::UnknownKey,
+                cx.err(unknown_key(
                     k.span,
-                    format!("unknown key `{other}` in `limits` of {}", env.label),
-                )
-                .label("not a key here");
-                d = match crate::workflow::raw::did_you_mean(
                     other,
-                    EXECUTE_LIMIT_KEYS.iter().copied(),
-                ) {
-                    Some(best) => d.help(format!("did you mean `{best}`?")),
-                    None => d.help(format!(
-                        "expected one of: {}",
-                        EXECUTE_LIMIT_KEYS.join(", ")
-                    )),
-                };
-                cx.err(d);
+                    &format!("`limits` of {}", env.label),
+                    EXECUTE_LIMIT_KEYS,
+                ));
                 None
             }
         };
@@ -444,18 +435,12 @@ fn http_action(cx: &mut Ctx, env: &Env, h: &Node) -> Read<ToolAction> {
                 }
             }
             other => {
-                let mut d = Diagnostic::new(
-                    Code::UnknownKey,
+                cx.err(unknown_key(
                     k.span,
-                    format!("unknown key `{other}` in `http` of {}", env.label),
-                )
-                .label("not a key here");
-                d = match crate::workflow::raw::did_you_mean(other, TOOL_HTTP_KEYS.iter().copied())
-                {
-                    Some(best) => d.help(format!("did you mean `{best}`?")),
-                    None => d.help(format!("expected one of: {}", TOOL_HTTP_KEYS.join(", "))),
-                };
-                cx.err(d);
+                    other,
+                    &format!("`http` of {}", env.label),
+                    TOOL_HTTP_KEYS,
+                ));
                 ok = false;
             }
         }
@@ -513,14 +498,7 @@ fn required<'a>(cx: &mut Ctx, f: &'a Fields, key: &str, env: &Env) -> Option<&'a
 }
 
 fn wrong_type(cx: &mut Ctx, v: &Node, what: &str, expected: &str) {
-    cx.err(
-        Diagnostic::new(
-            Code::WrongType,
-            v.span,
-            format!("{what} must be {expected}, found {}", v.value.type_name()),
-        )
-        .label(format!("expected {expected}")),
-    );
+    cx.err(raw::wrong_type(v, what, expected));
 }
 
 fn invalid(cx: &mut Ctx, span: Span, message: String, help: &str) {
