@@ -29,7 +29,7 @@ fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let wf = Arc::new(redraft::workflow::load(&root.join("workflows/self-refine.yaml")).unwrap());
     let mut script =
-        std::fs::read_to_string(root.join("workflows/self-refine.replies.yaml")).unwrap();
+        std::fs::read_to_string(root.join("workflows/replies/self-refine.yaml")).unwrap();
     if latency > 0 {
         script = script.replace(
             "  - node:",

@@ -17,7 +17,7 @@ fn setup() -> (Engine, Arc<Workflow>) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let wf =
         redraft::workflow::load(&root.join("workflows/self-refine.yaml")).expect("valid workflow");
-    let script = std::fs::read_to_string(root.join("workflows/self-refine.replies.yaml")).unwrap();
+    let script = std::fs::read_to_string(root.join("workflows/replies/self-refine.yaml")).unwrap();
     let model = Arc::new(ScriptedModel::from_yaml(&script, "bench").unwrap());
     (Engine::new().with_model("writer", model), Arc::new(wf))
 }

@@ -6,7 +6,10 @@
 //! every run makes 7 model calls (a draft and three critique/revise rounds).
 //! Reported: client CPU per workflow and workflows per second at 0 ms mock
 //! latency; wall time against the ideal (7 × latency) and peak memory for
-//! 256 and 10,000 concurrent workflows at 50 ms latency.
+//! 256 and 10,000 concurrent workflows at 50 ms latency (and 256 with the
+//! default per-endpoint concurrency); and the CLI's own cost, one
+//! `redraft run` process per workflow: time from spawn to its first request
+//! and CPU per process.
 
 #[path = "../tests/it/mock_openai.rs"]
 mod mock_openai;
@@ -90,14 +93,74 @@ fn serve_mock(latency_ms: u64) -> ! {
     unreachable!()
 }
 
-fn open_engine(url: &str) -> Arc<Engine> {
+fn open_engine(url: &str, settings: serde_json::Value) -> Arc<Engine> {
     let model = redraft::backend::open(
         &format!("openai:mock@{url}"),
-        &serde_json::json!({ "concurrency_per_endpoint": 20000, "request_timeout": "600s" }),
+        &settings,
         std::path::Path::new("."),
     )
     .unwrap();
     Arc::new(Engine::new().with_model("writer", model))
+}
+
+fn unthrottled() -> serde_json::Value {
+    serde_json::json!({ "concurrency_per_endpoint": 20000, "request_timeout": "600s" })
+}
+
+/// User plus system CPU of the reaped children of this process, in seconds.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage with a valid pointer.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// One `redraft run` process per workflow against an in-process mock.
+fn cli_process_per_workflow(rt: &tokio::runtime::Runtime) {
+    let mock = rt.block_on(mock_openai::MockServer::start_with(
+        vec![],
+        Duration::ZERO,
+        Box::new(never_passes),
+        true,
+    ));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let wf = root.join("workflows/self-refine.yaml");
+    let spec = format!("writer=openai:mock@{}", mock.url);
+    let (mut first, mut cpu, mut total) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..31 {
+        let before = mock.arrivals().len();
+        let cpu0 = children_cpu_seconds();
+        let t0 = Instant::now();
+        let status = Command::new(env!("CARGO_BIN_EXE_redraft"))
+            .args(["run", wf.to_str().unwrap(), "--model", &spec, "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        let wall = t0.elapsed();
+        assert_eq!(status.code(), Some(1), "never-passing replies: unverified");
+        let arrivals = mock.arrivals();
+        assert_eq!(arrivals.len() - before, 7);
+        if i == 0 {
+            continue; // warm-up: page cache, first exec
+        }
+        first.push(arrivals[before].duration_since(t0).as_secs_f64() * 1000.0);
+        cpu.push((children_cpu_seconds() - cpu0) * 1000.0);
+        total.push(wall.as_secs_f64() * 1000.0);
+    }
+    println!(
+        "cli: one process per 7-call workflow (median of {}): first_request={:.1}ms cpu={:.1}ms wall={:.1}ms",
+        first.len(),
+        median(&mut first),
+        median(&mut cpu),
+        median(&mut total)
+    );
 }
 
 fn workflow() -> Arc<redraft::Workflow> {
@@ -140,7 +203,7 @@ fn main() {
     // 1. CPU per workflow and throughput at 0 ms latency.
     let (mut mock, url) = spawn_mock(0);
     let mock_pid = mock.id().to_string();
-    let engine = open_engine(&url);
+    let engine = open_engine(&url, unthrottled());
     rt.block_on(run_many(&engine, &wf, 200, 32)); // warm up connections
     for in_flight in [1, 32] {
         let runs = 2000;
@@ -162,7 +225,17 @@ fn main() {
     // 2. Many concurrent workflows at 50 ms latency.
     let (mut mock, url) = spawn_mock(50);
     let mock_pid = mock.id().to_string();
-    let engine = open_engine(&url);
+    // The default per-endpoint concurrency, then none to speak of.
+    let engine = open_engine(&url, serde_json::json!({ "request_timeout": "600s" }));
+    let t0 = Instant::now();
+    rt.block_on(run_many(&engine, &wf, 256, 256));
+    let wall = t0.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "latency=50ms concurrent=256 default concurrency_per_endpoint ({}): wall={wall:.0}ms ideal=350ms ratio={:.2}",
+        redraft::backend::openai::DEFAULT_CONCURRENCY_PER_ENDPOINT,
+        wall / 350.0
+    );
+    let engine = open_engine(&url, unthrottled());
     for runs in [256usize, 10_000] {
         let (cpu0, mock0, t0) = (cpu_seconds(&me), cpu_seconds(&mock_pid), Instant::now());
         rt.block_on(run_many(&engine, &wf, runs, runs));
@@ -176,4 +249,7 @@ fn main() {
         );
     }
     let _ = mock.kill();
+
+    // 3. The CLI: one process per workflow.
+    cli_process_per_workflow(&rt);
 }

@@ -13,7 +13,11 @@
 //! prompt). That difference is reported as `overrun`.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that wall-time limits follow paused time in tests (and
+// the real clock otherwise).
+use tokio::time::Instant;
 
 use serde::Serialize;
 

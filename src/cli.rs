@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::budget::Limits;
 use crate::engine::{Engine, RunError, RunOptions};
-use crate::event::{Event, Fanout, NodeStatus, Recorder};
+use crate::event::{CallOutcome, Event, Fanout, NodeStatus, Recorder};
 use crate::metrics::{FailureKind, RunStatus, RunSummary};
 use crate::workflow::{self, Workflow};
 
@@ -53,6 +53,10 @@ pub enum Command {
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// `human` (rustc-style, on stderr) or `json` (one array on stdout:
+        /// per file, `ok` and its diagnostics with file, line and column).
+        #[arg(long, value_enum, default_value_t = DiagnosticFormat::Human)]
+        format: DiagnosticFormat,
     },
     /// Print a workflow's graph.
     Graph {
@@ -62,6 +66,12 @@ pub enum Command {
     },
     /// Print the JSON Schema of the workflow format.
     Schema,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiagnosticFormat {
+    Human,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -141,7 +151,7 @@ pub fn main() -> u8 {
         .try_init();
     match cli.command {
         Command::Run(args) => run_command(args),
-        Command::Validate { files } => validate_command(&files),
+        Command::Validate { files, format } => validate_command(&files, format),
         Command::Graph { file, format } => match workflow::load(&file) {
             Ok(wf) => {
                 let _ = stdout(&match format {
@@ -162,8 +172,30 @@ pub fn main() -> u8 {
     }
 }
 
-fn validate_command(files: &[PathBuf]) -> u8 {
+fn validate_command(files: &[PathBuf], format: DiagnosticFormat) -> u8 {
     let mut code = EXIT_OK;
+    if format == DiagnosticFormat::Json {
+        let reports: Vec<serde_json::Value> = files
+            .iter()
+            .map(|f| {
+                let diagnostics = match workflow::load(f) {
+                    Ok(_) => Vec::new(),
+                    Err(e) => {
+                        code = EXIT_INVALID;
+                        e.to_json()
+                    }
+                };
+                serde_json::json!({
+                    "file": f.display().to_string(),
+                    "ok": diagnostics.is_empty(),
+                    "diagnostics": diagnostics,
+                })
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&reports).unwrap_or_default();
+        let _ = stdout(&format!("{text}\n"));
+        return code;
+    }
     for f in files {
         match workflow::load(f) {
             Ok(_) => {
@@ -185,6 +217,10 @@ fn run_command(args: RunArgs) -> u8 {
         Ok(wf) => Arc::new(wf),
         Err(e) => {
             eprint!("{}", e.render());
+            if args.json {
+                let report = serde_json::json!({"status": "invalid", "diagnostics": e.to_json()});
+                let _ = stdout(&format!("{report:#}\n"));
+            }
             return EXIT_INVALID;
         }
     };
@@ -208,9 +244,8 @@ fn run_command(args: RunArgs) -> u8 {
                 );
             }
             crate::backend::ModelSpec::parse(spec).with_context(|| format!("--model {name}"))?;
-            let model = crate::backend::open(spec, &serde_json::Value::Null, Path::new("."))
-                .map_err(|e| anyhow::anyhow!(BackendOpen(e.to_string())))?;
-            engine = engine.with_model(name, model);
+            // Opened by the engine with the workflow's settings for `name`.
+            engine = engine.with_model_spec(name, spec);
         }
         if let Some(path) = &args.record {
             let cassette = crate::backend::cassette::CassetteWriter::create(path)
@@ -237,11 +272,7 @@ fn run_command(args: RunArgs) -> u8 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e:#}");
-            return if e.downcast_ref::<BackendOpen>().is_some() {
-                EXIT_BACKEND
-            } else {
-                EXIT_INVALID
-            };
+            return EXIT_INVALID;
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -274,8 +305,8 @@ fn run_command(args: RunArgs) -> u8 {
         }
     }
     match result {
-        Ok(summary) => report(&summary, args.json),
-        Err(e @ RunError::Input { .. }) => {
+        Ok(summary) => report(&summary, args.json, args.quiet),
+        Err(e @ (RunError::Input { .. } | RunError::UnknownModel { .. })) => {
             eprintln!("error: {e}");
             EXIT_INVALID
         }
@@ -305,17 +336,8 @@ fn interrupt_signal() -> impl std::future::Future<Output = bool> {
     }
 }
 
-#[derive(Debug)]
-struct BackendOpen(String);
-impl std::fmt::Display for BackendOpen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for BackendOpen {}
-
 /// Prints the result and maps it to an exit code.
-fn report(s: &RunSummary, json: bool) -> u8 {
+fn report(s: &RunSummary, json: bool, quiet: bool) -> u8 {
     if json {
         match serde_json::to_string_pretty(s) {
             Ok(text) => {
@@ -341,20 +363,27 @@ fn report(s: &RunSummary, json: bool) -> u8 {
         RunStatus::Interrupted => "interrupted (best output so far)",
         RunStatus::Failed => "failed",
     };
-    eprintln!(
-        "{status} · {verdict} · {} calls · {} tokens{} · ${:.6} · {:.0} ms",
-        s.usage.calls,
-        s.usage.total_tokens,
-        if s.usage.estimated {
-            " (estimated)"
-        } else {
-            ""
-        },
-        s.usage.cost_usd,
-        s.wall_ms
-    );
-    if let Some(ex) = &s.exhausted {
-        eprintln!("budget: {ex}");
+    if !quiet {
+        eprintln!(
+            "{status} · {verdict} · {} calls · {} tokens{}{} · ${:.6} · {:.0} ms",
+            s.usage.calls,
+            s.usage.total_tokens,
+            if s.usage.estimated {
+                " (estimated)"
+            } else {
+                ""
+            },
+            if s.usage.reused_tokens > 0 {
+                format!(" ({} prompt tokens reused)", s.usage.reused_tokens)
+            } else {
+                String::new()
+            },
+            s.usage.cost_usd,
+            s.wall_ms
+        );
+        if let Some(ex) = &s.exhausted {
+            eprintln!("budget: {ex}");
+        }
     }
     if let Some(err) = &s.error {
         eprintln!("error: {err}");
@@ -536,14 +565,34 @@ pub fn human_line(event: &Event) -> Option<String> {
                 error.as_deref().unwrap_or("")
             ),
         },
-        Event::ModelCall(c) => match &c.error {
-            Some(e) => format!(
+        Event::ModelCall(c) => match (&c.error, c.outcome) {
+            (Some(e), CallOutcome::Error) => format!(
                 "      {} call failed after {:.0} ms: {e}",
                 c.model, c.latency_ms
             ),
-            None => format!(
-                "      {} ({}) {} → {} tokens, {:.0} ms",
-                c.model, c.model_id, c.prompt_tokens, c.completion_tokens, c.latency_ms
+            (_, CallOutcome::Cut | CallOutcome::Cancelled) => format!(
+                "      {} call {} after {:.0} ms (counted; ~{} prompt tokens estimated)",
+                c.model,
+                if c.outcome == CallOutcome::Cut {
+                    "cut by the wall-time limit"
+                } else {
+                    "cancelled"
+                },
+                c.latency_ms,
+                c.prompt_tokens
+            ),
+            _ => format!(
+                "      {} ({}) {} → {} tokens{}, {:.0} ms",
+                c.model,
+                c.model_id,
+                c.prompt_tokens,
+                c.completion_tokens,
+                if c.reused_tokens > 0 {
+                    format!(" ({} prompt tokens reused)", c.reused_tokens)
+                } else {
+                    String::new()
+                },
+                c.latency_ms
             ),
         },
         Event::InvalidOutput {
@@ -578,7 +627,10 @@ pub fn human_line(event: &Event) -> Option<String> {
             loop_id,
             rounds,
             reason,
-        } => format!("loop {loop_id}: stopped after {rounds} round(s) ({reason:?})"),
+        } => format!(
+            "loop {loop_id}: stopped after {rounds} round{} ({reason})",
+            if *rounds == 1 { "" } else { "s" }
+        ),
         Event::BudgetWarning(w) => format!(
             "warning: {} has used {:.0} of {:.0} {}",
             w.scope, w.used, w.max, w.limit

@@ -14,7 +14,7 @@ use crate::yaml::Span;
 pub struct Diagnostic {
     pub code: Code,
     pub message: String,
-    #[serde(skip)]
+    /// Where: `line`, `col` (1-based) to `end_line`, `end_col`.
     pub span: Span,
     pub label: String,
     pub help: Option<String>,

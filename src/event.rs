@@ -97,8 +97,27 @@ pub struct ModelCallEvent {
     pub usage_estimated: bool,
     pub latency_ms: f64,
     pub cost_usd: f64,
+    /// How the call ended. Every request that may have reached the server
+    /// is a call, also one cut by a wall-time limit or cancelled.
+    pub outcome: CallOutcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// How a model call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallOutcome {
+    /// The backend answered.
+    Ok,
+    /// The backend (or a layer under the budget, such as a timeout) failed.
+    Error,
+    /// A wall-time limit cut the call after the request was sent; its prompt
+    /// tokens are estimated (`usage_estimated`).
+    Cut,
+    /// The run was cancelled (Ctrl-C, a cancellation token) while the call
+    /// was in flight; its prompt tokens are estimated.
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -122,6 +141,26 @@ pub enum StopReason {
     Budget,
     /// The run stopped (budget, failure, cancellation) inside the loop.
     RunStopped,
+}
+
+impl StopReason {
+    /// The name used in JSON and in human output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Exited => "exited",
+            StopReason::MaxRounds => "max_rounds",
+            StopReason::Until => "until",
+            StopReason::Converged => "converged",
+            StopReason::Budget => "budget",
+            StopReason::RunStopped => "run_stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Receives events. Must be cheap and must not fail: a recorder that can

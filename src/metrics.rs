@@ -33,6 +33,9 @@ pub struct UsageTotals {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Prompt tokens served from a cache (a reused KV prefix, or the
+    /// server's prompt cache), part of `prompt_tokens`.
+    pub reused_tokens: u64,
     pub cost_usd: f64,
     /// Some call's usage was estimated, not reported by the backend.
     pub estimated: bool,
@@ -210,6 +213,7 @@ impl Tally {
             self.usage.prompt_tokens += c.prompt_tokens;
             self.usage.completion_tokens += c.completion_tokens;
             self.usage.total_tokens += c.prompt_tokens + c.completion_tokens;
+            self.usage.reused_tokens += c.reused_tokens;
             self.usage.cost_usd += c.cost_usd;
             self.usage.estimated |= c.usage_estimated;
         }

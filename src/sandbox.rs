@@ -14,14 +14,32 @@
 //! - **Processes:** the program is PID 1's only child in its own PID
 //!   namespace; when it exits, is killed, or redraft dies, the namespace and
 //!   everything it spawned (background processes included) is killed.
-//! - **Resources (rlimits):** address space (memory), CPU seconds, file size,
-//!   open files, and processes. When redraft runs as root each run gets a
+//! - **Descriptors:** the program gets stdin, stdout and stderr and nothing
+//!   else: every other descriptor redraft holds (its own, or inherited from
+//!   its parent) is closed at exec (`close_range`).
+//! - **System calls:** a seccomp filter (applied by bubblewrap just before
+//!   the program starts) fails the calls a test program never needs with
+//!   `EPERM`: ptrace, mount, namespaces (unshare, setns, and clone with
+//!   namespace flags), keyrings, bpf, perf events, kernel modules, reboot,
+//!   and similar (see [`DENIED_SYSCALLS`]). x86-64 and aarch64.
+//! - **Memory:** with a writable memory cgroup (v2, or v1's memory
+//!   controller; redraft as root) each run gets a cgroup of its own whose
+//!   limit is the memory limit, and "out of memory" is the kernel's word
+//!   (an OOM kill in that cgroup). Without one, the address-space rlimit
+//!   applies and a program that runs out of memory is reported by how it
+//!   ended (its exit status or signal), never by what it printed.
+//! - **Resources (rlimits):** CPU seconds, file size, open files, and
+//!   processes. When redraft runs as root each run gets a
 //!   user ID of its own, so the process limit is per run and the program
 //!   cannot read files that only root (or any real user) may read. As a
 //!   normal user the process limit counts all of that user's processes.
 //! - **Time:** a wall-clock limit; on expiry the whole tree is killed.
 //! - **Output:** stdout and stderr are read up to a limit; past it the
 //!   program is killed and reported as such.
+//! - **Clean-up:** the work directory is removed after every run with a
+//!   constant number of descriptors whatever the program left in it (deep
+//!   trees, unreadable directories, many files); a removal that fails is
+//!   reported in [`RunResult::cleanup_error`] and logged, never silent.
 //!
 //! Linux only for isolation (bubblewrap needs Linux namespaces); elsewhere
 //! `bwrap` is not found and the same refusal applies.
@@ -31,12 +49,19 @@
 //! [`Isolation::None`] (then only the rlimits, time, output limits and a
 //! scrubbed environment apply).
 
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+mod cgroup;
+mod seccomp;
+
+pub use seccomp::DENIED_SYSCALLS;
 
 /// How a program is isolated from the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -106,7 +131,8 @@ pub enum Outcome {
     Signaled(i32),
     /// Ran past the time limit; killed.
     TimedOut,
-    /// Ran out of its memory limit.
+    /// Killed by the kernel for going over its memory limit (an OOM kill in
+    /// the run's memory cgroup). Only reported where a cgroup is available.
     MemoryExceeded,
     /// Wrote more than the output limit; killed.
     OutputExceeded,
@@ -119,6 +145,13 @@ pub struct RunResult {
     pub stdout: String,
     pub stderr: String,
     pub wall_ms: f64,
+    /// Why the work directory could not be removed, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleanup_error: Option<String>,
+    /// Where the program's work directory was on the host (gone unless
+    /// `cleanup_error` says otherwise). Not serialised: a host path.
+    #[serde(skip)]
+    pub work_dir: PathBuf,
 }
 
 impl RunResult {
@@ -157,6 +190,13 @@ impl Sandbox {
         self.limits
     }
 
+    /// Whether the kernel accounts each run's memory (a memory cgroup per
+    /// run could be made here), so that [`Outcome::MemoryExceeded`] can be
+    /// reported. Without it the address-space rlimit still limits memory.
+    pub fn kernel_memory_accounting() -> bool {
+        cgroup::available()
+    }
+
     /// Writes `files` into a fresh directory, runs `argv` there with `stdin`,
     /// and removes the directory. `env` adds variables to the clean
     /// environment.
@@ -192,15 +232,31 @@ impl Sandbox {
             ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
         ];
         envs.extend(env.iter().cloned());
+        let cgroup = cgroup::MemoryCgroup::create(self.limits.memory);
+        // bubblewrap reads the seccomp program from a pipe it inherits; that
+        // pipe is the one descriptor above stderr that survives exec, and
+        // bubblewrap closes it before starting the program.
+        let filter = match &self.bwrap {
+            Some(_) => seccomp::program()
+                .map(seccomp::pipe_with)
+                .transpose()
+                .map_err(|source| SandboxError::Prepare {
+                    path: dir.path.clone(),
+                    source,
+                })?,
+            None => None,
+        };
+        let keep_fd = filter.as_ref().map(|f| f.as_raw_fd());
         // The environment is always replaced: inside bubblewrap by its
         // `--setenv`s, otherwise directly.
         let mut cmd = match &self.bwrap {
             Some(bwrap) => {
                 let mut c = tokio::process::Command::new(bwrap);
-                c.args(bwrap_args(&dir.path, &envs))
-                    .arg("--")
-                    .args(argv)
-                    .env_clear();
+                c.args(bwrap_args(&dir.path, &envs));
+                if let Some(fd) = keep_fd {
+                    c.args(["--seccomp".to_string(), fd.to_string()]);
+                }
+                c.arg("--").args(argv).env_clear();
                 c
             }
             None => {
@@ -217,14 +273,23 @@ impl Sandbox {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
-        let limits = self.limits;
-        // SAFETY: only async-signal-safe calls (setrlimit, setgroups, setgid,
-        // setuid, prctl) between fork and exec.
+        let child_setup = ChildSetup {
+            limits: self.limits,
+            uid,
+            keep_fd,
+            cgroup_procs: cgroup.as_ref().map(|c| c.procs_path()),
+        };
+        // SAFETY: only async-signal-safe calls (open, write, close,
+        // close_range, fcntl, setrlimit, setgroups, setgid, setuid, prctl)
+        // between fork and exec, on data prepared before the fork.
         unsafe {
-            cmd.pre_exec(move || restrict(limits, uid));
+            cmd.pre_exec(move || child_setup.apply());
         }
         let started = Instant::now();
-        let mut child = cmd.spawn().map_err(|source| SandboxError::Spawn {
+        let spawned = cmd.spawn();
+        // Our copy of the filter pipe is not needed once the child has its own.
+        drop(filter);
+        let mut child = spawned.map_err(|source| SandboxError::Spawn {
             program: argv.first().cloned().unwrap_or_default(),
             source,
         })?;
@@ -246,6 +311,7 @@ impl Sandbox {
             }
             drop(stdin_pipe);
         };
+        let limits = self.limits;
         // Past the output limit the whole tree is killed at once, so the
         // other stream ends too.
         let out = capped(child.stdout.take(), limits.output, kill);
@@ -284,38 +350,41 @@ impl Sandbox {
             }
         };
         let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let stderr = String::from_utf8_lossy(&stderr).into_owned();
-        let outcome = outcome.unwrap_or_else(|| classify(status, &stderr, self.isolation()));
+        // The kernel's word on memory, then the cgroup goes.
+        let oom_killed = match cgroup {
+            Some(cg) => tokio::task::spawn_blocking(move || cg.finish())
+                .await
+                .unwrap_or(false),
+            None => false,
+        };
+        let outcome = outcome.unwrap_or_else(|| classify(status, oom_killed, self.isolation()));
+        let work_dir = dir.path.clone();
+        let cleanup_error = dir.remove().await;
         Ok(RunResult {
+            work_dir,
             outcome,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr,
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
             wall_ms,
+            cleanup_error,
         })
     }
 }
 
-/// Exit status → outcome, recognising out-of-memory deaths. Under
-/// bubblewrap a death by signal N arrives as exit status 128 + N.
+/// Exit status → outcome. Under bubblewrap a death by signal N arrives as
+/// exit status 128 + N. Memory is decided by the kernel (`oom_killed`, from
+/// the run's cgroup), never by what the program printed.
 fn classify(
     status: Option<std::process::ExitStatus>,
-    stderr: &str,
+    oom_killed: bool,
     isolation: Isolation,
 ) -> Outcome {
     use std::os::unix::process::ExitStatusExt;
-    let oom = [
-        "MemoryError",
-        "Cannot allocate memory",
-        "std::bad_alloc",
-        "out of memory",
-    ]
-    .iter()
-    .any(|m| stderr.contains(m));
     let signal = match status {
         None => Some(libc::SIGKILL),
         Some(s) => match (s.code(), s.signal()) {
             (Some(0), _) => return Outcome::Exited(0),
-            _ if oom => return Outcome::MemoryExceeded,
+            _ if oom_killed => return Outcome::MemoryExceeded,
             (Some(c), _) if isolation == Isolation::Bubblewrap && (129..=192).contains(&c) => {
                 Some(c - 128)
             }
@@ -356,46 +425,117 @@ async fn capped<R: AsyncRead + Unpin>(
     }
 }
 
-/// In the child between fork and exec: rlimits, then a user of its own.
-fn restrict(limits: Limits, uid: Option<u32>) -> std::io::Result<()> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    type Resource = libc::__rlimit_resource_t;
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    type Resource = libc::c_int;
-    fn set(resource: Resource, value: u64) -> std::io::Result<()> {
-        let lim = libc::rlimit {
-            rlim_cur: value as libc::rlim_t,
-            rlim_max: value as libc::rlim_t,
-        };
-        // SAFETY: setrlimit with a valid pointer.
-        if unsafe { libc::setrlimit(resource, &lim) } != 0 {
-            return Err(std::io::Error::last_os_error());
+/// What the child does between fork and exec, prepared before the fork.
+struct ChildSetup {
+    limits: Limits,
+    uid: Option<u32>,
+    /// The one descriptor above stderr that stays open (the seccomp pipe).
+    keep_fd: Option<RawFd>,
+    /// `cgroup.procs` of the run's memory cgroup.
+    cgroup_procs: Option<CString>,
+}
+
+impl ChildSetup {
+    /// In the child: join the memory cgroup, close every inherited
+    /// descriptor at exec, set rlimits, then take a user of its own.
+    fn apply(&self) -> std::io::Result<()> {
+        if let Some(procs) = &self.cgroup_procs {
+            // "0" moves the writing process; its children follow.
+            // SAFETY: open/write/close on a C string prepared before fork.
+            unsafe {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+        }
+        close_inherited_fds(self.keep_fd)?;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        type Resource = libc::__rlimit_resource_t;
+        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+        type Resource = libc::c_int;
+        fn set(resource: Resource, value: u64) -> std::io::Result<()> {
+            let lim = libc::rlimit {
+                rlim_cur: value as libc::rlim_t,
+                rlim_max: value as libc::rlim_t,
+            };
+            // SAFETY: setrlimit with a valid pointer.
+            if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        }
+        let limits = self.limits;
+        // With a memory cgroup the kernel counts what the program really
+        // uses; the address-space limit is the fallback without one.
+        if self.cgroup_procs.is_none() {
+            set(libc::RLIMIT_AS, limits.memory)?;
+        }
+        set(libc::RLIMIT_CPU, limits.time.as_secs() + 1)?;
+        set(libc::RLIMIT_FSIZE, limits.file_size)?;
+        set(libc::RLIMIT_NOFILE, 256)?;
+        set(libc::RLIMIT_CORE, 0)?;
+        // bubblewrap itself needs a few processes.
+        set(libc::RLIMIT_NPROC, limits.processes + 4)?;
+        if let Some(uid) = self.uid {
+            // SAFETY: plain syscalls; order matters (groups and gid while root).
+            unsafe {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        // Die with redraft (set after the uid change, which clears it).
+        // SAFETY: prctl with constant arguments.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         }
         Ok(())
     }
-    set(libc::RLIMIT_AS, limits.memory)?;
-    set(libc::RLIMIT_CPU, limits.time.as_secs() + 1)?;
-    set(libc::RLIMIT_FSIZE, limits.file_size)?;
-    set(libc::RLIMIT_NOFILE, 256)?;
-    set(libc::RLIMIT_CORE, 0)?;
-    // bubblewrap itself needs a few processes.
-    set(libc::RLIMIT_NPROC, limits.processes + 4)?;
-    if let Some(uid) = uid {
-        // SAFETY: plain syscalls; order matters (groups and gid while root).
-        unsafe {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(uid) != 0
-                || libc::setuid(uid) != 0
-            {
+}
+
+/// Marks every descriptor from 3 up close-on-exec, except `keep` (whose
+/// flag is cleared). Marking rather than closing keeps the standard
+/// library's own exec-error pipe working until the exec itself.
+/// Async-signal-safe.
+fn close_inherited_fds(keep: Option<RawFd>) -> std::io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: plain syscalls on descriptor numbers.
+    unsafe {
+        let done = libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        ) == 0;
+        if !done {
+            // Kernels before 5.11: every possible descriptor, one by one.
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                (lim.rlim_cur as u64).min(1 << 20) as RawFd
+            } else {
+                1 << 16
+            };
+            for fd in 3..max {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
+        if let Some(fd) = keep {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
         }
-    }
-    // Die with redraft (set after the uid change, which clears it).
-    // SAFETY: prctl with constant arguments.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
     Ok(())
 }
@@ -523,8 +663,203 @@ impl WorkDir {
     }
 }
 
+impl WorkDir {
+    /// Removes the directory (off the async runtime) and says why it could
+    /// not, if it could not.
+    async fn remove(mut self) -> Option<String> {
+        // Taken: the drop below then has nothing to do.
+        let path = std::mem::take(&mut self.path);
+        let shown = path.display().to_string();
+        let result = tokio::task::spawn_blocking(move || remove_tree(&path)).await;
+        let error = match result {
+            Ok(Ok(())) => return None,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        let message = format!("could not remove the sandbox directory {shown}: {error}");
+        tracing::warn!("{message}");
+        Some(message)
+    }
+}
+
 impl Drop for WorkDir {
+    /// Only on early exits (a file that could not be written, a spawn that
+    /// failed): the program never ran, so the tree is ours and small.
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
+        if let Err(e) = remove_tree(&self.path) {
+            tracing::warn!(
+                "could not remove the sandbox directory {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// Removes a directory tree whatever is in it: any depth (descriptors in
+/// use stay constant; the walk goes down and back up through `..`),
+/// directories without read, write or search permission (given them back
+/// first), symlinks (removed, never followed). Linear in the number of
+/// entries. A missing `root` is not an error.
+pub fn remove_tree(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(name) = root.file_name() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a removable directory",
+        ));
+    };
+    let parent = match root.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let cstr = |b: &[u8]| {
+        CString::new(b).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let parent_fd = Fd::open_dir(libc::AT_FDCWD, &cstr(parent.as_os_str().as_bytes())?)?;
+    let name = cstr(name.as_bytes())?;
+    let mut fd = match Fd::open_child_dir(parent_fd.0, &name) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            return unlink_at(parent_fd.0, &name, 0);
+        }
+        Err(e) => return Err(e),
+    };
+    // Per level: the directory's name in its parent and the subdirectories
+    // still to remove.
+    let mut levels: Vec<(CString, Vec<CString>)> = vec![(name, clear_files(&fd)?)];
+    loop {
+        let (_, pending) = levels.last_mut().expect("the root level is popped last");
+        if let Some(sub) = pending.pop() {
+            let child = Fd::open_child_dir(fd.0, &sub)?;
+            fd = child;
+            let subdirs = clear_files(&fd)?;
+            levels.push((sub, subdirs));
+            continue;
+        }
+        let (done, _) = levels.pop().expect("checked above");
+        if levels.is_empty() {
+            drop(fd);
+            return unlink_at(parent_fd.0, &done, libc::AT_REMOVEDIR);
+        }
+        fd = Fd::open_dir(fd.0, c"..")?;
+        unlink_at(fd.0, &done, libc::AT_REMOVEDIR)?;
+    }
+}
+
+/// An owned descriptor.
+struct Fd(RawFd);
+
+impl Fd {
+    fn open_dir(at: RawFd, name: &std::ffi::CStr) -> std::io::Result<Fd> {
+        // SAFETY: openat with a valid C string.
+        let fd = unsafe {
+            libc::openat(
+                at,
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Fd(fd))
+    }
+
+    /// Opens a subdirectory, giving it back its permissions if the program
+    /// took them away.
+    fn open_child_dir(at: RawFd, name: &std::ffi::CStr) -> std::io::Result<Fd> {
+        match Fd::open_dir(at, name) {
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                // SAFETY: fchmodat with a valid C string.
+                unsafe { libc::fchmodat(at, name.as_ptr(), 0o700, 0) };
+                Fd::open_dir(at, name)
+            }
+            r => r,
+        }
+    }
+}
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: we own the descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+fn unlink_at(dir: RawFd, name: &std::ffi::CStr, flags: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: unlinkat with a valid C string.
+    if unsafe { libc::unlinkat(dir, name.as_ptr(), flags) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Ok(()),
+        // The directory lost its write permission: give it back, once.
+        Some(libc::EACCES | libc::EPERM) => {
+            // SAFETY: fchmod on a descriptor we own; unlinkat as above.
+            unsafe {
+                libc::fchmod(dir, 0o700);
+                if libc::unlinkat(dir, name.as_ptr(), flags) == 0 {
+                    return Ok(());
+                }
+            }
+            Err(std::io::Error::last_os_error())
+        }
+        _ => Err(e),
+    }
+}
+
+/// Unlinks everything in `dir` that is not a directory and returns the
+/// names of its subdirectories.
+fn clear_files(dir: &Fd) -> std::io::Result<Vec<CString>> {
+    // SAFETY: fdopendir takes over a duplicate; readdir's entries are copied
+    // before the next call; closedir releases the duplicate.
+    unsafe {
+        let dup = libc::fcntl(dir.0, libc::F_DUPFD_CLOEXEC, 0);
+        if dup < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = libc::fdopendir(dup);
+        if stream.is_null() {
+            let e = std::io::Error::last_os_error();
+            libc::close(dup);
+            return Err(e);
+        }
+        let mut subdirs = Vec::new();
+        let mut files = Vec::new();
+        loop {
+            let entry = libc::readdir(stream);
+            if entry.is_null() {
+                break;
+            }
+            let name = std::ffi::CStr::from_ptr((*entry).d_name.as_ptr());
+            let bytes = name.to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            let is_dir = match (*entry).d_type {
+                libc::DT_DIR => true,
+                libc::DT_UNKNOWN => {
+                    let mut st: libc::stat = std::mem::zeroed();
+                    libc::fstatat(dir.0, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0
+                        && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                }
+                _ => false,
+            };
+            if is_dir {
+                subdirs.push(name.to_owned());
+            } else {
+                files.push(name.to_owned());
+            }
+        }
+        libc::closedir(stream);
+        for f in files {
+            unlink_at(dir.0, &f, 0)?;
+        }
+        Ok(subdirs)
     }
 }

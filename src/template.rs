@@ -12,7 +12,7 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 const FUNCTIONS: &[&str] = &["bleu4", "cosine"];
 
 fn without_functions(mut vars: HashSet<String>) -> HashSet<String> {
-    vars.retain(|v| !FUNCTIONS.contains(&v.as_str()));
+    vars.retain(|v| !FUNCTIONS.contains(&v.split('.').next().unwrap_or(v)));
     vars
 }
 
@@ -94,6 +94,23 @@ impl Templates {
             format!("{{% set __value = ({expr}) %}}"),
         );
         Ok(vars)
+    }
+
+    /// The variables a template reads, with the attributes read from them
+    /// (`history.critique`, `loop.round`, `inputs.task`).
+    pub fn variable_paths(&self, name: &str) -> HashSet<String> {
+        self.env
+            .get_template(name)
+            .map(|t| without_functions(t.undeclared_variables(true)))
+            .unwrap_or_default()
+    }
+
+    /// Like [`variable_paths`](Self::variable_paths), for an expression.
+    pub fn expression_paths(&self, expr: &str) -> HashSet<String> {
+        self.env
+            .compile_expression(expr)
+            .map(|c| without_functions(c.undeclared_variables(true)))
+            .unwrap_or_default()
     }
 
     /// Checks that an expression parses; returns its top-level variables.

@@ -120,6 +120,24 @@ struct HttpFailure {
     body: String,
 }
 
+/// A 200 reply redraft cannot use, decided on our side: too large for
+/// `max_response_bytes`, or not JSON (a proxy's HTML page).
+#[derive(Debug)]
+enum BadReply {
+    TooLarge(String),
+    NotJson(String),
+}
+
+impl std::fmt::Display for BadReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadReply::TooLarge(m) | BadReply::NotJson(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for BadReply {}
+
 impl std::fmt::Display for HttpFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "HTTP {}: {}", self.status, excerpt(&self.body, 300))
@@ -161,6 +179,15 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .ok()?;
     (v.is_finite() && v >= 0.0).then(|| Duration::from_secs_f64(v.min(300.0)))
 }
+
+/// Requests in flight to one endpoint when the settings do not say.
+///
+/// High enough that one engine shared by a few hundred concurrent runs is
+/// not throttled by it (the server's own queue decides), low enough that a
+/// runaway fan-out keeps its sockets well under the usual 1024-descriptor
+/// limit. Lower it (`concurrency_per_endpoint`) for a server that serves
+/// few requests at a time, such as a one-slot llama-server.
+pub const DEFAULT_CONCURRENCY_PER_ENDPOINT: usize = 512;
 
 impl OpenAiModel {
     /// Opens a model. `base_url` comes from the spec; the key from the
@@ -216,7 +243,10 @@ impl OpenAiModel {
             parse_duration_setting("unhealthy_for", &s.unhealthy_for, Duration::from_secs(30))
                 .map_err(config_err)?;
         let max_bytes = s.max_response_bytes.unwrap_or(8 << 20);
-        let per_endpoint = s.concurrency_per_endpoint.unwrap_or(64).max(1);
+        let per_endpoint = s
+            .concurrency_per_endpoint
+            .unwrap_or(DEFAULT_CONCURRENCY_PER_ENDPOINT)
+            .max(1);
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -235,7 +265,9 @@ impl OpenAiModel {
                     .with_header(name, v.as_str())
                     .map_err(|e| config_err(format!("header {k}: {e}")))?;
             }
-            let client = async_openai::Client::with_config(config)
+            // `build` with our client: `with_config` would make (and load
+            // TLS roots for) a client of its own that is never used.
+            let client = async_openai::Client::build(http.clone(), config)
                 .with_http_service(transport(http.clone(), max_bytes));
             endpoints.push(Endpoint {
                 url,
@@ -342,8 +374,8 @@ fn transport(
 + 'static {
     tower::service_fn(move |factory: HttpRequestFactory| {
         let http = http.clone();
-        let fut: BoxFuture<'static, Result<reqwest::Response, OpenAIError>> =
-            Box::pin(async move {
+        let fut: BoxFuture<'static, Result<reqwest::Response, OpenAIError>> = Box::pin(
+            async move {
                 let request = factory.build().await?;
                 let mut response = http.execute(request).await.map_err(OpenAIError::Reqwest)?;
                 let status = response.status();
@@ -354,27 +386,22 @@ fn transport(
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_string();
-                if response
+                let too_large = |size: String| {
+                    OpenAIError::Boxed(Box::new(BadReply::TooLarge(format!(
+                        "the server answered HTTP {status} with a reply {size}larger than redraft's \
+                         {max_bytes}-byte limit (setting `max_response_bytes`)"
+                    ))))
+                };
+                if let Some(n) = response
                     .content_length()
-                    .is_some_and(|n| n as usize > max_bytes)
+                    .filter(|&n| n as usize > max_bytes)
                 {
-                    return Err(boxed(HttpFailure {
-                        status: 413,
-                        retry_after: None,
-                        body: format!(
-                            "reply of {} bytes is larger than the {max_bytes}-byte limit",
-                            response.content_length().unwrap_or(0)
-                        ),
-                    }));
+                    return Err(too_large(format!("of {n} bytes, ")));
                 }
                 let mut body = Vec::new();
                 while let Some(chunk) = response.chunk().await.map_err(OpenAIError::Reqwest)? {
                     if body.len() + chunk.len() > max_bytes {
-                        return Err(boxed(HttpFailure {
-                            status: 413,
-                            retry_after: None,
-                            body: format!("reply is larger than the {max_bytes}-byte limit"),
-                        }));
+                        return Err(too_large(String::new()));
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -386,14 +413,10 @@ fn transport(
                     }));
                 }
                 if !content_type.is_empty() && !content_type.contains("json") {
-                    return Err(boxed(HttpFailure {
-                        status: 415,
-                        retry_after: None,
-                        body: format!(
-                            "expected a JSON reply, got content type {content_type:?}: {}",
-                            excerpt(&String::from_utf8_lossy(&body), 200)
-                        ),
-                    }));
+                    return Err(OpenAIError::Boxed(Box::new(BadReply::NotJson(format!(
+                        "expected a JSON reply, got HTTP {status} with content type {content_type:?}: {}",
+                        excerpt(&String::from_utf8_lossy(&body), 200)
+                    )))));
                 }
                 let rebuilt = http::Response::builder()
                     .status(status)
@@ -401,7 +424,8 @@ fn transport(
                     .body(body)
                     .map_err(|e| OpenAIError::InvalidArgument(e.to_string()))?;
                 Ok(reqwest::Response::from(rebuilt))
-            });
+            },
+        );
         fut
     })
 }
@@ -444,10 +468,18 @@ pub fn classify(e: &OpenAIError) -> Classified {
         failover,
     };
     match e {
-        OpenAIError::Boxed(inner) => match inner.downcast_ref::<HttpFailure>() {
-            Some(f) => classify_status(f.status, &f.body, f.retry_after),
-            None => c(ErrorKind::Permanent, inner.to_string(), None, false),
-        },
+        OpenAIError::Boxed(inner) => {
+            if let Some(f) = inner.downcast_ref::<HttpFailure>() {
+                return classify_status(f.status, &f.body, f.retry_after);
+            }
+            match inner.downcast_ref::<BadReply>() {
+                // Our own limit: the same request gets the same reply.
+                Some(BadReply::TooLarge(m)) => c(ErrorKind::Permanent, m.clone(), None, false),
+                // A proxy's or an overloaded server's page: try again, elsewhere.
+                Some(BadReply::NotJson(m)) => c(ErrorKind::Transient, m.clone(), None, true),
+                None => c(ErrorKind::Permanent, inner.to_string(), None, false),
+            }
+        }
         OpenAIError::ApiError(api) => {
             classify_status(api.status_code.as_u16(), &api.api_error.to_string(), None)
         }
@@ -528,8 +560,7 @@ fn classify_status(status: u16, body: &str, retry_after: Option<Duration>) -> Cl
             false,
         ),
         408 => (ErrorKind::Transient, msg("request timeout"), true),
-        413 => (ErrorKind::Permanent, msg("too large"), false),
-        415 => (ErrorKind::Permanent, msg("unusable reply"), false),
+        413 => (ErrorKind::Permanent, msg("request too large"), false),
         500..=599 => (ErrorKind::Transient, msg("server error"), true),
         _ => (ErrorKind::Permanent, msg("request rejected"), false),
     };

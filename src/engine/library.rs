@@ -85,6 +85,9 @@ impl Task {
                 "time_ms": run.wall_ms,
                 "stderr": tail(&run.stderr, STDERR_KEEP),
             });
+            if let Some(cleanup) = &run.cleanup_error {
+                r["cleanup_error"] = json!(cleanup);
+            }
             if let TestCase::Stdio { input, output } = test {
                 r["input"] = json!(input);
                 r["expected"] = json!(output);
@@ -617,12 +620,20 @@ async fn http_call(
             format!("the parameters are not valid JSON: {}", clip(b, 300)),
         );
     }
-    let client = match reqwest::Client::builder().timeout(timeout).build() {
+    // One client for every tool call of the process (its connection pool
+    // and TLS set-up are made once); the timeout is per request.
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    let client = match CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .build()
+            .map_err(|e| e.to_string())
+    }) {
         Ok(c) => c,
-        Err(e) => return (json!(null), false, Some("connection"), e.to_string()),
+        Err(e) => return (json!(null), false, Some("connection"), e.clone()),
     };
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
-    let mut req = client.request(method, url);
+    let mut req = client.request(method, url).timeout(timeout);
     for (k, v) in headers {
         req = req.header(k, v);
     }

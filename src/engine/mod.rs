@@ -38,7 +38,7 @@ pub use state::NodeOutput;
 /// Runs workflows. Holds model overrides and the event recorder; cheap to
 /// share between runs.
 pub struct Engine {
-    models: HashMap<String, Arc<dyn LanguageModel>>,
+    models: HashMap<String, ModelOverride>,
     recorder: Arc<dyn Recorder>,
     cassette: Option<Arc<CassetteWriter>>,
     /// Models opened from specs, with their persistent layers (rate limit,
@@ -73,6 +73,16 @@ pub enum RunError {
     Input { name: String, reason: String },
     #[error("model `{name}` could not be opened: {source}")]
     Model { name: String, source: BackendError },
+    #[error("the workflow has no model `{name}` to override (models: {known})")]
+    UnknownModel { name: String, known: String },
+}
+
+/// What replaces a workflow model: an opened model, or another spec opened
+/// with the workflow's `settings` for that model.
+#[derive(Clone)]
+enum ModelOverride {
+    Model(Arc<dyn LanguageModel>),
+    Spec(String),
 }
 
 /// Why a node failed; the run stops on any of these except budget ones
@@ -145,8 +155,22 @@ impl Engine {
     }
 
     /// Uses `model` for the workflow model named `name`, instead of its spec.
+    /// The workflow's other settings for it (retries, timeout, rate limits,
+    /// prices, max tokens) still apply. Running a workflow that has no model
+    /// `name` is an error ([`RunError::UnknownModel`]).
     pub fn with_model(mut self, name: impl Into<String>, model: Arc<dyn LanguageModel>) -> Engine {
-        self.models.insert(name.into(), model);
+        self.models.insert(name.into(), ModelOverride::Model(model));
+        self
+    }
+
+    /// Opens the workflow model named `name` from `spec` instead of its own
+    /// spec, keeping its `settings` (timeouts, size limits, endpoints'
+    /// concurrency, ...) and everything else about it: what `--model
+    /// NAME=SPEC` does. Running a workflow that has no model `name` is an
+    /// error ([`RunError::UnknownModel`]).
+    pub fn with_model_spec(mut self, name: impl Into<String>, spec: impl Into<String>) -> Engine {
+        self.models
+            .insert(name.into(), ModelOverride::Spec(spec.into()));
         self
     }
 
@@ -164,15 +188,30 @@ impl Engine {
             .as_deref()
             .and_then(Path::parent)
             .unwrap_or(Path::new("."));
+        if let Some(name) = self.models.keys().find(|n| wf.model_index(n).is_none()) {
+            let known: Vec<&str> = wf.models.iter().map(|m| m.name.as_str()).collect();
+            return Err(RunError::UnknownModel {
+                name: name.clone(),
+                known: if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                },
+            });
+        }
         let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
         wf.models
             .iter()
             .map(|m| {
+                let spec = match self.models.get(&m.name) {
+                    Some(ModelOverride::Spec(spec)) => spec.as_str(),
+                    _ => m.spec.as_str(),
+                };
                 let key = format!(
                     "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{:?}",
                     base.display(),
                     m.name,
-                    m.spec,
+                    spec,
                     m.settings,
                     m.rate_limit
                 );
@@ -180,8 +219,8 @@ impl Engine {
                     return Ok(model.clone());
                 }
                 let mut model = match self.models.get(&m.name) {
-                    Some(model) => model.clone(),
-                    None => crate::backend::open(&m.spec, &m.settings, base).map_err(|source| {
+                    Some(ModelOverride::Model(model)) => model.clone(),
+                    _ => crate::backend::open(spec, &m.settings, base).map_err(|source| {
                         RunError::Model {
                             name: m.name.clone(),
                             source,

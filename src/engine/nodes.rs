@@ -6,7 +6,9 @@
 //! actual usage after it. No other code talks to a backend.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+// tokio's clock: run and call times follow paused time in tests.
+use tokio::time::Instant;
 
 use minijinja::Value;
 use serde_json::json;
@@ -18,7 +20,7 @@ use crate::backend::{
     ErrorKind, FinishReason, LanguageModel, Message, ResponseFormat, SamplingParams, Usage,
 };
 use crate::budget::{Exhausted, Spend};
-use crate::event::{Event, ModelCallEvent};
+use crate::event::{CallOutcome, Event, ModelCallEvent};
 use crate::layer::{Retry, Timeout};
 use crate::workflow::{
     Check, ModelCall, NodeKind, Order, Schema, SelectSpec, VerifySpec, VoteSpec,
@@ -105,6 +107,12 @@ impl Metered<'_> {
 
     /// Reserves the worst case in every budget scope, runs the call within
     /// the time left, settles what it used and reports a model-call event.
+    ///
+    /// Once the request may have left the process (the inner future was
+    /// polled), it is a call whatever happens next: answered, failed, cut by
+    /// a wall-time limit, or dropped because the run was cancelled. Then it
+    /// is counted against `calls`, its prompt tokens are estimated where the
+    /// server never answered, and a `model_call` event says how it ended.
     async fn account<T>(
         &self,
         context: &CallContext,
@@ -130,72 +138,141 @@ impl Metered<'_> {
             .meter
             .reserve(&task.scopes, worst)
             .map_err(|e| self.budget_error(e))?;
-        let started = Instant::now();
+        let mut call = InFlight {
+            task,
+            model: self.model,
+            reservation: Some(reservation),
+            sent: AtomicBool::new(false),
+            prompt_est,
+            started: Instant::now(),
+            event: ModelCallEvent {
+                node: task.id().to_string(),
+                round: task.round,
+                model: decl.name.clone(),
+                model_id: self.inner.id().to_string(),
+                attempt: context.attempt,
+                retry: context.retry,
+                n,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                reused_tokens: 0,
+                usage_estimated: false,
+                latency_ms: 0.0,
+                cost_usd: 0.0,
+                outcome: CallOutcome::Ok,
+                error: None,
+            },
+        };
+        let mut fut = std::pin::pin!(fut);
+        let sent = &call.sent;
+        let tracked = std::future::poll_fn(|cx| {
+            sent.store(true, Ordering::Relaxed);
+            fut.as_mut().poll(cx)
+        });
         let result = match sh.meter.time_left(&task.scopes) {
-            Some((left, scope)) => match tokio::time::timeout(left, fut).await {
+            Some((left, scope)) => match tokio::time::timeout(left, tracked).await {
                 Ok(r) => r,
                 Err(_) => {
-                    sh.meter.release(reservation);
-                    return Err(self.budget_error(sh.meter.out_of_time(scope)));
+                    let ex = sh.meter.out_of_time(scope);
+                    call.finish_unanswered(CallOutcome::Cut, Some(ex.to_string()));
+                    return Err(self.budget_error(ex));
                 }
             },
-            None => fut.await,
-        };
-        let mut event = ModelCallEvent {
-            node: task.id().to_string(),
-            round: task.round,
-            model: decl.name.clone(),
-            model_id: self.inner.id().to_string(),
-            attempt: context.attempt,
-            retry: context.retry,
-            n,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            reused_tokens: 0,
-            usage_estimated: false,
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-            cost_usd: 0.0,
-            error: None,
+            None => tracked.await,
         };
         match result {
             Ok(value) => {
                 let (usage, estimated) = usage_of(&value);
-                let cost = decl
-                    .price
-                    .cost(usage.prompt_tokens, usage.completion_tokens);
-                let warnings = sh.meter.settle(
-                    reservation,
-                    Spend {
-                        tokens: usage.total(),
-                        calls: 1,
-                        cost_usd: cost,
-                    },
-                );
-                event.prompt_tokens = usage.prompt_tokens;
-                event.completion_tokens = usage.completion_tokens;
-                event.reused_tokens = usage.cached_tokens;
-                event.usage_estimated = estimated;
-                event.cost_usd = cost;
-                sh.emit(Event::ModelCall(event));
-                for w in warnings {
-                    sh.emit(Event::BudgetWarning(w));
-                }
+                call.finish(CallOutcome::Ok, usage, estimated, None);
                 Ok(value)
             }
             Err(e) => {
                 // The call was made: it counts, though it used no tokens we know of.
-                let _ = sh.meter.settle(
-                    reservation,
-                    Spend {
-                        tokens: 0,
-                        calls: 1,
-                        cost_usd: 0.0,
-                    },
+                call.finish(
+                    CallOutcome::Error,
+                    Usage::default(),
+                    false,
+                    Some(e.to_string()),
                 );
-                event.error = Some(e.to_string());
-                sh.emit(Event::ModelCall(event));
                 Err(e)
             }
+        }
+    }
+}
+
+/// A call between its budget reservation and its settlement. Dropped
+/// unfinished (the run was cancelled), it settles itself: as a call if the
+/// request may have been sent, as nothing otherwise.
+struct InFlight<'a> {
+    task: &'a Task,
+    model: usize,
+    reservation: Option<crate::budget::Reservation>,
+    /// The backend's future was polled: the request may have left.
+    sent: AtomicBool,
+    prompt_est: u64,
+    started: Instant,
+    event: ModelCallEvent,
+}
+
+impl InFlight<'_> {
+    /// Settles the reservation with `usage` and emits the model-call event.
+    fn finish(
+        &mut self,
+        outcome: CallOutcome,
+        usage: Usage,
+        estimated: bool,
+        error: Option<String>,
+    ) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        let sh = &self.task.shared;
+        let price = &sh.wf.models[self.model].price;
+        let cost = price.cost(usage.prompt_tokens, usage.completion_tokens);
+        let warnings = sh.meter.settle(
+            reservation,
+            Spend {
+                tokens: usage.total(),
+                calls: 1,
+                cost_usd: cost,
+            },
+        );
+        let mut event = self.event.clone();
+        event.prompt_tokens = usage.prompt_tokens;
+        event.completion_tokens = usage.completion_tokens;
+        event.reused_tokens = usage.cached_tokens;
+        event.usage_estimated = estimated;
+        event.cost_usd = cost;
+        event.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        event.outcome = outcome;
+        event.error = error;
+        sh.emit(Event::ModelCall(event));
+        for w in warnings {
+            sh.emit(Event::BudgetWarning(w));
+        }
+    }
+
+    /// A request the server may have received but never answered: its
+    /// prompt is charged at the estimate; what it generated is unknown.
+    fn finish_unanswered(&mut self, outcome: CallOutcome, error: Option<String>) {
+        if !self.sent.load(Ordering::Relaxed) {
+            if let Some(r) = self.reservation.take() {
+                self.task.shared.meter.release(r);
+            }
+            return;
+        }
+        let usage = Usage {
+            prompt_tokens: self.prompt_est,
+            ..Usage::default()
+        };
+        self.finish(outcome, usage, true, error);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.reservation.is_some() {
+            self.finish_unanswered(CallOutcome::Cancelled, Some("cancelled".into()));
         }
     }
 }

@@ -16,7 +16,8 @@
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::Instant;
+// tokio's clock: run and call times follow paused time in tests.
+use tokio::time::Instant;
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;

@@ -48,6 +48,34 @@ impl WorkflowError {
         }
     }
 
+    /// The diagnostics as JSON objects, each with its file and position:
+    /// `{code, message, file, line, col, end_line, end_col, label, help}`.
+    /// An unreadable file is one `E000`-style I/O diagnostic at 1:1.
+    pub fn to_json(&self) -> Vec<serde_json::Value> {
+        let one = |file: &str, d: &Diagnostic| {
+            serde_json::json!({
+                "code": d.code.as_str(),
+                "message": d.message,
+                "file": file,
+                "line": d.span.line.max(1),
+                "col": d.span.col.max(1),
+                "end_line": d.span.end_line.max(d.span.line.max(1)),
+                "end_col": d.span.end_col.max(d.span.col.max(1)),
+                "label": d.label,
+                "help": d.help,
+            })
+        };
+        match self {
+            WorkflowError::Io { path, .. } => {
+                let d = Diagnostic::new(Code::Io, crate::yaml::Span::point(1, 1), self.to_string());
+                vec![one(&path.display().to_string(), &d)]
+            }
+            WorkflowError::Invalid {
+                name, diagnostics, ..
+            } => diagnostics.iter().map(|d| one(name, d)).collect(),
+        }
+    }
+
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
             WorkflowError::Io { .. } => &[],

@@ -647,14 +647,17 @@ pub fn check(
             }
             _ => None,
         };
-        if let Some(kind) = kind {
-            nodes.push(NodeSpec { id, kind, budget });
-        }
+        // A node whose own keys failed keeps its place (`None`), so the
+        // graph, variable and budget passes still check everything else.
+        nodes.push(kind.map(|kind| NodeSpec { id, kind, budget }));
     }
 
-    // Edges.
+    // Edges. An edge whose source is unknown may, once fixed, lead to its
+    // target: that target (and what follows it) is then not reported as
+    // unreachable or as reading nodes that are not upstream.
     let mut edges = Vec::new();
     let mut edge_spans = Vec::new();
+    let mut dangling = Vec::new();
     for e in &raw.edges {
         let from = e
             .from
@@ -663,6 +666,20 @@ pub fn check(
         let to =
             e.to.as_ref()
                 .and_then(|t| resolve(&mut cx, t, "edge target"));
+        match (from, to) {
+            (None, Some(to)) => dangling.push(to),
+            // A misspelt target most likely meant the closest node id; with
+            // none close, it could be any node.
+            (Some(_), None) => match e
+                .to
+                .as_ref()
+                .and_then(|t| did_you_mean(&t.value, id_refs.iter().copied()))
+            {
+                Some(meant) => dangling.extend(node_ids.iter().position(|id| id == meant)),
+                None => dangling.extend(0..node_ids.len()),
+            },
+            _ => {}
+        }
         if let (Some(from), Some(to)) = (from, to) {
             if let Some(w) = &e.when {
                 check_expression(&mut cx, &w.value, w.span, from, &[], "the edge condition");
@@ -841,12 +858,10 @@ pub fn check(
         }
     };
 
-    // Graph checks need every name resolved.
-    let names_ok = nodes.len() == raw.nodes.len()
-        && edges.len() == raw.edges.len()
-        && loops.len() == raw.loops.len();
+    // Graph, variable and budget checks run on whatever resolved: a name
+    // that did not resolve is reported once and hides no other problem.
     let mut topology = Topology::default();
-    if names_ok && !nodes.is_empty() {
+    if !raw.nodes.is_empty() {
         let node_spans: Vec<Span> = raw
             .nodes
             .iter()
@@ -860,22 +875,34 @@ pub fn check(
                 .filter_map(|s| resolve(&mut cx, s, "start node").map(|i| (i, s.span)))
                 .collect()
         };
+        // An unknown start name may be any node: reachability says nothing then.
+        if starts.len() < raw.start.len() {
+            dangling.extend(0..node_ids.len());
+        }
+        // A node whose id is taken twice is reported as a duplicate; edges to
+        // that name resolve to the first one, so its reachability is moot.
+        for (i, id) in node_ids.iter().enumerate() {
+            if node_ids[..i].contains(id) {
+                dangling.push(i);
+            }
+        }
         topology = graph_checks(
             &mut cx,
-            &nodes,
+            &node_ids,
             &node_spans,
             &starts,
             &edges,
             &edge_spans,
             &mut loops,
             &loop_spans,
+            &dangling,
         );
         if cx
             .diags
             .iter()
             .all(|d| !matches!(d.code, Code::UnboundedCycle | Code::BadLoop))
         {
-            variable_checks(&mut cx, &nodes, &edges, &loops, &inputs);
+            variable_checks(&mut cx, &node_ids, &edges, &loops, &inputs, &dangling);
         }
         budget_checks(&mut cx, &nodes, &models, &loops, &budget, &raw);
     }
@@ -884,6 +911,10 @@ pub fn check(
     if !diags.is_empty() {
         return Err(diags);
     }
+    let nodes = nodes
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .expect("no diagnostics means every node was built");
     Ok(Workflow {
         name: raw.name.unwrap_or_else(|| "workflow".into()),
         description: raw.description,
@@ -1229,17 +1260,22 @@ fn check_expression(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Cycles, loop bodies, single entry, nesting, starts and reachability.
+/// `ids` are all node ids (also of nodes whose keys failed); `dangling` are
+/// nodes an unresolved edge may lead to, counted as reachable.
+#[allow(clippy::too_many_arguments)]
 fn graph_checks(
     cx: &mut Ctx,
-    nodes: &[NodeSpec],
+    ids: &[String],
     node_spans: &[Span],
     starts: &[(usize, Span)],
     edges: &[Edge],
     edge_spans: &[Span],
     loops: &mut [LoopSpec],
     loop_spans: &[Span],
+    dangling: &[usize],
 ) -> Topology {
-    let n = nodes.len();
+    let n = ids.len();
     let mut g: DiGraph<usize, usize> = DiGraph::with_capacity(n, edges.len());
     let idx: Vec<NodeIndex> = (0..n).map(|i| g.add_node(i)).collect();
     for (ei, e) in edges.iter().enumerate() {
@@ -1266,14 +1302,14 @@ fn graph_checks(
         else {
             continue;
         };
-        let mut names: Vec<&str> = members.iter().map(|&m| nodes[m].id.as_str()).collect();
+        let mut names: Vec<&str> = members.iter().map(|&m| ids[m].as_str()).collect();
         names.sort();
         cx.err(
             Diagnostic::new(Code::UnboundedCycle, edge_spans[ei], format!("the edges between {} form a cycle with no stop rule", names.join(", ")))
                 .label("this edge closes the cycle")
                 .help(format!(
                     "remove this edge and declare it as a loop: `loops: [{{id: refine, from: {}, to: {}, max_rounds: 3}}]`",
-                    nodes[e.from].id, nodes[e.to].id
+                    ids[e.from], ids[e.to]
                 )),
         );
     }
@@ -1301,7 +1337,7 @@ fn graph_checks(
         let down = reach(l.to);
         if !down.contains(&l.from) {
             cx.err(
-                Diagnostic::new(Code::BadLoop, loop_spans[li], format!("loop `{}`: `{}` cannot be reached from `{}`, so `{} -> {}` closes no cycle", l.id, nodes[l.from].id, nodes[l.to].id, nodes[l.from].id, nodes[l.to].id))
+                Diagnostic::new(Code::BadLoop, loop_spans[li], format!("loop `{}`: `{}` cannot be reached from `{}`, so `{} -> {}` closes no cycle", l.id, ids[l.from], ids[l.to], ids[l.from], ids[l.to]))
                     .label("not a back edge")
                     .help("a loop's `to` is its head; `from` is the last node of its body, reachable from the head by edges"),
             );
@@ -1325,7 +1361,7 @@ fn graph_checks(
                         edge_spans[ei],
                         format!(
                             "edge `{} -> {}` enters loop `{}` at `{}`, not at its head `{}`",
-                            nodes[e.from].id, nodes[e.to].id, l.id, nodes[e.to].id, nodes[l.to].id
+                            ids[e.from], ids[e.to], l.id, ids[e.to], ids[l.to]
                         ),
                     )
                     .label("enters the loop body")
@@ -1371,23 +1407,23 @@ fn graph_checks(
     let start_ids: Vec<usize> = starts.iter().map(|s| s.0).collect();
     let start_names = start_ids
         .iter()
-        .map(|&s| nodes[s].id.as_str())
+        .map(|&s| ids[s].as_str())
         .collect::<Vec<_>>()
         .join(", ");
     for &(s, span) in starts {
         if let Some(e) = edges.iter().find(|e| e.to == s) {
             cx.err(
-                Diagnostic::new(Code::NoStart, span, format!("start node `{}` has an incoming edge from `{}`", nodes[s].id, nodes[e.from].id))
+                Diagnostic::new(Code::NoStart, span, format!("start node `{}` has an incoming edge from `{}`", ids[s], ids[e.from]))
                     .label("start node with an input")
                     .help("a start node runs first, with no inputs; make the edge a loop back edge, or start elsewhere"),
             );
         }
     }
     let mut reached = HashSet::new();
-    for &s in &start_ids {
+    for &s in start_ids.iter().chain(dangling) {
         reached.extend(reach(s));
     }
-    for (i, node) in nodes.iter().enumerate() {
+    for (i, id) in ids.iter().enumerate() {
         if reached.contains(&i) {
             continue;
         }
@@ -1396,10 +1432,7 @@ fn graph_checks(
             Diagnostic::new(
                 Code::Unreachable,
                 node_spans[i],
-                format!(
-                    "node `{}` has no incoming edge and is not a start node",
-                    node.id
-                ),
+                format!("node `{id}` has no incoming edge and is not a start node"),
             )
             .label("never runs")
             .help(format!(
@@ -1409,7 +1442,7 @@ fn graph_checks(
             Diagnostic::new(
                 Code::Unreachable,
                 node_spans[i],
-                format!("node `{}` cannot be reached from a start node", node.id),
+                format!("node `{id}` cannot be reached from a start node"),
             )
             .label("never runs")
             .help(format!("start nodes: {start_names}"))
@@ -1447,52 +1480,125 @@ fn graph_checks(
     t
 }
 
+/// Every variable a template or condition reads must exist where it is
+/// read: an input, a built-in, or a node upstream. Attribute reads that the
+/// validator can know are checked too: `inputs.<declared input>`,
+/// `history.<node>`, `loop.<id|round|max_rounds|last>` only inside a loop.
 fn variable_checks(
     cx: &mut Ctx,
-    nodes: &[NodeSpec],
+    ids: &[String],
     edges: &[Edge],
     loops: &[LoopSpec],
     inputs: &[InputDecl],
+    dangling: &[usize],
 ) {
     // Ancestors over forward and back edges.
-    let n = nodes.len();
+    let n = ids.len();
     let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut succs: Vec<Vec<usize>> = vec![Vec::new(); n];
     for e in edges {
         preds[e.to].push(e.from);
+        succs[e.from].push(e.to);
     }
     for l in loops {
         preds[l.to].push(l.from);
     }
-    let ancestors = |node: usize| -> HashSet<usize> {
+    let closure = |start: Vec<usize>, next: &Vec<Vec<usize>>| -> HashSet<usize> {
         let mut seen = HashSet::new();
-        let mut stack = preds[node].clone();
+        let mut stack = start;
         while let Some(x) = stack.pop() {
             if seen.insert(x) {
-                stack.extend(preds[x].iter().copied());
+                stack.extend(next[x].iter().copied());
             }
         }
         seen
     };
+    // Nodes an unresolved edge may feed: their upstream is unknown.
+    let uncertain = closure(dangling.to_vec(), &succs);
+    let in_loop = |node: usize| loops.iter().any(|l| l.body.contains(&node));
     let pending = std::mem::take(&mut cx.pending_vars);
     for check in pending {
-        let vars = match &check.source {
-            VarSource::Template(name) => cx.templates.variables(name),
-            VarSource::Expression(e) => cx.templates.check_expression(e).unwrap_or_default(),
+        let paths = match &check.source {
+            VarSource::Template(name) => cx.templates.variable_paths(name),
+            VarSource::Expression(e) => cx.templates.expression_paths(e),
         };
-        let up = ancestors(check.node);
-        let mut vars: Vec<String> = vars.into_iter().collect();
+        let up = closure(preds[check.node].clone(), &preds);
+        let reader = &ids[check.node];
+        // Top-level variables, then the attributes read from each.
+        let mut vars: Vec<String> = paths
+            .iter()
+            .map(|p| p.split('.').next().unwrap_or(p).to_string())
+            .collect();
         vars.sort();
+        vars.dedup();
+        let mut attrs: Vec<(&str, &str)> = paths
+            .iter()
+            .filter_map(|p| {
+                let mut parts = p.split('.');
+                Some((parts.next()?, parts.next()?))
+            })
+            .collect();
+        attrs.sort();
+        attrs.dedup();
+        for (var, attr) in attrs {
+            let problem = match var {
+                "inputs" if !inputs.iter().any(|i| i.name == attr) => {
+                    let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+                    Some((format!("no input is named `{attr}`"), names))
+                }
+                "history" if !ids.iter().any(|id| id == attr) => Some((
+                    format!("`history.{attr}` names no node"),
+                    ids.iter()
+                        .map(String::as_str)
+                        .filter(|s| !s.starts_with('#'))
+                        .collect(),
+                )),
+                "loop" if !LOOP_FIELDS.contains(&attr) => Some((
+                    format!("loops have no field `{attr}`"),
+                    LOOP_FIELDS.to_vec(),
+                )),
+                _ => None,
+            };
+            if let Some((label, known)) = problem {
+                let d = Diagnostic::new(
+                    Code::UnknownVariable,
+                    check.span,
+                    format!("{} reads `{var}.{attr}`, which does not exist", check.what),
+                )
+                .label(label);
+                cx.err(match did_you_mean(attr, known.iter().copied()) {
+                    Some(best) => d.help(format!("did you mean `{var}.{best}`?")),
+                    None if known.is_empty() => d.help("there are none".to_string()),
+                    None => d.help(format!("one of: {}", known.join(", "))),
+                });
+            }
+        }
         for var in vars {
+            if var == "loop" && !in_loop(check.node) {
+                cx.err(
+                    Diagnostic::new(
+                        Code::UnknownVariable,
+                        check.span,
+                        format!(
+                            "{} reads `loop`, but `{reader}` is in no loop",
+                            check.what
+                        ),
+                    )
+                    .label("`loop` is only defined inside a loop body")
+                    .help("read `loop` only in nodes (and edges leaving nodes) of a loop body, or use `round`"),
+                );
+                continue;
+            }
             if BUILTINS.contains(&var.as_str())
                 || check.extra.contains(&var.as_str())
                 || inputs.iter().any(|i| i.name == var)
             {
                 continue;
             }
-            if let Some(pos) = nodes.iter().position(|nd| nd.id == var) {
+            if let Some(pos) = ids.iter().position(|id| *id == var) {
                 // A condition on an edge or loop may read its own source node.
                 let own = matches!(check.source, VarSource::Expression(_)) && pos == check.node;
-                if up.contains(&pos) || own {
+                if up.contains(&pos) || own || uncertain.contains(&check.node) {
                     continue;
                 }
                 cx.err(
@@ -1500,21 +1606,24 @@ fn variable_checks(
                         Code::UnknownVariable,
                         check.span,
                         format!(
-                            "{} reads `{var}`, which is not upstream of `{}`",
-                            check.what, nodes[check.node].id
+                            "{} reads `{var}`, which is not upstream of `{reader}`",
+                            check.what
                         ),
                     )
                     .label(format!("`{var}` has not run yet here"))
                     .help(format!(
-                        "add an edge path from `{var}` to `{}`, or read another node",
-                        nodes[check.node].id
+                        "add an edge path from `{var}` to `{reader}`, or read another node"
                     )),
                 );
                 continue;
             }
             let mut known: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
-            known.extend(up.iter().map(|&u| nodes[u].id.as_str()));
-            known.extend(BUILTINS);
+            known.extend(up.iter().map(|&u| ids[u].as_str()));
+            known.extend(
+                BUILTINS
+                    .iter()
+                    .filter(|&&b| b != "loop" || in_loop(check.node)),
+            );
             known.extend(check.extra);
             let d = Diagnostic::new(
                 Code::UnknownVariable,
@@ -1537,15 +1646,19 @@ fn variable_checks(
     }
 }
 
+/// What `loop` has inside a loop body (see `engine::scheduler::loop_info`).
+const LOOP_FIELDS: &[&str] = &["id", "round", "max_rounds", "last"];
+
 fn budget_checks(
     cx: &mut Ctx,
-    nodes: &[NodeSpec],
+    nodes: &[Option<NodeSpec>],
     models: &[ModelDecl],
     loops: &[LoopSpec],
     budget: &Limits,
     raw: &RawWorkflow,
 ) {
     for (i, node) in nodes.iter().enumerate() {
+        let Some(node) = node else { continue };
         for call in node.kind.model_calls() {
             let max = call
                 .sampling

@@ -26,6 +26,32 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Kills a child that outlives `limit`, through its handle: a child that
+/// was already reaped is never signalled, so a reused PID is safe. Dropping
+/// the watchdog stops it.
+struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl Watchdog {
+    fn start(
+        child: std::sync::Arc<std::sync::Mutex<std::process::Child>>,
+        limit: std::time::Duration,
+    ) -> Watchdog {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                let _ = child.lock().unwrap_or_else(|e| e.into_inner()).kill();
+            }
+        });
+        Watchdog(Some(tx))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.take();
+    }
+}
+
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("redraft-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -237,14 +263,11 @@ fn ctrl_c_exits_130_with_the_best_so_far_and_a_valid_log() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id().to_string();
-    // Watchdog: never let a broken build hang the suite.
-    let watchdog_pid = pid.clone();
-    std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(30));
-        let _ = Command::new("kill").args(["-KILL", &watchdog_pid]).status();
-    });
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut stdout = child.stdout.take().unwrap();
+    let pid = child.id() as i32;
+    let child = std::sync::Arc::new(std::sync::Mutex::new(child));
+    let _watchdog = Watchdog::start(child.clone(), std::time::Duration::from_secs(30));
     let mut seen = String::new();
     let mut line = String::new();
     while stderr.read_line(&mut line).unwrap() > 0 {
@@ -255,10 +278,14 @@ fn ctrl_c_exits_130_with_the_best_so_far_and_a_valid_log() {
         line.clear();
     }
     assert!(seen.contains("check done"), "{seen}");
-    Command::new("kill").args(["-INT", &pid]).status().unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "a draft\n");
+    // The child is not reaped yet, so its PID cannot have been reused.
+    // SAFETY: plain syscall.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+    let status = child.lock().unwrap().wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(out, "a draft\n");
     let text = std::fs::read_to_string(&log).unwrap();
     for l in text.lines() {
         serde_json::from_str::<serde_json::Value>(l).expect("valid JSON line");
@@ -269,6 +296,23 @@ fn ctrl_c_exits_130_with_the_best_so_far_and_a_valid_log() {
             .unwrap()
             .contains("\"status\":\"interrupted\"")
     );
+    // The critique in flight when Ctrl-C came is a call: evented as
+    // cancelled, and counted in the summary.
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let calls: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "model_call")
+        .collect();
+    assert_eq!(calls.len(), 2, "{text}");
+    assert_eq!(calls[0]["outcome"], "ok");
+    assert_eq!(calls[1]["outcome"], "cancelled");
+    assert_eq!(calls[1]["node"], "critique");
+    assert_eq!(calls[1]["usage_estimated"], true);
+    let summary = &events.last().unwrap()["summary"];
+    assert_eq!(summary["usage"]["calls"], 2);
 }
 
 #[test]
@@ -336,4 +380,88 @@ fn review_decisions_come_from_the_command_line() {
         "{}",
         stderr(&o)
     );
+}
+
+/// The `redraft …` lines of the README's `sh` blocks (continuations joined,
+/// trailing comments dropped).
+fn readme_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    let mut current = String::new();
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_sh = line.trim() == "```sh";
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        let code = match line.find("  #") {
+            Some(i) => &line[..i],
+            None => line,
+        }
+        .trim();
+        if current.is_empty() && !code.starts_with("redraft ") {
+            continue;
+        }
+        match code.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head.trim_end());
+                current.push(' ');
+            }
+            None => {
+                current.push_str(code);
+                commands.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    commands
+}
+
+#[test]
+fn every_command_in_the_readme_works() {
+    let commands = readme_commands();
+    assert!(commands.len() >= 4, "{commands:#?}");
+    // A scratch directory that sees the repository's workflows and prompts,
+    // so files the commands write (logs, schemas) land there.
+    let dir = temp("readme");
+    std::fs::create_dir_all(&dir).unwrap();
+    for shared in ["workflows", "prompts"] {
+        let link = dir.join(shared);
+        if !link.exists() {
+            std::os::unix::fs::symlink(root().join(shared), &link).unwrap();
+        }
+    }
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_redraft"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for command in &commands {
+        let o = Command::new("sh")
+            .args(["-c", command])
+            .current_dir(&dir)
+            .env("PATH", &path)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        // `run` may finish unverified (1); everything else must succeed.
+        let ok = match code(&o) {
+            0 => true,
+            1 => command.starts_with("redraft run"),
+            _ => false,
+        };
+        assert!(
+            ok,
+            "`{command}` exited {}:\n{}{}",
+            code(&o),
+            stdout(&o),
+            stderr(&o)
+        );
+    }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redraft::budget::{LimitKind, Limits, Scope};
-use redraft::event::{Event, StopReason};
+use redraft::event::{CallOutcome, Event, ModelCallEvent, StopReason};
 use redraft::metrics::{FailureKind, RunStatus};
 use redraft::{CancellationToken, RunOptions};
 
@@ -28,7 +28,7 @@ fn self_refine() -> Arc<redraft::Workflow> {
 }
 
 fn shipped_script() -> String {
-    std::fs::read_to_string(root().join("workflows/self-refine.replies.yaml")).unwrap()
+    std::fs::read_to_string(root().join("workflows/replies/self-refine.yaml")).unwrap()
 }
 
 #[tokio::test]
@@ -756,8 +756,26 @@ replies:
         },
         ..RunOptions::default()
     };
-    let (s, _) = run(self_refine(), script, opts).await;
+    let (s, events) = run(self_refine(), script, opts).await;
     assert_eq!(s.status, RunStatus::BudgetExhausted);
-    assert_eq!(s.exhausted.unwrap().limit, LimitKind::WallTime);
-    assert_eq!(s.output.unwrap(), "a draft");
+    assert_eq!(s.exhausted.as_ref().unwrap().limit, LimitKind::WallTime);
+    assert_eq!(s.output.clone().unwrap(), "a draft");
+    // The critique was sent before the limit cut it: it is a call, evented
+    // as cut, with its prompt estimated, and the summary counts it.
+    let calls: Vec<&ModelCallEvent> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ModelCall(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].node, "critique");
+    assert_eq!(calls[1].outcome, CallOutcome::Cut);
+    assert!(calls[1].usage_estimated && calls[1].prompt_tokens > 0);
+    assert_eq!(s.usage.calls, 2);
+    assert_eq!(s.budgets[0].spent.calls, 2);
+    assert!(s.usage.estimated);
+    // Wall time follows tokio's (paused) clock: the limit, not the latency.
+    assert!((s.wall_ms - 2000.0).abs() < 50.0, "{}", s.wall_ms);
 }

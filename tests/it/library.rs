@@ -513,7 +513,7 @@ async fn review_decisions_from_the_run_override_the_workflow() {
 #[tokio::test]
 async fn rbd_rejudges_until_the_detector_finds_no_bias() {
     let wf = load(&root().join("workflows/rbd.yaml"));
-    let replies = std::fs::read_to_string(root().join("workflows/rbd.replies.yaml")).unwrap();
+    let replies = std::fs::read_to_string(root().join("workflows/replies/rbd.yaml")).unwrap();
     let (s, events) = run(wf, &replies, RunOptions::default()).await;
     assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
     assert_eq!(s.output.as_ref().unwrap(), "b");

@@ -52,6 +52,10 @@ pub struct Seen {
 type ReplyFn = dyn Fn(&serde_json::Value) -> String + Send + Sync;
 
 struct State {
+    /// When each request was read (benchmarks: time to first request).
+    arrivals: Mutex<Vec<std::time::Instant>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
     faults: Mutex<VecDeque<Fault>>,
     seen: Mutex<Vec<Seen>>,
     latency: Duration,
@@ -99,6 +103,9 @@ impl MockServer {
             .expect("bind 127.0.0.1");
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         let state = Arc::new(State {
+            arrivals: Mutex::new(Vec::new()),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
             faults: Mutex::new(faults.into()),
             seen: Mutex::new(Vec::new()),
             latency,
@@ -126,6 +133,19 @@ impl MockServer {
 
     pub fn requests(&self) -> usize {
         self.state.seen.lock().unwrap().len()
+    }
+
+    /// When each request so far was read, in order.
+    #[allow(dead_code)]
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.state.arrivals.lock().unwrap().clone()
+    }
+
+    /// The most requests the server was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn push_faults(&self, faults: Vec<Fault>) {
@@ -192,6 +212,12 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
                 body: body.clone(),
             });
         }
+        let _answering = InFlight::enter(&state);
+        state
+            .arrivals
+            .lock()
+            .unwrap()
+            .push(std::time::Instant::now());
         if !state.latency.is_zero() {
             tokio::time::sleep(state.latency).await;
         }
@@ -314,4 +340,25 @@ fn reply_body(path: &str, req: &serde_json::Value, state: &State, usage: bool) -
         out["usage"] = serde_json::json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion });
     }
     out.to_string()
+}
+
+/// Counts a request from the moment it is read until it is answered (or
+/// the connection goes).
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a State) -> InFlight<'a> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = state.in_flight.fetch_add(1, SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
