@@ -212,3 +212,16 @@ impl<R: Recorder + ?Sized> Recorder for std::sync::Arc<R> {
         (**self).record(event)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_reasons_read_the_same_in_json_and_on_the_terminal() {
+        use StopReason::*;
+        for r in [Exited, MaxRounds, Until, Converged, Budget, RunStopped] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.to_string());
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod cassette;
 pub mod hf;
 #[cfg(feature = "llama")]
 pub mod llama;
+pub mod net;
 pub mod openai;
 mod scripted;
 mod spec;

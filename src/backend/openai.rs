@@ -26,6 +26,8 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::HttpRequestFactory;
 use futures_util::future::BoxFuture;
+
+use super::net::{self, HttpError};
 use serde::Deserialize;
 
 use super::*;
@@ -247,12 +249,9 @@ impl OpenAiModel {
             .concurrency_per_endpoint
             .unwrap_or(DEFAULT_CONCURRENCY_PER_ENDPOINT)
             .max(1);
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(per_endpoint)
-            .build()
-            .map_err(|e| config_err(format!("HTTP client: {e}")))?;
+        // Builds requests only (reqwest has no TLS here, so this is cheap);
+        // `backend::http` sends them.
+        let http = reqwest::Client::new();
         let mut endpoints = Vec::with_capacity(urls.len());
         for url in urls {
             let mut config = OpenAIConfig::new()
@@ -265,10 +264,10 @@ impl OpenAiModel {
                     .with_header(name, v.as_str())
                     .map_err(|e| config_err(format!("header {k}: {e}")))?;
             }
-            // `build` with our client: `with_config` would make (and load
-            // TLS roots for) a client of its own that is never used.
+            // `build` with our client: `with_config` would make a client of
+            // its own that is never used.
             let client = async_openai::Client::build(http.clone(), config)
-                .with_http_service(transport(http.clone(), max_bytes));
+                .with_http_service(transport(timeout, max_bytes));
             endpoints.push(Endpoint {
                 url,
                 client,
@@ -361,7 +360,7 @@ enum Path {
 /// them), bodies read with a size cap, non-2xx replies turned into
 /// [`HttpFailure`] with their `Retry-After`.
 fn transport(
-    http: reqwest::Client,
+    timeout: Duration,
     max_bytes: usize,
 ) -> impl tower::Service<
     HttpRequestFactory,
@@ -373,55 +372,45 @@ fn transport(
 + Sync
 + 'static {
     tower::service_fn(move |factory: HttpRequestFactory| {
-        let http = http.clone();
         let fut: BoxFuture<'static, Result<reqwest::Response, OpenAIError>> = Box::pin(
             async move {
                 let request = factory.build().await?;
-                let mut response = http.execute(request).await.map_err(OpenAIError::Reqwest)?;
-                let status = response.status();
-                let retry_after = retry_after(response.headers());
-                let content_type = response
-                    .headers()
-                    .get(reqwest::header::CONTENT_TYPE)
+                let reply =
+                    net::execute(request, timeout, max_bytes)
+                        .await
+                        .map_err(|e| match e {
+                            HttpError::TooLarge { status, limit } => {
+                                OpenAIError::Boxed(Box::new(BadReply::TooLarge(format!(
+                                    "the server answered HTTP {status} with a reply larger than \
+                                 redraft's {limit}-byte limit (setting `max_response_bytes`)"
+                                ))))
+                            }
+                            other => OpenAIError::Boxed(Box::new(other)),
+                        })?;
+                let status = reply.status;
+                let content_type = reply
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_string();
-                let too_large = |size: String| {
-                    OpenAIError::Boxed(Box::new(BadReply::TooLarge(format!(
-                        "the server answered HTTP {status} with a reply {size}larger than redraft's \
-                         {max_bytes}-byte limit (setting `max_response_bytes`)"
-                    ))))
-                };
-                if let Some(n) = response
-                    .content_length()
-                    .filter(|&n| n as usize > max_bytes)
-                {
-                    return Err(too_large(format!("of {n} bytes, ")));
-                }
-                let mut body = Vec::new();
-                while let Some(chunk) = response.chunk().await.map_err(OpenAIError::Reqwest)? {
-                    if body.len() + chunk.len() > max_bytes {
-                        return Err(too_large(String::new()));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
                 if !status.is_success() {
                     return Err(boxed(HttpFailure {
                         status: status.as_u16(),
-                        retry_after,
-                        body: String::from_utf8_lossy(&body).into_owned(),
+                        retry_after: retry_after(&reply.headers),
+                        body: String::from_utf8_lossy(&reply.body).into_owned(),
                     }));
                 }
                 if !content_type.is_empty() && !content_type.contains("json") {
                     return Err(OpenAIError::Boxed(Box::new(BadReply::NotJson(format!(
                         "expected a JSON reply, got HTTP {status} with content type {content_type:?}: {}",
-                        excerpt(&String::from_utf8_lossy(&body), 200)
+                        excerpt(&String::from_utf8_lossy(&reply.body), 200)
                     )))));
                 }
-                let rebuilt = http::Response::builder()
+                let rebuilt = ::http::Response::builder()
                     .status(status)
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(body)
+                    .header(::http::header::CONTENT_TYPE, "application/json")
+                    .body(reply.body)
                     .map_err(|e| OpenAIError::InvalidArgument(e.to_string()))?;
                 Ok(reqwest::Response::from(rebuilt))
             },
@@ -472,6 +461,21 @@ pub fn classify(e: &OpenAIError) -> Classified {
             if let Some(f) = inner.downcast_ref::<HttpFailure>() {
                 return classify_status(f.status, &f.body, f.retry_after);
             }
+            if let Some(h) = inner.downcast_ref::<HttpError>() {
+                return match h {
+                    // The request may not have reached (or been answered by)
+                    // this endpoint: retry, elsewhere if there is another.
+                    HttpError::Timeout | HttpError::Connect(_) | HttpError::Transport(_) => {
+                        c(ErrorKind::Transient, h.to_string(), None, true)
+                    }
+                    HttpError::TooLarge { .. } => {
+                        c(ErrorKind::Permanent, h.to_string(), None, false)
+                    }
+                    HttpError::Tls(_) | HttpError::Request(_) => {
+                        c(ErrorKind::Config, h.to_string(), None, false)
+                    }
+                };
+            }
             match inner.downcast_ref::<BadReply>() {
                 // Our own limit: the same request gets the same reply.
                 Some(BadReply::TooLarge(m)) => c(ErrorKind::Permanent, m.clone(), None, false),
@@ -501,7 +505,7 @@ pub fn classify(e: &OpenAIError) -> Classified {
             } else if r.is_connect() {
                 c(
                     ErrorKind::Transient,
-                    format!("cannot connect: {}", root_cause(r)),
+                    format!("cannot connect: {}", net::root_cause(r)),
                     None,
                     true,
                 )
@@ -509,7 +513,7 @@ pub fn classify(e: &OpenAIError) -> Classified {
                 // Connection reset, truncated body, protocol errors.
                 c(
                     ErrorKind::Transient,
-                    format!("transport error: {}", root_cause(r)),
+                    format!("transport error: {}", net::root_cause(r)),
                     None,
                     true,
                 )
@@ -524,16 +528,6 @@ pub fn classify(e: &OpenAIError) -> Classified {
         OpenAIError::InvalidArgument(m) => c(ErrorKind::Config, m.clone(), None, false),
         other => c(ErrorKind::Permanent, other.to_string(), None, false),
     }
-}
-
-fn root_cause(e: &dyn std::error::Error) -> String {
-    let mut cause = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        cause = s.to_string();
-        src = s.source();
-    }
-    cause
 }
 
 fn classify_status(status: u16, body: &str, retry_after: Option<Duration>) -> Classified {

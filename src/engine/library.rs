@@ -13,6 +13,7 @@ use serde_json::json;
 use super::NodeError;
 use super::nodes::Task;
 use super::state::NodeOutput;
+use crate::backend::net::HttpError;
 use crate::event::Event;
 use crate::review::{self, Edit};
 use crate::sandbox::{Limits, Outcome, RunResult, Sandbox};
@@ -620,48 +621,23 @@ async fn http_call(
             format!("the parameters are not valid JSON: {}", clip(b, 300)),
         );
     }
-    // One client for every tool call of the process (its connection pool
-    // and TLS set-up are made once); the timeout is per request.
-    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
-        std::sync::OnceLock::new();
-    let client = match CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .build()
-            .map_err(|e| e.to_string())
-    }) {
-        Ok(c) => c,
-        Err(e) => return (json!(null), false, Some("connection"), e.clone()),
+    let request = match tool_request(method, url, body, headers) {
+        Ok(r) => r,
+        Err(e) => return (json!(null), false, Some("invalid_parameters"), e),
     };
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
-    let mut req = client.request(method, url).timeout(timeout);
-    for (k, v) in headers {
-        req = req.header(k, v);
-    }
-    if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b);
-    }
-    match req.send().await {
+    // The process's one HTTP client (TLS only once an https:// URL is used).
+    match crate::backend::net::execute(request, timeout, TOOL_REPLY_LIMIT).await {
         Err(e) => {
-            let class = if e.is_timeout() {
-                "timeout"
-            } else {
-                "connection"
+            let class = match e {
+                HttpError::Timeout => "timeout",
+                HttpError::TooLarge { .. } => "output_limit",
+                _ => "connection",
             };
             (json!(null), false, Some(class), e.to_string())
         }
-        Ok(resp) => {
-            let status = resp.status();
-            let text = match resp.text().await {
-                Ok(t) => t,
-                Err(e) => {
-                    return (
-                        json!(status.as_u16()),
-                        false,
-                        Some("connection"),
-                        e.to_string(),
-                    );
-                }
-            };
+        Ok(reply) => {
+            let status = reply.status;
+            let text = String::from_utf8_lossy(&reply.body).into_owned();
             let class = if status.is_client_error() {
                 Some("http_4xx")
             } else if status.is_server_error() {
@@ -672,6 +648,36 @@ async fn http_call(
             (json!(status.as_u16()), class.is_none(), class, text)
         }
     }
+}
+
+/// The most of a tool's HTTP reply that is read.
+const TOOL_REPLY_LIMIT: usize = 8 << 20;
+
+fn tool_request(
+    method: &str,
+    url: &str,
+    body: Option<String>,
+    headers: &[(String, String)],
+) -> Result<reqwest::Request, String> {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let mut request = reqwest::Request::new(method, url);
+    let map = request.headers_mut();
+    for (k, v) in headers {
+        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| format!("header {k:?}: {e}"))?;
+        let value =
+            reqwest::header::HeaderValue::from_str(v).map_err(|e| format!("header {k:?}: {e}"))?;
+        map.insert(name, value);
+    }
+    if let Some(b) = body {
+        map.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
+        *request.body_mut() = Some(b.into());
+    }
+    Ok(request)
 }
 
 /// Decisions for review `depth` (1-based) from a YAML or JSON file.

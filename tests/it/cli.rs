@@ -83,6 +83,19 @@ fn unverified_output_exits_1() {
     let o = redraft(&["run", FLAGSHIP, "--model", &spec, "-q"]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert_eq!(stdout(&o), "one line\n");
+    // Quiet means quiet: no progress and no summary line.
+    assert_eq!(stderr(&o), "");
+    // Without -q, stop reasons read as in the JSON, not as Rust names.
+    let o = redraft(&["run", FLAGSHIP, "--model", &spec]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("loop refine: stopped after 4 rounds (exited)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("Exited") && !err.contains("round(s)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -198,6 +211,49 @@ fn validate_exit_codes() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn validate_as_json_keeps_file_line_and_column() {
+    let o = redraft(&[
+        "validate",
+        "--format",
+        "json",
+        FLAGSHIP,
+        "tests/fixtures/invalid/independent-problems.yaml",
+        "no/such/file.yaml",
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let reports: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 3);
+    assert_eq!(reports[0]["ok"], true);
+    assert_eq!(reports[1]["ok"], false);
+    let diags = reports[1]["diagnostics"].as_array().unwrap();
+    let codes: Vec<&str> = diags.iter().map(|d| d["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["E022", "E032", "E023", "E021"]);
+    let edge = &diags[3];
+    assert_eq!(
+        edge["file"],
+        "tests/fixtures/invalid/independent-problems.yaml"
+    );
+    assert_eq!(
+        (edge["line"].as_u64(), edge["col"].as_u64()),
+        (Some(23), Some(24))
+    );
+    assert_eq!(edge["end_col"], 28);
+    assert_eq!(edge["help"], "did you mean `check`?");
+    assert_eq!(reports[2]["diagnostics"][0]["code"], "E001");
+    // `run --json` on an invalid workflow prints the same list.
+    let o = redraft(&[
+        "run",
+        "tests/fixtures/invalid/independent-problems.yaml",
+        "--json",
+    ]);
+    assert_eq!(code(&o), 2);
+    let run: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(run["status"], "invalid");
+    assert_eq!(run["diagnostics"].as_array().unwrap().len(), 4);
 }
 
 #[test]
