@@ -520,7 +520,7 @@ fn close_inherited_fds(keep: Option<RawFd>) -> std::io::Result<()> {
                 rlim_max: 0,
             };
             let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-                (lim.rlim_cur as u64).min(1 << 20) as RawFd
+                lim.rlim_cur.min(1 << 20) as RawFd
             } else {
                 1 << 16
             };

@@ -145,7 +145,7 @@ impl Metered<'_> {
             sent: AtomicBool::new(false),
             prompt_est,
             started: Instant::now(),
-            event: ModelCallEvent {
+            event: Some(ModelCallEvent {
                 node: task.id().to_string(),
                 round: task.round,
                 model: decl.name.clone(),
@@ -161,7 +161,7 @@ impl Metered<'_> {
                 cost_usd: 0.0,
                 outcome: CallOutcome::Ok,
                 error: None,
-            },
+            }),
         };
         let mut fut = std::pin::pin!(fut);
         let sent = &call.sent;
@@ -211,7 +211,8 @@ struct InFlight<'a> {
     sent: AtomicBool,
     prompt_est: u64,
     started: Instant,
-    event: ModelCallEvent,
+    /// Filled in and emitted by `finish` (once).
+    event: Option<ModelCallEvent>,
 }
 
 impl InFlight<'_> {
@@ -223,7 +224,8 @@ impl InFlight<'_> {
         estimated: bool,
         error: Option<String>,
     ) {
-        let Some(reservation) = self.reservation.take() else {
+        let (Some(reservation), Some(mut event)) = (self.reservation.take(), self.event.take())
+        else {
             return;
         };
         let sh = &self.task.shared;
@@ -237,7 +239,6 @@ impl InFlight<'_> {
                 cost_usd: cost,
             },
         );
-        let mut event = self.event.clone();
         event.prompt_tokens = usage.prompt_tokens;
         event.completion_tokens = usage.completion_tokens;
         event.reused_tokens = usage.cached_tokens;

@@ -1259,7 +1259,6 @@ fn check_expression(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Cycles, loop bodies, single entry, nesting, starts and reachability.
 /// `ids` are all node ids (also of nodes whose keys failed); `dangling` are
 /// nodes an unresolved edge may lead to, counted as reachable.

@@ -352,8 +352,10 @@ fn ctrl_c_exits_130_with_the_best_so_far_and_a_valid_log() {
             .unwrap()
             .contains("\"status\":\"interrupted\"")
     );
-    // The critique in flight when Ctrl-C came is a call: evented as
-    // cancelled, and counted in the summary.
+    // A call in flight when Ctrl-C came is a call: evented as cancelled and
+    // counted. (Whether the critique was already sent when the signal came
+    // is a race here; `openai::calls_in_the_summary_equal_requests_the_server_received`
+    // waits for the server to hold the request.)
     let events: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -362,13 +364,14 @@ fn ctrl_c_exits_130_with_the_best_so_far_and_a_valid_log() {
         .iter()
         .filter(|e| e["event"] == "model_call")
         .collect();
-    assert_eq!(calls.len(), 2, "{text}");
     assert_eq!(calls[0]["outcome"], "ok");
-    assert_eq!(calls[1]["outcome"], "cancelled");
-    assert_eq!(calls[1]["node"], "critique");
-    assert_eq!(calls[1]["usage_estimated"], true);
+    if let Some(critique) = calls.get(1) {
+        assert_eq!(critique["outcome"], "cancelled");
+        assert_eq!(critique["node"], "critique");
+        assert_eq!(critique["usage_estimated"], true);
+    }
     let summary = &events.last().unwrap()["summary"];
-    assert_eq!(summary["usage"]["calls"], 2);
+    assert_eq!(summary["usage"]["calls"], calls.len());
 }
 
 #[test]
