@@ -498,9 +498,12 @@ impl Run {
         l.record_round(latest);
         let reason = if l.budget_hit {
             Some(StopReason::Budget)
-        } else if !l.back_requested {
+        } else if !l.back_requested && (l.round < spec.max_rounds || l.round_win) {
+            // Left through a condition (passing, in the last round).
             Some(StopReason::Exited)
         } else if l.round >= spec.max_rounds {
+            // All rounds used: also when the last round skipped its way to
+            // the back edge (a `not loop.last` guard) without passing.
             Some(StopReason::MaxRounds)
         } else {
             None

@@ -89,7 +89,7 @@ fn unverified_output_exits_1() {
     let o = redraft(&["run", FLAGSHIP, "--model", &spec]);
     let err = stderr(&o);
     assert!(
-        err.contains("loop refine: stopped after 4 rounds (exited)"),
+        err.contains("loop refine: stopped after 4 rounds (max_rounds)"),
         "{err}"
     );
     assert!(

@@ -75,11 +75,9 @@ async fn max_rounds_caps_the_loop_exactly() {
     )
     .await;
     let l = &s.loops[0];
-    assert_eq!(
-        l.stop_reason,
-        StopReason::Exited,
-        "the last round's check routes around critique"
-    );
+    // The last round's check routes around critique (`not loop.last`), but
+    // what happened is that the rounds ran out without a pass.
+    assert_eq!(l.stop_reason, StopReason::MaxRounds);
     assert_eq!(l.rounds, 4);
     assert_eq!(runs(&s, "check"), 4);
     assert_eq!(runs(&s, "revise"), 3);
