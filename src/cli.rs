@@ -130,6 +130,22 @@ fn parse_review(s: &str) -> anyhow::Result<workflow::ReviewDecisions> {
     })
 }
 
+/// What reaches stderr from `tracing`: `RUST_LOG` if set; otherwise
+/// warnings, except llama.cpp's own (its loader's notes about the model
+/// file, under the target `llama-cpp-2`; `RUST_LOG=llama-cpp-2=info` shows
+/// them), and with `-q` errors only.
+fn log_filter(rust_log: Option<String>, quiet: bool) -> tracing_subscriber::EnvFilter {
+    let default = if quiet {
+        "error"
+    } else {
+        "warn,llama-cpp-2=error"
+    };
+    rust_log
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default))
+}
+
 /// Parses arguments, runs, and returns the exit code.
 pub fn main() -> u8 {
     let cli = match Cli::try_parse() {
@@ -143,10 +159,9 @@ pub fn main() -> u8 {
             };
         }
     };
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let quiet = matches!(&cli.command, Command::Run(args) if args.quiet);
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok(), quiet))
         .with_writer(std::io::stderr)
         .try_init();
     match cli.command {
@@ -637,4 +652,60 @@ pub fn human_line(event: &Event) -> Option<String> {
         ),
         Event::BudgetExhausted(e) => format!("budget: {e}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a subscriber with `filter` prints for a warning and an error
+    /// from `target`.
+    fn printed(filter: tracing_subscriber::EnvFilter, target: &str) -> (bool, bool) {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || match target {
+            "llama-cpp-2" => {
+                tracing::warn!(target: "llama-cpp-2", "a-warning");
+                tracing::error!(target: "llama-cpp-2", "an-error");
+            }
+            _ => {
+                tracing::warn!("a-warning");
+                tracing::error!("an-error");
+            }
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        (text.contains("a-warning"), text.contains("an-error"))
+    }
+
+    #[test]
+    fn llama_cpp_notes_stay_quiet_unless_asked_for() {
+        assert_eq!(printed(log_filter(None, false), "redraft"), (true, true));
+        assert_eq!(
+            printed(log_filter(None, false), "llama-cpp-2"),
+            (false, true)
+        );
+        // -q: errors only.
+        assert_eq!(printed(log_filter(None, true), "redraft"), (false, true));
+        // RUST_LOG wins, also over -q.
+        let asked = || Some("llama-cpp-2=warn".to_string());
+        assert_eq!(
+            printed(log_filter(asked(), true), "llama-cpp-2"),
+            (true, true)
+        );
+    }
 }

@@ -38,6 +38,7 @@ pub mod extract;
 pub mod graph;
 pub mod layer;
 pub mod metrics;
+pub mod modeljson;
 pub mod review;
 pub mod sandbox;
 pub mod similarity;

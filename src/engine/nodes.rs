@@ -22,6 +22,7 @@ use crate::backend::{
 use crate::budget::{Exhausted, Spend};
 use crate::event::{CallOutcome, Event, ModelCallEvent};
 use crate::layer::{Retry, Timeout};
+use crate::modeljson;
 use crate::workflow::{
     Check, ModelCall, NodeKind, Order, Schema, SelectSpec, VerifySpec, VoteSpec,
 };
@@ -837,16 +838,19 @@ pub(crate) fn parse_structured(text: &str, schema: &Schema) -> Result<serde_json
     }
 }
 
+/// The JSON value in a model's reply: the whole reply, a fenced block, or
+/// the outermost `{...}` / `[...]`; LaTeX backslashes in strings repaired
+/// (`crate::modeljson`).
 fn extract_json(text: &str) -> Option<serde_json::Value> {
     let t = text.trim();
-    if let Ok(v) = serde_json::from_str(t) {
+    if let Some(v) = modeljson::parse(t) {
         return Some(v);
     }
     if let Some(start) = t.find("```") {
         let body = &t[start + 3..];
         let body = body.strip_prefix("json").unwrap_or(body);
         if let Some(end) = body.find("```") {
-            if let Ok(v) = serde_json::from_str(body[..end].trim()) {
+            if let Some(v) = modeljson::parse(body[..end].trim()) {
                 return Some(v);
             }
         }
@@ -854,7 +858,7 @@ fn extract_json(text: &str) -> Option<serde_json::Value> {
     for (open, close) in [('{', '}'), ('[', ']')] {
         if let (Some(a), Some(b)) = (t.find(open), t.rfind(close)) {
             if a < b {
-                if let Ok(v) = serde_json::from_str(&t[a..=b]) {
+                if let Some(v) = modeljson::parse(&t[a..=b]) {
                     return Some(v);
                 }
             }

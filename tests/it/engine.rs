@@ -777,3 +777,31 @@ replies:
     // Wall time follows tokio's (paused) clock: the limit, not the latency.
     assert!((s.wall_ms - 2000.0).abs() < 50.0, "{}", s.wall_ms);
 }
+
+#[tokio::test]
+async fn latex_in_a_critique_reaches_the_revise_prompt_intact() {
+    // `\f` is a JSON escape (form feed) and `\s` none at all: as a model
+    // writes them, both must reach the revise prompt as LaTeX.
+    let script = r#"
+replies:
+  - { node: draft, text: "x = 0.5" }
+  - { node: critique, text: '{"score": 3, "feedback": "Write it as \frac{1}{2}, not \sqrt{0.25}"}' }
+  - { node: revise, prompt: 'Write it as \\frac\{1\}\{2\}, not \\sqrt\{0\.25\}', text: "intact" }
+  - { node: revise, text: "corrupted" }
+"#;
+    let (s, events) = run(self_refine(), script, RunOptions::default()).await;
+    assert_ne!(s.status, RunStatus::Failed, "{:?}", s.error);
+    let revisions: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::NodeFinished {
+                node,
+                output: Some(o),
+                ..
+            } if node == "revise" => Some(o["text"].as_str().unwrap_or("").to_string()),
+            _ => None,
+        })
+        .collect();
+    assert!(!revisions.is_empty());
+    assert!(revisions.iter().all(|r| r == "intact"), "{revisions:?}");
+}
