@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// Inputs from a JSON (or YAML) object.
     #[arg(long, value_name = "FILE")]
     pub input_file: Option<PathBuf>,
+    /// Skip the fields of `--input-file` that the workflow does not declare
+    /// (a data-set row with more columns than inputs), instead of failing.
+    #[arg(long)]
+    pub ignore_unknown_inputs: bool,
     /// Use another backend for a workflow model, `NAME=SPEC`.
     #[arg(long = "model", short = 'm', value_name = "NAME=SPEC")]
     pub models: Vec<String>,
@@ -440,7 +444,9 @@ fn collect_inputs(
         let value: serde_json::Value = serde_saphyr::from_str(&text)
             .with_context(|| format!("input file {}", path.display()))?;
         match value {
-            serde_json::Value::Object(map) => inputs.extend(map),
+            serde_json::Value::Object(map) => inputs.extend(map.into_iter().filter(|(name, _)| {
+                !args.ignore_unknown_inputs || wf.inputs.iter().any(|i| &i.name == name)
+            })),
             other => bail!(
                 "input file {}: expected an object of inputs, found {}",
                 path.display(),

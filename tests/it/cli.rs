@@ -190,6 +190,20 @@ fn input_file_supplies_inputs() {
         "{}",
         stderr(&o)
     );
+    // A data-set row with more fields than the workflow's inputs.
+    std::fs::write(&f, r#"{"task": "Write a haiku.", "answer": "42", "id": 7}"#).unwrap();
+    let o = redraft(&["run", FLAGSHIP, "--input-file", f.to_str().unwrap(), "-q"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("input `answer`"), "{}", stderr(&o));
+    let o = redraft(&[
+        "run",
+        FLAGSHIP,
+        "--input-file",
+        f.to_str().unwrap(),
+        "--ignore-unknown-inputs",
+        "-q",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
 #[test]
@@ -523,4 +537,31 @@ fn every_command_in_the_readme_works() {
             stderr(&o)
         );
     }
+}
+
+/// The key structure of a JSON value: object keys (recursively) and the
+/// first element of arrays; values themselves do not matter.
+fn shape(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(map) => {
+            serde_json::Value::Object(map.iter().map(|(k, v)| (k.clone(), shape(v))).collect())
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.first().map(shape).into_iter().collect())
+        }
+        _ => serde_json::Value::Null,
+    }
+}
+
+#[test]
+fn the_documented_summary_is_the_printed_summary() {
+    let reference = std::fs::read_to_string(root().join("docs/workflow-reference.md")).unwrap();
+    let section = &reference[reference.find("## Run summary and metrics").unwrap()..];
+    let start = section.find("```json\n").unwrap() + "```json\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    let documented: serde_json::Value = serde_json::from_str(&section[start..end]).unwrap();
+    let o = redraft(&["run", FLAGSHIP, "--json", "-q"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(shape(&documented), shape(&printed));
 }
