@@ -198,7 +198,10 @@ impl LlamaModel {
             .with_n_batch(s.batch_size.unwrap_or(512).max(1))
             .with_n_threads(threads)
             .with_n_threads_batch(threads)
-            .with_n_seq_max(sequences);
+            .with_n_seq_max(sequences)
+            // One KV buffer for all sequences: a single-sample call gets the
+            // whole context, not `context_size / max_sequences` of it.
+            .with_kv_unified(true);
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let embed_params = LlamaContextParams::default()
@@ -452,10 +455,22 @@ impl Worker {
         if tokens.is_empty() {
             return Err(self.err(ErrorKind::Permanent, "the prompt is empty"));
         }
-        if tokens.len() + max_tokens > n_ctx {
+        // The room a call needs: its prompt once (parallel samples share its
+        // cache cells), then up to max_tokens per sample.
+        let n_samples = req.n.max(1).min(self.sequences) as usize;
+        let needed = tokens.len() + n_samples * max_tokens;
+        if needed > n_ctx {
+            let samples = if n_samples > 1 {
+                format!(" × {n_samples} samples")
+            } else {
+                String::new()
+            };
             return Err(self.err(
                 ErrorKind::ContextLength,
-                format!("the prompt ({} tokens) plus max_tokens ({max_tokens}) exceeds the context size ({n_ctx})", tokens.len()),
+                format!(
+                    "the prompt ({} tokens) plus max_tokens ({max_tokens}){samples} needs {needed} tokens of context, more than the context size ({n_ctx}); lower max_tokens or raise the model's `context_size`",
+                    tokens.len()
+                ),
             ));
         }
         let grammar = match &req.response_format {
@@ -489,6 +504,12 @@ impl Worker {
         let batch_size = ctx.n_batch() as usize;
         let mut batch = LlamaBatch::new(batch_size.max(n as usize), self.sequences as i32);
         let last = tokens.len() - 1;
+        // What a call that fails midway had used: reported with the error.
+        let used = |completion_tokens: u64| Usage {
+            prompt_tokens: tokens.len() as u64,
+            completion_tokens,
+            cached_tokens: reuse as u64,
+        };
         for (chunk_start, chunk) in tokens[reuse..]
             .chunks(batch_size)
             .enumerate()
@@ -501,7 +522,8 @@ impl Worker {
                     .add(*t, pos as i32, &[0], pos == last)
                     .map_err(|e| self.err(ErrorKind::Permanent, e.to_string()))?;
             }
-            self.decode(ctx, &mut batch)?;
+            self.decode(ctx, &mut batch)
+                .map_err(|e| e.with_usage(used(0)))?;
         }
         cached.extend_from_slice(&tokens[reuse..]);
         // Parallel sequences share the prompt's cache.
@@ -560,7 +582,8 @@ impl Worker {
             if batch.n_tokens() == 0 {
                 break;
             }
-            self.decode(ctx, &mut batch)?;
+            self.decode(ctx, &mut batch)
+                .map_err(|e| e.with_usage(used(seqs.iter().map(|s| s.tokens).sum())))?;
             pos += 1;
         }
         let completion_tokens = seqs.iter().map(|s| s.tokens).sum();

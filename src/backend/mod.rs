@@ -344,6 +344,9 @@ pub struct BackendError {
     pub message: String,
     /// How long the server asked us to wait (`Retry-After`), if it did.
     pub retry_after: Option<std::time::Duration>,
+    /// What a call that failed midway had used (prompt processed, tokens
+    /// generated): charged to the budget and reported, never lost.
+    pub usage: Option<Usage>,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -355,8 +358,15 @@ impl BackendError {
             kind,
             message: message.into(),
             retry_after: None,
+            usage: None,
             source: None,
         }
+    }
+
+    /// The usage of a call that failed after it had started working.
+    pub fn with_usage(mut self, usage: Usage) -> Self {
+        self.usage = Some(usage);
+        self
     }
 
     pub fn with_retry_after(mut self, after: Option<std::time::Duration>) -> Self {

@@ -188,10 +188,11 @@ impl Metered<'_> {
                 Ok(value)
             }
             Err(e) => {
-                // The call was made: it counts, though it used no tokens we know of.
+                // The call was made: it counts, with what the backend says
+                // it used before failing (a local model midway), else nothing.
                 call.finish(
                     CallOutcome::Error,
-                    Usage::default(),
+                    e.usage.unwrap_or_default(),
                     false,
                     Some(e.to_string()),
                 );

@@ -805,3 +805,53 @@ replies:
     assert!(!revisions.is_empty());
     assert!(revisions.iter().all(|r| r == "intact"), "{revisions:?}");
 }
+
+/// A model that fails after working: a local model whose KV cache ran out
+/// midway, say.
+struct FailsMidway;
+
+impl redraft::LanguageModel for FailsMidway {
+    fn id(&self) -> &str {
+        "fails-midway"
+    }
+
+    fn complete<'a>(
+        &'a self,
+        _req: &'a redraft::backend::CompletionRequest,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<redraft::backend::Completion, redraft::backend::BackendError>,
+    > {
+        Box::pin(async {
+            Err(redraft::backend::BackendError::new(
+                "fails-midway",
+                redraft::backend::ErrorKind::ContextLength,
+                "no room left in the KV cache",
+            )
+            .with_usage(redraft::backend::Usage {
+                prompt_tokens: 100,
+                completion_tokens: 42,
+                cached_tokens: 0,
+            }))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_call_that_fails_midway_keeps_its_usage() {
+    let events = Arc::new(redraft::event::Collect::default());
+    let engine = redraft::Engine::new()
+        .with_model("writer", Arc::new(FailsMidway))
+        .with_recorder(events.clone());
+    let s = engine
+        .run(self_refine(), RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(s.status, RunStatus::Failed);
+    assert_eq!(s.usage.calls, 1);
+    assert_eq!(
+        (s.usage.prompt_tokens, s.usage.completion_tokens),
+        (100, 42)
+    );
+    assert_eq!(s.budgets[0].spent.tokens, 142);
+}

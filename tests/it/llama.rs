@@ -314,3 +314,41 @@ fn cli_runs_a_hub_model_from_hf_endpoint() {
     assert!(!hub.requests.lock().unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_single_sample_gets_the_whole_context_and_too_long_calls_fail_up_front() {
+    // 512 tokens of context shared by up to 4 sequences.
+    let path = std::env::var_os("REDRAFT_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(default_model_path);
+    let m = LlamaModel::open(
+        &path,
+        &serde_json::json!({ "threads": 1, "context_size": 512, "max_sequences": 4 }),
+    )
+    .unwrap();
+    // One sample may use far more than 512 / 4 = 128 tokens: a schema with
+    // a long minimum length keeps the model from stopping early.
+    let mut req = request("Describe the sea at length.", 300);
+    req.response_format = ResponseFormat::JsonSchema {
+        name: "long".into(),
+        schema: serde_json::json!({
+            "type": "object",
+            "properties": { "text": { "type": "string", "minLength": 700 } },
+            "required": ["text"]
+        }),
+    };
+    let c = m.complete(&req).await.unwrap();
+    assert!(
+        c.usage.prompt_tokens + c.usage.completion_tokens > 128,
+        "the reply must pass a quarter of the context to show anything: {:?}",
+        c.usage
+    );
+    // Four samples of 300 cannot fit in 512: refused before any decoding.
+    let mut four = req.clone();
+    four.n = 4;
+    four.sampling.temperature = Some(0.8);
+    let e = m.complete(&four).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ContextLength, "{e}");
+    assert!(e.message.contains("× 4 samples"), "{}", e.message);
+    assert!(e.usage.is_none(), "nothing was decoded");
+}
