@@ -129,7 +129,7 @@ impl Templates {
         })?;
         tmpl.render(ctx).map_err(|e| TemplateError {
             what: format!("rendering `{name}`"),
-            detail: describe(&e),
+            detail: explain(&e, || self.variable_paths(name), ctx),
         })
     }
 
@@ -137,7 +137,7 @@ impl Templates {
     pub fn eval(&self, expr: &str, ctx: &Value) -> Result<Value, TemplateError> {
         let err = |e: minijinja::Error| TemplateError {
             what: format!("evaluating `{expr}`"),
-            detail: describe(&e),
+            detail: explain(&e, || self.expression_paths(expr), ctx),
         };
         if let Ok(tmpl) = self.env.get_template(&expression_name(expr)) {
             let captured = tmpl.render_captured(ctx).map_err(err)?;
@@ -169,6 +169,46 @@ fn expression_name(expr: &str) -> String {
     format!("expression:{expr}")
 }
 
+/// [`describe`], and for an undefined value also which attribute was
+/// missing and what the value it was read from does have:
+/// "`check.confidence` is undefined; `check` has: feedback, passed, score".
+fn explain(e: &minijinja::Error, paths: impl FnOnce() -> HashSet<String>, ctx: &Value) -> String {
+    let base = describe(e);
+    if e.kind() != minijinja::ErrorKind::UndefinedError {
+        return base;
+    }
+    let mut paths: Vec<String> = paths().into_iter().collect();
+    paths.sort();
+    for path in paths {
+        let mut parts = path.split('.');
+        let Some(first) = parts.next() else { continue };
+        let mut value = ctx.get_attr(first).unwrap_or(Value::UNDEFINED);
+        if value.is_undefined() {
+            return format!("{base}: `{first}` is undefined here");
+        }
+        let mut read = first.to_string();
+        for attr in parts {
+            let next = value.get_attr(attr).unwrap_or(Value::UNDEFINED);
+            if next.is_undefined() {
+                let mut fields: Vec<String> = value
+                    .try_iter()
+                    .map(|keys| keys.map(|k| k.to_string()).collect())
+                    .unwrap_or_default();
+                fields.sort();
+                let has = if fields.is_empty() {
+                    "no fields".to_string()
+                } else {
+                    format!("fields {}", fields.join(", "))
+                };
+                return format!("{base}: `{read}.{attr}` is undefined; `{read}` has {has}");
+            }
+            read = format!("{read}.{attr}");
+            value = next;
+        }
+    }
+    base
+}
+
 /// The error text without minijinja's source dump, one line.
 fn describe(e: &minijinja::Error) -> String {
     let mut s = e.kind().to_string();
@@ -186,6 +226,28 @@ fn describe(e: &minijinja::Error) -> String {
 mod tests {
     use super::*;
     use minijinja::context;
+
+    #[test]
+    fn an_undefined_attribute_is_named_with_the_fields_that_exist() {
+        let mut t = Templates::new();
+        t.add_expression("check.confidence > 0.5").unwrap();
+        let ctx = context! { check => context! { passed => true, score => 0.7, feedback => "" } };
+        let e = t.condition("check.confidence > 0.5", &ctx).unwrap_err();
+        assert!(
+            e.detail.contains(
+                "`check.confidence` is undefined; `check` has fields feedback, passed, score"
+            ),
+            "{}",
+            e.detail
+        );
+        t.add("p", "Score: {{ critique.score }}").unwrap();
+        let e = t.render("p", &context! { task => "x" }).unwrap_err();
+        assert!(
+            e.detail.contains("`critique` is undefined here"),
+            "{}",
+            e.detail
+        );
+    }
 
     #[test]
     fn undefined_variables_are_errors() {

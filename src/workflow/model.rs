@@ -211,6 +211,38 @@ impl NodeKind {
     }
 
     /// The model calls a node of this kind may make (for budgets and graphs).
+    /// The fields of this node's output that templates can read, where they
+    /// are known at load time; `None` where they depend on the run (a schema
+    /// with no declared properties, library kinds).
+    pub fn output_fields(&self) -> Option<Vec<String>> {
+        let own = |names: &[&str]| Some(names.iter().map(|s| s.to_string()).collect());
+        let model = |call: &ModelCall, revise: bool| {
+            let mut fields: Vec<String> = ["text", "round", "finish"].map(String::from).to_vec();
+            if call.n > 1 {
+                fields.push("samples".into());
+            }
+            if revise {
+                fields.push("changed".into());
+            }
+            if let Some(schema) = &call.schema {
+                let props = schema.source.get("properties")?.as_object()?;
+                fields.push("data".into());
+                fields.extend(props.keys().cloned());
+            }
+            Some(fields)
+        };
+        match self {
+            NodeKind::Generate(c) | NodeKind::Critique(c) => model(c, false),
+            NodeKind::Revise(c) => model(c, true),
+            NodeKind::Verify(_) => {
+                own(&["passed", "score", "checks", "feedback", "target", "round"])
+            }
+            NodeKind::Select(_) => own(&["text", "index", "score", "scores", "round"]),
+            NodeKind::Vote(_) => own(&["text", "votes", "agreement", "weights", "method", "round"]),
+            _ => None,
+        }
+    }
+
     pub fn model_calls(&self) -> Vec<&ModelCall> {
         match self {
             NodeKind::Generate(c) | NodeKind::Critique(c) | NodeKind::Revise(c) => vec![c],

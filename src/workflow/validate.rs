@@ -902,7 +902,13 @@ pub fn check(
             .iter()
             .all(|d| !matches!(d.code, Code::UnboundedCycle | Code::BadLoop))
         {
-            variable_checks(&mut cx, &node_ids, &edges, &loops, &inputs, &dangling);
+            let fields: Vec<Option<Vec<String>>> = nodes
+                .iter()
+                .map(|n| n.as_ref().and_then(|n| n.kind.output_fields()))
+                .collect();
+            variable_checks(
+                &mut cx, &node_ids, &fields, &edges, &loops, &inputs, &dangling,
+            );
         }
         budget_checks(&mut cx, &nodes, &models, &loops, &budget, &raw);
     }
@@ -1482,10 +1488,13 @@ fn graph_checks(
 /// Every variable a template or condition reads must exist where it is
 /// read: an input, a built-in, or a node upstream. Attribute reads that the
 /// validator can know are checked too: `inputs.<declared input>`,
-/// `history.<node>`, `loop.<id|round|max_rounds|last>` only inside a loop.
+/// `history.<node>`, `loop.<id|round|max_rounds|last>` only inside a loop,
+/// and `<node>.<field>` where the node's output fields are known (`fields`).
+#[allow(clippy::too_many_arguments)]
 fn variable_checks(
     cx: &mut Ctx,
     ids: &[String],
+    fields: &[Option<Vec<String>>],
     edges: &[Edge],
     loops: &[LoopSpec],
     inputs: &[InputDecl],
@@ -1556,7 +1565,18 @@ fn variable_checks(
                     format!("loops have no field `{attr}`"),
                     LOOP_FIELDS.to_vec(),
                 )),
-                _ => None,
+                node => match ids
+                    .iter()
+                    .position(|id| id == node)
+                    .and_then(|i| fields[i].as_ref())
+                {
+                    Some(known) if !known.iter().any(|f| f == attr) => {
+                        let mut known: Vec<&str> = known.iter().map(String::as_str).collect();
+                        known.sort_unstable();
+                        Some((format!("`{node}` has no output field `{attr}`"), known))
+                    }
+                    _ => None,
+                },
             };
             if let Some((label, known)) = problem {
                 let d = Diagnostic::new(
