@@ -560,7 +560,10 @@ pub fn check(
                         node: idx,
                         span,
                         extra: &[],
-                        what: format!("`target` of {label}"),
+                        what: match &n.target {
+                            Some(_) => format!("`target` of {label}"),
+                            None => format!("the default `target` of {label} (`{DEFAULT_TARGET}`)"),
+                        },
                     });
                 }
                 let mut checks = Vec::new();
@@ -906,8 +909,15 @@ pub fn check(
                 .iter()
                 .map(|n| n.as_ref().and_then(|n| n.kind.output_fields()))
                 .collect();
+            let output_from = output.as_ref().map_or(&[][..], |o| &o.from[..]);
             variable_checks(
-                &mut cx, &node_ids, &fields, &edges, &loops, &inputs, &dangling,
+                &mut cx,
+                &node_ids,
+                &fields,
+                (&edges, &loops, &starts),
+                &inputs,
+                output_from,
+                &dangling,
             );
         }
         budget_checks(&mut cx, &nodes, &models, &loops, &budget, &raw);
@@ -1495,9 +1505,9 @@ fn variable_checks(
     cx: &mut Ctx,
     ids: &[String],
     fields: &[Option<Vec<String>>],
-    edges: &[Edge],
-    loops: &[LoopSpec],
+    (edges, loops, starts): (&[Edge], &[LoopSpec], &[(usize, Span)]),
     inputs: &[InputDecl],
+    output_from: &[usize],
     dangling: &[usize],
 ) {
     // Ancestors over forward and back edges.
@@ -1523,6 +1533,11 @@ fn variable_checks(
     };
     // Nodes an unresolved edge may feed: their upstream is unknown.
     let uncertain = closure(dangling.to_vec(), &succs);
+    // Where `artifact` (the latest output of an `output.from` node) is
+    // defined from the first round on: downstream of one by forward edges.
+    let artifact_ready = closure(output_from.to_vec(), &succs);
+    // Nodes that never run are reported as unreachable, not as readers.
+    let reached = closure(starts.iter().map(|s| s.0).collect(), &succs);
     let in_loop = |node: usize| loops.iter().any(|l| l.body.contains(&node));
     let pending = std::mem::take(&mut cx.pending_vars);
     for check in pending {
@@ -1605,6 +1620,28 @@ fn variable_checks(
                     )
                     .label("`loop` is only defined inside a loop body")
                     .help("read `loop` only in nodes (and edges leaving nodes) of a loop body, or use `round`"),
+                );
+                continue;
+            }
+            if var == "artifact"
+                && !output_from.is_empty()
+                && reached.contains(&check.node)
+                && !artifact_ready.contains(&check.node)
+                && !uncertain.contains(&check.node)
+            {
+                let names: Vec<&str> = output_from.iter().map(|&o| ids[o].as_str()).collect();
+                cx.err(
+                    Diagnostic::new(
+                        Code::UnknownVariable,
+                        check.span,
+                        format!(
+                            "{} reads `artifact`, but `{reader}` can run before any output node ({})",
+                            check.what,
+                            names.join(", ")
+                        ),
+                    )
+                    .label("`artifact` is undefined until an `output.from` node has run")
+                    .help("list a node that runs before it in `output.from` (e.g. the first draft), or read that node directly (for a verify node: set `target`)"),
                 );
                 continue;
             }
