@@ -25,6 +25,13 @@ const TARGET_VAR: &str = "target";
 pub const DEFAULT_JUDGE_PROMPT: &str =
     "Is the following answer correct and complete?\n\n{{ target }}\n\nAnswer with Yes or No.";
 pub const DEFAULT_TARGET: &str = "{{ artifact.text }}";
+/// Sampling temperature of generate and revise nodes that set none.
+pub const DEFAULT_TEMPERATURE: f32 = 0.7;
+/// Sampling temperature of critique nodes that set none.
+pub const DEFAULT_CRITIQUE_TEMPERATURE: f32 = 0.2;
+/// `max_tokens` of a judge that sets none: room for "Yes"/"No" (whose
+/// logprobs give the confidence) and a few words, not a whole answer.
+pub const DEFAULT_JUDGE_MAX_TOKENS: u32 = 16;
 /// The model a workflow gets when it declares none.
 pub const DEFAULT_MODEL_NAME: &str = "default";
 pub const DEFAULT_MODEL_SPEC: &str = "llama:default";
@@ -524,7 +531,12 @@ pub fn check(
             Some("generate") | Some("critique") | Some("revise") => {
                 let is_critique = n.kind.as_ref().is_some_and(|k| k.value == "critique");
                 let call = n.call.as_ref().and_then(|c| {
-                    model_call(&mut cx, c, idx, &id, &label, &model_names, &models, true)
+                    let role = if is_critique {
+                        CallRole::Critique
+                    } else {
+                        CallRole::Generate
+                    };
+                    model_call(&mut cx, c, idx, &id, &label, &model_names, &models, role)
                 });
                 if let Some(call) = &call {
                     if is_critique && call.schema.is_none() {
@@ -948,6 +960,36 @@ pub fn check(
     })
 }
 
+/// What a model call is for; it decides the defaults of unset sampling keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CallRole {
+    /// generate, revise: some variety, the model's `max_tokens`.
+    Generate,
+    /// critique: structured feedback, little variety.
+    Critique,
+    /// a verify node's judge: deterministic, and only its first tokens are
+    /// read (Yes/No, or their logprobs).
+    Judge,
+}
+
+impl CallRole {
+    /// The temperature when the workflow sets none. Fixed here rather than
+    /// left to each backend (llama.cpp samples at 0.8, OpenAI at 1.0), so a
+    /// workflow behaves the same on every backend.
+    fn temperature(self) -> f32 {
+        match self {
+            CallRole::Generate => DEFAULT_TEMPERATURE,
+            CallRole::Critique => DEFAULT_CRITIQUE_TEMPERATURE,
+            CallRole::Judge => 0.0,
+        }
+    }
+
+    /// `max_tokens` when the workflow sets none (`None`: the model's).
+    fn max_tokens(self) -> Option<u32> {
+        (self == CallRole::Judge).then_some(DEFAULT_JUDGE_MAX_TOKENS)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn model_call(
     cx: &mut Ctx,
@@ -957,8 +999,9 @@ fn model_call(
     label: &str,
     model_names: &[&str],
     models: &[ModelDecl],
-    needs_prompt: bool,
+    role: CallRole,
 ) -> Option<ModelCall> {
+    let needs_prompt = role != CallRole::Judge;
     let model = match &c.model {
         Some(m) => {
             let found = model_names.iter().position(|n| *n == m.value);
@@ -1128,13 +1171,18 @@ fn model_call(
         prompt,
         system,
         sampling: Sampling {
-            temperature: s.temperature.as_ref().map(|t| t.value as f32),
+            temperature: Some(
+                s.temperature
+                    .as_ref()
+                    .map_or(role.temperature(), |t| t.value as f32),
+            ),
             top_p: s.top_p.as_ref().map(|t| t.value as f32),
             seed: s.seed,
             max_tokens: s
                 .max_tokens
                 .as_ref()
-                .map(|m| m.value.clamp(1, u32::MAX as u64) as u32),
+                .map(|m| m.value.clamp(1, u32::MAX as u64) as u32)
+                .or(role.max_tokens()),
             stop: s.stop.clone(),
         },
         n,
@@ -1201,7 +1249,7 @@ fn verify_check(
                 &format!("the judge of {label}"),
                 model_names,
                 models,
-                false,
+                CallRole::Judge,
             )
             .map(Check::Judge)
         }

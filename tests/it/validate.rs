@@ -312,3 +312,56 @@ fn a_workflow_without_models_gets_the_embedded_default() {
     .unwrap();
     assert!(wf.models.is_empty());
 }
+
+#[test]
+fn unset_sampling_keys_get_deliberate_defaults_per_role() {
+    use redraft::workflow::{Check, NodeKind};
+    let wf = crate::support::workflow(
+        r#"
+version: 1
+models:
+  m: scripted:../scripts/echo.yaml
+nodes:
+  - { id: draft, kind: generate, template: "Say hi." }
+  - id: judge
+    kind: verify
+    target: "{{ draft.text }}"
+    checks: [ { judge: {} } ]
+  - id: critique
+    kind: critique
+    template: "Critique {{ draft.text }}"
+    schema: { type: object, properties: { feedback: { type: string } } }
+  - { id: tuned, kind: generate, template: "x", sampling: { temperature: 1.3, max_tokens: 9 } }
+edges:
+  - { from: draft, to: judge }
+  - { from: judge, to: critique }
+  - { from: critique, to: tuned }
+output: draft
+"#,
+    );
+    let sampling = |i: usize| match &wf.nodes[i].kind {
+        NodeKind::Generate(c) | NodeKind::Critique(c) => c.sampling.clone(),
+        NodeKind::Verify(v) => match &v.checks[0] {
+            Check::Judge(c) => c.sampling.clone(),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{}", other.name()),
+    };
+    // generate: 0.7 and the model's max_tokens (None here).
+    assert_eq!(
+        (sampling(0).temperature, sampling(0).max_tokens),
+        (Some(0.7), None)
+    );
+    // A judge: deterministic, and only a few tokens (its first is what counts).
+    assert_eq!(
+        (sampling(1).temperature, sampling(1).max_tokens),
+        (Some(0.0), Some(16))
+    );
+    // critique: low variety.
+    assert_eq!(sampling(2).temperature, Some(0.2));
+    // Written values win.
+    assert_eq!(
+        (sampling(3).temperature, sampling(3).max_tokens),
+        (Some(1.3), Some(9))
+    );
+}
