@@ -197,16 +197,25 @@ fn validate_command(files: &[PathBuf], format: DiagnosticFormat) -> u8 {
         let reports: Vec<serde_json::Value> = files
             .iter()
             .map(|f| {
-                let diagnostics = match workflow::load(f) {
-                    Ok(_) => Vec::new(),
+                let (ok, diagnostics) = match workflow::load(f) {
+                    Ok(wf) => {
+                        let name = f.display().to_string();
+                        let warnings = wf.warnings.clone();
+                        let as_error = workflow::WorkflowError::Invalid {
+                            name,
+                            source_text: String::new(),
+                            diagnostics: warnings,
+                        };
+                        (true, as_error.to_json())
+                    }
                     Err(e) => {
                         code = EXIT_INVALID;
-                        e.to_json()
+                        (false, e.to_json())
                     }
                 };
                 serde_json::json!({
                     "file": f.display().to_string(),
-                    "ok": diagnostics.is_empty(),
+                    "ok": ok,
                     "diagnostics": diagnostics,
                 })
             })
@@ -217,7 +226,8 @@ fn validate_command(files: &[PathBuf], format: DiagnosticFormat) -> u8 {
     }
     for f in files {
         match workflow::load(f) {
-            Ok(_) => {
+            Ok(wf) => {
+                eprint!("{}", wf.warnings_rendered);
                 if !stdout(&format!("{}: ok\n", f.display())) {
                     break;
                 }
@@ -233,7 +243,12 @@ fn validate_command(files: &[PathBuf], format: DiagnosticFormat) -> u8 {
 
 fn run_command(args: RunArgs) -> u8 {
     let wf = match workflow::load(&args.file) {
-        Ok(wf) => Arc::new(wf),
+        Ok(wf) => {
+            if !args.quiet {
+                eprint!("{}", wf.warnings_rendered);
+            }
+            Arc::new(wf)
+        }
         Err(e) => {
             eprint!("{}", e.render());
             if args.json {

@@ -44,7 +44,12 @@ impl Diagnostic {
     /// Renders the diagnostic against the source it was found in.
     pub fn render(&self, path: &str, source: &str) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "error[{}]: {}", self.code.as_str(), self.message);
+        let level = if self.code.is_warning() {
+            "warning"
+        } else {
+            "error"
+        };
+        let _ = writeln!(out, "{level}[{}]: {}", self.code.as_str(), self.message);
         let line_no = self.span.line.max(1);
         let _ = writeln!(out, "  --> {}:{}:{}", path, line_no, self.span.col.max(1));
         if let Some(text) = source.lines().nth(line_no as usize - 1) {
@@ -93,8 +98,15 @@ pub fn render_all(diagnostics: &[Diagnostic], path: &str, source: &str) -> Strin
         out.push_str(&d.render(path, source));
         out.push('\n');
     }
-    let n = diagnostics.len();
-    let _ = writeln!(out, "{path}: {n} error{}", if n == 1 { "" } else { "s" });
+    let warnings = diagnostics.iter().filter(|d| d.code.is_warning()).count();
+    let errors = diagnostics.len() - warnings;
+    let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let summary = match (errors, warnings) {
+        (_, 0) => count(errors, "error"),
+        (0, _) => count(warnings, "warning"),
+        _ => format!("{}, {}", count(errors, "error"), count(warnings, "warning")),
+    };
+    let _ = writeln!(out, "{path}: {summary}");
     out
 }
 
@@ -112,6 +124,11 @@ macro_rules! codes {
                 match self { $(Code::$variant => $doc,)* }
             }
             pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+
+            /// `W…` codes are warnings: the workflow loads, and they are shown.
+            pub fn is_warning(self) -> bool {
+                self.as_str().starts_with('W')
+            }
         }
     };
 }
@@ -143,6 +160,7 @@ codes! {
     BadSchema = "E060": "an invalid JSON Schema",
     BadRegex = "E061": "an invalid regular expression",
     BadModelSpec = "E070": "a model spec string that cannot be parsed",
+    ReplyMayNotFit = "W001": "a structured reply whose schema allows (or requires) more than `max_tokens` can hold",
 }
 
 #[cfg(test)]

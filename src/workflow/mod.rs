@@ -63,6 +63,7 @@ impl WorkflowError {
                 "end_col": d.span.end_col.max(d.span.col.max(1)),
                 "label": d.label,
                 "help": d.help,
+                "severity": if d.code.is_warning() { "warning" } else { "error" },
             })
         };
         match self {
@@ -179,8 +180,14 @@ pub fn load_bytes(bytes: &[u8], name: &str, base_dir: &Path) -> Result<Workflow,
     };
     let mut reader = raw::Reader::default();
     let raw = reader.workflow(&tree);
-    validate::check(raw, base_dir, reader.diagnostics).map_err(|mut diagnostics| {
-        diagnostics.sort_by_key(|d| (d.span.line, d.span.col));
-        invalid(text.to_string(), diagnostics)
-    })
+    let mut wf =
+        validate::check(raw, base_dir, reader.diagnostics).map_err(|mut diagnostics| {
+            diagnostics.sort_by_key(|d| (d.span.line, d.span.col));
+            invalid(text.to_string(), diagnostics)
+        })?;
+    if !wf.warnings.is_empty() {
+        wf.warnings.sort_by_key(|d| (d.span.line, d.span.col));
+        wf.warnings_rendered = diagnostic::render_all(&wf.warnings, name, text);
+    }
+    Ok(wf)
 }

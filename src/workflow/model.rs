@@ -30,6 +30,10 @@ pub struct Workflow {
     pub output: OutputSpec,
     pub(crate) templates: Arc<Templates>,
     pub(crate) topology: Topology,
+    /// Problems that do not stop it from running (`W…` codes), and their
+    /// rendering against the source (empty when there are none).
+    pub warnings: Vec<crate::diagnostic::Diagnostic>,
+    pub warnings_rendered: String,
 }
 
 impl Workflow {

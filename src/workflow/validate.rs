@@ -936,9 +936,10 @@ pub fn check(
     }
 
     diags.append(&mut cx.diags);
-    if !diags.is_empty() {
+    if diags.iter().any(|d| !d.code.is_warning()) {
         return Err(diags);
     }
+    let warnings = diags;
     let nodes = nodes
         .into_iter()
         .collect::<Option<Vec<_>>>()
@@ -957,6 +958,8 @@ pub fn check(
         output: output.expect("no diagnostics means an output"),
         templates: Arc::new(cx.templates),
         topology,
+        warnings,
+        warnings_rendered: String::new(),
     })
 }
 
@@ -1164,6 +1167,17 @@ fn model_call(
         .schema
         .as_ref()
         .and_then(|(src, span)| compile_schema(cx, src, *span));
+    if let (Some(schema), Some(m), Some((_, span))) = (&schema, model, &c.schema) {
+        let max_tokens = s
+            .max_tokens
+            .as_ref()
+            .map(|m| m.value.min(u32::MAX as u64) as u32)
+            .or(role.max_tokens())
+            .unwrap_or(models[m].max_tokens);
+        if let Some(d) = reply_fit(&schema.source, max_tokens, *span, label) {
+            cx.err(d);
+        }
+    }
     let model = model?;
     let prompt = prompt?;
     Some(ModelCall {
@@ -1193,6 +1207,97 @@ fn model_call(
             .as_ref()
             .map_or(1, |r| r.value.min(5) as u32),
     })
+}
+
+/// Characters of the shortest and (if bounded) the longest JSON text a
+/// schema accepts, roughly: string lengths, numbers, nesting and keys.
+fn reply_chars(schema: &serde_json::Value) -> (usize, Option<usize>) {
+    let get = |k: &str| {
+        schema
+            .get(k)
+            .and_then(serde_json::Value::as_u64)
+            .map(|v| v as usize)
+    };
+    if let Some(options) = schema.get("enum").and_then(|e| e.as_array()) {
+        let lens = options.iter().map(|o| o.to_string().len());
+        return (lens.clone().min().unwrap_or(0), lens.max());
+    }
+    match schema.get("type").and_then(|t| t.as_str()) {
+        Some("string") => (
+            get("minLength").unwrap_or(0) + 2,
+            get("maxLength").map(|m| m + 2),
+        ),
+        Some("integer") | Some("number") => (1, Some(24)),
+        Some("boolean") => (4, Some(5)),
+        Some("null") => (4, Some(4)),
+        Some("array") => {
+            let (item_min, item_max) = schema.get("items").map_or((1, None), reply_chars);
+            let min = get("minItems").unwrap_or(0) * (item_min + 1) + 2;
+            let max = match (get("maxItems"), item_max) {
+                (Some(n), Some(m)) => Some(n * (m + 1) + 2),
+                _ => None,
+            };
+            (min, max)
+        }
+        Some("object") => {
+            let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+                return (2, None);
+            };
+            let required: Vec<&str> = schema
+                .get("required")
+                .and_then(|r| r.as_array())
+                .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            let (mut min, mut max) = (2, Some(2));
+            for (key, sub) in props {
+                let (lo, hi) = reply_chars(sub);
+                let entry = key.len() + 4; // "key": and a comma
+                if required.contains(&key.as_str()) {
+                    min += entry + lo;
+                }
+                max = max.zip(hi).map(|(a, b)| a + entry + b);
+            }
+            (min, max)
+        }
+        _ => (0, None),
+    }
+}
+
+/// A warning when a structured reply cannot, or may not, fit `max_tokens`:
+/// a reply cut at `max_tokens` is invalid JSON, and the node then fails
+/// after its repair attempts. Tokens are estimated from characters (JSON
+/// of short words and numbers: about 3 characters a token; at most 4).
+fn reply_fit(
+    schema: &serde_json::Value,
+    max_tokens: u32,
+    span: Span,
+    label: &str,
+) -> Option<Diagnostic> {
+    let (min, max) = reply_chars(schema);
+    let (message, help) = if min / 4 > max_tokens as usize {
+        (
+            format!(
+                "the shortest reply the schema of {label} accepts (~{} tokens) cannot fit its `max_tokens` ({max_tokens})",
+                min / 4
+            ),
+            "raise `max_tokens`, or lower the schema's `minLength`/`minItems`",
+        )
+    } else if let Some(max) = max.filter(|m| m / 3 > max_tokens as usize) {
+        (
+            format!(
+                "the longest reply the schema of {label} accepts (~{} tokens) may not fit its `max_tokens` ({max_tokens}); a reply cut short is invalid JSON",
+                max / 3
+            ),
+            "raise `max_tokens`, or bound the fields tighter (`maxLength`, `maxItems`)",
+        )
+    } else {
+        return None;
+    };
+    Some(
+        Diagnostic::new(Code::ReplyMayNotFit, span, message)
+            .label("schema and max_tokens disagree")
+            .help(help),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -565,3 +565,26 @@ fn the_documented_summary_is_the_printed_summary() {
     let printed: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(shape(&documented), shape(&printed));
 }
+
+#[test]
+fn warnings_are_shown_and_do_not_fail() {
+    let f = temp("warns.yaml");
+    let script = root().join("tests/fixtures/scripts/echo.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "version: 1\nmodels:\n  m: scripted:{}\nnodes:\n  - id: critique\n    kind: critique\n    template: Critique.\n    sampling: {{ max_tokens: 50 }}\n    schema: {{ type: object, properties: {{ feedback: {{ type: string, maxLength: 3000 }} }} }}\noutput: critique\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let o = redraft(&["validate", f.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).ends_with(": ok\n"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("warning[W001]"), "{}", stderr(&o));
+    let o = redraft(&["validate", "--format", "json", f.to_str().unwrap()]);
+    let reports: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(reports[0]["ok"], true);
+    assert_eq!(reports[0]["diagnostics"][0]["severity"], "warning");
+    assert_eq!(reports[0]["diagnostics"][0]["code"], "W001");
+}

@@ -365,3 +365,58 @@ output: draft
         (Some(1.3), Some(9))
     );
 }
+
+#[test]
+fn a_schema_that_cannot_fit_max_tokens_is_a_warning_not_an_error() {
+    let text = |max_length: u32, min_length: u32| {
+        format!(
+            r#"
+version: 1
+models:
+  m: scripted:../scripts/echo.yaml
+nodes:
+  - id: critique
+    kind: critique
+    template: "Critique."
+    sampling: {{ max_tokens: 100 }}
+    schema:
+      type: object
+      required: [feedback]
+      properties:
+        score: {{ type: integer }}
+        feedback: {{ type: string, minLength: {min_length}, maxLength: {max_length} }}
+output: critique
+"#
+        )
+    };
+    let base = fixtures().join("valid");
+    // Bounded well inside 100 tokens: nothing to say.
+    let wf = workflow::load_str(&text(200, 0), "fits.yaml", &base).unwrap();
+    assert!(wf.warnings.is_empty());
+    // Up to 2,000 characters: a reply may be cut at 100 tokens.
+    let wf = workflow::load_str(&text(2000, 0), "may.yaml", &base).unwrap();
+    assert_eq!(wf.warnings.len(), 1);
+    assert_eq!(wf.warnings[0].code, Code::ReplyMayNotFit);
+    assert!(
+        wf.warnings_rendered.contains("warning[W001]"),
+        "{}",
+        wf.warnings_rendered
+    );
+    assert!(
+        wf.warnings_rendered.contains("may not fit"),
+        "{}",
+        wf.warnings_rendered
+    );
+    assert!(
+        wf.warnings_rendered.contains("may.yaml: 1 warning"),
+        "{}",
+        wf.warnings_rendered
+    );
+    // At least 1,000 characters can never fit in 100 tokens.
+    let wf = workflow::load_str(&text(2000, 1000), "never.yaml", &base).unwrap();
+    assert!(
+        wf.warnings_rendered.contains("cannot fit"),
+        "{}",
+        wf.warnings_rendered
+    );
+}
