@@ -72,7 +72,10 @@ pub enum RunError {
     #[error("input `{name}`: {reason}")]
     Input { name: String, reason: String },
     #[error("model `{name}` could not be opened: {source}")]
-    Model { name: String, source: BackendError },
+    Model {
+        name: String,
+        source: Box<BackendError>,
+    },
     #[error("the workflow has no model `{name}` to override (models: {known})")]
     UnknownModel { name: String, known: String },
 }
@@ -223,7 +226,7 @@ impl Engine {
                     _ => crate::backend::open(spec, &m.settings, base).map_err(|source| {
                         RunError::Model {
                             name: m.name.clone(),
-                            source,
+                            source: Box::new(source),
                         }
                     })?,
                 };
