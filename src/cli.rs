@@ -102,6 +102,10 @@ pub struct RunArgs {
     /// Write every event as a JSON line to this file.
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
+    /// Put each call's rendered prompt and reply texts into its `model_call`
+    /// event (for debugging prompts; off by default; never API keys).
+    #[arg(long)]
+    pub log_content: bool,
     /// Record every model call into a cassette (JSONL) for `replay:FILE`.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
@@ -263,6 +267,7 @@ fn run_command(args: RunArgs) -> u8 {
             inputs: collect_inputs(&wf, &args)?,
             budget: parse_budgets(&args.budgets)?,
             review: args.review.as_deref().map(parse_review).transpose()?,
+            log_content: args.log_content,
             ..RunOptions::default()
         };
         let mut engine = Engine::new();

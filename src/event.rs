@@ -102,6 +102,13 @@ pub struct ModelCallEvent {
     pub outcome: CallOutcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The rendered messages (`[{role, content}]`) or texts to embed, with
+    /// `RunOptions::log_content` (`--log-content`) only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<serde_json::Value>,
+    /// The reply texts (one per sample), with `log_content` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Vec<String>>,
 }
 
 /// How a model call ended.

@@ -64,6 +64,10 @@ pub struct RunOptions {
     pub cancel: CancellationToken,
     /// Decisions for every `human_review` node, overriding the workflow's.
     pub review: Option<crate::workflow::ReviewDecisions>,
+    /// Put each call's rendered messages and reply texts into its
+    /// `model_call` event (`prompt`, `reply`). Off by default: prompts can
+    /// be large and hold user data. API keys are never part of them.
+    pub log_content: bool,
 }
 
 /// A run that could not start.
@@ -127,6 +131,7 @@ pub(crate) struct Shared {
     pub permits: tokio::sync::Semaphore,
     pub names: Arc<state::Names>,
     pub review: Option<crate::workflow::ReviewDecisions>,
+    pub log_content: bool,
     recorder: Arc<dyn Recorder>,
     tally: Mutex<Tally>,
 }
@@ -275,6 +280,7 @@ impl Engine {
             permits: tokio::sync::Semaphore::new(wf.concurrency),
             names,
             review: opts.review,
+            log_content: opts.log_content,
             recorder: self.recorder.clone(),
             tally: Mutex::new(Tally::default()),
             wf,

@@ -90,9 +90,19 @@ impl Metered<'_> {
             }
             Ok(c)
         };
-        self.account(&req.context, req.n, prompt_est, completion_max, fut, |c| {
-            (c.usage, c.usage_estimated)
-        })
+        let content = self.task.shared.log_content.then(|| Content {
+            prompt: serde_json::to_value(&req.messages).unwrap_or_default(),
+            reply: |c: &Completion| c.choices.iter().map(|ch| ch.text.clone()).collect(),
+        });
+        self.account(
+            &req.context,
+            req.n,
+            prompt_est,
+            completion_max,
+            fut,
+            content,
+            |c| (c.usage, c.usage_estimated),
+        )
         .await
     }
 
@@ -100,9 +110,19 @@ impl Metered<'_> {
     async fn metered_embed(&self, req: &EmbeddingRequest) -> Result<Embeddings, BackendError> {
         let worst: u64 = req.texts.iter().map(|t| t.len() as u64 + 1).sum();
         let fut = self.inner.embed(req);
-        self.account(&req.context, req.texts.len() as u32, worst, 0, fut, |e| {
-            (e.usage, false)
-        })
+        let content = self.task.shared.log_content.then(|| Content {
+            prompt: serde_json::json!(req.texts),
+            reply: |_: &Embeddings| Vec::new(),
+        });
+        self.account(
+            &req.context,
+            req.texts.len() as u32,
+            worst,
+            0,
+            fut,
+            content,
+            |e| (e.usage, false),
+        )
         .await
     }
 
@@ -121,6 +141,7 @@ impl Metered<'_> {
         prompt_est: u64,
         completion_max: u64,
         fut: impl std::future::Future<Output = Result<T, BackendError>>,
+        content: Option<Content<impl Fn(&T) -> Vec<String>>>,
         usage_of: impl Fn(&T) -> (Usage, bool),
     ) -> Result<T, BackendError> {
         let task = self.task;
@@ -162,8 +183,17 @@ impl Metered<'_> {
                 cost_usd: 0.0,
                 outcome: CallOutcome::Ok,
                 error: None,
+                prompt: None,
+                reply: None,
             }),
         };
+        let (prompt, reply_of) = match content {
+            Some(c) => (Some(c.prompt), Some(c.reply)),
+            None => (None, None),
+        };
+        if let Some(event) = call.event.as_mut() {
+            event.prompt = prompt;
+        }
         let mut fut = std::pin::pin!(fut);
         let sent = &call.sent;
         let tracked = std::future::poll_fn(|cx| {
@@ -184,6 +214,9 @@ impl Metered<'_> {
         match result {
             Ok(value) => {
                 let (usage, estimated) = usage_of(&value);
+                if let (Some(event), Some(reply_of)) = (call.event.as_mut(), &reply_of) {
+                    event.reply = Some(reply_of(&value));
+                }
                 call.finish(CallOutcome::Ok, usage, estimated, None);
                 Ok(value)
             }
@@ -200,6 +233,13 @@ impl Metered<'_> {
             }
         }
     }
+}
+
+/// What `log_content` adds to a call's event: the request as sent, and how
+/// to read the reply texts from its result.
+struct Content<R> {
+    prompt: serde_json::Value,
+    reply: R,
 }
 
 /// A call between its budget reservation and its settlement. Dropped

@@ -855,3 +855,48 @@ async fn a_call_that_fails_midway_keeps_its_usage() {
     );
     assert_eq!(s.budgets[0].spent.tokens, 142);
 }
+
+#[tokio::test]
+async fn prompts_and_replies_reach_the_log_only_when_asked() {
+    let calls = |events: &[Event]| -> Vec<ModelCallEvent> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ModelCall(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (_, events) = run(self_refine(), &shipped_script(), RunOptions::default()).await;
+    assert!(
+        calls(&events)
+            .iter()
+            .all(|c| c.prompt.is_none() && c.reply.is_none())
+    );
+    let opts = RunOptions {
+        log_content: true,
+        ..RunOptions::default()
+    };
+    let (_, events) = run(self_refine(), &shipped_script(), opts).await;
+    let calls = calls(&events);
+    let draft = &calls[0];
+    let prompt = draft.prompt.as_ref().unwrap();
+    assert_eq!(prompt[0]["role"], "user");
+    assert!(
+        prompt[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Write a haiku about refactoring code"),
+        "{prompt}"
+    );
+    assert_eq!(
+        draft.reply.as_deref().unwrap(),
+        ["Old functions untangle,\nnames grow clear as morning light,\nthe code breathes again."]
+    );
+    // In the JSON log line too.
+    let line = serde_json::to_value(Event::ModelCall(draft.clone())).unwrap();
+    assert!(
+        line["prompt"].is_array() && line["reply"].is_array(),
+        "{line}"
+    );
+}

@@ -516,6 +516,7 @@ async fn the_api_key_never_leaves_the_authorization_header() {
         "--json",
         "--log",
         log.to_str().unwrap(),
+        "--log-content",
         "--record",
         cassette.to_str().unwrap(),
         "--model",
