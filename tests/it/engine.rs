@@ -900,3 +900,30 @@ async fn prompts_and_replies_reach_the_log_only_when_asked() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn the_judged_self_refine_follows_its_task() {
+    let wf = load(&root().join("workflows/self-refine-judged.yaml"));
+    let script =
+        std::fs::read_to_string(root().join("workflows/replies/self-refine-judged.yaml")).unwrap();
+    let (s, events) = run(wf, &script, RunOptions::default()).await;
+    assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
+    assert_eq!(s.verified, Some(true));
+    assert_eq!(s.output_source.as_ref().unwrap().node, "revise");
+    // The judge read the task it was given, and its confidence came from logprobs.
+    let judged: Vec<(bool, f64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Verdict {
+                passed,
+                score,
+                confidence_source: Some("logprobs"),
+                ..
+            } => Some((*passed, *score)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(judged.len(), 2);
+    assert!(!judged[0].0 && judged[1].0, "{judged:?}");
+    assert!(judged[1].1 > 0.9, "{judged:?}");
+}
