@@ -49,6 +49,10 @@ pub struct RoundRecord {
     #[serde(skip)]
     pub config: Option<u64>,
     pub win: bool,
+    /// The verdict's score in this round (the last verdict, for a round with
+    /// several): a verifier's mean over its checks, a judge's confidence, a
+    /// test pass rate. `None` when no verdict was given.
+    pub score: Option<f64>,
     pub tokens: u64,
 }
 
@@ -228,6 +232,7 @@ mod tests {
         spec.iter()
             .enumerate()
             .map(|(i, &(config, win, tokens))| RoundRecord {
+                score: None,
                 round: i as u32 + 1,
                 config: Some(config),
                 win,

@@ -58,6 +58,7 @@ struct LoopRt {
     round_tokens: u64,
     round_config: Option<u64>,
     round_win: bool,
+    round_score: Option<f64>,
     best_score: Option<f64>,
     stale: u32,
 }
@@ -70,6 +71,7 @@ impl LoopRt {
             round: self.round,
             config: self.round_config.or(latest),
             win: self.round_win,
+            score: self.round_score,
             tokens: self.round_tokens,
         });
     }
@@ -381,6 +383,7 @@ impl Run {
             for &li in &wf.topology.loops_of[node] {
                 let l = &mut self.loops[li];
                 l.round_win |= passed;
+                l.round_score = Some(score);
                 l.round_config = config.or(l.round_config);
             }
         }
@@ -552,6 +555,7 @@ impl Run {
         l.round_tokens = 0;
         l.round_config = None;
         l.round_win = false;
+        l.round_score = None;
         let round = l.round;
         for &b in &spec.body {
             self.status[b] = St::Pending;

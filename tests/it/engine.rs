@@ -44,6 +44,10 @@ async fn self_refine_runs_until_the_verifier_passes() {
         (l.rounds, l.stop_reason, l.changes, l.wins),
         (3, StopReason::Exited, 2, 1)
     );
+    // Each round's verdict score, not only win or lose: one of the two
+    // checks passed in rounds 1 and 2, both in round 3.
+    let scores: Vec<Option<f64>> = l.per_round.iter().map(|r| r.score).collect();
+    assert_eq!(scores, [Some(0.5), Some(0.5), Some(1.0)]);
     // Calls and tokens in the summary equal the sum over model-call events.
     let calls: Vec<_> = events
         .iter()
