@@ -94,16 +94,14 @@ impl Metered<'_> {
             prompt: serde_json::to_value(&req.messages).unwrap_or_default(),
             reply: |c: &Completion| c.choices.iter().map(|ch| ch.text.clone()).collect(),
         });
-        self.account(
-            &req.context,
-            req.n,
+        let shape = Shape {
+            context: &req.context,
+            n: req.n,
             prompt_est,
             completion_max,
-            fut,
-            content,
-            |c| (c.usage, c.usage_estimated),
-        )
-        .await
+        };
+        self.account(shape, fut, content, |c| (c.usage, c.usage_estimated))
+            .await
     }
 
     /// Embeddings cost their input tokens; the worst case is one token per byte.
@@ -114,16 +112,14 @@ impl Metered<'_> {
             prompt: serde_json::json!(req.texts),
             reply: |_: &Embeddings| Vec::new(),
         });
-        self.account(
-            &req.context,
-            req.texts.len() as u32,
-            worst,
-            0,
-            fut,
-            content,
-            |e| (e.usage, false),
-        )
-        .await
+        let shape = Shape {
+            context: &req.context,
+            n: req.texts.len() as u32,
+            prompt_est: worst,
+            completion_max: 0,
+        };
+        self.account(shape, fut, content, |e| (e.usage, false))
+            .await
     }
 
     /// Reserves the worst case in every budget scope, runs the call within
@@ -136,10 +132,12 @@ impl Metered<'_> {
     /// server never answered, and a `model_call` event says how it ended.
     async fn account<T>(
         &self,
-        context: &CallContext,
-        n: u32,
-        prompt_est: u64,
-        completion_max: u64,
+        Shape {
+            context,
+            n,
+            prompt_est,
+            completion_max,
+        }: Shape<'_>,
         fut: impl std::future::Future<Output = Result<T, BackendError>>,
         content: Option<Content<impl Fn(&T) -> Vec<String>>>,
         usage_of: impl Fn(&T) -> (Usage, bool),
@@ -233,6 +231,16 @@ impl Metered<'_> {
             }
         }
     }
+}
+
+/// What a call asks for, for its budget reservation and its event: `n`
+/// replies (or texts embedded), the prompt's estimated tokens and the most
+/// tokens it may generate.
+struct Shape<'a> {
+    context: &'a CallContext,
+    n: u32,
+    prompt_est: u64,
+    completion_max: u64,
 }
 
 /// What `log_content` adds to a call's event: the request as sent, and how
