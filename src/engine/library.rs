@@ -465,7 +465,7 @@ impl Task {
         &self.shared.wf.nodes[node].id
     }
 
-    fn data_error(&self, message: String) -> NodeError {
+    pub(super) fn data_error(&self, message: String) -> NodeError {
         NodeError::Data(format!("`{}`: {message}", self.id()))
     }
 

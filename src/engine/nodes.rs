@@ -348,6 +348,8 @@ struct Reply {
     texts: Vec<String>,
     data: Option<serde_json::Value>,
     finish: FinishReason,
+    /// The messages sent and the (first) reply.
+    conversation: Vec<Message>,
 }
 
 impl Task {
@@ -370,16 +372,19 @@ impl Task {
         let spec = &wf.nodes[self.node];
         match &spec.kind {
             NodeKind::Generate(call) | NodeKind::Critique(call) => {
-                let (reply, tokens) = self.model_node(call).await?;
-                Ok(NodeOutput::new(self.model_output(reply, None), tokens))
+                let (mut reply, tokens) = self.model_node(call).await?;
+                let conversation = std::mem::take(&mut reply.conversation);
+                Ok(NodeOutput::new(self.model_output(reply, None), tokens)
+                    .with_conversation(conversation))
             }
             NodeKind::Revise(call) => {
-                let (reply, tokens) = self.model_node(call).await?;
+                let (mut reply, tokens) = self.model_node(call).await?;
                 let changed = self.artifact_text.as_deref() != Some(reply.texts[0].as_str());
-                Ok(NodeOutput::new(
-                    self.model_output(reply, Some(changed)),
-                    tokens,
-                ))
+                let conversation = std::mem::take(&mut reply.conversation);
+                Ok(
+                    NodeOutput::new(self.model_output(reply, Some(changed)), tokens)
+                        .with_conversation(conversation),
+                )
             }
             NodeKind::Verify(v) => self.verify(v).await,
             NodeKind::Select(s) => self.select(s),
@@ -421,10 +426,24 @@ impl Task {
     }
 
     /// Renders the messages of a model call.
+    /// Renders the messages of a model call: its system and prompt, or, for
+    /// a call that `continue`s another node's conversation, that
+    /// conversation (messages and reply) and the prompt as the next turn.
     fn messages(&self, call: &ModelCall, scope: &Value) -> Result<Vec<Message>, NodeError> {
         let t = &self.shared.wf.templates;
-        let mut messages = Vec::with_capacity(2);
-        if let Some(system) = &call.system {
+        let mut messages = match call.continues {
+            Some(from) => match &self.data.conversations[from] {
+                Some(earlier) => earlier.as_ref().clone(),
+                None => {
+                    return Err(self.data_error(format!(
+                        "continues the conversation of `{}`, which has not run",
+                        self.shared.wf.nodes[from].id
+                    )));
+                }
+            },
+            None => Vec::with_capacity(2),
+        };
+        if let (Some(system), None) = (&call.system, call.continues) {
             messages.push(Message::system(t.render(system, scope)?));
         }
         messages.push(Message::user(t.render(&call.prompt, scope)?));
@@ -443,9 +462,15 @@ impl Task {
             tokens += completion.usage.total();
             let finish = completion.choices[0].finish;
             let texts: Vec<String> = completion.choices.into_iter().map(|c| c.text).collect();
+            let conversation = || {
+                let mut all = messages.clone();
+                all.push(Message::assistant(texts[0].clone()));
+                all
+            };
             let Some(schema) = &call.schema else {
                 return Ok((
                     Reply {
+                        conversation: conversation(),
                         texts,
                         data: None,
                         finish,
@@ -457,6 +482,7 @@ impl Task {
                 Ok(data) => {
                     return Ok((
                         Reply {
+                            conversation: conversation(),
                             texts,
                             data: Some(data),
                             finish,

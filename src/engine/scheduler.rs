@@ -213,6 +213,11 @@ impl Run {
                 .iter()
                 .map(|o| o.as_ref().map(|o| o.value.clone()))
                 .collect(),
+            conversations: self
+                .outputs
+                .iter()
+                .map(|o| o.as_ref().and_then(|o| o.conversation.clone()))
+                .collect(),
             history: self.history.clone(),
             artifact: self.candidates.last().map(|c| c.output.value.clone()),
         });

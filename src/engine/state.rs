@@ -21,6 +21,9 @@ pub struct NodeOutput {
     pub text: Option<String>,
     /// Tokens spent producing it (for per-round accounting).
     pub tokens: u64,
+    /// A model node's conversation: the messages it sent and its reply, for
+    /// nodes that `continue` it.
+    pub conversation: Option<Arc<Vec<crate::backend::Message>>>,
 }
 
 impl NodeOutput {
@@ -39,7 +42,14 @@ impl NodeOutput {
             value,
             text,
             tokens,
+            conversation: None,
         }
+    }
+
+    /// Keeps the conversation that produced this output.
+    pub fn with_conversation(mut self, messages: Vec<crate::backend::Message>) -> NodeOutput {
+        self.conversation = Some(Arc::new(messages));
+        self
     }
 }
 
@@ -56,6 +66,8 @@ pub struct ScopeData {
     pub names: Arc<Names>,
     pub inputs: Value,
     pub outputs: Vec<Option<Value>>,
+    /// The latest conversation of each model node (see `continue`).
+    pub conversations: Vec<Option<Arc<Vec<crate::backend::Message>>>>,
     /// Earlier outputs of each node, oldest first.
     pub history: Vec<Value>,
     pub artifact: Option<Value>,

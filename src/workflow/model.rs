@@ -295,6 +295,9 @@ pub struct ModelCall {
     /// Extra attempts when the reply does not satisfy the schema; the parse
     /// error is fed back to the model on each.
     pub repair_attempts: u32,
+    /// A model node whose conversation (messages and reply) this call
+    /// continues: the prompt is sent as the next user turn.
+    pub continues: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

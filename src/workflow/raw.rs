@@ -55,6 +55,7 @@ pub const MODEL_CALL_KEYS: &[&str] = &[
     "logprobs",
     "schema",
     "repair_attempts",
+    "continue",
 ];
 pub const VERIFY_KEYS: &[&str] = &["target", "checks"];
 pub const SELECT_KEYS: &[&str] = &["from", "by", "order"];
@@ -87,7 +88,7 @@ pub const SAMPLING_KEYS: &[&str] = &["temperature", "top_p", "seed", "max_tokens
 pub const CHECK_KINDS: &[&str] = &["exact", "regex", "numeric", "json_schema", "judge"];
 pub const CHECK_OPTION_KEYS: &[&str] = &["ignore_case", "tolerance"];
 pub const JUDGE_KEYS: &[&str] = &[
-    "model", "prompt", "template", "system", "sampling", "logprobs",
+    "model", "prompt", "template", "system", "sampling", "logprobs", "continue",
 ];
 pub const EDGE_KEYS: &[&str] = &["from", "to", "when"];
 pub const LOOP_KEYS: &[&str] = &[
@@ -186,6 +187,8 @@ pub struct RawCall {
     pub logprobs: Option<Spanned<u64>>,
     pub schema: Option<(serde_json::Value, Span)>,
     pub repair_attempts: Option<Spanned<u64>>,
+    /// `continue: NODE`: carry on that node's conversation.
+    pub continues: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -845,6 +848,7 @@ impl Reader {
             c.sampling = self.sampling(s);
         }
         c.logprobs = f.get("logprobs").and_then(|n| self.uint(n, "`logprobs`"));
+        c.continues = f.get("continue").and_then(|n| self.string(n, "`continue`"));
         if node_level {
             c.n = f.get("n").and_then(|n| self.uint(n, "`n`"));
             c.schema = f.get("schema").map(|n| (n.to_json(), n.span));

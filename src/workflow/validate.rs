@@ -873,6 +873,8 @@ pub fn check(
         }
     };
 
+    conversation_checks(&mut cx, &raw, &mut nodes, &node_ids, &edges, &resolve);
+
     // Graph, variable and budget checks run on whatever resolved: a name
     // that did not resolve is reported once and hides no other problem.
     let mut topology = Topology::default();
@@ -1206,7 +1208,128 @@ fn model_call(
             .repair_attempts
             .as_ref()
             .map_or(1, |r| r.value.min(5) as u32),
+        // Resolved by `conversation_checks`, once every node is known.
+        continues: None,
     })
+}
+
+/// Looks a node name up, reporting an unknown one (`what` names the key).
+type Resolve<'a> = dyn Fn(&mut Ctx, &Spanned<String>, &str) -> Option<usize> + 'a;
+
+/// `continue: NODE` on a model call: resolves the node and checks that its
+/// conversation exists when the call is made (a generate, critique or
+/// revise node upstream by forward edges) and that the call does not also
+/// set a `system` message (the conversation has its own).
+fn conversation_checks(
+    cx: &mut Ctx,
+    raw: &RawWorkflow,
+    nodes: &mut [Option<NodeSpec>],
+    ids: &[String],
+    edges: &[Edge],
+    resolve: &Resolve<'_>,
+) {
+    let mut preds: Vec<Vec<usize>> = vec![Vec::new(); ids.len()];
+    for e in edges {
+        preds[e.to].push(e.from);
+    }
+    let upstream = |node: usize| {
+        let mut seen = HashSet::new();
+        let mut stack = preds[node].clone();
+        while let Some(x) = stack.pop() {
+            if seen.insert(x) {
+                stack.extend(preds[x].iter().copied());
+            }
+        }
+        seen
+    };
+    for (idx, n) in raw.nodes.iter().enumerate() {
+        let judges = n
+            .checks
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(ci, c)| match c {
+                RawCheck::Judge(call) => Some((Some(ci), &**call)),
+                _ => None,
+            });
+        let calls: Vec<(Option<usize>, &RawCall)> =
+            n.call.iter().map(|c| (None, c)).chain(judges).collect();
+        for (check, call) in calls {
+            let Some(name) = &call.continues else {
+                continue;
+            };
+            let Some(from) = resolve(cx, name, "`continue`") else {
+                continue;
+            };
+            let reader = &ids[idx];
+            let is_model = matches!(
+                nodes[from].as_ref().map(|s| &s.kind),
+                Some(NodeKind::Generate(_) | NodeKind::Critique(_) | NodeKind::Revise(_))
+            );
+            let problem = if from == idx {
+                Some((
+                    "a node cannot continue its own conversation".to_string(),
+                    "continue an upstream node's",
+                ))
+            } else if nodes[from].is_some() && !is_model {
+                Some((
+                    format!(
+                        "`{}` is not a generate, critique or revise node: it has no conversation",
+                        ids[from]
+                    ),
+                    "continue a model node",
+                ))
+            } else if !upstream(idx).contains(&from) {
+                Some((
+                    format!(
+                        "`{reader}` can run before `{}`, whose conversation it continues",
+                        ids[from]
+                    ),
+                    "add an edge path from it, so its conversation exists",
+                ))
+            } else if let Some(system) = &call.system {
+                cx.err(
+                    Diagnostic::new(
+                        Code::InvalidValue,
+                        system.span,
+                        format!(
+                            "`{reader}` continues `{}`'s conversation and also sets `system`",
+                            ids[from]
+                        ),
+                    )
+                    .label("a continued conversation keeps its own system message")
+                    .help("remove `system`, or do not `continue`"),
+                );
+                None
+            } else {
+                None
+            };
+            if let Some((message, help)) = problem {
+                cx.err(
+                    Diagnostic::new(Code::InvalidValue, name.span, message)
+                        .label("no conversation to continue here")
+                        .help(help),
+                );
+                continue;
+            }
+            let Some(spec) = nodes[idx].as_mut() else {
+                continue;
+            };
+            let target = match (&mut spec.kind, check) {
+                (NodeKind::Generate(c) | NodeKind::Critique(c) | NodeKind::Revise(c), None) => {
+                    Some(c)
+                }
+                (NodeKind::Verify(v), Some(ci)) => match v.checks.get_mut(ci) {
+                    Some(Check::Judge(c)) => Some(c),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(c) = target {
+                c.continues = Some(from);
+            }
+        }
+    }
 }
 
 /// Characters of the shortest and (if bounded) the longest JSON text a

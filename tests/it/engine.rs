@@ -931,3 +931,66 @@ async fn the_judged_self_refine_follows_its_task() {
     assert!(!judged[0].0 && judged[1].0, "{judged:?}");
     assert!(judged[1].1 > 0.9, "{judged:?}");
 }
+
+#[tokio::test]
+async fn a_judge_can_continue_the_drafts_conversation() {
+    let wf = workflow(
+        r#"
+version: 1
+models:
+  m: scripted:unused.yaml
+inputs:
+  task: string
+nodes:
+  - { id: draft, kind: generate, system: "You solve problems.", template: "Solve: {{ task }}" }
+  - id: check
+    kind: verify
+    target: "{{ draft.text }}"
+    checks:
+      - judge: { continue: draft, template: "Is the solution above correct? Answer Yes or No.", logprobs: 2 }
+edges: [{ from: draft, to: check }]
+output: draft
+"#,
+    );
+    let script = r#"
+replies:
+  - { node: draft, text: "x = 4" }
+  - node: check
+    prompt: 'Solve: 2x = 8(?s).*x = 4.*correct\?'
+    text: "Yes"
+"#;
+    let opts = RunOptions {
+        inputs: serde_json::json!({ "task": "2x = 8" })
+            .as_object()
+            .unwrap()
+            .clone(),
+        log_content: true,
+        ..RunOptions::default()
+    };
+    let (s, events) = run(wf, script, opts).await;
+    assert_eq!(s.verified, Some(true), "{:?}", s.error);
+    let judge = events
+        .iter()
+        .find_map(|e| match e {
+            Event::ModelCall(c) if c.node == "check" => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap();
+    // The draft's system and prompt, its reply, then the judge's question.
+    let prompt = judge.prompt.unwrap();
+    let turns: Vec<(&str, &str)> = prompt
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        turns,
+        [
+            ("system", "You solve problems."),
+            ("user", "Solve: 2x = 8"),
+            ("assistant", "x = 4"),
+            ("user", "Is the solution above correct? Answer Yes or No."),
+        ]
+    );
+}
