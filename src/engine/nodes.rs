@@ -24,7 +24,7 @@ use crate::event::{CallOutcome, Event, ModelCallEvent};
 use crate::layer::{Retry, Timeout};
 use crate::modeljson;
 use crate::workflow::{
-    Check, ModelCall, NodeKind, Order, Schema, SelectSpec, VerifySpec, VoteSpec,
+    Check, Continue, ModelCall, NodeKind, Order, Schema, SelectSpec, VerifySpec, VoteSpec,
 };
 use futures_util::future::BoxFuture;
 
@@ -431,16 +431,21 @@ impl Task {
     /// conversation (messages and reply) and the prompt as the next turn.
     fn messages(&self, call: &ModelCall, scope: &Value) -> Result<Vec<Message>, NodeError> {
         let t = &self.shared.wf.templates;
-        let mut messages = match call.continues {
-            Some(from) => match &self.data.conversations[from] {
-                Some(earlier) => earlier.as_ref().clone(),
-                None => {
-                    return Err(self.data_error(format!(
-                        "continues the conversation of `{}`, which has not run",
-                        self.shared.wf.nodes[from].id
-                    )));
-                }
-            },
+        let earlier = match call.continues {
+            Some(Continue::Node(from)) => Some((
+                &self.data.conversations[from],
+                self.shared.wf.nodes[from].id.as_str(),
+            )),
+            Some(Continue::Artifact) => Some((&self.data.artifact_conversation, "artifact")),
+            None => None,
+        };
+        let mut messages = match earlier {
+            Some((Some(conversation), _)) => conversation.as_ref().clone(),
+            Some((None, whose)) => {
+                return Err(self.data_error(format!(
+                    "continues the conversation of `{whose}`, but no model node has produced it yet"
+                )));
+            }
             None => Vec::with_capacity(2),
         };
         if let (Some(system), None) = (&call.system, call.continues) {

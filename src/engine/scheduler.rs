@@ -220,6 +220,10 @@ impl Run {
                 .collect(),
             history: self.history.clone(),
             artifact: self.candidates.last().map(|c| c.output.value.clone()),
+            artifact_conversation: self
+                .candidates
+                .last()
+                .and_then(|c| c.output.conversation.clone()),
         });
         self.snapshot = Some(d.clone());
         d

@@ -71,6 +71,8 @@ pub struct ScopeData {
     /// Earlier outputs of each node, oldest first.
     pub history: Vec<Value>,
     pub artifact: Option<Value>,
+    /// The conversation that produced the artifact, if a model node did.
+    pub artifact_conversation: Option<Arc<Vec<crate::backend::Message>>>,
 }
 
 /// What one node (or condition) sees.

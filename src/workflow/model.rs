@@ -295,9 +295,19 @@ pub struct ModelCall {
     /// Extra attempts when the reply does not satisfy the schema; the parse
     /// error is fed back to the model on each.
     pub repair_attempts: u32,
-    /// A model node whose conversation (messages and reply) this call
-    /// continues: the prompt is sent as the next user turn.
-    pub continues: Option<usize>,
+    /// The conversation (messages and reply) this call continues: the
+    /// prompt is sent as the next user turn.
+    pub continues: Option<Continue>,
+}
+
+/// Whose conversation a call continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continue {
+    /// That model node's latest.
+    Node(usize),
+    /// The one that produced the current artifact (the latest output
+    /// candidate): in a loop, the draft's in round 1 and then the revision's.
+    Artifact,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -1258,10 +1258,35 @@ fn conversation_checks(
             let Some(name) = &call.continues else {
                 continue;
             };
+            let reader = &ids[idx];
+            if name.value == "artifact" {
+                // Defined where `artifact` is: the variable checks hold it to
+                // the same rule as reading `{{ artifact }}`.
+                cx.pending_vars.push(VarCheck {
+                    source: VarSource::Expression("artifact".into()),
+                    node: idx,
+                    span: name.span,
+                    extra: &[],
+                    what: "`continue: artifact`".into(),
+                });
+                if let Some(system) = &call.system {
+                    cx.err(
+                        Diagnostic::new(
+                            Code::InvalidValue,
+                            system.span,
+                            format!("`{reader}` continues the artifact's conversation and also sets `system`"),
+                        )
+                        .label("a continued conversation keeps its own system message")
+                        .help("remove `system`, or do not `continue`"),
+                    );
+                } else {
+                    set_continue(nodes, idx, check, Continue::Artifact);
+                }
+                continue;
+            }
             let Some(from) = resolve(cx, name, "`continue`") else {
                 continue;
             };
-            let reader = &ids[idx];
             let is_model = matches!(
                 nodes[from].as_ref().map(|s| &s.kind),
                 Some(NodeKind::Generate(_) | NodeKind::Critique(_) | NodeKind::Revise(_))
@@ -1312,23 +1337,27 @@ fn conversation_checks(
                 );
                 continue;
             }
-            let Some(spec) = nodes[idx].as_mut() else {
-                continue;
-            };
-            let target = match (&mut spec.kind, check) {
-                (NodeKind::Generate(c) | NodeKind::Critique(c) | NodeKind::Revise(c), None) => {
-                    Some(c)
-                }
-                (NodeKind::Verify(v), Some(ci)) => match v.checks.get_mut(ci) {
-                    Some(Check::Judge(c)) => Some(c),
-                    _ => None,
-                },
-                _ => None,
-            };
-            if let Some(c) = target {
-                c.continues = Some(from);
-            }
+            set_continue(nodes, idx, check, Continue::Node(from));
         }
+    }
+}
+
+/// Sets the resolved `continue` on node `idx`'s own call, or on its judge
+/// check `check`.
+fn set_continue(nodes: &mut [Option<NodeSpec>], idx: usize, check: Option<usize>, to: Continue) {
+    let Some(spec) = nodes[idx].as_mut() else {
+        return;
+    };
+    let call = match (&mut spec.kind, check) {
+        (NodeKind::Generate(c) | NodeKind::Critique(c) | NodeKind::Revise(c), None) => Some(c),
+        (NodeKind::Verify(v), Some(ci)) => match v.checks.get_mut(ci) {
+            Some(Check::Judge(c)) => Some(c),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(c) = call {
+        c.continues = Some(to);
     }
 }
 

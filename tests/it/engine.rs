@@ -994,3 +994,60 @@ replies:
         ]
     );
 }
+
+#[tokio::test]
+async fn a_judge_continuing_the_artifact_follows_the_latest_revision() {
+    let wf = workflow(
+        r#"
+version: 1
+models:
+  m: scripted:unused.yaml
+nodes:
+  - { id: draft, kind: generate, template: "Solve 2x = 8." }
+  - id: check
+    kind: verify
+    checks:
+      - judge: { continue: artifact, template: "Is the solution above correct? Answer Yes or No." }
+  - { id: revise, kind: revise, template: "Try again." }
+edges:
+  - { from: draft, to: check }
+  - { from: check, to: revise, when: "not check.passed" }
+loops:
+  - { id: refine, from: revise, to: check, max_rounds: 2 }
+output: { from: [draft, revise] }
+"#,
+    );
+    let script = r#"
+replies:
+  - { node: draft, text: "x = 3" }
+  - { node: check, round: 1, text: "No" }
+  - { node: revise, text: "x = 4" }
+  - { node: check, round: 2, text: "Yes" }
+"#;
+    let opts = RunOptions {
+        log_content: true,
+        ..RunOptions::default()
+    };
+    let (s, events) = run(wf, script, opts).await;
+    assert_eq!(s.verified, Some(true), "{:?}", s.error);
+    let judged: Vec<Vec<String>> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ModelCall(c) if c.node == "check" => Some(
+                c.prompt
+                    .as_ref()
+                    .unwrap()
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["content"].as_str().unwrap().to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect();
+    let q = "Is the solution above correct? Answer Yes or No.";
+    // Round 1 continues the draft's conversation, round 2 the revision's.
+    assert_eq!(judged[0], ["Solve 2x = 8.", "x = 3", q]);
+    assert_eq!(judged[1], ["Try again.", "x = 4", q]);
+}
