@@ -59,6 +59,9 @@ struct LoopRt {
     round_config: Option<u64>,
     round_win: bool,
     round_score: Option<f64>,
+    /// The round's win by the loop's `metrics.gold`, when it has one (the
+    /// verifier's `round_win` still decides how the loop stops).
+    round_gold_win: Option<bool>,
     best_score: Option<f64>,
     stale: u32,
 }
@@ -70,7 +73,7 @@ impl LoopRt {
         self.records.push(RoundRecord {
             round: self.round,
             config: self.round_config.or(latest),
-            win: self.round_win,
+            win: self.round_gold_win.unwrap_or(self.round_win),
             score: self.round_score,
             tokens: self.round_tokens,
         });
@@ -389,9 +392,33 @@ impl Run {
                 c.score = Some(score);
                 hash_text(c.output.text.as_deref())
             });
+            let judged = self.candidates.last().and_then(|c| c.output.text.clone());
             for &li in &wf.topology.loops_of[node] {
+                let metrics = &wf.loops[li].metrics;
+                let answer = judged
+                    .as_deref()
+                    .map(|t| answer_of(metrics.answer.as_ref(), t));
+                let config = match (&metrics.answer, &answer) {
+                    (Some(_), Some(a)) => Some(hash_text(Some(a))),
+                    _ => config,
+                };
+                let gold_win = match (&metrics.gold, &answer) {
+                    (Some(gold), Some(a)) => {
+                        let scope = self.scope(node);
+                        Some(
+                            wf.templates
+                                .render(gold, &scope)
+                                .is_ok_and(|g| same_answer(a, &g)),
+                        )
+                    }
+                    (Some(_), None) => Some(false),
+                    _ => None,
+                };
                 let l = &mut self.loops[li];
                 l.round_win |= passed;
+                if let Some(w) = gold_win {
+                    l.round_gold_win = Some(l.round_gold_win.unwrap_or(false) || w);
+                }
                 l.round_score = Some(score);
                 l.round_config = config.or(l.round_config);
             }
@@ -565,6 +592,7 @@ impl Run {
         l.round_config = None;
         l.round_win = false;
         l.round_score = None;
+        l.round_gold_win = None;
         let round = l.round;
         for &b in &spec.body {
             self.status[b] = St::Pending;
@@ -720,6 +748,28 @@ impl Run {
             summary: summary.clone(),
         });
         Arc::try_unwrap(summary).unwrap_or_else(|shared| (*shared).clone())
+    }
+}
+
+/// The final answer in `text`: the first capture group (or the whole
+/// match) of `pattern`'s last match, trimmed; the whole text without one.
+fn answer_of(pattern: Option<&regex::Regex>, text: &str) -> String {
+    let Some(re) = pattern else {
+        return text.trim().to_string();
+    };
+    re.captures_iter(text)
+        .last()
+        .and_then(|c| c.get(1).or_else(|| c.get(0)))
+        .map_or(String::new(), |m| m.as_str().trim().to_string())
+}
+
+/// Answers compare as numbers when both are numbers (commas ignored), else
+/// as trimmed text.
+fn same_answer(a: &str, b: &str) -> bool {
+    let num = |s: &str| s.trim().replace(',', "").parse::<f64>().ok();
+    match (num(a), num(b)) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => !a.trim().is_empty() && a.trim() == b.trim(),
     }
 }
 

@@ -589,8 +589,22 @@ pub struct LoopSpec {
     /// A soft per-round token target: not enforced, measured by the
     /// over-budget ratio.
     pub round_tokens: Option<u64>,
+    /// How the loop metrics judge a round, when the workflow says.
+    pub metrics: LoopMetrics,
     /// Nodes of the body (computed): on a path from the head to `from`.
     pub body: Vec<usize>,
+}
+
+/// What loop metrics measure a round by, apart from the verifier that
+/// steers the loop.
+#[derive(Debug, Clone, Default)]
+pub struct LoopMetrics {
+    /// The final answer in a candidate's text (first capture group, or the
+    /// whole match): a change is a change of this, not any rewording.
+    pub answer: Option<regex::Regex>,
+    /// Template name of the right answer (e.g. from an input): a win is a
+    /// round whose answer equals it (numbers compared as numbers).
+    pub gold: Option<String>,
 }
 
 /// Stop when the score has not improved by more than `min_delta` over the

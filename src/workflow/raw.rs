@@ -100,7 +100,9 @@ pub const LOOP_KEYS: &[&str] = &[
     "converge",
     "budget",
     "round_tokens",
+    "metrics",
 ];
+pub const METRICS_KEYS: &[&str] = &["answer", "gold"];
 pub const CONVERGE_KEYS: &[&str] = &["score", "patience", "min_delta"];
 pub const OUTPUT_KEYS: &[&str] = &["from", "field", "select"];
 
@@ -234,6 +236,9 @@ pub struct RawLoop {
     pub converge: Option<RawConverge>,
     pub budget: Option<RawBudget>,
     pub round_tokens: Option<Spanned<u64>>,
+    /// `metrics: {answer: REGEX, gold: TEMPLATE}`.
+    pub metrics_answer: Option<Spanned<String>>,
+    pub metrics_gold: Option<Spanned<String>>,
 }
 
 #[derive(Debug)]
@@ -1025,7 +1030,16 @@ impl Reader {
             round_tokens: f
                 .get("round_tokens")
                 .and_then(|n| self.uint(n, "`round_tokens`")),
+            metrics_answer: None,
+            metrics_gold: None,
         };
+        if let Some(m) = f.get("metrics") {
+            if let Some(mut mf) = self.fields(m, "`metrics`", &[METRICS_KEYS]) {
+                l.metrics_answer = mf.get("answer").and_then(|n| self.string(n, "`answer`"));
+                l.metrics_gold = mf.get("gold").and_then(|n| self.string(n, "`gold`"));
+                mf.finish(self);
+            }
+        }
         self.required(l.id.as_ref(), "id", &what, node.span);
         self.required(l.from.as_ref(), "from", &what, node.span);
         self.required(l.to.as_ref(), "to", &what, node.span);

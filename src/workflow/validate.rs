@@ -791,6 +791,30 @@ pub fn check(
             }
         });
         let budget = cx.limits(&l.budget, &format!("the budget of {what}"));
+        let metrics = LoopMetrics {
+            answer: l
+                .metrics_answer
+                .as_ref()
+                .and_then(|r| compile_regex(&mut cx, r)),
+            gold: l.metrics_gold.as_ref().and_then(|g| {
+                let name = format!(
+                    "{}.metrics.gold",
+                    l.id.as_ref().map_or("loop", |i| i.value.as_str())
+                );
+                let compiled =
+                    cx.inline(name, &g.value, g.span, &format!("`metrics.gold` of {what}"))?;
+                if let Some(from) = from {
+                    cx.pending_vars.push(VarCheck {
+                        source: VarSource::Template(compiled.clone()),
+                        node: from,
+                        span: g.span,
+                        extra: &[],
+                        what: format!("`metrics.gold` of {what}"),
+                    });
+                }
+                Some(compiled)
+            }),
+        };
         if let (Some(from), Some(to), Some(id)) = (from, to, &l.id) {
             loops.push(LoopSpec {
                 id: id.value.clone(),
@@ -801,6 +825,7 @@ pub fn check(
                 converge,
                 budget,
                 round_tokens: l.round_tokens.as_ref().map(|r| r.value),
+                metrics,
                 body: Vec::new(),
             });
             loop_spans.push(l.span);

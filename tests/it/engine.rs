@@ -1051,3 +1051,57 @@ replies:
     assert_eq!(judged[0], ["Solve 2x = 8.", "x = 3", q]);
     assert_eq!(judged[1], ["Try again.", "x = 4", q]);
 }
+
+#[tokio::test]
+async fn loop_metrics_can_score_by_a_gold_answer_and_count_answer_changes() {
+    let yaml = |metrics: &str| {
+        format!(
+            r#"
+version: 1
+models:
+  m: scripted:unused.yaml
+inputs:
+  gold: string
+nodes:
+  - {{ id: draft, kind: generate, template: "Solve." }}
+  - id: check
+    kind: verify
+    checks: [ {{ regex: "NEVER" }} ]
+  - {{ id: revise, kind: revise, template: "Again." }}
+edges:
+  - {{ from: draft, to: check }}
+  - {{ from: check, to: revise, when: "not check.passed and not loop.last" }}
+loops:
+  - {{ id: refine, from: revise, to: check, max_rounds: 3{metrics} }}
+output: {{ from: [draft, revise] }}
+"#
+        )
+    };
+    let script = r#"
+replies:
+  - { node: draft, text: "so the answer is 3" }
+  - { node: revise, round: 1, text: "Put differently, the answer is 3" }
+  - { node: revise, round: 2, text: "Fixed: the answer is 4" }
+"#;
+    let opts = || RunOptions {
+        inputs: serde_json::json!({ "gold": "4" })
+            .as_object()
+            .unwrap()
+            .clone(),
+        ..RunOptions::default()
+    };
+    // By the verifier and the whole text: two changes (one a rewording), no win.
+    let (s, _) = run(workflow(&yaml("")), script, opts()).await;
+    let l = &s.loops[0];
+    assert_eq!((l.rounds, l.changes, l.wins), (3, 2, 0));
+    // By the gold answer and the extracted answer: one change, and it won.
+    let metrics = r#", metrics: { answer: 'answer is (\d+)', gold: "{{ gold }}" }"#;
+    let (s, _) = run(workflow(&yaml(metrics)), script, opts()).await;
+    let l = &s.loops[0];
+    assert_eq!((l.rounds, l.changes, l.wins), (3, 1, 1));
+    assert_eq!(l.correction_success_rate, 1.0);
+    let wins: Vec<bool> = l.per_round.iter().map(|r| r.win).collect();
+    assert_eq!(wins, [false, false, true]);
+    // The verifier still steered the loop: it never passed.
+    assert_eq!(s.verified, Some(false));
+}
