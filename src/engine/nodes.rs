@@ -664,6 +664,40 @@ impl Task {
                         },
                     )
                 }
+                Check::Contains {
+                    expected,
+                    ignore_case,
+                } => {
+                    let needle = t.render(expected, &scope)?;
+                    let needle = needle.trim();
+                    let ok = mentions(&target, needle, *ignore_case);
+                    (
+                        ok as u8 as f64,
+                        if ok {
+                            format!("mentions {needle:?}")
+                        } else {
+                            format!("does not mention {needle:?}")
+                        },
+                    )
+                }
+                Check::Lines { expected } => {
+                    let want_text = t.render(expected, &scope)?;
+                    let Ok(want) = want_text.trim().parse::<usize>() else {
+                        return Err(NodeError::Data(format!(
+                            "lines check of `{}`: {want_text:?} is not a number of lines",
+                            self.id()
+                        )));
+                    };
+                    let got = target.lines().filter(|l| !l.trim().is_empty()).count();
+                    (
+                        (got == want) as u8 as f64,
+                        if got == want {
+                            format!("{got} lines")
+                        } else {
+                            format!("expected {want} lines, got {got}")
+                        },
+                    )
+                }
                 Check::Regex(re) => {
                     let ok = re.is_match(&target);
                     (
@@ -947,6 +981,25 @@ fn extract_json(text: &str) -> Option<serde_json::Value> {
     None
 }
 
+/// Whether `text` mentions `needle`: it appears starting at a word boundary
+/// (so "test" is in "tests" and "testing", not in "attest").
+fn mentions(text: &str, needle: &str, ignore_case: bool) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    let (text, needle) = if ignore_case {
+        (text.to_lowercase(), needle.to_lowercase())
+    } else {
+        (text.to_string(), needle.to_string())
+    };
+    text.match_indices(&needle).any(|(i, _)| {
+        !text[..i]
+            .chars()
+            .next_back()
+            .is_some_and(char::is_alphanumeric)
+    })
+}
+
 /// The last number in a text (commas between digits ignored).
 pub(crate) fn last_number(text: &str) -> Option<f64> {
     static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
@@ -1052,6 +1105,15 @@ mod tests {
             judge_confidence(&completion("Nope", None)),
             (0.0, "verbalized")
         );
+    }
+
+    #[test]
+    fn mentions_start_at_a_word() {
+        assert!(mentions("Green Tests keep watch", "test", true));
+        assert!(mentions("testing, testing", "test", true));
+        assert!(!mentions("I attest to it", "test", true));
+        assert!(!mentions("Green Tests", "test", false));
+        assert!(mentions("(test)", "test", false));
     }
 
     #[test]

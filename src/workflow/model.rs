@@ -368,6 +368,10 @@ pub struct VerifySpec {
 pub enum Check {
     /// Equal after trimming (optionally ignoring case). `expected` is a template.
     Exact { expected: String, ignore_case: bool },
+    /// The target contains the text (a template), by default in any case.
+    Contains { expected: String, ignore_case: bool },
+    /// The target has exactly this many non-empty lines (a template).
+    Lines { expected: String },
     /// The target matches the regular expression.
     Regex(regex::Regex),
     /// The last number in the target is within `tolerance` of `expected`.
@@ -382,6 +386,8 @@ impl Check {
     pub fn name(&self) -> &'static str {
         match self {
             Check::Exact { .. } => "exact",
+            Check::Contains { .. } => "contains",
+            Check::Lines { .. } => "lines",
             Check::Regex(_) => "regex",
             Check::Numeric { .. } => "numeric",
             Check::JsonSchema(_) => "json_schema",

@@ -85,7 +85,15 @@ pub const EMBED_KEYS: &[&str] = &["items", "text", "model", "dims"];
 pub const CLUSTER_KEYS: &[&str] = &["from", "k", "seed"];
 pub const HUMAN_REVIEW_KEYS: &[&str] = &["before", "after", "decisions"];
 pub const SAMPLING_KEYS: &[&str] = &["temperature", "top_p", "seed", "max_tokens", "stop"];
-pub const CHECK_KINDS: &[&str] = &["exact", "regex", "numeric", "json_schema", "judge"];
+pub const CHECK_KINDS: &[&str] = &[
+    "exact",
+    "contains",
+    "lines",
+    "regex",
+    "numeric",
+    "json_schema",
+    "judge",
+];
 pub const CHECK_OPTION_KEYS: &[&str] = &["ignore_case", "tolerance"];
 pub const JUDGE_KEYS: &[&str] = &[
     "model", "prompt", "template", "system", "sampling", "logprobs", "continue",
@@ -208,6 +216,11 @@ pub enum RawCheck {
         expected: Spanned<String>,
         ignore_case: bool,
     },
+    Contains {
+        expected: Spanned<String>,
+        ignore_case: bool,
+    },
+    Lines(Spanned<String>),
     Regex(Spanned<String>),
     Numeric {
         expected: Spanned<String>,
@@ -929,10 +942,16 @@ impl Reader {
         }
         let kind = present[0];
         let value = f.get(kind)?;
-        let ignore_case = self.check_option(&mut f, kind, "ignore_case", kind == "exact");
+        let ignore_case = self.check_option(
+            &mut f,
+            kind,
+            "ignore_case",
+            matches!(kind, "exact" | "contains"),
+        );
+        // `contains` asks whether the text mentions something: any case.
         let ignore_case = ignore_case
             .and_then(|n| self.bool(n, "`ignore_case`"))
-            .unwrap_or(false);
+            .unwrap_or(kind == "contains");
         let tolerance = self.check_option(&mut f, kind, "tolerance", kind == "numeric");
         let tolerance = tolerance.and_then(|n| self.float(n, "`tolerance`"));
         if let Some(t) = &tolerance {
@@ -952,6 +971,13 @@ impl Reader {
                 expected,
                 ignore_case,
             }),
+            "contains" => self
+                .text(value, "`contains`")
+                .map(|expected| RawCheck::Contains {
+                    expected,
+                    ignore_case,
+                }),
+            "lines" => self.text(value, "`lines`").map(RawCheck::Lines),
             "regex" => self.string(value, "`regex`").map(RawCheck::Regex),
             "numeric" => self
                 .text(value, "`numeric`")

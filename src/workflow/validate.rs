@@ -1519,6 +1519,14 @@ fn verify_check(
             expected,
             tolerance: *tolerance,
         }),
+        RawCheck::Contains {
+            expected: e,
+            ignore_case,
+        } => expected(cx, e).map(|expected| Check::Contains {
+            expected,
+            ignore_case: *ignore_case,
+        }),
+        RawCheck::Lines(e) => expected(cx, e).map(|expected| Check::Lines { expected }),
         RawCheck::Regex(r) => compile_regex(cx, r).map(Check::Regex),
         RawCheck::JsonSchema(src, span) => compile_schema(cx, src, *span).map(Check::JsonSchema),
         RawCheck::Judge(call) => {

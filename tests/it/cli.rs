@@ -583,3 +583,51 @@ fn warnings_are_shown_and_do_not_fail() {
     assert_eq!(reports[0]["diagnostics"][0]["severity"], "warning");
     assert_eq!(reports[0]["diagnostics"][0]["code"], "W001");
 }
+
+#[test]
+fn the_flagship_checks_follow_the_task_through_its_inputs() {
+    let script = temp("limerick.yaml");
+    std::fs::write(
+        &script,
+        r#"
+replies:
+  - { node: draft, text: "Rain on the roof,\na soft grey tune,\nall afternoon." }
+  - { node: critique, text: '{"score": 4, "feedback": "A limerick has five lines."}' }
+  - node: revise
+    text: |-
+      There once was a cloud full of rain
+      that drizzled all over the plain;
+      it watered the wheat,
+      it dampened the street,
+      then floated back home down the lane.
+"#,
+    )
+    .unwrap();
+    let spec = format!("writer=scripted:{}", script.display());
+    let args = |lines: &str, mention: &str| {
+        redraft(&[
+            "run",
+            FLAGSHIP,
+            "--model",
+            &spec,
+            "--input",
+            "task=Write a limerick about rain.",
+            "--input",
+            &format!("lines={lines}"),
+            "--input",
+            &format!("mention={mention}"),
+            "-q",
+        ])
+    };
+    // Five lines about rain: the revision passes the task's own checks.
+    let o = args("5", "rain");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("There once was a cloud"),
+        "{}",
+        stdout(&o)
+    );
+    // The haiku's checks (3 lines, mentions tests) would never pass it.
+    let o = args("3", "test");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+}

@@ -260,8 +260,18 @@ fn schema_keys_match_the_parser() {
         keys(&node_variants[6]["properties"]["http"]),
         set(&[raw::TOOL_HTTP_KEYS])
     );
-    let judge = &defs["check"]["oneOf"].as_array().unwrap()[4]["properties"]["judge"];
-    assert_eq!(keys(judge), set(&[raw::JUDGE_KEYS]));
+    // One schema variant per check kind, each required by name.
+    let checks = defs["check"]["oneOf"].as_array().unwrap();
+    let kinds: HashSet<String> = checks
+        .iter()
+        .map(|c| c["required"][0].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, set(&[raw::CHECK_KINDS]));
+    let judge = checks
+        .iter()
+        .find(|c| c["required"][0] == "judge")
+        .unwrap();
+    assert_eq!(keys(&judge["properties"]["judge"]), set(&[raw::JUDGE_KEYS]));
 }
 
 /// YAML file → JSON, for checking files against the schema.
