@@ -392,12 +392,17 @@ impl Run {
                 c.score = Some(score);
                 hash_text(c.output.text.as_deref())
             });
-            let judged = self.candidates.last().and_then(|c| c.output.text.clone());
             for &li in &wf.topology.loops_of[node] {
                 let metrics = &wf.loops[li].metrics;
-                let answer = judged
-                    .as_deref()
-                    .map(|t| answer_of(metrics.answer.as_ref(), t));
+                // Only loops with `metrics` look at the judged text again.
+                let answer = if metrics.answer.is_some() || metrics.gold.is_some() {
+                    self.candidates
+                        .last()
+                        .and_then(|c| c.output.text.as_deref())
+                        .map(|t| answer_of(metrics.answer.as_ref(), t))
+                } else {
+                    None
+                };
                 let config = match (&metrics.answer, &answer) {
                     (Some(_), Some(a)) => Some(hash_text(Some(a))),
                     _ => config,

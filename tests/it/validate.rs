@@ -267,10 +267,7 @@ fn schema_keys_match_the_parser() {
         .map(|c| c["required"][0].as_str().unwrap().to_string())
         .collect();
     assert_eq!(kinds, set(&[raw::CHECK_KINDS]));
-    let judge = checks
-        .iter()
-        .find(|c| c["required"][0] == "judge")
-        .unwrap();
+    let judge = checks.iter().find(|c| c["required"][0] == "judge").unwrap();
     assert_eq!(keys(&judge["properties"]["judge"]), set(&[raw::JUDGE_KEYS]));
 }
 
