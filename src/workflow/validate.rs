@@ -962,15 +962,28 @@ pub fn check(
         budget_checks(&mut cx, &nodes, &models, &loops, &budget, &raw);
     }
 
+    // A node that could not be built always has a diagnostic of its own;
+    // should one ever lack it, say so rather than run a partial workflow.
+    if diags.iter().chain(&cx.diags).all(|d| d.code.is_warning()) {
+        for (i, n) in nodes.iter().enumerate() {
+            if n.is_none() {
+                cx.err(
+                    Diagnostic::new(
+                        Code::InvalidValue,
+                        raw.nodes[i].span,
+                        format!("node `{}` could not be read", node_ids[i]),
+                    )
+                    .label("incomplete node"),
+                );
+            }
+        }
+    }
     diags.append(&mut cx.diags);
     if diags.iter().any(|d| !d.code.is_warning()) {
         return Err(diags);
     }
     let warnings = diags;
-    let nodes = nodes
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .expect("no diagnostics means every node was built");
+    let nodes: Vec<NodeSpec> = nodes.into_iter().flatten().collect();
     Ok(Workflow {
         name: raw.name.unwrap_or_else(|| "workflow".into()),
         description: raw.description,
