@@ -250,7 +250,7 @@ impl OpenAiModel {
             .unwrap_or(DEFAULT_CONCURRENCY_PER_ENDPOINT)
             .max(1);
         // Builds requests only (reqwest has no TLS here, so this is cheap);
-        // `backend::http` sends them.
+        // `backend::net` sends them.
         let http = reqwest::Client::new();
         let mut endpoints = Vec::with_capacity(urls.len());
         for url in urls {
