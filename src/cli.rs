@@ -202,16 +202,10 @@ fn validate_command(files: &[PathBuf], format: DiagnosticFormat) -> u8 {
             .iter()
             .map(|f| {
                 let (ok, diagnostics) = match workflow::load(f) {
-                    Ok(wf) => {
-                        let name = f.display().to_string();
-                        let warnings = wf.warnings.clone();
-                        let as_error = workflow::WorkflowError::Invalid {
-                            name,
-                            source_text: String::new(),
-                            diagnostics: warnings,
-                        };
-                        (true, as_error.to_json())
-                    }
+                    Ok(wf) => (
+                        true,
+                        workflow::diagnostics_json(&f.display().to_string(), &wf.warnings),
+                    ),
                     Err(e) => {
                         code = EXIT_INVALID;
                         (false, e.to_json())

@@ -457,7 +457,9 @@ impl Worker {
         }
         // The room a call needs: its prompt once (parallel samples share its
         // cache cells), then up to max_tokens per sample.
-        let n_samples = req.n.max(1).min(self.sequences) as usize;
+        // Parallel sequences decoded at once.
+        let n = req.n.max(1).min(self.sequences);
+        let n_samples = n as usize;
         let needed = tokens.len() + n_samples * max_tokens;
         if needed > n_ctx {
             let samples = if n_samples > 1 {
@@ -493,7 +495,7 @@ impl Worker {
         } else {
             0
         };
-        let n = (req.n.max(1)).min(self.sequences) as i32;
+        let n = n as i32;
         for s in 1..self.sequences as i32 {
             ctx.clear_kv_cache_seq(Some(s as u32), None, None)
                 .map_err(|e| self.err(ErrorKind::Permanent, e.to_string()))?;

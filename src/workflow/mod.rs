@@ -48,11 +48,34 @@ impl WorkflowError {
         }
     }
 
-    /// The diagnostics as JSON objects, each with its file and position:
-    /// `{code, message, file, line, col, end_line, end_col, label, help}`.
-    /// An unreadable file is one `E000`-style I/O diagnostic at 1:1.
+    /// The diagnostics as JSON objects (see [`diagnostics_json`]). An
+    /// unreadable file is one `E001` I/O diagnostic at 1:1.
     pub fn to_json(&self) -> Vec<serde_json::Value> {
-        let one = |file: &str, d: &Diagnostic| {
+        match self {
+            WorkflowError::Io { path, .. } => {
+                let d = Diagnostic::new(Code::Io, crate::yaml::Span::point(1, 1), self.to_string());
+                diagnostics_json(&path.display().to_string(), &[d])
+            }
+            WorkflowError::Invalid {
+                name, diagnostics, ..
+            } => diagnostics_json(name, diagnostics),
+        }
+    }
+
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            WorkflowError::Io { .. } => &[],
+            WorkflowError::Invalid { diagnostics, .. } => diagnostics,
+        }
+    }
+}
+
+/// Diagnostics (errors or warnings) of `file` as JSON objects: `{code,
+/// message, file, line, col, end_line, end_col, label, help, severity}`.
+pub fn diagnostics_json(file: &str, diagnostics: &[Diagnostic]) -> Vec<serde_json::Value> {
+    diagnostics
+        .iter()
+        .map(|d| {
             serde_json::json!({
                 "code": d.code.as_str(),
                 "message": d.message,
@@ -65,24 +88,8 @@ impl WorkflowError {
                 "help": d.help,
                 "severity": if d.code.is_warning() { "warning" } else { "error" },
             })
-        };
-        match self {
-            WorkflowError::Io { path, .. } => {
-                let d = Diagnostic::new(Code::Io, crate::yaml::Span::point(1, 1), self.to_string());
-                vec![one(&path.display().to_string(), &d)]
-            }
-            WorkflowError::Invalid {
-                name, diagnostics, ..
-            } => diagnostics.iter().map(|d| one(name, d)).collect(),
-        }
-    }
-
-    pub fn diagnostics(&self) -> &[Diagnostic] {
-        match self {
-            WorkflowError::Io { .. } => &[],
-            WorkflowError::Invalid { diagnostics, .. } => diagnostics,
-        }
-    }
+        })
+        .collect()
 }
 
 /// Loads and checks a workflow file. Prompt files resolve against its directory.

@@ -1251,6 +1251,19 @@ fn model_call(
     })
 }
 
+/// Every node reachable from `start` by following `next` (adjacency lists
+/// by node index), the start nodes included only if reached again.
+fn closure(start: Vec<usize>, next: &[Vec<usize>]) -> HashSet<usize> {
+    let mut seen = HashSet::new();
+    let mut stack = start;
+    while let Some(x) = stack.pop() {
+        if seen.insert(x) {
+            stack.extend(next[x].iter().copied());
+        }
+    }
+    seen
+}
+
 /// Looks a node name up, reporting an unknown one (`what` names the key).
 type Resolve<'a> = dyn Fn(&mut Ctx, &Spanned<String>, &str) -> Option<usize> + 'a;
 
@@ -1270,16 +1283,7 @@ fn conversation_checks(
     for e in edges {
         preds[e.to].push(e.from);
     }
-    let upstream = |node: usize| {
-        let mut seen = HashSet::new();
-        let mut stack = preds[node].clone();
-        while let Some(x) = stack.pop() {
-            if seen.insert(x) {
-                stack.extend(preds[x].iter().copied());
-            }
-        }
-        seen
-    };
+    let upstream = |node: usize| closure(preds[node].clone(), &preds);
     for (idx, n) in raw.nodes.iter().enumerate() {
         let judges = n
             .checks
@@ -1872,16 +1876,6 @@ fn variable_checks(
     for l in loops {
         preds[l.to].push(l.from);
     }
-    let closure = |start: Vec<usize>, next: &Vec<Vec<usize>>| -> HashSet<usize> {
-        let mut seen = HashSet::new();
-        let mut stack = start;
-        while let Some(x) = stack.pop() {
-            if seen.insert(x) {
-                stack.extend(next[x].iter().copied());
-            }
-        }
-        seen
-    };
     // Nodes an unresolved edge may feed: their upstream is unknown.
     let uncertain = closure(dangling.to_vec(), &succs);
     // Where `artifact` (the latest output of an `output.from` node) is
