@@ -49,5 +49,5 @@ pub mod yaml;
 pub use backend::LanguageModel;
 pub use engine::{CancellationToken, Engine, RunError, RunOptions};
 pub use event::{Event, Recorder};
-pub use metrics::{RunStatus, RunSummary};
+pub use metrics::{FailureCause, RunFailure, RunStatus, RunSummary};
 pub use workflow::Workflow;

@@ -162,6 +162,56 @@ pub struct RunSummary {
     pub error: Option<String>,
     /// The class of failure when `status` is `failed`.
     pub failure: Option<FailureKind>,
+    /// The failure, typed: the node it happened in and what went wrong
+    /// (for a backend error, its kind: transient, context length, ...).
+    pub cause: Option<RunFailure>,
+}
+
+/// Why a run failed, typed so that callers can act on it without parsing
+/// `error`'s text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct RunFailure {
+    /// The node that failed; `None` for failures of the run itself (an
+    /// edge or loop condition, the output field).
+    pub node: Option<String>,
+    pub kind: FailureKind,
+    pub cause: FailureCause,
+}
+
+impl RunFailure {
+    /// A condition or expression of the run (not of one node) failed.
+    pub(crate) fn template() -> RunFailure {
+        RunFailure {
+            node: None,
+            kind: FailureKind::Workflow,
+            cause: FailureCause::Template,
+        }
+    }
+}
+
+/// What went wrong, by kind.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureCause {
+    /// A model call failed after its retries; `error` says what kind of
+    /// failure it was (`transient`, `permanent`, `context_length`, ...).
+    Backend {
+        backend: String,
+        error: crate::backend::ErrorKind,
+    },
+    /// The reply stayed invalid (schema) after the repair attempts.
+    InvalidOutput,
+    /// A template or condition failed to render or evaluate.
+    Template,
+    /// Data a node read was not what it needs (a missing field, a bad
+    /// test list, a tool or sandbox failure).
+    Data,
+    /// A node-level budget stopped a node the run could not do without.
+    Budget,
+    /// The workflow's `output.field` is not in the chosen output.
+    MissingOutput,
 }
 
 /// The class of a failed run, for exit codes.

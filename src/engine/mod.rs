@@ -29,7 +29,7 @@ use crate::backend::{BackendError, LanguageModel};
 use crate::budget::{Exhausted, Limits, Meter, Scope};
 use crate::event::{Event, NoRecorder, Recorder};
 use crate::layer::{RateLimit, RateLimits};
-use crate::metrics::{FailureKind, RunSummary, Tally};
+use crate::metrics::{FailureCause, FailureKind, RunSummary, Tally};
 use crate::template::TemplateError;
 use crate::workflow::{InputType, Workflow};
 
@@ -119,6 +119,20 @@ impl NodeError {
         match self {
             NodeError::Backend(_) | NodeError::InvalidOutput { .. } => FailureKind::Backend,
             _ => FailureKind::Workflow,
+        }
+    }
+
+    /// The typed form kept in the summary.
+    pub fn cause(&self) -> FailureCause {
+        match self {
+            NodeError::Backend(e) => FailureCause::Backend {
+                backend: e.backend.clone(),
+                error: e.kind,
+            },
+            NodeError::InvalidOutput { .. } => FailureCause::InvalidOutput,
+            NodeError::Template(_) => FailureCause::Template,
+            NodeError::Budget(_) => FailureCause::Budget,
+            NodeError::Data(_) | NodeError::Cancelled => FailureCause::Data,
         }
     }
 }

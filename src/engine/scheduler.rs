@@ -29,7 +29,8 @@ use super::state::{NodeOutput, NodeScope, ScopeData};
 use super::{CancellationToken, NodeError, Shared};
 use crate::budget::{Exhausted, Scope};
 use crate::event::{Event, NodeStatus, StopReason};
-use crate::metrics::{FailureKind, LoopReport, OutputSource, RoundRecord, RunStatus, RunSummary};
+use crate::metrics::{
+    FailureCause, FailureKind, LoopReport, RunFailure, OutputSource, RoundRecord, RunStatus, RunSummary};
 use crate::workflow::Selection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +91,7 @@ struct Candidate {
 
 enum Stop {
     Budget(Exhausted),
-    Failed(FailureKind, String),
+    Failed(RunFailure, String),
     Interrupted,
 }
 
@@ -357,7 +358,14 @@ impl Run {
                 });
                 if !matches!(e, NodeError::Cancelled) {
                     self.stop
-                        .get_or_insert(Stop::Failed(e.failure_kind(), e.to_string()));
+                        .get_or_insert(Stop::Failed(
+                            RunFailure {
+                                node: Some(wf.nodes[node].id.clone()),
+                                kind: e.failure_kind(),
+                                cause: e.cause(),
+                            },
+                            e.to_string(),
+                        ));
                 }
             }
         }
@@ -437,7 +445,7 @@ impl Run {
             Ok(b) => Some(b),
             Err(e) => {
                 self.stop
-                    .get_or_insert(Stop::Failed(FailureKind::Workflow, e.to_string()));
+                    .get_or_insert(Stop::Failed(RunFailure::template(), e.to_string()));
                 None
             }
         }
@@ -564,7 +572,7 @@ impl Run {
                 Ok(s) => s,
                 Err(e) => {
                     self.stop
-                        .get_or_insert(Stop::Failed(FailureKind::Workflow, e.to_string()));
+                        .get_or_insert(Stop::Failed(RunFailure::template(), e.to_string()));
                     return None;
                 }
             };
@@ -687,7 +695,7 @@ impl Run {
         let (mut status, mut error, exhausted) = match self.stop.take() {
             None => (RunStatus::Finished, None, None),
             Some(Stop::Budget(ex)) => (RunStatus::BudgetExhausted, None, Some(ex)),
-            Some(Stop::Failed(kind, msg)) => (RunStatus::Failed, Some((kind, msg)), None),
+            Some(Stop::Failed(f, msg)) => (RunStatus::Failed, Some((f, msg)), None),
             Some(Stop::Interrupted) => (RunStatus::Interrupted, None, None),
         };
         let best = self.best();
@@ -705,7 +713,11 @@ impl Run {
                 None if status == RunStatus::Finished => {
                     status = RunStatus::Failed;
                     error = Some((
-                        FailureKind::Workflow,
+                        RunFailure {
+                            node: None,
+                            kind: FailureKind::Workflow,
+                            cause: FailureCause::MissingOutput,
+                        },
                         format!(
                             "output field `{field}` is not in the output of node `{}`",
                             wf.nodes[c.node].id
@@ -744,7 +756,8 @@ impl Run {
                 .map(|(n, r)| (n.id.clone(), *r))
                 .collect(),
             error: error.as_ref().map(|(_, m)| m.clone()),
-            failure: error.map(|(k, _)| k),
+            failure: error.as_ref().map(|(f, _)| f.kind),
+            cause: error.map(|(f, _)| f),
         };
         drop(tally);
         // Recorders that keep the event share the summary; copy only then.

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use redraft::budget::{LimitKind, Limits, Scope};
 use redraft::event::{CallOutcome, Event, ModelCallEvent, StopReason};
-use redraft::metrics::{FailureKind, RunStatus};
+use redraft::backend::ErrorKind;
+use redraft::metrics::{FailureCause, FailureKind, RunStatus};
 use redraft::{CancellationToken, RunOptions};
 
 use crate::support::{load, root, run, runs, trace, workflow};
@@ -391,6 +392,9 @@ replies:
     let (s, events) = run(self_refine(), script, RunOptions::default()).await;
     assert_eq!(s.status, RunStatus::Failed);
     assert_eq!(s.failure, Some(FailureKind::Backend));
+    let cause = s.cause.as_ref().unwrap();
+    assert_eq!(cause.node.as_deref(), Some("critique"));
+    assert_eq!(cause.cause, FailureCause::InvalidOutput);
     assert!(
         s.error.as_ref().unwrap().contains("schema"),
         "{:?}",
@@ -506,7 +510,36 @@ output: draft
     .await;
     assert_eq!(s.status, RunStatus::Failed);
     assert_eq!(s.failure, Some(FailureKind::Workflow));
+    let cause = s.cause.unwrap();
+    assert_eq!(
+        (cause.node.as_deref(), cause.cause),
+        (Some("draft"), FailureCause::Template)
+    );
     assert!(s.error.unwrap().contains("undefined"));
+}
+
+/// Callers tell a context-length failure from a permanent or a transient
+/// one (after its retries) by the summary's typed cause, not its text.
+#[tokio::test(start_paused = true)]
+async fn a_failed_run_keeps_the_typed_backend_error() {
+    for (kind, expected) in [
+        ("context_length", ErrorKind::ContextLength),
+        ("permanent", ErrorKind::Permanent),
+        ("transient", ErrorKind::Transient),
+    ] {
+        let script = format!(
+            "replies:\n  - {{ node: draft, text: \"one line\" }}\n  - {{ node: critique, error: {{ kind: {kind}, message: \"nope\" }} }}\n"
+        );
+        let (s, _) = run(self_refine(), &script, RunOptions::default()).await;
+        assert_eq!(s.status, RunStatus::Failed, "{kind}");
+        let cause = s.cause.expect(kind);
+        assert_eq!(cause.node.as_deref(), Some("critique"), "{kind}");
+        assert_eq!(cause.kind, FailureKind::Backend, "{kind}");
+        match cause.cause {
+            FailureCause::Backend { error, .. } => assert_eq!(error, expected, "{kind}"),
+            other => panic!("{kind}: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
