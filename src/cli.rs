@@ -339,7 +339,7 @@ fn run_command(args: RunArgs) -> u8 {
     }
     match result {
         Ok(summary) => report(&summary, args.json, args.quiet),
-        Err(e @ (RunError::Input { .. } | RunError::UnknownModel { .. })) => {
+        Err(e @ (RunError::Input { .. } | RunError::UnknownModel { .. } | RunError::NoSpec { .. })) => {
             eprintln!("error: {e}");
             EXIT_INVALID
         }

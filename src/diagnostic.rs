@@ -161,6 +161,7 @@ codes! {
     BadRegex = "E061": "an invalid regular expression",
     BadModelSpec = "E070": "a model spec string that cannot be parsed",
     ReplyMayNotFit = "W001": "a structured reply whose schema allows (or requires) more than `max_tokens` can hold",
+    ModelSuppliedAtRun = "W002": "a model declared without a `spec`: whoever runs the workflow supplies it",
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ mod spec;
 
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
+/// The boxed future [`LanguageModel`]'s methods return, re-exported so
+/// that implementors need no other crate: `Box::pin(async move { ... })`.
+pub use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 pub use scripted::{ScriptError, ScriptedModel};

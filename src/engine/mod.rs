@@ -22,6 +22,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::OnceCell;
+
 pub use tokio_util::sync::CancellationToken;
 
 use crate::backend::cassette::{CassetteWriter, Recording};
@@ -44,7 +46,7 @@ pub struct Engine {
     /// Models opened from specs, with their persistent layers (rate limit,
     /// recording), shared by every run of this engine: connection pools and
     /// rate-limit buckets outlive a run.
-    opened: Mutex<HashMap<String, Arc<dyn LanguageModel>>>,
+    opened: Mutex<HashMap<String, Arc<OnceCell<Arc<dyn LanguageModel>>>>>,
 }
 
 impl Default for Engine {
@@ -80,6 +82,10 @@ pub enum RunError {
         name: String,
         source: Box<BackendError>,
     },
+    #[error(
+        "model `{name}` has no spec: supply one (`--model {name}=SPEC`, or `Engine::with_model` / `with_model_spec`)"
+    )]
+    NoSpec { name: String },
     #[error("the workflow has no model `{name}` to override (models: {known})")]
     UnknownModel { name: String, known: String },
 }
@@ -204,7 +210,16 @@ impl Engine {
 
     /// Opens the workflow's models: overrides first, else their specs
     /// (relative paths resolve against the workflow's directory).
-    pub fn open_models(&self, wf: &Workflow) -> Result<Vec<Arc<dyn LanguageModel>>, RunError> {
+    ///
+    /// Each model is opened once per engine and shared by its runs. Opening
+    /// (reading GGUF weights, fetching `hf:` files) runs on a blocking
+    /// thread, never on the async runtime, and no lock is held across it:
+    /// concurrent runs that need the same model wait for the one opening
+    /// it, runs that need other models do not wait at all.
+    pub async fn open_models(
+        &self,
+        wf: &Workflow,
+    ) -> Result<Vec<Arc<dyn LanguageModel>>, RunError> {
         let base = wf
             .path
             .as_deref()
@@ -221,50 +236,81 @@ impl Engine {
                 },
             });
         }
-        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
-        wf.models
-            .iter()
-            .map(|m| {
-                let spec = match self.models.get(&m.name) {
-                    Some(ModelOverride::Spec(spec)) => spec.as_str(),
-                    _ => m.spec.as_str(),
-                };
-                let key = format!(
-                    "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{:?}",
-                    base.display(),
-                    m.name,
-                    spec,
-                    m.settings,
-                    m.rate_limit
-                );
-                if let Some(model) = opened.get(&key) {
-                    return Ok(model.clone());
-                }
-                let mut model = match self.models.get(&m.name) {
-                    Some(ModelOverride::Model(model)) => model.clone(),
-                    _ => crate::backend::open(spec, &m.settings, base).map_err(|source| {
-                        RunError::Model {
-                            name: m.name.clone(),
-                            source: Box::new(source),
-                        }
+        let mut models = Vec::with_capacity(wf.models.len());
+        for m in &wf.models {
+            let spec = match self.models.get(&m.name) {
+                Some(ModelOverride::Spec(spec)) => Some(spec.as_str()),
+                Some(ModelOverride::Model(_)) => Some("(given)"),
+                None => m.spec.as_deref(),
+            };
+            let key = format!(
+                "{}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{:?}",
+                base.display(),
+                m.name,
+                spec,
+                m.settings,
+                m.rate_limit
+            );
+            let cell = self
+                .opened
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_default()
+                .clone();
+            let model = cell.get_or_try_init(|| self.open_model(m, base)).await?;
+            models.push(model.clone());
+        }
+        Ok(models)
+    }
+
+    /// Opens one model with its persistent layers (recording, rate limit).
+    async fn open_model(
+        &self,
+        m: &crate::workflow::ModelDecl,
+        base: &Path,
+    ) -> Result<Arc<dyn LanguageModel>, RunError> {
+        let mut model = match self.models.get(&m.name) {
+            Some(ModelOverride::Model(model)) => model.clone(),
+            given => {
+                let spec = match given {
+                    Some(ModelOverride::Spec(spec)) => spec.clone(),
+                    _ => m.spec.clone().ok_or_else(|| RunError::NoSpec {
+                        name: m.name.clone(),
                     })?,
                 };
-                if let Some(cassette) = &self.cassette {
-                    model = Arc::new(Recording::new(model, &m.name, cassette.clone()));
-                }
-                if m.rate_limit != RateLimits::default() {
-                    model = Arc::new(RateLimit::new(model, m.rate_limit));
-                }
-                opened.insert(key, model.clone());
-                Ok(model)
-            })
-            .collect()
+                let (settings, base) = (m.settings.clone(), base.to_path_buf());
+                let opening = spec.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::backend::open(&opening, &settings, &base)
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(BackendError::new(
+                        &spec,
+                        crate::backend::ErrorKind::Config,
+                        format!("opening the model stopped: {e}"),
+                    ))
+                })
+                .map_err(|source| RunError::Model {
+                    name: m.name.clone(),
+                    source: Box::new(source),
+                })?
+            }
+        };
+        if let Some(cassette) = &self.cassette {
+            model = Arc::new(Recording::new(model, &m.name, cassette.clone()));
+        }
+        if m.rate_limit != RateLimits::default() {
+            model = Arc::new(RateLimit::new(model, m.rate_limit));
+        }
+        Ok(model)
     }
 
     /// Runs a workflow to the end and returns its summary.
     pub async fn run(&self, wf: Arc<Workflow>, opts: RunOptions) -> Result<RunSummary, RunError> {
         let inputs = resolve_inputs(&wf, &opts.inputs)?;
-        let models = self.open_models(&wf)?;
+        let models = self.open_models(&wf).await?;
         let mut budget = wf.budget;
         budget.overlay(&opts.budget);
         let mut scopes = vec![(Scope::Workflow, budget)];

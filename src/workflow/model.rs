@@ -55,8 +55,10 @@ impl Workflow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelDecl {
     pub name: String,
-    /// `scripted:PATH`, `openai:MODEL[@URL]`, `llama:PATH.gguf`, ...
-    pub spec: String,
+    /// `scripted:PATH`, `openai:MODEL[@URL]`, `llama:PATH.gguf`, ...;
+    /// `None` when the workflow leaves it to the caller (`Engine::with_model`,
+    /// `--model NAME=SPEC`).
+    pub spec: Option<String>,
     /// Default `max_tokens` for nodes that set none; also the budget's worst case.
     pub max_tokens: u32,
     pub price: Price,

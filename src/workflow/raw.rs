@@ -616,7 +616,6 @@ impl Reader {
         m.spec = f
             .get("spec")
             .and_then(|n| self.string(n, &format!("`spec` of {what}")));
-        self.required(m.spec.as_ref(), "spec", &what, node.span);
         m.max_tokens = f
             .get("max_tokens")
             .and_then(|n| self.uint(n, "`max_tokens`"));

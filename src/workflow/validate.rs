@@ -255,7 +255,21 @@ pub fn check(
                 .label("duplicate"),
             );
         }
-        let spec = m.spec.as_ref().map_or(String::new(), |s| s.value.clone());
+        let spec = m.spec.as_ref().map(|s| s.value.clone());
+        if m.spec.is_none() {
+            cx.err(
+                Diagnostic::new(
+                    Code::ModelSuppliedAtRun,
+                    m.name.span,
+                    format!("model `{}` has no `spec`", m.name.value),
+                )
+                .label("no spec")
+                .help(format!(
+                    "it must be supplied when the workflow runs (`--model {}=SPEC`, or `Engine::with_model` in a program)",
+                    m.name.value
+                )),
+            );
+        }
         if let Some(s) = &m.spec {
             if let Err(e) = crate::backend::ModelSpec::parse(&s.value) {
                 cx.err(
@@ -389,7 +403,7 @@ pub fn check(
     if models.is_empty() && calls_a_model {
         models.push(ModelDecl {
             name: DEFAULT_MODEL_NAME.to_string(),
-            spec: DEFAULT_MODEL_SPEC.to_string(),
+            spec: Some(DEFAULT_MODEL_SPEC.to_string()),
             max_tokens: DEFAULT_MAX_TOKENS,
             price: Price::default(),
             retry: crate::layer::RetryPolicy::default(),

@@ -1138,3 +1138,93 @@ replies:
     // The verifier still steered the loop: it never passed.
     assert_eq!(s.verified, Some(false));
 }
+
+/// A model declared without a spec is one the caller supplies: it runs
+/// with `Engine::with_model`, and without it the run fails before any call,
+/// naming the model.
+#[tokio::test]
+async fn a_model_without_a_spec_is_supplied_by_the_caller() {
+    let yaml = r#"
+version: 1
+name: supplied
+models:
+  app: { max_tokens: 64 }
+nodes:
+  - { id: draft, kind: generate, model: app, template: "hi" }
+output: draft
+"#;
+    let wf = workflow(yaml);
+    assert_eq!(wf.models[0].spec, None);
+    let codes: Vec<_> = wf.warnings.iter().map(|d| d.code.as_str()).collect();
+    assert_eq!(codes, ["W002"]);
+    let err = redraft::Engine::new()
+        .run(wf.clone(), RunOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, redraft::RunError::NoSpec { name } if name == "app"), "{err}");
+    assert!(err.to_string().contains("--model app=SPEC"), "{err}");
+    let (s, _) = run(wf, "replies:\n  - { text: hello }\n", RunOptions::default()).await;
+    assert_eq!(s.output.unwrap(), "hello");
+}
+
+/// Opening a model (here: a script behind a FIFO, which blocks until
+/// someone writes it, as loading weights from a slow disk would) runs off
+/// the async runtime: on a single-threaded runtime, other tasks keep
+/// running while it opens. Two concurrent runs of one engine open the
+/// model once (a second open would block on the FIFO for ever).
+#[test]
+fn models_open_off_the_runtime_once_per_engine() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = std::env::temp_dir().join(format!("redraft-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("replies.yaml");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let yaml = format!(
+        "version: 1\nname: fifo\nmodels:\n  m: scripted:{}\nnodes:\n  - {{ id: draft, kind: generate, model: m, template: hi }}\noutput: draft\n",
+        fifo.display()
+    );
+    let wf = workflow(&yaml);
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let blocked = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (fifo, blocked) = (fifo.clone(), blocked.clone());
+        std::thread::spawn(move || {
+            // Written when the runtime shows it is alive, or after 10 s
+            // (then the runtime was blocked), so a failure cannot hang.
+            if wait.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
+                blocked.store(true, Ordering::SeqCst);
+            }
+            std::fs::write(&fifo, "replies:\n  - { text: opened }\n").unwrap();
+        })
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let summaries = rt.block_on(async {
+        let engine = Arc::new(redraft::Engine::new());
+        let runs: Vec<_> = (0..2)
+            .map(|_| {
+                let (engine, wf) = (engine.clone(), wf.clone());
+                tokio::spawn(async move { engine.run(wf, RunOptions::default()).await })
+            })
+            .collect();
+        // Only reached while the models open if opening does not block
+        // this (the only) runtime thread.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        go.send(()).unwrap();
+        let mut out = Vec::new();
+        for r in runs {
+            out.push(r.await.unwrap().unwrap());
+        }
+        out
+    });
+    writer.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!blocked.load(Ordering::SeqCst), "opening blocked the runtime");
+    for s in summaries {
+        assert_eq!(s.output.unwrap(), "opened");
+    }
+}

@@ -306,7 +306,7 @@ fn a_workflow_without_models_gets_the_embedded_default() {
     .unwrap();
     assert_eq!(wf.models.len(), 1);
     assert_eq!(
-        (wf.models[0].name.as_str(), wf.models[0].spec.as_str()),
+        (wf.models[0].name.as_str(), wf.models[0].spec.as_deref().unwrap()),
         ("default", "llama:default")
     );
     // A workflow that calls no model declares none.
