@@ -17,6 +17,7 @@ mod library;
 mod nodes;
 mod scheduler;
 mod state;
+mod stream;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -36,17 +37,19 @@ use crate::template::TemplateError;
 use crate::workflow::{InputType, Workflow};
 
 pub use state::NodeOutput;
+pub use stream::EventStream;
 
 /// Runs workflows. Holds model overrides and the event recorder; cheap to
-/// share between runs.
+/// share between runs, and to clone (clones share opened models).
+#[derive(Clone)]
 pub struct Engine {
-    models: HashMap<String, ModelOverride>,
+    models: Arc<HashMap<String, ModelOverride>>,
     recorder: Arc<dyn Recorder>,
     cassette: Option<Arc<CassetteWriter>>,
     /// Models opened from specs, with their persistent layers (rate limit,
     /// recording), shared by every run of this engine: connection pools and
     /// rate-limit buckets outlive a run.
-    opened: Mutex<HashMap<String, Arc<OnceCell<Arc<dyn LanguageModel>>>>>,
+    opened: Arc<Mutex<HashMap<String, Arc<OnceCell<Arc<dyn LanguageModel>>>>>>,
 }
 
 impl Default for Engine {
@@ -70,7 +73,13 @@ pub struct RunOptions {
     /// `model_call` event (`prompt`, `reply`). Off by default: prompts can
     /// be large and hold user data. API keys are never part of them.
     pub log_content: bool,
+    /// With [`Engine::run_streaming`]: model calls wait while more than
+    /// this many events are unread (0: the default, 1024).
+    pub event_buffer: usize,
 }
+
+/// Unread events of a streamed run before model calls wait.
+pub const DEFAULT_EVENT_BUFFER: usize = 1024;
 
 /// A run that could not start.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +161,8 @@ pub(crate) struct Shared {
     pub names: Arc<state::Names>,
     pub review: Option<crate::workflow::ReviewDecisions>,
     pub log_content: bool,
+    /// The run's event stream, when it was started with `run_streaming`.
+    pub stream: Option<stream::EventSink>,
     recorder: Arc<dyn Recorder>,
     tally: Mutex<Tally>,
 }
@@ -163,16 +174,19 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .observe(&event);
         self.recorder.record(&event);
+        if let Some(stream) = &self.stream {
+            stream.send(&event);
+        }
     }
 }
 
 impl Engine {
     pub fn new() -> Engine {
         Engine {
-            models: HashMap::new(),
+            models: Arc::default(),
             recorder: Arc::new(NoRecorder),
             cassette: None,
-            opened: Mutex::new(HashMap::new()),
+            opened: Arc::default(),
         }
     }
 
@@ -187,7 +201,7 @@ impl Engine {
     /// prices, max tokens) still apply. Running a workflow that has no model
     /// `name` is an error ([`RunError::UnknownModel`]).
     pub fn with_model(mut self, name: impl Into<String>, model: Arc<dyn LanguageModel>) -> Engine {
-        self.models.insert(name.into(), ModelOverride::Model(model));
+        Arc::make_mut(&mut self.models).insert(name.into(), ModelOverride::Model(model));
         self
     }
 
@@ -197,8 +211,7 @@ impl Engine {
     /// NAME=SPEC` does. Running a workflow that has no model `name` is an
     /// error ([`RunError::UnknownModel`]).
     pub fn with_model_spec(mut self, name: impl Into<String>, spec: impl Into<String>) -> Engine {
-        self.models
-            .insert(name.into(), ModelOverride::Spec(spec.into()));
+        Arc::make_mut(&mut self.models).insert(name.into(), ModelOverride::Spec(spec.into()));
         self
     }
 
@@ -309,6 +322,47 @@ impl Engine {
 
     /// Runs a workflow to the end and returns its summary.
     pub async fn run(&self, wf: Arc<Workflow>, opts: RunOptions) -> Result<RunSummary, RunError> {
+        self.run_with(wf, opts, None).await
+    }
+
+    /// Runs a workflow, streaming its events: returns the stream and the
+    /// future of the summary. Poll both (e.g. spawn the future, which owns
+    /// what it needs, and read the stream); the stream ends after
+    /// `run_finished`. The engine's recorder still gets every event.
+    ///
+    /// ```no_run
+    /// # async fn demo(engine: redraft::Engine, wf: std::sync::Arc<redraft::Workflow>) {
+    /// let (mut events, summary) = engine.run_streaming(wf, Default::default());
+    /// let (summary, ()) = tokio::join!(summary, async {
+    ///     while let Some(event) = events.next().await {
+    ///         println!("{}", serde_json::to_string(&event).unwrap());
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn run_streaming(
+        &self,
+        wf: Arc<Workflow>,
+        opts: RunOptions,
+    ) -> (
+        EventStream,
+        impl std::future::Future<Output = Result<RunSummary, RunError>> + Send + 'static,
+    ) {
+        let buffer = match opts.event_buffer {
+            0 => DEFAULT_EVENT_BUFFER,
+            n => n,
+        };
+        let (sink, stream) = stream::channel(buffer);
+        let engine = self.clone();
+        (stream, async move { engine.run_with(wf, opts, Some(sink)).await })
+    }
+
+    async fn run_with(
+        &self,
+        wf: Arc<Workflow>,
+        opts: RunOptions,
+        stream: Option<stream::EventSink>,
+    ) -> Result<RunSummary, RunError> {
         let inputs = resolve_inputs(&wf, &opts.inputs)?;
         let models = self.open_models(&wf).await?;
         let mut budget = wf.budget;
@@ -341,6 +395,7 @@ impl Engine {
             names,
             review: opts.review,
             log_content: opts.log_content,
+            stream,
             recorder: self.recorder.clone(),
             tally: Mutex::new(Tally::default()),
             wf,
@@ -349,6 +404,15 @@ impl Engine {
             .execute(opts.cancel)
             .await)
     }
+}
+
+/// A compile-time check: the futures of a run can move between threads
+/// (`tokio::spawn`), and so can the event stream.
+#[allow(dead_code)]
+fn _runs_are_send(engine: &Engine, wf: Arc<Workflow>) {
+    fn send<T: Send>(_: T) {}
+    send(engine.run(wf.clone(), RunOptions::default()));
+    send(engine.run_streaming(wf, RunOptions::default()));
 }
 
 /// Checks given inputs against the declared ones and fills defaults.

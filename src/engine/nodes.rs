@@ -144,6 +144,11 @@ impl Metered<'_> {
     ) -> Result<T, BackendError> {
         let task = self.task;
         let sh = &task.shared;
+        // Back-pressure from an event stream's consumer: wait before making
+        // more work to report (never inside the scheduler).
+        if let Some(stream) = &sh.stream {
+            stream.room().await;
+        }
         let decl = &sh.wf.models[self.model];
         let worst = Spend {
             tokens: prompt_est + completion_max,

@@ -1228,3 +1228,98 @@ fn models_open_off_the_runtime_once_per_engine() {
         assert_eq!(s.output.unwrap(), "opened");
     }
 }
+
+fn chatty(rounds: u32) -> Arc<redraft::Workflow> {
+    workflow(&format!(
+        r#"
+version: 1
+name: chatty
+models: {{ m: "scripted:unused.yaml" }}
+nodes:
+  - {{ id: draft, kind: generate, model: m, template: "go" }}
+  - {{ id: revise, kind: revise, model: m, template: "again" }}
+edges:
+  - {{ from: draft, to: revise }}
+loops:
+  - {{ id: more, from: revise, to: revise, max_rounds: {rounds} }}
+output: revise
+"#
+    ))
+}
+
+fn scripted_engine(script: &str) -> (redraft::Engine, Arc<redraft::event::Collect>) {
+    let model = Arc::new(redraft::backend::ScriptedModel::from_yaml(script, "s").unwrap());
+    let recorded = Arc::new(redraft::event::Collect::default());
+    let engine = redraft::Engine::new()
+        .with_model("m", model)
+        .with_recorder(recorded.clone());
+    (engine, recorded)
+}
+
+/// The stream carries exactly the events a recorder sees, in order, and
+/// ends after `run_finished`.
+#[tokio::test]
+async fn a_streamed_run_yields_every_event_then_ends() {
+    let (engine, recorded) = scripted_engine("replies:\n  - { text: more }\n");
+    let (mut events, summary) = engine.run_streaming(chatty(3), RunOptions::default());
+    let (summary, streamed) = tokio::join!(summary, async {
+        let mut all = Vec::new();
+        while let Some(e) = events.next().await {
+            all.push(e);
+        }
+        all
+    });
+    let summary = summary.unwrap();
+    assert_eq!(summary.status, RunStatus::Finished, "{:?}", summary.error);
+    assert!(matches!(streamed.last(), Some(Event::RunFinished { .. })));
+    assert_eq!(streamed, recorded.take());
+    let calls = streamed
+        .iter()
+        .filter(|e| matches!(e, Event::ModelCall(_)))
+        .count();
+    assert_eq!(calls, 4);
+}
+
+/// A consumer that stops reading slows the run at its next model call, not
+/// the scheduler, and the queue stays near the buffer; reading again lets
+/// the run finish. A dropped stream releases the run.
+#[tokio::test]
+async fn an_unread_stream_holds_model_calls_back() {
+    use futures_util::StreamExt;
+    let (engine, recorded) = scripted_engine("replies:\n  - { text: more }\n");
+    let engine = Arc::new(engine);
+    let opts = RunOptions {
+        event_buffer: 8,
+        ..RunOptions::default()
+    };
+    let (mut events, summary) = engine.run_streaming(chatty(40), opts.clone());
+    let run = tokio::spawn(summary);
+    // Let the run go as far as it can without a reader.
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+    let calls = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::ModelCall(_)))
+            .count()
+    };
+    let held = recorded.take();
+    assert!(!run.is_finished());
+    assert!(
+        (1..=4).contains(&calls(&held)) && held.len() <= 8 + 6,
+        "{} calls, {} events while nobody read",
+        calls(&held),
+        held.len()
+    );
+    let mut streamed = Vec::new();
+    while let Some(e) = events.next().await {
+        streamed.push(e);
+    }
+    assert_eq!(run.await.unwrap().unwrap().status, RunStatus::Finished);
+    assert_eq!(calls(&streamed), 41);
+    // Dropped before reading: the run goes on to the end.
+    let (events, summary) = engine.run_streaming(chatty(40), opts);
+    drop(events.boxed());
+    assert_eq!(summary.await.unwrap().status, RunStatus::Finished);
+}
