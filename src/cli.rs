@@ -12,6 +12,8 @@
 //! | 4    | model or backend failure |
 //! | 130  | interrupted (Ctrl-C) |
 
+mod review;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -261,6 +263,7 @@ fn run_command(args: RunArgs) -> u8 {
             inputs: collect_inputs(&wf, &args)?,
             budget: parse_budgets(&args.budgets)?,
             review: args.review.as_deref().map(parse_review).transpose()?,
+            reviewer: Some(Arc::new(review::TerminalReviewer)),
             log_content: args.log_content,
             ..RunOptions::default()
         };
@@ -332,6 +335,9 @@ fn run_command(args: RunArgs) -> u8 {
         watcher.abort();
         r
     });
+    // A review prompt cancelled by Ctrl-C may still be blocked reading the
+    // terminal: do not wait for it.
+    runtime.shutdown_background();
     if let Some(log) = &log {
         if let Some(e) = log.error() {
             eprintln!("warning: writing the event log failed: {e}");

@@ -3,8 +3,41 @@
 //! spans and an intent label, applying the accepted ones, and remembering the
 //! rejected ones so they are not proposed again.
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use similar::{ChangeTag, TextDiff};
+
+/// Decides the edits of a `human_review` node: a person at a terminal (the
+/// CLI's), a web UI, a queue, a policy. The engine asks it when a node's
+/// decisions are `ask` (the default) and the run gives no fixed decisions.
+///
+/// The future may take as long as a person does: the scheduler keeps
+/// running other nodes meanwhile, and dropping the future cancels the
+/// review (the run was cancelled or stopped), so an implementation must
+/// not hold anything that outlives it.
+pub trait Reviewer: Send + Sync {
+    /// One decision per edit in `req.edits`, in order: `true` accepts.
+    fn review<'a>(&'a self, req: ReviewRequest<'a>) -> BoxFuture<'a, Result<Vec<bool>, ReviewError>>;
+}
+
+/// What a reviewer is asked to decide.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ReviewRequest<'a> {
+    pub node: &'a str,
+    pub round: u32,
+    /// How many times this node has reviewed, this one included.
+    pub depth: u32,
+    pub before: &'a str,
+    pub after: &'a str,
+    /// The proposed edits (never empty): spans into `before`.
+    pub edits: &'a [Edit],
+}
+
+/// A review that could not be made; the node fails with this message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ReviewError(pub String);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -4,7 +4,6 @@
 //! `docs/workflow-reference.md`). Embedding calls go through the same
 //! budget-metered layer as completions.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use minijinja::Value;
@@ -15,7 +14,7 @@ use super::nodes::Task;
 use super::state::NodeOutput;
 use crate::backend::net::HttpError;
 use crate::event::Event;
-use crate::review::{self, Edit};
+use crate::review::{self, Edit, ReviewRequest};
 use crate::sandbox::{Limits, Outcome, RunResult, Sandbox};
 use crate::workflow::{
     ClusterK, ClusterSpec, EmbedSpec, ExecuteSpec, ExtractSpec, ReviewDecisions, ReviewSpec,
@@ -382,7 +381,9 @@ impl Task {
             .clone()
             .or_else(|| r.decisions.clone())
             .unwrap_or(ReviewDecisions::Ask);
-        let decisions = self.decide(&mode, &before, &proposals, depth).await?;
+        let decisions = self
+            .decide(&mode, &before, &after, &proposals, depth)
+            .await?;
         let text = review::apply(&before, &proposals, &decisions);
         let accepted = decisions.iter().filter(|d| **d).count();
         let mut edits = Vec::with_capacity(proposals.len());
@@ -423,35 +424,46 @@ impl Task {
         &self,
         mode: &ReviewDecisions,
         before: &str,
+        after: &str,
         proposals: &[Edit],
         depth: u32,
     ) -> Result<Vec<bool>, NodeError> {
         if proposals.is_empty() {
             return Ok(Vec::new());
         }
-        match mode {
-            ReviewDecisions::AcceptAll => Ok(vec![true; proposals.len()]),
-            ReviewDecisions::RejectAll => Ok(vec![false; proposals.len()]),
-            ReviewDecisions::File(path) => {
-                decisions_from_file(path, depth, proposals.len()).map_err(|e| self.data_error(e))
-            }
+        let decisions = match mode {
+            ReviewDecisions::AcceptAll => vec![true; proposals.len()],
+            ReviewDecisions::RejectAll => vec![false; proposals.len()],
+            ReviewDecisions::File(path) => decisions_from_file(path, depth, proposals.len())
+                .map_err(|e| self.data_error(e))?,
             ReviewDecisions::Ask => {
-                if !std::io::stdin().is_terminal() {
+                let Some(reviewer) = &self.shared.reviewer else {
                     return Err(self.data_error(
-                        "human review needs decisions: stdin is not a terminal; pass `--review accept-all`, `--review reject-all` or `--review FILE`, or set `decisions:` on the node".into(),
+                        "human review needs decisions and this run has no reviewer to ask: pass `--review accept-all`, `--review reject-all` or `--review FILE`, set `decisions:` on the node, or give the run a `Reviewer` (`RunOptions::reviewer`)".into(),
                     ));
-                }
-                let (before, proposals, node) = (
-                    before.to_string(),
-                    proposals.to_vec(),
-                    self.id().to_string(),
-                );
-                tokio::task::spawn_blocking(move || ask(&node, &before, &proposals))
+                };
+                let request = ReviewRequest {
+                    node: self.id(),
+                    round: self.round,
+                    depth,
+                    before,
+                    after,
+                    edits: proposals,
+                };
+                reviewer
+                    .review(request)
                     .await
-                    .map_err(|e| self.data_error(format!("review prompt failed: {e}")))?
-                    .map_err(|e| self.data_error(format!("review prompt failed: {e}")))
+                    .map_err(|e| self.data_error(format!("review failed: {e}")))?
             }
+        };
+        if decisions.len() != proposals.len() {
+            return Err(self.data_error(format!(
+                "the reviewer gave {} decisions for {} proposed edits",
+                decisions.len(),
+                proposals.len()
+            )));
         }
+        Ok(decisions)
     }
 
     fn output_json(&self, node: usize) -> Result<serde_json::Value, NodeError> {
@@ -734,86 +746,6 @@ fn decisions_from_file(
     }
 }
 
-/// Asks on the terminal, one edit at a time.
-fn ask(node: &str, before: &str, proposals: &[Edit]) -> std::io::Result<Vec<bool>> {
-    let stdin = std::io::stdin();
-    ask_with(
-        &mut stdin.lock(),
-        &mut std::io::stderr().lock(),
-        node,
-        before,
-        proposals,
-    )
-}
-
-/// Shows each edit with 40 characters of context either side
-/// (`[-old-]{+new+}`) and reads y/n, or a/r for all the rest.
-fn ask_with(
-    input: &mut impl BufRead,
-    out: &mut impl Write,
-    node: &str,
-    before: &str,
-    proposals: &[Edit],
-) -> std::io::Result<Vec<bool>> {
-    let chars: Vec<char> = before.chars().collect();
-    let context = |from: usize, to: usize| -> String {
-        chars[from.min(chars.len())..to.min(chars.len())]
-            .iter()
-            .collect()
-    };
-    writeln!(out, "\n{node}: {} proposed edits", proposals.len())?;
-    let mut decisions = Vec::with_capacity(proposals.len());
-    let mut rest: Option<bool> = None;
-    for (i, e) in proposals.iter().enumerate() {
-        if let Some(all) = rest {
-            decisions.push(all);
-            continue;
-        }
-        let lead = context(e.start.saturating_sub(40), e.start);
-        let trail = context(e.end, e.end + 40);
-        writeln!(
-            out,
-            "\n[{}/{}] {:?} ({})\n  …{lead}[-{}-]{{+{}+}}{trail}…",
-            i + 1,
-            proposals.len(),
-            e.kind,
-            e.intent,
-            e.before,
-            e.after
-        )?;
-        loop {
-            write!(
-                out,
-                "  accept? [y]es / [n]o / [a]ccept all the rest / [r]eject all the rest: "
-            )?;
-            out.flush()?;
-            let mut line = String::new();
-            if input.read_line(&mut line)? == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "input closed before every edit was decided",
-                ));
-            }
-            let decision = match line.trim() {
-                "y" | "yes" => true,
-                "n" | "no" => false,
-                "a" => {
-                    rest = Some(true);
-                    true
-                }
-                "r" => {
-                    rest = Some(false);
-                    false
-                }
-                _ => continue,
-            };
-            decisions.push(decision);
-            break;
-        }
-    }
-    Ok(decisions)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -830,27 +762,6 @@ mod tests {
         assert_eq!(truncate_chars("héllo", 2), ("hé…".to_string(), true));
         assert_eq!(truncate_chars("hi", 5), ("hi".to_string(), false));
         assert_eq!(tail("abcdef", 3), "…def");
-    }
-
-    #[test]
-    fn terminal_review_reads_a_decision_per_edit() {
-        let before = "one two three four five";
-        let edits = review::edits(before, "one 2 three 4 five six");
-        assert_eq!(edits.len(), 3);
-        // A typo is asked again; `r` rejects the rest.
-        let mut input = std::io::Cursor::new("y\nmaybe\nr\n");
-        let mut shown = Vec::new();
-        let got = ask_with(&mut input, &mut shown, "review", before, &edits).unwrap();
-        assert_eq!(got, [true, false, false]);
-        let shown = String::from_utf8(shown).unwrap();
-        assert!(shown.contains("[1/3] Replace (meaning-changed)"), "{shown}");
-        assert!(
-            shown.contains("…one [-two-]{+2+} three four five…"),
-            "{shown}"
-        );
-        // Input that ends early is an error, not a guess.
-        let mut short = std::io::Cursor::new("y\n");
-        assert!(ask_with(&mut short, &mut Vec::new(), "review", before, &edits).is_err());
     }
 
     #[test]

@@ -69,6 +69,10 @@ pub struct RunOptions {
     pub cancel: CancellationToken,
     /// Decisions for every `human_review` node, overriding the workflow's.
     pub review: Option<crate::workflow::ReviewDecisions>,
+    /// Who decides the edits of `human_review` nodes whose decisions are
+    /// `ask`; without one such a node fails, naming the alternatives. The
+    /// CLI passes the terminal's.
+    pub reviewer: Option<Arc<dyn crate::review::Reviewer>>,
     /// Put each call's rendered messages and reply texts into its
     /// `model_call` event (`prompt`, `reply`). Off by default: prompts can
     /// be large and hold user data. API keys are never part of them.
@@ -160,6 +164,7 @@ pub(crate) struct Shared {
     pub permits: tokio::sync::Semaphore,
     pub names: Arc<state::Names>,
     pub review: Option<crate::workflow::ReviewDecisions>,
+    pub reviewer: Option<Arc<dyn crate::review::Reviewer>>,
     pub log_content: bool,
     /// The run's event stream, when it was started with `run_streaming`.
     pub stream: Option<stream::EventSink>,
@@ -394,6 +399,7 @@ impl Engine {
             permits: tokio::sync::Semaphore::new(wf.concurrency),
             names,
             review: opts.review,
+            reviewer: opts.reviewer,
             log_content: opts.log_content,
             stream,
             recorder: self.recorder.clone(),

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use redraft::event::Event;
 use redraft::metrics::RunStatus;
+use redraft::backend::BoxFuture;
+use redraft::review::{ReviewError, ReviewRequest, Reviewer};
 use redraft::workflow::ReviewDecisions;
 use redraft::{RunOptions, RunSummary};
 
@@ -640,4 +642,89 @@ fn extraction_on_real_model_outputs() {
         report.push_str(&program);
         insta::assert_snapshot!(report);
     });
+}
+
+/// A program's own reviewer decides `ask` nodes: here a policy that keeps
+/// edits which do not change the meaning. It sees each request's texts.
+#[tokio::test]
+async fn an_embedders_reviewer_decides_the_edits() {
+    struct KeepMeaning(std::sync::Mutex<Vec<(String, u32, usize)>>);
+    impl Reviewer for KeepMeaning {
+        fn review<'a>(
+            &'a self,
+            req: ReviewRequest<'a>,
+        ) -> BoxFuture<'a, Result<Vec<bool>, ReviewError>> {
+            self.0
+                .lock()
+                .unwrap()
+                .push((req.node.to_string(), req.depth, req.edits.len()));
+            let keep = req
+                .edits
+                .iter()
+                .map(|e| e.intent != "meaning-changed")
+                .collect();
+            Box::pin(async move { Ok(keep) })
+        }
+    }
+    let reviewer = Arc::new(KeepMeaning(Default::default()));
+    let opts = RunOptions {
+        review: Some(ReviewDecisions::Ask),
+        reviewer: Some(reviewer.clone()),
+        ..RunOptions::default()
+    };
+    let (s, events) = run_library("review", opts).await;
+    assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
+    let first = output_of(&events, "review", 1);
+    let decided: Vec<_> = first["edits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["intent"].as_str().unwrap(), e["decision"].as_str().unwrap()))
+        .collect();
+    assert!(!decided.is_empty());
+    for (intent, decision) in decided {
+        assert_eq!(decision == "accept", intent != "meaning-changed", "{intent}");
+    }
+    assert_eq!(reviewer.0.lock().unwrap()[0], ("review".to_string(), 1, 2));
+}
+
+/// A reviewer that never answers (a person who walked away) does not hold
+/// a cancelled run: the review future is dropped and the run ends
+/// interrupted with what it had.
+#[tokio::test(start_paused = true)]
+async fn a_pending_review_is_cancelled_with_the_run() {
+    struct Away(Arc<std::sync::atomic::AtomicBool>);
+    struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    impl Reviewer for Away {
+        fn review<'a>(&'a self, _: ReviewRequest<'a>) -> BoxFuture<'a, Result<Vec<bool>, ReviewError>> {
+            let guard = Dropped(self.0.clone());
+            Box::pin(async move {
+                let _guard = guard;
+                std::future::pending().await
+            })
+        }
+    }
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cancel = redraft::CancellationToken::new();
+    let opts = RunOptions {
+        review: Some(ReviewDecisions::Ask),
+        reviewer: Some(Arc::new(Away(dropped.clone()))),
+        cancel: cancel.clone(),
+        ..RunOptions::default()
+    };
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        cancel.cancel();
+    });
+    let (s, _) = run_library("review", opts).await;
+    canceller.await.unwrap();
+    assert_eq!(s.status, RunStatus::Interrupted);
+    assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+    // The revision was made before the review: it is kept.
+    assert_eq!(s.node_runs.iter().find(|(n, _)| n == "revise").unwrap().1, 1);
 }
