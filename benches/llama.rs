@@ -18,6 +18,11 @@
 //! 3. The prompts of a recorded self-refine run on this model
 //!    (`tests/cassettes/self-refine-smollm2.jsonl`), replayed in order with
 //!    the prefix cache on and off: prefill time of rounds 2 and later.
+//! 4. Cancellation: a 1,000-token call (a grammar keeps the model from
+//!    stopping early) is dropped after 200 ms; the time from the drop to
+//!    the answer of a 1-token call sent right then, less that call's own
+//!    time when the worker is idle = how long the worker kept working for
+//!    nobody.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -134,7 +139,7 @@ fn main() {
         .unwrap();
     println!("model: {}  threads: 1  reps: {reps}", path.display());
 
-    let sections = std::env::var("SECTIONS").unwrap_or_else(|_| "speed,batch,prefix".into());
+    let sections = std::env::var("SECTIONS").unwrap_or_else(|_| "speed,batch,prefix,cancel".into());
     if sections.contains("speed") {
         speed(&rt, &path, reps);
     }
@@ -144,6 +149,45 @@ fn main() {
     if sections.contains("prefix") {
         prefix(&rt, &path, reps);
     }
+    if sections.contains("cancel") {
+        cancel(&rt, &path, reps);
+    }
+}
+
+/// 4. Time from dropping a call to the worker serving the next one.
+fn cancel(rt: &tokio::runtime::Runtime, path: &Path, reps: usize) {
+    let m = open(path, false);
+    let mut long = request(vec![Message::user("Write a very long story.".into())], 1000, 0.0, 1);
+    long.response_format = ResponseFormat::JsonSchema {
+        name: "story".into(),
+        schema: serde_json::json!({ "type": "string", "minLength": 1500 }),
+    };
+    let short = request(vec![Message::user("Hi".into())], 1, 0.0, 1);
+    let (idle, _) = time(rt, &m, &short, reps);
+    let mut waits = Vec::new();
+    for _ in 0..reps {
+        let wait = rt.block_on(async {
+            let dropped = tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                m.complete(&long),
+            )
+            .await;
+            assert!(dropped.is_err(), "the long call ended within 200 ms");
+            let t = Instant::now();
+            m.complete(&short).await.unwrap();
+            t.elapsed().as_secs_f64()
+        });
+        waits.push(wait);
+    }
+    waits.sort_by(f64::total_cmp);
+    let wait = waits[waits.len() / 2];
+    println!("\n## cancellation (1,000-token call dropped after 200 ms)");
+    println!(
+        "next 1-token call: {:.1} ms after the drop, {:.1} ms when idle: the worker stopped within {:.1} ms",
+        wait * 1e3,
+        idle * 1e3,
+        (wait - idle).max(0.0) * 1e3
+    );
 }
 
 /// 1. Speed against llama-bench.

@@ -376,10 +376,18 @@ impl Worker {
                         }
                     }
                     let ctx = embed_ctx.as_mut().expect("created above");
-                    let _ = reply.send(self.embed(ctx, &texts));
+                    let result = self.embed(ctx, &texts, &|| reply.is_closed());
+                    let _ = reply.send(result);
                 }
                 Job::Complete(req, reply) => {
-                    let result = self.complete(&mut ctx, &mut cached, &req);
+                    // A caller that went away (timeout, cancelled run) before
+                    // or during its job stops it: the next request waits for
+                    // at most one decode step, not for `max_tokens`.
+                    if reply.is_closed() {
+                        continue;
+                    }
+                    let gone = || reply.is_closed();
+                    let result = self.complete(&mut ctx, &mut cached, &req, &gone);
                     if result.is_err() {
                         // After a failed decode the cache contents are unknown.
                         ctx.clear_kv_cache();
@@ -443,11 +451,19 @@ impl Worker {
         Ok(LlamaSampler::chain_simple(chain))
     }
 
+    /// The error of a job whose caller stopped waiting (nobody reads it).
+    fn abandoned(&self) -> BackendError {
+        self.err(ErrorKind::Transient, "the caller stopped waiting")
+    }
+
+    /// `gone` says whether the caller stopped waiting; it is checked before
+    /// each decode, and the job ends early when it did.
     fn complete(
         &self,
         ctx: &mut LlamaContext<'_>,
         cached: &mut Vec<LlamaToken>,
         req: &CompletionRequest,
+        gone: &dyn Fn() -> bool,
     ) -> Result<Completion, BackendError> {
         let tokens = render_prompt(&self.weights, self.template.as_ref(), &self.id, req)?;
         let n_ctx = ctx.n_ctx() as usize;
@@ -517,6 +533,9 @@ impl Worker {
             .enumerate()
             .map(|(i, c)| (reuse + i * batch_size, c))
         {
+            if gone() {
+                return Err(self.abandoned());
+            }
             batch.clear();
             for (i, t) in chunk.iter().enumerate() {
                 let pos = chunk_start + i;
@@ -549,6 +568,9 @@ impl Worker {
         let vocab = self.weights.vocab();
         let mut pos = tokens.len() as i32;
         while seqs.iter().any(|s| s.finish.is_none()) {
+            if gone() {
+                return Err(self.abandoned());
+            }
             batch.clear();
             for (i, seq) in seqs.iter_mut().enumerate() {
                 if seq.finish.is_some() {
@@ -613,12 +635,16 @@ impl Worker {
         &self,
         ctx: &mut LlamaContext<'_>,
         texts: &[String],
+        gone: &dyn Fn() -> bool,
     ) -> Result<Embeddings, BackendError> {
         let vocab = self.weights.vocab();
         let n_ctx = ctx.n_ctx() as usize;
         let mut vectors = Vec::with_capacity(texts.len());
         let mut prompt_tokens = 0;
         for text in texts {
+            if gone() {
+                return Err(self.abandoned());
+            }
             let tokens = vocab.tokenize(text.as_bytes(), true, false);
             if tokens.is_empty() {
                 return Err(self.err(ErrorKind::Permanent, "cannot embed an empty text"));

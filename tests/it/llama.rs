@@ -352,3 +352,38 @@ async fn a_single_sample_gets_the_whole_context_and_too_long_calls_fail_up_front
     assert!(e.message.contains("× 4 samples"), "{}", e.message);
     assert!(e.usage.is_none(), "nothing was decoded");
 }
+
+/// A call whose caller stops waiting (a timeout, a cancelled run) stops
+/// decoding: the worker abandons the job, whose cache it then drops, so
+/// the next call reuses no prefix of it. Without cancellation the same
+/// next call reuses the shared prefix, which proves the worker finished
+/// the first job. (How fast it stops is measured in `benches/llama.rs`.)
+#[tokio::test]
+async fn a_dropped_call_stops_decoding() {
+    let m = Arc::new(
+        LlamaModel::open(
+            &std::env::var_os("REDRAFT_MODEL")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(default_model_path),
+            &serde_json::json!({ "threads": 1, "context_size": 1024 }),
+        )
+        .unwrap(),
+    );
+    let mut long = request("Write a very long story.", 600);
+    long.response_format = ResponseFormat::JsonSchema {
+        name: "story".into(),
+        schema: serde_json::json!({ "type": "string", "minLength": 1500 }),
+    };
+    let next = request("Write a very long story. Then stop.", 1);
+    // Finished: the next call shares the system prompt's cache.
+    let mut short = long.clone();
+    short.sampling.max_tokens = 2;
+    m.complete(&short).await.unwrap();
+    let c = m.complete(&next).await.unwrap();
+    assert!(c.usage.cached_tokens > 0, "{:?}", c.usage);
+    // Dropped as soon as the worker has started it.
+    let dropped = tokio::time::timeout(std::time::Duration::from_millis(50), m.complete(&long)).await;
+    assert!(dropped.is_err(), "600 forced tokens in 50 ms");
+    let c = m.complete(&next).await.unwrap();
+    assert_eq!(c.usage.cached_tokens, 0, "the abandoned job was decoded on");
+}
