@@ -514,7 +514,7 @@ fn parse_budgets(items: &[String]) -> anyhow::Result<Limits> {
                 _ => bail!("--budget cost_usd={v}: expected a number of dollars above 0"),
             },
             "wall_time" => {
-                let d = workflow::parse_duration(v)
+                let d = crate::units::parse_duration(v)
                     .filter(|d| !d.is_zero())
                     .with_context(|| {
                         format!(

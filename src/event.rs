@@ -8,7 +8,8 @@
 use serde::Serialize;
 
 use crate::budget::{Exhausted, Warning};
-use crate::metrics::RunSummary;
+pub use crate::summary::StopReason;
+use crate::summary::RunSummary;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -133,41 +134,6 @@ pub enum NodeStatus {
     Done,
     Skipped,
     Failed,
-}
-
-/// Why a loop stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    /// The body took no back edge (a condition routed around it).
-    Exited,
-    MaxRounds,
-    /// The `until` condition became true.
-    Until,
-    Converged,
-    Budget,
-    /// The run stopped (budget, failure, cancellation) inside the loop.
-    RunStopped,
-}
-
-impl StopReason {
-    /// The name used in JSON and in human output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StopReason::Exited => "exited",
-            StopReason::MaxRounds => "max_rounds",
-            StopReason::Until => "until",
-            StopReason::Converged => "converged",
-            StopReason::Budget => "budget",
-            StopReason::RunStopped => "run_stopped",
-        }
-    }
-}
-
-impl std::fmt::Display for StopReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// Receives events. Must be cheap and must not fail: a recorder that can

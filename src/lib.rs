@@ -42,7 +42,9 @@ pub mod modeljson;
 pub mod review;
 pub mod sandbox;
 pub mod similarity;
+pub mod summary;
 pub mod template;
+pub mod units;
 pub mod workflow;
 pub mod yaml;
 

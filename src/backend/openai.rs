@@ -164,7 +164,7 @@ fn parse_duration_setting(
 ) -> Result<Duration, String> {
     match v {
         None => Ok(default),
-        Some(s) => crate::workflow::parse_duration(s)
+        Some(s) => crate::units::parse_duration(s)
             .filter(|d| !d.is_zero())
             .ok_or_else(|| format!("`{what}` = {s:?} is not a positive duration (500ms, 30s, 2m)")),
     }

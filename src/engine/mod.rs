@@ -429,7 +429,7 @@ fn resolve_inputs(
     for name in given.keys() {
         if !wf.inputs.iter().any(|i| &i.name == name) {
             let known: Vec<&str> = wf.inputs.iter().map(|i| i.name.as_str()).collect();
-            let hint = match crate::workflow::raw::did_you_mean(name, known.iter().copied()) {
+            let hint = match crate::diagnostic::did_you_mean(name, known.iter().copied()) {
                 Some(b) => format!("did you mean `{b}`?"),
                 None if known.is_empty() => "the workflow declares no inputs".to_string(),
                 None => format!("declared inputs: {}", known.join(", ")),

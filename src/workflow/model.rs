@@ -662,24 +662,3 @@ pub(crate) struct Topology {
 
 /// The default for `max_tokens` when neither node nor model sets one.
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
-
-/// Converts the YAML duration forms `30s`, `500ms`, `2m`, `1h` or a number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let value: f64 = num.trim().parse().ok()?;
-    if !value.is_finite() || value < 0.0 {
-        return None;
-    }
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(secs).ok()
-}

@@ -5,7 +5,7 @@
 //! **Invariant:** the `*_KEYS` lists are the whole format. The JSON Schema in
 //! `docs/workflow.schema.json` is tested against them.
 
-use crate::diagnostic::{Code, Diagnostic};
+use crate::diagnostic::{Code, Diagnostic, did_you_mean};
 use crate::yaml::{Node, Span, Value};
 
 /// A value with the span it was read from.
@@ -335,19 +335,6 @@ pub(crate) fn wrong_type(node: &Node, what: &str, expected: &str) -> Diagnostic 
         ),
     )
     .label(format!("expected {expected}"))
-}
-
-/// The closest candidate by edit distance, if it is close enough.
-pub fn did_you_mean<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| (strsim::damerau_levenshtein(name, c), c))
-        .filter(|(d, c)| *d <= (name.len().max(c.len()) / 3).max(1) && *d > 0)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
 }
 
 impl Reader {

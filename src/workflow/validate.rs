@@ -11,8 +11,9 @@ use petgraph::visit::{Dfs, Reversed};
 use super::model::*;
 use super::raw::*;
 use crate::budget::Limits;
-use crate::diagnostic::{Code, Diagnostic};
+use crate::diagnostic::{Code, Diagnostic, did_you_mean};
 use crate::template::Templates;
+use crate::units::parse_duration;
 use crate::yaml::Span;
 
 /// Names every template can read besides inputs and upstream nodes.

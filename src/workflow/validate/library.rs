@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::{Ctx, VarCheck, VarSource, check_expression, unknown_name};
 use crate::diagnostic::{Code, Diagnostic};
+use crate::units::{parse_duration, parse_size};
 use crate::sandbox::{Isolation, Limits};
 use crate::workflow::model::*;
 use crate::workflow::raw::{
@@ -598,25 +599,6 @@ fn size(cx: &mut Ctx, v: &Node, what: &str) -> Option<u64> {
     parsed
 }
 
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let (num, unit) = (s[..split].trim(), s[split..].trim());
-    let value: f64 = num.parse().ok()?;
-    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        _ => return None,
-    };
-    let bytes = value * scale;
-    (1.0..1e15).contains(&bytes).then_some(bytes as u64)
-}
-
 fn isolation(cx: &mut Ctx, v: &Node) -> Option<Isolation> {
     match string(cx, v, "`isolation`")?.as_str() {
         "sandbox" => Some(Isolation::Bubblewrap),
@@ -698,20 +680,4 @@ fn expression(
         &format!("{what} of {}", env.label),
     );
     (cx.diags.len() == before).then_some(expr)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("64KiB"), Some(65536));
-        assert_eq!(parse_size("256 MiB"), Some(256 << 20));
-        assert_eq!(parse_size("1GB"), Some(1_000_000_000));
-        assert_eq!(parse_size("100"), Some(100));
-        assert_eq!(parse_size("0"), None);
-        assert_eq!(parse_size("12 parsecs"), None);
-        assert_eq!(parse_size("-5MiB"), None);
-    }
 }
