@@ -157,7 +157,12 @@ fn main() {
 /// 4. Time from dropping a call to the worker serving the next one.
 fn cancel(rt: &tokio::runtime::Runtime, path: &Path, reps: usize) {
     let m = open(path, false);
-    let mut long = request(vec![Message::user("Write a very long story.".into())], 1000, 0.0, 1);
+    let mut long = request(
+        vec![Message::user("Write a very long story.".into())],
+        1000,
+        0.0,
+        1,
+    );
     long.response_format = ResponseFormat::JsonSchema {
         name: "story".into(),
         schema: serde_json::json!({ "type": "string", "minLength": 1500 }),
@@ -167,11 +172,9 @@ fn cancel(rt: &tokio::runtime::Runtime, path: &Path, reps: usize) {
     let mut waits = Vec::new();
     for _ in 0..reps {
         let wait = rt.block_on(async {
-            let dropped = tokio::time::timeout(
-                std::time::Duration::from_millis(200),
-                m.complete(&long),
-            )
-            .await;
+            let dropped =
+                tokio::time::timeout(std::time::Duration::from_millis(200), m.complete(&long))
+                    .await;
             assert!(dropped.is_err(), "the long call ended within 200 ms");
             let t = Instant::now();
             m.complete(&short).await.unwrap();

@@ -345,7 +345,9 @@ fn run_command(args: RunArgs) -> u8 {
     }
     match result {
         Ok(summary) => report(&summary, args.json, args.quiet),
-        Err(e @ (RunError::Input { .. } | RunError::UnknownModel { .. } | RunError::NoSpec { .. })) => {
+        Err(
+            e @ (RunError::Input { .. } | RunError::UnknownModel { .. } | RunError::NoSpec { .. }),
+        ) => {
             eprintln!("error: {e}");
             EXIT_INVALID
         }

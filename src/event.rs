@@ -8,8 +8,8 @@
 use serde::Serialize;
 
 use crate::budget::{Exhausted, Warning};
-pub use crate::summary::StopReason;
 use crate::summary::RunSummary;
+pub use crate::summary::StopReason;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

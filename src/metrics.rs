@@ -13,11 +13,11 @@
 //! - over-budget ratio           OBR = (1/n) Σ 1[tokens_t > round_tokens]
 
 use crate::event::Event;
+use crate::summary::StopReason;
 pub use crate::summary::{
     FailureCause, FailureKind, LoopReport, OutputSource, ReviewReport, RoundRecord, RunFailure,
     RunStatus, RunSummary, UsageTotals,
 };
-use crate::summary::StopReason;
 
 impl LoopReport {
     pub fn compute(

@@ -17,7 +17,10 @@ use similar::{ChangeTag, TextDiff};
 /// not hold anything that outlives it.
 pub trait Reviewer: Send + Sync {
     /// One decision per edit in `req.edits`, in order: `true` accepts.
-    fn review<'a>(&'a self, req: ReviewRequest<'a>) -> BoxFuture<'a, Result<Vec<bool>, ReviewError>>;
+    fn review<'a>(
+        &'a self,
+        req: ReviewRequest<'a>,
+    ) -> BoxFuture<'a, Result<Vec<bool>, ReviewError>>;
 }
 
 /// What a reviewer is asked to decide.

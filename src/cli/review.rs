@@ -13,7 +13,10 @@ use crate::review::{Edit, ReviewError, ReviewRequest, Reviewer};
 pub struct TerminalReviewer;
 
 impl Reviewer for TerminalReviewer {
-    fn review<'a>(&'a self, req: ReviewRequest<'a>) -> BoxFuture<'a, Result<Vec<bool>, ReviewError>> {
+    fn review<'a>(
+        &'a self,
+        req: ReviewRequest<'a>,
+    ) -> BoxFuture<'a, Result<Vec<bool>, ReviewError>> {
         Box::pin(async move {
             if !std::io::stdin().is_terminal() {
                 return Err(ReviewError(

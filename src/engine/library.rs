@@ -434,8 +434,9 @@ impl Task {
         let decisions = match mode {
             ReviewDecisions::AcceptAll => vec![true; proposals.len()],
             ReviewDecisions::RejectAll => vec![false; proposals.len()],
-            ReviewDecisions::File(path) => decisions_from_file(path, depth, proposals.len())
-                .map_err(|e| self.data_error(e))?,
+            ReviewDecisions::File(path) => {
+                decisions_from_file(path, depth, proposals.len()).map_err(|e| self.data_error(e))?
+            }
             ReviewDecisions::Ask => {
                 let Some(reviewer) = &self.shared.reviewer else {
                     return Err(self.data_error(

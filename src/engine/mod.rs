@@ -359,7 +359,9 @@ impl Engine {
         };
         let (sink, stream) = stream::channel(buffer);
         let engine = self.clone();
-        (stream, async move { engine.run_with(wf, opts, Some(sink)).await })
+        (stream, async move {
+            engine.run_with(wf, opts, Some(sink)).await
+        })
     }
 
     async fn run_with(

@@ -30,7 +30,9 @@ use super::{CancellationToken, NodeError, Shared};
 use crate::budget::{Exhausted, Scope};
 use crate::event::{Event, NodeStatus, StopReason};
 use crate::metrics::{
-    FailureCause, FailureKind, LoopReport, RunFailure, OutputSource, RoundRecord, RunStatus, RunSummary};
+    FailureCause, FailureKind, LoopReport, OutputSource, RoundRecord, RunFailure, RunStatus,
+    RunSummary,
+};
 use crate::workflow::Selection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,15 +359,14 @@ impl Run {
                     error: Some(e.to_string()),
                 });
                 if !matches!(e, NodeError::Cancelled) {
-                    self.stop
-                        .get_or_insert(Stop::Failed(
-                            RunFailure {
-                                node: Some(wf.nodes[node].id.clone()),
-                                kind: e.failure_kind(),
-                                cause: e.cause(),
-                            },
-                            e.to_string(),
-                        ));
+                    self.stop.get_or_insert(Stop::Failed(
+                        RunFailure {
+                            node: Some(wf.nodes[node].id.clone()),
+                            kind: e.failure_kind(),
+                            cause: e.cause(),
+                        },
+                        e.to_string(),
+                    ));
                 }
             }
         }

@@ -5,12 +5,14 @@
 //! compiled [`Workflow`] ([`validate`]). Each pass reports every problem it
 //! finds; a later pass runs only on what the earlier ones could read.
 
+mod kinds;
 mod model;
 pub mod raw;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use kinds::{KINDS, Kind, KindDef};
 pub use model::*;
 pub use validate::{
     BUILTINS, DEFAULT_JUDGE_PROMPT, DEFAULT_MODEL_NAME, DEFAULT_MODEL_SPEC, DEFAULT_TARGET,

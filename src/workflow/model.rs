@@ -184,39 +184,6 @@ pub enum NodeKind {
 }
 
 impl NodeKind {
-    pub const NAMES: &'static [&'static str] = &[
-        "generate",
-        "critique",
-        "verify",
-        "revise",
-        "select",
-        "vote",
-        "execute",
-        "extract",
-        "tool",
-        "embed",
-        "cluster",
-        "human_review",
-    ];
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            NodeKind::Generate(_) => "generate",
-            NodeKind::Critique(_) => "critique",
-            NodeKind::Verify(_) => "verify",
-            NodeKind::Revise(_) => "revise",
-            NodeKind::Select(_) => "select",
-            NodeKind::Vote(_) => "vote",
-            NodeKind::Execute(_) => "execute",
-            NodeKind::Extract(_) => "extract",
-            NodeKind::Tool(_) => "tool",
-            NodeKind::Embed(_) => "embed",
-            NodeKind::Cluster(_) => "cluster",
-            NodeKind::HumanReview(_) => "human_review",
-        }
-    }
-
-    /// The model calls a node of this kind may make (for budgets and graphs).
     /// The fields of this node's output that templates can read, where they
     /// are known at load time; `None` where they depend on the run (a schema
     /// with no declared properties, library kinds).
@@ -249,6 +216,7 @@ impl NodeKind {
         }
     }
 
+    /// The model calls a node of this kind may make (for budgets and graphs).
     pub fn model_calls(&self) -> Vec<&ModelCall> {
         match self {
             NodeKind::Generate(c) | NodeKind::Critique(c) | NodeKind::Revise(c) => vec![c],
@@ -269,12 +237,6 @@ impl NodeKind {
             | NodeKind::Cluster(_)
             | NodeKind::HumanReview(_) => Vec::new(),
         }
-    }
-
-    /// Whether the node's output is a verdict on the artifact (`passed`,
-    /// `score`): verify, and execute (tests passed, pass rate).
-    pub fn is_verdict(&self) -> bool {
-        matches!(self, NodeKind::Verify(_) | NodeKind::Execute(_))
     }
 }
 

@@ -5,7 +5,13 @@
 //! **Invariant:** the `*_KEYS` lists are the whole format. The JSON Schema in
 //! `docs/workflow.schema.json` is tested against them.
 
+use super::Kind;
 use crate::diagnostic::{Code, Diagnostic, did_you_mean};
+
+/// The kind names, for help texts.
+fn kind_names() -> String {
+    Kind::names().collect::<Vec<_>>().join(", ")
+}
 use crate::yaml::{Node, Span, Value};
 
 /// A value with the span it was read from.
@@ -702,19 +708,8 @@ impl Reader {
             Value::Str(s) => Some(s.as_str()),
             _ => None,
         });
-        let specific: &'static [&'static str] = match kind {
-            Some("generate" | "critique" | "revise") => MODEL_CALL_KEYS,
-            Some("verify") => VERIFY_KEYS,
-            Some("select") => SELECT_KEYS,
-            Some("vote") => VOTE_KEYS,
-            Some("execute") => EXECUTE_KEYS,
-            Some("extract") => EXTRACT_KEYS,
-            Some("tool") => TOOL_KEYS,
-            Some("embed") => EMBED_KEYS,
-            Some("cluster") => CLUSTER_KEYS,
-            Some("human_review") => HUMAN_REVIEW_KEYS,
-            _ => &[],
-        };
+        let known = kind.and_then(Kind::parse);
+        let specific: &'static [&'static str] = known.map_or(&[], |k| k.def().keys);
         let label = node
             .get("id")
             .and_then(|n| match &n.value {
@@ -741,28 +736,22 @@ impl Reader {
                         format!("{label} has no `kind`"),
                     )
                     .label("`kind` is required")
-                    .help(format!(
-                        "one of: {}",
-                        crate::workflow::NodeKind::NAMES.join(", ")
-                    )),
+                    .help(format!("one of: {}", kind_names())),
                 );
                 // Without a kind the other keys cannot be judged.
                 f.used.iter_mut().for_each(|u| *u = true);
             }
             None => f.used.iter_mut().for_each(|u| *u = true),
-            Some(k) if specific.is_empty() => {
+            Some(k) if known.is_none() => {
                 let mut d = Diagnostic::new(
                     Code::InvalidValue,
                     k.span,
                     format!("unknown node kind `{}`", k.value),
                 )
                 .label("unknown kind");
-                d = match did_you_mean(&k.value, crate::workflow::NodeKind::NAMES.iter().copied()) {
+                d = match did_you_mean(&k.value, Kind::names()) {
                     Some(best) => d.help(format!("did you mean `{best}`?")),
-                    None => d.help(format!(
-                        "one of: {}",
-                        crate::workflow::NodeKind::NAMES.join(", ")
-                    )),
+                    None => d.help(format!("one of: {}", kind_names())),
                 };
                 self.err(d);
                 // Keys of an unknown kind cannot be judged: mark them read.
@@ -773,11 +762,11 @@ impl Reader {
         raw.budget = f
             .get("budget")
             .map(|n| self.budget(n, &format!("the budget of {label}")));
-        match kind {
-            Some("generate" | "critique" | "revise") => {
+        match known {
+            Some(Kind::Generate | Kind::Critique | Kind::Revise) => {
                 raw.call = Some(self.call_fields(&mut f, node.span, &label, true));
             }
-            Some("verify") => {
+            Some(Kind::Verify) => {
                 raw.target = f.get("target").and_then(|n| self.string(n, "`target`"));
                 match f.get("checks") {
                     Some(list) => {
@@ -807,27 +796,34 @@ impl Reader {
                     ),
                 }
             }
-            Some("select") => {
+            Some(Kind::Select) => {
                 raw.from = f.get("from").and_then(|n| self.string(n, "`from`"));
                 self.required(raw.from.as_ref(), "from", &label, node.span);
                 raw.by = f.get("by").and_then(|n| self.string(n, "`by`"));
                 self.required(raw.by.as_ref(), "by", &label, node.span);
                 raw.order = f.get("order").and_then(|n| self.string(n, "`order`"));
             }
-            Some("vote") => {
+            Some(Kind::Vote) => {
                 raw.from = f.get("from").and_then(|n| self.string(n, "`from`"));
                 self.required(raw.from.as_ref(), "from", &label, node.span);
                 raw.extract = f.get("extract").and_then(|n| self.string(n, "`extract`"));
                 raw.weight = f.get("weight").and_then(|n| self.string(n, "`weight`"));
             }
-            Some("execute" | "extract" | "tool" | "embed" | "cluster" | "human_review") => {
+            Some(
+                Kind::Execute
+                | Kind::Extract
+                | Kind::Tool
+                | Kind::Embed
+                | Kind::Cluster
+                | Kind::HumanReview,
+            ) => {
                 for key in specific {
                     if let Some(value) = f.get(key) {
                         raw.library.push((*key, value.clone()));
                     }
                 }
             }
-            _ => {}
+            None => {}
         }
         f.finish(self);
         raw

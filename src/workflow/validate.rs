@@ -8,6 +8,7 @@ use std::sync::Arc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::{Dfs, Reversed};
 
+use super::Kind;
 use super::model::*;
 use super::raw::*;
 use crate::budget::Limits;
@@ -38,8 +39,17 @@ pub const DEFAULT_MODEL_NAME: &str = "default";
 pub const DEFAULT_MODEL_SPEC: &str = "llama:default";
 
 mod library;
+mod refine;
 
-struct Ctx {
+pub(crate) use library::{
+    Env, cluster_node, embed_node, execute_node, extract_node, human_review_node, tool_node,
+};
+pub(crate) use refine::{critique, generate, revise, select, verify, vote};
+
+/// Builds a kind's typed spec from its raw node (one per kind, in the kinds table).
+pub(crate) type Builder = fn(&mut Ctx, &RawNode, &Env) -> Option<NodeKind>;
+
+pub(crate) struct Ctx {
     diags: Vec<Diagnostic>,
     templates: Templates,
     prompt_dir: std::path::PathBuf,
@@ -542,141 +552,20 @@ pub fn check(
         let id = node_ids[idx].clone();
         let label = format!("node `{id}`");
         let budget = cx.limits(&n.budget, &format!("the budget of {label}"));
-        let kind = match n.kind.as_ref().map(|k| k.value.as_str()) {
-            Some("generate") | Some("critique") | Some("revise") => {
-                let is_critique = n.kind.as_ref().is_some_and(|k| k.value == "critique");
-                let call = n.call.as_ref().and_then(|c| {
-                    let role = if is_critique {
-                        CallRole::Critique
-                    } else {
-                        CallRole::Generate
-                    };
-                    model_call(&mut cx, c, idx, &id, &label, &model_names, &models, role)
-                });
-                if let Some(call) = &call {
-                    if is_critique && call.schema.is_none() {
-                        cx.err(Diagnostic::new(Code::MissingKey, n.span, format!("{label} is a critique but has no `schema`")).label("`schema` is required for critique").help("give the JSON Schema of the feedback, e.g. {type: object, properties: {score: {type: number}, feedback: {type: string}}}"));
-                    }
-                }
-                match (call, n.kind.as_ref().map(|k| k.value.as_str())) {
-                    (Some(c), Some("generate")) => Some(NodeKind::Generate(c)),
-                    (Some(c), Some("critique")) => Some(NodeKind::Critique(c)),
-                    (Some(c), _) => Some(NodeKind::Revise(c)),
-                    (None, _) => None,
-                }
-            }
-            Some("verify") => {
-                let target = match &n.target {
-                    Some(t) => cx.inline(
-                        format!("{id}.target"),
-                        &t.value,
-                        t.span,
-                        &format!("`target` of {label}"),
-                    ),
-                    None => cx.inline(
-                        format!("{id}.target"),
-                        DEFAULT_TARGET,
-                        n.span,
-                        "the default target",
-                    ),
-                };
-                if let Some(name) = &target {
-                    let span = n.target.as_ref().map_or(n.span, |t| t.span);
-                    cx.pending_vars.push(VarCheck {
-                        source: VarSource::Template(name.clone()),
-                        node: idx,
-                        span,
-                        extra: &[],
-                        what: match &n.target {
-                            Some(_) => format!("`target` of {label}"),
-                            None => format!("the default `target` of {label} (`{DEFAULT_TARGET}`)"),
-                        },
-                    });
-                }
-                let mut checks = Vec::new();
-                for (ci, c) in n.checks.iter().flatten().enumerate() {
-                    if let Some(check) =
-                        verify_check(&mut cx, c, idx, &id, ci, &label, &model_names, &models)
-                    {
-                        checks.push(check);
-                    }
-                }
-                target.map(|target| NodeKind::Verify(VerifySpec { target, checks }))
-            }
-            Some("select") => {
-                let from = n.from.as_ref().and_then(|f| resolve(&mut cx, f, "`from`"));
-                if let Some(by) = &n.by {
-                    check_expression(
-                        &mut cx,
-                        &by.value,
-                        by.span,
-                        idx,
-                        &[SAMPLE_VAR],
-                        &format!("`by` of {label}"),
-                    );
-                }
-                let order = match n.order.as_ref().map(|o| o.value.as_str()) {
-                    None | Some("max") => Order::Max,
-                    Some("min") => Order::Min,
-                    Some(other) => {
-                        let span = n.order.as_ref().map_or(n.span, |o| o.span);
-                        cx.err(
-                            Diagnostic::new(
-                                Code::InvalidValue,
-                                span,
-                                format!("unknown order `{other}`"),
-                            )
-                            .label("invalid")
-                            .help("one of: max, min"),
-                        );
-                        Order::Max
-                    }
-                };
-                match (from, &n.by) {
-                    (Some(from), Some(by)) => Some(NodeKind::Select(SelectSpec {
-                        from,
-                        by: by.value.clone(),
-                        order,
-                    })),
-                    _ => None,
-                }
-            }
-            Some("vote") => {
-                let from = n.from.as_ref().and_then(|f| resolve(&mut cx, f, "`from`"));
-                let extract = n.extract.as_ref().and_then(|e| compile_regex(&mut cx, e));
-                if let Some(w) = &n.weight {
-                    check_expression(
-                        &mut cx,
-                        &w.value,
-                        w.span,
-                        idx,
-                        &[SAMPLE_VAR],
-                        &format!("`weight` of {label}"),
-                    );
-                }
-                from.map(|from| {
-                    NodeKind::Vote(VoteSpec {
-                        from,
-                        extract,
-                        weight: n.weight.as_ref().map(|w| w.value.clone()),
-                    })
-                })
-            }
-            Some(
-                kind @ ("execute" | "extract" | "tool" | "embed" | "cluster" | "human_review"),
-            ) => {
-                let env = library::Env {
-                    idx,
-                    id: &id,
-                    label: &label,
-                    span: n.span,
-                    model_names: &model_names,
-                    resolve: &resolve,
-                };
-                library::build(&mut cx, kind, n, &env)
-            }
-            _ => None,
+        let env = Env {
+            idx,
+            id: &id,
+            label: &label,
+            span: n.span,
+            model_names: &model_names,
+            models: &models,
+            resolve: &resolve,
         };
+        let kind = n
+            .kind
+            .as_ref()
+            .and_then(|k| Kind::parse(&k.value))
+            .and_then(|k| (k.def().build)(&mut cx, n, &env));
         // A node whose own keys failed keeps its place (`None`), so the
         // graph, variable and budget passes still check everything else.
         nodes.push(kind.map(|kind| NodeSpec { id, kind, budget }));

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use redraft::backend::ErrorKind;
 use redraft::budget::{LimitKind, Limits, Scope};
 use redraft::event::{CallOutcome, Event, ModelCallEvent, StopReason};
-use redraft::backend::ErrorKind;
 use redraft::metrics::{FailureCause, FailureKind, RunStatus};
 use redraft::{CancellationToken, RunOptions};
 
@@ -1161,7 +1161,10 @@ output: draft
         .run(wf.clone(), RunOptions::default())
         .await
         .unwrap_err();
-    assert!(matches!(&err, redraft::RunError::NoSpec { name } if name == "app"), "{err}");
+    assert!(
+        matches!(&err, redraft::RunError::NoSpec { name } if name == "app"),
+        "{err}"
+    );
     assert!(err.to_string().contains("--model app=SPEC"), "{err}");
     let (s, _) = run(wf, "replies:\n  - { text: hello }\n", RunOptions::default()).await;
     assert_eq!(s.output.unwrap(), "hello");
@@ -1193,7 +1196,10 @@ fn models_open_off_the_runtime_once_per_engine() {
         std::thread::spawn(move || {
             // Written when the runtime shows it is alive, or after 10 s
             // (then the runtime was blocked), so a failure cannot hang.
-            if wait.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
+            if wait
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_err()
+            {
                 blocked.store(true, Ordering::SeqCst);
             }
             std::fs::write(&fifo, "replies:\n  - { text: opened }\n").unwrap();
@@ -1223,7 +1229,10 @@ fn models_open_off_the_runtime_once_per_engine() {
     });
     writer.join().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(!blocked.load(Ordering::SeqCst), "opening blocked the runtime");
+    assert!(
+        !blocked.load(Ordering::SeqCst),
+        "opening blocked the runtime"
+    );
     for s in summaries {
         assert_eq!(s.output.unwrap(), "opened");
     }

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use redraft::backend::BoxFuture;
 use redraft::event::Event;
 use redraft::metrics::RunStatus;
-use redraft::backend::BoxFuture;
 use redraft::review::{ReviewError, ReviewRequest, Reviewer};
 use redraft::workflow::ReviewDecisions;
 use redraft::{RunOptions, RunSummary};
@@ -679,11 +679,20 @@ async fn an_embedders_reviewer_decides_the_edits() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["intent"].as_str().unwrap(), e["decision"].as_str().unwrap()))
+        .map(|e| {
+            (
+                e["intent"].as_str().unwrap(),
+                e["decision"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert!(!decided.is_empty());
     for (intent, decision) in decided {
-        assert_eq!(decision == "accept", intent != "meaning-changed", "{intent}");
+        assert_eq!(
+            decision == "accept",
+            intent != "meaning-changed",
+            "{intent}"
+        );
     }
     assert_eq!(reviewer.0.lock().unwrap()[0], ("review".to_string(), 1, 2));
 }
@@ -701,7 +710,10 @@ async fn a_pending_review_is_cancelled_with_the_run() {
         }
     }
     impl Reviewer for Away {
-        fn review<'a>(&'a self, _: ReviewRequest<'a>) -> BoxFuture<'a, Result<Vec<bool>, ReviewError>> {
+        fn review<'a>(
+            &'a self,
+            _: ReviewRequest<'a>,
+        ) -> BoxFuture<'a, Result<Vec<bool>, ReviewError>> {
             let guard = Dropped(self.0.clone());
             Box::pin(async move {
                 let _guard = guard;
@@ -726,5 +738,8 @@ async fn a_pending_review_is_cancelled_with_the_run() {
     assert_eq!(s.status, RunStatus::Interrupted);
     assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
     // The revision was made before the review: it is kept.
-    assert_eq!(s.node_runs.iter().find(|(n, _)| n == "revise").unwrap().1, 1);
+    assert_eq!(
+        s.node_runs.iter().find(|(n, _)| n == "revise").unwrap().1,
+        1
+    );
 }

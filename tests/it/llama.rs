@@ -382,7 +382,8 @@ async fn a_dropped_call_stops_decoding() {
     let c = m.complete(&next).await.unwrap();
     assert!(c.usage.cached_tokens > 0, "{:?}", c.usage);
     // Dropped as soon as the worker has started it.
-    let dropped = tokio::time::timeout(std::time::Duration::from_millis(50), m.complete(&long)).await;
+    let dropped =
+        tokio::time::timeout(std::time::Duration::from_millis(50), m.complete(&long)).await;
     assert!(dropped.is_err(), "600 forced tokens in 50 ms");
     let c = m.complete(&next).await.unwrap();
     assert_eq!(c.usage.cached_tokens, 0, "the abandoned job was decoded on");

@@ -222,42 +222,38 @@ fn schema_keys_match_the_parser() {
         set(&[raw::EDGE_KEYS])
     );
     let node_variants = defs["node"]["oneOf"].as_array().unwrap();
-    assert_eq!(
-        keys(&node_variants[0]),
-        set(&[raw::NODE_COMMON_KEYS, raw::MODEL_CALL_KEYS])
-    );
-    assert_eq!(
-        keys(&node_variants[1]),
-        set(&[raw::NODE_COMMON_KEYS, raw::VERIFY_KEYS])
-    );
-    assert_eq!(
-        keys(&node_variants[2]),
-        set(&[raw::NODE_COMMON_KEYS, raw::SELECT_KEYS])
-    );
-    assert_eq!(
-        keys(&node_variants[3]),
-        set(&[raw::NODE_COMMON_KEYS, raw::VOTE_KEYS])
-    );
-    let library: [&[&str]; 6] = [
-        raw::EXECUTE_KEYS,
-        raw::EXTRACT_KEYS,
-        raw::TOOL_KEYS,
-        raw::EMBED_KEYS,
-        raw::CLUSTER_KEYS,
-        raw::HUMAN_REVIEW_KEYS,
-    ];
-    for (i, kind_keys) in library.iter().enumerate() {
+    let variant = |name: &str| {
+        node_variants
+            .iter()
+            .find(|v| {
+                let kind = &v["properties"]["kind"];
+                kind["const"] == name
+                    || kind["enum"]
+                        .as_array()
+                        .is_some_and(|e| e.iter().any(|k| k == name))
+            })
+            .unwrap_or_else(|| panic!("kind `{name}` is not in the JSON Schema"))
+    };
+    for def in &redraft::workflow::KINDS {
         assert_eq!(
-            keys(&node_variants[4 + i]),
-            set(&[raw::NODE_COMMON_KEYS, kind_keys])
+            keys(variant(def.name)),
+            set(&[raw::NODE_COMMON_KEYS, def.keys]),
+            "the keys of kind `{}`",
+            def.name
         );
     }
+    // No variant for a kind the table lacks.
     assert_eq!(
-        keys(&node_variants[4]["properties"]["limits"]),
+        node_variants.len(),
+        10,
+        "generate, critique and revise share one variant"
+    );
+    assert_eq!(
+        keys(&variant("execute")["properties"]["limits"]),
         set(&[raw::EXECUTE_LIMIT_KEYS])
     );
     assert_eq!(
-        keys(&node_variants[6]["properties"]["http"]),
+        keys(&variant("tool")["properties"]["http"]),
         set(&[raw::TOOL_HTTP_KEYS])
     );
     // One schema variant per check kind, each required by name.
@@ -306,7 +302,10 @@ fn a_workflow_without_models_gets_the_embedded_default() {
     .unwrap();
     assert_eq!(wf.models.len(), 1);
     assert_eq!(
-        (wf.models[0].name.as_str(), wf.models[0].spec.as_deref().unwrap()),
+        (
+            wf.models[0].name.as_str(),
+            wf.models[0].spec.as_deref().unwrap()
+        ),
         ("default", "llama:default")
     );
     // A workflow that calls no model declares none.
@@ -426,4 +425,27 @@ output: critique
         "{}",
         wf.warnings_rendered
     );
+}
+
+/// Every kind in the table has a section in the reference (a `###`
+/// heading naming it) and is listed in `redraft validate`'s help for an
+/// unknown kind.
+#[test]
+fn every_kind_is_documented() {
+    let reference = std::fs::read_to_string(root().join("docs/workflow-reference.md")).unwrap();
+    let headings: Vec<&str> = reference
+        .lines()
+        .filter(|l| l.starts_with("### "))
+        .collect();
+    for def in &redraft::workflow::KINDS {
+        let named = |h: &&str| {
+            h.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .any(|w| w == def.name)
+        };
+        assert!(
+            headings.iter().any(named),
+            "kind `{}` has no section in docs/workflow-reference.md",
+            def.name
+        );
+    }
 }

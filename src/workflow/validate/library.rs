@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::{Ctx, VarCheck, VarSource, check_expression, unknown_name};
 use crate::diagnostic::{Code, Diagnostic};
-use crate::units::{parse_duration, parse_size};
 use crate::sandbox::{Isolation, Limits};
+use crate::units::{parse_duration, parse_size};
 use crate::workflow::model::*;
 use crate::workflow::raw::{
     self, EXECUTE_LIMIT_KEYS, RawNode, Spanned, TOOL_HTTP_KEYS, unknown_key,
@@ -16,15 +16,16 @@ use crate::workflow::raw::{
 use crate::yaml::{Node, Span, Value};
 
 /// Resolves a node name to its index, reporting an unknown one.
-pub(super) type ResolveNode<'a> = &'a dyn Fn(&mut Ctx, &Spanned<String>, &str) -> Option<usize>;
+pub(crate) type ResolveNode<'a> = &'a dyn Fn(&mut Ctx, &Spanned<String>, &str) -> Option<usize>;
 
 /// What the builders need from the surrounding pass.
-pub(super) struct Env<'a> {
+pub(crate) struct Env<'a> {
     pub idx: usize,
     pub id: &'a str,
     pub label: &'a str,
     pub span: Span,
     pub model_names: &'a [&'a str],
+    pub models: &'a [ModelDecl],
     pub resolve: ResolveNode<'a>,
 }
 
@@ -49,18 +50,23 @@ fn must<T>(v: Option<T>) -> Read<T> {
     v.ok_or(Reported)
 }
 
-pub(super) fn build(cx: &mut Ctx, kind: &str, n: &RawNode, env: &Env) -> Option<NodeKind> {
-    let f = Fields(&n.library);
-    let built = match kind {
-        "execute" => execute(cx, &f, env).map(NodeKind::Execute),
-        "extract" => extract(cx, &f, env).map(NodeKind::Extract),
-        "tool" => tool(cx, &f, env).map(NodeKind::Tool),
-        "embed" => embed(cx, &f, env).map(NodeKind::Embed),
-        "cluster" => cluster(cx, &f, env).map(NodeKind::Cluster),
-        "human_review" => review(cx, &f, env).map(NodeKind::HumanReview),
-        _ => Err(Reported),
-    };
-    built.ok()
+/// The library kinds' builders: their keys were kept by pass 1
+/// (`RawNode::library`) and are read here.
+macro_rules! builders {
+    ($($name:ident => $read:ident, $variant:ident;)*) => {$(
+        pub(crate) fn $name(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+            $read(cx, &Fields(&n.library), env).map(NodeKind::$variant).ok()
+        }
+    )*};
+}
+
+builders! {
+    execute_node => execute, Execute;
+    extract_node => extract, Extract;
+    tool_node => tool, Tool;
+    embed_node => embed, Embed;
+    cluster_node => cluster, Cluster;
+    human_review_node => review, HumanReview;
 }
 
 fn extract(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ExtractSpec> {

@@ -1,0 +1,143 @@
+//! Builders of the refinement core's kinds (generate, critique, revise,
+//! verify, select, vote): the raw node of pass 1 → its typed spec. Each is
+//! registered in [`crate::workflow::KINDS`]; like every builder, it reports
+//! each problem and returns `None` when the node cannot be built.
+
+use super::library::Env;
+use super::{
+    CallRole, Ctx, DEFAULT_TARGET, SAMPLE_VAR, VarCheck, VarSource, check_expression,
+    compile_regex, model_call, verify_check,
+};
+use crate::diagnostic::{Code, Diagnostic};
+use crate::workflow::model::*;
+use crate::workflow::raw::RawNode;
+
+pub(crate) fn generate(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+    call(cx, n, env, CallRole::Generate).map(NodeKind::Generate)
+}
+
+pub(crate) fn revise(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+    call(cx, n, env, CallRole::Generate).map(NodeKind::Revise)
+}
+
+pub(crate) fn critique(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+    let call = call(cx, n, env, CallRole::Critique)?;
+    if call.schema.is_none() {
+        cx.err(
+            Diagnostic::new(
+                Code::MissingKey,
+                n.span,
+                format!("{} is a critique but has no `schema`", env.label),
+            )
+            .label("`schema` is required for critique")
+            .help("give the JSON Schema of the feedback, e.g. {type: object, properties: {score: {type: number}, feedback: {type: string}}}"),
+        );
+    }
+    Some(NodeKind::Critique(call))
+}
+
+fn call(cx: &mut Ctx, n: &RawNode, env: &Env, role: CallRole) -> Option<ModelCall> {
+    let c = n.call.as_ref()?;
+    model_call(
+        cx,
+        c,
+        env.idx,
+        env.id,
+        env.label,
+        env.model_names,
+        env.models,
+        role,
+    )
+}
+
+pub(crate) fn verify(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+    let (id, label) = (env.id, env.label);
+    let target = match &n.target {
+        Some(t) => cx.inline(
+            format!("{id}.target"),
+            &t.value,
+            t.span,
+            &format!("`target` of {label}"),
+        ),
+        None => cx.inline(
+            format!("{id}.target"),
+            DEFAULT_TARGET,
+            n.span,
+            "the default target",
+        ),
+    };
+    if let Some(name) = &target {
+        let span = n.target.as_ref().map_or(n.span, |t| t.span);
+        cx.pending_vars.push(VarCheck {
+            source: VarSource::Template(name.clone()),
+            node: env.idx,
+            span,
+            extra: &[],
+            what: match &n.target {
+                Some(_) => format!("`target` of {label}"),
+                None => format!("the default `target` of {label} (`{DEFAULT_TARGET}`)"),
+            },
+        });
+    }
+    let mut checks = Vec::new();
+    for (ci, c) in n.checks.iter().flatten().enumerate() {
+        if let Some(check) =
+            verify_check(cx, c, env.idx, id, ci, label, env.model_names, env.models)
+        {
+            checks.push(check);
+        }
+    }
+    target.map(|target| NodeKind::Verify(VerifySpec { target, checks }))
+}
+
+pub(crate) fn select(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+    let from = n.from.as_ref().and_then(|f| (env.resolve)(cx, f, "`from`"));
+    if let Some(by) = &n.by {
+        check_expression(
+            cx,
+            &by.value,
+            by.span,
+            env.idx,
+            &[SAMPLE_VAR],
+            &format!("`by` of {}", env.label),
+        );
+    }
+    let order = match n.order.as_ref().map(|o| o.value.as_str()) {
+        None | Some("max") => Order::Max,
+        Some("min") => Order::Min,
+        Some(other) => {
+            let span = n.order.as_ref().map_or(n.span, |o| o.span);
+            cx.err(
+                Diagnostic::new(Code::InvalidValue, span, format!("unknown order `{other}`"))
+                    .label("invalid")
+                    .help("one of: max, min"),
+            );
+            Order::Max
+        }
+    };
+    Some(NodeKind::Select(SelectSpec {
+        from: from?,
+        by: n.by.as_ref()?.value.clone(),
+        order,
+    }))
+}
+
+pub(crate) fn vote(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+    let from = n.from.as_ref().and_then(|f| (env.resolve)(cx, f, "`from`"));
+    let extract = n.extract.as_ref().and_then(|e| compile_regex(cx, e));
+    if let Some(w) = &n.weight {
+        check_expression(
+            cx,
+            &w.value,
+            w.span,
+            env.idx,
+            &[SAMPLE_VAR],
+            &format!("`weight` of {}", env.label),
+        );
+    }
+    Some(NodeKind::Vote(VoteSpec {
+        from: from?,
+        extract,
+        weight: n.weight.as_ref().map(|w| w.value.clone()),
+    }))
+}
