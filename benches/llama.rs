@@ -158,7 +158,7 @@ fn main() {
 fn cancel(rt: &tokio::runtime::Runtime, path: &Path, reps: usize) {
     let m = open(path, false);
     let mut long = request(
-        vec![Message::user("Write a very long story.".into())],
+        vec![Message::user("Write a very long story.")],
         1000,
         0.0,
         1,
@@ -167,7 +167,7 @@ fn cancel(rt: &tokio::runtime::Runtime, path: &Path, reps: usize) {
         name: "story".into(),
         schema: serde_json::json!({ "type": "string", "minLength": 1500 }),
     };
-    let short = request(vec![Message::user("Hi".into())], 1, 0.0, 1);
+    let short = request(vec![Message::user("Hi")], 1, 0.0, 1);
     let (idle, _) = time(rt, &m, &short, reps);
     let mut waits = Vec::new();
     for _ in 0..reps {

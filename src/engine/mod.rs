@@ -49,7 +49,7 @@ pub struct Engine {
     /// Models opened from specs, with their persistent layers (rate limit,
     /// recording), shared by every run of this engine: connection pools and
     /// rate-limit buckets outlive a run.
-    opened: Arc<Mutex<HashMap<String, Arc<OnceCell<Arc<dyn LanguageModel>>>>>>,
+    opened: Arc<Mutex<HashMap<String, OpenedModel>>>,
 }
 
 impl Default for Engine {
@@ -102,6 +102,10 @@ pub enum RunError {
     #[error("the workflow has no model `{name}` to override (models: {known})")]
     UnknownModel { name: String, known: String },
 }
+
+/// A model opened once per engine: runs that need it while it opens wait
+/// for the one opening it.
+type OpenedModel = Arc<OnceCell<Arc<dyn LanguageModel>>>;
 
 /// What replaces a workflow model: an opened model, or another spec opened
 /// with the workflow's `settings` for that model.

@@ -200,6 +200,11 @@ fn unknown_name(code: Code, span: Span, what: String, name: &str, known: &[&str]
 }
 
 /// Runs pass 2. `base_dir` is the directory of the workflow file.
+///
+/// The passes below run in this order, each on whatever the earlier ones
+/// could resolve; each reports every problem it finds, and a name that
+/// does not resolve is reported once (where it is written) and hides no
+/// other problem.
 pub fn check(
     raw: RawWorkflow,
     base_dir: &Path,
@@ -216,7 +221,144 @@ pub fn check(
         base_dir: base_dir.to_path_buf(),
         pending_vars: Vec::new(),
     };
+    header_pass(&mut cx, &raw);
+    let models = models_pass(&mut cx, &raw);
+    let model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    // Node ids and input names share the template namespace.
+    let mut names: HashMap<String, &'static str> = HashMap::new();
+    let inputs = inputs_pass(&mut cx, &raw, &mut names);
+    let ids = NodeIds::new(&mut cx, &raw, &mut names);
+    let resolve = |cx: &mut Ctx, name: &Spanned<String>, what: &str| ids.resolve(cx, name, what);
+    let mut nodes = nodes_pass(&mut cx, &raw, &ids, &model_names, &models, &resolve);
+    let (edges, edge_spans, mut dangling) = edges_pass(&mut cx, &raw, &ids, &resolve);
+    let (mut loops, loop_spans) = loops_pass(&mut cx, &raw, &resolve);
+    // Workflow settings.
+    let budget = cx.limits(&raw.budget, "the workflow budget");
+    let concurrency = match &raw.concurrency {
+        Some(c) if c.value == 0 => {
+            cx.err(
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    c.span,
+                    "`concurrency` must be at least 1",
+                )
+                .label("zero"),
+            );
+            1
+        }
+        Some(c) => c.value.min(4096) as usize,
+        None => 8,
+    };
 
+    let output = output_pass(&mut cx, &raw, &resolve);
+    conversation_checks(&mut cx, &raw, &mut nodes, &ids.ids, &edges, &resolve);
+    let node_ids = &ids.ids;
+    // Graph, variable and budget checks run on whatever resolved: a name
+    // that did not resolve is reported once and hides no other problem.
+    let mut topology = Topology::default();
+    if !raw.nodes.is_empty() {
+        let node_spans: Vec<Span> = raw
+            .nodes
+            .iter()
+            .map(|n| n.id.as_ref().map_or(n.span, |i| i.span))
+            .collect();
+        let starts: Vec<(usize, Span)> = if raw.start.is_empty() {
+            vec![(0, node_spans[0])]
+        } else {
+            raw.start
+                .iter()
+                .filter_map(|s| resolve(&mut cx, s, "start node").map(|i| (i, s.span)))
+                .collect()
+        };
+        // An unknown start name may be any node: reachability says nothing then.
+        if starts.len() < raw.start.len() {
+            dangling.extend(0..node_ids.len());
+        }
+        // A node whose id is taken twice is reported as a duplicate; edges to
+        // that name resolve to the first one, so its reachability is moot.
+        for (i, id) in node_ids.iter().enumerate() {
+            if node_ids[..i].contains(id) {
+                dangling.push(i);
+            }
+        }
+        topology = graph_checks(
+            &mut cx,
+            node_ids,
+            &node_spans,
+            &starts,
+            &edges,
+            &edge_spans,
+            &mut loops,
+            &loop_spans,
+            &dangling,
+        );
+        if cx
+            .diags
+            .iter()
+            .all(|d| !matches!(d.code, Code::UnboundedCycle | Code::BadLoop))
+        {
+            let fields: Vec<Option<Vec<String>>> = nodes
+                .iter()
+                .map(|n| n.as_ref().and_then(|n| n.kind.output_fields()))
+                .collect();
+            let output_from = output.as_ref().map_or(&[][..], |o| &o.from[..]);
+            variable_checks(
+                &mut cx,
+                node_ids,
+                &fields,
+                (&edges, &loops, &starts),
+                &inputs,
+                output_from,
+                &dangling,
+            );
+        }
+        budget_checks(&mut cx, &nodes, &models, &loops, &budget, &raw);
+    }
+
+    // A node that could not be built always has a diagnostic of its own;
+    // should one ever lack it, say so rather than run a partial workflow.
+    if diags.iter().chain(&cx.diags).all(|d| d.code.is_warning()) {
+        for (i, n) in nodes.iter().enumerate() {
+            if n.is_none() {
+                cx.err(
+                    Diagnostic::new(
+                        Code::InvalidValue,
+                        raw.nodes[i].span,
+                        format!("node `{}` could not be read", node_ids[i]),
+                    )
+                    .label("incomplete node"),
+                );
+            }
+        }
+    }
+    diags.append(&mut cx.diags);
+    if diags.iter().any(|d| !d.code.is_warning()) {
+        return Err(diags);
+    }
+    let warnings = diags;
+    let nodes: Vec<NodeSpec> = nodes.into_iter().flatten().collect();
+    Ok(Workflow {
+        name: raw.name.unwrap_or_else(|| "workflow".into()),
+        description: raw.description,
+        path: None,
+        models,
+        inputs,
+        budget,
+        concurrency,
+        nodes,
+        edges,
+        loops,
+        output: output.expect("no diagnostics means an output"),
+        templates: Arc::new(cx.templates),
+        topology,
+        warnings,
+        warnings_rendered: String::new(),
+    })
+}
+
+/// Version and prompt directory. Invariant: a workflow that loads says
+/// `version: 1`, and its prompt directory exists.
+fn header_pass(cx: &mut Ctx, raw: &RawWorkflow) {
     match &raw.version {
         Some(v) if v.value == 1 => {}
         Some(v) => cx.err(
@@ -251,8 +393,12 @@ pub fn check(
             );
         }
     }
+}
 
-    // Models.
+/// Model declarations. Invariant: names are unique, specs parse, limits
+/// are in range; a workflow that calls a model but declares none gets the
+/// embedded default (`default` = `llama:default`).
+fn models_pass(cx: &mut Ctx, raw: &RawWorkflow) -> Vec<ModelDecl> {
     let mut models = Vec::new();
     let mut seen = HashSet::new();
     for m in &raw.models {
@@ -423,11 +569,18 @@ pub fn check(
             settings: serde_json::Value::Null,
         });
     }
-    let model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
 
-    // Inputs.
+    models
+}
+
+/// Input declarations. Invariant: names are unique, shadow no built-in,
+/// and defaults have the declared type.
+fn inputs_pass(
+    cx: &mut Ctx,
+    raw: &RawWorkflow,
+    names: &mut HashMap<String, &'static str>,
+) -> Vec<InputDecl> {
     let mut inputs = Vec::new();
-    let mut names: HashMap<String, &'static str> = HashMap::new();
     for i in &raw.inputs {
         let name = &i.name.value;
         if BUILTINS.contains(&name.as_str()) {
@@ -487,66 +640,101 @@ pub fn check(
         });
     }
 
-    // Node ids first, so that references can be resolved in any order.
-    let mut node_ids: Vec<String> = Vec::new();
-    for (i, n) in raw.nodes.iter().enumerate() {
-        let Some(id) = &n.id else {
-            node_ids.push(format!("#{}", i + 1));
-            continue;
-        };
-        if BUILTINS.contains(&id.value.as_str()) {
-            cx.err(
-                Diagnostic::new(
-                    Code::DuplicateId,
-                    id.span,
-                    format!("node `{}` shadows a built-in variable", id.value),
-                )
-                .label("reserved name")
-                .help(format!("reserved: {}", BUILTINS.join(", "))),
-            );
-        } else if let Some(prev) = names.insert(id.value.clone(), "node") {
-            let msg = if prev == "node" {
-                format!("node `{}` is defined twice", id.value)
-            } else {
-                format!("node `{}` has the same name as an input", id.value)
+    inputs
+}
+
+/// Node ids, collected before anything refers to them so that references
+/// resolve in any order. A node without an id is `#N` (never resolvable).
+struct NodeIds {
+    ids: Vec<String>,
+}
+
+impl NodeIds {
+    /// Invariant: ids are unique, valid template names, and clash with no
+    /// input or built-in variable.
+    fn new(cx: &mut Ctx, raw: &RawWorkflow, names: &mut HashMap<String, &'static str>) -> NodeIds {
+        let mut node_ids: Vec<String> = Vec::new();
+        for (i, n) in raw.nodes.iter().enumerate() {
+            let Some(id) = &n.id else {
+                node_ids.push(format!("#{}", i + 1));
+                continue;
             };
-            cx.err(
-                Diagnostic::new(Code::DuplicateId, id.span, msg)
-                    .label("duplicate")
-                    .help("node ids and input names share one namespace in templates"),
-            );
-        } else if !id
-            .value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            || id.value.starts_with(|c: char| c.is_ascii_digit())
-        {
-            cx.err(Diagnostic::new(Code::InvalidValue, id.span, format!("node id `{}` is not a valid template name", id.value)).label("invalid id").help("use letters, digits and `_`, not starting with a digit (ids are template variables)"));
+            if BUILTINS.contains(&id.value.as_str()) {
+                cx.err(
+                    Diagnostic::new(
+                        Code::DuplicateId,
+                        id.span,
+                        format!("node `{}` shadows a built-in variable", id.value),
+                    )
+                    .label("reserved name")
+                    .help(format!("reserved: {}", BUILTINS.join(", "))),
+                );
+            } else if let Some(prev) = names.insert(id.value.clone(), "node") {
+                let msg = if prev == "node" {
+                    format!("node `{}` is defined twice", id.value)
+                } else {
+                    format!("node `{}` has the same name as an input", id.value)
+                };
+                cx.err(
+                    Diagnostic::new(Code::DuplicateId, id.span, msg)
+                        .label("duplicate")
+                        .help("node ids and input names share one namespace in templates"),
+                );
+            } else if !id
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || id.value.starts_with(|c: char| c.is_ascii_digit())
+            {
+                cx.err(Diagnostic::new(Code::InvalidValue, id.span, format!("node id `{}` is not a valid template name", id.value)).label("invalid id").help("use letters, digits and `_`, not starting with a digit (ids are template variables)"));
+            }
+            node_ids.push(id.value.clone());
         }
-        node_ids.push(id.value.clone());
+        NodeIds { ids: node_ids }
     }
-    let mut id_refs: Vec<&str> = node_ids
-        .iter()
-        .map(String::as_str)
-        .filter(|s| !s.starts_with('#'))
-        .collect();
-    id_refs.sort_unstable();
-    id_refs.dedup();
-    let resolve = |cx: &mut Ctx, name: &Spanned<String>, what: &str| -> Option<usize> {
-        let found = node_ids.iter().position(|n| *n == name.value);
+
+    /// The resolvable ids, sorted and unique ("did you mean" candidates).
+    fn refs(&self) -> Vec<&str> {
+        let mut refs: Vec<&str> = self
+            .ids
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.starts_with('#'))
+            .collect();
+        refs.sort_unstable();
+        refs.dedup();
+        refs
+    }
+
+    /// The node named `name`; an unknown name is reported (with the
+    /// closest id) and resolves to nothing.
+    fn resolve(&self, cx: &mut Ctx, name: &Spanned<String>, what: &str) -> Option<usize> {
+        let found = self.ids.iter().position(|n| *n == name.value);
         if found.is_none() {
             cx.err(unknown_name(
                 Code::UnknownNode,
                 name.span,
                 format!("{what} `{}` is not a defined node", name.value),
                 &name.value,
-                &id_refs,
+                &self.refs(),
             ));
         }
         found
-    };
+    }
+}
 
-    // Nodes.
+/// Nodes: each raw node through its kind's builder (the kinds table).
+/// Invariant: a node whose own keys failed keeps its place (`None`), so the
+/// graph, variable and budget passes still check everything else.
+fn nodes_pass(
+    cx: &mut Ctx,
+    raw: &RawWorkflow,
+    ids: &NodeIds,
+    model_names: &[&str],
+    models: &[ModelDecl],
+    resolve: library::ResolveNode,
+) -> Vec<Option<NodeSpec>> {
+    let node_ids = &ids.ids;
     let mut nodes = Vec::new();
     for (idx, n) in raw.nodes.iter().enumerate() {
         let id = node_ids[idx].clone();
@@ -557,34 +745,38 @@ pub fn check(
             id: &id,
             label: &label,
             span: n.span,
-            model_names: &model_names,
-            models: &models,
-            resolve: &resolve,
+            model_names,
+            models,
+            resolve,
         };
         let kind = n
             .kind
             .as_ref()
             .and_then(|k| Kind::parse(&k.value))
-            .and_then(|k| (k.def().build)(&mut cx, n, &env));
-        // A node whose own keys failed keeps its place (`None`), so the
-        // graph, variable and budget passes still check everything else.
+            .and_then(|k| (k.def().build)(cx, n, &env));
         nodes.push(kind.map(|kind| NodeSpec { id, kind, budget }));
     }
 
-    // Edges. An edge whose source is unknown may, once fixed, lead to its
-    // target: that target (and what follows it) is then not reported as
-    // unreachable or as reading nodes that are not upstream.
+    nodes
+}
+
+/// Forward edges. Invariant: both ends resolve and a condition compiles.
+/// An edge whose source is unknown may, once fixed, lead to its target:
+/// that target (and what follows it) is returned as `dangling`, not to be
+/// reported as unreachable or as reading nodes that are not upstream.
+fn edges_pass(
+    cx: &mut Ctx,
+    raw: &RawWorkflow,
+    ids: &NodeIds,
+    resolve: library::ResolveNode,
+) -> (Vec<Edge>, Vec<Span>, Vec<usize>) {
+    let node_ids = &ids.ids;
     let mut edges = Vec::new();
     let mut edge_spans = Vec::new();
     let mut dangling = Vec::new();
     for e in &raw.edges {
-        let from = e
-            .from
-            .as_ref()
-            .and_then(|f| resolve(&mut cx, f, "edge source"));
-        let to =
-            e.to.as_ref()
-                .and_then(|t| resolve(&mut cx, t, "edge target"));
+        let from = e.from.as_ref().and_then(|f| resolve(cx, f, "edge source"));
+        let to = e.to.as_ref().and_then(|t| resolve(cx, t, "edge target"));
         match (from, to) {
             (None, Some(to)) => dangling.push(to),
             // A misspelt target most likely meant the closest node id; with
@@ -592,7 +784,7 @@ pub fn check(
             (Some(_), None) => match e
                 .to
                 .as_ref()
-                .and_then(|t| did_you_mean(&t.value, id_refs.iter().copied()))
+                .and_then(|t| did_you_mean(&t.value, ids.refs()))
             {
                 Some(meant) => dangling.extend(node_ids.iter().position(|id| id == meant)),
                 None => dangling.extend(0..node_ids.len()),
@@ -601,7 +793,7 @@ pub fn check(
         }
         if let (Some(from), Some(to)) = (from, to) {
             if let Some(w) = &e.when {
-                check_expression(&mut cx, &w.value, w.span, from, &[], "the edge condition");
+                check_expression(cx, &w.value, w.span, from, &[], "the edge condition");
             }
             edges.push(Edge {
                 from,
@@ -612,7 +804,16 @@ pub fn check(
         }
     }
 
-    // Loops.
+    (edges, edge_spans, dangling)
+}
+
+/// Loops. Invariant: ids are unique, both ends resolve, stop rules and
+/// limits are in range and compile. Bodies are computed by the graph pass.
+fn loops_pass(
+    cx: &mut Ctx,
+    raw: &RawWorkflow,
+    resolve: library::ResolveNode,
+) -> (Vec<LoopSpec>, Vec<Span>) {
     let mut loops = Vec::new();
     let mut loop_spans = Vec::new();
     let mut loop_ids = HashSet::new();
@@ -620,8 +821,8 @@ pub fn check(
         let from = l
             .from
             .as_ref()
-            .and_then(|f| resolve(&mut cx, f, "loop back edge source"));
-        let to = l.to.as_ref().and_then(|t| resolve(&mut cx, t, "loop head"));
+            .and_then(|f| resolve(cx, f, "loop back edge source"));
+        let to = l.to.as_ref().and_then(|t| resolve(cx, t, "loop head"));
         if let Some(id) = &l.id {
             if !loop_ids.insert(id.value.clone()) {
                 cx.err(
@@ -654,7 +855,7 @@ pub fn check(
         };
         if let (Some(u), Some(from)) = (&l.until, from) {
             check_expression(
-                &mut cx,
+                cx,
                 &u.value,
                 u.span,
                 from,
@@ -665,7 +866,7 @@ pub fn check(
         let converge = l.converge.as_ref().map(|c| {
             if let Some(from) = from {
                 check_expression(
-                    &mut cx,
+                    cx,
                     &c.score.value,
                     c.score.span,
                     from,
@@ -696,10 +897,7 @@ pub fn check(
         });
         let budget = cx.limits(&l.budget, &format!("the budget of {what}"));
         let metrics = LoopMetrics {
-            answer: l
-                .metrics_answer
-                .as_ref()
-                .and_then(|r| compile_regex(&mut cx, r)),
+            answer: l.metrics_answer.as_ref().and_then(|r| compile_regex(cx, r)),
             gold: l.metrics_gold.as_ref().and_then(|g| {
                 let name = format!(
                     "{}.metrics.gold",
@@ -736,26 +934,17 @@ pub fn check(
         }
     }
 
-    // Workflow settings.
-    let budget = cx.limits(&raw.budget, "the workflow budget");
-    let concurrency = match &raw.concurrency {
-        Some(c) if c.value == 0 => {
-            cx.err(
-                Diagnostic::new(
-                    Code::InvalidValue,
-                    c.span,
-                    "`concurrency` must be at least 1",
-                )
-                .label("zero"),
-            );
-            1
-        }
-        Some(c) => c.value.min(4096) as usize,
-        None => 8,
-    };
+    (loops, loop_spans)
+}
 
-    // Output.
-    let output = match &raw.output {
+/// The output. Invariant: it names at least one node, every name resolves,
+/// and the selection is known.
+fn output_pass(
+    cx: &mut Ctx,
+    raw: &RawWorkflow,
+    resolve: library::ResolveNode,
+) -> Option<OutputSpec> {
+    match &raw.output {
         None => {
             cx.err(Diagnostic::new(Code::BadOutput, raw.span, "the workflow has no `output`").label("`output` is required").help("name the nodes whose results are the answer, e.g. `output: {from: [draft, revise]}`"));
             None
@@ -772,7 +961,7 @@ pub fn check(
             let from: Vec<usize> = o
                 .from
                 .iter()
-                .filter_map(|f| resolve(&mut cx, f, "output"))
+                .filter_map(|f| resolve(cx, f, "output"))
                 .collect();
             let select = match o.select.as_ref().map(|s| s.value.as_str()) {
                 None | Some("best") => Selection::Best,
@@ -800,111 +989,7 @@ pub fn check(
                 select,
             })
         }
-    };
-
-    conversation_checks(&mut cx, &raw, &mut nodes, &node_ids, &edges, &resolve);
-
-    // Graph, variable and budget checks run on whatever resolved: a name
-    // that did not resolve is reported once and hides no other problem.
-    let mut topology = Topology::default();
-    if !raw.nodes.is_empty() {
-        let node_spans: Vec<Span> = raw
-            .nodes
-            .iter()
-            .map(|n| n.id.as_ref().map_or(n.span, |i| i.span))
-            .collect();
-        let starts: Vec<(usize, Span)> = if raw.start.is_empty() {
-            vec![(0, node_spans[0])]
-        } else {
-            raw.start
-                .iter()
-                .filter_map(|s| resolve(&mut cx, s, "start node").map(|i| (i, s.span)))
-                .collect()
-        };
-        // An unknown start name may be any node: reachability says nothing then.
-        if starts.len() < raw.start.len() {
-            dangling.extend(0..node_ids.len());
-        }
-        // A node whose id is taken twice is reported as a duplicate; edges to
-        // that name resolve to the first one, so its reachability is moot.
-        for (i, id) in node_ids.iter().enumerate() {
-            if node_ids[..i].contains(id) {
-                dangling.push(i);
-            }
-        }
-        topology = graph_checks(
-            &mut cx,
-            &node_ids,
-            &node_spans,
-            &starts,
-            &edges,
-            &edge_spans,
-            &mut loops,
-            &loop_spans,
-            &dangling,
-        );
-        if cx
-            .diags
-            .iter()
-            .all(|d| !matches!(d.code, Code::UnboundedCycle | Code::BadLoop))
-        {
-            let fields: Vec<Option<Vec<String>>> = nodes
-                .iter()
-                .map(|n| n.as_ref().and_then(|n| n.kind.output_fields()))
-                .collect();
-            let output_from = output.as_ref().map_or(&[][..], |o| &o.from[..]);
-            variable_checks(
-                &mut cx,
-                &node_ids,
-                &fields,
-                (&edges, &loops, &starts),
-                &inputs,
-                output_from,
-                &dangling,
-            );
-        }
-        budget_checks(&mut cx, &nodes, &models, &loops, &budget, &raw);
     }
-
-    // A node that could not be built always has a diagnostic of its own;
-    // should one ever lack it, say so rather than run a partial workflow.
-    if diags.iter().chain(&cx.diags).all(|d| d.code.is_warning()) {
-        for (i, n) in nodes.iter().enumerate() {
-            if n.is_none() {
-                cx.err(
-                    Diagnostic::new(
-                        Code::InvalidValue,
-                        raw.nodes[i].span,
-                        format!("node `{}` could not be read", node_ids[i]),
-                    )
-                    .label("incomplete node"),
-                );
-            }
-        }
-    }
-    diags.append(&mut cx.diags);
-    if diags.iter().any(|d| !d.code.is_warning()) {
-        return Err(diags);
-    }
-    let warnings = diags;
-    let nodes: Vec<NodeSpec> = nodes.into_iter().flatten().collect();
-    Ok(Workflow {
-        name: raw.name.unwrap_or_else(|| "workflow".into()),
-        description: raw.description,
-        path: None,
-        models,
-        inputs,
-        budget,
-        concurrency,
-        nodes,
-        edges,
-        loops,
-        output: output.expect("no diagnostics means an output"),
-        templates: Arc::new(cx.templates),
-        topology,
-        warnings,
-        warnings_rendered: String::new(),
-    })
 }
 
 /// What a model call is for; it decides the defaults of unset sampling keys.
