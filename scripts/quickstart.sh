@@ -13,5 +13,5 @@ cd "$(dirname "$0")/.."
 # to rebuild llama.cpp (about 7 minutes on 2 cores). llama.cpp itself is
 # always compiled optimised (see Cargo.toml).
 echo "quickstart: building redraft with llama.cpp (about 10 minutes on 2 cores the first time)" >&2
-cargo test --features llama --no-run --quiet
+cargo test --features llama,otel --no-run --quiet
 exec "${CARGO_TARGET_DIR:-target}/debug/redraft" run workflows/self-refine.yaml --model writer=llama:default "$@"

@@ -8,10 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --features llama "$@"
+  cargo nextest run --features llama,otel "$@"
 else
   # Without nextest: the same tests under one overall limit.
   echo "test: cargo-nextest not found; running cargo test under a 45-minute limit" >&2
-  timeout 45m cargo test --features llama --tests "$@"
+  timeout 45m cargo test --features llama,otel --tests "$@"
 fi
-cargo test --features llama --doc
+cargo test --features llama,otel --doc

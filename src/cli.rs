@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::Layer as _;
 
 use crate::budget::Limits;
 use crate::engine::{Engine, RunError, RunOptions};
@@ -156,6 +157,29 @@ fn log_filter(rust_log: Option<String>, quiet: bool) -> tracing_subscriber::EnvF
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default))
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (errors only with `-q`). With
+/// the `otel` feature and an OTLP endpoint in the environment, spans are
+/// also exported (call inside the runtime); the guard flushes them.
+fn init_tracing(quiet: bool) -> Option<Box<dyn FnOnce()>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(log_filter(std::env::var("RUST_LOG").ok(), quiet));
+    let registry = tracing_subscriber::registry().with(fmt);
+    #[cfg(feature = "otel")]
+    match crate::otel::layer_from_env() {
+        Some(Ok((layer, guard))) => {
+            let _ = registry.with(layer).try_init();
+            return Some(Box::new(move || guard.shutdown()));
+        }
+        Some(Err(e)) => eprintln!("warning: not exporting traces: {e}"),
+        None => {}
+    }
+    let _ = registry.try_init();
+    None
+}
+
 /// Parses arguments, runs, and returns the exit code.
 pub fn main() -> u8 {
     let cli = match Cli::try_parse() {
@@ -169,11 +193,10 @@ pub fn main() -> u8 {
             };
         }
     };
-    let quiet = matches!(&cli.command, Command::Run(args) if args.quiet);
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok(), quiet))
-        .with_writer(std::io::stderr)
-        .try_init();
+    if !matches!(cli.command, Command::Run(_)) {
+        // `run` sets up logging (and trace export) inside its runtime.
+        init_tracing(false);
+    }
     match cli.command {
         Command::Run(args) => run_command(args),
         Command::Validate { files, format } => validate_command(&files, format),
@@ -321,6 +344,10 @@ fn run_command(args: RunArgs) -> u8 {
             return EXIT_BACKEND;
         }
     };
+    let flush_traces = {
+        let _inside = runtime.enter();
+        init_tracing(args.quiet)
+    };
     let cancel = opts.cancel.clone();
     let result = runtime.block_on(async move {
         // Listen before the run starts, so an early Ctrl-C is never lost.
@@ -335,6 +362,9 @@ fn run_command(args: RunArgs) -> u8 {
         watcher.abort();
         r
     });
+    if let Some(flush) = flush_traces {
+        flush();
+    }
     // A review prompt cancelled by Ctrl-C may still be blocked reading the
     // terminal: do not wait for it.
     runtime.shutdown_background();

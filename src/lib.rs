@@ -39,6 +39,8 @@ pub mod graph;
 pub mod layer;
 pub mod metrics;
 pub mod modeljson;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod review;
 pub mod sandbox;
 pub mod similarity;

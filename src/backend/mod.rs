@@ -280,6 +280,16 @@ pub enum FinishReason {
     Length,
 }
 
+impl FinishReason {
+    /// The name used in JSON (and OpenTelemetry's `finish_reasons`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
 /// Log-probability of one generated token and its top alternatives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenLogprob {
@@ -335,6 +345,20 @@ pub enum ErrorKind {
     /// The call was not made: it would cross a budget (see `budget::Exhausted`
     /// in `source`).
     Budget,
+}
+
+impl ErrorKind {
+    /// The name used in JSON (and as OpenTelemetry's `error.type`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::ContextLength => "context_length",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Config => "config",
+            ErrorKind::Budget => "budget",
+        }
+    }
 }
 
 /// A failed backend call.

@@ -24,6 +24,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
+use tracing::Instrument as _;
 
 pub use tokio_util::sync::CancellationToken;
 
@@ -412,8 +413,10 @@ impl Engine {
             tally: Mutex::new(Tally::default()),
             wf,
         });
+        let span = tracing::info_span!("redraft.run", redraft.workflow = %shared.wf.name);
         Ok(scheduler::Run::new(shared, inputs)
             .execute(opts.cancel)
+            .instrument(span)
             .await)
     }
 }

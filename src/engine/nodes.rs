@@ -27,6 +27,7 @@ use crate::workflow::{
     Check, Continue, ModelCall, NodeKind, Order, Schema, SelectSpec, VerifySpec, VoteSpec,
 };
 use futures_util::future::BoxFuture;
+use tracing::Instrument as _;
 
 /// One node execution, owned by its future.
 pub(crate) struct Task {
@@ -39,6 +40,25 @@ pub(crate) struct Task {
     pub scopes: Vec<usize>,
     /// The artifact text before this node ran (for `revise`'s `changed`).
     pub artifact_text: Option<String>,
+}
+
+/// Records a finished attempt's usage, or its error kind, on its span.
+fn record_result<T>(
+    span: &tracing::Span,
+    result: &Result<T, BackendError>,
+    usage: impl Fn(&T) -> Usage,
+) {
+    match result {
+        Ok(v) => {
+            let u = usage(v);
+            span.record("gen_ai.usage.input_tokens", u.prompt_tokens);
+            span.record("gen_ai.usage.output_tokens", u.completion_tokens);
+        }
+        Err(e) => {
+            span.record("error.type", e.kind.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+    }
 }
 
 /// The engine's layer: the budget check before each attempt, metering and
@@ -100,8 +120,47 @@ impl Metered<'_> {
             prompt_est,
             completion_max,
         };
-        self.account(shape, fut, content, |c| (c.usage, c.usage_estimated))
-            .await
+        let span = self.span("chat", &req.context, req.sampling.max_tokens);
+        if let Some(t) = req.sampling.temperature {
+            span.record("gen_ai.request.temperature", t as f64);
+        }
+        let result = self
+            .account(shape, fut, content, |c| (c.usage, c.usage_estimated))
+            .instrument(span.clone())
+            .await;
+        if let Ok(c) = &result {
+            let finish: Vec<&str> = c.choices.iter().map(|ch| ch.finish.as_str()).collect();
+            span.record("gen_ai.response.finish_reasons", finish.join(",").as_str());
+        }
+        record_result(&span, &result, |c| c.usage);
+        result
+    }
+
+    /// The span of one attempt, named and attributed after OpenTelemetry's
+    /// GenAI semantic conventions (`chat MODEL`, `gen_ai.*`); usage and
+    /// errors are recorded when it ends.
+    fn span(&self, operation: &str, context: &CallContext, max_tokens: u32) -> tracing::Span {
+        let id = self.inner.id();
+        let (provider, model) = id.split_once(':').unwrap_or(("redraft", id));
+        tracing::info_span!(
+            "redraft.model_call",
+            otel.name = %format_args!("{operation} {model}"),
+            otel.kind = "client",
+            gen_ai.operation.name = operation,
+            gen_ai.provider.name = provider,
+            gen_ai.request.model = model,
+            gen_ai.request.max_tokens = max_tokens,
+            gen_ai.request.temperature = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            redraft.model = %self.task.shared.wf.models[self.model].name,
+            redraft.node = %context.node,
+            redraft.round = context.round,
+            redraft.attempt = context.attempt,
+        )
     }
 
     /// Embeddings cost their input tokens; the worst case is one token per byte.
@@ -118,8 +177,13 @@ impl Metered<'_> {
             prompt_est: worst,
             completion_max: 0,
         };
-        self.account(shape, fut, content, |e| (e.usage, false))
-            .await
+        let span = self.span("embeddings", &req.context, 0);
+        let result = self
+            .account(shape, fut, content, |e| (e.usage, false))
+            .instrument(span.clone())
+            .await;
+        record_result(&span, &result, |e| e.usage);
+        result
     }
 
     /// Reserves the worst case in every budget scope, runs the call within

@@ -23,6 +23,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use minijinja::Value;
+use tracing::Instrument as _;
 
 use super::nodes::Task;
 use super::state::{NodeOutput, NodeScope, ScopeData};
@@ -285,7 +286,13 @@ impl Run {
             artifact_text: self.candidates.last().and_then(|c| c.output.text.clone()),
         };
         let started = Instant::now();
-        Box::pin(async move { (node, round, task.run().await, started) })
+        let span = tracing::info_span!(
+            "redraft.node",
+            redraft.node = %wf.nodes[node].id,
+            redraft.kind = wf.nodes[node].kind.name(),
+            redraft.round = round,
+        );
+        Box::pin(async move { (node, round, task.run().await, started) }.instrument(span))
     }
 
     fn finish(

@@ -17,6 +17,8 @@ mod llama;
 mod mock_hub;
 mod mock_openai;
 mod openai;
+#[cfg(feature = "otel")]
+mod otel;
 mod real_server;
 mod sandbox;
 mod support;
