@@ -35,9 +35,6 @@ pub const EXIT_BUDGET: u8 = 3;
 pub const EXIT_BACKEND: u8 = 4;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-/// The JSON Schema of the workflow format (`redraft schema`).
-pub const WORKFLOW_SCHEMA: &str = include_str!("../docs/workflow.schema.json");
-
 const EXIT_HELP: &str = "Exit codes: 0 finished (and verified, where the workflow verifies), 1 finished unverified, \
 2 invalid workflow or usage, 3 budget exhausted (best-so-far printed), 4 model/backend failure, 130 interrupted.";
 
@@ -214,7 +211,7 @@ pub fn main() -> u8 {
             }
         },
         Command::Schema => {
-            let _ = stdout(WORKFLOW_SCHEMA);
+            let _ = stdout(workflow::SCHEMA);
             EXIT_OK
         }
     }

@@ -13,6 +13,7 @@ pub use crate::summary::StopReason;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Event {
     RunStarted {
         workflow: String,
@@ -115,6 +116,7 @@ pub struct ModelCallEvent {
 /// How a model call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum CallOutcome {
     /// The backend answered.
     Ok,
@@ -130,6 +132,7 @@ pub enum CallOutcome {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum NodeStatus {
     Done,
     Skipped,

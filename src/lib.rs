@@ -29,6 +29,9 @@
 
 pub mod backend;
 pub mod budget;
+/// The `redraft` command (feature `cli`, on by default); not a library API.
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cli;
 pub mod cluster;
 pub mod diagnostic;

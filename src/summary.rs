@@ -9,6 +9,7 @@ use crate::budget::{Exhausted, ScopeReport};
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RunStatus {
     Finished,
     BudgetExhausted,
@@ -63,6 +64,7 @@ pub struct LoopReport {
 /// Why a loop stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum StopReason {
     /// The body took no back edge (a condition routed around it).
     Exited,
@@ -182,6 +184,7 @@ pub enum FailureCause {
 /// The class of a failed run, for exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FailureKind {
     /// A backend call failed or returned unusable output.
     Backend,

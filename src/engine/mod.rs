@@ -88,6 +88,7 @@ pub const DEFAULT_EVENT_BUFFER: usize = 1024;
 
 /// A run that could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RunError {
     #[error("input `{name}`: {reason}")]
     Input { name: String, reason: String },
@@ -119,6 +120,7 @@ enum ModelOverride {
 /// Why a node failed; the run stops on any of these except budget ones
 /// below workflow level.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeError {
     #[error(transparent)]
     Budget(Exhausted),

@@ -21,8 +21,12 @@ pub use validate::{
 use crate::diagnostic::{self, Code, Diagnostic};
 use crate::yaml::{self, Span, YamlErrorKind};
 
+/// The JSON Schema of the workflow format (`redraft schema`).
+pub const SCHEMA: &str = include_str!("../../docs/workflow.schema.json");
+
 /// Why a workflow could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkflowError {
     #[error("cannot read {}: {source}", path.display())]
     Io {

@@ -13,30 +13,91 @@ use crate::budget::Limits;
 use crate::template::Templates;
 
 /// A validated workflow, ready to run.
+///
+/// Read-only once loaded: the engine trusts the indices in it (nodes,
+/// models, loops) and the topology computed from them, so its parts are
+/// reached through accessors, never changed.
 #[derive(Debug)]
 pub struct Workflow {
-    pub name: String,
-    pub description: Option<String>,
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
     /// Where it was loaded from (for messages and relative paths).
-    pub path: Option<PathBuf>,
-    pub models: Vec<ModelDecl>,
-    pub inputs: Vec<InputDecl>,
-    pub budget: Limits,
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) models: Vec<ModelDecl>,
+    pub(crate) inputs: Vec<InputDecl>,
+    pub(crate) budget: Limits,
     /// The most model calls in flight at once.
-    pub concurrency: usize,
-    pub nodes: Vec<NodeSpec>,
-    pub edges: Vec<Edge>,
-    pub loops: Vec<LoopSpec>,
-    pub output: OutputSpec,
+    pub(crate) concurrency: usize,
+    pub(crate) nodes: Vec<NodeSpec>,
+    pub(crate) edges: Vec<Edge>,
+    pub(crate) loops: Vec<LoopSpec>,
+    pub(crate) output: OutputSpec,
     pub(crate) templates: Arc<Templates>,
     pub(crate) topology: Topology,
     /// Problems that do not stop it from running (`W…` codes), and their
     /// rendering against the source (empty when there are none).
-    pub warnings: Vec<crate::diagnostic::Diagnostic>,
-    pub warnings_rendered: String,
+    pub(crate) warnings: Vec<crate::diagnostic::Diagnostic>,
+    pub(crate) warnings_rendered: String,
 }
 
 impl Workflow {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// Where it was loaded from, if from a file.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+
+    pub fn models(&self) -> &[ModelDecl] {
+        &self.models
+    }
+
+    pub fn inputs(&self) -> &[InputDecl] {
+        &self.inputs
+    }
+
+    /// The workflow-level limits.
+    pub fn budget(&self) -> &Limits {
+        &self.budget
+    }
+
+    /// The most model calls in flight at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    pub fn nodes(&self) -> &[NodeSpec] {
+        &self.nodes
+    }
+
+    pub fn edges(&self) -> &[Edge] {
+        &self.edges
+    }
+
+    pub fn loops(&self) -> &[LoopSpec] {
+        &self.loops
+    }
+
+    pub fn output(&self) -> &OutputSpec {
+        &self.output
+    }
+
+    /// Problems that do not stop it from running (`W…` codes).
+    pub fn warnings(&self) -> &[crate::diagnostic::Diagnostic] {
+        &self.warnings
+    }
+
+    /// The warnings rendered against the source (empty without warnings).
+    pub fn warnings_rendered(&self) -> &str {
+        &self.warnings_rendered
+    }
+
     pub fn node_index(&self, id: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.id == id)
     }

@@ -1154,8 +1154,8 @@ nodes:
 output: draft
 "#;
     let wf = workflow(yaml);
-    assert_eq!(wf.models[0].spec, None);
-    let codes: Vec<_> = wf.warnings.iter().map(|d| d.code.as_str()).collect();
+    assert_eq!(wf.models()[0].spec, None);
+    let codes: Vec<_> = wf.warnings().iter().map(|d| d.code.as_str()).collect();
     assert_eq!(codes, ["W002"]);
     let err = redraft::Engine::new()
         .run(wf.clone(), RunOptions::default())

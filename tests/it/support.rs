@@ -35,7 +35,7 @@ pub async fn run(wf: Arc<Workflow>, script: &str, opts: RunOptions) -> (RunSumma
     let model = Arc::new(ScriptedModel::from_yaml(script, "test-script").expect("valid script"));
     let events = Arc::new(Collect::default());
     let mut engine = Engine::new().with_recorder(events.clone());
-    for m in &wf.models {
+    for m in wf.models() {
         engine = engine.with_model(m.name.clone(), model.clone());
     }
     let summary = engine.run(wf, opts).await.expect("run starts");
@@ -59,6 +59,7 @@ pub fn trace(events: &[Event]) -> String {
                     NodeStatus::Done => "done",
                     NodeStatus::Skipped => "skip",
                     NodeStatus::Failed => "FAIL",
+                    _ => "?",
                 };
                 format!("{s} {node} r{round}")
             }
@@ -108,6 +109,7 @@ pub fn trace(events: &[Event]) -> String {
                 proposed,
                 accepted,
             } => format!("  {node} [{round}] review {depth}: {accepted}/{proposed} accepted"),
+            other => format!("{other:?}"),
         };
         out.push_str(&line);
         out.push('\n');

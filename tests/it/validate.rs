@@ -182,7 +182,7 @@ fn diagnostics_come_sorted_and_all_at_once() {
 // --- The JSON Schema of the format must agree with the parser. ---
 
 fn schema() -> serde_json::Value {
-    serde_json::from_str(redraft::cli::WORKFLOW_SCHEMA).expect("schema is JSON")
+    serde_json::from_str(redraft::workflow::SCHEMA).expect("schema is JSON")
 }
 
 fn keys(v: &serde_json::Value) -> HashSet<String> {
@@ -300,11 +300,11 @@ fn a_workflow_without_models_gets_the_embedded_default() {
     )
     .map_err(|e| e.render())
     .unwrap();
-    assert_eq!(wf.models.len(), 1);
+    assert_eq!(wf.models().len(), 1);
     assert_eq!(
         (
-            wf.models[0].name.as_str(),
-            wf.models[0].spec.as_deref().unwrap()
+            wf.models()[0].name.as_str(),
+            wf.models()[0].spec.as_deref().unwrap()
         ),
         ("default", "llama:default")
     );
@@ -316,7 +316,7 @@ fn a_workflow_without_models_gets_the_embedded_default() {
     )
     .map_err(|e| e.render())
     .unwrap();
-    assert!(wf.models.is_empty());
+    assert!(wf.models().is_empty());
 }
 
 #[test]
@@ -345,7 +345,7 @@ edges:
 output: draft
 "#,
     );
-    let sampling = |i: usize| match &wf.nodes[i].kind {
+    let sampling = |i: usize| match &wf.nodes()[i].kind {
         NodeKind::Generate(c) | NodeKind::Critique(c) => c.sampling.clone(),
         NodeKind::Verify(v) => match &v.checks[0] {
             Check::Judge(c) => c.sampling.clone(),
@@ -398,32 +398,32 @@ output: critique
     let base = fixtures().join("valid");
     // Bounded well inside 100 tokens: nothing to say.
     let wf = workflow::load_str(&text(200, 0), "fits.yaml", &base).unwrap();
-    assert!(wf.warnings.is_empty());
+    assert!(wf.warnings().is_empty());
     // Up to 2,000 characters: a reply may be cut at 100 tokens.
     let wf = workflow::load_str(&text(2000, 0), "may.yaml", &base).unwrap();
-    assert_eq!(wf.warnings.len(), 1);
-    assert_eq!(wf.warnings[0].code, Code::ReplyMayNotFit);
+    assert_eq!(wf.warnings().len(), 1);
+    assert_eq!(wf.warnings()[0].code, Code::ReplyMayNotFit);
     assert!(
-        wf.warnings_rendered.contains("warning[W001]"),
+        wf.warnings_rendered().contains("warning[W001]"),
         "{}",
-        wf.warnings_rendered
+        wf.warnings_rendered()
     );
     assert!(
-        wf.warnings_rendered.contains("may not fit"),
+        wf.warnings_rendered().contains("may not fit"),
         "{}",
-        wf.warnings_rendered
+        wf.warnings_rendered()
     );
     assert!(
-        wf.warnings_rendered.contains("may.yaml: 1 warning"),
+        wf.warnings_rendered().contains("may.yaml: 1 warning"),
         "{}",
-        wf.warnings_rendered
+        wf.warnings_rendered()
     );
     // At least 1,000 characters can never fit in 100 tokens.
     let wf = workflow::load_str(&text(2000, 1000), "never.yaml", &base).unwrap();
     assert!(
-        wf.warnings_rendered.contains("cannot fit"),
+        wf.warnings_rendered().contains("cannot fit"),
         "{}",
-        wf.warnings_rendered
+        wf.warnings_rendered()
     );
 }
 
