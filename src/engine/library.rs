@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::NodeError;
 use super::nodes::Task;
-use super::state::NodeOutput;
+use super::state::{NodeOutput, Typed, Verdict};
 use crate::backend::net::HttpError;
 use crate::event::Event;
 use crate::review::{self, Edit, ReviewRequest};
@@ -129,7 +129,12 @@ impl Task {
                 "round": self.round,
             }),
             0,
-        ))
+        )
+        .with_typed(Typed::Execution {
+            verdict: Verdict { passed, score },
+            passed: passed_count,
+            total,
+        }))
     }
 
     pub(super) fn extract(&self, e: &ExtractSpec) -> Result<NodeOutput, NodeError> {
@@ -283,31 +288,33 @@ impl Task {
             _ => (crate::similarity::tfidf(&texts, e.dims), "tfidf", 0),
         };
         let dims = vectors.first().map_or(0, Vec::len);
+        let vectors = std::sync::Arc::new(vectors);
         Ok(NodeOutput::new(
             json!({
                 "items": list,
                 "texts": texts,
-                "vectors": vectors,
+                "vectors": &*vectors,
                 "method": method,
                 "dims": dims,
                 "count": texts.len(),
                 "round": self.round,
             }),
             tokens,
-        ))
+        )
+        .with_typed(Typed::Embeddings(vectors)))
     }
 
     pub(super) fn cluster(&self, c: &ClusterSpec) -> Result<NodeOutput, NodeError> {
-        let from = self.output_json(c.from)?;
-        let vectors: Vec<Vec<f32>> =
-            serde_json::from_value(from["vectors"].clone()).map_err(|_| {
-                self.data_error(format!(
-                    "`{}` has no `vectors` to cluster (use an embed node)",
-                    self.node_id(c.from)
-                ))
-            })?;
-        let items = from["items"].as_array().cloned().unwrap_or_default();
-        let texts = from["texts"].as_array().cloned().unwrap_or_default();
+        let out = self.output_of(c.from)?;
+        let Typed::Embeddings(vectors) = &out.typed else {
+            return Err(self.data_error(format!(
+                "`{}` has no vectors to cluster (use an embed node)",
+                self.node_id(c.from)
+            )));
+        };
+        let vectors: &[Vec<f32>] = vectors;
+        let items = out.json["items"].as_array().cloned().unwrap_or_default();
+        let texts = out.json["texts"].as_array().cloned().unwrap_or_default();
         let k = match &c.k {
             ClusterK::Fixed(k) => *k,
             ClusterK::Expr(expr) => {
@@ -361,16 +368,13 @@ impl Task {
         let before = templates.render(&r.before, &self.scope(None))?;
         let after = templates.render(&r.after, &self.scope(None))?;
         // What earlier rounds of this node rejected is never proposed again.
-        let previous = self.output_json(self.node).ok();
-        let mut rejected: Vec<Edit> = previous
-            .as_ref()
-            .and_then(|p| serde_json::from_value(p["rejected"].clone()).ok())
-            .unwrap_or_default();
-        let depth = previous
-            .as_ref()
-            .and_then(|p| p["depth"].as_u64())
-            .unwrap_or(0) as u32
-            + 1;
+        let (depth, mut rejected) = match self.data.outputs[self.node].as_deref() {
+            Some(NodeOutput {
+                typed: Typed::Review { depth, rejected },
+                ..
+            }) => (depth + 1, rejected.to_vec()),
+            _ => (1, Vec::new()),
+        };
         let proposals: Vec<Edit> = review::edits(&before, &after)
             .into_iter()
             .filter(|e| !rejected.iter().any(|r| r.same_as(e)))
@@ -411,12 +415,16 @@ impl Task {
                 "accepted": accepted,
                 "acceptance_rate": if proposed == 0 { serde_json::Value::Null } else { json!(accepted as f64 / proposed as f64) },
                 "edits": edits,
-                "rejected": rejected,
+                "rejected": &rejected,
                 "depth": depth,
                 "round": self.round,
             }),
             0,
-        ))
+        )
+        .with_typed(Typed::Review {
+            depth,
+            rejected: rejected.into(),
+        }))
     }
 
     /// One decision per proposed edit.
@@ -465,13 +473,6 @@ impl Task {
             )));
         }
         Ok(decisions)
-    }
-
-    fn output_json(&self, node: usize) -> Result<serde_json::Value, NodeError> {
-        let out = self.data.outputs[node].as_ref().ok_or_else(|| {
-            self.data_error(format!("`{}` has no output yet", self.node_id(node)))
-        })?;
-        serde_json::to_value(out).map_err(|e| self.data_error(e.to_string()))
     }
 
     fn node_id(&self, node: usize) -> &str {

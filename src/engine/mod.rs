@@ -37,7 +37,7 @@ use crate::metrics::{FailureCause, FailureKind, RunSummary, Tally};
 use crate::template::TemplateError;
 use crate::workflow::{InputType, Workflow};
 
-pub use state::NodeOutput;
+pub use state::{NodeOutput, Typed, Verdict};
 pub use stream::EventStream;
 
 /// Runs workflows. Holds model overrides and the event recorder; cheap to

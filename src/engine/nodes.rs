@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use minijinja::Value;
 use serde_json::json;
 
-use super::state::{NodeOutput, NodeScope, ScopeData};
+use super::state::{NodeOutput, NodeScope, ScopeData, Typed, Verdict};
 use super::{NodeError, Shared};
 use crate::backend::{
     BackendError, CallContext, Completion, CompletionRequest, EmbeddingRequest, Embeddings,
@@ -441,19 +441,13 @@ impl Task {
         let spec = &wf.nodes[self.node];
         match &spec.kind {
             NodeKind::Generate(call) | NodeKind::Critique(call) => {
-                let (mut reply, tokens) = self.model_node(call).await?;
-                let conversation = std::mem::take(&mut reply.conversation);
-                Ok(NodeOutput::new(self.model_output(reply, None), tokens)
-                    .with_conversation(conversation))
+                let (reply, tokens) = self.model_node(call).await?;
+                Ok(self.model_output(reply, None, tokens))
             }
             NodeKind::Revise(call) => {
-                let (mut reply, tokens) = self.model_node(call).await?;
+                let (reply, tokens) = self.model_node(call).await?;
                 let changed = self.artifact_text.as_deref() != Some(reply.texts[0].as_str());
-                let conversation = std::mem::take(&mut reply.conversation);
-                Ok(
-                    NodeOutput::new(self.model_output(reply, Some(changed)), tokens)
-                        .with_conversation(conversation),
-                )
+                Ok(self.model_output(reply, Some(changed), tokens))
             }
             NodeKind::Verify(v) => self.verify(v).await,
             NodeKind::Select(s) => self.select(s),
@@ -467,34 +461,41 @@ impl Task {
         }
     }
 
-    fn model_output(&self, reply: Reply, changed: Option<bool>) -> serde_json::Value {
-        let finish = match reply.finish {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        };
+    /// A model node's output: JSON (`text`, `samples` when n > 1, a
+    /// structured reply's `data` and its fields, `changed` for revise,
+    /// `round`, `finish`), typed samples (and feedback, for a critique), and
+    /// the conversation for calls that continue it.
+    fn model_output(&self, reply: Reply, changed: Option<bool>, tokens: u64) -> NodeOutput {
         let mut out = serde_json::Map::new();
-        if let Some(data) = reply.data {
-            if let serde_json::Value::Object(fields) = &data {
+        if let Some(data) = &reply.data {
+            if let serde_json::Value::Object(fields) = data {
                 out.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
-            out.insert("data".into(), data);
+            out.insert("data".into(), data.clone());
         }
-        let mut texts = reply.texts;
+        let texts = &reply.texts;
+        out.insert("text".into(), texts[0].as_str().into());
         if texts.len() > 1 {
-            out.insert("text".into(), texts[0].clone().into());
-            out.insert("samples".into(), texts.into());
-        } else {
-            out.insert("text".into(), texts.swap_remove(0).into());
+            out.insert("samples".into(), texts.clone().into());
         }
         if let Some(c) = changed {
             out.insert("changed".into(), c.into());
         }
         out.insert("round".into(), self.round.into());
-        out.insert("finish".into(), finish.into());
-        serde_json::Value::Object(out)
+        out.insert("finish".into(), reply.finish.as_str().into());
+        let samples: Arc<[String]> = reply.texts.into();
+        let typed = match reply.data {
+            Some(data) => Typed::Critique {
+                samples,
+                data: Arc::new(data),
+            },
+            None => Typed::Samples(samples),
+        };
+        NodeOutput::new(serde_json::Value::Object(out), tokens)
+            .with_typed(typed)
+            .with_conversation(reply.conversation)
     }
 
-    /// Renders the messages of a model call.
     /// Renders the messages of a model call: its system and prompt, or, for
     /// a call that `continue`s another node's conversation, that
     /// conversation (messages and reply) and the prompt as the next turn.
@@ -502,10 +503,14 @@ impl Task {
         let t = &self.shared.wf.templates;
         let earlier = match call.continues {
             Some(Continue::Node(from)) => Some((
-                &self.data.conversations[from],
+                self.data.outputs[from]
+                    .as_ref()
+                    .and_then(|o| o.conversation.as_ref()),
                 self.shared.wf.nodes[from].id.as_str(),
             )),
-            Some(Continue::Artifact) => Some((&self.data.artifact_conversation, "artifact")),
+            Some(Continue::Artifact) => {
+                Some((self.data.artifact_conversation.as_ref(), "artifact"))
+            }
             None => None,
         };
         let mut messages = match earlier {
@@ -866,24 +871,27 @@ impl Task {
             ("target", target.into()),
             ("round", self.round.into()),
         ]);
-        Ok(NodeOutput::new(out, tokens))
+        Ok(NodeOutput::new(out, tokens).with_typed(Typed::Verdict(Verdict { passed, score })))
     }
 
-    pub(super) fn samples_of(&self, from: usize) -> Result<Vec<serde_json::Value>, NodeError> {
-        let out = self.data.outputs[from].as_ref().ok_or_else(|| {
+    /// The latest output of node `node`, which this node reads.
+    pub(super) fn output_of(&self, node: usize) -> Result<&NodeOutput, NodeError> {
+        self.data.outputs[node].as_deref().ok_or_else(|| {
             NodeError::Data(format!(
                 "`{}` reads `{}`, which has no output yet",
                 self.id(),
-                self.shared.wf.nodes[from].id
+                self.shared.wf.nodes[node].id
             ))
-        })?;
-        let json: serde_json::Value =
-            serde_json::to_value(out).map_err(|e| NodeError::Data(e.to_string()))?;
-        let texts: Vec<serde_json::Value> = match json.get("samples").and_then(|s| s.as_array()) {
-            Some(s) => s.clone(),
-            None => vec![json.get("text").cloned().unwrap_or(serde_json::Value::Null)],
-        };
-        Ok(texts)
+        })
+    }
+
+    /// The sample texts of a model node (its one text for other nodes).
+    pub(super) fn samples_of(&self, from: usize) -> Result<Vec<serde_json::Value>, NodeError> {
+        let out = self.output_of(from)?;
+        Ok(match out.typed.samples() {
+            Some(samples) => samples.iter().map(|t| t.as_str().into()).collect(),
+            None => vec![out.json.get("text").cloned().unwrap_or_default()],
+        })
     }
 
     fn select(&self, s: &SelectSpec) -> Result<NodeOutput, NodeError> {

@@ -26,7 +26,7 @@ use minijinja::Value;
 use tracing::Instrument as _;
 
 use super::nodes::Task;
-use super::state::{NodeOutput, NodeScope, ScopeData};
+use super::state::{NodeOutput, NodeScope, ScopeData, Verdict};
 use super::{CancellationToken, NodeError, Shared};
 use crate::budget::{Exhausted, Scope};
 use crate::event::{Event, NodeStatus, StopReason};
@@ -215,16 +215,7 @@ impl Run {
         let d = Arc::new(ScopeData {
             names: self.sh.names.clone(),
             inputs: self.inputs.clone(),
-            outputs: self
-                .outputs
-                .iter()
-                .map(|o| o.as_ref().map(|o| o.value.clone()))
-                .collect(),
-            conversations: self
-                .outputs
-                .iter()
-                .map(|o| o.as_ref().and_then(|o| o.conversation.clone()))
-                .collect(),
+            outputs: self.outputs.clone(),
             history: self.history.clone(),
             artifact: self.candidates.last().map(|c| c.output.value.clone()),
             artifact_conversation: self
@@ -401,8 +392,11 @@ impl Run {
             });
         }
         if wf.nodes[node].kind.is_verdict() {
-            let passed = out.json["passed"].as_bool().unwrap_or(false);
-            let score = out.json["score"].as_f64().unwrap_or(0.0);
+            let verdict = out.typed.verdict().unwrap_or(Verdict {
+                passed: false,
+                score: 0.0,
+            });
+            let (passed, score) = (verdict.passed, verdict.score);
             let config = self.candidates.last_mut().map(|c| {
                 c.passed = Some(passed);
                 c.score = Some(score);

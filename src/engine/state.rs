@@ -11,12 +11,16 @@ use std::sync::Arc;
 use minijinja::Value;
 use minijinja::value::{Enumerator, Object, ObjectRepr};
 
-/// A node's result, kept in two forms: JSON for events and summaries, a
-/// template value for prompts and conditions.
+/// A node's result, kept in three forms: JSON for events, logs and
+/// summaries, a template value for prompts and conditions (both the same
+/// document), and a typed form the engine reads ([`Typed`]), never a JSON
+/// field looked up by name.
 #[derive(Debug)]
 pub struct NodeOutput {
     pub json: Arc<serde_json::Value>,
     pub value: Value,
+    /// What the engine reads: verdicts, samples, vectors, review state.
+    pub typed: Typed,
     /// The artifact text (`text` field), if the node produced one.
     pub text: Option<String>,
     /// Tokens spent producing it (for per-round accounting).
@@ -40,16 +44,82 @@ impl NodeOutput {
         NodeOutput {
             json,
             value,
+            typed: Typed::Plain,
             text,
             tokens,
             conversation: None,
         }
     }
 
+    /// Attaches the typed form the engine reads.
+    pub fn with_typed(mut self, typed: Typed) -> NodeOutput {
+        self.typed = typed;
+        self
+    }
+
     /// Keeps the conversation that produced this output.
     pub fn with_conversation(mut self, messages: Vec<crate::backend::Message>) -> NodeOutput {
         self.conversation = Some(Arc::new(messages));
         self
+    }
+}
+
+/// The typed part of a node's output, by kind. Its JSON form (the same
+/// facts, under the field names documented in the reference) is what
+/// templates and logs see.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum Typed {
+    /// Nothing the engine reads (select, vote, extract, tool, cluster).
+    #[default]
+    Plain,
+    /// A generate or revise node's replies, one text per sample.
+    Samples(Arc<[String]>),
+    /// A critique's replies and its structured feedback (schema-checked).
+    Critique {
+        samples: Arc<[String]>,
+        data: Arc<serde_json::Value>,
+    },
+    /// A verify node's verdict on the artifact.
+    Verdict(Verdict),
+    /// An execute node's test results (its verdict: all passed, pass rate).
+    Execution {
+        verdict: Verdict,
+        passed: usize,
+        total: usize,
+    },
+    /// An embed node's vectors, one per item.
+    Embeddings(Arc<Vec<Vec<f32>>>),
+    /// A human review node's state: reviews so far and the edits rejected
+    /// (never proposed again).
+    Review {
+        depth: u32,
+        rejected: Arc<[crate::review::Edit]>,
+    },
+}
+
+/// A verdict: whether the artifact passed, and a score in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    pub passed: bool,
+    pub score: f64,
+}
+
+impl Typed {
+    /// The verdict of a verify or execute node.
+    pub fn verdict(&self) -> Option<Verdict> {
+        match self {
+            Typed::Verdict(v) | Typed::Execution { verdict: v, .. } => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// A model node's sample texts.
+    pub fn samples(&self) -> Option<&[String]> {
+        match self {
+            Typed::Samples(s) | Typed::Critique { samples: s, .. } => Some(s),
+            _ => None,
+        }
     }
 }
 
@@ -65,9 +135,8 @@ pub struct Names {
 pub struct ScopeData {
     pub names: Arc<Names>,
     pub inputs: Value,
-    pub outputs: Vec<Option<Value>>,
-    /// The latest conversation of each model node (see `continue`).
-    pub conversations: Vec<Option<Arc<Vec<crate::backend::Message>>>>,
+    /// Each node's latest output (with its conversation, for `continue`).
+    pub outputs: Vec<Option<Arc<NodeOutput>>>,
     /// Earlier outputs of each node, oldest first.
     pub history: Vec<Value>,
     pub artifact: Option<Value>,
@@ -112,7 +181,7 @@ impl Object for NodeScope {
             "artifact" => d.artifact.clone(),
             "history" => Some(Value::from_object(History(d.clone()))),
             _ => match d.names.index.get(key) {
-                Some(&i) => d.outputs[i].clone(),
+                Some(&i) => d.outputs[i].as_ref().map(|o| o.value.clone()),
                 None => d.inputs.get_attr(key).ok().filter(|v| !v.is_undefined()),
             },
         }
