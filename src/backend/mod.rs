@@ -315,6 +315,72 @@ pub struct Completion {
     pub usage_estimated: bool,
 }
 
+impl Completion {
+    /// One choice per text, ended normally, with the usage the backend
+    /// reported (`usage_estimated` false).
+    pub fn from_texts(
+        texts: impl IntoIterator<Item = impl Into<String>>,
+        usage: Usage,
+    ) -> Completion {
+        Completion {
+            choices: texts
+                .into_iter()
+                .map(|t| Choice {
+                    text: t.into(),
+                    finish: FinishReason::Stop,
+                    logprobs: None,
+                })
+                .collect(),
+            usage,
+            usage_estimated: false,
+        }
+    }
+}
+
+/// A model from an async function of the request: the least an embedder
+/// writes to plug in its own inference.
+///
+/// ```
+/// use redraft::backend::{Completion, Usage, model_fn};
+/// let echo = model_fn("echo", |req| async move {
+///     let prompt = req.messages.last().map(|m| m.content.clone()).unwrap_or_default();
+///     Ok(Completion::from_texts(vec![prompt; req.n as usize], Usage::default()))
+/// });
+/// assert_eq!(echo.id(), "echo");
+/// ```
+pub fn model_fn<F, Fut>(id: impl Into<String>, complete: F) -> Arc<dyn LanguageModel>
+where
+    F: Fn(CompletionRequest) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Completion, BackendError>> + Send + 'static,
+{
+    Arc::new(FnModel {
+        id: id.into(),
+        complete,
+    })
+}
+
+struct FnModel<F> {
+    id: String,
+    complete: F,
+}
+
+impl<F, Fut> LanguageModel for FnModel<F>
+where
+    F: Fn(CompletionRequest) -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = Result<Completion, BackendError>> + Send + 'static,
+{
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn complete<'a>(
+        &'a self,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Completion, BackendError>> {
+        Box::pin((self.complete)(req.clone()))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmbeddingRequest {
     pub texts: Vec<String>,

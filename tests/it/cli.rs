@@ -631,3 +631,36 @@ replies:
     let o = args("3", "test");
     assert_eq!(code(&o), 1, "{}", stderr(&o));
 }
+
+/// The embedding example runs as documented: streamed events, the fixed
+/// answer, and the typed context-length failure.
+#[test]
+fn the_embedding_example_runs() {
+    // Test builds compile the examples next to the test binary's directory.
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/embed");
+    if !example.exists() {
+        panic!(
+            "{} is not built (cargo builds examples with the tests)",
+            example.display()
+        );
+    }
+    let out = Command::new(&example).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("  fix (round 1): Done"), "{stdout}");
+    assert!(stdout.contains("output: \"17 * 3 = 51\""), "{stdout}");
+    assert!(
+        stdout.contains("node `answer` needs a model with a longer context"),
+        "{stdout}"
+    );
+}
