@@ -327,7 +327,7 @@ impl Task {
                 k as usize
             }
         };
-        let result = crate::cluster::kmeans(&vectors, k, c.seed)
+        let result = crate::cluster::kmeans(vectors, k, c.seed)
             .map_err(|e| self.data_error(format!("cannot cluster: {e}")))?;
         let clusters: Vec<serde_json::Value> = (0..result.sizes.len())
             .map(|ci| {
