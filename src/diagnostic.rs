@@ -18,6 +18,9 @@ pub struct Diagnostic {
     pub span: Span,
     pub label: String,
     pub help: Option<String>,
+    /// Other places that explain this one (e.g. the first definition of a
+    /// duplicate), each with its label.
+    pub related: Vec<(Span, String)>,
 }
 
 impl Diagnostic {
@@ -28,7 +31,14 @@ impl Diagnostic {
             span,
             label: String::new(),
             help: None,
+            related: Vec::new(),
         }
+    }
+
+    /// Adds a secondary place, shown under the primary one.
+    pub fn also(mut self, span: Span, label: impl Into<String>) -> Self {
+        self.related.push((span, label.into()));
+        self
     }
 
     pub fn label(mut self, label: impl Into<String>) -> Self {
@@ -52,24 +62,23 @@ impl Diagnostic {
         let _ = writeln!(out, "{level}[{}]: {}", self.code.as_str(), self.message);
         let line_no = self.span.line.max(1);
         let _ = writeln!(out, "  --> {}:{}:{}", path, line_no, self.span.col.max(1));
-        if let Some(text) = source.lines().nth(line_no as usize - 1) {
-            let text = clip(text, 160);
-            let gutter = line_no.to_string();
-            let pad = " ".repeat(gutter.len());
-            let start = (self.span.col.max(1) - 1) as usize;
-            let width = if self.span.end_line != self.span.line {
-                text.chars().count().saturating_sub(start).max(1)
-            } else {
-                self.span.end_col.saturating_sub(self.span.col).max(1) as usize
-            };
-            let width = width.min(text.chars().count().saturating_sub(start).max(1));
+        let lines: Vec<&str> = source.lines().collect();
+        let shown = |span: &Span| lines.get(span.line.max(1) as usize - 1).is_some();
+        if shown(&self.span) {
+            // One gutter width for every line shown.
+            let widest = self
+                .related
+                .iter()
+                .map(|(s, _)| s.line)
+                .chain([line_no])
+                .max()
+                .unwrap_or(line_no);
+            let pad = " ".repeat(widest.to_string().len());
             let _ = writeln!(out, "{pad} |");
-            let _ = writeln!(out, "{gutter} | {text}");
-            let marks = format!("{}{}", " ".repeat(start), "^".repeat(width));
-            if self.label.is_empty() {
-                let _ = writeln!(out, "{pad} | {marks}");
-            } else {
-                let _ = writeln!(out, "{pad} | {marks} {}", self.label);
+            snippet(&mut out, &pad, &lines, &self.span, '^', &self.label);
+            for (span, label) in self.related.iter().filter(|(s, _)| shown(s)) {
+                let _ = writeln!(out, "{pad} |");
+                snippet(&mut out, &pad, &lines, span, '-', label);
             }
             if let Some(help) = &self.help {
                 let _ = writeln!(out, "{pad} = help: {help}");
@@ -78,6 +87,26 @@ impl Diagnostic {
             let _ = writeln!(out, "   = help: {help}");
         }
         out
+    }
+}
+
+/// One source line with `mark`s under the span and the label after them.
+fn snippet(out: &mut String, pad: &str, lines: &[&str], span: &Span, mark: char, label: &str) {
+    let line_no = span.line.max(1);
+    let text = clip(lines[line_no as usize - 1], 160);
+    let start = (span.col.max(1) - 1) as usize;
+    let width = if span.end_line != span.line {
+        text.chars().count().saturating_sub(start).max(1)
+    } else {
+        span.end_col.saturating_sub(span.col).max(1) as usize
+    };
+    let width = width.min(text.chars().count().saturating_sub(start).max(1));
+    let _ = writeln!(out, "{line_no:>w$} | {text}", w = pad.len());
+    let marks = format!("{}{}", " ".repeat(start), mark.to_string().repeat(width));
+    if label.is_empty() {
+        let _ = writeln!(out, "{pad} | {marks}");
+    } else {
+        let _ = writeln!(out, "{pad} | {marks} {label}");
     }
 }
 

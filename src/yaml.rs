@@ -161,6 +161,8 @@ pub struct YamlError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum YamlErrorKind {
     Syntax,
+    /// A key written twice in one mapping; the span is the first one's.
+    DuplicateKey(Span),
     TooLarge,
     TooDeep,
     TooManyNodes,
@@ -399,14 +401,14 @@ fn insert_entry(
                     entries[i] = (key, value);
                     merged[i] = false;
                 }
-                Some(_) => {
+                Some(i) => {
                     return Err(YamlError {
                         message: format!(
                             "duplicate key `{}` in a mapping",
                             scalar_text(&key.value)
                         ),
                         span: key.span,
-                        kind: YamlErrorKind::Syntax,
+                        kind: YamlErrorKind::DuplicateKey(entries[i].0.span),
                     });
                 }
                 None => {

@@ -92,6 +92,13 @@ pub fn diagnostics_json(file: &str, diagnostics: &[Diagnostic]) -> Vec<serde_jso
                 "end_col": d.span.end_col.max(d.span.col.max(1)),
                 "label": d.label,
                 "help": d.help,
+                "related": d.related.iter().map(|(span, label)| serde_json::json!({
+                    "line": span.line.max(1),
+                    "col": span.col.max(1),
+                    "end_line": span.end_line.max(span.line.max(1)),
+                    "end_col": span.end_col.max(span.col.max(1)),
+                    "label": label,
+                })).collect::<Vec<_>>(),
                 "severity": if d.code.is_warning() { "warning" } else { "error" },
             })
         })
@@ -174,7 +181,9 @@ pub fn load_bytes(bytes: &[u8], name: &str, base_dir: &Path) -> Result<Workflow,
         Ok(t) => t,
         Err(e) => {
             let code = match e.kind {
-                YamlErrorKind::Syntax | YamlErrorKind::MultipleDocuments => Code::YamlSyntax,
+                YamlErrorKind::Syntax
+                | YamlErrorKind::MultipleDocuments
+                | YamlErrorKind::DuplicateKey(_) => Code::YamlSyntax,
                 YamlErrorKind::Empty => Code::Empty,
                 _ => Code::YamlLimit,
             };
@@ -183,10 +192,10 @@ pub fn load_bytes(bytes: &[u8], name: &str, base_dir: &Path) -> Result<Workflow,
                 Code::Empty => "empty",
                 _ => "limit exceeded",
             });
-            let d = if code == Code::Empty {
-                d.help("a workflow starts with `version: 1`")
-            } else {
-                d
+            let d = match e.kind {
+                YamlErrorKind::Empty => d.help("a workflow starts with `version: 1`"),
+                YamlErrorKind::DuplicateKey(first) => d.also(first, "first written here"),
+                _ => d,
             };
             return Err(invalid(text.to_string(), vec![d]));
         }

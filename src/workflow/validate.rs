@@ -225,7 +225,7 @@ pub fn check(
     let models = models_pass(&mut cx, &raw);
     let model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
     // Node ids and input names share the template namespace.
-    let mut names: HashMap<String, &'static str> = HashMap::new();
+    let mut names: HashMap<String, (&'static str, Span)> = HashMap::new();
     let inputs = inputs_pass(&mut cx, &raw, &mut names);
     let ids = NodeIds::new(&mut cx, &raw, &mut names);
     let resolve = |cx: &mut Ctx, name: &Spanned<String>, what: &str| ids.resolve(cx, name, what);
@@ -400,17 +400,20 @@ fn header_pass(cx: &mut Ctx, raw: &RawWorkflow) {
 /// embedded default (`default` = `llama:default`).
 fn models_pass(cx: &mut Ctx, raw: &RawWorkflow) -> Vec<ModelDecl> {
     let mut models = Vec::new();
-    let mut seen = HashSet::new();
+    let mut seen: HashMap<&str, Span> = HashMap::new();
     for m in &raw.models {
-        if !seen.insert(m.name.value.clone()) {
+        if let Some(first) = seen.get(m.name.value.as_str()) {
             cx.err(
                 Diagnostic::new(
                     Code::DuplicateId,
                     m.name.span,
                     format!("model `{}` is declared twice", m.name.value),
                 )
-                .label("duplicate"),
+                .label("duplicate")
+                .also(*first, "first declared here"),
             );
+        } else {
+            seen.insert(&m.name.value, m.name.span);
         }
         let spec = m.spec.as_ref().map(|s| s.value.clone());
         if m.spec.is_none() {
@@ -578,7 +581,7 @@ fn models_pass(cx: &mut Ctx, raw: &RawWorkflow) -> Vec<ModelDecl> {
 fn inputs_pass(
     cx: &mut Ctx,
     raw: &RawWorkflow,
-    names: &mut HashMap<String, &'static str>,
+    names: &mut HashMap<String, (&'static str, Span)>,
 ) -> Vec<InputDecl> {
     let mut inputs = Vec::new();
     for i in &raw.inputs {
@@ -593,15 +596,18 @@ fn inputs_pass(
                 .label("reserved name")
                 .help(format!("reserved: {}", BUILTINS.join(", "))),
             );
-        } else if names.insert(name.clone(), "input").is_some() {
+        } else if let Some(&(_, first)) = names.get(name) {
             cx.err(
                 Diagnostic::new(
                     Code::DuplicateId,
                     i.name.span,
                     format!("input `{name}` is declared twice"),
                 )
-                .label("duplicate"),
+                .label("duplicate")
+                .also(first, "first declared here"),
             );
+        } else {
+            names.insert(name.clone(), ("input", i.name.span));
         }
         let ty = match &i.ty {
             None => InputType::String,
@@ -652,7 +658,11 @@ struct NodeIds {
 impl NodeIds {
     /// Invariant: ids are unique, valid template names, and clash with no
     /// input or built-in variable.
-    fn new(cx: &mut Ctx, raw: &RawWorkflow, names: &mut HashMap<String, &'static str>) -> NodeIds {
+    fn new(
+        cx: &mut Ctx,
+        raw: &RawWorkflow,
+        names: &mut HashMap<String, (&'static str, Span)>,
+    ) -> NodeIds {
         let mut node_ids: Vec<String> = Vec::new();
         for (i, n) in raw.nodes.iter().enumerate() {
             let Some(id) = &n.id else {
@@ -669,15 +679,19 @@ impl NodeIds {
                     .label("reserved name")
                     .help(format!("reserved: {}", BUILTINS.join(", "))),
                 );
-            } else if let Some(prev) = names.insert(id.value.clone(), "node") {
-                let msg = if prev == "node" {
-                    format!("node `{}` is defined twice", id.value)
+            } else if let Some(&(prev, first)) = names.get(&id.value) {
+                let (msg, also) = if prev == "node" {
+                    (format!("node `{}` is defined twice", id.value), "first defined here")
                 } else {
-                    format!("node `{}` has the same name as an input", id.value)
+                    (
+                        format!("node `{}` has the same name as an input", id.value),
+                        "the input",
+                    )
                 };
                 cx.err(
                     Diagnostic::new(Code::DuplicateId, id.span, msg)
                         .label("duplicate")
+                        .also(first, also)
                         .help("node ids and input names share one namespace in templates"),
                 );
             } else if !id
@@ -687,6 +701,11 @@ impl NodeIds {
                 || id.value.starts_with(|c: char| c.is_ascii_digit())
             {
                 cx.err(Diagnostic::new(Code::InvalidValue, id.span, format!("node id `{}` is not a valid template name", id.value)).label("invalid id").help("use letters, digits and `_`, not starting with a digit (ids are template variables)"));
+            }
+            if !BUILTINS.contains(&id.value.as_str()) {
+                names
+                    .entry(id.value.clone())
+                    .or_insert(("node", id.span));
             }
             node_ids.push(id.value.clone());
         }
@@ -816,7 +835,7 @@ fn loops_pass(
 ) -> (Vec<LoopSpec>, Vec<Span>) {
     let mut loops = Vec::new();
     let mut loop_spans = Vec::new();
-    let mut loop_ids = HashSet::new();
+    let mut loop_ids: HashMap<&str, Span> = HashMap::new();
     for l in &raw.loops {
         let from = l
             .from
@@ -824,15 +843,18 @@ fn loops_pass(
             .and_then(|f| resolve(cx, f, "loop back edge source"));
         let to = l.to.as_ref().and_then(|t| resolve(cx, t, "loop head"));
         if let Some(id) = &l.id {
-            if !loop_ids.insert(id.value.clone()) {
+            if let Some(first) = loop_ids.get(id.value.as_str()) {
                 cx.err(
                     Diagnostic::new(
                         Code::DuplicateId,
                         id.span,
                         format!("loop `{}` is declared twice", id.value),
                     )
-                    .label("duplicate"),
+                    .label("duplicate")
+                    .also(*first, "first declared here"),
                 );
+            } else {
+                loop_ids.insert(&id.value, id.span);
             }
         }
         let what =
@@ -1744,6 +1766,7 @@ fn graph_checks(
                         ),
                     )
                     .label("overlapping loop")
+                    .also(loop_spans[li], "the other loop")
                     .help("loops must be disjoint or nested"),
                 );
             }
@@ -1757,7 +1780,8 @@ fn graph_checks(
                             l.id, other.id
                         ),
                     )
-                    .label("duplicate back edge"),
+                    .label("duplicate back edge")
+                    .also(loop_spans[li], "the same back edge"),
                 );
             }
         }
