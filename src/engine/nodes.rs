@@ -121,14 +121,14 @@ impl Metered<'_> {
             completion_max,
         };
         let span = self.span("chat", &req.context, req.sampling.max_tokens);
-        if let Some(t) = req.sampling.temperature {
+        if let (Some(t), false) = (req.sampling.temperature, span.is_disabled()) {
             span.record("gen_ai.request.temperature", t as f64);
         }
         let result = self
             .account(shape, fut, content, |c| (c.usage, c.usage_estimated))
             .instrument(span.clone())
             .await;
-        if let Ok(c) = &result {
+        if let (Ok(c), false) = (&result, span.is_disabled()) {
             let finish: Vec<&str> = c.choices.iter().map(|ch| ch.finish.as_str()).collect();
             span.record("gen_ai.response.finish_reasons", finish.join(",").as_str());
         }
@@ -449,15 +449,18 @@ impl Task {
                 let changed = self.artifact_text.as_deref() != Some(reply.texts[0].as_str());
                 Ok(self.model_output(reply, Some(changed), tokens))
             }
+            // The library kinds' futures are large and rare: boxed, so that
+            // every node's future is not as large as the largest (the
+            // scheduler moves each into a box when it starts it).
             NodeKind::Verify(v) => self.verify(v).await,
             NodeKind::Select(s) => self.select(s),
             NodeKind::Vote(v) => self.vote(v),
-            NodeKind::Execute(e) => self.execute(e).await,
+            NodeKind::Execute(e) => Box::pin(self.execute(e)).await,
             NodeKind::Extract(e) => self.extract(e),
-            NodeKind::Tool(t) => self.tool(t).await,
-            NodeKind::Embed(e) => self.embed(e).await,
+            NodeKind::Tool(t) => Box::pin(self.tool(t)).await,
+            NodeKind::Embed(e) => Box::pin(self.embed(e)).await,
             NodeKind::Cluster(c) => self.cluster(c),
-            NodeKind::HumanReview(r) => self.human_review(r).await,
+            NodeKind::HumanReview(r) => Box::pin(self.human_review(r)).await,
         }
     }
 

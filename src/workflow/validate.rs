@@ -681,7 +681,10 @@ impl NodeIds {
                 );
             } else if let Some(&(prev, first)) = names.get(&id.value) {
                 let (msg, also) = if prev == "node" {
-                    (format!("node `{}` is defined twice", id.value), "first defined here")
+                    (
+                        format!("node `{}` is defined twice", id.value),
+                        "first defined here",
+                    )
                 } else {
                     (
                         format!("node `{}` has the same name as an input", id.value),
@@ -703,9 +706,7 @@ impl NodeIds {
                 cx.err(Diagnostic::new(Code::InvalidValue, id.span, format!("node id `{}` is not a valid template name", id.value)).label("invalid id").help("use letters, digits and `_`, not starting with a digit (ids are template variables)"));
             }
             if !BUILTINS.contains(&id.value.as_str()) {
-                names
-                    .entry(id.value.clone())
-                    .or_insert(("node", id.span));
+                names.entry(id.value.clone()).or_insert(("node", id.span));
             }
             node_ids.push(id.value.clone());
         }
