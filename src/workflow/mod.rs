@@ -7,6 +7,7 @@
 
 mod kinds;
 mod model;
+#[doc(hidden)]
 pub mod raw;
 mod validate;
 
