@@ -65,6 +65,12 @@ fn request(messages: Vec<Message>, max_tokens: u32, temperature: f32, n: u32) ->
     }
 }
 
+/// The median of some measurements (NaN for none).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Median wall seconds and the last completion of `reps` calls.
 fn time(
     rt: &tokio::runtime::Runtime,
@@ -80,8 +86,7 @@ fn time(
         times.push(t.elapsed().as_secs_f64());
         last = Some(c);
     }
-    times.sort_by(f64::total_cmp);
-    (times[times.len() / 2], last.unwrap())
+    (median(times), last.unwrap())
 }
 
 /// A user message of exactly `target` prompt tokens (chat template included).
@@ -182,8 +187,7 @@ fn cancel(rt: &tokio::runtime::Runtime, path: &Path, reps: usize) {
         });
         waits.push(wait);
     }
-    waits.sort_by(f64::total_cmp);
-    let wait = waits[waits.len() / 2];
+    let wait = median(waits);
     println!("\n## cancellation (1,000-token call dropped after 200 ms)");
     println!(
         "next 1-token call: {:.1} ms after the drop, {:.1} ms when idle: the worker stopped within {:.1} ms",
@@ -218,12 +222,8 @@ fn speed(rt: &tokio::runtime::Runtime, path: &Path, reps: usize) {
         ours.push((pp, tg));
         theirs.extend(peer.map(|b| (b.pp, b.tg)));
     }
-    let median = |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| -> f64 {
-        let mut x: Vec<f64> = v.iter().map(pick).collect();
-        x.sort_by(f64::total_cmp);
-        x.get(x.len() / 2).copied().unwrap_or(f64::NAN)
-    };
-    let (pp, tg) = (median(&ours, |x| x.0), median(&ours, |x| x.1));
+    let pick = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(v.iter().map(f).collect());
+    let (pp, tg) = (pick(&ours, |x| x.0), pick(&ours, |x| x.1));
     println!("\n## Speed (tokens/s, medians of {reps} interleaved rounds)");
     println!("redraft: pp{pp_tokens} {pp:.1}  tg128 {tg:.1}");
     if theirs.is_empty() {
@@ -232,13 +232,13 @@ fn speed(rt: &tokio::runtime::Runtime, path: &Path, reps: usize) {
     }
     println!(
         "llama-bench: pp512 {:.1}  tg128 {:.1}",
-        median(&theirs, |x| x.0),
-        median(&theirs, |x| x.1)
+        pick(&theirs, |x| x.0),
+        pick(&theirs, |x| x.1)
     );
     println!(
         "redraft/llama-bench, median of per-round ratios: pp {:.1}%  tg {:.1}%  (rounds: {})",
-        100.0 * median(&ratios, |x| x.0),
-        100.0 * median(&ratios, |x| x.1),
+        100.0 * pick(&ratios, |x| x.0),
+        100.0 * pick(&ratios, |x| x.1),
         ratios
             .iter()
             .map(|(p, t)| format!("{:.0}/{:.0}", 100.0 * p, 100.0 * t))
@@ -268,8 +268,7 @@ fn batch(rt: &tokio::runtime::Runtime, path: &Path, reps: usize) {
         }
         t_seq.push(t.elapsed().as_secs_f64());
     }
-    t_seq.sort_by(f64::total_cmp);
-    let t_seq = t_seq[t_seq.len() / 2];
+    let t_seq = median(t_seq);
     println!("\n## n = 4 samples, 64 tokens each at most");
     println!(
         "one call, 4 parallel sequences: {:.0} ms, {batched_tokens} tokens ({:.1} tokens/s)",
