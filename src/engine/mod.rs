@@ -262,17 +262,19 @@ impl Engine {
             });
         }
         let mut models = Vec::with_capacity(wf.models.len());
+        // Clones of an engine share what it opened, so the key names all
+        // that makes a model: a given model by identity, the cassette too.
+        let cassette = self.cassette.as_ref().map(|c| Arc::as_ptr(c) as usize);
         for m in &wf.models {
             let spec = match self.models.get(&m.name) {
-                Some(ModelOverride::Spec(spec)) => Some(spec.as_str()),
-                Some(ModelOverride::Model(_)) => Some("(given)"),
-                None => m.spec.as_deref(),
+                Some(ModelOverride::Spec(spec)) => spec.clone(),
+                Some(ModelOverride::Model(model)) => format!("given {:p}", Arc::as_ptr(model)),
+                None => format!("{:?}", m.spec),
             };
             let key = format!(
-                "{}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{:?}",
+                "{}\u{1f}{}\u{1f}{spec}\u{1f}{}\u{1f}{:?}\u{1f}{cassette:?}",
                 base.display(),
                 m.name,
-                spec,
                 m.settings,
                 m.rate_limit
             );

@@ -1332,3 +1332,22 @@ async fn an_unread_stream_holds_model_calls_back() {
     drop(events.boxed());
     assert_eq!(summary.await.unwrap().status, RunStatus::Finished);
 }
+
+/// Clones of an engine share what it opened, but a clone given another
+/// model for the same name runs that model, not the one cached.
+#[tokio::test]
+async fn an_engine_clone_with_another_model_uses_it() {
+    let (first, _) = scripted_engine("replies:\n  - { text: first }\n");
+    let wf = chatty(1);
+    let s = first.run(wf.clone(), RunOptions::default()).await.unwrap();
+    assert_eq!(s.output.unwrap(), "first");
+    let other =
+        redraft::backend::ScriptedModel::from_yaml("replies:\n  - { text: second }\n", "s2")
+            .unwrap();
+    let second = first.clone().with_model("m", Arc::new(other));
+    let s = second.run(wf.clone(), RunOptions::default()).await.unwrap();
+    assert_eq!(s.output.unwrap(), "second");
+    // The original keeps its own.
+    let s = first.run(wf, RunOptions::default()).await.unwrap();
+    assert_eq!(s.output.unwrap(), "first");
+}
