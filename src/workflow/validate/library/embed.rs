@@ -1,0 +1,30 @@
+//! `embed`: a list of texts to vectors (a model, or lexical TF-IDF).
+
+use super::*;
+
+pub(super) fn embed(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<EmbedSpec> {
+    let items = must(required(cx, f, "items", env))
+        .and_then(|v| must(expression(cx, v, env, "`items`", &[])));
+    let text = optional(f.get("text"), |v| template(cx, v, env, "text", ITEM_VAR));
+    let model = optional(f.get("model"), |v| {
+        let name = string(cx, v, "`model`")?;
+        let found = env.model_names.iter().position(|m| *m == name);
+        if found.is_none() {
+            cx.err(unknown_name(
+                Code::UnknownModel,
+                v.span,
+                format!("{} uses model `{name}`, which is not declared", env.label),
+                &name,
+                env.model_names,
+            ));
+        }
+        found
+    });
+    let dims = optional(f.get("dims"), |v| ranged(cx, v, "`dims`", 1, 1 << 16));
+    Ok(EmbedSpec {
+        items: items?,
+        text: text?,
+        model: model?,
+        dims: dims?.map_or(512, |d| d as usize),
+    })
+}

@@ -1,0 +1,44 @@
+//! `human_review`: the texts before and after, and where decisions come from.
+
+use super::*;
+
+pub(super) fn review(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ReviewSpec> {
+    let before = must(required(cx, f, "before", env))
+        .and_then(|v| must(template(cx, v, env, "before", &[])));
+    let after = match f.get("after") {
+        Some(v) => must(template(cx, v, env, "after", &[])),
+        None => must(inline(
+            cx,
+            env,
+            "after",
+            "{{ artifact.text }}",
+            env.span,
+            &[],
+        )),
+    };
+    let decisions = optional(f.get("decisions"), |v| {
+        Some(match string(cx, v, "`decisions`")?.as_str() {
+            "ask" => ReviewDecisions::Ask,
+            "accept_all" => ReviewDecisions::AcceptAll,
+            "reject_all" => ReviewDecisions::RejectAll,
+            path => {
+                let full = cx.base_dir.join(path);
+                if !full.is_file() {
+                    invalid(
+                        cx,
+                        v.span,
+                        format!("decisions file `{}` does not exist", full.display()),
+                        "`ask`, `accept_all`, `reject_all`, or a file relative to the workflow",
+                    );
+                    return None;
+                }
+                ReviewDecisions::File(full)
+            }
+        })
+    });
+    Ok(ReviewSpec {
+        before: before?,
+        after: after?,
+        decisions: decisions?,
+    })
+}
