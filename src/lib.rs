@@ -14,18 +14,28 @@
 //! # Ok(()) }
 //! ```
 //!
+//! For a program that embeds redraft: [`Engine::run_streaming`] streams the
+//! events while a run goes on, [`backend::model_fn`] turns an async function
+//! into a model (a workflow may declare a model without `spec` for the
+//! program to supply), [`RunOptions::reviewer`] decides human-review nodes,
+//! and [`RunSummary::cause`] says typed why a run failed. Build with
+//! `default-features = false` to leave out the CLI's dependencies; feature
+//! `otel` exports traces ([`otel`], `docs/observability.md`).
+//!
 //! ## Layout
 //! - [`workflow`]: load and check workflow files (YAML → tree → raw → [`workflow::Workflow`]).
 //! - [`yaml`], [`diagnostic`]: the spanned YAML tree and the error reports.
 //! - [`template`]: minijinja prompts and conditions, strict and sandboxed.
 //! - [`backend`]: the [`LanguageModel`] trait and backends (scripted).
 //! - [`engine`]: the scheduler that runs a workflow; [`event`]: what it reports.
-//! - [`budget`]: limits and the meter; [`metrics`]: summaries and loop metrics.
+//! - [`budget`]: limits and the meter; [`summary`]: what a run reports;
+//!   [`metrics`]: loop metrics and usage folded from events.
 //! - [`extract`], [`cluster`]: code blocks and Python functions; seeded k-means.
 //! - [`review`]: R3 edits (diffs with spans and intents) and applying them.
 //! - [`sandbox`]: running untrusted programs (bubblewrap namespaces, rlimits).
 //! - [`similarity`]: cosine, BLEU-4, lexical TF-IDF embeddings.
-//! - [`graph`]: Mermaid and DOT renderings; [`cli`]: the `redraft` command.
+//! - [`units`]: durations and sizes as workflows write them.
+//! - [`graph`]: Mermaid and DOT renderings; `cli`: the `redraft` command.
 
 pub mod backend;
 pub mod budget;
@@ -54,7 +64,8 @@ pub mod workflow;
 pub mod yaml;
 
 pub use backend::LanguageModel;
-pub use engine::{CancellationToken, Engine, RunError, RunOptions};
+pub use engine::{CancellationToken, Engine, EventStream, RunError, RunOptions};
 pub use event::{Event, Recorder};
-pub use metrics::{FailureCause, RunFailure, RunStatus, RunSummary};
+pub use review::Reviewer;
+pub use summary::{FailureCause, RunFailure, RunStatus, RunSummary};
 pub use workflow::Workflow;

@@ -10,7 +10,7 @@
 //! - over-correction risk rate  ORR = Σ_{t≥2} chg_t / (n − 1)
 //! - correction success rate     CSR = Σ chg_t·win_t / Σ chg_t (0 without changes)
 //! - improvement slope           β   = OLS slope of win_t on t = 0..n−1
-//! - over-budget ratio           OBR = (1/n) Σ 1[tokens_t > round_tokens]
+//! - over-budget ratio           OBR = (1/n) Σ 1(tokens_t > round_tokens)
 
 use crate::event::Event;
 use crate::summary::StopReason;

@@ -2,7 +2,7 @@
 //!
 //! Loading runs in passes, like a compiler: bytes → UTF-8 text → spanned YAML
 //! tree ([`crate::yaml`]) → shape-checked raw workflow ([`raw`]) → resolved,
-//! compiled [`Workflow`] ([`validate`]). Each pass reports every problem it
+//! compiled [`Workflow`] (`validate`). Each pass reports every problem it
 //! finds; a later pass runs only on what the earlier ones could read.
 
 mod kinds;
