@@ -130,17 +130,13 @@ impl Task {
             }),
             0,
         )
-        .with_typed(Typed::Execution {
-            verdict: Verdict { passed, score },
-            passed: passed_count,
-            total,
-        }))
+        .with_typed(Typed::Verdict(Verdict { passed, score })))
     }
 
     pub(super) fn extract(&self, e: &ExtractSpec) -> Result<NodeOutput, NodeError> {
         let samples = match e.from {
             Some(from) => self.samples_of(from)?,
-            None => vec![json!(self.artifact_text.clone().unwrap_or_default())],
+            None => vec![json!(self.artifact_text().unwrap_or_default())],
         };
         let mut programs = Vec::with_capacity(samples.len());
         let mut functions = Vec::new();

@@ -38,8 +38,6 @@ pub(crate) struct Task {
     pub loop_info: Option<Value>,
     /// Budget scopes this node's calls are charged to.
     pub scopes: Vec<usize>,
-    /// The artifact text before this node ran (for `revise`'s `changed`).
-    pub artifact_text: Option<String>,
 }
 
 /// Records a finished attempt's usage, or its error kind, on its span.
@@ -432,6 +430,11 @@ impl Task {
         .into_value()
     }
 
+    /// The current artifact's text, if there is one.
+    pub(super) fn artifact_text(&self) -> Option<&str> {
+        self.data.artifact.as_ref()?.text.as_deref()
+    }
+
     pub(super) fn id(&self) -> &str {
         &self.shared.wf.nodes[self.node].id
     }
@@ -446,7 +449,7 @@ impl Task {
             }
             NodeKind::Revise(call) => {
                 let (reply, tokens) = self.model_node(call).await?;
-                let changed = self.artifact_text.as_deref() != Some(reply.texts[0].as_str());
+                let changed = self.artifact_text() != Some(reply.texts[0].as_str());
                 Ok(self.model_output(reply, Some(changed), tokens))
             }
             // The library kinds' futures are large and rare: boxed, so that
@@ -466,34 +469,31 @@ impl Task {
 
     /// A model node's output: JSON (`text`, `samples` when n > 1, a
     /// structured reply's `data` and its fields, `changed` for revise,
-    /// `round`, `finish`), typed samples (and feedback, for a critique), and
-    /// the conversation for calls that continue it.
+    /// `round`, `finish`), the samples typed when there are several (one
+    /// sample is `NodeOutput::text`), and the conversation for calls that
+    /// continue it.
     fn model_output(&self, reply: Reply, changed: Option<bool>, tokens: u64) -> NodeOutput {
         let mut out = serde_json::Map::new();
-        if let Some(data) = &reply.data {
-            if let serde_json::Value::Object(fields) = data {
+        if let Some(data) = reply.data {
+            if let serde_json::Value::Object(fields) = &data {
                 out.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
-            out.insert("data".into(), data.clone());
+            out.insert("data".into(), data);
         }
-        let texts = &reply.texts;
-        out.insert("text".into(), texts[0].as_str().into());
-        if texts.len() > 1 {
+        let mut texts = reply.texts;
+        let typed = if texts.len() > 1 {
+            out.insert("text".into(), texts[0].clone().into());
             out.insert("samples".into(), texts.clone().into());
-        }
+            Typed::Samples(texts.into())
+        } else {
+            out.insert("text".into(), texts.swap_remove(0).into());
+            Typed::Plain
+        };
         if let Some(c) = changed {
             out.insert("changed".into(), c.into());
         }
         out.insert("round".into(), self.round.into());
         out.insert("finish".into(), reply.finish.as_str().into());
-        let samples: Arc<[String]> = reply.texts.into();
-        let typed = match reply.data {
-            Some(data) => Typed::Critique {
-                samples,
-                data: Arc::new(data),
-            },
-            None => Typed::Samples(samples),
-        };
         NodeOutput::new(serde_json::Value::Object(out), tokens)
             .with_typed(typed)
             .with_conversation(reply.conversation)
@@ -511,9 +511,13 @@ impl Task {
                     .and_then(|o| o.conversation.as_ref()),
                 self.shared.wf.nodes[from].id.as_str(),
             )),
-            Some(Continue::Artifact) => {
-                Some((self.data.artifact_conversation.as_ref(), "artifact"))
-            }
+            Some(Continue::Artifact) => Some((
+                self.data
+                    .artifact
+                    .as_ref()
+                    .and_then(|a| a.conversation.as_ref()),
+                "artifact",
+            )),
             None => None,
         };
         let mut messages = match earlier {
@@ -888,12 +892,17 @@ impl Task {
         })
     }
 
-    /// The sample texts of a model node (its one text for other nodes).
+    /// The sample texts of a model node (its one text with one sample, and
+    /// for other nodes).
     pub(super) fn samples_of(&self, from: usize) -> Result<Vec<serde_json::Value>, NodeError> {
         let out = self.output_of(from)?;
-        Ok(match out.typed.samples() {
-            Some(samples) => samples.iter().map(|t| t.as_str().into()).collect(),
-            None => vec![out.json.get("text").cloned().unwrap_or_default()],
+        Ok(match &out.typed {
+            Typed::Samples(samples) => samples.iter().map(|t| t.as_str().into()).collect(),
+            _ => vec![
+                out.text
+                    .as_deref()
+                    .map_or(serde_json::Value::Null, Into::into),
+            ],
         })
     }
 

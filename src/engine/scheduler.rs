@@ -217,11 +217,7 @@ impl Run {
             inputs: self.inputs.clone(),
             outputs: self.outputs.clone(),
             history: self.history.clone(),
-            artifact: self.candidates.last().map(|c| c.output.value.clone()),
-            artifact_conversation: self
-                .candidates
-                .last()
-                .and_then(|c| c.output.conversation.clone()),
+            artifact: self.candidates.last().map(|c| c.output.clone()),
         });
         self.snapshot = Some(d.clone());
         d
@@ -274,7 +270,6 @@ impl Run {
             data: self.data(),
             loop_info: self.loop_info(node),
             scopes,
-            artifact_text: self.candidates.last().and_then(|c| c.output.text.clone()),
         };
         let started = Instant::now();
         let span = tracing::info_span!(

@@ -70,24 +70,15 @@ impl NodeOutput {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub enum Typed {
-    /// Nothing the engine reads (select, vote, extract, tool, cluster).
+    /// Nothing the engine reads beyond `NodeOutput::text` (a model node's
+    /// one sample; select, vote, extract, tool, cluster).
     #[default]
     Plain,
-    /// A generate or revise node's replies, one text per sample.
+    /// A model node's replies when it drew several, one text per sample.
     Samples(Arc<[String]>),
-    /// A critique's replies and its structured feedback (schema-checked).
-    Critique {
-        samples: Arc<[String]>,
-        data: Arc<serde_json::Value>,
-    },
-    /// A verify node's verdict on the artifact.
+    /// The verdict of a verify node, or of an execute node (all tests
+    /// passed, pass rate).
     Verdict(Verdict),
-    /// An execute node's test results (its verdict: all passed, pass rate).
-    Execution {
-        verdict: Verdict,
-        passed: usize,
-        total: usize,
-    },
     /// An embed node's vectors, one per item.
     Embeddings(Arc<Vec<Vec<f32>>>),
     /// A human review node's state: reviews so far and the edits rejected
@@ -109,15 +100,7 @@ impl Typed {
     /// The verdict of a verify or execute node.
     pub fn verdict(&self) -> Option<Verdict> {
         match self {
-            Typed::Verdict(v) | Typed::Execution { verdict: v, .. } => Some(*v),
-            _ => None,
-        }
-    }
-
-    /// A model node's sample texts.
-    pub fn samples(&self) -> Option<&[String]> {
-        match self {
-            Typed::Samples(s) | Typed::Critique { samples: s, .. } => Some(s),
+            Typed::Verdict(v) => Some(*v),
             _ => None,
         }
     }
@@ -139,9 +122,9 @@ pub struct ScopeData {
     pub outputs: Vec<Option<Arc<NodeOutput>>>,
     /// Earlier outputs of each node, oldest first.
     pub history: Vec<Value>,
-    pub artifact: Option<Value>,
-    /// The conversation that produced the artifact, if a model node did.
-    pub artifact_conversation: Option<Arc<Vec<crate::backend::Message>>>,
+    /// The current artifact: the latest output candidate (its text, its
+    /// template value, and the conversation that produced it).
+    pub artifact: Option<Arc<NodeOutput>>,
 }
 
 /// What one node (or condition) sees.
@@ -178,7 +161,7 @@ impl Object for NodeScope {
             "inputs" => Some(d.inputs.clone()),
             "round" => Some(Value::from(self.round)),
             "loop" => self.loop_info.clone(),
-            "artifact" => d.artifact.clone(),
+            "artifact" => d.artifact.as_ref().map(|a| a.value.clone()),
             "history" => Some(Value::from_object(History(d.clone()))),
             _ => match d.names.index.get(key) {
                 Some(&i) => d.outputs[i].as_ref().map(|o| o.value.clone()),

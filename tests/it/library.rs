@@ -743,3 +743,37 @@ async fn a_pending_review_is_cancelled_with_the_run() {
         1
     );
 }
+
+/// A reviewer that answers for too few or too many edits fails the node,
+/// saying so: no edit is applied or rejected by a guess.
+#[tokio::test]
+async fn a_reviewer_must_decide_every_edit() {
+    struct Short(usize);
+    impl Reviewer for Short {
+        fn review<'a>(
+            &'a self,
+            req: ReviewRequest<'a>,
+        ) -> BoxFuture<'a, Result<Vec<bool>, ReviewError>> {
+            let n = (req.edits.len() + self.0).saturating_sub(1);
+            Box::pin(async move { Ok(vec![true; n]) })
+        }
+    }
+    for extra in [0, 2] {
+        let opts = RunOptions {
+            review: Some(ReviewDecisions::Ask),
+            reviewer: Some(Arc::new(Short(extra))),
+            ..RunOptions::default()
+        };
+        let (s, _) = run_library("review", opts).await;
+        assert_eq!(s.status, RunStatus::Failed);
+        assert!(
+            s.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("decisions for 2 proposed edits"),
+            "{:?}",
+            s.error
+        );
+        assert_eq!(s.cause.unwrap().node.as_deref(), Some("review"));
+    }
+}
