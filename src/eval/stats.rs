@@ -1,0 +1,536 @@
+//! Metrics of an eval, computed from its stored units: accuracy, pass@k,
+//! first-answer vs final-answer flips with CL, CS and RSS, loop metrics
+//! aggregated over items, review acceptance, cost distributions, and the
+//! score per round and per token spent. Also the paired comparison of two
+//! evals (`compare`). Pure functions of the stored data.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::store::UnitRecord;
+use super::{ItemResult, ItemStatus};
+
+/// Mean, median and 95th percentile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Dist {
+    pub mean: f64,
+    pub p50: f64,
+    pub p95: f64,
+}
+
+impl Dist {
+    pub fn of(mut xs: Vec<f64>) -> Dist {
+        if xs.is_empty() {
+            return Dist::default();
+        }
+        xs.sort_by(f64::total_cmp);
+        let rank = |q: f64| xs[((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len()) - 1];
+        Dist {
+            mean: xs.iter().sum::<f64>() / xs.len() as f64,
+            p50: rank(0.5),
+            p95: rank(0.95),
+        }
+    }
+}
+
+/// First answer (the draft) against final answer, over units with both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Flips {
+    pub units: usize,
+    /// Right first, wrong at the end.
+    pub negative: usize,
+    /// Wrong first, right at the end.
+    pub positive: usize,
+    pub negative_rate: Option<f64>,
+    pub positive_rate: Option<f64>,
+}
+
+/// Loop metrics averaged over the units whose run had the loop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LoopMeans {
+    pub units: usize,
+    pub rounds: f64,
+    /// Over units where it is defined.
+    pub overcorrection_risk_rate: Option<f64>,
+    pub correction_success_rate: f64,
+    pub improvement_slope: f64,
+    pub over_budget_ratio: Option<f64>,
+}
+
+/// Acceptance of `human_review` edits at one depth.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ReviewMeans {
+    pub depth: u32,
+    pub proposed: u64,
+    pub accepted: u64,
+    pub acceptance_rate: Option<f64>,
+}
+
+/// The answer after `round` revisions (the last one where a run stopped
+/// earlier), over all scored units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct RoundPoint {
+    /// 0 = the first answer.
+    pub round: usize,
+    /// Units that made an answer at this round (others carry their last).
+    pub reached: usize,
+    pub mean_score: f64,
+    pub accuracy: f64,
+    /// The best answer so far (what `select: best` would return).
+    pub best_so_far: f64,
+}
+
+/// Mean best-so-far score when each unit may spend at most `tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct TokenPoint {
+    pub tokens: u64,
+    pub mean_score: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Metrics {
+    pub items: usize,
+    pub units: usize,
+    pub done: usize,
+    pub failed: usize,
+    pub pending: usize,
+    /// Share of done units that passed.
+    pub accuracy: Option<f64>,
+    pub mean_score: Option<f64>,
+    /// Unbiased pass@k over items (k up to the fewest done epochs of an item).
+    pub pass_at_k: BTreeMap<u32, f64>,
+    /// Accuracy of the first answers.
+    pub first_accuracy: Option<f64>,
+    pub flips: Flips,
+    /// Confidence Level, Critique Score and Relative Self-correction Score
+    /// (Yang et al.) from first/final correctness.
+    pub cl: Option<f64>,
+    pub cs: Option<f64>,
+    pub rss: Option<f64>,
+    pub loops: BTreeMap<String, LoopMeans>,
+    pub reviews: Vec<ReviewMeans>,
+    pub tokens: Dist,
+    pub calls: Dist,
+    pub cost_usd: Dist,
+    pub wall_ms: Dist,
+    pub total_tokens: u64,
+    pub total_cost_usd: f64,
+    pub per_round: Vec<RoundPoint>,
+    pub score_vs_tokens: Vec<TokenPoint>,
+}
+
+/// The unbiased pass@k estimator `1 − C(n−c, k) / C(n, k)`, as a product
+/// (no large binomials).
+pub fn pass_at_k(n: u64, c: u64, k: u64) -> f64 {
+    if n < k || k == 0 {
+        return f64::NAN;
+    }
+    if n - c < k {
+        return 1.0;
+    }
+    1.0 - ((n - c + 1)..=n).map(|i| 1.0 - k as f64 / i as f64).product::<f64>()
+}
+
+/// Two-sided exact McNemar test: the p-value of `b` against `c`
+/// discordant pairs under a fair coin.
+pub fn mcnemar_p(b: u64, c: u64) -> f64 {
+    let n = b + c;
+    if n == 0 {
+        return 1.0;
+    }
+    let ln_choose = |n: u64, k: u64| ln_factorial(n) - ln_factorial(k) - ln_factorial(n - k);
+    let tail: f64 = (0..=b.min(c))
+        .map(|i| (ln_choose(n, i) - n as f64 * std::f64::consts::LN_2).exp())
+        .sum();
+    (2.0 * tail).min(1.0)
+}
+
+fn ln_factorial(n: u64) -> f64 {
+    (2..=n).map(|i| (i as f64).ln()).sum()
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// Computes every metric of an eval's units.
+pub fn compute(units: &[UnitRecord]) -> Metrics {
+    let results: Vec<&ItemResult> = units.iter().filter_map(|u| u.result.as_ref()).collect();
+    let done: Vec<&ItemResult> = results
+        .iter()
+        .copied()
+        .filter(|r| r.status == ItemStatus::Done && r.score.is_some())
+        .collect();
+    let mut m = Metrics {
+        items: units
+            .iter()
+            .map(|u| u.item.id.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        units: units.len(),
+        done: done.len(),
+        failed: results.iter().filter(|r| r.status == ItemStatus::Failed).count(),
+        pending: units.iter().filter(|u| u.result.is_none()).count(),
+        ..Metrics::default()
+    };
+    let scores = || done.iter().filter_map(|r| r.score.as_ref());
+    m.accuracy = mean(scores().map(|s| f64::from(u8::from(s.passed))));
+    m.mean_score = mean(scores().map(|s| s.score));
+
+    // Per item: (epochs done, passed, first right, both right, first wrong then right, with first).
+    #[derive(Default)]
+    struct PerItem {
+        n: u64,
+        c: u64,
+        with_first: u64,
+        first: u64,
+        first_and_final: u64,
+        not_first_final: u64,
+    }
+    let mut items: BTreeMap<&str, PerItem> = BTreeMap::new();
+    for r in &done {
+        let e = items.entry(r.item_id.as_str()).or_default();
+        let fin = r.score.as_ref().is_some_and(|s| s.passed);
+        e.n += 1;
+        e.c += u64::from(fin);
+        if let Some(first) = r.first() {
+            e.with_first += 1;
+            if first.passed {
+                e.first += 1;
+                e.first_and_final += u64::from(fin);
+                if !fin {
+                    m.flips.negative += 1;
+                }
+            } else {
+                e.not_first_final += u64::from(fin);
+                if fin {
+                    m.flips.positive += 1;
+                }
+            }
+            m.flips.units += 1;
+        }
+    }
+    if let Some(min_n) = items.values().map(|e| e.n).min() {
+        for k in [1u64, 2, 5, 10, 20, 50, 100].into_iter().filter(|k| *k <= min_n) {
+            let v = mean(items.values().map(|e| pass_at_k(e.n, e.c, k))).unwrap_or(0.0);
+            m.pass_at_k.insert(k as u32, v);
+        }
+    }
+    if m.flips.units > 0 {
+        let n = m.flips.units as f64;
+        m.flips.negative_rate = Some(m.flips.negative as f64 / n);
+        m.flips.positive_rate = Some(m.flips.positive as f64 / n);
+        // Yang et al.'s sampling form, per item over its epochs.
+        let per: Vec<(f64, f64, f64, f64)> = items
+            .values()
+            .filter(|e| e.with_first > 0)
+            .map(|e| {
+                let n = e.with_first as f64;
+                (
+                    e.first as f64 / n,
+                    e.first_and_final as f64 / n,
+                    (e.with_first - e.first) as f64 / n,
+                    e.not_first_final as f64 / n,
+                )
+            })
+            .collect();
+        let sum = |f: fn(&(f64, f64, f64, f64)) -> f64| per.iter().map(f).sum::<f64>();
+        let (a, ab, na, nab) = (sum(|p| p.0), sum(|p| p.1), sum(|p| p.2), sum(|p| p.3));
+        m.cl = (a > 0.0).then(|| ab / a);
+        m.cs = (na > 0.0).then(|| nab / na);
+        let acc1 = a / per.len() as f64;
+        let acc2 = (ab + nab) / per.len() as f64;
+        m.first_accuracy = Some(acc1);
+        m.rss = (acc1 > 0.0 && acc1 < 1.0).then(|| (acc2 - acc1 * acc1) / (2.0 * acc1 * (1.0 - acc1)));
+    }
+
+    // Loop metrics and reviews, from the stored summaries.
+    let mut loops: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    let mut reviews: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    for r in &results {
+        let Some(summary) = &r.summary else { continue };
+        for l in summary.get("loops").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(id) = l.get("loop").and_then(Value::as_str) {
+                loops.entry(id.to_string()).or_default().push(l);
+            }
+        }
+        for rv in summary.get("reviews").and_then(Value::as_array).into_iter().flatten() {
+            let depth = rv.get("depth").and_then(Value::as_u64).unwrap_or(0) as u32;
+            let e = reviews.entry(depth).or_default();
+            e.0 += rv.get("proposed").and_then(Value::as_u64).unwrap_or(0);
+            e.1 += rv.get("accepted").and_then(Value::as_u64).unwrap_or(0);
+        }
+    }
+    for (id, ls) in loops {
+        let f = |key: &'static str| ls.iter().filter_map(move |l| l.get(key).and_then(Value::as_f64));
+        m.loops.insert(
+            id,
+            LoopMeans {
+                units: ls.len(),
+                rounds: mean(f("rounds")).unwrap_or(0.0),
+                overcorrection_risk_rate: mean(f("overcorrection_risk_rate")),
+                correction_success_rate: mean(f("correction_success_rate")).unwrap_or(0.0),
+                improvement_slope: mean(f("improvement_slope")).unwrap_or(0.0),
+                over_budget_ratio: mean(f("over_budget_ratio")),
+            },
+        );
+    }
+    m.reviews = reviews
+        .into_iter()
+        .map(|(depth, (proposed, accepted))| ReviewMeans {
+            depth,
+            proposed,
+            accepted,
+            acceptance_rate: (proposed > 0).then(|| accepted as f64 / proposed as f64),
+        })
+        .collect();
+
+    m.tokens = Dist::of(results.iter().map(|r| r.tokens as f64).collect());
+    m.calls = Dist::of(results.iter().map(|r| r.calls as f64).collect());
+    m.cost_usd = Dist::of(results.iter().map(|r| r.cost_usd).collect());
+    m.wall_ms = Dist::of(results.iter().map(|r| r.wall_ms).collect());
+    m.total_tokens = results.iter().map(|r| r.tokens).sum();
+    m.total_cost_usd = results.iter().map(|r| r.cost_usd).sum();
+
+    // Score per round: the answer after k revisions, and the best so far.
+    let with: Vec<&ItemResult> = done.iter().copied().filter(|r| !r.candidates.is_empty()).collect();
+    let rounds = with.iter().map(|r| r.candidates.len()).max().unwrap_or(0);
+    for k in 0..rounds {
+        fn at(r: &ItemResult, k: usize) -> &super::Candidate {
+            &r.candidates[k.min(r.candidates.len() - 1)]
+        }
+        let best = |r: &&ItemResult| {
+            r.candidates[..=k.min(r.candidates.len() - 1)]
+                .iter()
+                .map(|c| c.score)
+                .fold(0.0, f64::max)
+        };
+        m.per_round.push(RoundPoint {
+            round: k,
+            reached: with.iter().filter(|r| r.candidates.len() > k).count(),
+            mean_score: mean(with.iter().map(|r| at(r, k).score)).unwrap_or(0.0),
+            accuracy: mean(with.iter().map(|r| f64::from(u8::from(at(r, k).passed)))).unwrap_or(0.0),
+            best_so_far: mean(with.iter().map(best)).unwrap_or(0.0),
+        });
+    }
+    // Score vs tokens: at up to 20 budgets (quantiles of where answers were
+    // made), the mean best score among answers made within the budget.
+    let mut marks: Vec<u64> = with.iter().flat_map(|r| r.candidates.iter().map(|c| c.tokens)).collect();
+    marks.sort_unstable();
+    marks.dedup();
+    if !marks.is_empty() {
+        let picks = 20.min(marks.len());
+        let mut budgets: Vec<u64> = (1..=picks)
+            .map(|i| marks[(i * marks.len()).div_ceil(picks) - 1])
+            .collect();
+        budgets.dedup();
+        for t in budgets {
+            let s = mean(with.iter().map(|r| {
+                r.candidates
+                    .iter()
+                    .filter(|c| c.tokens <= t)
+                    .map(|c| c.score)
+                    .fold(0.0, f64::max)
+            }))
+            .unwrap_or(0.0);
+            m.score_vs_tokens.push(TokenPoint { tokens: t, mean_score: s });
+        }
+    }
+    m
+}
+
+/// Item-level changes from eval A to eval B on the same units.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Comparison {
+    /// Units scored in both.
+    pub paired: usize,
+    pub accuracy_a: Option<f64>,
+    pub accuracy_b: Option<f64>,
+    /// Right in A, wrong in B.
+    pub negative: usize,
+    /// Wrong in A, right in B.
+    pub positive: usize,
+    pub negative_flip_rate: Option<f64>,
+    pub positive_flip_rate: Option<f64>,
+    /// Exact McNemar p-value of the discordant pairs.
+    pub p_value: f64,
+    /// Units scored in only one of the two.
+    pub unpaired: usize,
+    pub flipped: Vec<Flip>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Flip {
+    pub item: String,
+    pub epoch: u32,
+    /// `negative` (right → wrong) or `positive`.
+    pub direction: &'static str,
+    pub score_a: f64,
+    pub score_b: f64,
+}
+
+pub fn compare(a: &[UnitRecord], b: &[UnitRecord]) -> Comparison {
+    let scored = |units: &[UnitRecord]| -> BTreeMap<(String, u32), (bool, f64)> {
+        units
+            .iter()
+            .filter_map(|u| u.result.as_ref())
+            .filter(|r| r.status == ItemStatus::Done)
+            .filter_map(|r| r.score.as_ref().map(|s| ((r.item_id.clone(), r.epoch), (s.passed, s.score))))
+            .collect()
+    };
+    let (sa, sb) = (scored(a), scored(b));
+    let mut c = Comparison::default();
+    let (mut right_a, mut right_b) = (0, 0);
+    for (key, (pa, score_a)) in &sa {
+        let Some((pb, score_b)) = sb.get(key) else {
+            c.unpaired += 1;
+            continue;
+        };
+        c.paired += 1;
+        right_a += usize::from(*pa);
+        right_b += usize::from(*pb);
+        let direction = match (pa, pb) {
+            (true, false) => {
+                c.negative += 1;
+                "negative"
+            }
+            (false, true) => {
+                c.positive += 1;
+                "positive"
+            }
+            _ => continue,
+        };
+        c.flipped.push(Flip {
+            item: key.0.clone(),
+            epoch: key.1,
+            direction,
+            score_a: *score_a,
+            score_b: *score_b,
+        });
+    }
+    c.unpaired += sb.keys().filter(|k| !sa.contains_key(*k)).count();
+    if c.paired > 0 {
+        let n = c.paired as f64;
+        c.accuracy_a = Some(right_a as f64 / n);
+        c.accuracy_b = Some(right_b as f64 / n);
+        c.negative_flip_rate = Some(c.negative as f64 / n);
+        c.positive_flip_rate = Some(c.positive as f64 / n);
+    }
+    c.p_value = mcnemar_p(c.negative as u64, c.positive as u64);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::data::Item;
+    use crate::eval::score::Score;
+    use crate::eval::{Candidate, ItemResult, ItemStatus};
+
+    fn unit(id: &str, epoch: u32, first: Option<bool>, last: bool, tokens: &[u64]) -> UnitRecord {
+        let mut candidates: Vec<Candidate> = Vec::new();
+        if let Some(f) = first {
+            candidates.push(Candidate { node: "draft".into(), round: 0, tokens: tokens[0], score: f64::from(u8::from(f)), passed: f });
+            for (i, t) in tokens.iter().enumerate().skip(1) {
+                candidates.push(Candidate { node: "revise".into(), round: i as u32, tokens: *t, score: f64::from(u8::from(last)), passed: last });
+            }
+        }
+        UnitRecord {
+            item: Item { id: id.into(), inputs: Default::default(), answer: None, hidden: Default::default() },
+            epoch,
+            status: "done".into(),
+            result: Some(ItemResult {
+                item_id: id.into(),
+                epoch,
+                status: ItemStatus::Done,
+                score: Some(Score { score: f64::from(u8::from(last)), passed: last, feedback: String::new() }),
+                output: Some(String::new()),
+                candidates,
+                run_status: None,
+                tokens: tokens.last().copied().unwrap_or(0),
+                calls: 1,
+                cost_usd: 0.0,
+                wall_ms: 1.0,
+                error: None,
+                summary: None,
+                events: vec![],
+                worker: String::new(),
+                finished_at: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn pass_at_k_matches_the_closed_form() {
+        // n = 5, c = 2, k = 2: 1 − C(3,2)/C(5,2) = 1 − 3/10.
+        assert!((pass_at_k(5, 2, 2) - 0.7).abs() < 1e-12);
+        assert_eq!(pass_at_k(5, 0, 1), 0.0);
+        assert_eq!(pass_at_k(5, 4, 2), 1.0);
+        assert!((pass_at_k(10, 3, 1) - 0.3).abs() < 1e-12);
+        assert!(pass_at_k(1, 1, 2).is_nan());
+    }
+
+    #[test]
+    fn mcnemar_is_exact_binomial() {
+        // 0 vs 6 discordant pairs: 2 · 0.5^6.
+        assert!((mcnemar_p(0, 6) - 2.0 / 64.0).abs() < 1e-12);
+        assert_eq!(mcnemar_p(3, 3), 1.0);
+        assert_eq!(mcnemar_p(0, 0), 1.0);
+        // 1 vs 9: 2 · (1 + 10) / 1024.
+        assert!((mcnemar_p(1, 9) - 22.0 / 1024.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn first_and_final_answers_give_flips_cl_cs_and_rss() {
+        // Four items: right→right, right→wrong, wrong→right, wrong→wrong.
+        let units = vec![
+            unit("a", 0, Some(true), true, &[10, 30]),
+            unit("b", 0, Some(true), false, &[10, 30]),
+            unit("c", 0, Some(false), true, &[10, 30]),
+            unit("d", 0, Some(false), false, &[10]),
+        ];
+        let m = compute(&units);
+        assert_eq!((m.flips.negative, m.flips.positive, m.flips.units), (1, 1, 4));
+        assert_eq!(m.accuracy, Some(0.5));
+        assert_eq!(m.first_accuracy, Some(0.5));
+        assert_eq!((m.cl, m.cs), (Some(0.5), Some(0.5)));
+        // Acc1 = Acc2 = 0.5: RSS = (0.5 − 0.25) / (2 · 0.25) = 0.5.
+        assert_eq!(m.rss, Some(0.5));
+        assert_eq!(m.per_round.len(), 2);
+        assert_eq!(m.per_round[0].accuracy, 0.5);
+        assert_eq!(m.per_round[1].reached, 3);
+        // b's revision is wrong but its draft was right: the best so far stays 0.75.
+        assert_eq!(m.per_round[1].best_so_far, 0.75);
+        assert_eq!(m.score_vs_tokens.first().map(|p| (p.tokens, p.mean_score)), Some((10, 0.5)));
+        assert_eq!(m.score_vs_tokens.last().map(|p| (p.tokens, p.mean_score)), Some((30, 0.75)));
+        assert_eq!(m.pass_at_k.get(&1), Some(&0.5));
+    }
+
+    #[test]
+    fn epochs_give_pass_at_k_per_item() {
+        let mut units = Vec::new();
+        for e in 0..5 {
+            units.push(unit("x", e, None, e < 2, &[1]));
+            units.push(unit("y", e, None, false, &[1]));
+        }
+        let m = compute(&units);
+        assert!((m.pass_at_k[&2] - 0.35).abs() < 1e-12, "{:?}", m.pass_at_k);
+        assert!((m.pass_at_k[&5] - 0.5).abs() < 1e-12);
+        assert!(!m.pass_at_k.contains_key(&10));
+        assert_eq!(m.items, 2);
+    }
+
+    #[test]
+    fn comparison_pairs_units_and_lists_flips() {
+        let a = vec![unit("a", 0, None, true, &[1]), unit("b", 0, None, true, &[1]), unit("c", 0, None, false, &[1])];
+        let b = vec![unit("a", 0, None, true, &[1]), unit("b", 0, None, false, &[1]), unit("d", 0, None, true, &[1])];
+        let c = compare(&a, &b);
+        assert_eq!((c.paired, c.unpaired, c.negative, c.positive), (2, 2, 1, 0));
+        assert_eq!(c.negative_flip_rate, Some(0.5));
+        assert_eq!(c.flipped[0].item, "b");
+        assert_eq!(c.p_value, 1.0);
+    }
+}

@@ -1,0 +1,674 @@
+//! The results store: every eval, its work units (item × epoch), their
+//! claims and results. SQLite by default (one file, e.g. `runs/redraft.db`);
+//! PostgreSQL (`postgres://…`, feature `postgres`) when many machines work
+//! on one eval.
+//!
+//! **Invariants:**
+//! - A unit has one row; finishing writes its result once (`status <>
+//!   'done'` guards the update), so a unit is never counted twice, even
+//!   when a claim expired and two workers ran it.
+//! - A result is durable when `finish` returns (one transaction per batch:
+//!   group commit); `kill -9` loses at most the units in flight, which stay
+//!   claimed until their lease ends or, on the same host, until a new
+//!   worker sees their process is gone.
+//! - The schema carries a version; a store written by a newer redraft is
+//!   refused with a message, never misread.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::data::Item;
+use super::{ItemResult, Totals};
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("results store {store}: {message}")]
+    Db { store: String, message: String },
+    #[error(
+        "results store {store} has schema version {found}, newer than this redraft reads ({SCHEMA_VERSION}); upgrade redraft or use another store"
+    )]
+    Newer { store: String, found: i64 },
+    #[error("results store {store}: no eval `{id}`{hint}")]
+    NoEval {
+        store: String,
+        id: String,
+        hint: String,
+    },
+    #[error("results store {store}: `{id}` matches several evals: {matches}")]
+    Ambiguous {
+        store: String,
+        id: String,
+        matches: String,
+    },
+    #[error("results store {store}: a stored record is unreadable: {message}")]
+    Corrupt { store: String, message: String },
+    #[error("`{0}`: PostgreSQL stores need redraft built with the `postgres` feature")]
+    NoPostgres(String),
+}
+
+/// An eval as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Derived from what determines the results (see `EvalPlan::id`).
+    pub id: String,
+    pub name: String,
+    pub workflow: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// The workflow and prompts as run, models, data, scorer, command
+    /// line, versions (`EvalMeta` as JSON).
+    pub meta: Value,
+}
+
+/// One line of `redraft runs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalListing {
+    pub id: String,
+    pub name: String,
+    pub workflow: String,
+    pub models: String,
+    pub created_at: i64,
+    pub units: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub mean_score: Option<f64>,
+}
+
+/// A unit of work handed to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    pub item: Item,
+    pub epoch: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Counts {
+    pub pending: i64,
+    pub claimed: i64,
+    pub done: i64,
+    pub failed: i64,
+}
+
+impl Counts {
+    pub fn total(&self) -> i64 {
+        self.pending + self.claimed + self.done + self.failed
+    }
+}
+
+/// A stored unit with its result, for metrics and reports.
+#[derive(Debug, Clone)]
+pub struct UnitRecord {
+    pub item: Item,
+    pub epoch: u32,
+    pub status: String,
+    pub result: Option<ItemResult>,
+}
+
+/// Who holds a claim: host, process id and start time, so a new worker on
+/// the same host can tell a dead one's claims from a live one's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerId {
+    pub host: String,
+    pub pid: u32,
+    pub started_ms: i64,
+}
+
+impl WorkerId {
+    pub fn this_process() -> WorkerId {
+        WorkerId {
+            host: hostname(),
+            pid: std::process::id(),
+            started_ms: now_ms(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WorkerId> {
+        let mut parts = s.rsplitn(3, '/');
+        let started_ms = parts.next()?.parse().ok()?;
+        let pid = parts.next()?.parse().ok()?;
+        Some(WorkerId {
+            host: parts.next()?.to_string(),
+            pid,
+            started_ms,
+        })
+    }
+
+    /// Whether this worker is certainly gone: on this host and its process
+    /// does not exist. Workers elsewhere are judged by their leases.
+    pub fn is_dead_here(&self) -> bool {
+        self.host == hostname() && !process_alive(self.pid)
+    }
+}
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.host, self.pid, self.started_ms)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A results store. Methods are blocking; the eval runner calls them from a
+/// thread of its own.
+pub trait Store: Send {
+    /// Where it is, for messages (no password).
+    fn location(&self) -> String;
+    /// Records the eval unless it exists; returns the stored record.
+    fn open_eval(&mut self, eval: &EvalRecord) -> Result<EvalRecord, StoreError>;
+    /// Adds units that are not there yet; returns how many were new.
+    fn add_units(&mut self, eval: &str, units: &[Unit]) -> Result<usize, StoreError>;
+    /// Makes failed units pending again (`--retry-failed`).
+    fn reset_failed(&mut self, eval: &str) -> Result<usize, StoreError>;
+    /// Releases claims of workers on this host whose process is gone.
+    fn release_dead(&mut self, eval: &str, me: &WorkerId) -> Result<usize, StoreError>;
+    /// Claims up to `n` pending units (or units whose lease ended).
+    fn claim(&mut self, eval: &str, worker: &WorkerId, n: usize, lease_ms: i64) -> Result<Vec<Unit>, StoreError>;
+    /// Extends this worker's leases.
+    fn renew(&mut self, eval: &str, worker: &WorkerId, lease_ms: i64) -> Result<(), StoreError>;
+    /// Stores results in one transaction.
+    fn finish(&mut self, eval: &str, results: &[ItemResult]) -> Result<(), StoreError>;
+    /// Gives claimed units back (interrupted runs).
+    fn release(&mut self, eval: &str, worker: &WorkerId, units: &[(String, u32)]) -> Result<(), StoreError>;
+    fn counts(&mut self, eval: &str) -> Result<Counts, StoreError>;
+    /// What finished units of the eval spent (for the total budget).
+    fn spent(&mut self, eval: &str) -> Result<Totals, StoreError>;
+    fn evals(&mut self) -> Result<Vec<EvalListing>, StoreError>;
+    /// An eval by id or unique id prefix.
+    fn eval(&mut self, id: &str) -> Result<EvalRecord, StoreError>;
+    fn units(&mut self, eval: &str) -> Result<Vec<UnitRecord>, StoreError>;
+}
+
+/// Opens a store: `postgres://…`/`postgresql://…`, else a SQLite file
+/// (created with its folder).
+pub fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(Box::new(super::postgres::PgStore::connect(location)?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(StoreError::NoPostgres(location.to_string()));
+    }
+    Ok(Box::new(SqliteStore::open(Path::new(location))?))
+}
+
+pub(crate) fn corrupt(store: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        store: store.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Picks the eval an id or prefix names among `ids`.
+pub(crate) fn resolve_id(store: &str, id: &str, ids: Vec<String>) -> Result<String, StoreError> {
+    if ids.iter().any(|i| i == id) {
+        return Ok(id.to_string());
+    }
+    let matches: Vec<&String> = ids.iter().filter(|i| i.starts_with(id)).collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(StoreError::NoEval {
+            store: store.to_string(),
+            id: id.to_string(),
+            hint: if ids.is_empty() {
+                " (the store holds no evals)".into()
+            } else {
+                format!("; `redraft runs --store {store}` lists them")
+            },
+        }),
+        many => Err(StoreError::Ambiguous {
+            store: store.to_string(),
+            id: id.to_string(),
+            matches: many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
+/// The models of an eval, as `redraft runs` shows them.
+pub(crate) fn models_of(meta: &Value) -> String {
+    meta.get("models")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+pub struct SqliteStore {
+    conn: rusqlite::Connection,
+    path: String,
+}
+
+const SQLITE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS redraft_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS evals (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, workflow TEXT NOT NULL,
+    created_at INTEGER NOT NULL, meta TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS units (
+    eval_id TEXT NOT NULL, item_id TEXT NOT NULL, epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL, item TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending', worker TEXT, lease_until INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    score REAL, passed INTEGER, result TEXT, finished_at INTEGER,
+    tokens INTEGER, calls INTEGER, cost_usd REAL,
+    PRIMARY KEY (eval_id, item_id, epoch));
+CREATE INDEX IF NOT EXISTS units_by_status ON units (eval_id, status, seq);
+";
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let name = path.display().to_string();
+        let db = |e: rusqlite::Error| StoreError::Db {
+            store: name.clone(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Db {
+                store: name.clone(),
+                message: format!("cannot create {}: {e}", dir.display()),
+            })?;
+        }
+        let conn = rusqlite::Connection::open(path).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
+        // WAL with synchronous=NORMAL: a committed transaction survives the
+        // process being killed (not a power cut), at a fraction of FULL's cost.
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            .map_err(db)?;
+        conn.execute_batch(SQLITE_SCHEMA).map_err(db)?;
+        let found: Option<i64> = conn
+            .query_row(
+                "SELECT CAST(value AS INTEGER) FROM redraft_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(db)?;
+        match found {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::Newer { store: name, found: v });
+            }
+            Some(_) => {}
+            None => {
+                conn.execute(
+                    "INSERT INTO redraft_meta (key, value) VALUES ('schema_version', ?1)",
+                    [SCHEMA_VERSION.to_string()],
+                )
+                .map_err(db)?;
+            }
+        }
+        Ok(SqliteStore { conn, path: name })
+    }
+
+    fn db(&self, e: rusqlite::Error) -> StoreError {
+        StoreError::Db {
+            store: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn with_tx<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self_db(&self.path, e))?;
+        let out = f(&tx).map_err(|e| self_db(&self.path, e))?;
+        tx.commit().map_err(|e| self_db(&self.path, e))?;
+        Ok(out)
+    }
+}
+
+fn self_db(path: &str, e: rusqlite::Error) -> StoreError {
+    StoreError::Db {
+        store: path.to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl Store for SqliteStore {
+    fn location(&self) -> String {
+        self.path.clone()
+    }
+
+    fn open_eval(&mut self, eval: &EvalRecord) -> Result<EvalRecord, StoreError> {
+        let meta = eval.meta.to_string();
+        self.with_tx(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO evals (id, name, workflow, created_at, meta) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![eval.id, eval.name, eval.workflow, eval.created_at, meta],
+            )?;
+            Ok(())
+        })?;
+        self.eval(&eval.id)
+    }
+
+    fn add_units(&mut self, eval: &str, units: &[Unit]) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        self.with_tx(|tx| {
+            let base: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM units WHERE eval_id = ?1",
+                [eval],
+                |r| r.get(0),
+            )?;
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO units (eval_id, item_id, epoch, seq, item) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut added = 0;
+            for (i, u) in units.iter().enumerate() {
+                let item = serde_json::to_string(&u.item).map_err(|e| {
+                    rusqlite::Error::ToSqlConversionFailure(Box::new(corrupt(&path, e)))
+                })?;
+                added += stmt.execute(rusqlite::params![eval, u.item.id, u.epoch, base + i as i64, item])?;
+            }
+            Ok(added)
+        })
+    }
+
+    fn reset_failed(&mut self, eval: &str) -> Result<usize, StoreError> {
+        self.with_tx(|tx| {
+            tx.execute(
+                "UPDATE units SET status = 'pending', worker = NULL, result = NULL, score = NULL, passed = NULL WHERE eval_id = ?1 AND status = 'failed'",
+                [eval],
+            )
+        })
+    }
+
+    fn release_dead(&mut self, eval: &str, me: &WorkerId) -> Result<usize, StoreError> {
+        let workers: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT DISTINCT worker FROM units WHERE eval_id = ?1 AND status = 'claimed' AND worker IS NOT NULL")
+                .map_err(|e| self.db(e))?;
+            let rows = stmt
+                .query_map([eval], |r| r.get::<_, String>(0))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
+            rows.map_err(|e| self_db(&self.path, e))?
+        };
+        let dead: Vec<String> = workers
+            .into_iter()
+            .filter(|w| WorkerId::parse(w).is_some_and(|w| w != *me && w.is_dead_here()))
+            .collect();
+        self.with_tx(|tx| {
+            let mut n = 0;
+            for w in &dead {
+                n += tx.execute(
+                    "UPDATE units SET status = 'pending', worker = NULL, lease_until = NULL WHERE eval_id = ?1 AND status = 'claimed' AND worker = ?2",
+                    rusqlite::params![eval, w],
+                )?;
+            }
+            Ok(n)
+        })
+    }
+
+    fn claim(&mut self, eval: &str, worker: &WorkerId, n: usize, lease_ms: i64) -> Result<Vec<Unit>, StoreError> {
+        let now = now_ms();
+        let worker = worker.to_string();
+        let path = self.path.clone();
+        let rows: Vec<(String, i64)> = self.with_tx(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE units SET status = 'claimed', worker = ?1, lease_until = ?2, attempts = attempts + 1
+                 WHERE rowid IN (SELECT rowid FROM units WHERE eval_id = ?3
+                     AND (status = 'pending' OR (status = 'claimed' AND lease_until < ?4))
+                     ORDER BY seq LIMIT ?5)
+                 RETURNING item, epoch",
+            )?;
+            let rows = stmt
+                .query_map(rusqlite::params![worker, now + lease_ms, eval, now, n as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })?;
+        rows.into_iter()
+            .map(|(item, epoch)| {
+                Ok(Unit {
+                    item: serde_json::from_str(&item).map_err(|e| corrupt(&path, e))?,
+                    epoch: epoch as u32,
+                })
+            })
+            .collect()
+    }
+
+    fn renew(&mut self, eval: &str, worker: &WorkerId, lease_ms: i64) -> Result<(), StoreError> {
+        let w = worker.to_string();
+        self.with_tx(|tx| {
+            tx.execute(
+                "UPDATE units SET lease_until = ?1 WHERE eval_id = ?2 AND worker = ?3 AND status = 'claimed'",
+                rusqlite::params![now_ms() + lease_ms, eval, w],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn finish(&mut self, eval: &str, results: &[ItemResult]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let encoded: Vec<String> = results
+            .iter()
+            .map(|r| serde_json::to_string(r).map_err(|e| corrupt(&path, e)))
+            .collect::<Result<_, _>>()?;
+        self.with_tx(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE units SET status = ?1, worker = NULL, lease_until = NULL, score = ?2, passed = ?3, result = ?4, finished_at = ?5,
+                     tokens = ?9, calls = ?10, cost_usd = ?11
+                 WHERE eval_id = ?6 AND item_id = ?7 AND epoch = ?8 AND status <> 'done'",
+            )?;
+            for (r, json) in results.iter().zip(&encoded) {
+                stmt.execute(rusqlite::params![
+                    r.status.as_str(),
+                    r.score.as_ref().map(|s| s.score),
+                    r.score.as_ref().map(|s| s.passed as i64),
+                    json,
+                    r.finished_at,
+                    eval,
+                    r.item_id,
+                    r.epoch,
+                    r.tokens as i64,
+                    r.calls as i64,
+                    r.cost_usd
+                ])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn release(&mut self, eval: &str, worker: &WorkerId, units: &[(String, u32)]) -> Result<(), StoreError> {
+        let w = worker.to_string();
+        self.with_tx(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE units SET status = 'pending', worker = NULL, lease_until = NULL
+                 WHERE eval_id = ?1 AND item_id = ?2 AND epoch = ?3 AND worker = ?4 AND status = 'claimed'",
+            )?;
+            for (id, epoch) in units {
+                stmt.execute(rusqlite::params![eval, id, epoch, w])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn counts(&mut self, eval: &str) -> Result<Counts, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT status, COUNT(*) FROM units WHERE eval_id = ?1 GROUP BY status")
+            .map_err(|e| self_db(&self.path, e))?;
+        let rows = stmt
+            .query_map([eval], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self_db(&self.path, e))?;
+        Ok(counts_from(rows))
+    }
+
+    fn spent(&mut self, eval: &str) -> Result<Totals, StoreError> {
+        self.conn
+            .query_row(SPENT, [eval], |r| {
+                Ok(totals_from(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .map_err(|e| self_db(&self.path, e))
+    }
+
+    fn evals(&mut self) -> Result<Vec<EvalListing>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT e.id, e.name, e.workflow, e.created_at, e.meta,
+                        COUNT(u.item_id),
+                        COALESCE(SUM(CASE WHEN u.status = 'done' THEN 1 ELSE 0 END), 0),
+                        COALESCE(SUM(CASE WHEN u.status = 'failed' THEN 1 ELSE 0 END), 0),
+                        AVG(CASE WHEN u.status = 'done' THEN u.score END)
+                 FROM evals e LEFT JOIN units u ON u.eval_id = e.id
+                 GROUP BY e.id ORDER BY e.created_at",
+            )
+            .map_err(|e| self_db(&self.path, e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let meta: String = r.get(4)?;
+                Ok(EvalListing {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    workflow: r.get(2)?,
+                    created_at: r.get(3)?,
+                    models: models_of(&serde_json::from_str(&meta).unwrap_or(Value::Null)),
+                    units: r.get(5)?,
+                    done: r.get(6)?,
+                    failed: r.get(7)?,
+                    mean_score: r.get(8)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self_db(&self.path, e))?;
+        Ok(rows)
+    }
+
+    fn eval(&mut self, id: &str) -> Result<EvalRecord, StoreError> {
+        let ids: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id FROM evals")
+                .map_err(|e| self_db(&self.path, e))?;
+            stmt.query_map([], |r| r.get(0))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| self_db(&self.path, e))?
+        };
+        let id = resolve_id(&self.path, id, ids)?;
+        let (id, name, workflow, created_at, meta) = self
+            .conn
+            .query_row(
+                "SELECT id, name, workflow, created_at, meta FROM evals WHERE id = ?1",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, String>(4)?)),
+            )
+            .map_err(|e| self_db(&self.path, e))?;
+        Ok(EvalRecord {
+            id,
+            name,
+            workflow,
+            created_at,
+            meta: serde_json::from_str(&meta).map_err(|e| corrupt(&self.path, e))?,
+        })
+    }
+
+    fn units(&mut self, eval: &str) -> Result<Vec<UnitRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT item, epoch, status, result FROM units WHERE eval_id = ?1 ORDER BY seq")
+            .map_err(|e| self_db(&self.path, e))?;
+        let rows = stmt
+            .query_map([eval], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self_db(&self.path, e))?;
+        rows.into_iter()
+            .map(|(item, epoch, status, result)| unit_record(&self.path, &item, epoch, status, result.as_deref()))
+            .collect()
+    }
+}
+
+pub(crate) fn unit_record(
+    store: &str,
+    item: &str,
+    epoch: i64,
+    status: String,
+    result: Option<&str>,
+) -> Result<UnitRecord, StoreError> {
+    Ok(UnitRecord {
+        item: serde_json::from_str(item).map_err(|e| corrupt(store, e))?,
+        epoch: epoch as u32,
+        status,
+        result: result
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt(store, e))?,
+    })
+}
+
+/// Spend and outcomes of an eval's finished units.
+pub(crate) const SPENT: &str = "SELECT
+    CAST(COALESCE(SUM(tokens), 0) AS BIGINT), CAST(COALESCE(SUM(calls), 0) AS BIGINT),
+    CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION),
+    CAST(COALESCE(SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END), 0) AS BIGINT),
+    CAST(COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS BIGINT)
+    FROM units WHERE eval_id = $1 AND status IN ('done', 'failed')";
+
+pub(crate) fn totals_from(tokens: i64, calls: i64, cost_usd: f64, done: i64, failed: i64) -> Totals {
+    Totals {
+        done: done as u64,
+        failed: failed as u64,
+        tokens: tokens as u64,
+        calls: calls as u64,
+        cost_usd,
+        ..Totals::default()
+    }
+}
+
+pub(crate) fn counts_from(rows: Vec<(String, i64)>) -> Counts {
+    let mut c = Counts::default();
+    for (status, n) in rows {
+        match status.as_str() {
+            "pending" => c.pending = n,
+            "claimed" => c.claimed = n,
+            "done" => c.done = n,
+            "failed" => c.failed = n,
+            _ => {}
+        }
+    }
+    c
+}
