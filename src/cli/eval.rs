@@ -27,7 +27,7 @@ use crate::workflow;
 pub const DEFAULT_STORE: &str = "runs/redraft.db";
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit codes: 0 all units finished, 2 invalid workflow/data/flags, 3 total budget spent with units left, \
+#[command(args_override_self = true, after_help = "Exit codes: 0 all units finished, 2 invalid workflow/data/flags, 3 total budget spent with units left, \
 4 more failed units than --max-errors, all failed, or a store failure, 130 interrupted. Run the same command again to continue.")]
 pub struct EvalArgs {
     pub workflow: PathBuf,
@@ -703,6 +703,7 @@ mod tests {
     #[test]
     fn utc_dates() {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00");
-        assert_eq!(super::utc(1_796_443_200_000), "2026-12-05 05:20:00");
+        assert_eq!(super::utc(1_700_000_000_000), "2023-11-14 22:13:20");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
     }
 }

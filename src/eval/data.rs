@@ -555,7 +555,7 @@ pub fn shuffle<T>(items: &mut [T], seed: u64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -345,7 +345,14 @@ pub fn assemble_program(item: &Item, output: &str) -> Result<String, String> {
         .get("prompt")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let code = crate::extract::program(output);
+    // Fenced code, else the reply as it is: a bare function body keeps its
+    // indentation.
+    let code = if crate::extract::blocks(output).is_empty() {
+        let start = output.find(|c: char| c != '\n' && c != '\r').unwrap_or(0);
+        output[start..].trim_end().to_string()
+    } else {
+        crate::extract::program(output)
+    };
     let defines = entry.is_some_and(|e| code.contains(&format!("def {e}")));
     let mut program = String::with_capacity(prompt.len() + code.len() + test.len() + 64);
     if defines || prompt.is_empty() {

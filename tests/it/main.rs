@@ -11,6 +11,7 @@
 mod architecture;
 mod cli;
 mod engine;
+mod eval;
 mod library;
 #[cfg(feature = "llama")]
 mod llama;
