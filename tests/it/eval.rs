@@ -262,7 +262,9 @@ fn kill_9_and_two_workers_on_postgres() {
     for row in &before {
         assert!(after.contains(row), "{row:?} changed after the kill");
     }
-    assert!(after.iter().all(|r| r.2 == 1), "every unit claimed once");
+    // Only what the killed worker had claimed (at most 2 × concurrency) was claimed twice.
+    let twice = after.iter().filter(|r| r.2 == 2).count();
+    assert!(twice <= 8 && after.iter().all(|r| r.2 <= 2), "{twice} units claimed twice");
 }
 
 #[test]
