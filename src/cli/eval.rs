@@ -555,7 +555,7 @@ fn split_ref<'a>(r: &'a str, default: &'a str) -> (&'a str, &'a str) {
 
 /// An eval's record and units, merged across stores (shards written to
 /// several files): a unit finished in any of them counts.
-fn load_eval(stores: &[String], id: &str) -> anyhow::Result<ReportEval> {
+fn load_eval(stores: &[String], id: &str, events: bool) -> anyhow::Result<ReportEval> {
     let mut record = None;
     let mut units: Vec<UnitRecord> = Vec::new();
     let mut index: BTreeMap<(String, u32), usize> = BTreeMap::new();
@@ -569,7 +569,7 @@ fn load_eval(stores: &[String], id: &str) -> anyhow::Result<ReportEval> {
                 continue;
             }
         };
-        for u in s.units(&rec.id)? {
+        for u in s.units(&rec.id, events)? {
             let key = (u.item.id.clone(), u.epoch);
             match index.get(&key) {
                 Some(&i) if units[i].result.is_none() => units[i] = u,
@@ -607,7 +607,7 @@ pub struct CompareArgs {
 pub fn compare_command(args: CompareArgs) -> u8 {
     let load = |r: &str| {
         let (store, id) = split_ref(r, &args.store);
-        load_eval(&[store.to_string()], id)
+        load_eval(&[store.to_string()], id, false)
     };
     let (a, b) = match (load(&args.a), load(&args.b)) {
         (Ok(a), Ok(b)) => (a, b),
@@ -678,8 +678,8 @@ pub fn report_command(args: ReportArgs) -> u8 {
     let mut evals = Vec::new();
     for r in &args.evals {
         let loaded = match r.rsplit_once('#') {
-            Some((store, id)) if !store.is_empty() => load_eval(&[store.to_string()], id),
-            _ => load_eval(&args.store, r),
+            Some((store, id)) if !store.is_empty() => load_eval(&[store.to_string()], id, true),
+            _ => load_eval(&args.store, r, true),
         };
         match loaded {
             Ok(e) => evals.push(e),

@@ -239,10 +239,24 @@ pub struct ItemResult {
     pub cost_usd: f64,
     pub wall_ms: f64,
     pub error: Option<String>,
-    /// The run summary (JSON).
+    /// The run summary (JSON). Stored in a column of its own, like
+    /// `events`, and read only when asked for.
+    #[serde(skip)]
     pub summary: Option<Value>,
+    /// The summary's loop reports and review rounds (what metrics read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loops: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<Value>,
     /// The run's events but the last (`run_finished` repeats the summary).
+    /// Stored in a column of their own, read only when asked for (reports):
+    /// metrics over many items never parse them.
+    #[serde(skip)]
     pub events: Vec<Value>,
+    /// Summary and events already serialised by the runner (written as they
+    /// are, never parsed back into values on the way to the store).
+    #[serde(skip)]
+    pub(crate) encoded: Option<(String, String)>,
     pub worker: String,
     /// Unix milliseconds.
     pub finished_at: i64,
@@ -529,7 +543,7 @@ pub async fn run(
     let (counts, units) = {
         let id = id.clone();
         actor
-            .call(move |s| -> Result<_, StoreError> { Ok((s.counts(&id)?, s.units(&id)?)) })
+            .call(move |s| -> Result<_, StoreError> { Ok((s.counts(&id)?, s.units(&id, false)?)) })
             .await??
     };
     actor.check()?;
@@ -592,7 +606,10 @@ impl UnitContext {
             wall_ms: 0.0,
             error: None,
             summary: None,
+            loops: Vec::new(),
+            reviews: Vec::new(),
             events: Vec::new(),
+            encoded: None,
             worker: self.worker.clone(),
             finished_at: 0,
         };
@@ -645,12 +662,16 @@ impl UnitContext {
         if result.status == ItemStatus::Failed && result.error.is_none() {
             result.error = Some("the run produced no output".into());
         }
-        result.summary = serde_json::to_value(&summary).ok();
-        result.events = events
+        result.loops = summary.loops.iter().filter_map(|l| serde_json::to_value(l).ok()).collect();
+        result.reviews = summary.reviews.iter().filter_map(|r| serde_json::to_value(r).ok()).collect();
+        let kept: Vec<&Event> = events
             .iter()
             .filter(|e| !matches!(e, Event::RunFinished { .. }))
-            .filter_map(|e| serde_json::to_value(e).ok())
             .collect();
+        result.encoded = Some((
+            serde_json::to_string(&summary).unwrap_or_else(|_| "null".into()),
+            serde_json::to_string(&kept).unwrap_or_else(|_| "[]".into()),
+        ));
         UnitEnd::Finished(Box::new(self.stamp(result, started)))
     }
 

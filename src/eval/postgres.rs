@@ -7,7 +7,7 @@ use postgres::{Client, NoTls};
 
 use super::store::{
     Counts, EvalListing, EvalRecord, SCHEMA_VERSION, Store, StoreError, Unit, UnitRecord,
-    SPENT, WorkerId, corrupt, counts_from, totals_from, models_of, now_ms, resolve_id, unit_record,
+    SPENT, UNITS, UNITS_WITH_EVENTS, WorkerId, corrupt, encode, counts_from, totals_from, models_of, now_ms, resolve_id, unit_record,
 };
 use super::{ItemResult, Totals};
 
@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS units (
     status TEXT NOT NULL DEFAULT 'pending', worker TEXT, lease_until BIGINT,
     attempts BIGINT NOT NULL DEFAULT 0,
     score DOUBLE PRECISION, passed BIGINT, result TEXT, finished_at BIGINT,
-    tokens BIGINT, calls BIGINT, cost_usd DOUBLE PRECISION,
+    tokens BIGINT, calls BIGINT, cost_usd DOUBLE PRECISION, summary TEXT, events TEXT,
     PRIMARY KEY (eval_id, item_id, epoch));
 CREATE INDEX IF NOT EXISTS units_by_status ON units (eval_id, status, seq);
 ";
@@ -169,18 +169,27 @@ impl Store for PgStore {
 
     fn claim(&mut self, eval: &str, worker: &WorkerId, n: usize, lease_ms: i64) -> Result<Vec<Unit>, StoreError> {
         let now = now_ms();
-        let rows = self
-            .client
-            .query(
-                "UPDATE units u SET status = 'claimed', worker = $1, lease_until = $2, attempts = u.attempts + 1
-                 FROM (SELECT eval_id, item_id, epoch FROM units
-                       WHERE eval_id = $3 AND (status = 'pending' OR (status = 'claimed' AND lease_until < $4))
-                       ORDER BY seq LIMIT $5 FOR UPDATE SKIP LOCKED) c
-                 WHERE u.eval_id = c.eval_id AND u.item_id = c.item_id AND u.epoch = c.epoch
-                 RETURNING u.item, u.epoch, u.seq",
-                &[&worker.to_string(), &(now + lease_ms), &eval, &now, &(n as i64)],
-            )
-            .map_err(|e| self.db(e))?;
+        let mut rows = Vec::with_capacity(n);
+        // Pending units first, then expired claims (see the SQLite store).
+        for status in ["pending", "claimed"] {
+            let want = (n - rows.len()) as i64;
+            if want == 0 {
+                break;
+            }
+            let got = self
+                .client
+                .query(
+                    "UPDATE units u SET status = 'claimed', worker = $1, lease_until = $2, attempts = u.attempts + 1
+                     FROM (SELECT eval_id, item_id, epoch FROM units
+                           WHERE eval_id = $3 AND status = $6 AND ($6 = 'pending' OR lease_until < $4)
+                           ORDER BY seq LIMIT $5 FOR UPDATE SKIP LOCKED) c
+                     WHERE u.eval_id = c.eval_id AND u.item_id = c.item_id AND u.epoch = c.epoch
+                     RETURNING u.item, u.epoch, u.seq",
+                    &[&worker.to_string(), &(now + lease_ms), &eval, &now, &want, &status],
+                )
+                .map_err(|e| self.db(e))?;
+            rows.extend(got);
+        }
         let mut units: Vec<(i64, Unit)> = rows
             .into_iter()
             .map(|r| {
@@ -218,12 +227,12 @@ impl Store for PgStore {
         let stmt = tx
             .prepare(
                 "UPDATE units SET status = $1, worker = NULL, lease_until = NULL, score = $2, passed = $3, result = $4, finished_at = $5,
-                     tokens = $9, calls = $10, cost_usd = $11
+                     tokens = $9, calls = $10, cost_usd = $11, summary = $12, events = $13
                  WHERE eval_id = $6 AND item_id = $7 AND epoch = $8 AND status <> 'done'",
             )
             .map_err(db)?;
         for r in results {
-            let json = serde_json::to_string(r).map_err(|e| corrupt(&location, e))?;
+            let (json, summary, events) = encode(&location, r)?;
             tx.execute(
                 &stmt,
                 &[
@@ -238,6 +247,8 @@ impl Store for PgStore {
                     &(r.tokens as i64),
                     &(r.calls as i64),
                     &r.cost_usd,
+                    &summary,
+                    &events,
                 ],
             )
             .map_err(db)?;
@@ -328,16 +339,18 @@ impl Store for PgStore {
         })
     }
 
-    fn units(&mut self, eval: &str) -> Result<Vec<UnitRecord>, StoreError> {
+    fn units(&mut self, eval: &str, full: bool) -> Result<Vec<UnitRecord>, StoreError> {
         let rows = self
             .client
-            .query("SELECT item, epoch, status, result FROM units WHERE eval_id = $1 ORDER BY seq", &[&eval])
+            .query(if full { UNITS_WITH_EVENTS } else { UNITS }, &[&eval])
             .map_err(|e| self.db(e))?;
         rows.into_iter()
             .map(|r| {
                 let item: String = r.get(0);
                 let result: Option<String> = r.get(3);
-                unit_record(&self.location, &item, r.get(1), r.get(2), result.as_deref())
+                let summary: Option<String> = r.get(4);
+                let events: Option<String> = r.get(5);
+                unit_record(&self.location, &item, r.get(1), r.get(2), result.as_deref(), summary.as_deref(), events.as_deref())
             })
             .collect()
     }

@@ -251,13 +251,12 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
     let mut loops: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     let mut reviews: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
     for r in &results {
-        let Some(summary) = &r.summary else { continue };
-        for l in summary.get("loops").and_then(Value::as_array).into_iter().flatten() {
+        for l in &r.loops {
             if let Some(id) = l.get("loop").and_then(Value::as_str) {
                 loops.entry(id.to_string()).or_default().push(l);
             }
         }
-        for rv in summary.get("reviews").and_then(Value::as_array).into_iter().flatten() {
+        for rv in &r.reviews {
             let depth = rv.get("depth").and_then(Value::as_u64).unwrap_or(0) as u32;
             let e = reviews.entry(depth).or_default();
             e.0 += rv.get("proposed").and_then(Value::as_u64).unwrap_or(0);
@@ -456,7 +455,10 @@ mod tests {
                 wall_ms: 1.0,
                 error: None,
                 summary: None,
+                loops: vec![],
+                reviews: vec![],
                 events: vec![],
+                encoded: None,
                 worker: String::new(),
                 finished_at: 0,
             }),

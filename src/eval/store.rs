@@ -202,7 +202,9 @@ pub trait Store: Send {
     fn evals(&mut self) -> Result<Vec<EvalListing>, StoreError>;
     /// An eval by id or unique id prefix.
     fn eval(&mut self, id: &str) -> Result<EvalRecord, StoreError>;
-    fn units(&mut self, eval: &str) -> Result<Vec<UnitRecord>, StoreError>;
+    /// Every unit with its result; the results' summaries and events only
+    /// with `full` (they are most of the bytes).
+    fn units(&mut self, eval: &str, full: bool) -> Result<Vec<UnitRecord>, StoreError>;
 }
 
 /// Opens a store: `postgres://…`/`postgresql://…`, else a SQLite file
@@ -278,7 +280,7 @@ CREATE TABLE IF NOT EXISTS units (
     status TEXT NOT NULL DEFAULT 'pending', worker TEXT, lease_until INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     score REAL, passed INTEGER, result TEXT, finished_at INTEGER,
-    tokens INTEGER, calls INTEGER, cost_usd REAL,
+    tokens INTEGER, calls INTEGER, cost_usd REAL, summary TEXT, events TEXT,
     PRIMARY KEY (eval_id, item_id, epoch));
 CREATE INDEX IF NOT EXISTS units_by_status ON units (eval_id, status, seq);
 ";
@@ -439,18 +441,27 @@ impl Store for SqliteStore {
         let worker = worker.to_string();
         let path = self.path.clone();
         let rows: Vec<(String, i64)> = self.with_tx(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE units SET status = 'claimed', worker = ?1, lease_until = ?2, attempts = attempts + 1
-                 WHERE rowid IN (SELECT rowid FROM units WHERE eval_id = ?3
-                     AND (status = 'pending' OR (status = 'claimed' AND lease_until < ?4))
-                     ORDER BY seq LIMIT ?5)
-                 RETURNING item, epoch",
-            )?;
-            let rows = stmt
-                .query_map(rusqlite::params![worker, now + lease_ms, eval, now, n as i64], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+            // Pending units first (the index's order), then expired claims:
+            // one `OR` would make SQLite scan the eval's units on every claim.
+            let mut rows = Vec::with_capacity(n);
+            for expired in [false, true] {
+                let want = (n - rows.len()) as i64;
+                if want == 0 {
+                    break;
+                }
+                let until = now + lease_ms;
+                let row = |r: &rusqlite::Row| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?));
+                let got = if expired {
+                    tx.prepare_cached(CLAIM_EXPIRED_SQLITE)?
+                        .query_map(rusqlite::params![worker, until, eval, now, want], row)?
+                        .collect::<Result<Vec<_>, _>>()?
+                } else {
+                    tx.prepare_cached(CLAIM_PENDING_SQLITE)?
+                        .query_map(rusqlite::params![worker, until, eval, want], row)?
+                        .collect::<Result<Vec<_>, _>>()?
+                };
+                rows.extend(got);
+            }
             Ok(rows)
         })?;
         rows.into_iter()
@@ -476,17 +487,17 @@ impl Store for SqliteStore {
 
     fn finish(&mut self, eval: &str, results: &[ItemResult]) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let encoded: Vec<String> = results
+        let encoded: Vec<(String, String, String)> = results
             .iter()
-            .map(|r| serde_json::to_string(r).map_err(|e| corrupt(&path, e)))
+            .map(|r| encode(&path, r))
             .collect::<Result<_, _>>()?;
         self.with_tx(|tx| {
             let mut stmt = tx.prepare_cached(
                 "UPDATE units SET status = ?1, worker = NULL, lease_until = NULL, score = ?2, passed = ?3, result = ?4, finished_at = ?5,
-                     tokens = ?9, calls = ?10, cost_usd = ?11
+                     tokens = ?9, calls = ?10, cost_usd = ?11, summary = ?12, events = ?13
                  WHERE eval_id = ?6 AND item_id = ?7 AND epoch = ?8 AND status <> 'done'",
             )?;
-            for (r, json) in results.iter().zip(&encoded) {
+            for (r, (json, summary, events)) in results.iter().zip(&encoded) {
                 stmt.execute(rusqlite::params![
                     r.status.as_str(),
                     r.score.as_ref().map(|s| s.score),
@@ -498,7 +509,9 @@ impl Store for SqliteStore {
                     r.epoch,
                     r.tokens as i64,
                     r.calls as i64,
-                    r.cost_usd
+                    r.cost_usd,
+                    summary,
+                    events
                 ])?;
             }
             Ok(())
@@ -600,10 +613,10 @@ impl Store for SqliteStore {
         })
     }
 
-    fn units(&mut self, eval: &str) -> Result<Vec<UnitRecord>, StoreError> {
+    fn units(&mut self, eval: &str, full: bool) -> Result<Vec<UnitRecord>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT item, epoch, status, result FROM units WHERE eval_id = ?1 ORDER BY seq")
+            .prepare(if full { UNITS_WITH_EVENTS } else { UNITS })
             .map_err(|e| self_db(&self.path, e))?;
         let rows = stmt
             .query_map([eval], |r| {
@@ -612,14 +625,43 @@ impl Store for SqliteStore {
                     r.get::<_, i64>(1)?,
                     r.get::<_, String>(2)?,
                     r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
                 ))
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self_db(&self.path, e))?;
         rows.into_iter()
-            .map(|(item, epoch, status, result)| unit_record(&self.path, &item, epoch, status, result.as_deref()))
+            .map(|(item, epoch, status, result, summary, events)| {
+                unit_record(&self.path, &item, epoch, status, result.as_deref(), summary.as_deref(), events.as_deref())
+            })
             .collect()
     }
+}
+
+const CLAIM_PENDING_SQLITE: &str = "UPDATE units SET status = 'claimed', worker = ?1, lease_until = ?2, attempts = attempts + 1
+    WHERE rowid IN (SELECT rowid FROM units WHERE eval_id = ?3 AND status = 'pending' ORDER BY seq LIMIT ?4)
+    RETURNING item, epoch";
+const CLAIM_EXPIRED_SQLITE: &str = "UPDATE units SET status = 'claimed', worker = ?1, lease_until = ?2, attempts = attempts + 1
+    WHERE rowid IN (SELECT rowid FROM units WHERE eval_id = ?3 AND status = 'claimed' AND lease_until < ?4 ORDER BY seq LIMIT ?5)
+    RETURNING item, epoch";
+
+pub(crate) const UNITS: &str =
+    "SELECT item, epoch, status, result, CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM units WHERE eval_id = $1 ORDER BY seq";
+pub(crate) const UNITS_WITH_EVENTS: &str =
+    "SELECT item, epoch, status, result, summary, events FROM units WHERE eval_id = $1 ORDER BY seq";
+
+/// A result as stored: its JSON, its summary and its events.
+pub(crate) fn encode(store: &str, r: &ItemResult) -> Result<(String, String, String), StoreError> {
+    let json = serde_json::to_string(r).map_err(|e| corrupt(store, e))?;
+    let (summary, events) = match &r.encoded {
+        Some((s, e)) => (s.clone(), e.clone()),
+        None => (
+            serde_json::to_string(&r.summary).map_err(|e| corrupt(store, e))?,
+            serde_json::to_string(&r.events).map_err(|e| corrupt(store, e))?,
+        ),
+    };
+    Ok((json, summary, events))
 }
 
 pub(crate) fn unit_record(
@@ -628,15 +670,26 @@ pub(crate) fn unit_record(
     epoch: i64,
     status: String,
     result: Option<&str>,
+    summary: Option<&str>,
+    events: Option<&str>,
 ) -> Result<UnitRecord, StoreError> {
+    let mut result: Option<ItemResult> = result
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| corrupt(store, e))?;
+    if let Some(r) = &mut result {
+        if let Some(events) = events {
+            r.events = serde_json::from_str(events).map_err(|e| corrupt(store, e))?;
+        }
+        if let Some(summary) = summary {
+            r.summary = serde_json::from_str(summary).map_err(|e| corrupt(store, e))?;
+        }
+    }
     Ok(UnitRecord {
         item: serde_json::from_str(item).map_err(|e| corrupt(store, e))?,
         epoch: epoch as u32,
         status,
-        result: result
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|e| corrupt(store, e))?,
+        result,
     })
 }
 
