@@ -499,7 +499,7 @@ pub async fn run(
             let stopping = end != EvalEnd::Done;
             if !stopping && running.len() < concurrency {
                 if queue.is_empty() && !exhausted {
-                    let want = concurrency * 2 - running.len();
+                    let want = (concurrency * 2).max(CLAIM_BATCH) - running.len();
                     let (id, me) = (id.clone(), me.clone());
                     let lease_ms = opts.lease.as_millis() as i64;
                     let claimed = actor.call(move |s| s.claim(&id, &me, want, lease_ms)).await??;
@@ -557,6 +557,11 @@ pub async fn run(
         metrics,
     })
 }
+
+/// Units claimed at once, at least: one store round trip per batch. A
+/// worker that dies holds at most this many (plus its concurrency) until
+/// their lease ends or a worker on its host sees it gone.
+const CLAIM_BATCH: usize = 32;
 
 /// What a unit needs to run.
 struct UnitContext {

@@ -263,9 +263,9 @@ fn kill_9_and_two_workers_on_postgres() {
     for row in &before {
         assert!(after.contains(row), "{row:?} changed after the kill");
     }
-    // Only what the killed worker had claimed (at most 2 × concurrency) was claimed twice.
+    // Only what the killed worker had claimed (a batch of at most 32) was claimed twice.
     let twice = after.iter().filter(|r| r.2 == 2).count();
-    assert!(twice <= 8 && after.iter().all(|r| r.2 <= 2), "{twice} units claimed twice");
+    assert!(twice <= 32 && after.iter().all(|r| r.2 <= 2), "{twice} units claimed twice");
 }
 
 #[test]
