@@ -591,7 +591,7 @@ fn load_eval(stores: &[String], id: &str, events: bool) -> anyhow::Result<Report
 
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
-    /// The old eval: an id (or unique prefix), or STORE#ID.
+    /// The old eval: an id, a unique id prefix or name, or STORE#ID.
     pub a: String,
     /// The new eval.
     pub b: String,
@@ -664,7 +664,7 @@ pub fn compare_command(args: CompareArgs) -> u8 {
 
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// Evals: ids (or unique prefixes), or STORE#ID.
+    /// Evals: ids, unique id prefixes or names, or STORE#ID.
     #[arg(required = true)]
     pub evals: Vec<String>,
     /// Stores to read (several: shards of one eval are merged).

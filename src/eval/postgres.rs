@@ -319,10 +319,10 @@ impl Store for PgStore {
     fn eval(&mut self, id: &str) -> Result<EvalRecord, StoreError> {
         let ids = self
             .client
-            .query("SELECT id FROM evals", &[])
+            .query("SELECT id, name FROM evals", &[])
             .map_err(|e| self.db(e))?
             .into_iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
             .collect();
         let id = resolve_id(&self.location, id, ids)?;
         let r = self

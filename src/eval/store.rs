@@ -39,7 +39,7 @@ pub enum StoreError {
         id: String,
         hint: String,
     },
-    #[error("results store {store}: `{id}` matches several evals: {matches}")]
+    #[error("results store {store}: `{id}` matches several evals: {matches}; give more of an id")]
     Ambiguous {
         store: String,
         id: String,
@@ -200,7 +200,7 @@ pub trait Store: Send {
     /// What finished units of the eval spent (for the total budget).
     fn spent(&mut self, eval: &str) -> Result<Totals, StoreError>;
     fn evals(&mut self) -> Result<Vec<EvalListing>, StoreError>;
-    /// An eval by id or unique id prefix.
+    /// An eval by id, unique id prefix or unique name.
     fn eval(&mut self, id: &str) -> Result<EvalRecord, StoreError>;
     /// Every unit with its result; the results' summaries and events only
     /// with `full` (they are most of the bytes).
@@ -226,28 +226,40 @@ pub(crate) fn corrupt(store: &str, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
-/// Picks the eval an id or prefix names among `ids`.
-pub(crate) fn resolve_id(store: &str, id: &str, ids: Vec<String>) -> Result<String, StoreError> {
-    if ids.iter().any(|i| i == id) {
+/// Picks the eval that `id` names among `(id, name)` pairs: an id, a
+/// unique id prefix, or a unique eval name.
+pub(crate) fn resolve_id(store: &str, id: &str, evals: Vec<(String, String)>) -> Result<String, StoreError> {
+    if evals.iter().any(|(i, _)| i == id) {
         return Ok(id.to_string());
     }
-    let matches: Vec<&String> = ids.iter().filter(|i| i.starts_with(id)).collect();
-    match matches.as_slice() {
-        [one] => Ok((*one).clone()),
+    let ambiguous = |matches: Vec<&(String, String)>| StoreError::Ambiguous {
+        store: store.to_string(),
+        id: id.to_string(),
+        matches: matches
+            .iter()
+            .map(|(i, n)| format!("{i} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let by_prefix: Vec<&(String, String)> = evals.iter().filter(|(i, _)| i.starts_with(id)).collect();
+    match by_prefix.as_slice() {
+        [one] => return Ok(one.0.clone()),
+        [] => {}
+        _ => return Err(ambiguous(by_prefix)),
+    }
+    let by_name: Vec<&(String, String)> = evals.iter().filter(|(_, n)| n == id).collect();
+    match by_name.as_slice() {
+        [one] => Ok(one.0.clone()),
         [] => Err(StoreError::NoEval {
             store: store.to_string(),
             id: id.to_string(),
-            hint: if ids.is_empty() {
+            hint: if evals.is_empty() {
                 " (the store holds no evals)".into()
             } else {
                 format!("; `redraft runs --store {store}` lists them")
             },
         }),
-        many => Err(StoreError::Ambiguous {
-            store: store.to_string(),
-            id: id.to_string(),
-            matches: many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
-        }),
+        _ => Err(ambiguous(by_name)),
     }
 }
 
@@ -586,12 +598,12 @@ impl Store for SqliteStore {
     }
 
     fn eval(&mut self, id: &str) -> Result<EvalRecord, StoreError> {
-        let ids: Vec<String> = {
+        let ids: Vec<(String, String)> = {
             let mut stmt = self
                 .conn
-                .prepare("SELECT id FROM evals")
+                .prepare("SELECT id, name FROM evals")
                 .map_err(|e| self_db(&self.path, e))?;
-            stmt.query_map([], |r| r.get(0))
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| self_db(&self.path, e))?
         };

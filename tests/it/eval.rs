@@ -512,3 +512,31 @@ fn the_report_renders_in_a_real_browser_without_console_errors() {
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot ({e}): {}", stderr(&s)));
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "a real picture: {} bytes", png.len());
 }
+
+#[test]
+fn an_eval_file_next_to_the_workflow_holds_the_settings() {
+    let dir = temp_dir("eval-file");
+    for f in ["arith.yaml", "arith.replies.yaml", "arith.jsonl"] {
+        std::fs::copy(fixtures().join("eval").join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.join("arith.eval.yaml"),
+        "data: arith.jsonl\nmap: { task: question }\nanswer: answer\nscorer: numeric\nepochs: 2\nlimit: 3\n",
+    )
+    .unwrap();
+    let wf = dir.join("arith.yaml").display().to_string();
+    let store = dir.join("r.db").display().to_string();
+    let o = redraft(&["eval", &wf, "--store", &store, "--json", "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["counts"]["done"], 6, "3 items × 2 epochs");
+    assert_eq!(v["metrics"]["accuracy"], 2.0 / 3.0);
+    // Flags win over the file.
+    let v = json(&redraft(&["eval", &wf, "--store", &store, "--json", "-q", "--limit", "5", "--epochs", "1"]));
+    assert_eq!(v["counts"]["done"], 5);
+    // A misspelt key is an error that names it.
+    std::fs::write(dir.join("bad.yaml"), "data: arith.jsonl\nscorrer: exact\n").unwrap();
+    let o = redraft(&["eval", &wf, "--config", dir.join("bad.yaml").to_str().unwrap(), "--store", &store]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("bad.yaml") && stderr(&o).contains("scorrer"), "{}", stderr(&o));
+}
