@@ -98,6 +98,9 @@ pub struct EvalArgs {
     /// Use another backend for a workflow model, NAME=SPEC.
     #[arg(long = "model", short = 'm', value_name = "NAME=SPEC")]
     pub models: Vec<String>,
+    /// Use another backend for a model of the `judge:` scorer's workflow, NAME=SPEC.
+    #[arg(long = "judge-model", value_name = "NAME=SPEC")]
+    pub judge_models: Vec<String>,
     /// Keep prompts and replies in the stored events.
     #[arg(long)]
     pub log_content: bool,
@@ -221,7 +224,12 @@ fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
         Some(other) => bail!("--sandbox {other}: expected bubblewrap or none"),
     };
     let extract = args.extract.clone().or(file.extract);
-    let scorer = Scorer::parse(&scorer_spec, extract.as_deref(), isolation)?;
+    let mut scorer = Scorer::parse(&scorer_spec, extract.as_deref(), isolation)?;
+    if let Some((engine, judge)) = scorer.judge_mut() {
+        *engine = super::engine_with_models(judge, &args.judge_models)?.0;
+    } else if !args.judge_models.is_empty() {
+        bail!("--judge-model applies to the judge:WORKFLOW scorer only");
+    }
     let epochs = args.epochs.or(file.epochs).unwrap_or(1);
     if epochs == 0 {
         bail!("--epochs must be at least 1");

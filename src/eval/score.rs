@@ -209,10 +209,11 @@ impl Scorer {
         )
     }
 
-    /// The judge's engine, for a caller that supplies its models.
-    pub fn judge_engine_mut(&mut self) -> Option<&mut Engine> {
+    /// The judge's engine and workflow, for a caller that supplies the
+    /// judge's models (`Engine::with_model_spec`, `with_model`).
+    pub fn judge_mut(&mut self) -> Option<(&mut Engine, &Workflow)> {
         match self {
-            Scorer::Judge { engine, .. } => Some(engine),
+            Scorer::Judge { engine, workflow } => Some((engine, &**workflow)),
             _ => None,
         }
     }

@@ -540,3 +540,22 @@ fn an_eval_file_next_to_the_workflow_holds_the_settings() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("bad.yaml") && stderr(&o).contains("scorrer"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_judge_workflow_scores_and_never_sees_hidden_fields() {
+    let dir = temp_dir("judge");
+    let store = dir.join("r.db").display().to_string();
+    let judge = format!("judge:{}", fixtures().join("eval/judge.yaml").display());
+    let o = arith_eval(&store, &["--scorer", &judge]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    // a, b, e end right (grade 9 → 0.9), c and d wrong (grade 2 → 0.2).
+    assert_eq!(v["metrics"]["accuracy"], 0.6);
+    assert!((v["metrics"]["mean_score"].as_f64().unwrap() - 0.62).abs() < 1e-9, "{v}");
+    // A judge workflow must take the output to judge.
+    let o = arith_eval(&store, &["--scorer", &format!("judge:{}", arith())]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("must declare an input `output`"), "{}", stderr(&o));
+    let o = arith_eval(&store, &["--judge-model", "judge=scripted:x.yaml"]);
+    assert!(stderr(&o).contains("--judge-model applies to the judge:WORKFLOW scorer only"));
+}
