@@ -159,7 +159,14 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// Whether a process exists and is not a zombie (killed, not yet reaped:
+/// its claims are as dead as it is).
 fn process_alive(pid: u32) -> bool {
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last `)`.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        return !matches!(state, Some('Z' | 'X'));
+    }
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };
@@ -736,4 +743,28 @@ pub(crate) fn counts_from(rows: Vec<(String, i64)>) -> Counts {
         }
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_child_is_dead_before_it_is_reaped() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let me = WorkerId { host: hostname(), pid: child.id(), started_ms: 0 };
+        assert!(!me.is_dead_here());
+        child.kill().unwrap();
+        // Not reaped yet: a zombie until `wait`.
+        let start = std::time::Instant::now();
+        while !me.is_dead_here() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(5), "still alive");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.wait().unwrap();
+        assert!(me.is_dead_here());
+        let elsewhere = WorkerId { host: "another-host".into(), pid: 1, started_ms: 0 };
+        assert!(!elsewhere.is_dead_here(), "other hosts go by their leases");
+        assert_eq!(WorkerId::parse(&me.to_string()), Some(me));
+    }
 }
