@@ -35,6 +35,9 @@
 //! - [`sandbox`]: running untrusted programs (bubblewrap namespaces, rlimits).
 //! - [`similarity`]: cosine, BLEU-4, lexical TF-IDF embeddings.
 //! - [`units`]: durations and sizes as workflows write them.
+//! - [`eval`]: a workflow over a data set: loaders, scorers, the results
+//!   store (SQLite, PostgreSQL), metrics, comparisons and the HTML report
+//!   (`docs/eval.md`).
 //! - [`graph`]: Mermaid and DOT renderings; `cli`: the `redraft` command.
 
 pub mod backend;
