@@ -94,7 +94,7 @@ fn main() {
     });
     let engine_s = t.elapsed().as_secs_f64();
 
-    let mut run_eval = |items: usize, store: &str| {
+    let run_eval = |items: usize, store: &str| {
         let p = plan(&dir, items);
         let store = eval::store::open(dir.join(store).to_str().unwrap()).unwrap();
         let opts = EvalOptions { concurrency, ..EvalOptions::default() };

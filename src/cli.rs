@@ -69,7 +69,7 @@ pub enum Command {
     Schema,
     /// Run a workflow over a data set, score every item, store the results
     /// (resumable: the same command continues where it stopped).
-    Eval(eval::EvalArgs),
+    Eval(Box<eval::EvalArgs>),
     /// List the evals in a results store.
     Runs(eval::RunsArgs),
     /// Item-level flips between two evals, with a paired significance test.
@@ -224,7 +224,7 @@ pub fn main() -> u8 {
             let _ = stdout(workflow::SCHEMA);
             EXIT_OK
         }
-        Command::Eval(args) => eval::eval_command(args),
+        Command::Eval(args) => eval::eval_command(*args),
         Command::Runs(args) => eval::runs_command(args),
         Command::Compare(args) => eval::compare_command(args),
         Command::Report(args) => eval::report_command(args),
@@ -330,19 +330,9 @@ fn run_command(args: RunArgs) -> u8 {
             return EXIT_INVALID;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let (runtime, flush_traces) = match runtime_with_tracing(args.quiet) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return EXIT_BACKEND;
-        }
-    };
-    let flush_traces = {
-        let _inside = runtime.enter();
-        init_tracing(args.quiet)
+        Err(code) => return code,
     };
     let cancel = opts.cancel.clone();
     let result = runtime.block_on(async move {
@@ -382,6 +372,25 @@ fn run_command(args: RunArgs) -> u8 {
             EXIT_BACKEND
         }
     }
+}
+
+/// The multi-threaded runtime of `run` and `eval`, with logging (and trace
+/// export) set up inside it; the second value flushes the traces.
+pub(crate) type FlushTraces = Option<Box<dyn FnOnce()>>;
+
+pub(crate) fn runtime_with_tracing(quiet: bool) -> Result<(tokio::runtime::Runtime, FlushTraces), u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            EXIT_BACKEND
+        })?;
+    let flush = {
+        let _inside = runtime.enter();
+        init_tracing(quiet)
+    };
+    Ok((runtime, flush))
 }
 
 /// An engine that runs `--model NAME=SPEC` overrides (checked against the

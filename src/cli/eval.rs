@@ -359,16 +359,9 @@ pub fn eval_command(args: EvalArgs) -> u8 {
             return EXIT_INVALID;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let (runtime, flush_traces) = match super::runtime_with_tracing(args.quiet) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return EXIT_BACKEND;
-        }
-    };
-    let flush_traces = {
-        let _inside = runtime.enter();
-        super::init_tracing(args.quiet)
+        Err(code) => return code,
     };
     let store = match store::open(&args.store) {
         Ok(s) => s,

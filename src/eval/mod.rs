@@ -99,26 +99,8 @@ impl EvalPlan {
             .collect()
     }
 
-    /// What is stored with the eval (never API keys: specs name the
-    /// environment variable that holds one, not the key).
-    pub fn meta(&self) -> Value {
-        serde_json::json!({
-            "workflow_path": self.workflow.path().map(|p| p.display().to_string()),
-            "workflow_source": self.workflow_source,
-            "prompts": self.workflow.templates.sources(),
-            "models": self.model_specs(),
-            "data": self.data,
-            "scorer": self.scorer,
-            "extract": self.extract,
-            "epochs": self.epochs,
-            "command": self.command,
-            "version": env!("CARGO_PKG_VERSION"),
-        })
-    }
-
-    /// The eval's id: 16 hex digits of FNV-1a over the canonical JSON of
-    /// what determines results.
-    pub fn id(&self) -> String {
+    /// What determines the eval's results (hashed into its id).
+    fn key(&self) -> serde_json::Map<String, Value> {
         let key = serde_json::json!({
             "workflow_source": self.workflow_source,
             "prompts": self.workflow.templates.sources(),
@@ -128,7 +110,30 @@ impl EvalPlan {
             "extract": self.extract,
             "epochs": self.epochs,
         });
-        format!("{:016x}", fnv1a(key.to_string().as_bytes()))
+        match key {
+            Value::Object(map) => map,
+            _ => unreachable!("a JSON object literal"),
+        }
+    }
+
+    /// What is stored with the eval: its key, the command line, where the
+    /// workflow was and the version (never API keys: specs name the
+    /// environment variable that holds one, not the key).
+    pub fn meta(&self) -> Value {
+        let mut meta = self.key();
+        meta.insert(
+            "workflow_path".into(),
+            serde_json::json!(self.workflow.path().map(|p| p.display().to_string())),
+        );
+        meta.insert("command".into(), serde_json::json!(self.command));
+        meta.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+        Value::Object(meta)
+    }
+
+    /// The eval's id: 16 hex digits of FNV-1a over the canonical JSON of
+    /// what determines results.
+    pub fn id(&self) -> String {
+        format!("{:016x}", fnv1a(Value::Object(self.key()).to_string().as_bytes()))
     }
 }
 
@@ -749,9 +754,12 @@ fn candidates(wf: &Workflow, events: &[Event]) -> Vec<(String, u32, u64, String)
     out
 }
 
+/// Work for the store thread that answers through its own channel.
+type StoreCall = Box<dyn FnOnce(&mut dyn Store) + Send>;
+
 enum Command {
     Finish(String, Box<ItemResult>),
-    Call(Box<dyn FnOnce(&mut dyn Store) + Send>),
+    Call(StoreCall),
 }
 
 /// The store on a thread of its own: blocking database calls never run on

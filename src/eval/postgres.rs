@@ -7,25 +7,9 @@ use postgres::{Client, NoTls};
 
 use super::store::{
     Counts, EvalListing, EvalRecord, SCHEMA_VERSION, Store, StoreError, Unit, UnitRecord,
-    SPENT, UNITS, UNITS_WITH_EVENTS, WorkerId, corrupt, encode, counts_from, totals_from, models_of, now_ms, resolve_id, unit_record,
+    SPENT, UNITS, schema, UNITS_WITH_EVENTS, WorkerId, corrupt, encode, counts_from, totals_from, models_of, now_ms, resolve_id, unit_record,
 };
 use super::{ItemResult, Totals};
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS redraft_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS evals (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, workflow TEXT NOT NULL,
-    created_at BIGINT NOT NULL, meta TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS units (
-    eval_id TEXT NOT NULL, item_id TEXT NOT NULL, epoch BIGINT NOT NULL,
-    seq BIGINT NOT NULL, item TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending', worker TEXT, lease_until BIGINT,
-    attempts BIGINT NOT NULL DEFAULT 0,
-    score DOUBLE PRECISION, passed BIGINT, result TEXT, finished_at BIGINT,
-    tokens BIGINT, calls BIGINT, cost_usd DOUBLE PRECISION, summary TEXT, events TEXT,
-    PRIMARY KEY (eval_id, item_id, epoch));
-CREATE INDEX IF NOT EXISTS units_by_status ON units (eval_id, status, seq);
-";
 
 pub struct PgStore {
     client: Client,
@@ -44,7 +28,7 @@ impl PgStore {
         // Two workers creating the tables at once would race: one lock.
         let mut tx = client.transaction().map_err(db)?;
         tx.execute("SELECT pg_advisory_xact_lock(7262652)", &[]).map_err(db)?;
-        tx.batch_execute(SCHEMA).map_err(db)?;
+        tx.batch_execute(&schema("BIGINT", "DOUBLE PRECISION")).map_err(db)?;
         let found: Option<String> = tx
             .query_opt("SELECT value FROM redraft_meta WHERE key = 'schema_version'", &[])
             .map_err(db)?

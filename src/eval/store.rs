@@ -288,21 +288,25 @@ pub struct SqliteStore {
     path: String,
 }
 
-const SQLITE_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS redraft_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+/// The tables, for a database's names of a 64-bit integer and a double.
+pub(crate) fn schema(int: &str, real: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS redraft_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS evals (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, workflow TEXT NOT NULL,
-    created_at INTEGER NOT NULL, meta TEXT NOT NULL);
+    created_at {int} NOT NULL, meta TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS units (
-    eval_id TEXT NOT NULL, item_id TEXT NOT NULL, epoch INTEGER NOT NULL,
-    seq INTEGER NOT NULL, item TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending', worker TEXT, lease_until INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    score REAL, passed INTEGER, result TEXT, finished_at INTEGER,
-    tokens INTEGER, calls INTEGER, cost_usd REAL, summary TEXT, events TEXT,
+    eval_id TEXT NOT NULL, item_id TEXT NOT NULL, epoch {int} NOT NULL,
+    seq {int} NOT NULL, item TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending', worker TEXT, lease_until {int},
+    attempts {int} NOT NULL DEFAULT 0,
+    score {real}, passed {int}, result TEXT, finished_at {int},
+    tokens {int}, calls {int}, cost_usd {real}, summary TEXT, events TEXT,
     PRIMARY KEY (eval_id, item_id, epoch));
 CREATE INDEX IF NOT EXISTS units_by_status ON units (eval_id, status, seq);
-";
+"
+    )
+}
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
@@ -323,7 +327,7 @@ impl SqliteStore {
         // process being killed (not a power cut), at a fraction of FULL's cost.
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
             .map_err(db)?;
-        conn.execute_batch(SQLITE_SCHEMA).map_err(db)?;
+        conn.execute_batch(&schema("INTEGER", "REAL")).map_err(db)?;
         let found: Option<i64> = conn
             .query_row(
                 "SELECT CAST(value AS INTEGER) FROM redraft_meta WHERE key = 'schema_version'",

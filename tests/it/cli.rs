@@ -3,16 +3,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use crate::support::root;
+use crate::support::{redraft, root};
 
-fn redraft(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_redraft"))
-        .args(args)
-        .current_dir(root())
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("binary runs")
-}
 
 fn code(o: &Output) -> i32 {
     o.status.code().expect("exited normally")

@@ -17,7 +17,7 @@ use redraft::eval::score::Scorer;
 use redraft::eval::{self, EvalEnd, EvalOptions, EvalPlan, Quiet};
 use redraft::sandbox::Isolation;
 
-use crate::support::{fixtures, root};
+use crate::support::{fixtures, redraft, root};
 
 fn required() -> bool {
     std::env::var("REDRAFT_REQUIRE_PEERS").as_deref() == Ok("1")
@@ -35,14 +35,6 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn redraft(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_redraft"))
-        .args(args)
-        .current_dir(root())
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("binary runs")
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

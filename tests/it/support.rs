@@ -125,3 +125,13 @@ pub fn runs(summary: &RunSummary, node: &str) -> u32 {
         .find(|(n, _)| n == node)
         .map_or(0, |(_, r)| *r)
 }
+
+/// Runs the `redraft` binary in the repository root (no RUST_LOG).
+pub fn redraft(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_redraft"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("binary runs")
+}
