@@ -172,9 +172,6 @@ pub struct EvalOptions {
     pub cancel: CancellationToken,
     /// Keep prompts and replies in the stored events.
     pub log_content: bool,
-    /// Don't run: add the units and report what is stored (`report` of a
-    /// finished eval, `--dry-run`).
-    pub dry_run: bool,
 }
 
 impl Default for EvalOptions {
@@ -189,7 +186,6 @@ impl Default for EvalOptions {
             lease: Duration::from_secs(120),
             cancel: CancellationToken::new(),
             log_content: false,
-            dry_run: false,
         }
     }
 }
@@ -466,7 +462,7 @@ pub async fn run(
     let mut totals = Totals::default();
     let mut end = EvalEnd::Done;
     let mut budget_limit = None;
-    if !opts.dry_run {
+    {
         let heartbeat = {
             let (actor, id, me, lease) = (actor.clone(), id.clone(), me.clone(), opts.lease);
             let lease_ms = lease.as_millis() as i64;

@@ -551,3 +551,32 @@ fn a_judge_workflow_scores_and_never_sees_hidden_fields() {
     let o = arith_eval(&store, &["--judge-model", "judge=scripted:x.yaml"]);
     assert!(stderr(&o).contains("--judge-model applies to the judge:WORKFLOW scorer only"));
 }
+
+#[test]
+fn ctrl_c_stops_the_eval_keeps_what_finished_and_releases_the_rest() {
+    let dir = temp_dir("interrupt");
+    let store = dir.join("r.db").display().to_string();
+    let data = slow_data(&dir, 120);
+    let mut child = slow_eval(&store, &data).spawn().unwrap();
+    let start = Instant::now();
+    while finished(&store).len() < 8 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child, which has not been waited for.
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("run the same command to continue"));
+    let v = json(&out);
+    assert_eq!(v["end"], "interrupted");
+    let done = v["counts"]["done"].as_u64().unwrap();
+    assert!(done >= 8 && done < 120, "{v}");
+    assert_eq!(v["counts"]["claimed"], 0, "in-flight and queued units were given back");
+    assert_eq!(v["counts"]["pending"].as_u64().unwrap() + done, 120);
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
