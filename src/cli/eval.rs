@@ -92,6 +92,10 @@ pub struct EvalArgs {
     /// JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
+    /// How long a claim holds without renewal (a worker that dies on
+    /// another host frees its units after this): 30s, 2m.
+    #[arg(long, value_name = "DURATION", default_value = "120s")]
+    pub lease: String,
     /// A name for listings (default: the workflow's).
     #[arg(long)]
     pub name: Option<String>,
@@ -268,7 +272,11 @@ fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
     if concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
+    let lease = crate::units::parse_duration(&args.lease)
+        .filter(|d| *d >= Duration::from_secs(3))
+        .with_context(|| format!("--lease {}: expected a duration of at least 3s (30s, 2m)", args.lease))?;
     let opts = EvalOptions {
+        lease,
         concurrency,
         item_budget: super::parse_budgets(&args.budgets)?,
         total: TotalBudget {

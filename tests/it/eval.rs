@@ -309,6 +309,7 @@ fn bad_input_of_every_kind_is_a_clear_error() {
         (vec!["--data", &data, "--map", "task=question", "--shard", "2/2"], "index 2 is not below the count 2"),
         (vec!["--data", &data, "--map", "task=question", "--shard", "3"], "JOB_COMPLETION_INDEX"),
         (vec!["--data", &data, "--map", "task=question", "--epochs", "0"], "--epochs must be at least 1"),
+        (vec!["--data", &data, "--map", "task=question", "--lease", "1s"], "--lease 1s: expected a duration of at least 3s"),
         (vec!["--data", &data, "--map", "task=question", "--total-budget", "tokens=-1"], "--total-budget tokens=-1"),
         (vec!["--data", &data, "--map", "task=question", "--model", "writer=scripted:x.yaml"], "the workflow has no model `writer`"),
         (vec!["--data", "mtbench:/nonexistent/question.jsonl", "--map", "task=question"], "no reference answers for every item"),
@@ -579,4 +580,22 @@ fn ctrl_c_stops_the_eval_keeps_what_finished_and_releases_the_rest() {
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn progress_is_plain_lines_when_stderr_is_not_a_terminal() {
+    let dir = temp_dir("progress");
+    let store = dir.join("r.db").display().to_string();
+    let data = slow_data(&dir, 12);
+    let o = Command::new(env!("CARGO_BIN_EXE_redraft"))
+        .args(["eval", &fixtures().join("eval/slow.yaml").display().to_string(), "--data", &data, "--answer", "answer", "--scorer", "numeric", "--store", &store, "--lease", "30s"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("eval: 0 of 12 units already finished"), "{err}");
+    assert!(err.contains("eval: 12/12 · acc 100.0% · score 1.000 · 0 failed · 96 tok"), "{err}");
+    assert!(err.contains("· 12 units: 12 done, 0 failed, 0 left · accuracy 100.0%"), "{err}");
+    assert!(err.contains(&format!("stored in {store}")), "{err}");
 }
