@@ -41,7 +41,9 @@ output: { from: [answer] }
 fn plan(dir: &std::path::Path, items: usize) -> EvalPlan {
     let data = dir.join(format!("items-{items}.jsonl"));
     let rows: String = (0..items)
-        .map(|i| format!("{{\"id\": \"i{i}\", \"task\": \"What is 2+2? ({i})\", \"answer\": \"4\"}}\n"))
+        .map(|i| {
+            format!("{{\"id\": \"i{i}\", \"task\": \"What is 2+2? ({i})\", \"answer\": \"4\"}}\n")
+        })
         .collect();
     std::fs::write(&data, rows).unwrap();
     let wf = redraft::workflow::load(&dir.join("bench.yaml")).unwrap();
@@ -64,19 +66,37 @@ fn plan(dir: &std::path::Path, items: usize) -> EvalPlan {
 }
 
 fn main() {
-    let items: usize = std::env::var("ITEMS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let concurrency: usize = std::env::var("CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let items: usize = std::env::var("ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let concurrency: usize = std::env::var("CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     let dir = std::env::temp_dir().join(format!("redraft-bench-eval-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("bench.yaml"), WORKFLOW).unwrap();
-    std::fs::write(dir.join("replies.yaml"), "replies:\n  - { text: 'The answer is 4.' }\n").unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    std::fs::write(
+        dir.join("replies.yaml"),
+        "replies:\n  - { text: 'The answer is 4.' }\n",
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let engine = Engine::new();
-    let scorer = Arc::new(Scorer::parse("numeric", None, redraft::sandbox::Isolation::None).unwrap());
+    let scorer =
+        Arc::new(Scorer::parse("numeric", None, redraft::sandbox::Isolation::None).unwrap());
 
     // The workflow alone, same units, same concurrency.
     let p = plan(&dir, items);
-    let inputs: Vec<_> = eval::load_items(&p).unwrap().into_iter().map(|i| i.inputs).collect();
+    let inputs: Vec<_> = eval::load_items(&p)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.inputs)
+        .collect();
     let t = Instant::now();
     rt.block_on(async {
         let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
@@ -85,7 +105,16 @@ fn main() {
             let permit = sem.clone().acquire_owned().await.unwrap();
             let (engine, wf) = (engine.clone(), p.workflow.clone());
             set.spawn(async move {
-                let s = engine.run(wf, RunOptions { inputs, ..RunOptions::default() }).await.unwrap();
+                let s = engine
+                    .run(
+                        wf,
+                        RunOptions {
+                            inputs,
+                            ..RunOptions::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
                 drop(permit);
                 s
             });
@@ -97,9 +126,14 @@ fn main() {
     let run_eval = |items: usize, store: &str| {
         let p = plan(&dir, items);
         let store = eval::store::open(dir.join(store).to_str().unwrap()).unwrap();
-        let opts = EvalOptions { concurrency, ..EvalOptions::default() };
+        let opts = EvalOptions {
+            concurrency,
+            ..EvalOptions::default()
+        };
         let t = Instant::now();
-        let out = rt.block_on(eval::run(&engine, &p, scorer.clone(), store, opts, &Quiet)).unwrap();
+        let out = rt
+            .block_on(eval::run(&engine, &p, scorer.clone(), store, opts, &Quiet))
+            .unwrap();
         assert_eq!(out.counts.done as usize, items);
         t.elapsed().as_secs_f64()
     };
@@ -110,10 +144,25 @@ fn main() {
     let resume_s = run_eval(items, "big.db");
     let per = |s: f64| s / items as f64 * 1e6;
     println!("eval bench: {items} items, concurrency {concurrency}, scripted backend");
-    println!("  engine alone:      {:8.1} µs/item ({engine_s:.2} s)", per(engine_s));
-    println!("  eval (SQLite):     {:8.1} µs/item ({eval_s:.2} s)", per(eval_s));
-    println!("  overhead:          {:8.1} µs/item", per(eval_s - engine_s));
-    println!("  peak RSS:          {rss_small:.1} MiB after {} items, {rss_big:.1} MiB after {items}", items / 10);
-    println!("  resume (finished): {resume_s:.3} s ({:.1} µs/item; {small:.2} s for the small eval)", per(resume_s));
+    println!(
+        "  engine alone:      {:8.1} µs/item ({engine_s:.2} s)",
+        per(engine_s)
+    );
+    println!(
+        "  eval (SQLite):     {:8.1} µs/item ({eval_s:.2} s)",
+        per(eval_s)
+    );
+    println!(
+        "  overhead:          {:8.1} µs/item",
+        per(eval_s - engine_s)
+    );
+    println!(
+        "  peak RSS:          {rss_small:.1} MiB after {} items, {rss_big:.1} MiB after {items}",
+        items / 10
+    );
+    println!(
+        "  resume (finished): {resume_s:.3} s ({:.1} µs/item; {small:.2} s for the small eval)",
+        per(resume_s)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

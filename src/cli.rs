@@ -378,7 +378,9 @@ fn run_command(args: RunArgs) -> u8 {
 /// export) set up inside it; the second value flushes the traces.
 pub(crate) type FlushTraces = Option<Box<dyn FnOnce()>>;
 
-pub(crate) fn runtime_with_tracing(quiet: bool) -> Result<(tokio::runtime::Runtime, FlushTraces), u8> {
+pub(crate) fn runtime_with_tracing(
+    quiet: bool,
+) -> Result<(tokio::runtime::Runtime, FlushTraces), u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -20,15 +20,20 @@ use crate::eval::data::{DataSpec, Selection};
 use crate::eval::report::ReportEval;
 use crate::eval::score::{SCORERS, Scorer};
 use crate::eval::store::{self, Store, UnitRecord};
-use crate::eval::{self, EvalEnd, EvalOptions, EvalOutcome, EvalPlan, ItemResult, Progress, Totals, TotalBudget};
+use crate::eval::{
+    self, EvalEnd, EvalOptions, EvalOutcome, EvalPlan, ItemResult, Progress, TotalBudget, Totals,
+};
 use crate::sandbox::Isolation;
 use crate::workflow;
 
 pub const DEFAULT_STORE: &str = "runs/redraft.db";
 
 #[derive(Debug, clap::Args)]
-#[command(args_override_self = true, after_help = "Exit codes: 0 all units finished, 2 invalid workflow/data/flags, 3 total budget spent with units left, \
-4 more failed units than --max-errors, all failed, or a store failure, 130 interrupted. Run the same command again to continue.")]
+#[command(
+    args_override_self = true,
+    after_help = "Exit codes: 0 all units finished, 2 invalid workflow/data/flags, 3 total budget spent with units left, \
+4 more failed units than --max-errors, all failed, or a store failure, 130 interrupted. Run the same command again to continue."
+)]
 pub struct EvalArgs {
     pub workflow: PathBuf,
     /// A .jsonl, .json or .csv file (optionally .gz), or a built-in data set:
@@ -155,12 +160,16 @@ fn read_eval_file(args: &EvalArgs) -> anyhow::Result<EvalFile> {
             p
         }
     };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read eval file {}", path.display()))?;
-    let mut file: EvalFile = serde_saphyr::from_str(&text).with_context(|| format!("eval file {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read eval file {}", path.display()))?;
+    let mut file: EvalFile =
+        serde_saphyr::from_str(&text).with_context(|| format!("eval file {}", path.display()))?;
     // A relative data path is relative to the eval file.
     if let (Some(data), Some(dir)) = (&file.data, path.parent()) {
         let (prefix, p) = match data.split_once(':') {
-            Some((n, p)) if crate::eval::data::Builtin::parse(n).is_some() => (format!("{n}:"), p.to_string()),
+            Some((n, p)) if crate::eval::data::Builtin::parse(n).is_some() => {
+                (format!("{n}:"), p.to_string())
+            }
             _ if crate::eval::data::Builtin::parse(data).is_some() => (data.clone(), String::new()),
             _ => (String::new(), data.clone()),
         };
@@ -179,14 +188,19 @@ struct Prepared {
 }
 
 fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
-    let wf = workflow::load(&args.workflow).map_err(|e| anyhow::anyhow!("{}", e.render().trim_end()))?;
+    let wf =
+        workflow::load(&args.workflow).map_err(|e| anyhow::anyhow!("{}", e.render().trim_end()))?;
     if !args.quiet {
         eprint!("{}", wf.warnings_rendered);
     }
     let source = std::fs::read_to_string(&args.workflow)
         .with_context(|| format!("cannot read {}", args.workflow.display()))?;
     let file = read_eval_file(args)?;
-    let mut models: Vec<String> = file.models.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut models: Vec<String> = file
+        .models
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     models.extend(args.models.iter().cloned());
     let (engine, given) = super::engine_with_models(&wf, &models)?;
     let source_spec = args.data.clone().or(file.data).context(
@@ -194,7 +208,9 @@ fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
     )?;
     let mut map = file.map;
     for m in &args.map {
-        let (input, field) = m.split_once('=').with_context(|| format!("--map {m:?}: expected INPUT=FIELD"))?;
+        let (input, field) = m
+            .split_once('=')
+            .with_context(|| format!("--map {m:?}: expected INPUT=FIELD"))?;
         map.insert(input.to_string(), field.to_string());
     }
     let mut hidden = file.hidden;
@@ -256,11 +272,18 @@ fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
         name: args.name.clone().or(file.name),
         command: std::env::args().collect(),
     };
-    let mut totals: Vec<String> = file.total_budget.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut totals: Vec<String> = file
+        .total_budget
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     totals.extend(args.total_budgets.iter().cloned());
-    let total = super::parse_budgets(&totals).map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--budget", "--total-budget")))?;
+    let total = super::parse_budgets(&totals)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--budget", "--total-budget")))?;
     if total.wall_time.is_some() {
-        bail!("--total-budget wall_time: not supported for a whole eval (stop it with Ctrl-C; it resumes)");
+        bail!(
+            "--total-budget wall_time: not supported for a whole eval (stop it with Ctrl-C; it resumes)"
+        );
     }
     let shard = args
         .shard
@@ -274,7 +297,12 @@ fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
     }
     let lease = crate::units::parse_duration(&args.lease)
         .filter(|d| *d >= Duration::from_secs(3))
-        .with_context(|| format!("--lease {}: expected a duration of at least 3s (30s, 2m)", args.lease))?;
+        .with_context(|| {
+            format!(
+                "--lease {}: expected a duration of at least 3s (30s, 2m)",
+                args.lease
+            )
+        })?;
     let opts = EvalOptions {
         lease,
         concurrency,
@@ -391,7 +419,12 @@ pub fn eval_command(args: EvalArgs) -> u8 {
         quiet: args.quiet,
         errors: Mutex::default(),
     };
-    let Prepared { engine, plan, scorer, opts } = prepared;
+    let Prepared {
+        engine,
+        plan,
+        scorer,
+        opts,
+    } = prepared;
     let cancel = opts.cancel.clone();
     let result = runtime.block_on(async {
         let interrupted = super::interrupt_signal();
@@ -459,7 +492,11 @@ fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
             m.mean_score.map_or("–".into(), |s| format!("{s:.3}")),
         );
         if !m.pass_at_k.is_empty() && m.pass_at_k.len() > 1 {
-            let p: Vec<String> = m.pass_at_k.iter().map(|(k, v)| format!("pass@{k} {:.1}%", v * 100.0)).collect();
+            let p: Vec<String> = m
+                .pass_at_k
+                .iter()
+                .map(|(k, v)| format!("pass@{k} {:.1}%", v * 100.0))
+                .collect();
             eprintln!("  {}", p.join(" · "));
         }
         if m.flips.units > 0 && m.per_round.len() > 1 {
@@ -473,9 +510,19 @@ fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
         }
         eprintln!(
             "  tokens/unit mean {:.0} p50 {:.0} p95 {:.0} · wall ms p50 {:.0} p95 {:.0} · this run: {} units, {} tokens, ${:.4}",
-            m.tokens.mean, m.tokens.p50, m.tokens.p95, m.wall_ms.p50, m.wall_ms.p95, o.ran.done + o.ran.failed, o.ran.tokens, o.ran.cost_usd
+            m.tokens.mean,
+            m.tokens.p50,
+            m.tokens.p95,
+            m.wall_ms.p50,
+            m.wall_ms.p95,
+            o.ran.done + o.ran.failed,
+            o.ran.tokens,
+            o.ran.cost_usd
         );
-        eprintln!("  stored in {} · `redraft report {} --store {} -o report.html`", args.store, &o.eval.id, args.store);
+        eprintln!(
+            "  stored in {} · `redraft report {} --store {} -o report.html`",
+            args.store, &o.eval.id, args.store
+        );
     }
     match o.end {
         EvalEnd::Done if o.ran.failed > 0 && o.ran.done == 0 => {
@@ -485,12 +532,18 @@ fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
         EvalEnd::Done => EXIT_OK,
         EvalEnd::BudgetSpent => {
             if !args.quiet {
-                eprintln!("total budget spent ({}): units left; raise --total-budget and run again to continue", o.budget_limit.unwrap_or("?"));
+                eprintln!(
+                    "total budget spent ({}): units left; raise --total-budget and run again to continue",
+                    o.budget_limit.unwrap_or("?")
+                );
             }
             EXIT_BUDGET
         }
         EvalEnd::TooManyErrors => {
-            eprintln!("stopped: more than {} units failed", args.max_errors.unwrap_or(0));
+            eprintln!(
+                "stopped: more than {} units failed",
+                args.max_errors.unwrap_or(0)
+            );
             EXIT_BACKEND
         }
         EvalEnd::Interrupted => EXIT_INTERRUPTED,
@@ -518,7 +571,10 @@ pub fn runs_command(args: RunsArgs) -> u8 {
         stdout(&format!("{:#}\n", serde_json::json!(evals)));
         return EXIT_OK;
     }
-    let mut out = format!("{:<16}  {:<20}  {:<18}  {:>6}  {:>6}  {:>6}  {:>6}  {:<19}  {}\n", "id", "name", "workflow", "units", "done", "failed", "score", "created (UTC)", "models");
+    let mut out = format!(
+        "{:<16}  {:<20}  {:<18}  {:>6}  {:>6}  {:>6}  {:>6}  {:<19}  {}\n",
+        "id", "name", "workflow", "units", "done", "failed", "score", "created (UTC)", "models"
+    );
     for e in &evals {
         out.push_str(&format!(
             "{:<16}  {:<20}  {:<18}  {:>6}  {:>6}  {:>6}  {:>6}  {:<19}  {}\n",
@@ -551,7 +607,12 @@ pub fn utc(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// `[STORE#]ID`: an eval in the given store, else in `--store`.
@@ -595,7 +656,11 @@ fn load_eval(stores: &[String], id: &str, events: bool) -> anyhow::Result<Report
         bail!("{}", errors.join("; "));
     };
     let metrics = crate::eval::stats::compute(&units);
-    Ok(ReportEval { record, metrics, units })
+    Ok(ReportEval {
+        record,
+        metrics,
+        units,
+    })
 }
 
 #[derive(Debug, clap::Args)]
@@ -644,7 +709,11 @@ pub fn compare_command(args: CompareArgs) -> u8 {
             b.record.id,
             b.record.name,
             c.paired,
-            if c.unpaired > 0 { format!(" ({} scored in one only)", c.unpaired) } else { String::new() },
+            if c.unpaired > 0 {
+                format!(" ({} scored in one only)", c.unpaired)
+            } else {
+                String::new()
+            },
             pct(c.accuracy_a),
             pct(c.accuracy_b),
             c.negative,
@@ -652,10 +721,17 @@ pub fn compare_command(args: CompareArgs) -> u8 {
             c.positive,
             pct(c.positive_flip_rate),
             c.p_value,
-            if c.p_value < 0.05 { " (significant at 5%)" } else { " (not significant at 5%: could be noise)" }
+            if c.p_value < 0.05 {
+                " (significant at 5%)"
+            } else {
+                " (not significant at 5%: could be noise)"
+            }
         );
         for f in &c.flipped {
-            out.push_str(&format!("  {:<8} {} (epoch {}): {:.3} → {:.3}\n", f.direction, f.item, f.epoch, f.score_a, f.score_b));
+            out.push_str(&format!(
+                "  {:<8} {} (epoch {}): {:.3} → {:.3}\n",
+                f.direction, f.item, f.epoch, f.score_a, f.score_b
+            ));
         }
         stdout(&out);
     }

@@ -326,9 +326,13 @@ impl Task {
         let result = crate::cluster::kmeans(
             vectors,
             k,
-            c.seed.wrapping_add(self.shared.seed_offset.wrapping_mul(super::nodes::SEED_STRIDE)),
+            c.seed.wrapping_add(
+                self.shared
+                    .seed_offset
+                    .wrapping_mul(super::nodes::SEED_STRIDE),
+            ),
         )
-            .map_err(|e| self.data_error(format!("cannot cluster: {e}")))?;
+        .map_err(|e| self.data_error(format!("cannot cluster: {e}")))?;
         let clusters: Vec<serde_json::Value> = (0..result.sizes.len())
             .map(|ci| {
                 let members: Vec<usize> = (0..result.assignments.len())

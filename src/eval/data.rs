@@ -130,7 +130,12 @@ impl Builtin {
     }
 
     /// Default `input = field` pairs and the answer field.
-    fn defaults(self) -> (&'static [(&'static str, &'static str)], Option<&'static str>) {
+    fn defaults(
+        self,
+    ) -> (
+        &'static [(&'static str, &'static str)],
+        Option<&'static str>,
+    ) {
         match self {
             Builtin::HumanEval => (&[("task", "prompt")], None),
             Builtin::Gsm8k => (&[("task", "prompt")], Some("expected")),
@@ -358,13 +363,18 @@ pub fn read_rows(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
         return Ok(rows);
     }
     if name.ends_with(".json") {
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| at(e.line(), format!("invalid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| at(e.line(), format!("invalid JSON: {e}")))?;
         let rows = match v {
             Value::Array(rows) => rows,
             Value::Object(o) => match o.into_iter().find(|(_, v)| v.is_array()) {
                 Some((_, Value::Array(rows))) => rows,
-                _ => return Err(at(1, "expected an array of rows (or an object holding one)".into())),
+                _ => {
+                    return Err(at(
+                        1,
+                        "expected an array of rows (or an object holding one)".into(),
+                    ));
+                }
             },
             _ => return Err(at(1, "expected an array of rows".into())),
         };
@@ -380,7 +390,10 @@ pub fn read_rows(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
         rows.push((i + 1, v));
     }
     if rows.is_empty() && !name.ends_with(".jsonl") {
-        return Err(at(1, "no rows (expected a .jsonl, .json or .csv file)".into()));
+        return Err(at(
+            1,
+            "no rows (expected a .jsonl, .json or .csv file)".into(),
+        ));
     }
     Ok(rows)
 }
@@ -463,8 +476,7 @@ fn tooltalk_rows(dir: &Path) -> Result<Vec<(usize, Value)>, DataError> {
             line: 1,
             message,
         };
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| at(format!("invalid JSON: {e}")))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| at(format!("invalid JSON: {e}")))?;
         let turns = v
             .get("conversation")
             .and_then(Value::as_array)
@@ -574,8 +586,16 @@ pub(crate) mod tests {
     #[test]
     fn the_three_formats_give_the_same_items() {
         let dir = tempdir();
-        let jsonl = write(&dir, "d.jsonl", "{\"id\":\"a\",\"q\":\"1+1\",\"ans\":\"2\"}\n\n{\"id\":\"b\",\"q\":\"2+2\",\"ans\":\"4\"}\n");
-        let json = write(&dir, "d.json", r#"{"rows":[{"id":"a","q":"1+1","ans":"2"},{"id":"b","q":"2+2","ans":"4"}]}"#);
+        let jsonl = write(
+            &dir,
+            "d.jsonl",
+            "{\"id\":\"a\",\"q\":\"1+1\",\"ans\":\"2\"}\n\n{\"id\":\"b\",\"q\":\"2+2\",\"ans\":\"4\"}\n",
+        );
+        let json = write(
+            &dir,
+            "d.json",
+            r#"{"rows":[{"id":"a","q":"1+1","ans":"2"},{"id":"b","q":"2+2","ans":"4"}]}"#,
+        );
         let csv = write(&dir, "d.csv", "id,q,ans\na,1+1,2\nb,2+2,4\n");
         let mut all = Vec::new();
         for p in [jsonl, json, csv] {
@@ -605,18 +625,27 @@ pub(crate) mod tests {
         let mut s = spec(&write(&dir, "g.jsonl", "{\"id\":1,\"q\":2}\n"));
         s.map.insert("task".into(), "question".into());
         let e = load(&s, &["task"]).unwrap_err().to_string();
-        assert!(e.contains("g.jsonl:1: no field `question` (mapped to input `task`); fields: id, q"), "{e}");
+        assert!(
+            e.contains("g.jsonl:1: no field `question` (mapped to input `task`); fields: id, q"),
+            "{e}"
+        );
         s.map.insert("nope".into(), "q".into());
         let e = load(&s, &["task"]).unwrap_err().to_string();
         assert!(e.contains("the workflow has no input `nope`"), "{e}");
-        let e = load(&spec(Path::new("/no/such.jsonl")), &[]).unwrap_err().to_string();
+        let e = load(&spec(Path::new("/no/such.jsonl")), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("cannot read /no/such.jsonl"), "{e}");
     }
 
     #[test]
     fn hidden_fields_never_become_inputs() {
         let dir = tempdir();
-        let p = write(&dir, "h.jsonl", "{\"task_id\":\"HumanEval/0\",\"prompt\":\"def f():\",\"test\":\"assert f()\",\"entry_point\":\"f\"}\n");
+        let p = write(
+            &dir,
+            "h.jsonl",
+            "{\"task_id\":\"HumanEval/0\",\"prompt\":\"def f():\",\"test\":\"assert f()\",\"entry_point\":\"f\"}\n",
+        );
         let mut s = DataSpec {
             source: format!("humaneval:{}", p.display()),
             ..DataSpec::default()
@@ -641,14 +670,28 @@ pub(crate) mod tests {
             })
             .collect();
         let ids = |s: &Selection| -> Vec<String> {
-            s.apply(items.clone()).unwrap().into_iter().map(|i| i.id).collect()
+            s.apply(items.clone())
+                .unwrap()
+                .into_iter()
+                .map(|i| i.id)
+                .collect()
         };
-        let s = Selection { shuffle: Some(7), limit: Some(4), ids: vec![] };
+        let s = Selection {
+            shuffle: Some(7),
+            limit: Some(4),
+            ids: vec![],
+        };
         assert_eq!(ids(&s), ids(&s));
         assert_ne!(ids(&s), ["0", "1", "2", "3"]);
-        let s = Selection { ids: vec!["3".into(), "1".into()], ..Default::default() };
+        let s = Selection {
+            ids: vec!["3".into(), "1".into()],
+            ..Default::default()
+        };
         assert_eq!(ids(&s), ["1", "3"]);
-        let s = Selection { ids: vec!["11".into()], ..Default::default() };
+        let s = Selection {
+            ids: vec!["11".into()],
+            ..Default::default()
+        };
         let e = s.apply(items.clone()).unwrap_err().to_string();
         assert!(e.contains("no item `11`"), "{e}");
     }

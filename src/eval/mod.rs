@@ -133,7 +133,10 @@ impl EvalPlan {
     /// The eval's id: 16 hex digits of FNV-1a over the canonical JSON of
     /// what determines results.
     pub fn id(&self) -> String {
-        format!("{:016x}", fnv1a(Value::Object(self.key()).to_string().as_bytes()))
+        format!(
+            "{:016x}",
+            fnv1a(Value::Object(self.key()).to_string().as_bytes())
+        )
     }
 }
 
@@ -370,23 +373,28 @@ pub fn parse_shard(spec: &str, env: impl Fn(&str) -> Option<String>) -> Result<(
             (index, spec.trim().to_string())
         }
     };
-    let count: u32 = count
-        .parse()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("--shard {spec}: the shard count `{count}` is not a positive integer"))?;
+    let count: u32 = count.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+        format!("--shard {spec}: the shard count `{count}` is not a positive integer")
+    })?;
     let index: u32 = index
         .parse()
         .map_err(|_| format!("--shard {spec}: the shard index `{index}` is not a number"))?;
     if index >= count {
-        return Err(format!("--shard {spec}: index {index} is not below the count {count} (shards count from 0)"));
+        return Err(format!(
+            "--shard {spec}: index {index} is not below the count {count} (shards count from 0)"
+        ));
     }
     Ok((index, count))
 }
 
 /// Loads and selects the items of a plan.
 pub fn load_items(plan: &EvalPlan) -> Result<Vec<Item>, EvalError> {
-    let declared: Vec<&str> = plan.workflow.inputs().iter().map(|i| i.name.as_str()).collect();
+    let declared: Vec<&str> = plan
+        .workflow
+        .inputs()
+        .iter()
+        .map(|i| i.name.as_str())
+        .collect();
     let items = data::load(&plan.data, &declared)?;
     Ok(plan.selection.apply(items)?)
 }
@@ -426,7 +434,10 @@ pub async fn run(
         .collect();
     let record = EvalRecord {
         id: plan.id(),
-        name: plan.name.clone().unwrap_or_else(|| plan.workflow.name().to_string()),
+        name: plan
+            .name
+            .clone()
+            .unwrap_or_else(|| plan.workflow.name().to_string()),
         workflow: plan.workflow.name().to_string(),
         created_at: store::now_ms(),
         meta: plan.meta(),
@@ -503,7 +514,9 @@ pub async fn run(
                     let want = (concurrency * 2).max(CLAIM_BATCH) - running.len();
                     let (id, me) = (id.clone(), me.clone());
                     let lease_ms = opts.lease.as_millis() as i64;
-                    let claimed = actor.call(move |s| s.claim(&id, &me, want, lease_ms)).await??;
+                    let claimed = actor
+                        .call(move |s| s.claim(&id, &me, want, lease_ms))
+                        .await??;
                     exhausted = claimed.is_empty();
                     queue.extend(claimed);
                 }
@@ -668,8 +681,16 @@ impl UnitContext {
         if result.status == ItemStatus::Failed && result.error.is_none() {
             result.error = Some("the run produced no output".into());
         }
-        result.loops = summary.loops.iter().filter_map(|l| serde_json::to_value(l).ok()).collect();
-        result.reviews = summary.reviews.iter().filter_map(|r| serde_json::to_value(r).ok()).collect();
+        result.loops = summary
+            .loops
+            .iter()
+            .filter_map(|l| serde_json::to_value(l).ok())
+            .collect();
+        result.reviews = summary
+            .reviews
+            .iter()
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .collect();
         let kept: Vec<&Event> = events
             .iter()
             .filter(|e| !matches!(e, Event::RunFinished { .. }))
@@ -789,7 +810,9 @@ impl StoreActor {
                     }
                     for (eval, results) in finishes {
                         if let Err(e) = store.finish(&eval, &results) {
-                            slot.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                            slot.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
                         }
                     }
                     for f in calls {

@@ -6,8 +6,9 @@
 use postgres::{Client, NoTls};
 
 use super::store::{
-    Counts, EvalListing, EvalRecord, SCHEMA_VERSION, Store, StoreError, Unit, UnitRecord,
-    SPENT, UNITS, schema, UNITS_WITH_EVENTS, WorkerId, corrupt, encode, counts_from, totals_from, models_of, now_ms, resolve_id, unit_record,
+    Counts, EvalListing, EvalRecord, SCHEMA_VERSION, SPENT, Store, StoreError, UNITS,
+    UNITS_WITH_EVENTS, Unit, UnitRecord, WorkerId, corrupt, counts_from, encode, models_of, now_ms,
+    resolve_id, schema, totals_from, unit_record,
 };
 use super::{ItemResult, Totals};
 
@@ -27,15 +28,23 @@ impl PgStore {
         let mut client = Client::connect(url, NoTls).map_err(db)?;
         // Two workers creating the tables at once would race: one lock.
         let mut tx = client.transaction().map_err(db)?;
-        tx.execute("SELECT pg_advisory_xact_lock(7262652)", &[]).map_err(db)?;
-        tx.batch_execute(&schema("BIGINT", "DOUBLE PRECISION")).map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock(7262652)", &[])
+            .map_err(db)?;
+        tx.batch_execute(&schema("BIGINT", "DOUBLE PRECISION"))
+            .map_err(db)?;
         let found: Option<String> = tx
-            .query_opt("SELECT value FROM redraft_meta WHERE key = 'schema_version'", &[])
+            .query_opt(
+                "SELECT value FROM redraft_meta WHERE key = 'schema_version'",
+                &[],
+            )
             .map_err(db)?
             .map(|r| r.get(0));
         match found.map(|v| v.parse::<i64>()) {
             Some(Ok(v)) if v > SCHEMA_VERSION => {
-                return Err(StoreError::Newer { store: location, found: v });
+                return Err(StoreError::Newer {
+                    store: location,
+                    found: v,
+                });
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(corrupt(&location, format!("schema version: {e}"))),
@@ -97,9 +106,13 @@ impl Store for PgStore {
         };
         let mut tx = self.client.transaction().map_err(db)?;
         // One writer of `seq` per eval at a time.
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&eval]).map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&eval])
+            .map_err(db)?;
         let base: i64 = tx
-            .query_one("SELECT COALESCE(MAX(seq) + 1, 0) FROM units WHERE eval_id = $1", &[&eval])
+            .query_one(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM units WHERE eval_id = $1",
+                &[&eval],
+            )
             .map_err(db)?
             .get(0);
         let stmt = tx
@@ -109,7 +122,16 @@ impl Store for PgStore {
         for (i, u) in units.iter().enumerate() {
             let item = serde_json::to_string(&u.item).map_err(|e| corrupt(&location, e))?;
             added += tx
-                .execute(&stmt, &[&eval, &u.item.id, &(u.epoch as i64), &(base + i as i64), &item])
+                .execute(
+                    &stmt,
+                    &[
+                        &eval,
+                        &u.item.id,
+                        &(u.epoch as i64),
+                        &(base + i as i64),
+                        &item,
+                    ],
+                )
                 .map_err(db)? as usize;
         }
         tx.commit().map_err(db)?;
@@ -151,7 +173,13 @@ impl Store for PgStore {
         Ok(n)
     }
 
-    fn claim(&mut self, eval: &str, worker: &WorkerId, n: usize, lease_ms: i64) -> Result<Vec<Unit>, StoreError> {
+    fn claim(
+        &mut self,
+        eval: &str,
+        worker: &WorkerId,
+        n: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<Unit>, StoreError> {
         let now = now_ms();
         let mut rows = Vec::with_capacity(n);
         // Pending units first, then expired claims (see the SQLite store).
@@ -181,7 +209,8 @@ impl Store for PgStore {
                 Ok((
                     r.get::<_, i64>(2),
                     Unit {
-                        item: serde_json::from_str(&item).map_err(|e| corrupt(&self.location, e))?,
+                        item: serde_json::from_str(&item)
+                            .map_err(|e| corrupt(&self.location, e))?,
                         epoch: r.get::<_, i64>(1) as u32,
                     },
                 ))
@@ -240,7 +269,12 @@ impl Store for PgStore {
         tx.commit().map_err(db)
     }
 
-    fn release(&mut self, eval: &str, worker: &WorkerId, units: &[(String, u32)]) -> Result<(), StoreError> {
+    fn release(
+        &mut self,
+        eval: &str,
+        worker: &WorkerId,
+        units: &[(String, u32)],
+    ) -> Result<(), StoreError> {
         let w = worker.to_string();
         for (id, epoch) in units {
             self.client
@@ -257,14 +291,28 @@ impl Store for PgStore {
     fn counts(&mut self, eval: &str) -> Result<Counts, StoreError> {
         let rows = self
             .client
-            .query("SELECT status, COUNT(*) FROM units WHERE eval_id = $1 GROUP BY status", &[&eval])
+            .query(
+                "SELECT status, COUNT(*) FROM units WHERE eval_id = $1 GROUP BY status",
+                &[&eval],
+            )
             .map_err(|e| self.db(e))?;
-        Ok(counts_from(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect()))
+        Ok(counts_from(
+            rows.into_iter().map(|r| (r.get(0), r.get(1))).collect(),
+        ))
     }
 
     fn spent(&mut self, eval: &str) -> Result<Totals, StoreError> {
-        let r = self.client.query_one(SPENT, &[&eval]).map_err(|e| self.db(e))?;
-        Ok(totals_from(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        let r = self
+            .client
+            .query_one(SPENT, &[&eval])
+            .map_err(|e| self.db(e))?;
+        Ok(totals_from(
+            r.get(0),
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+        ))
     }
 
     fn evals(&mut self) -> Result<Vec<EvalListing>, StoreError> {
@@ -311,7 +359,10 @@ impl Store for PgStore {
         let id = resolve_id(&self.location, id, ids)?;
         let r = self
             .client
-            .query_one("SELECT id, name, workflow, created_at, meta FROM evals WHERE id = $1", &[&id])
+            .query_one(
+                "SELECT id, name, workflow, created_at, meta FROM evals WHERE id = $1",
+                &[&id],
+            )
             .map_err(|e| self.db(e))?;
         let meta: String = r.get(4);
         Ok(EvalRecord {
@@ -334,7 +385,15 @@ impl Store for PgStore {
                 let result: Option<String> = r.get(3);
                 let summary: Option<String> = r.get(4);
                 let events: Option<String> = r.get(5);
-                unit_record(&self.location, &item, r.get(1), r.get(2), result.as_deref(), summary.as_deref(), events.as_deref())
+                unit_record(
+                    &self.location,
+                    &item,
+                    r.get(1),
+                    r.get(2),
+                    result.as_deref(),
+                    summary.as_deref(),
+                    events.as_deref(),
+                )
             })
             .collect()
     }

@@ -19,7 +19,9 @@ pub struct ReportEval {
     pub units: Vec<UnitRecord>,
 }
 
-const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"];
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
+];
 
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -50,9 +52,19 @@ pub fn render(evals: &[ReportEval]) -> String {
     h.push_str(HEAD);
     let names: Vec<String> = evals
         .iter()
-        .map(|e| format!("{} ({})", e.record.name, &e.record.id[..8.min(e.record.id.len())]))
+        .map(|e| {
+            format!(
+                "{} ({})",
+                e.record.name,
+                &e.record.id[..8.min(e.record.id.len())]
+            )
+        })
         .collect();
-    let _ = write!(h, "<h1>redraft report: {}</h1>", escape(&names.join(" vs ")));
+    let _ = write!(
+        h,
+        "<h1>redraft report: {}</h1>",
+        escape(&names.join(" vs "))
+    );
     summary_table(&mut h, evals, &names);
 
     h.push_str("<h2>Plots</h2><div class=plots>");
@@ -61,18 +73,51 @@ pub fn render(evals: &[ReportEval]) -> String {
         .zip(&names)
         .flat_map(|(e, n)| {
             [
-                (format!("{n} accuracy"), e.metrics.per_round.iter().map(|p| (p.round as f64, p.accuracy)).collect()),
-                (format!("{n} best so far"), e.metrics.per_round.iter().map(|p| (p.round as f64, p.best_so_far)).collect()),
+                (
+                    format!("{n} accuracy"),
+                    e.metrics
+                        .per_round
+                        .iter()
+                        .map(|p| (p.round as f64, p.accuracy))
+                        .collect(),
+                ),
+                (
+                    format!("{n} best so far"),
+                    e.metrics
+                        .per_round
+                        .iter()
+                        .map(|p| (p.round as f64, p.best_so_far))
+                        .collect(),
+                ),
             ]
         })
         .collect();
-    h.push_str(&line_plot("Score per round", "round (0 = first answer)", "score", &per_round));
+    h.push_str(&line_plot(
+        "Score per round",
+        "round (0 = first answer)",
+        "score",
+        &per_round,
+    ));
     let vs_tokens: Vec<(String, Vec<(f64, f64)>)> = evals
         .iter()
         .zip(&names)
-        .map(|(e, n)| (n.clone(), e.metrics.score_vs_tokens.iter().map(|p| (p.tokens as f64, p.mean_score)).collect()))
+        .map(|(e, n)| {
+            (
+                n.clone(),
+                e.metrics
+                    .score_vs_tokens
+                    .iter()
+                    .map(|p| (p.tokens as f64, p.mean_score))
+                    .collect(),
+            )
+        })
         .collect();
-    h.push_str(&line_plot("Score vs tokens per item", "tokens spent", "best score so far", &vs_tokens));
+    h.push_str(&line_plot(
+        "Score vs tokens per item",
+        "tokens spent",
+        "best score so far",
+        &vs_tokens,
+    ));
     let points: Vec<(String, f64, f64)> = evals
         .iter()
         .flat_map(|e| {
@@ -83,7 +128,12 @@ pub fn render(evals: &[ReportEval]) -> String {
             })
         })
         .collect();
-    h.push_str(&scatter("ORR vs CSR per model", "overcorrection risk rate", "correction success rate", &points));
+    h.push_str(&scatter(
+        "ORR vs CSR per model",
+        "overcorrection risk rate",
+        "correction success rate",
+        &points,
+    ));
     h.push_str("</div>");
     if evals.len() > 1 {
         flip_matrix(&mut h, evals, &names);
@@ -99,7 +149,11 @@ fn summary_table(h: &mut String, evals: &[ReportEval], names: &[String]) {
     h.push_str("<h2>Summary</h2><table class=summary id=summary><tr><th>eval</th><th>workflow</th><th>models</th><th>units</th><th>done</th><th>failed</th><th>accuracy</th><th>mean score</th><th>pass@k</th><th>first answer</th><th>NFR / PFR (first→final)</th><th>CL / CS / RSS</th><th>tokens mean / p50 / p95</th><th>wall ms p50 / p95</th><th>cost</th></tr>");
     for (e, name) in evals.iter().zip(names) {
         let m = &e.metrics;
-        let pass: Vec<String> = m.pass_at_k.iter().map(|(k, v)| format!("@{k} {:.1}%", v * 100.0)).collect();
+        let pass: Vec<String> = m
+            .pass_at_k
+            .iter()
+            .map(|(k, v)| format!("@{k} {:.1}%", v * 100.0))
+            .collect();
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=done>{}</td><td>{}</td><td class=accuracy>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{} / {} / {}</td><td>{:.0} / {:.0} / {:.0}</td><td>{:.0} / {:.0}</td><td>${:.4}</td></tr>",
@@ -207,7 +261,14 @@ fn item_table(h: &mut String, evals: &[ReportEval], names: &[String]) {
     for (ei, (e, name)) in evals.iter().zip(names).enumerate() {
         for (ui, u) in e.units.iter().enumerate() {
             let Some(r) = &u.result else {
-                let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td></td><td></td><td></td><td></td><td></td><td></td></tr>", escape(&u.item.id), u.epoch, escape(name), escape(&u.status));
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td></td><td></td><td></td><td></td><td></td><td></td></tr>",
+                    escape(&u.item.id),
+                    u.epoch,
+                    escape(name),
+                    escape(&u.status)
+                );
                 continue;
             };
             let anchor = if ui < CHAIN_LIMIT {
@@ -221,9 +282,14 @@ fn item_table(h: &mut String, evals: &[ReportEval], names: &[String]) {
                 u.epoch,
                 escape(name),
                 r.status.as_str(),
-                r.score.as_ref().map_or("", |s| if s.passed { "yes" } else { "no" }),
-                r.score.as_ref().map_or(String::new(), |s| format!("{:.3}", s.score)),
-                r.first().map_or("", |c| if c.passed { "yes" } else { "no" }),
+                r.score
+                    .as_ref()
+                    .map_or("", |s| if s.passed { "yes" } else { "no" }),
+                r.score
+                    .as_ref()
+                    .map_or(String::new(), |s| format!("{:.3}", s.score)),
+                r.first()
+                    .map_or("", |c| if c.passed { "yes" } else { "no" }),
                 r.candidates.len(),
                 r.tokens,
                 r.wall_ms
@@ -240,7 +306,12 @@ fn chains(h: &mut String, evals: &[ReportEval], names: &[String]) {
     h.push_str("<h2>Revision chains</h2>");
     for (ei, (e, name)) in evals.iter().zip(names).enumerate() {
         if e.units.len() > CHAIN_LIMIT {
-            let _ = write!(h, "<p>{}: the first {CHAIN_LIMIT} of {} units.</p>", escape(name), e.units.len());
+            let _ = write!(
+                h,
+                "<p>{}: the first {CHAIN_LIMIT} of {} units.</p>",
+                escape(name),
+                e.units.len()
+            );
         }
         for (ui, u) in e.units.iter().enumerate().take(CHAIN_LIMIT) {
             let Some(r) = &u.result else { continue };
@@ -250,7 +321,10 @@ fn chains(h: &mut String, evals: &[ReportEval], names: &[String]) {
                 escape(&u.item.id),
                 u.epoch,
                 escape(name),
-                r.score.as_ref().map_or_else(|| format!("failed: {}", escape(r.error.as_deref().unwrap_or(""))), |s| format!("score {:.3} ({})", s.score, escape(&s.feedback)))
+                r.score.as_ref().map_or_else(
+                    || format!("failed: {}", escape(r.error.as_deref().unwrap_or(""))),
+                    |s| format!("score {:.3} ({})", s.score, escape(&s.feedback))
+                )
             );
             let answer_nodes: Vec<&str> = r.candidates.iter().map(|c| c.node.as_str()).collect();
             let mut kinds = std::collections::HashMap::new();
@@ -258,20 +332,30 @@ fn chains(h: &mut String, evals: &[ReportEval], names: &[String]) {
             for ev in &r.events {
                 match ev.get("event").and_then(Value::as_str) {
                     Some("node_started") => {
-                        if let (Some(n), Some(k)) = (ev.get("node").and_then(Value::as_str), ev.get("kind").and_then(Value::as_str)) {
+                        if let (Some(n), Some(k)) = (
+                            ev.get("node").and_then(Value::as_str),
+                            ev.get("kind").and_then(Value::as_str),
+                        ) {
                             kinds.insert(n.to_string(), k.to_string());
                         }
                     }
                     Some("node_finished") => {
                         let node = ev.get("node").and_then(Value::as_str).unwrap_or("?");
                         let round = ev.get("round").and_then(Value::as_u64).unwrap_or(0);
-                        let Some(out) = ev.get("output") else { continue };
+                        let Some(out) = ev.get("output") else {
+                            continue;
+                        };
                         let text = match out.get("text") {
                             Some(Value::String(s)) => s.clone(),
                             _ => serde_json::to_string_pretty(out).unwrap_or_default(),
                         };
                         let kind = kinds.get(node).map(String::as_str).unwrap_or("");
-                        let _ = write!(h, "<div class=step><b>{}</b> <i>{}</i> round {round}", escape(node), escape(kind));
+                        let _ = write!(
+                            h,
+                            "<div class=step><b>{}</b> <i>{}</i> round {round}",
+                            escape(node),
+                            escape(kind)
+                        );
                         if answer_nodes.contains(&node) {
                             match &previous {
                                 Some(p) => {
@@ -294,7 +378,11 @@ fn chains(h: &mut String, evals: &[ReportEval], names: &[String]) {
                             h,
                             "<div class=verdict>verdict of {}: {} (score {})</div>",
                             escape(ev.get("node").and_then(Value::as_str).unwrap_or("?")),
-                            if ev.get("passed").and_then(Value::as_bool) == Some(true) { "passed" } else { "failed" },
+                            if ev.get("passed").and_then(Value::as_bool) == Some(true) {
+                                "passed"
+                            } else {
+                                "failed"
+                            },
                             ev.get("score").map(|s| s.to_string()).unwrap_or_default()
                         );
                     }
@@ -363,12 +451,23 @@ fn sy(y: f64) -> f64 {
 fn legend(names: impl Iterator<Item = String>) -> String {
     let items: Vec<String> = names
         .enumerate()
-        .map(|(i, n)| format!("<span style=\"color:{}\">■ {}</span>", COLORS[i % COLORS.len()], escape(&n)))
+        .map(|(i, n)| {
+            format!(
+                "<span style=\"color:{}\">■ {}</span>",
+                COLORS[i % COLORS.len()],
+                escape(&n)
+            )
+        })
         .collect();
     format!("<br>{}", items.join(" "))
 }
 
-fn line_plot(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+fn line_plot(
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> String {
     let xmax = series
         .iter()
         .flat_map(|(_, p)| p.iter().map(|p| p.0))
@@ -380,26 +479,57 @@ fn line_plot(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f6
             .iter()
             .map(|(x, y)| format!("{:.1},{:.1}", sx(*x, xmax), sy(*y)))
             .collect();
-        let _ = write!(body, "<polyline fill=none stroke=\"{color}\" stroke-width=2 points=\"{}\"/>", path.join(" "));
+        let _ = write!(
+            body,
+            "<polyline fill=none stroke=\"{color}\" stroke-width=2 points=\"{}\"/>",
+            path.join(" ")
+        );
         for (x, y) in points {
-            let _ = write!(body, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=3 fill=\"{color}\"><title>{x}: {y:.3}</title></circle>", sx(*x, xmax), sy(*y));
+            let _ = write!(
+                body,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=3 fill=\"{color}\"><title>{x}: {y:.3}</title></circle>",
+                sx(*x, xmax),
+                sy(*y)
+            );
         }
     }
     if series.iter().all(|(_, p)| p.is_empty()) {
         body.push_str("<text x=\"150\" y=\"120\" font-size=\"12\">no data</text>");
     }
-    frame(title, xlabel, ylabel, xmax, &body, &legend(series.iter().map(|s| s.0.clone())))
+    frame(
+        title,
+        xlabel,
+        ylabel,
+        xmax,
+        &body,
+        &legend(series.iter().map(|s| s.0.clone())),
+    )
 }
 
 fn scatter(title: &str, xlabel: &str, ylabel: &str, points: &[(String, f64, f64)]) -> String {
     let mut body = String::new();
     for (i, (_, x, y)) in points.iter().enumerate() {
-        let _ = write!(body, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=5 fill=\"{}\"/>", sx(*x, 1.0), sy(*y), COLORS[i % COLORS.len()]);
+        let _ = write!(
+            body,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=5 fill=\"{}\"/>",
+            sx(*x, 1.0),
+            sy(*y),
+            COLORS[i % COLORS.len()]
+        );
     }
     if points.is_empty() {
-        body.push_str("<text x=\"120\" y=\"120\" font-size=\"12\">no loop with a defined ORR</text>");
+        body.push_str(
+            "<text x=\"120\" y=\"120\" font-size=\"12\">no loop with a defined ORR</text>",
+        );
     }
-    frame(title, xlabel, ylabel, 1.0, &body, &legend(points.iter().map(|p| p.0.clone())))
+    frame(
+        title,
+        xlabel,
+        ylabel,
+        1.0,
+        &body,
+        &legend(points.iter().map(|p| p.0.clone())),
+    )
 }
 
 const HEAD: &str = "<!doctype html><html lang=en><head><meta charset=utf-8><title>redraft report</title>
@@ -459,6 +589,9 @@ mod tests {
     fn an_empty_report_still_renders() {
         let h = render(&[]);
         assert!(h.contains("no data"));
-        assert!(!h.contains("http://") && !h.contains("https://"), "nothing external");
+        assert!(
+            !h.contains("http://") && !h.contains("https://"),
+            "nothing external"
+        );
     }
 }

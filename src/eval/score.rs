@@ -71,7 +71,10 @@ pub enum Scorer {
     ToolCall,
     /// An external program: the item and output as JSON on stdin; on stdout
     /// a JSON `{score, passed?, feedback?}` or a number.
-    Command { argv: Vec<String>, timeout: Duration },
+    Command {
+        argv: Vec<String>,
+        timeout: Duration,
+    },
     /// A workflow judges: it gets the inputs it declares among `task`,
     /// `output` and `answer`; its output is the score (a number, 0–1 or
     /// 0–10, or an object with `score`), its verification the pass flag.
@@ -132,7 +135,9 @@ impl Scorer {
                 Ok(Scorer::Numeric { tolerance, extract })
             }
             "regex" => {
-                let pattern = arg.filter(|a| !a.is_empty()).ok_or_else(|| bad("needs a pattern: regex:PATTERN".into()))?;
+                let pattern = arg
+                    .filter(|a| !a.is_empty())
+                    .ok_or_else(|| bad("needs a pattern: regex:PATTERN".into()))?;
                 Regex::new(&pattern.replace("{{answer}}", "x")).map_err(|e| bad(e.to_string()))?;
                 Ok(Scorer::Regex(pattern.to_string()))
             }
@@ -160,7 +165,9 @@ impl Scorer {
                 })
             }
             "judge" => {
-                let path = arg.filter(|a| !a.is_empty()).ok_or_else(|| bad("needs a workflow: judge:WORKFLOW.yaml".into()))?;
+                let path = arg
+                    .filter(|a| !a.is_empty())
+                    .ok_or_else(|| bad("needs a workflow: judge:WORKFLOW.yaml".into()))?;
                 let workflow = crate::workflow::load(std::path::Path::new(path))
                     .map_err(|e| bad(format!("cannot load the judge workflow:\n{}", e.render())))?;
                 let declared: Vec<&str> = workflow.inputs.iter().map(|i| i.name.as_str()).collect();
@@ -179,7 +186,17 @@ impl Scorer {
                 "unknown scorer `{other}`{}; scorers: {SCORERS}",
                 crate::diagnostic::did_you_mean(
                     other,
-                    ["exact", "normalized", "contains", "numeric", "regex", "code", "tool-call", "command", "judge"]
+                    [
+                        "exact",
+                        "normalized",
+                        "contains",
+                        "numeric",
+                        "regex",
+                        "code",
+                        "tool-call",
+                        "command",
+                        "judge"
+                    ]
                 )
                 .map(|b| format!(" (did you mean `{b}`?)"))
                 .unwrap_or_default()
@@ -205,7 +222,11 @@ impl Scorer {
     pub fn needs_answer(&self) -> bool {
         matches!(
             self,
-            Scorer::Exact | Scorer::Normalized | Scorer::Contains | Scorer::Numeric { .. } | Scorer::ToolCall
+            Scorer::Exact
+                | Scorer::Normalized
+                | Scorer::Contains
+                | Scorer::Numeric { .. }
+                | Scorer::ToolCall
         )
     }
 
@@ -260,12 +281,18 @@ impl Scorer {
                     None => last_number(output),
                 };
                 match got {
-                    None => Score::pass_fail(false, format!("no number in the output; expected {want}")),
+                    None => {
+                        Score::pass_fail(false, format!("no number in the output; expected {want}"))
+                    }
                     Some(got) => {
                         let ok = (got - want).abs() <= *tolerance;
                         Score::pass_fail(
                             ok,
-                            if ok { format!("{got} = {want}") } else { format!("got {got}, expected {want}") },
+                            if ok {
+                                format!("{got} = {want}")
+                            } else {
+                                format!("got {got}, expected {want}")
+                            },
                         )
                     }
                 }
@@ -273,14 +300,24 @@ impl Scorer {
             Scorer::Regex(pattern) => {
                 let pattern = match &item.answer {
                     Some(a) if pattern.contains("{{answer}}") => {
-                        let a = a.as_str().map(str::to_string).unwrap_or_else(|| a.to_string());
+                        let a = a
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| a.to_string());
                         pattern.replace("{{answer}}", &regex::escape(&a))
                     }
                     _ => pattern.clone(),
                 };
                 let re = Regex::new(&pattern).map_err(|e| item_err(e.to_string()))?;
                 let ok = re.is_match(output);
-                Score::pass_fail(ok, if ok { "matches".to_string() } else { format!("does not match /{pattern}/") })
+                Score::pass_fail(
+                    ok,
+                    if ok {
+                        "matches".to_string()
+                    } else {
+                        format!("does not match /{pattern}/")
+                    },
+                )
             }
             Scorer::Code { sandbox } => code(sandbox, item, output).await.map_err(item_err)?,
             Scorer::ToolCall => {
@@ -291,8 +328,12 @@ impl Scorer {
                     .ok_or_else(|| item_err("has no expected call".into()))?;
                 tool_call(want, output)
             }
-            Scorer::Command { argv, timeout } => command(argv, *timeout, item, output).await.map_err(item_err)?,
-            Scorer::Judge { engine, workflow } => judge(engine, workflow, item, output).await.map_err(item_err)?,
+            Scorer::Command { argv, timeout } => command(argv, *timeout, item, output)
+                .await
+                .map_err(item_err)?,
+            Scorer::Judge { engine, workflow } => judge(engine, workflow, item, output)
+                .await
+                .map_err(item_err)?,
         })
     }
 }
@@ -310,7 +351,13 @@ pub fn normalize(s: &str) -> String {
     let lower = s.to_lowercase();
     let no_punct: String = lower
         .chars()
-        .map(|c| if c.is_alphanumeric() || c.is_whitespace() { c } else { ' ' })
+        .map(|c| {
+            if c.is_alphanumeric() || c.is_whitespace() {
+                c
+            } else {
+                ' '
+            }
+        })
         .collect();
     no_punct
         .split_whitespace()
@@ -397,7 +444,10 @@ async fn code(sandbox: &Sandbox, item: &Item, output: &str) -> Result<Score, Str
         crate::sandbox::Outcome::Exited(c) => format!("exit {c}"),
         other => format!("{other:?}"),
     };
-    Ok(Score::pass_fail(false, format!("tests failed ({how}): {tail}")))
+    Ok(Score::pass_fail(
+        false,
+        format!("tests failed ({how}): {tail}"),
+    ))
 }
 
 /// The first JSON object in a text (a reply may wrap it in prose or fences).
@@ -438,7 +488,8 @@ fn tool_call(want: &Value, output: &str) -> Score {
         );
     }
     // A session token is the conversation's, not something the model can know.
-    let mut expected: Vec<(String, Value)> = params_of(want).unwrap_or_default().into_iter().collect();
+    let mut expected: Vec<(String, Value)> =
+        params_of(want).unwrap_or_default().into_iter().collect();
     expected.retain(|(k, _)| k != "session_token");
     let got = params_of(&got).unwrap_or_default();
     let matched: Vec<&str> = expected
@@ -503,9 +554,11 @@ async fn command(
     let write = async move {
         let _ = stdin.write_all(body.as_bytes()).await;
     };
-    let (_, out) = tokio::time::timeout(timeout, async { tokio::join!(write, child.wait_with_output()) })
-        .await
-        .map_err(|_| format!("the scorer `{}` ran past {timeout:?}", argv[0]))?;
+    let (_, out) = tokio::time::timeout(timeout, async {
+        tokio::join!(write, child.wait_with_output())
+    })
+    .await
+    .map_err(|_| format!("the scorer `{}` ran past {timeout:?}", argv[0]))?;
     let out = out.map_err(|e| format!("the scorer `{}` failed: {e}", argv[0]))?;
     if !out.status.success() {
         return Err(format!(
@@ -537,7 +590,10 @@ pub fn parse_score_reply(text: &str) -> Result<Score, String> {
         let score = check(score)?;
         return Ok(Score {
             score,
-            passed: o.get("passed").and_then(Value::as_bool).unwrap_or(score >= 0.5),
+            passed: o
+                .get("passed")
+                .and_then(Value::as_bool)
+                .unwrap_or(score >= 0.5),
             feedback: o
                 .get("feedback")
                 .and_then(Value::as_str)
@@ -558,7 +614,12 @@ pub fn parse_score_reply(text: &str) -> Result<Score, String> {
     })
 }
 
-async fn judge(engine: &Engine, wf: &Arc<Workflow>, item: &Item, output: &str) -> Result<Score, String> {
+async fn judge(
+    engine: &Engine,
+    wf: &Arc<Workflow>,
+    item: &Item,
+    output: &str,
+) -> Result<Score, String> {
     let mut inputs = serde_json::Map::new();
     for decl in &wf.inputs {
         let v = match decl.name.as_str() {
@@ -598,7 +659,11 @@ async fn judge(engine: &Engine, wf: &Arc<Workflow>, item: &Item, output: &str) -
         (Some(s), _) if (0.0..=1.0).contains(&s) => s,
         (Some(s), _) if s > 1.0 && s <= 10.0 => s / 10.0,
         (_, Some(v)) => f64::from(u8::from(v)),
-        _ => return Err(format!("the judge gave no score in [0, 10] and no verdict: {text:?}")),
+        _ => {
+            return Err(format!(
+                "the judge gave no score in [0, 10] and no verdict: {text:?}"
+            ));
+        }
     };
     Ok(Score {
         score,
@@ -638,15 +703,45 @@ mod tests {
             ("normalized", None, "The Eiffel Tower", "eiffel tower!", 1.0),
             ("contains", None, "Paris", "It is paris, France.", 1.0),
             ("contains", None, "Paris", "Lyon", 0.0),
-            ("numeric", None, "#### 1,234", "so the answer is $1,234.", 1.0),
-            ("numeric", None, "18", "She started with 18 cleaners, not 20.", 0.0),
+            (
+                "numeric",
+                None,
+                "#### 1,234",
+                "so the answer is $1,234.",
+                1.0,
+            ),
+            (
+                "numeric",
+                None,
+                "18",
+                "She started with 18 cleaners, not 20.",
+                0.0,
+            ),
             ("numeric", None, "18", "18 then 20 then 18", 1.0),
             ("numeric:0.5", None, "3", "3.4", 1.0),
-            ("numeric", Some(r"answer is (\S+)"), "7", "answer is 7, not 8", 1.0),
+            (
+                "numeric",
+                Some(r"answer is (\S+)"),
+                "7",
+                "answer is 7, not 8",
+                1.0,
+            ),
             ("numeric", None, "7", "no digits here", 0.0),
             ("regex:^\\d+$", None, "7", "123", 1.0),
-            ("regex:{{answer}} apples", None, "1.5", "I have 1.5 apples", 1.0),
-            ("regex:{{answer}} apples", None, "1.5", "I have 105 apples", 0.0),
+            (
+                "regex:{{answer}} apples",
+                None,
+                "1.5",
+                "I have 1.5 apples",
+                1.0,
+            ),
+            (
+                "regex:{{answer}} apples",
+                None,
+                "1.5",
+                "I have 105 apples",
+                0.0,
+            ),
         ];
         for (spec, extract, answer, output, want) in cases {
             let s = Scorer::parse(spec, *extract, Isolation::None).unwrap();
@@ -663,16 +758,31 @@ mod tests {
             ("numeric:-1", None, "not a number ≥ 0"),
             ("regex:(", None, "regex parse error"),
             ("regex", None, "needs a pattern"),
-            ("exact", Some("x"), "--extract applies to the numeric scorer only"),
+            (
+                "exact",
+                Some("x"),
+                "--extract applies to the numeric scorer only",
+            ),
             ("command:", None, "needs a program"),
-            ("judge:/no/such.yaml", None, "cannot load the judge workflow"),
+            (
+                "judge:/no/such.yaml",
+                None,
+                "cannot load the judge workflow",
+            ),
         ] {
-            let e = Scorer::parse(spec, extract, Isolation::None).unwrap_err().to_string();
+            let e = Scorer::parse(spec, extract, Isolation::None)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(msg), "{spec}: {e}");
         }
         let s = Scorer::parse("numeric", None, Isolation::None).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let e = rt.block_on(s.score(&item(None), "1")).unwrap_err().to_string();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(s.score(&item(None), "1"))
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "item `x`: has no reference answer");
         let e = rt
             .block_on(s.score(&item(Some("n/a".into())), "1"))
@@ -686,24 +796,54 @@ mod tests {
         let want = json!({"api_name": "AddAlarm", "parameters": {"session_token": "t", "time": "18:30:00"}});
         let s = Scorer::ToolCall;
         let i = item(Some(want));
-        let ok = run(&s, &i, "Sure:\n```json\n{\"api_name\": \"AddAlarm\", \"parameters\": {\"time\": \"18:30:00\"}}\n```");
+        let ok = run(
+            &s,
+            &i,
+            "Sure:\n```json\n{\"api_name\": \"AddAlarm\", \"parameters\": {\"time\": \"18:30:00\"}}\n```",
+        );
         assert!(ok.passed, "{ok:?}");
-        let wrong = run(&s, &i, "{\"name\": \"AddAlarm\", \"arguments\": {\"time\": \"6:30\"}}");
+        let wrong = run(
+            &s,
+            &i,
+            "{\"name\": \"AddAlarm\", \"arguments\": {\"time\": \"6:30\"}}",
+        );
         assert_eq!((wrong.score, wrong.passed), (0.0, false));
         assert!(wrong.feedback.contains("time"));
         let other = run(&s, &i, "{\"api_name\": \"DeleteAlarm\"}");
-        assert!(other.feedback.contains("expected Some(\"AddAlarm\")"), "{other:?}");
+        assert!(
+            other.feedback.contains("expected Some(\"AddAlarm\")"),
+            "{other:?}"
+        );
         assert!(!run(&s, &i, "no json").passed);
     }
 
     #[test]
     fn command_replies_are_json_or_a_number() {
-        assert_eq!(parse_score_reply("0.25\nclose").unwrap(), Score { score: 0.25, passed: false, feedback: "close".into() });
+        assert_eq!(
+            parse_score_reply("0.25\nclose").unwrap(),
+            Score {
+                score: 0.25,
+                passed: false,
+                feedback: "close".into()
+            }
+        );
         let s = parse_score_reply(r#"{"score": 1, "feedback": "ok"}"#).unwrap();
         assert!(s.passed);
-        assert!(parse_score_reply("7").unwrap_err().contains("not in [0, 1]"));
-        assert!(parse_score_reply("great").unwrap_err().contains("expected a JSON object or a number"));
-        assert!(parse_score_reply(r#"{"passed": true}"#).unwrap_err().contains("without a numeric `score`"));
+        assert!(
+            parse_score_reply("7")
+                .unwrap_err()
+                .contains("not in [0, 1]")
+        );
+        assert!(
+            parse_score_reply("great")
+                .unwrap_err()
+                .contains("expected a JSON object or a number")
+        );
+        assert!(
+            parse_score_reply(r#"{"passed": true}"#)
+                .unwrap_err()
+                .contains("without a numeric `score`")
+        );
     }
 
     #[test]
@@ -711,12 +851,27 @@ mod tests {
         let dir = super::super::data::tests::tempdir();
         let script = dir.join("score.py");
         std::fs::write(&script, "import json,sys\nd=json.load(sys.stdin)\nprint(1.0 if d['output']==d['answer'] else 0.0)\nprint('compared', d['id'])\n").unwrap();
-        let s = Scorer::parse(&format!("command:python3 {}", script.display()), None, Isolation::None).unwrap();
+        let s = Scorer::parse(
+            &format!("command:python3 {}", script.display()),
+            None,
+            Isolation::None,
+        )
+        .unwrap();
         let i = item(Some("yes".into()));
-        assert_eq!(run(&s, &i, "yes"), Score { score: 1.0, passed: true, feedback: "compared x".into() });
+        assert_eq!(
+            run(&s, &i, "yes"),
+            Score {
+                score: 1.0,
+                passed: true,
+                feedback: "compared x".into()
+            }
+        );
         assert!(!run(&s, &i, "no").passed);
         let s = Scorer::parse("command:false", None, Isolation::None).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let e = rt.block_on(s.score(&i, "yes")).unwrap_err().to_string();
         assert!(e.contains("the scorer `false` exited with"), "{e}");
     }
@@ -724,8 +879,15 @@ mod tests {
     #[test]
     fn code_runs_hidden_tests_on_a_body_or_a_whole_function() {
         let mut i = item(None);
-        i.hidden.insert("prompt".into(), "from typing import List\n\ndef add(xs: List[int]) -> int:\n    \"\"\"Sum.\"\"\"\n".into());
-        i.hidden.insert("test".into(), "def check(f):\n    assert f([1, 2]) == 3\n".into());
+        i.hidden.insert(
+            "prompt".into(),
+            "from typing import List\n\ndef add(xs: List[int]) -> int:\n    \"\"\"Sum.\"\"\"\n"
+                .into(),
+        );
+        i.hidden.insert(
+            "test".into(),
+            "def check(f):\n    assert f([1, 2]) == 3\n".into(),
+        );
         i.hidden.insert("entry_point".into(), "add".into());
         let s = Scorer::parse("code", None, Isolation::None).unwrap();
         assert!(run(&s, &i, "    return sum(xs)\n").passed);

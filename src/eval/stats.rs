@@ -130,7 +130,9 @@ pub fn pass_at_k(n: u64, c: u64, k: u64) -> f64 {
     if n - c < k {
         return 1.0;
     }
-    1.0 - ((n - c + 1)..=n).map(|i| 1.0 - k as f64 / i as f64).product::<f64>()
+    1.0 - ((n - c + 1)..=n)
+        .map(|i| 1.0 - k as f64 / i as f64)
+        .product::<f64>()
 }
 
 /// Two-sided exact McNemar test: the p-value of `b` against `c`
@@ -172,7 +174,10 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
             .len(),
         units: units.len(),
         done: done.len(),
-        failed: results.iter().filter(|r| r.status == ItemStatus::Failed).count(),
+        failed: results
+            .iter()
+            .filter(|r| r.status == ItemStatus::Failed)
+            .count(),
         pending: units.iter().filter(|u| u.result.is_none()).count(),
         ..Metrics::default()
     };
@@ -214,7 +219,10 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
         }
     }
     if let Some(min_n) = items.values().map(|e| e.n).min() {
-        for k in [1u64, 2, 5, 10, 20, 50, 100].into_iter().filter(|k| *k <= min_n) {
+        for k in [1u64, 2, 5, 10, 20, 50, 100]
+            .into_iter()
+            .filter(|k| *k <= min_n)
+        {
             let v = mean(items.values().map(|e| pass_at_k(e.n, e.c, k))).unwrap_or(0.0);
             m.pass_at_k.insert(k as u32, v);
         }
@@ -244,7 +252,8 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
         let acc1 = a / per.len() as f64;
         let acc2 = (ab + nab) / per.len() as f64;
         m.first_accuracy = Some(acc1);
-        m.rss = (acc1 > 0.0 && acc1 < 1.0).then(|| (acc2 - acc1 * acc1) / (2.0 * acc1 * (1.0 - acc1)));
+        m.rss =
+            (acc1 > 0.0 && acc1 < 1.0).then(|| (acc2 - acc1 * acc1) / (2.0 * acc1 * (1.0 - acc1)));
     }
 
     // Loop metrics and reviews, from the stored summaries.
@@ -264,7 +273,10 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
         }
     }
     for (id, ls) in loops {
-        let f = |key: &'static str| ls.iter().filter_map(move |l| l.get(key).and_then(Value::as_f64));
+        let f = |key: &'static str| {
+            ls.iter()
+                .filter_map(move |l| l.get(key).and_then(Value::as_f64))
+        };
         m.loops.insert(
             id,
             LoopMeans {
@@ -295,7 +307,11 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
     m.total_cost_usd = results.iter().map(|r| r.cost_usd).sum();
 
     // Score per round: the answer after k revisions, and the best so far.
-    let with: Vec<&ItemResult> = done.iter().copied().filter(|r| !r.candidates.is_empty()).collect();
+    let with: Vec<&ItemResult> = done
+        .iter()
+        .copied()
+        .filter(|r| !r.candidates.is_empty())
+        .collect();
     let rounds = with.iter().map(|r| r.candidates.len()).max().unwrap_or(0);
     for k in 0..rounds {
         fn at(r: &ItemResult, k: usize) -> &super::Candidate {
@@ -311,13 +327,17 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
             round: k,
             reached: with.iter().filter(|r| r.candidates.len() > k).count(),
             mean_score: mean(with.iter().map(|r| at(r, k).score)).unwrap_or(0.0),
-            accuracy: mean(with.iter().map(|r| f64::from(u8::from(at(r, k).passed)))).unwrap_or(0.0),
+            accuracy: mean(with.iter().map(|r| f64::from(u8::from(at(r, k).passed))))
+                .unwrap_or(0.0),
             best_so_far: mean(with.iter().map(best)).unwrap_or(0.0),
         });
     }
     // Score vs tokens: at up to 20 budgets (quantiles of where answers were
     // made), the mean best score among answers made within the budget.
-    let mut marks: Vec<u64> = with.iter().flat_map(|r| r.candidates.iter().map(|c| c.tokens)).collect();
+    let mut marks: Vec<u64> = with
+        .iter()
+        .flat_map(|r| r.candidates.iter().map(|c| c.tokens))
+        .collect();
     marks.sort_unstable();
     marks.dedup();
     if !marks.is_empty() {
@@ -335,7 +355,10 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
                     .fold(0.0, f64::max)
             }))
             .unwrap_or(0.0);
-            m.score_vs_tokens.push(TokenPoint { tokens: t, mean_score: s });
+            m.score_vs_tokens.push(TokenPoint {
+                tokens: t,
+                mean_score: s,
+            });
         }
     }
     m
@@ -377,7 +400,11 @@ pub fn compare(a: &[UnitRecord], b: &[UnitRecord]) -> Comparison {
             .iter()
             .filter_map(|u| u.result.as_ref())
             .filter(|r| r.status == ItemStatus::Done)
-            .filter_map(|r| r.score.as_ref().map(|s| ((r.item_id.clone(), r.epoch), (s.passed, s.score))))
+            .filter_map(|r| {
+                r.score
+                    .as_ref()
+                    .map(|s| ((r.item_id.clone(), r.epoch), (s.passed, s.score)))
+            })
             .collect()
     };
     let (sa, sb) = (scored(a), scored(b));
@@ -432,20 +459,41 @@ mod tests {
     fn unit(id: &str, epoch: u32, first: Option<bool>, last: bool, tokens: &[u64]) -> UnitRecord {
         let mut candidates: Vec<Candidate> = Vec::new();
         if let Some(f) = first {
-            candidates.push(Candidate { node: "draft".into(), round: 0, tokens: tokens[0], score: f64::from(u8::from(f)), passed: f });
+            candidates.push(Candidate {
+                node: "draft".into(),
+                round: 0,
+                tokens: tokens[0],
+                score: f64::from(u8::from(f)),
+                passed: f,
+            });
             for (i, t) in tokens.iter().enumerate().skip(1) {
-                candidates.push(Candidate { node: "revise".into(), round: i as u32, tokens: *t, score: f64::from(u8::from(last)), passed: last });
+                candidates.push(Candidate {
+                    node: "revise".into(),
+                    round: i as u32,
+                    tokens: *t,
+                    score: f64::from(u8::from(last)),
+                    passed: last,
+                });
             }
         }
         UnitRecord {
-            item: Item { id: id.into(), inputs: Default::default(), answer: None, hidden: Default::default() },
+            item: Item {
+                id: id.into(),
+                inputs: Default::default(),
+                answer: None,
+                hidden: Default::default(),
+            },
             epoch,
             status: "done".into(),
             result: Some(ItemResult {
                 item_id: id.into(),
                 epoch,
                 status: ItemStatus::Done,
-                score: Some(Score { score: f64::from(u8::from(last)), passed: last, feedback: String::new() }),
+                score: Some(Score {
+                    score: f64::from(u8::from(last)),
+                    passed: last,
+                    feedback: String::new(),
+                }),
                 output: Some(String::new()),
                 candidates,
                 run_status: None,
@@ -495,7 +543,10 @@ mod tests {
             unit("d", 0, Some(false), false, &[10]),
         ];
         let m = compute(&units);
-        assert_eq!((m.flips.negative, m.flips.positive, m.flips.units), (1, 1, 4));
+        assert_eq!(
+            (m.flips.negative, m.flips.positive, m.flips.units),
+            (1, 1, 4)
+        );
         assert_eq!(m.accuracy, Some(0.5));
         assert_eq!(m.first_accuracy, Some(0.5));
         assert_eq!((m.cl, m.cs), (Some(0.5), Some(0.5)));
@@ -506,8 +557,14 @@ mod tests {
         assert_eq!(m.per_round[1].reached, 3);
         // b's revision is wrong but its draft was right: the best so far stays 0.75.
         assert_eq!(m.per_round[1].best_so_far, 0.75);
-        assert_eq!(m.score_vs_tokens.first().map(|p| (p.tokens, p.mean_score)), Some((10, 0.5)));
-        assert_eq!(m.score_vs_tokens.last().map(|p| (p.tokens, p.mean_score)), Some((30, 0.75)));
+        assert_eq!(
+            m.score_vs_tokens.first().map(|p| (p.tokens, p.mean_score)),
+            Some((10, 0.5))
+        );
+        assert_eq!(
+            m.score_vs_tokens.last().map(|p| (p.tokens, p.mean_score)),
+            Some((30, 0.75))
+        );
         assert_eq!(m.pass_at_k.get(&1), Some(&0.5));
     }
 
@@ -527,8 +584,16 @@ mod tests {
 
     #[test]
     fn comparison_pairs_units_and_lists_flips() {
-        let a = vec![unit("a", 0, None, true, &[1]), unit("b", 0, None, true, &[1]), unit("c", 0, None, false, &[1])];
-        let b = vec![unit("a", 0, None, true, &[1]), unit("b", 0, None, false, &[1]), unit("d", 0, None, true, &[1])];
+        let a = vec![
+            unit("a", 0, None, true, &[1]),
+            unit("b", 0, None, true, &[1]),
+            unit("c", 0, None, false, &[1]),
+        ];
+        let b = vec![
+            unit("a", 0, None, true, &[1]),
+            unit("b", 0, None, false, &[1]),
+            unit("d", 0, None, true, &[1]),
+        ];
         let c = compare(&a, &b);
         assert_eq!((c.paired, c.unpaired, c.negative, c.positive), (2, 2, 1, 0));
         assert_eq!(c.negative_flip_rate, Some(0.5));

@@ -164,7 +164,9 @@ fn hostname() -> String {
 fn process_alive(pid: u32) -> bool {
     if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // `pid (comm) S ...`: the state follows the last `)`.
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
         return !matches!(state, Some('Z' | 'X'));
     }
     let Ok(pid) = libc::pid_t::try_from(pid) else {
@@ -196,13 +198,24 @@ pub trait Store: Send {
     /// Releases claims of workers on this host whose process is gone.
     fn release_dead(&mut self, eval: &str, me: &WorkerId) -> Result<usize, StoreError>;
     /// Claims up to `n` pending units (or units whose lease ended).
-    fn claim(&mut self, eval: &str, worker: &WorkerId, n: usize, lease_ms: i64) -> Result<Vec<Unit>, StoreError>;
+    fn claim(
+        &mut self,
+        eval: &str,
+        worker: &WorkerId,
+        n: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<Unit>, StoreError>;
     /// Extends this worker's leases.
     fn renew(&mut self, eval: &str, worker: &WorkerId, lease_ms: i64) -> Result<(), StoreError>;
     /// Stores results in one transaction.
     fn finish(&mut self, eval: &str, results: &[ItemResult]) -> Result<(), StoreError>;
     /// Gives claimed units back (interrupted runs).
-    fn release(&mut self, eval: &str, worker: &WorkerId, units: &[(String, u32)]) -> Result<(), StoreError>;
+    fn release(
+        &mut self,
+        eval: &str,
+        worker: &WorkerId,
+        units: &[(String, u32)],
+    ) -> Result<(), StoreError>;
     fn counts(&mut self, eval: &str) -> Result<Counts, StoreError>;
     /// What finished units of the eval spent (for the total budget).
     fn spent(&mut self, eval: &str) -> Result<Totals, StoreError>;
@@ -235,7 +248,11 @@ pub(crate) fn corrupt(store: &str, e: impl std::fmt::Display) -> StoreError {
 
 /// Picks the eval that `id` names among `(id, name)` pairs: an id, a
 /// unique id prefix, or a unique eval name.
-pub(crate) fn resolve_id(store: &str, id: &str, evals: Vec<(String, String)>) -> Result<String, StoreError> {
+pub(crate) fn resolve_id(
+    store: &str,
+    id: &str,
+    evals: Vec<(String, String)>,
+) -> Result<String, StoreError> {
     if evals.iter().any(|(i, _)| i == id) {
         return Ok(id.to_string());
     }
@@ -248,7 +265,8 @@ pub(crate) fn resolve_id(store: &str, id: &str, evals: Vec<(String, String)>) ->
             .collect::<Vec<_>>()
             .join(", "),
     };
-    let by_prefix: Vec<&(String, String)> = evals.iter().filter(|(i, _)| i.starts_with(id)).collect();
+    let by_prefix: Vec<&(String, String)> =
+        evals.iter().filter(|(i, _)| i.starts_with(id)).collect();
     match by_prefix.as_slice() {
         [one] => return Ok(one.0.clone()),
         [] => {}
@@ -322,7 +340,8 @@ impl SqliteStore {
             })?;
         }
         let conn = rusqlite::Connection::open(path).map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(db)?;
         // WAL with synchronous=NORMAL: a committed transaction survives the
         // process being killed (not a power cut), at a fraction of FULL's cost.
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
@@ -342,7 +361,10 @@ impl SqliteStore {
             .map_err(db)?;
         match found {
             Some(v) if v > SCHEMA_VERSION => {
-                return Err(StoreError::Newer { store: name, found: v });
+                return Err(StoreError::Newer {
+                    store: name,
+                    found: v,
+                });
             }
             Some(_) => {}
             None => {
@@ -459,7 +481,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn claim(&mut self, eval: &str, worker: &WorkerId, n: usize, lease_ms: i64) -> Result<Vec<Unit>, StoreError> {
+    fn claim(
+        &mut self,
+        eval: &str,
+        worker: &WorkerId,
+        n: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<Unit>, StoreError> {
         let now = now_ms();
         let worker = worker.to_string();
         let path = self.path.clone();
@@ -541,7 +569,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn release(&mut self, eval: &str, worker: &WorkerId, units: &[(String, u32)]) -> Result<(), StoreError> {
+    fn release(
+        &mut self,
+        eval: &str,
+        worker: &WorkerId,
+        units: &[(String, u32)],
+    ) -> Result<(), StoreError> {
         let w = worker.to_string();
         self.with_tx(|tx| {
             let mut stmt = tx.prepare_cached(
@@ -561,7 +594,9 @@ impl Store for SqliteStore {
             .prepare_cached("SELECT status, COUNT(*) FROM units WHERE eval_id = ?1 GROUP BY status")
             .map_err(|e| self_db(&self.path, e))?;
         let rows = stmt
-            .query_map([eval], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .query_map([eval], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self_db(&self.path, e))?;
         Ok(counts_from(rows))
@@ -570,7 +605,13 @@ impl Store for SqliteStore {
     fn spent(&mut self, eval: &str) -> Result<Totals, StoreError> {
         self.conn
             .query_row(SPENT, [eval], |r| {
-                Ok(totals_from(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok(totals_from(
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
             })
             .map_err(|e| self_db(&self.path, e))
     }
@@ -624,7 +665,15 @@ impl Store for SqliteStore {
             .query_row(
                 "SELECT id, name, workflow, created_at, meta FROM evals WHERE id = ?1",
                 [&id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, String>(4)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                },
             )
             .map_err(|e| self_db(&self.path, e))?;
         Ok(EvalRecord {
@@ -656,7 +705,15 @@ impl Store for SqliteStore {
             .map_err(|e| self_db(&self.path, e))?;
         rows.into_iter()
             .map(|(item, epoch, status, result, summary, events)| {
-                unit_record(&self.path, &item, epoch, status, result.as_deref(), summary.as_deref(), events.as_deref())
+                unit_record(
+                    &self.path,
+                    &item,
+                    epoch,
+                    status,
+                    result.as_deref(),
+                    summary.as_deref(),
+                    events.as_deref(),
+                )
             })
             .collect()
     }
@@ -669,10 +726,8 @@ const CLAIM_EXPIRED_SQLITE: &str = "UPDATE units SET status = 'claimed', worker 
     WHERE rowid IN (SELECT rowid FROM units WHERE eval_id = ?3 AND status = 'claimed' AND lease_until < ?4 ORDER BY seq LIMIT ?5)
     RETURNING item, epoch";
 
-pub(crate) const UNITS: &str =
-    "SELECT item, epoch, status, result, CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM units WHERE eval_id = $1 ORDER BY seq";
-pub(crate) const UNITS_WITH_EVENTS: &str =
-    "SELECT item, epoch, status, result, summary, events FROM units WHERE eval_id = $1 ORDER BY seq";
+pub(crate) const UNITS: &str = "SELECT item, epoch, status, result, CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM units WHERE eval_id = $1 ORDER BY seq";
+pub(crate) const UNITS_WITH_EVENTS: &str = "SELECT item, epoch, status, result, summary, events FROM units WHERE eval_id = $1 ORDER BY seq";
 
 /// A result as stored: its JSON, its summary and its events.
 pub(crate) fn encode(store: &str, r: &ItemResult) -> Result<(String, String, String), StoreError> {
@@ -724,7 +779,13 @@ pub(crate) const SPENT: &str = "SELECT
     CAST(COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS BIGINT)
     FROM units WHERE eval_id = $1 AND status IN ('done', 'failed')";
 
-pub(crate) fn totals_from(tokens: i64, calls: i64, cost_usd: f64, done: i64, failed: i64) -> Totals {
+pub(crate) fn totals_from(
+    tokens: i64,
+    calls: i64,
+    cost_usd: f64,
+    done: i64,
+    failed: i64,
+) -> Totals {
     Totals {
         done: done as u64,
         failed: failed as u64,
@@ -755,19 +816,33 @@ mod tests {
 
     #[test]
     fn a_killed_child_is_dead_before_it_is_reaped() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        let me = WorkerId { host: hostname(), pid: child.id(), started_ms: 0 };
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = WorkerId {
+            host: hostname(),
+            pid: child.id(),
+            started_ms: 0,
+        };
         assert!(!me.is_dead_here());
         child.kill().unwrap();
         // Not reaped yet: a zombie until `wait`.
         let start = std::time::Instant::now();
         while !me.is_dead_here() {
-            assert!(start.elapsed() < std::time::Duration::from_secs(5), "still alive");
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "still alive"
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         child.wait().unwrap();
         assert!(me.is_dead_here());
-        let elsewhere = WorkerId { host: "another-host".into(), pid: 1, started_ms: 0 };
+        let elsewhere = WorkerId {
+            host: "another-host".into(),
+            pid: 1,
+            started_ms: 0,
+        };
         assert!(!elsewhere.is_dead_here(), "other hosts go by their leases");
         assert_eq!(WorkerId::parse(&me.to_string()), Some(me));
     }

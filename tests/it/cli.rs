@@ -5,7 +5,6 @@ use std::process::{Command, Output};
 
 use crate::support::{redraft, root};
 
-
 fn code(o: &Output) -> i32 {
     o.status.code().expect("exited normally")
 }

