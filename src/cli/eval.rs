@@ -166,12 +166,10 @@ fn read_eval_file(args: &EvalArgs) -> anyhow::Result<EvalFile> {
         serde_saphyr::from_str(&text).with_context(|| format!("eval file {}", path.display()))?;
     // A relative data path is relative to the eval file.
     if let (Some(data), Some(dir)) = (&file.data, path.parent()) {
-        let (prefix, p) = match data.split_once(':') {
-            Some((n, p)) if crate::eval::data::Builtin::parse(n).is_some() => {
-                (format!("{n}:"), p.to_string())
-            }
-            _ if crate::eval::data::Builtin::parse(data).is_some() => (data.clone(), String::new()),
-            _ => (String::new(), data.clone()),
+        let (prefix, p) = match crate::eval::data::Builtin::of_source(data) {
+            Some((b, Some(p))) => (format!("{}:", b.name()), p.to_string()),
+            Some((_, None)) => (data.clone(), String::new()),
+            None => (String::new(), data.clone()),
         };
         if !p.is_empty() && Path::new(&p).is_relative() {
             file.data = Some(format!("{prefix}{}", dir.join(p).display()));
@@ -222,11 +220,7 @@ fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
         id: args.id.clone().or(file.id),
         hidden,
     };
-    let builtin = data
-        .source
-        .split(':')
-        .next()
-        .and_then(crate::eval::data::Builtin::parse);
+    let builtin = crate::eval::data::Builtin::of_source(&data.source).map(|(b, _)| b);
     let scorer_spec = match args.scorer.clone().or(file.scorer) {
         Some(s) => s,
         None => match builtin.and_then(|b| b.default_scorer()) {

@@ -700,12 +700,7 @@ impl Run {
         let mut output_source = None;
         if let Some(c) = best {
             let field = &wf.output.field;
-            let value = if field == "." {
-                Some((*c.output.json).clone())
-            } else {
-                lookup(&c.output.json, field)
-            };
-            match value {
+            match wf.output.read(&c.output.json) {
                 Some(v) => output = Some(v),
                 None if status == RunStatus::Finished => {
                     status = RunStatus::Failed;
@@ -792,9 +787,4 @@ fn hash_text(text: Option<&str>) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
-}
-
-/// Looks up a dotted path (`data.answer`) in a JSON value.
-fn lookup(v: &serde_json::Value, path: &str) -> Option<serde_json::Value> {
-    path.split('.').try_fold(v, |v, key| v.get(key)).cloned()
 }

@@ -90,6 +90,15 @@ impl Builtin {
         })
     }
 
+    /// The built-in data set a `--data` source names (`gsm8k`, or
+    /// `gsm8k:PATH` with the path to read instead of the package's files).
+    pub fn of_source(source: &str) -> Option<(Builtin, Option<&str>)> {
+        match source.split_once(':') {
+            Some((name, path)) => Builtin::parse(name).map(|b| (b, Some(path))),
+            None => Builtin::parse(source).map(|b| (b, None)),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Builtin::HumanEval => "humaneval",
@@ -182,14 +191,10 @@ pub fn python_package_dir(module: &str) -> Option<PathBuf> {
 /// the workflow's input names: a row field of the same name feeds its input
 /// unless the map says otherwise.
 pub fn load(spec: &DataSpec, declared: &[&str]) -> Result<Vec<Item>, DataError> {
-    let (name, path) = match spec.source.split_once(':') {
-        Some((n, p)) if Builtin::parse(n).is_some() => (n, Some(PathBuf::from(p))),
-        _ => (spec.source.as_str(), None),
-    };
-    let (rows, builtin, path) = match Builtin::parse(name) {
-        Some(b) => {
+    let (rows, builtin, path) = match Builtin::of_source(&spec.source) {
+        Some((b, path)) => {
             let path = match path {
-                Some(p) => p,
+                Some(p) => PathBuf::from(p),
                 None => {
                     let (package, module) = b.package();
                     let dir = python_package_dir(module).ok_or_else(|| {

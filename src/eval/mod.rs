@@ -740,7 +740,6 @@ fn candidates(wf: &Workflow, events: &[Event]) -> Vec<(String, u32, u64, String)
         .iter()
         .map(|&i| wf.nodes()[i].id.as_str())
         .collect();
-    let field = &wf.output().field;
     let mut tokens = 0;
     let mut out = Vec::new();
     for e in events {
@@ -753,15 +752,7 @@ fn candidates(wf: &Workflow, events: &[Event]) -> Vec<(String, u32, u64, String)
                 output: Some(value),
                 ..
             } if from.contains(&node.as_str()) => {
-                let v = if field == "." {
-                    Some((**value).clone())
-                } else {
-                    field
-                        .split('.')
-                        .try_fold(&**value, |v, k| v.get(k))
-                        .cloned()
-                };
-                if let Some(v) = v {
+                if let Some(v) = wf.output().read(value) {
                     out.push((node.clone(), *round, tokens, text_of(&v)));
                 }
             }

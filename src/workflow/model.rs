@@ -656,6 +656,20 @@ pub struct OutputSpec {
     pub select: Selection,
 }
 
+impl OutputSpec {
+    /// The returned value of a candidate's output: `field` as a dotted path
+    /// (`data.answer`), or the whole output for `.`.
+    pub fn read(&self, output: &serde_json::Value) -> Option<serde_json::Value> {
+        if self.field == "." {
+            return Some(output.clone());
+        }
+        self.field
+            .split('.')
+            .try_fold(output, |v, key| v.get(key))
+            .cloned()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Selection {
