@@ -201,6 +201,72 @@ pub fn functions(source: &str) -> Parsed {
     }
 }
 
+/// CodeChain's sub-modules of one reply: the final program's functions,
+/// each described by its outline in the reply's ` ```module ` blocks.
+///
+/// A function is kept when an outline names it; its docstring is then the
+/// outline's (the description the model wrote before implementing it),
+/// or its own when the outline has none. Outlines come from the
+/// ` ```module ` blocks, else from the Python blocks before "STEP 2"
+/// (CodeChain's fallback); outlines of classes and of `main` are dropped.
+/// When there is no outline at all, every function of the program is a
+/// sub-module with its own docstring (or none). `main` is never one.
+pub fn sub_modules(reply: &str) -> Vec<Function> {
+    let code = functions(&program(reply)).functions;
+    let all = blocks(reply);
+    let mut outlines: Vec<&Block> = all.iter().filter(|b| b.lang == "module").collect();
+    if outlines.is_empty() {
+        if let Some(step2) = reply.find("STEP 2") {
+            let before = &reply[..step2];
+            outlines = all
+                .iter()
+                .filter(|b| PYTHON_TAGS.contains(&b.lang.as_str()) && before.contains(&b.code))
+                .collect();
+        }
+    }
+    let mut described: Vec<(String, Option<String>)> = Vec::new();
+    for block in outlines {
+        if block.code.contains("class ") {
+            continue;
+        }
+        for f in functions(&block.code).functions {
+            if f.name != "main" && !described.iter().any(|(n, _)| *n == f.name) {
+                described.push((f.name, f.docstring));
+            }
+        }
+    }
+    // A name defined twice (an outline joined into the program) is its
+    // last definition, as in Python.
+    let mut code = code;
+    let mut seen = std::collections::HashSet::new();
+    code.reverse();
+    code.retain(|f| seen.insert(f.name.clone()));
+    code.reverse();
+    code.into_iter()
+        .filter(|f| f.name != "main")
+        .filter_map(|mut f| {
+            if described.is_empty() {
+                return Some(f);
+            }
+            let (_, doc) = described.iter().find(|(n, _)| *n == f.name)?;
+            if doc.is_some() {
+                f.docstring = doc.clone();
+            }
+            Some(f)
+        })
+        .collect()
+}
+
+/// Whether Python source parses without errors (tree-sitter's grammar).
+pub fn parses_as_python(source: &str) -> bool {
+    let mut parser = tree_sitter::Parser::new();
+    let language: tree_sitter::Language = tree_sitter_python::LANGUAGE.into();
+    parser.set_language(&language).is_ok()
+        && parser
+            .parse(source, None)
+            .is_some_and(|t| !t.root_node().has_error())
+}
+
 fn strip_quotes(s: &str) -> &str {
     let s = s.trim_start_matches(|c: char| "rRbBuUfF".contains(c));
     for q in ["\"\"\"", "'''", "\"", "'"] {
@@ -254,6 +320,29 @@ mod tests {
         assert_eq!(program("  print(1)\n"), "print(1)");
         // Only non-code blocks: nothing.
         assert_eq!(program("```text\nhello\n```"), "");
+    }
+
+    #[test]
+    fn sub_modules_follow_the_outlines() {
+        let reply = "STEP 1: GENERATE SUB-MODULES:\n```module\ndef is_even(n):\n    \"\"\"Description: whether n is even.\"\"\"\n```\n```module\nclass Helper:\n    pass\n```\nSTEP 2: GENERATE PYTHON CODE\n```python\ndef is_even(n):\n    return n % 2 == 0\n\ndef count_even(xs):\n    return sum(1 for x in xs if is_even(x))\n\ndef main():\n    print(count_even([1, 2]))\n```";
+        let subs = sub_modules(reply);
+        // Only the outlined function, with the outline's description.
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs[0].name, "is_even");
+        assert_eq!(
+            subs[0].docstring.as_deref(),
+            Some("Description: whether n is even.")
+        );
+        assert!(subs[0].code.contains("return n % 2 == 0"));
+        // Without outlines: every function but main.
+        let plain = "```python\ndef a():\n    return 1\n\ndef main():\n    a()\n```";
+        let names: Vec<String> = sub_modules(plain).into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["a"]);
+        // The fallback: Python blocks before STEP 2 are the outlines.
+        let fallback = "```python\ndef b(x):\n    \"\"\"Doubles x.\"\"\"\n```\nSTEP 2\n```python\ndef b(x):\n    return 2 * x\n\ndef c():\n    return b(1)\n```";
+        let subs = sub_modules(fallback);
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs[0].docstring.as_deref(), Some("Doubles x."));
     }
 
     #[test]

@@ -224,8 +224,15 @@ impl Sandbox {
             Some(_) => "/work".to_string(),
             None => dir.path.display().to_string(),
         };
+        // Inside the sandbox only /usr is there to search; an opted-out
+        // program finds interpreters as redraft does (a virtualenv's or
+        // pyenv's `python3`), since PATH holds no secret.
+        let path = match (&self.bwrap, std::env::var("PATH")) {
+            (None, Ok(p)) if !p.is_empty() => p,
+            _ => "/usr/local/bin:/usr/bin:/bin".to_string(),
+        };
         let mut envs: Vec<(String, String)> = vec![
-            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            ("PATH".into(), path),
             ("HOME".into(), home),
             ("LANG".into(), "C.UTF-8".into()),
             ("TMPDIR".into(), "/tmp".into()),

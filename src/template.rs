@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use minijinja::{Environment, UndefinedBehavior, Value};
 
 /// Functions every template and expression may call.
-const FUNCTIONS: &[&str] = &["bleu4", "cosine"];
+const FUNCTIONS: &[&str] = &["bleu4", "cosine", "max_cosine"];
 
 fn without_functions(mut vars: HashSet<String>) -> HashSet<String> {
     vars.retain(|v| !FUNCTIONS.contains(&v.split('.').next().unwrap_or(v)));
@@ -59,6 +59,13 @@ impl Templates {
         });
         env.add_function("cosine", |a: Vec<f32>, b: Vec<f32>| {
             crate::similarity::cosine(&a, &b)
+        });
+        // DRAFT's diversity check: the closest of earlier vectors (0 if none).
+        env.add_function("max_cosine", |a: Vec<f32>, others: Vec<Vec<f32>>| {
+            others
+                .iter()
+                .map(|b| crate::similarity::cosine(&a, b))
+                .fold(0.0_f64, f64::max)
         });
         Templates { env }
     }
@@ -284,6 +291,20 @@ mod tests {
             .unwrap();
         // No 4-grams in three words: smoothed as NLTK does, (ln 3 / 10)^(1/4).
         assert!((short - 0.5757197301274735).abs() < 1e-12, "{short}");
+        let max = t
+            .number(
+                "max_cosine([1.0, 0.0], [[0.0, 1.0], [1.0, 1.0]])",
+                &context! {},
+            )
+            .unwrap();
+        assert!(
+            (max - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-6,
+            "{max}"
+        );
+        let none = t
+            .number("max_cosine([1.0, 0.0], [])", &context! {})
+            .unwrap();
+        assert_eq!(none, 0.0);
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct EvalArgs {
     /// Feed a workflow input from a row field: INPUT=FIELD (a dotted path).
     #[arg(long = "map", value_name = "INPUT=FIELD")]
     pub map: Vec<String>,
+    /// Give a workflow input the same value for every item: NAME=VALUE
+    /// (typed by the input's declaration, e.g. `--input tau=0.7`).
+    #[arg(long = "input", value_name = "NAME=VALUE")]
+    pub inputs: Vec<String>,
     /// The row field holding the reference answer.
     #[arg(long)]
     pub answer: Option<String>,
@@ -128,6 +132,8 @@ struct EvalFile {
     data: Option<String>,
     #[serde(default)]
     map: BTreeMap<String, String>,
+    #[serde(default)]
+    inputs: BTreeMap<String, serde_json::Value>,
     answer: Option<String>,
     id: Option<String>,
     #[serde(default)]
@@ -213,9 +219,17 @@ fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
     }
     let mut hidden = file.hidden;
     hidden.extend(args.hidden.iter().cloned());
+    let mut fixed = file.inputs;
+    for kv in &args.inputs {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--input {kv:?}: expected NAME=VALUE"))?;
+        fixed.insert(k.to_string(), crate::engine::parse_input_value(&wf, k, v)?);
+    }
     let data = DataSpec {
         source: source_spec,
         map,
+        inputs: fixed,
         answer: args.answer.clone().or(file.answer),
         id: args.id.clone().or(file.id),
         hidden,
@@ -492,6 +506,30 @@ fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
                 .map(|(k, v)| format!("pass@{k} {:.1}%", v * 100.0))
                 .collect();
             eprintln!("  {}", p.join(" · "));
+        }
+        let sampled: Vec<String> = m
+            .per_round
+            .iter()
+            .filter_map(|r| {
+                let p1 = r.sampled_pass_at_k.get(&1)?;
+                let top = r
+                    .sampled_pass_at_k
+                    .iter()
+                    .next_back()
+                    .filter(|(k, _)| **k > 1);
+                Some(match top {
+                    Some((k, v)) => format!(
+                        "round {}: pass@1 {:.1}% pass@{k} {:.1}%",
+                        r.round,
+                        p1 * 100.0,
+                        v * 100.0
+                    ),
+                    None => format!("round {}: pass@1 {:.1}%", r.round, p1 * 100.0),
+                })
+            })
+            .collect();
+        if !sampled.is_empty() {
+            eprintln!("  over samples · {}", sampled.join(" · "));
         }
         if m.flips.units > 0 && m.per_round.len() > 1 {
             eprintln!(

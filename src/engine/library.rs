@@ -27,7 +27,6 @@ const STDERR_KEEP: usize = 1200;
 impl Task {
     pub(super) async fn execute(&self, e: &ExecuteSpec) -> Result<NodeOutput, NodeError> {
         let templates = &self.shared.wf.templates;
-        let program = templates.render(&e.code, &self.scope(None))?;
         let tests = match &e.tests {
             TestSource::Literal(cases) => cases.clone(),
             TestSource::Expr(expr) => {
@@ -47,6 +46,24 @@ impl Task {
                     .collect::<Result<_, _>>()?
             }
         };
+        let programs = match &e.each {
+            None => vec![templates.render(&e.code, &self.scope(None))?],
+            Some(expr) => {
+                let value = templates.eval(expr, &self.scope(None))?;
+                let json: serde_json::Value = serde_json::to_value(&value)
+                    .map_err(|err| self.data_error(format!("`each` is not data: {err}")))?;
+                let items = json.as_array().ok_or_else(|| {
+                    self.data_error(format!("`each` must give a list, it gave {json}"))
+                })?;
+                items
+                    .iter()
+                    .map(|item| {
+                        let bound = Value::from_serialize(item);
+                        templates.render(&e.code, &self.scope(Some(("item", bound))))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        };
         let sandbox =
             Sandbox::new(e.isolation, e.limits).map_err(|err| self.data_error(err.to_string()))?;
         let argv: Vec<String> = e
@@ -55,57 +72,51 @@ impl Task {
             .map(|a| a.replace("{file}", &e.file))
             .collect();
         let permits = tokio::sync::Semaphore::new(e.parallel);
-        let runs = tests.iter().map(|test| {
-            let (source, stdin) = match test {
-                TestCase::Stdio { input, .. } => (program.clone(), input.clone()),
-                TestCase::Assert { code } => (format!("{program}\n\n{code}\n"), String::new()),
-            };
-            let files = vec![(e.file.clone(), source)];
-            let (sandbox, argv, permits) = (&sandbox, &argv, &permits);
-            async move {
-                let _permit = permits.acquire().await;
-                sandbox.run(&files, argv, &[], stdin.as_bytes()).await
-            }
-        });
-        let finished = futures_util::future::join_all(runs).await;
-        let mut results = Vec::with_capacity(tests.len());
-        let mut report = Vec::new();
-        let mut passed_count = 0;
-        for (i, (test, run)) in tests.iter().zip(finished).enumerate() {
-            let run = run.map_err(|err| self.data_error(err.to_string()))?;
-            let (status, line) = judge(test, &run, e.limits);
-            if status == "passed" {
-                passed_count += 1;
-            } else {
-                report.push(format!("Test {}: {line}", i + 1));
-            }
-            let mut r = json!({
-                "index": i,
-                "status": status,
-                "time_ms": run.wall_ms,
-                "stderr": tail(&run.stderr, STDERR_KEEP),
-            });
-            if let Some(cleanup) = &run.cleanup_error {
-                r["cleanup_error"] = json!(cleanup);
-            }
-            if let TestCase::Stdio { input, output } = test {
-                r["input"] = json!(input);
-                r["expected"] = json!(output);
-                r["actual"] = json!(run.stdout);
-            } else if let TestCase::Assert { code } = test {
-                r["test"] = json!(code);
-            }
-            results.push(r);
-        }
+        let runs = programs
+            .iter()
+            .map(|program| run_tests(program, &tests, &sandbox, &argv, &permits, e));
+        let tested = futures_util::future::join_all(runs).await;
+        let tested: Vec<Tested> = tested
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|err| self.data_error(err.to_string()))?;
         let total = tests.len();
-        let passed = total > 0 && passed_count == total;
-        let score = if total == 0 {
-            0.0
-        } else {
-            passed_count as f64 / total as f64
+        // The sample reported in full: the first that passed the most tests.
+        let shown = (0..tested.len())
+            .max_by_key(|&i| (tested[i].passed_count, std::cmp::Reverse(i)))
+            .unwrap_or(0);
+        let passing: Vec<usize> = (0..tested.len())
+            .filter(|&i| total > 0 && tested[i].passed_count == total)
+            .collect();
+        let (passed, score) = match &e.each {
+            None => {
+                let t = &tested[0];
+                let score = if total == 0 {
+                    0.0
+                } else {
+                    t.passed_count as f64 / total as f64
+                };
+                (!passing.is_empty(), score)
+            }
+            // Many programs: the node passes when one of them passes every
+            // test, and scores the share of programs that do.
+            Some(_) if tested.is_empty() => (false, 0.0),
+            Some(_) => (
+                !passing.is_empty(),
+                passing.len() as f64 / tested.len() as f64,
+            ),
         };
+        let best = tested.get(shown);
+        let passed_count = best.map_or(0, |t| t.passed_count);
         let mut text = format!("{passed_count} of {total} tests passed.");
-        for line in &report {
+        if e.each.is_some() {
+            text = format!(
+                "{} of {} programs passed every test; the best passed {passed_count} of {total}.",
+                passing.len(),
+                tested.len()
+            );
+        }
+        for line in best.map(|t| t.report.as_slice()).unwrap_or_default() {
             text.push('\n');
             text.push_str(line);
         }
@@ -116,27 +127,40 @@ impl Task {
             score,
             confidence_source: None,
         });
-        Ok(NodeOutput::new(
-            json!({
-                "text": text,
-                "feedback": text,
-                "passed": passed,
-                "score": score,
-                "passed_count": passed_count,
-                "total": total,
-                "results": results,
-                "isolation": sandbox.isolation(),
-                "round": self.round,
-            }),
-            0,
-        )
-        .with_typed(Typed::Verdict(Verdict { passed, score })))
+        let mut out = json!({
+            "text": text,
+            "feedback": text,
+            "passed": passed,
+            "score": score,
+            "passed_count": passed_count,
+            "total": total,
+            "results": best.map(|t| t.results.clone()).unwrap_or_default(),
+            "isolation": sandbox.isolation(),
+            "round": self.round,
+        });
+        if e.each.is_some() {
+            out["passing"] = json!(passing);
+            out["best"] = json!(shown);
+            out["programs"] = tested
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    json!({
+                        "index": i,
+                        "passed": total > 0 && t.passed_count == total,
+                        "passed_count": t.passed_count,
+                        "score": if total == 0 { 0.0 } else { t.passed_count as f64 / total as f64 },
+                    })
+                })
+                .collect();
+        }
+        Ok(NodeOutput::new(out, 0).with_typed(Typed::Verdict(Verdict { passed, score })))
     }
 
     pub(super) fn extract(&self, e: &ExtractSpec) -> Result<NodeOutput, NodeError> {
         let samples = match e.from {
             Some(from) => self.samples_of(from)?,
-            None => vec![json!(self.artifact_text().unwrap_or_default())],
+            None => self.artifact_samples(),
         };
         let mut programs = Vec::with_capacity(samples.len());
         let mut functions = Vec::new();
@@ -145,9 +169,8 @@ impl Task {
             let text = sample.as_str().unwrap_or_default();
             let program = crate::extract::program(text);
             if e.functions {
-                let parsed = crate::extract::functions(&program);
-                has_errors.push(parsed.has_errors);
-                for f in parsed.functions {
+                has_errors.push(crate::extract::functions(&program).has_errors);
+                for f in crate::extract::sub_modules(text) {
                     let mut v = serde_json::to_value(&f).unwrap_or_default();
                     v["sample"] = json!(i);
                     functions.push(v);
@@ -183,8 +206,11 @@ impl Task {
                     args.push(templates.render(a, &scope)?);
                 }
                 // A relative program path is relative to the workflow file.
+                // Absolute: the program runs in a work directory of its own.
                 if args[0].contains('/') && !args[0].starts_with('/') {
-                    args[0] = self.base_dir().join(&args[0]).display().to_string();
+                    let path = self.base_dir().join(&args[0]);
+                    let path = std::path::absolute(&path).unwrap_or(path);
+                    args[0] = path.display().to_string();
                 }
                 let input = match stdin {
                     Some(s) => templates.render(s, &scope)?,
@@ -499,6 +525,70 @@ impl Task {
 }
 
 /// The status of one test and the line a revise prompt can quote.
+/// One program's test results.
+struct Tested {
+    passed_count: usize,
+    results: Vec<serde_json::Value>,
+    /// One line per failing test.
+    report: Vec<String>,
+}
+
+/// Runs `program` against every test, each in a fresh sandbox, at most
+/// `permits` at once (shared by all the programs of a node).
+async fn run_tests(
+    program: &str,
+    tests: &[TestCase],
+    sandbox: &Sandbox,
+    argv: &[String],
+    permits: &tokio::sync::Semaphore,
+    e: &ExecuteSpec,
+) -> Result<Tested, crate::sandbox::SandboxError> {
+    let runs = tests.iter().map(|test| {
+        let (source, stdin) = match test {
+            TestCase::Stdio { input, .. } => (program.to_string(), input.clone()),
+            TestCase::Assert { code } => (format!("{program}\n\n{code}\n"), String::new()),
+        };
+        let files = vec![(e.file.clone(), source)];
+        async move {
+            let _permit = permits.acquire().await;
+            sandbox.run(&files, argv, &[], stdin.as_bytes()).await
+        }
+    });
+    let finished = futures_util::future::join_all(runs).await;
+    let mut tested = Tested {
+        passed_count: 0,
+        results: Vec::with_capacity(tests.len()),
+        report: Vec::new(),
+    };
+    for (i, (test, run)) in tests.iter().zip(finished).enumerate() {
+        let run = run?;
+        let (status, line) = judge(test, &run, e.limits);
+        if status == "passed" {
+            tested.passed_count += 1;
+        } else {
+            tested.report.push(format!("Test {}: {line}", i + 1));
+        }
+        let mut r = json!({
+            "index": i,
+            "status": status,
+            "time_ms": run.wall_ms,
+            "stderr": tail(&run.stderr, STDERR_KEEP),
+        });
+        if let Some(cleanup) = &run.cleanup_error {
+            r["cleanup_error"] = json!(cleanup);
+        }
+        if let TestCase::Stdio { input, output } = test {
+            r["input"] = json!(input);
+            r["expected"] = json!(output);
+            r["actual"] = json!(run.stdout);
+        } else if let TestCase::Assert { code } = test {
+            r["test"] = json!(code);
+        }
+        tested.results.push(r);
+    }
+    Ok(tested)
+}
+
 fn judge(test: &TestCase, run: &RunResult, limits: Limits) -> (&'static str, String) {
     let last_error = || {
         run.stderr

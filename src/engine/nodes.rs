@@ -5,6 +5,7 @@
 //! reserves the worst case in the budget before the call and settles the
 //! actual usage after it. No other code talks to a backend.
 
+use crate::workflow::VoteFrom;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 // tokio's clock: run and call times follow paused time in tests.
@@ -438,6 +439,22 @@ impl Task {
     /// The current artifact's text, if there is one.
     pub(super) fn artifact_text(&self) -> Option<&str> {
         self.data.artifact.as_ref()?.text.as_deref()
+    }
+
+    /// Every sample of the current artifact (one unless its node drew `n`).
+    pub(super) fn artifact_samples(&self) -> Vec<serde_json::Value> {
+        match self.data.artifact.as_deref() {
+            Some(NodeOutput {
+                typed: Typed::Samples(samples),
+                ..
+            }) => samples.iter().map(|t| t.as_str().into()).collect(),
+            other => vec![
+                other
+                    .and_then(|a| a.text.as_deref())
+                    .unwrap_or_default()
+                    .into(),
+            ],
+        }
     }
 
     pub(super) fn id(&self) -> &str {
@@ -946,15 +963,39 @@ impl Task {
     }
 
     fn vote(&self, v: &VoteSpec) -> Result<NodeOutput, NodeError> {
-        let samples = self.samples_of(v.from)?;
+        let samples = match &v.from {
+            VoteFrom::Node(from) => self.samples_of(*from)?,
+            VoteFrom::Items(expr) => {
+                let value = self.shared.wf.templates.eval(expr, &self.scope(None))?;
+                let json: serde_json::Value = serde_json::to_value(&value)
+                    .map_err(|e| self.data_error(format!("`items` is not data: {e}")))?;
+                let serde_json::Value::Array(items) = json else {
+                    return Err(
+                        self.data_error(format!("`items` must give a list, it gave {json}"))
+                    );
+                };
+                items
+                    .into_iter()
+                    .map(|i| match i {
+                        serde_json::Value::String(_) | serde_json::Value::Null => i,
+                        other => other.to_string().into(),
+                    })
+                    .collect()
+            }
+        };
         // (answer, total weight, votes), in order of first appearance.
         let mut counts: Vec<(String, f64, u32)> = Vec::new();
         let mut weights = Vec::with_capacity(samples.len());
         for (i, s) in samples.iter().enumerate() {
             let text = s.as_str().unwrap_or_default();
             let answer = match &v.extract {
+                // The first group that took part in the match (patterns
+                // with alternatives), else the whole match.
                 Some(re) => re.captures(text).and_then(|c| {
-                    c.get(1)
+                    c.iter()
+                        .skip(1)
+                        .flatten()
+                        .next()
                         .or_else(|| c.get(0))
                         .map(|m| m.as_str().trim().to_string())
                 }),
@@ -996,9 +1037,10 @@ impl Task {
                 Some(b) if b.1 >= c.1 => Some(b),
                 _ => Some(c),
             });
-        let (answer, weight, _) = winner.cloned().ok_or_else(|| {
-            NodeError::Data(format!("`{}`: no sample contained an answer", self.id()))
-        })?;
+        // No sample held an answer (a model that never wrote one): the vote
+        // is empty rather than a failed run, so a scorer counts it wrong and
+        // the rest of the run is kept.
+        let (answer, weight, _) = winner.cloned().unwrap_or_default();
         let total: f64 = weights.iter().sum();
         let tally: serde_json::Map<String, serde_json::Value> = counts
             .iter()

@@ -52,6 +52,10 @@ pub struct DataSpec {
     pub source: String,
     /// `input = field` (a dotted path into the row).
     pub map: BTreeMap<String, String>,
+    /// Inputs with one value for every item (`--input tau=0`); part of the
+    /// eval's identity, like the mapping.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, Value>,
     /// The field holding the reference answer.
     pub answer: Option<String>,
     /// The field holding the item id (default: `id`, `task_id`,
@@ -247,6 +251,19 @@ pub fn load(spec: &DataSpec, declared: &[&str]) -> Result<Vec<Item>, DataError> 
             )));
         }
     }
+    for (input, value) in &spec.inputs {
+        if !declared.contains(&input.as_str()) {
+            return Err(DataError::Spec(format!(
+                "--input {input}={value}: the workflow has no input `{input}` (inputs: {})",
+                declared.join(", ")
+            )));
+        }
+        if map.contains_key(input) {
+            return Err(DataError::Spec(format!(
+                "input `{input}` is both mapped from a field (--map) and fixed (--input); choose one"
+            )));
+        }
+    }
     let mut items = Vec::with_capacity(rows.len());
     let mut seen = std::collections::HashSet::new();
     for (index, (line, row)) in rows.into_iter().enumerate() {
@@ -280,6 +297,9 @@ pub fn load(spec: &DataSpec, declared: &[&str]) -> Result<Vec<Item>, DataError> 
                 }
                 None => {}
             }
+        }
+        for (input, value) in &spec.inputs {
+            inputs.insert(input.clone(), value.clone());
         }
         let answer = match &answer {
             Some(field) => lookup(&obj, field).cloned(),
@@ -428,7 +448,19 @@ fn read_text(path: &Path) -> Result<String, DataError> {
 
 fn read_builtin(b: Builtin, path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
     match b {
-        Builtin::HumanEval | Builtin::Gsm8k => read_rows(path),
+        Builtin::Gsm8k => read_rows(path),
+        Builtin::HumanEval => {
+            let mut rows = read_rows(path)?;
+            for (_, row) in &mut rows {
+                let prompt = row.get("prompt").and_then(Value::as_str).unwrap_or("");
+                let entry = row.get("entry_point").and_then(Value::as_str).unwrap_or("");
+                let examples = public_examples(prompt, entry);
+                if let Value::Object(o) = row {
+                    o.insert("examples".into(), examples.into());
+                }
+            }
+            Ok(rows)
+        }
         Builtin::MtBench => {
             let mut rows = read_rows(path)?;
             // Reference answers (math, reasoning, coding) sit beside the questions.
@@ -458,6 +490,63 @@ fn read_builtin(b: Builtin, path: &Path) -> Result<Vec<(usize, Value)>, DataErro
         }
         Builtin::ToolTalk => tooltalk_rows(path),
     }
+}
+
+/// A HumanEval problem's public tests: its docstring's examples as
+/// `assert` statements, CodeChain's "example tests" (hidden tests stay
+/// hidden). Doctest pairs (`>>> call` then the value) and one-line forms
+/// (`entry(args) == value`, `➞`, `=>`, `==>`, `->`) are read; an example
+/// that does not parse as Python (prose in the value, `= 8` arithmetic) is
+/// dropped. Values are written as Python would (`true` → `True`).
+pub fn public_examples(prompt: &str, entry: &str) -> Vec<String> {
+    let lines: Vec<&str> = prompt.lines().map(str::trim).collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |call: &str, value: &str| {
+        let value = value
+            .trim()
+            .trim_start_matches('>')
+            .trim()
+            .trim_end_matches('.')
+            .trim();
+        let value = match value {
+            "true" => "True",
+            "false" => "False",
+            v => v,
+        };
+        if call.trim().is_empty() || value.is_empty() || value.contains(" = ") {
+            return;
+        }
+        let test = format!("assert {} == {}", call.trim(), value);
+        if crate::extract::parses_as_python(&test) && !out.contains(&test) {
+            out.push(test);
+        }
+    };
+    let ends_value = |l: &str| {
+        l.is_empty() || l.starts_with(">>>") || l.starts_with("\"\"\"") || l.starts_with("'''")
+    };
+    let mut i = 0;
+    while i < lines.len() {
+        if let Some(call) = lines[i].strip_prefix(">>>") {
+            let mut value = Vec::new();
+            i += 1;
+            while i < lines.len() && !ends_value(lines[i]) {
+                value.push(lines[i]);
+                i += 1;
+            }
+            push(call, &value.join(" "));
+            continue;
+        }
+        if !entry.is_empty() && lines[i].starts_with(&format!("{entry}(")) {
+            for arrow in ["==>", "=>", "➞", "->", "=="] {
+                if let Some((call, value)) = lines[i].split_once(arrow) {
+                    push(call, value);
+                    break;
+                }
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 /// ToolTalk's single-call ("easy") conversations: the user's first request,

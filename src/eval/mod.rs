@@ -224,6 +224,18 @@ pub struct Candidate {
     pub tokens: u64,
     pub score: f64,
     pub passed: bool,
+    /// Of a node that drew `n` > 1 samples: how many there were and how
+    /// many passed (each is scored; `score`/`passed` are the first's, the
+    /// answer the output would be). The data of per-round pass@k.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<SampleCount>,
+}
+
+/// Samples of one candidate and how many of them passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleCount {
+    pub n: u32,
+    pub passed: u32,
 }
 
 /// The stored result of one unit.
@@ -649,7 +661,7 @@ impl UnitContext {
         result.output = summary.output.as_ref().map(text_of);
         let mut cache: HashMap<String, Score> = HashMap::new();
         let mut scoring_error = None;
-        for (node, round, tokens, text) in candidates(&self.workflow, &events) {
+        for (node, round, tokens, text, samples) in candidates(&self.workflow, &events) {
             let score = match self.score_cached(&mut cache, &unit.item, &text).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -657,12 +669,29 @@ impl UnitContext {
                     continue;
                 }
             };
+            let mut count = None;
+            if samples.len() > 1 {
+                let mut passed = 0;
+                for sample in &samples {
+                    match self.score_cached(&mut cache, &unit.item, sample).await {
+                        Ok(s) => passed += u32::from(s.passed),
+                        Err(e) => {
+                            scoring_error.get_or_insert(e.to_string());
+                        }
+                    }
+                }
+                count = Some(SampleCount {
+                    n: samples.len() as u32,
+                    passed,
+                });
+            }
             result.candidates.push(Candidate {
                 node,
                 round,
                 tokens,
                 score: score.score,
                 passed: score.passed,
+                samples: count,
             });
         }
         if let Some(out) = &result.output {
@@ -730,10 +759,14 @@ fn text_of(v: &Value) -> String {
     }
 }
 
+/// One answer the output could have been: node, round, tokens spent up to
+/// it, its text, and all its samples' texts when the node drew several.
+type Answer = (String, u32, u64, String, Vec<String>);
+
 /// Every answer the run's output could have been (a finished node among
 /// `output.from`, read at `output.field`), in order, with the tokens spent
 /// up to it.
-fn candidates(wf: &Workflow, events: &[Event]) -> Vec<(String, u32, u64, String)> {
+fn candidates(wf: &Workflow, events: &[Event]) -> Vec<Answer> {
     let from: Vec<&str> = wf
         .output()
         .from
@@ -753,7 +786,11 @@ fn candidates(wf: &Workflow, events: &[Event]) -> Vec<(String, u32, u64, String)
                 ..
             } if from.contains(&node.as_str()) => {
                 if let Some(v) = wf.output().read(value) {
-                    out.push((node.clone(), *round, tokens, text_of(&v)));
+                    let samples = match value.get("samples") {
+                        Some(Value::Array(all)) => all.iter().map(text_of).collect(),
+                        _ => Vec::new(),
+                    };
+                    out.push((node.clone(), *round, tokens, text_of(&v), samples));
                 }
             }
             _ => {}

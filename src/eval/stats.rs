@@ -70,7 +70,7 @@ pub struct ReviewMeans {
 
 /// The answer after `round` revisions (the last one where a run stopped
 /// earlier), over all scored units.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RoundPoint {
     /// 0 = the first answer.
     pub round: usize,
@@ -80,6 +80,11 @@ pub struct RoundPoint {
     pub accuracy: f64,
     /// The best answer so far (what `select: best` would return).
     pub best_so_far: f64,
+    /// Where this round's answers drew several samples (CodeChain): the
+    /// unbiased pass@k over them, averaged over the units that reached the
+    /// round, for k = 1 and each power of two up to the fewest samples.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sampled_pass_at_k: BTreeMap<u32, f64>,
 }
 
 /// Mean best-so-far score when each unit may spend at most `tokens`.
@@ -133,6 +138,27 @@ pub fn pass_at_k(n: u64, c: u64, k: u64) -> f64 {
     1.0 - ((n - c + 1)..=n)
         .map(|i| 1.0 - k as f64 / i as f64)
         .product::<f64>()
+}
+
+/// Mean unbiased pass@k over candidates that drew several samples, for
+/// k = 1, 2, 4, ... up to the fewest samples of any of them.
+fn sampled_pass_at_k(counts: impl Iterator<Item = super::SampleCount>) -> BTreeMap<u32, f64> {
+    let counts: Vec<super::SampleCount> = counts.collect();
+    let mut out = BTreeMap::new();
+    let Some(fewest) = counts.iter().map(|c| c.n).min() else {
+        return out;
+    };
+    let mut k = 1;
+    while k <= fewest {
+        let values = counts
+            .iter()
+            .map(|c| pass_at_k(u64::from(c.n), u64::from(c.passed), u64::from(k)));
+        if let Some(v) = mean(values) {
+            out.insert(k, v);
+        }
+        k *= 2;
+    }
+    out
 }
 
 /// Two-sided exact McNemar test: the p-value of `b` against `c`
@@ -330,6 +356,11 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
             accuracy: mean(with.iter().map(|r| f64::from(u8::from(at(r, k).passed))))
                 .unwrap_or(0.0),
             best_so_far: mean(with.iter().map(best)).unwrap_or(0.0),
+            sampled_pass_at_k: sampled_pass_at_k(
+                with.iter()
+                    .filter(|r| r.candidates.len() > k)
+                    .filter_map(|r| r.candidates[k].samples),
+            ),
         });
     }
     // Score vs tokens: at up to 20 budgets (quantiles of where answers were

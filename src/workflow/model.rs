@@ -106,9 +106,27 @@ impl Workflow {
         self.models.iter().position(|m| m.name == name)
     }
 
-    /// True when some node checks the output (exit code 1 means "unverified").
+    /// True when some node checks the output (exit code 1 means
+    /// "unverified"): a verify or execute node that runs after an output
+    /// candidate (downstream of an `output.from` node by edges or loop back
+    /// edges), so that its verdict attaches to one. Verdict nodes that only
+    /// feed the output (ReVISE's checks before its vote) steer the run but
+    /// do not verify what it returns.
     pub fn verifies(&self) -> bool {
-        self.nodes.iter().any(|n| n.kind.is_verdict())
+        let mut seen = vec![false; self.nodes.len()];
+        let mut stack: Vec<usize> = self.output.from.clone();
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut seen[n], true) {
+                continue;
+            }
+            let next = self.edges.iter().filter(|e| e.from == n).map(|e| e.to);
+            let back = self.loops.iter().filter(|l| l.from == n).map(|l| l.to);
+            stack.extend(next.chain(back));
+        }
+        self.nodes
+            .iter()
+            .enumerate()
+            .any(|(i, n)| seen[i] && n.kind.is_verdict())
     }
 }
 
@@ -436,9 +454,19 @@ pub enum Order {
     Min,
 }
 
+/// What a vote counts.
+#[derive(Debug)]
+pub enum VoteFrom {
+    /// The samples of a node.
+    Node(usize),
+    /// An expression giving a list of answers (texts), e.g. the final
+    /// answers of several refinement chains.
+    Items(String),
+}
+
 #[derive(Debug)]
 pub struct VoteSpec {
-    pub from: usize,
+    pub from: VoteFrom,
     /// Extracts the answer from each sample: capture group 1, else the match.
     pub extract: Option<regex::Regex>,
     /// Expression giving each sample's weight (`sample` bound); majority when absent.
@@ -447,8 +475,11 @@ pub struct VoteSpec {
 
 #[derive(Debug)]
 pub struct ExecuteSpec {
-    /// Template name of the program source.
+    /// Template name of the program source (`item` bound with `each`).
     pub code: String,
+    /// An expression giving a list: one program per item, each run against
+    /// every test (CodeChain's samples).
+    pub each: Option<String>,
     pub tests: TestSource,
     pub mode: TestMode,
     /// Argument vector; `{file}` is replaced by the program's file name.

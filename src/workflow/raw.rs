@@ -65,9 +65,10 @@ pub const MODEL_CALL_KEYS: &[&str] = &[
 ];
 pub const VERIFY_KEYS: &[&str] = &["target", "checks"];
 pub const SELECT_KEYS: &[&str] = &["from", "by", "order"];
-pub const VOTE_KEYS: &[&str] = &["from", "extract", "weight"];
+pub const VOTE_KEYS: &[&str] = &["from", "items", "extract", "weight"];
 pub const EXECUTE_KEYS: &[&str] = &[
     "code",
+    "each",
     "tests",
     "mode",
     "command",
@@ -186,6 +187,8 @@ pub struct RawNode {
     pub order: Option<Spanned<String>>,
     pub extract: Option<Spanned<String>>,
     pub weight: Option<Spanned<String>>,
+    /// A vote's answers as an expression (instead of `from`'s samples).
+    pub items: Option<Spanned<String>>,
     /// The kind-specific keys of node-library kinds, read in the second pass.
     pub library: Vec<(&'static str, Node)>,
 }
@@ -701,6 +704,7 @@ impl Reader {
             order: None,
             extract: None,
             weight: None,
+            items: None,
             library: Vec::new(),
         };
         // Peek at the kind first: it decides which keys are valid.
@@ -805,7 +809,10 @@ impl Reader {
             }
             Some(Kind::Vote) => {
                 raw.from = f.get("from").and_then(|n| self.string(n, "`from`"));
-                self.required(raw.from.as_ref(), "from", &label, node.span);
+                raw.items = f.get("items").and_then(|n| self.string(n, "`items`"));
+                if f.get("items").is_none() {
+                    self.required(raw.from.as_ref(), "from", &label, node.span);
+                }
                 raw.extract = f.get("extract").and_then(|n| self.string(n, "`extract`"));
                 raw.weight = f.get("weight").and_then(|n| self.string(n, "`weight`"));
             }

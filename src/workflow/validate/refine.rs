@@ -123,7 +123,34 @@ pub(crate) fn select(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
 }
 
 pub(crate) fn vote(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
-    let from = n.from.as_ref().and_then(|f| (env.resolve)(cx, f, "`from`"));
+    let from = match (&n.from, &n.items) {
+        (Some(f), None) => (env.resolve)(cx, f, "`from`").map(VoteFrom::Node),
+        (None, Some(items)) => {
+            let before = cx.diags.len();
+            check_expression(
+                cx,
+                &items.value,
+                items.span,
+                env.idx,
+                &[],
+                &format!("`items` of {}", env.label),
+            );
+            (cx.diags.len() == before).then(|| VoteFrom::Items(items.value.clone()))
+        }
+        (Some(_), Some(items)) => {
+            cx.err(
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    items.span,
+                    format!("{} has both `from` and `items`", env.label),
+                )
+                .label("one of the two")
+                .help("`from: NODE` votes over a node's samples; `items: EXPR` over a list of answers"),
+            );
+            None
+        }
+        (None, None) => None,
+    };
     let extract = n.extract.as_ref().and_then(|e| compile_regex(cx, e));
     if let Some(w) = &n.weight {
         check_expression(

@@ -3,16 +3,21 @@
 use super::*;
 
 pub(super) fn execute(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ExecuteSpec> {
+    let each = optional(f.get("each"), |v| expression(cx, v, env, "`each`", &[]));
+    // With `each`, the code template sees the item as `item`.
+    let extra: &'static [&'static str] = if f.get("each").is_some() {
+        &["item"]
+    } else {
+        &[]
+    };
+    let default_code = if f.get("each").is_some() {
+        "{{ item }}"
+    } else {
+        "{{ artifact.text }}"
+    };
     let code = match f.get("code") {
-        Some(v) => must(template(cx, v, env, "code", &[])),
-        None => must(inline(
-            cx,
-            env,
-            "code",
-            "{{ artifact.text }}",
-            env.span,
-            &[],
-        )),
+        Some(v) => must(template(cx, v, env, "code", extra)),
+        None => must(inline(cx, env, "code", default_code, env.span, extra)),
     };
     let mode = optional(f.get("mode"), |v| match string(cx, v, "`mode`")?.as_str() {
         "stdio" => Some(TestMode::Stdio),
@@ -92,6 +97,7 @@ pub(super) fn execute(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ExecuteSpec> 
     let parallel = optional(f.get("parallel"), |v| ranged(cx, v, "`parallel`", 1, 64));
     Ok(ExecuteSpec {
         code: code?,
+        each: each?,
         tests: tests?,
         mode: mode?,
         command: command?.unwrap_or_else(|| vec!["python3".to_string(), "{file}".to_string()]),
