@@ -67,6 +67,17 @@ pub enum Command {
     },
     /// Print the JSON Schema of the workflow format.
     Schema,
+    /// Write a ready-to-edit copy of a shipped method (workflow, prompts,
+    /// scripted replies, tools) into a directory; without METHOD, list them.
+    New {
+        method: Option<String>,
+        /// Where to write it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Overwrite files that exist.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run a workflow over a data set, score every item, store the results
     /// (resumable: the same command continues where it stopped).
     Eval(Box<eval::EvalArgs>),
@@ -224,10 +235,47 @@ pub fn main() -> u8 {
             let _ = stdout(workflow::SCHEMA);
             EXIT_OK
         }
+        Command::New { method, dir, force } => new_command(method.as_deref(), &dir, force),
         Command::Eval(args) => eval::eval_command(*args),
         Command::Runs(args) => eval::runs_command(args),
         Command::Compare(args) => eval::compare_command(args),
         Command::Report(args) => eval::report_command(args),
+    }
+}
+
+fn new_command(method: Option<&str>, dir: &std::path::Path, force: bool) -> u8 {
+    let list = || {
+        crate::methods::METHODS
+            .iter()
+            .map(|m| format!("  {:<20} {} (needs: {})\n", m.name, m.summary, m.needs))
+            .collect::<String>()
+    };
+    let Some(name) = method else {
+        let _ = stdout(&format!(
+            "Shipped methods (`redraft new NAME`):\n{}",
+            list()
+        ));
+        return EXIT_OK;
+    };
+    let Some(m) = crate::methods::find(name) else {
+        eprintln!("error: no shipped method `{name}`; there are:\n{}", list());
+        return EXIT_INVALID;
+    };
+    match crate::methods::write(m, dir, force) {
+        Ok(written) => {
+            for p in &written {
+                eprintln!("wrote {}", p.display());
+            }
+            eprintln!(
+                "try: redraft run {}   (scripted replies; --model NAME=SPEC for a real model)",
+                written[0].display()
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_INVALID
+        }
     }
 }
 

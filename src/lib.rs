@@ -54,6 +54,7 @@ pub mod event;
 pub mod extract;
 pub mod graph;
 pub mod layer;
+pub mod methods;
 pub mod metrics;
 pub mod modeljson;
 #[cfg(feature = "otel")]

@@ -225,11 +225,12 @@ impl Sandbox {
             None => dir.path.display().to_string(),
         };
         // Inside the sandbox only /usr is there to search; an opted-out
-        // program finds interpreters as redraft does (a virtualenv's or
-        // pyenv's `python3`), since PATH holds no secret.
+        // program finds interpreters as redraft does first (a virtualenv's
+        // or pyenv's `python3`; PATH holds no secret), then in the system's.
+        const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
         let path = match (&self.bwrap, std::env::var("PATH")) {
-            (None, Ok(p)) if !p.is_empty() => p,
-            _ => "/usr/local/bin:/usr/bin:/bin".to_string(),
+            (None, Ok(p)) if !p.is_empty() => format!("{p}:{SYSTEM_PATH}"),
+            _ => SYSTEM_PATH.to_string(),
         };
         let mut envs: Vec<(String, String)> = vec![
             ("PATH".into(), path),

@@ -521,8 +521,13 @@ pub fn public_examples(prompt: &str, entry: &str) -> Vec<String> {
             out.push(test);
         }
     };
+    let call_line = format!("{entry}(");
     let ends_value = |l: &str| {
-        l.is_empty() || l.starts_with(">>>") || l.starts_with("\"\"\"") || l.starts_with("'''")
+        l.is_empty()
+            || l.starts_with(">>>")
+            || l.starts_with("\"\"\"")
+            || l.starts_with("'''")
+            || (!entry.is_empty() && l.starts_with(&call_line))
     };
     let mut i = 0;
     while i < lines.len() {
@@ -662,6 +667,22 @@ pub fn shuffle<T>(items: &mut [T], seed: u64) {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn public_examples_come_from_the_docstring_and_parse() {
+        let prompt = "def f(x):\n    \"\"\"Doubles.\n    >>> f(2)\n    4\n    >>> f(0)\n    0\n    f(3) ==> 6\n    f(1) -> true\n    f(5) == 2 + 3 = 5\n    \"\"\"\n";
+        assert_eq!(
+            public_examples(prompt, "f"),
+            [
+                "assert f(2) == 4",
+                "assert f(0) == 0",
+                "assert f(3) == 6",
+                "assert f(1) == True"
+            ]
+        );
+        // A value that is prose does not parse and is dropped.
+        assert!(public_examples(">>> f(1)\nan error is raised\n", "f").is_empty());
+    }
+
     use super::*;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

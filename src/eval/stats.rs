@@ -496,6 +496,7 @@ mod tests {
                 tokens: tokens[0],
                 score: f64::from(u8::from(f)),
                 passed: f,
+                samples: None,
             });
             for (i, t) in tokens.iter().enumerate().skip(1) {
                 candidates.push(Candidate {
@@ -504,6 +505,7 @@ mod tests {
                     tokens: *t,
                     score: f64::from(u8::from(last)),
                     passed: last,
+                    samples: None,
                 });
             }
         }
@@ -552,6 +554,22 @@ mod tests {
         assert_eq!(pass_at_k(5, 4, 2), 1.0);
         assert!((pass_at_k(10, 3, 1) - 0.3).abs() < 1e-12);
         assert!(pass_at_k(1, 1, 2).is_nan());
+    }
+
+    #[test]
+    fn sampled_pass_at_k_averages_the_unbiased_estimate_per_candidate() {
+        use crate::eval::SampleCount;
+        let counts = [
+            SampleCount { n: 4, passed: 1 },
+            SampleCount { n: 4, passed: 0 },
+            SampleCount { n: 8, passed: 8 },
+        ];
+        let m = sampled_pass_at_k(counts.into_iter());
+        // pass@1 = mean of c/n; k stops at the fewest samples (4).
+        assert!((m[&1] - (0.25 + 0.0 + 1.0) / 3.0).abs() < 1e-12);
+        assert!((m[&4] - (1.0 + 0.0 + 1.0) / 3.0).abs() < 1e-12);
+        assert_eq!(m.keys().copied().collect::<Vec<_>>(), [1, 2, 4]);
+        assert!(sampled_pass_at_k(std::iter::empty()).is_empty());
     }
 
     #[test]

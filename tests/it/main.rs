@@ -15,6 +15,7 @@ mod eval;
 mod library;
 #[cfg(feature = "llama")]
 mod llama;
+mod methods;
 #[cfg(feature = "llama")]
 mod mock_hub;
 mod mock_openai;

@@ -1,0 +1,292 @@
+//! The shipped methods (`workflows/*.yaml`) end to end on their own
+//! scripted replies: each test pins what makes the method that method
+//! (filtering and carry-over, confidence-gated refinement and the weighted
+//! vote, diversity and convergence, remembered rejections), so a change to
+//! a workflow, a prompt or a node kind that breaks one fails here.
+
+use std::sync::Arc;
+
+use redraft::event::{Collect, Event};
+use redraft::metrics::RunStatus;
+use redraft::workflow::ReviewDecisions;
+use redraft::{Engine, RunOptions, RunSummary};
+
+use crate::support::{load, root, runs};
+
+/// Runs a shipped workflow as it is (its models replay its replies).
+async fn shipped(name: &str, opts: RunOptions) -> (RunSummary, Vec<Event>) {
+    let wf = load(&root().join("workflows").join(format!("{name}.yaml")));
+    let events = Arc::new(Collect::default());
+    let engine = Engine::new().with_recorder(events.clone());
+    let summary = engine.run(wf, opts).await.expect("run starts");
+    (summary, events.take())
+}
+
+/// Every output of `node`, in order.
+fn outputs(events: &[Event], node: &str) -> Vec<serde_json::Value> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::NodeFinished {
+                node: n,
+                output: Some(o),
+                ..
+            } if n == node => Some((**o).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn have_sandbox() -> bool {
+    let ok =
+        redraft::sandbox::Sandbox::new(redraft::sandbox::Isolation::Bubblewrap, Default::default())
+            .is_ok();
+    if !ok {
+        assert!(
+            std::env::var("REDRAFT_REQUIRE_PEERS").is_err(),
+            "bubblewrap is required here"
+        );
+        eprintln!("skipped: no bubblewrap");
+    }
+    ok
+}
+
+#[tokio::test]
+async fn codechain_filters_on_public_tests_clusters_passing_modules_and_revises() {
+    if !have_sandbox() {
+        return;
+    }
+    let (s, events) = shipped("codechain", RunOptions::default()).await;
+    assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
+    // Round 0: four samples, one passes both public tests.
+    let public = outputs(&events, "public");
+    assert_eq!(public.len(), 5, "five tested rounds");
+    assert_eq!(public[0]["passing"], serde_json::json!([0]));
+    assert_eq!(public[0]["programs"].as_array().unwrap().len(), 4);
+    assert_eq!(public[0]["score"], 0.25);
+    // Its outlined sub-module is what gets embedded and clustered; the
+    // entry point (not outlined) is not.
+    let modules = outputs(&events, "modules");
+    let names: Vec<&str> = modules[0]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["is_vowel"]);
+    assert!(
+        modules[0]["texts"][0]
+            .as_str()
+            .unwrap()
+            .contains("Description: whether a character is a vowel")
+    );
+    // The cluster schedule: k = 5, 4, 3, 2, 1, capped by the modules there are.
+    let groups = outputs(&events, "groups");
+    assert_eq!(groups.len(), 5);
+    assert!(groups.iter().all(|g| g["k"].as_u64().unwrap() >= 1));
+    // Revisions pass more often: three of four revised samples pass.
+    assert_eq!(public[1]["passing"], serde_json::json!([0, 1, 2]));
+    // Five revisions; the last one is not tested (generate-only).
+    assert_eq!(runs(&s, "revise"), 5);
+    assert_eq!(runs(&s, "public"), 5);
+    let output = s.output.as_ref().unwrap().as_str().unwrap();
+    assert!(output.contains("sum(map(is_vowel, word))"), "{output}");
+}
+
+#[tokio::test]
+async fn codechain_carries_over_earlier_passing_modules_and_skips_never_passing_problems() {
+    if !have_sandbox() {
+        return;
+    }
+    // Tests no sample can pass: nothing to cluster, so no revision at all
+    // (CodeChain keeps such problems at round 0).
+    let mut opts = RunOptions::default();
+    opts.inputs.insert(
+        "examples".into(),
+        serde_json::json!(["assert count_vowels('x') == 99"]),
+    );
+    let (s, events) = shipped("codechain", opts).await;
+    assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
+    assert_eq!(runs(&s, "revise"), 0);
+    assert_eq!(outputs(&events, "modules")[0]["count"], 0);
+    // The same with revise_unfiltered: all samples' modules are used.
+    let mut opts = RunOptions::default();
+    opts.inputs.insert(
+        "examples".into(),
+        serde_json::json!(["assert count_vowels('x') == 99"]),
+    );
+    opts.inputs
+        .insert("revise_unfiltered".into(), serde_json::json!(true));
+    let (s, events) = shipped("codechain", opts).await;
+    assert_eq!(runs(&s, "revise"), 5);
+    let modules = outputs(&events, "modules");
+    assert!(modules[0]["count"].as_u64().unwrap() >= 2);
+    // Carry-over: in later rounds nothing passes either, and the modules
+    // are the ones of round 1, not none.
+    assert_eq!(modules[1]["items"], modules[0]["items"]);
+}
+
+#[tokio::test]
+async fn revise_refines_only_doubted_chains_and_votes_by_confidence() {
+    let (s, events) = shipped("revise", RunOptions::default()).await;
+    assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
+    // Only chain 2 was below tau: it alone was critiqued and re-solved.
+    for (i, want) in [(1, 0), (2, 1), (3, 0), (4, 0)] {
+        assert_eq!(runs(&s, &format!("revise{i}")), want, "chain {i}");
+    }
+    let check2 = outputs(&events, "check2");
+    assert!(check2[0]["score"].as_f64().unwrap() < 0.5);
+    assert!(check2[1]["passed"].as_bool().unwrap());
+    // p(Yes) / (p(Yes) + p(No)) from the first token's logprobs.
+    let c1 = outputs(&events, "check1")[0]["score"].as_f64().unwrap();
+    assert!((c1 - 0.9).abs() < 1e-3, "{c1}");
+    let weighted = outputs(&events, "weighted");
+    assert_eq!(weighted[0]["text"], "72");
+    assert_eq!(weighted[0]["method"], "weighted");
+    // Three chains say 72 (0.9 + ~0.87 + 0.8), one says 96 (~0.55).
+    let votes = weighted[0]["votes"].as_object().unwrap();
+    assert_eq!(votes.len(), 2);
+    assert!(votes["72"].as_f64().unwrap() > 2.5 && votes["96"].as_f64().unwrap() < 0.6);
+    assert_eq!(outputs(&events, "majority")[0]["votes"]["72"], 3);
+    assert_eq!(outputs(&events, "first1")[0]["text"], "72");
+    assert_eq!(s.output, Some(serde_json::json!("72")));
+    // The checks steer the chains; they do not verify the vote, so the run
+    // is not "unverified".
+    assert_eq!(s.verified, None);
+}
+
+#[tokio::test]
+async fn revise_with_tau_zero_never_refines() {
+    let mut opts = RunOptions::default();
+    opts.inputs.insert("tau".into(), serde_json::json!(0.0));
+    let (s, _) = shipped("revise", opts).await;
+    for i in 1..=4 {
+        assert_eq!(runs(&s, &format!("revise{i}")), 0);
+    }
+    // Chain 2's 60 now stands: 72 still wins the vote.
+    assert_eq!(s.output, Some(serde_json::json!("72")));
+}
+
+#[tokio::test]
+async fn draft_explores_diverse_requests_calls_the_tool_and_converges() {
+    let tooltalk = redraft::eval::data::python_package_dir("tooltalk").is_some();
+    if !tooltalk {
+        assert!(
+            std::env::var("REDRAFT_REQUIRE_PEERS").is_err(),
+            "the nvidia-tooltalk package is required here"
+        );
+        eprintln!("skipped: nvidia-tooltalk is not installed (scripts/fetch-data.sh)");
+        return;
+    }
+    let (s, events) = shipped("draft", RunOptions::default()).await;
+    assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
+    // Episode 1: "6:30 pm" is not HH:MM:SS, and the simulator says so.
+    let calls = outputs(&events, "call");
+    assert_eq!(calls.len(), 2, "two episodes");
+    assert!(
+        calls[0]["json"]["exception"]
+            .as_str()
+            .unwrap()
+            .contains("does not match format"),
+        "{}",
+        calls[0]
+    );
+    assert_eq!(calls[1]["json"]["response"]["alarm_id"], "5bff-dd80");
+    // Episode 2: the first request repeated episode 1's, so it was redone.
+    let explore = outputs(&events, "explore");
+    assert_eq!(explore.len(), 3);
+    assert_eq!(explore[1]["query"], explore[0]["query"]);
+    assert_ne!(explore[2]["query"], explore[0]["query"]);
+    // The tool ran the request that survived the diversity check.
+    assert_eq!(calls[1]["json"]["parameters"]["time"], "05:15:00");
+    // Converged after two episodes (δ ≥ 0.75), not five.
+    let episodes = s.loops.iter().find(|l| l.loop_id == "episodes").unwrap();
+    assert_eq!(episodes.rounds, 2);
+    let out = s.output.as_ref().unwrap().as_str().unwrap();
+    assert!(out.contains("HH:MM:SS"), "{out}");
+}
+
+#[tokio::test]
+async fn r3_applies_accepted_edits_and_never_reproposes_rejected_ones() {
+    let decisions = root().join("workflows/replies/r3.decisions.yaml");
+    let opts = RunOptions {
+        review: Some(ReviewDecisions::File(decisions)),
+        ..RunOptions::default()
+    };
+    let (s, _) = shipped("r3", opts).await;
+    assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
+    assert_eq!(
+        s.output,
+        Some(serde_json::json!(
+            "The results of the test were good, and we had finished the migration on time. It was a lot of work."
+        ))
+    );
+    // Depth 1: 3 of 4 accepted; depth 2: only the rejected edit came back,
+    // so nothing was proposed and the loop stopped.
+    let rates: Vec<(u32, u32, u32)> = s
+        .reviews
+        .iter()
+        .map(|r| (r.depth, r.proposed, r.accepted))
+        .collect();
+    assert_eq!(rates, [(1, 4, 3), (2, 0, 0)]);
+}
+
+#[test]
+fn new_writes_a_runnable_copy_of_every_method_and_never_overwrites() {
+    let dir = std::env::temp_dir().join(format!("redraft-new-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    for m in redraft::methods::METHODS {
+        let out = crate::support::redraft(&["new", m.name, "--dir", d]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Every copy loads with its prompts from the new place.
+        let wf = dir.join(format!("{}.yaml", m.name));
+        let out = crate::support::redraft(&["validate", wf.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            m.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // And runs on its scripted replies.
+    let wf = dir.join("revise.yaml");
+    let out = crate::support::redraft(&["run", wf.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "72");
+    // A second copy over the first is refused, and nothing is changed.
+    std::fs::write(dir.join("prompts/revise/solve.j2"), "edited").unwrap();
+    let out = crate::support::redraft(&["new", "revise", "--dir", d]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("prompts/revise/solve.j2")).unwrap(),
+        "edited"
+    );
+    let out = crate::support::redraft(&["new", "nonesuch", "--dir", d]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("codechain"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_shipped_workflow_is_a_method_that_new_can_write() {
+    let mut shipped: Vec<String> = std::fs::read_dir(root().join("workflows"))
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            (p.extension()? == "yaml").then(|| p.file_stem()?.to_str().map(str::to_string))?
+        })
+        .filter(|n| n != "single-shot" && n != "tool-use")
+        .collect();
+    shipped.sort();
+    let mut known: Vec<String> = redraft::methods::METHODS
+        .iter()
+        .map(|m| m.name.to_string())
+        .collect();
+    known.sort();
+    assert_eq!(shipped, known);
+}
