@@ -29,40 +29,26 @@ impl Task {
         let templates = &self.shared.wf.templates;
         let tests = match &e.tests {
             TestSource::Literal(cases) => cases.clone(),
-            TestSource::Expr(expr) => {
-                let value = templates.eval(expr, &self.scope(None))?;
-                let json: serde_json::Value = serde_json::to_value(&value)
-                    .map_err(|err| self.data_error(format!("`tests` is not data: {err}")))?;
-                let items = json.as_array().ok_or_else(|| {
-                    self.data_error(format!("`tests` must give a list, it gave {json}"))
-                })?;
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| {
-                        TestCase::from_json(item, e.mode)
-                            .map_err(|err| self.data_error(format!("test {}: {err}", i + 1)))
-                    })
-                    .collect::<Result<_, _>>()?
-            }
+            TestSource::Expr(expr) => self
+                .eval_list(expr, "tests")?
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    TestCase::from_json(item, e.mode)
+                        .map_err(|err| self.data_error(format!("test {}: {err}", i + 1)))
+                })
+                .collect::<Result<_, _>>()?,
         };
         let programs = match &e.each {
             None => vec![templates.render(&e.code, &self.scope(None))?],
-            Some(expr) => {
-                let value = templates.eval(expr, &self.scope(None))?;
-                let json: serde_json::Value = serde_json::to_value(&value)
-                    .map_err(|err| self.data_error(format!("`each` is not data: {err}")))?;
-                let items = json.as_array().ok_or_else(|| {
-                    self.data_error(format!("`each` must give a list, it gave {json}"))
-                })?;
-                items
-                    .iter()
-                    .map(|item| {
-                        let bound = Value::from_serialize(item);
-                        templates.render(&e.code, &self.scope(Some(("item", bound))))
-                    })
-                    .collect::<Result<_, _>>()?
-            }
+            Some(expr) => self
+                .eval_list(expr, "each")?
+                .iter()
+                .map(|item| {
+                    let bound = Value::from_serialize(item);
+                    templates.render(&e.code, &self.scope(Some(("item", bound))))
+                })
+                .collect::<Result<_, _>>()?,
         };
         let sandbox =
             Sandbox::new(e.isolation, e.limits).map_err(|err| self.data_error(err.to_string()))?;
@@ -280,12 +266,7 @@ impl Task {
 
     pub(super) async fn embed(&self, e: &EmbedSpec) -> Result<NodeOutput, NodeError> {
         let templates = &self.shared.wf.templates;
-        let items = templates.eval(&e.items, &self.scope(None))?;
-        let items: serde_json::Value = serde_json::to_value(&items)
-            .map_err(|err| self.data_error(format!("`items` is not data: {err}")))?;
-        let Some(list) = items.as_array() else {
-            return Err(self.data_error(format!("`items` must give a list, it gave {items}")));
-        };
+        let list = &self.eval_list(&e.items, "items")?;
         let mut texts = Vec::with_capacity(list.len());
         for item in list {
             texts.push(match &e.text {

@@ -441,20 +441,13 @@ impl Task {
         self.data.artifact.as_ref()?.text.as_deref()
     }
 
-    /// Every sample of the current artifact (one unless its node drew `n`).
+    /// Every sample of the current artifact (one unless its node drew `n`;
+    /// an empty text before there is one).
     pub(super) fn artifact_samples(&self) -> Vec<serde_json::Value> {
-        match self.data.artifact.as_deref() {
-            Some(NodeOutput {
-                typed: Typed::Samples(samples),
-                ..
-            }) => samples.iter().map(|t| t.as_str().into()).collect(),
-            other => vec![
-                other
-                    .and_then(|a| a.text.as_deref())
-                    .unwrap_or_default()
-                    .into(),
-            ],
-        }
+        self.data
+            .artifact
+            .as_deref()
+            .map_or_else(|| vec!["".into()], samples)
     }
 
     pub(super) fn id(&self) -> &str {
@@ -919,15 +912,22 @@ impl Task {
     /// The sample texts of a model node (its one text with one sample, and
     /// for other nodes).
     pub(super) fn samples_of(&self, from: usize) -> Result<Vec<serde_json::Value>, NodeError> {
-        let out = self.output_of(from)?;
-        Ok(match &out.typed {
-            Typed::Samples(samples) => samples.iter().map(|t| t.as_str().into()).collect(),
-            _ => vec![
-                out.text
-                    .as_deref()
-                    .map_or(serde_json::Value::Null, Into::into),
-            ],
-        })
+        self.output_of(from).map(samples)
+    }
+
+    /// Evaluates an expression that must give a list (`tests`, `each`,
+    /// `items`), naming the key when it does not.
+    pub(super) fn eval_list(
+        &self,
+        expr: &str,
+        key: &str,
+    ) -> Result<Vec<serde_json::Value>, NodeError> {
+        let value = self.shared.wf.templates.eval(expr, &self.scope(None))?;
+        match serde_json::to_value(&value) {
+            Ok(serde_json::Value::Array(items)) => Ok(items),
+            Ok(other) => Err(self.data_error(format!("`{key}` must give a list, it gave {other}"))),
+            Err(err) => Err(self.data_error(format!("`{key}` is not data: {err}"))),
+        }
     }
 
     fn select(&self, s: &SelectSpec) -> Result<NodeOutput, NodeError> {
@@ -965,23 +965,14 @@ impl Task {
     fn vote(&self, v: &VoteSpec) -> Result<NodeOutput, NodeError> {
         let samples = match &v.from {
             VoteFrom::Node(from) => self.samples_of(*from)?,
-            VoteFrom::Items(expr) => {
-                let value = self.shared.wf.templates.eval(expr, &self.scope(None))?;
-                let json: serde_json::Value = serde_json::to_value(&value)
-                    .map_err(|e| self.data_error(format!("`items` is not data: {e}")))?;
-                let serde_json::Value::Array(items) = json else {
-                    return Err(
-                        self.data_error(format!("`items` must give a list, it gave {json}"))
-                    );
-                };
-                items
-                    .into_iter()
-                    .map(|i| match i {
-                        serde_json::Value::String(_) | serde_json::Value::Null => i,
-                        other => other.to_string().into(),
-                    })
-                    .collect()
-            }
+            VoteFrom::Items(expr) => self
+                .eval_list(expr, "items")?
+                .into_iter()
+                .map(|i| match i {
+                    serde_json::Value::String(_) | serde_json::Value::Null => i,
+                    other => other.to_string().into(),
+                })
+                .collect(),
         };
         // (answer, total weight, votes), in order of first appearance.
         let mut counts: Vec<(String, f64, u32)> = Vec::new();
@@ -1067,6 +1058,19 @@ impl Task {
             }),
             0,
         ))
+    }
+}
+
+/// A node output's samples: all `n` of them, else its text alone (null
+/// when it has none).
+fn samples(out: &NodeOutput) -> Vec<serde_json::Value> {
+    match &out.typed {
+        Typed::Samples(samples) => samples.iter().map(|t| t.as_str().into()).collect(),
+        _ => vec![
+            out.text
+                .as_deref()
+                .map_or(serde_json::Value::Null, Into::into),
+        ],
     }
 }
 

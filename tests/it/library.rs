@@ -10,7 +10,7 @@ use redraft::review::{ReviewError, ReviewRequest, Reviewer};
 use redraft::workflow::ReviewDecisions;
 use redraft::{RunOptions, RunSummary};
 
-use crate::support::{fixtures, load, root, run, runs, workflow};
+use crate::support::{fixtures, have_sandbox, load, root, run, runs, workflow};
 
 fn library(name: &str) -> Arc<redraft::Workflow> {
     load(&fixtures().join("library").join(name))
@@ -28,21 +28,6 @@ async fn run_library(name: &str, opts: RunOptions) -> (RunSummary, Vec<Event>) {
         opts,
     )
     .await
-}
-
-/// The sandbox needs bubblewrap; see `tests/it/sandbox.rs`.
-fn have_sandbox() -> bool {
-    let ok =
-        redraft::sandbox::Sandbox::new(redraft::sandbox::Isolation::Bubblewrap, Default::default())
-            .is_ok();
-    if !ok {
-        assert!(
-            std::env::var("REDRAFT_REQUIRE_PEERS").is_err(),
-            "bubblewrap is required here"
-        );
-        eprintln!("skipped: no bubblewrap");
-    }
-    ok
 }
 
 fn output_of(events: &[Event], node: &str, round: u32) -> serde_json::Value {

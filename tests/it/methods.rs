@@ -11,7 +11,7 @@ use redraft::metrics::RunStatus;
 use redraft::workflow::ReviewDecisions;
 use redraft::{Engine, RunOptions, RunSummary};
 
-use crate::support::{load, root, runs};
+use crate::support::{have_sandbox, load, root, runs};
 
 /// Runs a shipped workflow as it is (its models replay its replies).
 async fn shipped(name: &str, opts: RunOptions) -> (RunSummary, Vec<Event>) {
@@ -35,20 +35,6 @@ fn outputs(events: &[Event], node: &str) -> Vec<serde_json::Value> {
             _ => None,
         })
         .collect()
-}
-
-fn have_sandbox() -> bool {
-    let ok =
-        redraft::sandbox::Sandbox::new(redraft::sandbox::Isolation::Bubblewrap, Default::default())
-            .is_ok();
-    if !ok {
-        assert!(
-            std::env::var("REDRAFT_REQUIRE_PEERS").is_err(),
-            "bubblewrap is required here"
-        );
-        eprintln!("skipped: no bubblewrap");
-    }
-    ok
 }
 
 #[tokio::test]
@@ -83,7 +69,16 @@ async fn codechain_filters_on_public_tests_clusters_passing_modules_and_revises(
     // The cluster schedule: k = 5, 4, 3, 2, 1, capped by the modules there are.
     let groups = outputs(&events, "groups");
     assert_eq!(groups.len(), 5);
-    assert!(groups.iter().all(|g| g["k"].as_u64().unwrap() >= 1));
+    for (r, (g, m)) in groups.iter().zip(&modules).enumerate() {
+        let count = m["count"].as_u64().unwrap();
+        assert_eq!(
+            g["k"].as_u64().unwrap(),
+            (5 - r as u64).min(count),
+            "round {}",
+            r + 1
+        );
+    }
+    assert_eq!(groups[0]["k"], 1, "one module in round 1");
     // Revisions pass more often: three of four revised samples pass.
     assert_eq!(public[1]["passing"], serde_json::json!([0, 1, 2]));
     // Five revisions; the last one is not tested (generate-only).

@@ -135,3 +135,19 @@ pub fn redraft(args: &[&str]) -> std::process::Output {
         .output()
         .expect("binary runs")
 }
+
+/// Whether bubblewrap is here for sandboxed tests; without it a test says
+/// it is skipped, except where peers are required (CI), where that fails.
+pub fn have_sandbox() -> bool {
+    let ok =
+        redraft::sandbox::Sandbox::new(redraft::sandbox::Isolation::Bubblewrap, Default::default())
+            .is_ok();
+    if !ok {
+        assert!(
+            std::env::var("REDRAFT_REQUIRE_PEERS").is_err(),
+            "bubblewrap is required here"
+        );
+        eprintln!("skipped: no bubblewrap");
+    }
+    ok
+}
