@@ -517,14 +517,20 @@ fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
                     .iter()
                     .next_back()
                     .filter(|(k, _)| **k > 1);
+                // Items that stopped earlier count with their last round.
+                let reached = if r.reached < m.per_round[0].reached {
+                    format!(" ({} revised)", r.reached)
+                } else {
+                    String::new()
+                };
                 Some(match top {
                     Some((k, v)) => format!(
-                        "round {}: pass@1 {:.1}% pass@{k} {:.1}%",
+                        "round {}{reached}: pass@1 {:.1}% pass@{k} {:.1}%",
                         r.round,
                         p1 * 100.0,
                         v * 100.0
                     ),
-                    None => format!("round {}: pass@1 {:.1}%", r.round, p1 * 100.0),
+                    None => format!("round {}{reached}: pass@1 {:.1}%", r.round, p1 * 100.0),
                 })
             })
             .collect();
@@ -538,6 +544,17 @@ fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
                 pct(m.accuracy),
                 m.flips.negative,
                 m.flips.positive
+            );
+        }
+        if let Some(c) = &m.confidence {
+            let f = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.3}"));
+            eprintln!(
+                "  verifier confidence: {} verdicts ({} on right answers) · mean right {} wrong {} · AUROC {}",
+                c.verdicts,
+                c.right,
+                f(c.mean_right),
+                f(c.mean_wrong),
+                f(c.auroc)
             );
         }
         eprintln!(

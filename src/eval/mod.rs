@@ -231,6 +231,17 @@ pub struct Candidate {
     pub samples: Option<SampleCount>,
 }
 
+/// One verify node's judgement in a run: its confidence (score) and
+/// whether the text it judged (its `target`) passes the eval's scorer. The
+/// data of how well a verifier's confidence separates right from wrong.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerdictPoint {
+    pub node: String,
+    pub round: u32,
+    pub confidence: f64,
+    pub passed: bool,
+}
+
 /// Samples of one candidate and how many of them passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SampleCount {
@@ -248,6 +259,9 @@ pub struct ItemResult {
     pub score: Option<Score>,
     pub output: Option<String>,
     pub candidates: Vec<Candidate>,
+    /// Every verify node's judgement, its target scored like an answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verdicts: Vec<VerdictPoint>,
     /// The run's status (`finished`, `budget_exhausted`, `failed`).
     pub run_status: Option<RunStatus>,
     pub tokens: u64,
@@ -630,6 +644,7 @@ impl UnitContext {
             score: None,
             output: None,
             candidates: Vec::new(),
+            verdicts: Vec::new(),
             run_status: None,
             tokens: 0,
             calls: 0,
@@ -693,6 +708,19 @@ impl UnitContext {
                 passed: score.passed,
                 samples: count,
             });
+        }
+        for (node, round, confidence, target) in verdicts(&self.workflow, &events) {
+            match self.score_cached(&mut cache, &unit.item, &target).await {
+                Ok(s) => result.verdicts.push(VerdictPoint {
+                    node,
+                    round,
+                    confidence,
+                    passed: s.passed,
+                }),
+                Err(e) => {
+                    scoring_error.get_or_insert(e.to_string());
+                }
+            }
         }
         if let Some(out) = &result.output {
             match self.score_cached(&mut cache, &unit.item, out).await {
@@ -797,6 +825,35 @@ fn candidates(wf: &Workflow, events: &[Event]) -> Vec<Answer> {
         }
     }
     out
+}
+
+/// Every verify node's judgement in the run: node, round, confidence
+/// (its score) and the text it judged.
+fn verdicts(wf: &Workflow, events: &[Event]) -> Vec<(String, u32, f64, String)> {
+    let verify: Vec<&str> = wf
+        .nodes()
+        .iter()
+        .filter(|n| matches!(n.kind, crate::workflow::NodeKind::Verify(_)))
+        .map(|n| n.id.as_str())
+        .collect();
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::NodeFinished {
+                node,
+                round,
+                status: NodeStatus::Done,
+                output: Some(value),
+                ..
+            } if verify.contains(&node.as_str()) => Some((
+                node.clone(),
+                *round,
+                value.get("score")?.as_f64()?,
+                text_of(value.get("target")?),
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Work for the store thread that answers through its own channel.

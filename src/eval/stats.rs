@@ -94,6 +94,66 @@ pub struct TokenPoint {
     pub mean_score: f64,
 }
 
+/// Verifier confidence against correctness, over every verdict of the
+/// done units.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Separation {
+    pub verdicts: usize,
+    /// Verdicts whose judged answer was right.
+    pub right: usize,
+    pub mean_right: Option<f64>,
+    pub mean_wrong: Option<f64>,
+    /// Probability that a right answer gets a higher confidence than a
+    /// wrong one (ties count half); none without both kinds.
+    pub auroc: Option<f64>,
+}
+
+impl Separation {
+    pub fn of(points: &[(f64, bool)]) -> Option<Separation> {
+        if points.is_empty() {
+            return None;
+        }
+        let right: Vec<f64> = points.iter().filter(|p| p.1).map(|p| p.0).collect();
+        let wrong: Vec<f64> = points.iter().filter(|p| !p.1).map(|p| p.0).collect();
+        Some(Separation {
+            verdicts: points.len(),
+            right: right.len(),
+            mean_right: mean(right.iter().copied()),
+            mean_wrong: mean(wrong.iter().copied()),
+            auroc: auroc(&right, &wrong),
+        })
+    }
+}
+
+/// The area under the ROC curve of scores for positives against negatives:
+/// the Mann–Whitney U statistic over all pairs, ties counted half (sorted
+/// ranks, O(n log n)).
+pub fn auroc(positive: &[f64], negative: &[f64]) -> Option<f64> {
+    if positive.is_empty() || negative.is_empty() {
+        return None;
+    }
+    let mut all: Vec<(f64, bool)> = positive
+        .iter()
+        .map(|&s| (s, true))
+        .chain(negative.iter().map(|&s| (s, false)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Average ranks (1-based) over runs of equal scores.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j < all.len() && all[j].0 == all[i].0 {
+            j += 1;
+        }
+        let rank = (i + j + 1) as f64 / 2.0;
+        rank_sum += rank * all[i..j].iter().filter(|p| p.1).count() as f64;
+        i = j;
+    }
+    let (p, n) = (positive.len() as f64, negative.len() as f64);
+    Some((rank_sum - p * (p + 1.0) / 2.0) / (p * n))
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Metrics {
     pub items: usize,
@@ -116,6 +176,10 @@ pub struct Metrics {
     pub rss: Option<f64>,
     pub loops: BTreeMap<String, LoopMeans>,
     pub reviews: Vec<ReviewMeans>,
+    /// How well the verify nodes' confidence separates right from wrong
+    /// answers (each verdict's target scored by the eval's scorer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<Separation>,
     pub tokens: Dist,
     pub calls: Dist,
     pub cost_usd: Dist,
@@ -325,6 +389,12 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
         })
         .collect();
 
+    let verdicts: Vec<(f64, bool)> = done
+        .iter()
+        .flat_map(|r| r.verdicts.iter().map(|v| (v.confidence, v.passed)))
+        .collect();
+    m.confidence = Separation::of(&verdicts);
+
     m.tokens = Dist::of(results.iter().map(|r| r.tokens as f64).collect());
     m.calls = Dist::of(results.iter().map(|r| r.calls as f64).collect());
     m.cost_usd = Dist::of(results.iter().map(|r| r.cost_usd).collect());
@@ -356,11 +426,9 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
             accuracy: mean(with.iter().map(|r| f64::from(u8::from(at(r, k).passed))))
                 .unwrap_or(0.0),
             best_so_far: mean(with.iter().map(best)).unwrap_or(0.0),
-            sampled_pass_at_k: sampled_pass_at_k(
-                with.iter()
-                    .filter(|r| r.candidates.len() > k)
-                    .filter_map(|r| r.candidates[k].samples),
-            ),
+            // Like the accuracy, an item that stopped earlier keeps its
+            // last round's samples (CodeChain's pass@1 per round).
+            sampled_pass_at_k: sampled_pass_at_k(with.iter().filter_map(|r| at(r, k).samples)),
         });
     }
     // Score vs tokens: at up to 20 budgets (quantiles of where answers were
@@ -483,6 +551,22 @@ pub fn compare(a: &[UnitRecord], b: &[UnitRecord]) -> Comparison {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auroc_counts_pairs_and_ties() {
+        // Perfect, inverted, all tied, and one tie among four pairs.
+        assert_eq!(auroc(&[0.9, 0.8], &[0.1, 0.2]), Some(1.0));
+        assert_eq!(auroc(&[0.1], &[0.9, 0.8]), Some(0.0));
+        assert_eq!(auroc(&[0.5, 0.5], &[0.5]), Some(0.5));
+        assert_eq!(auroc(&[0.9, 0.5], &[0.5, 0.1]), Some(0.875));
+        assert_eq!(auroc(&[], &[0.5]), None);
+        let s = Separation::of(&[(0.9, true), (0.3, false), (0.6, false)]).unwrap();
+        assert_eq!((s.verdicts, s.right), (3, 1));
+        assert_eq!(s.mean_right, Some(0.9));
+        assert!((s.mean_wrong.unwrap() - 0.45).abs() < 1e-12);
+        assert_eq!(s.auroc, Some(1.0));
+        assert_eq!(Separation::of(&[]), None);
+    }
     use crate::eval::data::Item;
     use crate::eval::score::Score;
     use crate::eval::{Candidate, ItemResult, ItemStatus};
@@ -529,6 +613,7 @@ mod tests {
                 }),
                 output: Some(String::new()),
                 candidates,
+                verdicts: vec![],
                 run_status: None,
                 tokens: tokens.last().copied().unwrap_or(0),
                 calls: 1,
@@ -570,6 +655,29 @@ mod tests {
         assert!((m[&4] - (1.0 + 0.0 + 1.0) / 3.0).abs() < 1e-12);
         assert_eq!(m.keys().copied().collect::<Vec<_>>(), [1, 2, 4]);
         assert!(sampled_pass_at_k(std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn per_round_pass_at_k_keeps_the_samples_of_items_that_stopped() {
+        use crate::eval::SampleCount;
+        // a revises once (1/4 → 4/4); b stops at round 0 with 2/4.
+        let mut a = unit("a", 0, Some(false), true, &[10, 30]);
+        let mut b = unit("b", 0, Some(true), true, &[10]);
+        let set = |u: &mut UnitRecord, counts: &[u32]| {
+            let r = u.result.as_mut().unwrap();
+            for (c, passed) in r.candidates.iter_mut().zip(counts) {
+                c.samples = Some(SampleCount {
+                    n: 4,
+                    passed: *passed,
+                });
+            }
+        };
+        set(&mut a, &[1, 4]);
+        set(&mut b, &[2]);
+        let m = compute(&[a, b]);
+        assert_eq!(m.per_round[0].sampled_pass_at_k[&1], (0.25 + 0.5) / 2.0);
+        assert_eq!(m.per_round[1].reached, 1);
+        assert_eq!(m.per_round[1].sampled_pass_at_k[&1], (1.0 + 0.5) / 2.0);
     }
 
     #[test]

@@ -197,6 +197,62 @@ fn the_same_command_continues_and_never_reruns_a_finished_item() {
     assert_eq!(third["metrics"]["accuracy"], 0.6);
 }
 
+#[test]
+fn the_verifiers_confidence_is_measured_against_correctness() {
+    let dir = temp_dir("confidence");
+    let store = dir.join("r.db").display().to_string();
+    let wf = fixtures().join("eval/checked.yaml").display().to_string();
+    let (data, st) = (arith_data(), store.clone());
+    let out = redraft(&[
+        "eval",
+        &wf,
+        "--data",
+        &data,
+        "--map",
+        "task=question",
+        "--answer",
+        "answer",
+        "--scorer",
+        "numeric",
+        "--store",
+        &st,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("verifier confidence: 5 verdicts (3 on right answers) · mean right 0.633 wrong 0.450 · AUROC 0.667"),
+        "{}",
+        stderr(&out)
+    );
+    let j = json(&redraft(&[
+        "eval",
+        &wf,
+        "--data",
+        &data,
+        "--map",
+        "task=question",
+        "--answer",
+        "answer",
+        "--scorer",
+        "numeric",
+        "--store",
+        &store,
+        "--json",
+        "-q",
+    ]));
+    let c = &j["metrics"]["confidence"];
+    assert_eq!(
+        (c["verdicts"].as_u64(), c["right"].as_u64()),
+        (Some(5), Some(3))
+    );
+    assert!(
+        (c["auroc"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9,
+        "{c}"
+    );
+    // The arith loop has no verify node: no confidence to report.
+    let plain = json(&arith_eval(&dir.join("p.db").display().to_string(), &[]));
+    assert!(plain["metrics"].get("confidence").is_none());
+}
+
 /// item id → (finished_at, attempts) of finished units in a SQLite store.
 fn finished(store: &str) -> std::collections::BTreeMap<String, (i64, i64)> {
     let c = rusqlite::Connection::open(store).unwrap();
