@@ -752,7 +752,7 @@ pub fn compare_command(args: CompareArgs) -> u8 {
     } else {
         let pct = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:.1}%", x * 100.0));
         let mut out = format!(
-            "{} ({}) → {} ({}): {} paired units{}\naccuracy {} → {}\nnegative flips {} (NFR {}) · positive flips {} (PFR {}) · McNemar exact p = {:.4}{}\n",
+            "{} ({}) → {} ({}): {} paired units{}\naccuracy {} → {} · right in both {} ({})\nnegative flips {} (NFR {}) · positive flips {} (PFR {}) · McNemar exact p = {:.4}{}\n",
             a.record.id,
             a.record.name,
             b.record.id,
@@ -765,6 +765,8 @@ pub fn compare_command(args: CompareArgs) -> u8 {
             },
             pct(c.accuracy_a),
             pct(c.accuracy_b),
+            c.both_right,
+            pct(c.consistency),
             c.negative,
             pct(c.negative_flip_rate),
             c.positive,

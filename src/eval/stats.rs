@@ -476,6 +476,10 @@ pub struct Comparison {
     pub positive: usize,
     pub negative_flip_rate: Option<f64>,
     pub positive_flip_rate: Option<f64>,
+    /// Right in both (consistency, e.g. RBD's: right on the unbiased set
+    /// and on its biased counterpart).
+    pub both_right: usize,
+    pub consistency: Option<f64>,
     /// Exact McNemar p-value of the discordant pairs.
     pub p_value: f64,
     /// Units scored in only one of the two.
@@ -517,6 +521,7 @@ pub fn compare(a: &[UnitRecord], b: &[UnitRecord]) -> Comparison {
         c.paired += 1;
         right_a += usize::from(*pa);
         right_b += usize::from(*pb);
+        c.both_right += usize::from(*pa && *pb);
         let direction = match (pa, pb) {
             (true, false) => {
                 c.negative += 1;
@@ -543,6 +548,7 @@ pub fn compare(a: &[UnitRecord], b: &[UnitRecord]) -> Comparison {
         c.accuracy_b = Some(right_b as f64 / n);
         c.negative_flip_rate = Some(c.negative as f64 / n);
         c.positive_flip_rate = Some(c.positive as f64 / n);
+        c.consistency = Some(c.both_right as f64 / n);
     }
     c.p_value = mcnemar_p(c.negative as u64, c.positive as u64);
     c
@@ -754,6 +760,7 @@ mod tests {
         let c = compare(&a, &b);
         assert_eq!((c.paired, c.unpaired, c.negative, c.positive), (2, 2, 1, 0));
         assert_eq!(c.negative_flip_rate, Some(0.5));
+        assert_eq!((c.both_right, c.consistency), (1, Some(0.5)));
         assert_eq!(c.flipped[0].item, "b");
         assert_eq!(c.p_value, 1.0);
     }

@@ -705,6 +705,9 @@ fn compare_reports_flips_and_gates_on_the_negative_flip_rate() {
         ),
         (Some(5), Some(3), Some(0))
     );
+    // `exact` takes no answer ("The answer is 4." is not "4"): none right in both.
+    assert_eq!(c["both_right"], 0);
+    assert_eq!(c["consistency"], 0.0);
     assert!((c["p_value"].as_f64().unwrap() - 0.25).abs() < 1e-12);
     let flipped: Vec<&str> = c["flipped"]
         .as_array()
