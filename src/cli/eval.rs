@@ -546,6 +546,15 @@ fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
                 m.flips.positive
             );
         }
+        if let Some(i) = &m.insistency {
+            eprintln!(
+                "  revisions that kept the answer: {} of {} ({:.1}%), {} of them right",
+                i.kept,
+                i.revisions,
+                i.rate * 100.0,
+                pct(i.kept_right)
+            );
+        }
         if let Some(c) = &m.confidence {
             let f = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.3}"));
             eprintln!(

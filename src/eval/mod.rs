@@ -229,6 +229,10 @@ pub struct Candidate {
     /// answer the output would be). The data of per-round pass@k.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples: Option<SampleCount>,
+    /// The answer is the previous candidate's, unchanged (a revision that
+    /// kept it: an RBD judge insisting on its decision).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
 
 /// One verify node's judgement in a run: its confidence (score) and
@@ -676,7 +680,10 @@ impl UnitContext {
         result.output = summary.output.as_ref().map(text_of);
         let mut cache: HashMap<String, Score> = HashMap::new();
         let mut scoring_error = None;
+        let mut previous: Option<String> = None;
         for (node, round, tokens, text, samples) in candidates(&self.workflow, &events) {
+            let kept = previous.as_deref() == Some(text.trim());
+            previous = Some(text.trim().to_string());
             let score = match self.score_cached(&mut cache, &unit.item, &text).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -707,6 +714,7 @@ impl UnitContext {
                 score: score.score,
                 passed: score.passed,
                 samples: count,
+                kept,
             });
         }
         for (node, round, confidence, target) in verdicts(&self.workflow, &events) {

@@ -154,6 +154,18 @@ pub fn auroc(positive: &[f64], negative: &[f64]) -> Option<f64> {
     Some((rank_sum - p * (p + 1.0) / 2.0) / (p * n))
 }
 
+/// Revisions (every candidate after the first) that kept the previous
+/// answer unchanged: RBD's insistency, where each re-evaluation follows a
+/// detected bias.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Insistency {
+    pub revisions: usize,
+    pub kept: usize,
+    pub rate: f64,
+    /// Of the kept answers, the share that were right.
+    pub kept_right: Option<f64>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Metrics {
     pub items: usize,
@@ -180,6 +192,9 @@ pub struct Metrics {
     /// answers (each verdict's target scored by the eval's scorer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confidence: Option<Separation>,
+    /// How often a revision kept the answer it revised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insistency: Option<Insistency>,
     pub tokens: Dist,
     pub calls: Dist,
     pub cost_usd: Dist,
@@ -394,6 +409,23 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
         .flat_map(|r| r.verdicts.iter().map(|v| (v.confidence, v.passed)))
         .collect();
     m.confidence = Separation::of(&verdicts);
+    let revisions: Vec<&super::Candidate> = done
+        .iter()
+        .flat_map(|r| r.candidates.iter().skip(1))
+        .collect();
+    if !revisions.is_empty() {
+        let kept: Vec<bool> = revisions
+            .iter()
+            .filter(|c| c.kept)
+            .map(|c| c.passed)
+            .collect();
+        m.insistency = Some(Insistency {
+            revisions: revisions.len(),
+            kept: kept.len(),
+            rate: kept.len() as f64 / revisions.len() as f64,
+            kept_right: mean(kept.iter().map(|&p| f64::from(u8::from(p)))),
+        });
+    }
 
     m.tokens = Dist::of(results.iter().map(|r| r.tokens as f64).collect());
     m.calls = Dist::of(results.iter().map(|r| r.calls as f64).collect());
@@ -587,6 +619,7 @@ mod tests {
                 score: f64::from(u8::from(f)),
                 passed: f,
                 samples: None,
+                kept: false,
             });
             for (i, t) in tokens.iter().enumerate().skip(1) {
                 candidates.push(Candidate {
@@ -596,6 +629,7 @@ mod tests {
                     score: f64::from(u8::from(last)),
                     passed: last,
                     samples: None,
+                    kept: false,
                 });
             }
         }

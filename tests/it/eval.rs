@@ -123,6 +123,9 @@ async fn the_library_scores_every_item_and_measures_the_loop() {
     assert_eq!((m.flips.negative, m.flips.positive), (1, 1));
     assert_eq!(m.cl, Some(2.0 / 3.0));
     assert_eq!(m.cs, Some(0.5));
+    // Only a's revision repeats its draft word for word.
+    let i = m.insistency.unwrap();
+    assert_eq!((i.revisions, i.kept, i.kept_right), (5, 1, Some(1.0)));
     assert_eq!(m.per_round.len(), 2);
     assert_eq!(
         m.per_round[1].best_so_far, 0.8,
