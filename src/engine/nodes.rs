@@ -592,24 +592,41 @@ impl Task {
                     ));
                 }
                 Err(error) => {
+                    // A reply cut at max_tokens says so: the fix is the
+                    // setting, not the model.
+                    let cut = finish == FinishReason::Length;
+                    let reported = if cut {
+                        let decl = &self.shared.wf.models()[call.model];
+                        let max = call.sampling.max_tokens.unwrap_or(decl.max_tokens);
+                        format!(
+                            "{error} (the reply was cut off at max_tokens = {max} before it was complete: raise `max_tokens` or ask for a shorter reply)"
+                        )
+                    } else {
+                        error.clone()
+                    };
                     self.shared.emit(Event::InvalidOutput {
                         node: self.id().to_string(),
                         round: self.round,
                         attempt,
-                        error: error.clone(),
+                        error: reported.clone(),
                         raw: texts[0].clone(),
                     });
                     if attempt >= call.repair_attempts {
                         return Err(NodeError::InvalidOutput {
                             node: self.id().to_string(),
-                            error,
+                            error: reported,
                             raw: texts[0].clone(),
                         });
                     }
                     attempt += 1;
                     messages.push(Message::assistant(texts[0].clone()));
+                    let shorter = if cut {
+                        " It was too long and was cut off: keep every string short."
+                    } else {
+                        ""
+                    };
                     messages.push(Message::user(format!(
-                        "That reply is not valid: {error}. Reply again with only a JSON value that satisfies this JSON Schema:\n{}",
+                        "That reply is not valid: {error}.{shorter} Reply again with only a JSON value that satisfies this JSON Schema:\n{}",
                         schema.source
                     )));
                 }

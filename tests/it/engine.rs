@@ -419,6 +419,65 @@ replies:
     assert_eq!(s.output.unwrap(), "one line");
 }
 
+#[tokio::test]
+async fn a_structured_reply_cut_at_max_tokens_says_so_and_asks_for_less() {
+    let wf = || {
+        workflow(
+            r#"
+version: 1
+models: { m: "scripted:x" }
+nodes:
+  - id: plan
+    kind: generate
+    template: "Plan it."
+    sampling: { max_tokens: 4 }
+    schema: { type: object, required: [steps], properties: { steps: { type: string } } }
+output: { from: plan }
+"#,
+        )
+    };
+    let invalid = |events: &[Event]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::InvalidOutput { error, .. } => Some(error.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // The scripted model cuts replies at max_tokens words, as a real one
+    // would. The repair prompt tells the model it was cut off; its short
+    // reply then parses.
+    let script = r#"
+replies:
+  - { node: plan, prompt: "cut off: keep every string short", text: '{"steps": "a"}' }
+  - { node: plan, text: '{"steps": "one two three four five six"}' }
+"#;
+    let (s, events) = run(wf(), script, RunOptions::default()).await;
+    assert_eq!(s.status, RunStatus::Finished, "{}", trace(&events));
+    let errors = invalid(&events);
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].contains("cut off at max_tokens = 4") && errors[0].contains("raise `max_tokens`"),
+        "{errors:?}"
+    );
+    // Cut every time: the run's error says what to change.
+    let script = r#"
+replies:
+  - { node: plan, text: '{"steps": "one two three four five six"}' }
+"#;
+    let (s, _) = run(wf(), script, RunOptions::default()).await;
+    assert_eq!(s.status, RunStatus::Failed);
+    assert!(
+        s.error
+            .as_ref()
+            .unwrap()
+            .contains("cut off at max_tokens = 4"),
+        "{:?}",
+        s.error
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_backend_error_fails_the_run_with_the_best_output_kept() {
     let script = r#"

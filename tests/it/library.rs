@@ -531,6 +531,14 @@ replies:
     let (s, _) = run(wf, keyed, RunOptions::default()).await;
     assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
     assert_eq!(s.output.unwrap(), "b");
+    // `rbd: false`: the judge alone, the baseline the loop is measured against.
+    let mut opts = RunOptions::default();
+    opts.inputs.insert("rbd".into(), serde_json::json!(false));
+    let wf = load(&root().join("workflows/rbd.yaml"));
+    let (s, _) = run(wf, &replies, opts).await;
+    assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
+    assert_eq!(s.output.as_ref().unwrap(), "a");
+    assert_eq!((runs(&s, "detect"), runs(&s, "rejudge")), (0, 0));
 }
 
 /// ReVISE's verifier: confidence p(Yes)/(p(Yes)+p(No)) from the first

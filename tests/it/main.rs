@@ -16,6 +16,7 @@ mod library;
 #[cfg(feature = "llama")]
 mod llama;
 mod methods;
+mod methods_real;
 #[cfg(feature = "llama")]
 mod mock_hub;
 mod mock_openai;

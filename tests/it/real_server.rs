@@ -22,7 +22,7 @@ use crate::support::{load, root};
 const CASSETTE: &str = "tests/cassettes/self-refine-smollm2.jsonl";
 const EXPECTED: &str = "tests/cassettes/self-refine-smollm2.summary.json";
 
-fn peers() -> Option<(PathBuf, PathBuf)> {
+pub(crate) fn peers() -> Option<(PathBuf, PathBuf)> {
     let server = std::env::var_os("REDRAFT_LLAMA_SERVER").map(PathBuf::from);
     let model = std::env::var_os("REDRAFT_MODEL").map(PathBuf::from);
     match (server, model) {
@@ -42,9 +42,9 @@ fn peers() -> Option<(PathBuf, PathBuf)> {
 }
 
 /// A llama-server child process on 127.0.0.1, killed on drop.
-struct LlamaServer {
+pub(crate) struct LlamaServer {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for LlamaServer {
@@ -54,7 +54,7 @@ impl Drop for LlamaServer {
     }
 }
 
-async fn start(server: &std::path::Path, model: &std::path::Path) -> LlamaServer {
+pub(crate) async fn start(server: &std::path::Path, model: &std::path::Path) -> LlamaServer {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
