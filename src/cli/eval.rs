@@ -546,6 +546,21 @@ fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
                 m.flips.positive
             );
         }
+        if !m.per_node.is_empty() {
+            let p: Vec<String> = m
+                .per_node
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {:.1}% ({:.0} tok)",
+                        p.node,
+                        p.accuracy * 100.0,
+                        p.tokens
+                    )
+                })
+                .collect();
+            eprintln!("  per output node · {}", p.join(" · "));
+        }
         if let Some(i) = &m.insistency {
             eprintln!(
                 "  revisions that kept the answer: {} of {} ({:.1}%), {} of them right",

@@ -202,7 +202,24 @@ pub struct Metrics {
     pub total_tokens: u64,
     pub total_cost_usd: f64,
     pub per_round: Vec<RoundPoint>,
+    /// Each output node's own answer (its latest), when the output reads
+    /// several nodes: e.g. ReVISE's single chain, K = 2 vote, majority
+    /// and weighted votes side by side, with the tokens each had cost.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_node: Vec<NodePoint>,
     pub score_vs_tokens: Vec<TokenPoint>,
+}
+
+/// One output node's answers across the done units.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodePoint {
+    pub node: String,
+    /// Units where the node answered.
+    pub units: usize,
+    pub accuracy: f64,
+    pub mean_score: f64,
+    /// Mean tokens the run had spent when the node answered.
+    pub tokens: f64,
 }
 
 /// The unbiased pass@k estimator `1 − C(n−c, k) / C(n, k)`, as a product
@@ -463,6 +480,35 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
             sampled_pass_at_k: sampled_pass_at_k(with.iter().filter_map(|r| at(r, k).samples)),
         });
     }
+    // Per output node: each unit's latest answer of that node.
+    let mut nodes: Vec<(String, Vec<&super::Candidate>)> = Vec::new();
+    for r in &with {
+        let mut latest: Vec<(&str, &super::Candidate)> = Vec::new();
+        for c in &r.candidates {
+            match latest.iter_mut().find(|(n, _)| *n == c.node) {
+                Some(slot) => slot.1 = c,
+                None => latest.push((&c.node, c)),
+            }
+        }
+        for (node, c) in latest {
+            match nodes.iter_mut().find(|(n, _)| n == node) {
+                Some((_, cs)) => cs.push(c),
+                None => nodes.push((node.to_string(), vec![c])),
+            }
+        }
+    }
+    if nodes.len() > 1 {
+        m.per_node = nodes
+            .into_iter()
+            .map(|(node, cs)| NodePoint {
+                units: cs.len(),
+                accuracy: mean(cs.iter().map(|c| f64::from(u8::from(c.passed)))).unwrap_or(0.0),
+                mean_score: mean(cs.iter().map(|c| c.score)).unwrap_or(0.0),
+                tokens: mean(cs.iter().map(|c| c.tokens as f64)).unwrap_or(0.0),
+                node,
+            })
+            .collect();
+    }
     // Score vs tokens: at up to 20 budgets (quantiles of where answers were
     // made), the mean best score among answers made within the budget.
     let mut marks: Vec<u64> = with
@@ -718,6 +764,26 @@ mod tests {
         assert_eq!(m.per_round[0].sampled_pass_at_k[&1], (0.25 + 0.5) / 2.0);
         assert_eq!(m.per_round[1].reached, 1);
         assert_eq!(m.per_round[1].sampled_pass_at_k[&1], (1.0 + 0.5) / 2.0);
+    }
+
+    #[test]
+    fn each_output_node_is_scored_on_its_latest_answer() {
+        // a: draft right, revised twice, last revision wrong; b: draft only.
+        let a = unit("a", 0, Some(true), false, &[10, 20, 30]);
+        let b = unit("b", 0, Some(false), false, &[12]);
+        let m = compute(&[a, b]);
+        let got: Vec<(&str, usize, f64, f64)> = m
+            .per_node
+            .iter()
+            .map(|p| (p.node.as_str(), p.units, p.accuracy, p.tokens))
+            .collect();
+        assert_eq!(got, [("draft", 2, 0.5, 11.0), ("revise", 1, 0.0, 30.0)]);
+        // One output node: nothing to set side by side.
+        assert!(
+            compute(&[unit("c", 0, Some(true), true, &[5])])
+                .per_node
+                .is_empty()
+        );
     }
 
     #[test]
