@@ -530,6 +530,9 @@ pub async fn run(
         let mut running = tokio::task::JoinSet::new();
         let mut exhausted = false;
         loop {
+            // A result the store could not commit stops the eval at once
+            // (no more units run for nothing).
+            actor.check()?;
             if opts.cancel.is_cancelled() {
                 end = EvalEnd::Interrupted;
             } else if let Some(limit) = totals.over(&opts.total, &before) {
