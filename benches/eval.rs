@@ -62,6 +62,7 @@ fn plan(dir: &std::path::Path, items: usize) -> EvalPlan {
         epochs: 1,
         name: None,
         command: vec![],
+        review: None,
     }
 }
 

@@ -142,7 +142,7 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 
-fn parse_review(s: &str) -> anyhow::Result<workflow::ReviewDecisions> {
+pub(crate) fn parse_review(s: &str) -> anyhow::Result<workflow::ReviewDecisions> {
     use workflow::ReviewDecisions as D;
     Ok(match s {
         "accept-all" | "accept_all" => D::AcceptAll,

@@ -251,9 +251,79 @@ pub fn apply(before: &str, edits: &[Edit], accepted: &[bool]) -> String {
     out
 }
 
+/// A simulated reviewer for evals over texts with a known good version
+/// (the item's reference answer): it accepts an edit when applying that
+/// edit alone brings the text closer to the reference, word by word, and
+/// rejects it otherwise. What a careful person with the reference in mind
+/// would do; `redraft eval --review reference`.
+#[derive(Debug, Clone)]
+pub struct ReferenceReviewer {
+    pub reference: String,
+}
+
+impl ReferenceReviewer {
+    /// One decision per edit, each judged on its own against `before`.
+    pub fn decide(&self, before: &str, edits: &[Edit]) -> Vec<bool> {
+        let base = word_distance(before, &self.reference);
+        edits
+            .iter()
+            .map(|e| {
+                let alone = apply(before, std::slice::from_ref(e), &[true]);
+                word_distance(&alone, &self.reference) < base
+            })
+            .collect()
+    }
+}
+
+impl Reviewer for ReferenceReviewer {
+    fn review<'a>(
+        &'a self,
+        req: ReviewRequest<'a>,
+    ) -> BoxFuture<'a, Result<Vec<bool>, ReviewError>> {
+        let decisions = self.decide(req.before, req.edits);
+        Box::pin(async move { Ok(decisions) })
+    }
+}
+
+/// Words inserted or deleted to turn `a` into `b` (a word diff's changes).
+pub fn word_distance(a: &str, b: &str) -> usize {
+    TextDiff::configure()
+        .timeout(std::time::Duration::from_secs(2))
+        .diff_words(a, b)
+        .iter_all_changes()
+        .filter(|c| c.tag() != ChangeTag::Equal && !c.value().trim().is_empty())
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reference_reviewer_accepts_only_edits_toward_the_reference() {
+        let before = "The results was good, and we has finish the work on time.";
+        let after = "The results were good, and we have finished the work early.";
+        let reference = "The results were good, and we have finished the work on time.";
+        let proposed = edits(before, after);
+        let r = ReferenceReviewer {
+            reference: reference.into(),
+        };
+        let decisions = r.decide(before, &proposed);
+        let by_text: Vec<(&str, bool)> = proposed
+            .iter()
+            .map(|e| e.after.trim())
+            .zip(decisions.iter().copied())
+            .collect();
+        // Grammar fixes in, the meaning change ("on time" → "early") out.
+        assert!(by_text.contains(&("were", true)), "{by_text:?}");
+        assert!(by_text.contains(&("early.", false)), "{by_text:?}");
+        assert_eq!(
+            apply(before, &proposed, &decisions),
+            reference,
+            "{by_text:?}"
+        );
+        assert_eq!(word_distance(reference, reference), 0);
+    }
 
     #[test]
     fn word_level_edits_with_spans() {

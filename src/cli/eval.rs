@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use super::{EXIT_BACKEND, EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, stdout};
+use crate::eval::EvalReview;
 use crate::eval::data::{DataSpec, Selection};
 use crate::eval::report::ReportEval;
 use crate::eval::score::{SCORERS, Scorer};
@@ -114,6 +115,12 @@ pub struct EvalArgs {
     /// Use another backend for a model of the `judge:` scorer's workflow, NAME=SPEC.
     #[arg(long = "judge-model", value_name = "NAME=SPEC")]
     pub judge_models: Vec<String>,
+    /// Decisions for human review nodes: accept-all, reject-all, reference
+    /// (accept an edit when it brings the text closer to the item's
+    /// reference answer), or a decisions FILE (one entry per review round);
+    /// part of the eval's id.
+    #[arg(long, value_name = "MODE|FILE")]
+    pub review: Option<String>,
     /// Keep prompts and replies in the stored events.
     #[arg(long)]
     pub log_content: bool,
@@ -264,6 +271,11 @@ fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
     }
     let mut ids = file.ids;
     ids.extend(args.ids.iter().cloned());
+    if args.review.as_deref() == Some("reference") && data.answer.is_none() {
+        bail!(
+            "--review reference: the reviewer needs each item's reference text; name its field with --answer"
+        );
+    }
     let plan = EvalPlan {
         workflow: Arc::new(wf),
         workflow_source: source,
@@ -279,6 +291,14 @@ fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
         epochs,
         name: args.name.clone().or(file.name),
         command: std::env::args().collect(),
+        review: match args.review.as_deref() {
+            Some("ask") => bail!(
+                "--review ask: an eval never asks; give accept-all, reject-all, reference or a decisions file"
+            ),
+            Some("reference") => Some(EvalReview::Reference),
+            Some(r) => Some(EvalReview::Decisions(super::parse_review(r)?)),
+            None => None,
+        },
     };
     let mut totals: Vec<String> = file
         .total_budget
@@ -560,6 +580,22 @@ fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
                 })
                 .collect();
             eprintln!("  per output node · {}", p.join(" · "));
+        }
+        if !m.reviews.is_empty() {
+            let r: Vec<String> = m
+                .reviews
+                .iter()
+                .map(|r| {
+                    format!(
+                        "depth {}: {} of {} accepted ({})",
+                        r.depth,
+                        r.accepted,
+                        r.proposed,
+                        pct(r.acceptance_rate)
+                    )
+                })
+                .collect();
+            eprintln!("  review · {}", r.join(" · "));
         }
         if let Some(i) = &m.insistency {
             eprintln!(

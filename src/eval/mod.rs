@@ -79,6 +79,20 @@ pub struct EvalPlan {
     pub name: Option<String>,
     /// The command line, for the record.
     pub command: Vec<String>,
+    /// Decisions for the workflow's `human_review` nodes. Part of the id:
+    /// other decisions, other results.
+    pub review: Option<EvalReview>,
+}
+
+/// Who decides the edits of `human_review` nodes in an eval (never a
+/// terminal).
+#[derive(Debug, Clone)]
+pub enum EvalReview {
+    /// Fixed decisions: `accept-all`, `reject-all` or a decisions file.
+    Decisions(crate::workflow::ReviewDecisions),
+    /// A simulated reviewer with the item's reference answer in mind
+    /// ([`crate::review::ReferenceReviewer`]).
+    Reference,
 }
 
 impl EvalPlan {
@@ -110,10 +124,24 @@ impl EvalPlan {
             "extract": self.extract,
             "epochs": self.epochs,
         });
-        match key {
+        let mut key = match key {
             Value::Object(map) => map,
             _ => unreachable!("a JSON object literal"),
+        };
+        // Only when given, so that the ids of evals without reviews stay.
+        if let Some(review) = &self.review {
+            use crate::workflow::ReviewDecisions as D;
+            let v = match review {
+                EvalReview::Reference => "reference".to_string(),
+                EvalReview::Decisions(D::Ask) => "ask".to_string(),
+                EvalReview::Decisions(D::AcceptAll) => "accept-all".to_string(),
+                EvalReview::Decisions(D::RejectAll) => "reject-all".to_string(),
+                EvalReview::Decisions(D::File(path)) => std::fs::read_to_string(path)
+                    .unwrap_or_else(|e| format!("{}: {e}", path.display())),
+            };
+            key.insert("review".into(), v.into());
         }
+        key
     }
 
     /// What is stored with the eval: its key, the command line, where the
@@ -523,6 +551,7 @@ pub async fn run(
             scorer,
             budget: opts.item_budget,
             log_content: opts.log_content,
+            review: plan.review.clone(),
             worker: me.to_string(),
         });
         let concurrency = opts.concurrency.max(1);
@@ -617,6 +646,7 @@ struct UnitContext {
     scorer: Arc<Scorer>,
     budget: Limits,
     log_content: bool,
+    review: Option<EvalReview>,
     worker: String,
 }
 
@@ -628,12 +658,24 @@ enum UnitEnd {
 impl UnitContext {
     async fn run_unit(&self, unit: Unit, cancel: CancellationToken) -> UnitEnd {
         let started = Instant::now();
+        let (review, reviewer) = match &self.review {
+            None => (None, None),
+            Some(EvalReview::Decisions(d)) => (Some(d.clone()), None),
+            Some(EvalReview::Reference) => {
+                let reference = unit.item.answer.as_ref().map(text_of).unwrap_or_default();
+                let reviewer: Arc<dyn crate::review::Reviewer> =
+                    Arc::new(crate::review::ReferenceReviewer { reference });
+                (Some(crate::workflow::ReviewDecisions::Ask), Some(reviewer))
+            }
+        };
         let opts = RunOptions {
             inputs: unit.item.inputs.clone(),
             budget: self.budget,
             cancel,
             seed_offset: u64::from(unit.epoch),
             log_content: self.log_content,
+            review,
+            reviewer,
             ..RunOptions::default()
         };
         let (mut stream, run) = self.engine.run_streaming(self.workflow.clone(), opts);

@@ -100,6 +100,7 @@ async fn the_library_scores_every_item_and_measures_the_loop() {
         epochs: 1,
         name: None,
         command: vec![],
+        review: None,
     };
     let scorer = Arc::new(Scorer::parse("numeric", None, Isolation::None).unwrap());
     let store = eval::store::open(dir.join("r.db").to_str().unwrap()).unwrap();

@@ -226,6 +226,86 @@ async fn r3_applies_accepted_edits_and_never_reproposes_rejected_ones() {
     assert_eq!(rates, [(1, 4, 3), (2, 0, 0)]);
 }
 
+/// R3 over a data set: `--review reference` accepts the edits that bring
+/// the text closer to the item's reference (the grammar fixes) and rejects
+/// the rest (the meaning change), and the eval reports acceptance per
+/// depth and how much of the distance to the reference the revision
+/// removed (scripts/r3-score.py).
+#[test]
+fn r3_evals_with_a_reviewer_that_knows_the_reference() {
+    let dir = std::env::temp_dir().join(format!("redraft-r3-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("texts.jsonl");
+    let row = serde_json::json!({
+        "id": "t1",
+        "document": "The results of the test was good, and we has finish the migration on time. It were a lot of work.",
+        "reference": "The results of the test were good, and we had finished the migration on time. It was a lot of work.",
+    });
+    std::fs::write(&data, format!("{row}\n")).unwrap();
+    let store = dir.join("r.db");
+    let scorer = format!(
+        "command:python3 {}",
+        root().join("scripts/r3-score.py").display()
+    );
+    let eval = |review: &str| {
+        let o = crate::support::redraft(&[
+            "eval",
+            root().join("workflows/r3.yaml").to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--map",
+            "document=document",
+            "--answer",
+            "reference",
+            "--scorer",
+            &scorer,
+            "--review",
+            review,
+            "--store",
+            store.to_str().unwrap(),
+            "--json",
+            "-q",
+        ]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let reviewed = eval("reference");
+    let m = &reviewed["metrics"];
+    assert_eq!(m["accuracy"], 1.0, "the reference restored: {m}");
+    assert_eq!(m["reviews"][0]["proposed"], 4);
+    assert_eq!(m["reviews"][0]["accepted"], 3);
+    // Accepting everything keeps the meaning change: closer, not there.
+    let all = eval("accept-all");
+    assert_ne!(
+        all["eval"], reviewed["eval"],
+        "the review is part of the eval's id"
+    );
+    assert_eq!(all["metrics"]["accuracy"], 0.0);
+    // Word distance 4 before (was, has finish, were), 2 after (on time → early).
+    assert_eq!(all["metrics"]["mean_score"], 0.5);
+    // No reference, no reviewer.
+    let o = crate::support::redraft(&[
+        "eval",
+        root().join("workflows/r3.yaml").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--review",
+        "reference",
+        "--scorer",
+        "exact",
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--review reference"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn new_writes_a_runnable_copy_of_every_method_and_never_overwrites() {
     let dir = std::env::temp_dir().join(format!("redraft-new-{}", std::process::id()));
