@@ -375,6 +375,7 @@ output: draft
 #[test]
 fn a_schema_that_cannot_fit_max_tokens_is_a_warning_not_an_error() {
     let text = |max_length: u32, min_length: u32| {
+        let max_tokens = if max_length == 400 { 160 } else { 100 };
         format!(
             r#"
 version: 1
@@ -384,7 +385,7 @@ nodes:
   - id: critique
     kind: critique
     template: "Critique."
-    sampling: {{ max_tokens: 100 }}
+    sampling: {{ max_tokens: {max_tokens} }}
     schema:
       type: object
       required: [feedback]
@@ -425,6 +426,66 @@ output: critique
         "{}",
         wf.warnings_rendered()
     );
+    // 400 characters at 2.5 a token (digits, punctuation) overrun 160.
+    let wf = workflow::load_str(&text(400, 0), "digits.yaml", &base).unwrap();
+    assert_eq!(wf.warnings().len(), 1, "{}", wf.warnings_rendered());
+}
+
+/// Every shape a schema can bound or leave open: strings, arrays, objects
+/// with named or extra properties, alternatives. Unbounded is a warning
+/// too; bounded everywhere and small enough is none.
+#[test]
+fn a_schema_without_bounds_is_flagged_and_every_bound_counts() {
+    let with = |parameters: &str| {
+        format!(
+            r#"
+version: 1
+models:
+  m: scripted:../scripts/echo.yaml
+nodes:
+  - id: call
+    kind: generate
+    template: "Call."
+    sampling: {{ max_tokens: 200 }}
+    schema:
+      type: object
+      required: [parameters]
+      properties:
+        parameters: {parameters}
+output: call
+"#
+        )
+    };
+    let base = fixtures().join("valid");
+    let warns = |parameters: &str| -> String {
+        let wf = workflow::load_str(&with(parameters), "w.yaml", &base).unwrap();
+        wf.warnings_rendered().to_string()
+    };
+    for open in [
+        "{ type: object }",
+        "{ type: string }",
+        "{ type: array, items: { type: string, maxLength: 5 } }",
+        "{ type: object, maxProperties: 3, additionalProperties: { type: string } }",
+        "{ type: object, additionalProperties: { type: string, maxLength: 5 } }",
+        "{ anyOf: [{ type: number }, { type: string }] }",
+        "{ type: object, properties: { a: { type: number } }, additionalProperties: { type: string } }",
+    ] {
+        let w = warns(open);
+        assert!(w.contains("puts no bound"), "{open}: {w}");
+    }
+    for bounded in [
+        "{ type: object, maxProperties: 3, additionalProperties: { anyOf: [{ type: number }, { type: string, maxLength: 20 }] } }",
+        "{ type: array, maxItems: 4, items: { type: string, maxLength: 20 } }",
+        "{ type: object, properties: { a: { type: number } } }",
+    ] {
+        let w = warns(bounded);
+        assert!(w.is_empty(), "{bounded}: {w}");
+    }
+    // Bounded, but too long: 10 properties of 200 characters.
+    let w = warns(
+        "{ type: object, maxProperties: 10, additionalProperties: { type: string, maxLength: 200 } }",
+    );
+    assert!(w.contains("may not fit"), "{w}");
 }
 
 /// Every kind in the table has a section in the reference (a `###`
