@@ -471,11 +471,16 @@ fn tool_call(want: &Value, output: &str) -> Score {
             .and_then(Value::as_str)
             .map(str::to_string)
     };
+    // An object, or a JSON object in a string (OpenAI's `arguments`).
     let params_of = |o: &serde_json::Map<String, Value>| -> Option<serde_json::Map<String, Value>> {
-        o.get("parameters")
-            .or_else(|| o.get("arguments"))
-            .and_then(Value::as_object)
-            .cloned()
+        match o.get("parameters").or_else(|| o.get("arguments"))? {
+            Value::Object(m) => Some(m.clone()),
+            Value::String(s) => match serde_json::from_str(s) {
+                Ok(Value::Object(m)) => Some(m),
+                _ => None,
+            },
+            _ => None,
+        }
     };
     let Some(want) = want.as_object() else {
         return Score::pass_fail(false, "the expected call is not an object");
@@ -815,6 +820,19 @@ mod tests {
             "{other:?}"
         );
         assert!(!run(&s, &i, "no json").passed);
+        // Parameters as a JSON object in a string (OpenAI's `arguments`).
+        let quoted = run(
+            &s,
+            &i,
+            r#"{"name": "AddAlarm", "arguments": "{\"time\": \"18:30:00\"}"}"#,
+        );
+        assert!(quoted.passed, "{quoted:?}");
+        let garbled = run(
+            &s,
+            &i,
+            r#"{"api_name": "AddAlarm", "parameters": "time=18:30"}"#,
+        );
+        assert_eq!((garbled.score, garbled.passed), (0.0, false));
     }
 
     #[test]

@@ -1458,15 +1458,12 @@ fn reply_chars(schema: &serde_json::Value) -> (usize, Option<usize>) {
             (min, max)
         }
         Some("object") => {
-            // Properties beyond the named ones, as a schema: bounded only
-            // with `maxProperties` (keys counted at 20 characters).
+            // Properties beyond the named ones, as a schema: unbounded, even
+            // with `maxProperties`, which grammar-constrained decoding
+            // (llama.cpp, OpenAI) does not enforce: a small model repeats
+            // keys until max_tokens.
             let extra = match schema.get("additionalProperties") {
-                Some(sub @ serde_json::Value::Object(_)) => {
-                    match (get("maxProperties"), reply_chars(sub).1) {
-                        (Some(n), Some(m)) => Some(n * (m + 24)),
-                        _ => None,
-                    }
-                }
+                Some(serde_json::Value::Object(_)) => None,
                 _ => Some(0),
             };
             let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
@@ -1499,7 +1496,8 @@ fn reply_chars(schema: &serde_json::Value) -> (usize, Option<usize>) {
 /// most 4 a token for the shortest reply, 2.5 for the longest (digits and
 /// punctuation are often a token each: a small model's 390-character
 /// critique of a GSM8K solution took 160 tokens). A schema with no bound
-/// at all (a string without `maxLength`, a free object) is flagged too.
+/// at all (a string without `maxLength`, an object with free properties,
+/// `maxProperties` or not) is flagged too.
 fn reply_fit(
     schema: &serde_json::Value,
     max_tokens: u32,
@@ -1528,7 +1526,7 @@ fn reply_fit(
             format!(
                 "the schema of {label} puts no bound on a reply's length (a string without `maxLength`, an array without `maxItems`, or an object with free properties), so a reply may run past its `max_tokens` ({max_tokens}) and be cut, invalid JSON"
             ),
-            "bound every field (`maxLength`, `maxItems`, `maxProperties` with `additionalProperties`): grammar-constrained decoding then keeps replies inside the bound",
+            "bound every field (`maxLength`, `maxItems`) and name an object's properties: grammar-constrained decoding then keeps replies inside the bound (it ignores `maxProperties`; free-form data fits in a string with `maxLength`)",
         )
     } else {
         return None;

@@ -467,6 +467,8 @@ output: call
         "{ type: array, items: { type: string, maxLength: 5 } }",
         "{ type: object, maxProperties: 3, additionalProperties: { type: string } }",
         "{ type: object, additionalProperties: { type: string, maxLength: 5 } }",
+        // Decoders ignore maxProperties: keys repeat until max_tokens.
+        "{ type: object, maxProperties: 3, additionalProperties: { type: string, maxLength: 5 } }",
         "{ anyOf: [{ type: number }, { type: string }] }",
         "{ type: object, properties: { a: { type: number } }, additionalProperties: { type: string } }",
     ] {
@@ -474,17 +476,16 @@ output: call
         assert!(w.contains("puts no bound"), "{open}: {w}");
     }
     for bounded in [
-        "{ type: object, maxProperties: 3, additionalProperties: { anyOf: [{ type: number }, { type: string, maxLength: 20 }] } }",
+        "{ type: object, properties: { a: { anyOf: [{ type: number }, { type: string, maxLength: 20 }] } } }",
         "{ type: array, maxItems: 4, items: { type: string, maxLength: 20 } }",
+        "{ type: string, maxLength: 300 }",
         "{ type: object, properties: { a: { type: number } } }",
     ] {
         let w = warns(bounded);
         assert!(w.is_empty(), "{bounded}: {w}");
     }
-    // Bounded, but too long: 10 properties of 200 characters.
-    let w = warns(
-        "{ type: object, maxProperties: 10, additionalProperties: { type: string, maxLength: 200 } }",
-    );
+    // Bounded, but too long: 2,000 characters in 200 tokens.
+    let w = warns("{ type: string, maxLength: 2000 }");
     assert!(w.contains("may not fit"), "{w}");
 }
 
