@@ -17,8 +17,8 @@ store=${REDRAFT_EVAL_STORE:-runs/r3.db}
 limit=${REDRAFT_R3_LIMIT:-20}
 bin=${REDRAFT_BIN:-target/debug/redraft}
 [ -x "$bin" ] || cargo build --features llama,otel --quiet
-texts=$(mktemp)
-trap 'rm -f "$texts"' EXIT
+# A stable path: the data's path is part of the eval's id (resumable).
+texts="${store%.db}-texts-$limit.jsonl"
 python3 scripts/r3-texts.py "$texts" --limit "$limit"
 for review in accept-all reference; do
   "$bin" eval workflows/r3.yaml --data "$texts" --map document=document --answer reference \

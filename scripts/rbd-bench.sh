@@ -16,8 +16,8 @@ store=${REDRAFT_EVAL_STORE:-runs/rbd.db}
 limit=${REDRAFT_RBD_LIMIT:-20}
 bin=${REDRAFT_BIN:-target/debug/redraft}
 [ -x "$bin" ] || cargo build --features llama,otel --quiet
-sets=$(mktemp -d)
-trap 'rm -rf "$sets"' EXIT
+# A stable folder: the data's path is part of each eval's id (resumable).
+sets="${store%.db}-sets-$limit"
 python3 scripts/rbd-bias-sets.py "$sets" --limit "$limit" 2>/dev/null
 spec="llama:$model_path"
 
