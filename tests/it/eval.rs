@@ -59,10 +59,18 @@ fn arith_data() -> String {
 
 /// `eval` of the arith fixture into `store`, with extra flags.
 fn arith_eval(store: &str, extra: &[&str]) -> Output {
-    let (wf, data) = (arith(), arith_data());
+    let mut args = vec!["--json", "-q"];
+    args.extend_from_slice(extra);
+    fixture_eval(&arith(), store, &args)
+}
+
+/// `eval` of an eval fixture workflow over the arith data (task =
+/// question, numeric answers) into `store`, with extra flags.
+fn fixture_eval(wf: &str, store: &str, extra: &[&str]) -> Output {
+    let data = arith_data();
     let mut args = vec![
         "eval",
-        &wf,
+        wf,
         "--data",
         &data,
         "--map",
@@ -73,8 +81,6 @@ fn arith_eval(store: &str, extra: &[&str]) -> Output {
         "numeric",
         "--store",
         store,
-        "--json",
-        "-q",
     ];
     args.extend_from_slice(extra);
     redraft(&args)
@@ -206,43 +212,14 @@ fn the_verifiers_confidence_is_measured_against_correctness() {
     let dir = temp_dir("confidence");
     let store = dir.join("r.db").display().to_string();
     let wf = fixtures().join("eval/checked.yaml").display().to_string();
-    let (data, st) = (arith_data(), store.clone());
-    let out = redraft(&[
-        "eval",
-        &wf,
-        "--data",
-        &data,
-        "--map",
-        "task=question",
-        "--answer",
-        "answer",
-        "--scorer",
-        "numeric",
-        "--store",
-        &st,
-    ]);
+    let out = fixture_eval(&wf, &store, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("verifier confidence: 5 verdicts (3 on right answers) · mean right 0.633 wrong 0.450 · AUROC 0.667"),
         "{}",
         stderr(&out)
     );
-    let j = json(&redraft(&[
-        "eval",
-        &wf,
-        "--data",
-        &data,
-        "--map",
-        "task=question",
-        "--answer",
-        "answer",
-        "--scorer",
-        "numeric",
-        "--store",
-        &store,
-        "--json",
-        "-q",
-    ]));
+    let j = json(&fixture_eval(&wf, &store, &["--json", "-q"]));
     let c = &j["metrics"]["confidence"];
     assert_eq!(
         (c["verdicts"].as_u64(), c["right"].as_u64()),

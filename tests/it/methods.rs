@@ -162,6 +162,21 @@ async fn revise_with_tau_zero_never_refines() {
     assert_eq!(s.output, Some(serde_json::json!("72")));
 }
 
+/// `redraft eval ARGS --json -q`, which must exit 0: its JSON summary.
+fn eval_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["eval"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", "-q"]);
+    let o = crate::support::redraft(&all);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 #[tokio::test]
 async fn draft_explores_diverse_requests_calls_the_tool_and_converges() {
     let tooltalk = redraft::eval::data::python_package_dir("tooltalk").is_some();
@@ -247,12 +262,16 @@ fn r3_evals_with_a_reviewer_that_knows_the_reference() {
         "command:python3 {}",
         root().join("scripts/r3-score.py").display()
     );
+    let (wf, data, store) = (
+        root().join("workflows/r3.yaml"),
+        data.to_str().unwrap().to_string(),
+        store.to_str().unwrap().to_string(),
+    );
     let eval = |review: &str| {
-        let o = crate::support::redraft(&[
-            "eval",
-            root().join("workflows/r3.yaml").to_str().unwrap(),
+        eval_json(&[
+            wf.to_str().unwrap(),
             "--data",
-            data.to_str().unwrap(),
+            &data,
             "--map",
             "document=document",
             "--answer",
@@ -262,17 +281,8 @@ fn r3_evals_with_a_reviewer_that_knows_the_reference() {
             "--review",
             review,
             "--store",
-            store.to_str().unwrap(),
-            "--json",
-            "-q",
-        ]);
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+            &store,
+        ])
     };
     let reviewed = eval("reference");
     let m = &reviewed["metrics"];
@@ -291,15 +301,15 @@ fn r3_evals_with_a_reviewer_that_knows_the_reference() {
     // No reference, no reviewer.
     let o = crate::support::redraft(&[
         "eval",
-        root().join("workflows/r3.yaml").to_str().unwrap(),
+        wf.to_str().unwrap(),
         "--data",
-        data.to_str().unwrap(),
+        &data,
         "--review",
         "reference",
         "--scorer",
         "exact",
         "--store",
-        store.to_str().unwrap(),
+        &store,
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--review reference"));
@@ -459,8 +469,7 @@ fn rbd_bias_sets_pair_each_biased_item_with_an_unbiased_one() {
     // The sets are what rbd.yaml reads: the judge alone (`rbd=false`,
     // scripted to answer "a") is right on the three (a) items.
     let (data, store) = (dir.join("sentiment.jsonl"), dir.join("r.db"));
-    let o = crate::support::redraft(&[
-        "eval",
+    let j = eval_json(&[
         root().join("workflows/rbd.yaml").to_str().unwrap(),
         "--data",
         data.to_str().unwrap(),
@@ -480,16 +489,7 @@ fn rbd_bias_sets_pair_each_biased_item_with_an_unbiased_one() {
         "exact",
         "--store",
         store.to_str().unwrap(),
-        "--json",
-        "-q",
     ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["metrics"]["accuracy"], 0.5);
     let _ = std::fs::remove_dir_all(&dir);
 }
