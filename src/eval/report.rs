@@ -225,6 +225,60 @@ fn summary_table(h: &mut String, evals: &[ReportEval], names: &[String]) {
         h.push_str(&reviews.concat());
         h.push_str("</table>");
     }
+    let nodes: Vec<String> = evals
+        .iter()
+        .zip(names)
+        .flat_map(|(e, n)| {
+            e.metrics.per_node.iter().map(move |p| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.0}</td></tr>",
+                    escape(n),
+                    escape(&p.node),
+                    p.units,
+                    pct(Some(p.accuracy)),
+                    p.mean_score,
+                    p.tokens
+                )
+            })
+        })
+        .collect();
+    if !nodes.is_empty() {
+        h.push_str("<h3>Per output node (each node's latest answer)</h3><table><tr><th>eval</th><th>node</th><th>units</th><th>accuracy</th><th>mean score</th><th>tokens spent when it answered</th></tr>");
+        h.push_str(&nodes.concat());
+        h.push_str("</table>");
+    }
+    let checks: Vec<String> = evals
+        .iter()
+        .zip(names)
+        .filter_map(|(e, n)| {
+            let i = e.metrics.insistency;
+            let c = e.metrics.confidence;
+            (i.is_some() || c.is_some()).then(|| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(n),
+                    i.map_or("–".into(), |i| format!(
+                        "{} of {} ({})",
+                        i.kept,
+                        i.revisions,
+                        pct(Some(i.rate))
+                    )),
+                    c.map_or("–".into(), |c| format!(
+                        "{} ({} right)",
+                        c.verdicts, c.right
+                    )),
+                    num(c.and_then(|c| c.mean_right)),
+                    num(c.and_then(|c| c.mean_wrong)),
+                    num(c.and_then(|c| c.auroc)),
+                )
+            })
+        })
+        .collect();
+    if !checks.is_empty() {
+        h.push_str("<h3>Revisions that kept the answer; verifier confidence against correctness</h3><table><tr><th>eval</th><th>kept</th><th>verdicts</th><th>mean confidence, right</th><th>mean confidence, wrong</th><th>AUROC</th></tr>");
+        h.push_str(&checks.concat());
+        h.push_str("</table>");
+    }
 }
 
 fn flip_matrix(h: &mut String, evals: &[ReportEval], names: &[String]) {

@@ -232,6 +232,23 @@ fn the_verifiers_confidence_is_measured_against_correctness() {
     // The arith loop has no verify node: no confidence to report.
     let plain = json(&arith_eval(&dir.join("p.db").display().to_string(), &[]));
     assert!(plain["metrics"].get("confidence").is_none());
+    // The report shows it.
+    let html = dir.join("r.html");
+    let id = j["eval"].as_str().unwrap();
+    let o = redraft(&[
+        "report",
+        id,
+        "--store",
+        &store,
+        "-o",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("<td>5 (3 right)</td><td>0.633</td><td>0.450</td><td>0.667</td>"),
+        "the verifier table"
+    );
 }
 
 /// item id → (finished_at, attempts) of finished units in a SQLite store.
