@@ -271,11 +271,17 @@ fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
     }
     let mut ids = file.ids;
     ids.extend(args.ids.iter().cloned());
-    if args.review.as_deref() == Some("reference") && data.answer.is_none() {
-        bail!(
+    let review = match args.review.as_deref() {
+        Some("ask") => bail!(
+            "--review ask: an eval never asks; give accept-all, reject-all, reference or a decisions file"
+        ),
+        Some("reference") if data.answer.is_none() => bail!(
             "--review reference: the reviewer needs each item's reference text; name its field with --answer"
-        );
-    }
+        ),
+        Some("reference") => Some(EvalReview::Reference),
+        Some(r) => Some(EvalReview::Decisions(super::parse_review(r)?)),
+        None => None,
+    };
     let plan = EvalPlan {
         workflow: Arc::new(wf),
         workflow_source: source,
@@ -291,14 +297,7 @@ fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
         epochs,
         name: args.name.clone().or(file.name),
         command: std::env::args().collect(),
-        review: match args.review.as_deref() {
-            Some("ask") => bail!(
-                "--review ask: an eval never asks; give accept-all, reject-all, reference or a decisions file"
-            ),
-            Some("reference") => Some(EvalReview::Reference),
-            Some(r) => Some(EvalReview::Decisions(super::parse_review(r)?)),
-            None => None,
-        },
+        review,
     };
     let mut totals: Vec<String> = file
         .total_budget

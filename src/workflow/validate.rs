@@ -1462,13 +1462,15 @@ fn reply_chars(schema: &serde_json::Value) -> (usize, Option<usize>) {
             // with `maxProperties`, which grammar-constrained decoding
             // (llama.cpp, OpenAI) does not enforce: a small model repeats
             // keys until max_tokens.
-            let extra = match schema.get("additionalProperties") {
-                Some(serde_json::Value::Object(_)) => None,
-                _ => Some(0),
-            };
+            let additional = schema.get("additionalProperties");
+            let free = matches!(
+                additional,
+                Some(serde_json::Value::Object(_) | serde_json::Value::Bool(true))
+            );
             let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
-                let free = schema.get("additionalProperties").is_none();
-                return (2, if free { None } else { extra.map(|e| e + 2) });
+                // No named properties: `{}` only when extras are closed.
+                let closed = additional == Some(&serde_json::Value::Bool(false));
+                return (2, closed.then_some(2));
             };
             let required: Vec<&str> = schema
                 .get("required")
@@ -1484,7 +1486,7 @@ fn reply_chars(schema: &serde_json::Value) -> (usize, Option<usize>) {
                 }
                 max = max.zip(hi).map(|(a, b)| a + entry + b);
             }
-            (min, max.zip(extra).map(|(a, b)| a + b))
+            (min, max.filter(|_| !free))
         }
         _ => (0, None),
     }

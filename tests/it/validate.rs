@@ -471,6 +471,7 @@ output: call
         "{ type: object, maxProperties: 3, additionalProperties: { type: string, maxLength: 5 } }",
         "{ anyOf: [{ type: number }, { type: string }] }",
         "{ type: object, properties: { a: { type: number } }, additionalProperties: { type: string } }",
+        "{ type: object, properties: { a: { type: number } }, additionalProperties: true }",
     ] {
         let w = warns(open);
         assert!(w.contains("puts no bound"), "{open}: {w}");
@@ -479,6 +480,7 @@ output: call
         "{ type: object, properties: { a: { anyOf: [{ type: number }, { type: string, maxLength: 20 }] } } }",
         "{ type: array, maxItems: 4, items: { type: string, maxLength: 20 } }",
         "{ type: string, maxLength: 300 }",
+        "{ type: object, additionalProperties: false }",
         "{ type: object, properties: { a: { type: number } } }",
     ] {
         let w = warns(bounded);
