@@ -374,6 +374,66 @@ impl Store for PgStore {
         })
     }
 
+    fn append_record(
+        &mut self,
+        kind: &str,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        let location = self.location.clone();
+        let db = |e: postgres::Error| StoreError::Db {
+            store: location.clone(),
+            message: e.to_string(),
+        };
+        let mut tx = self.client.transaction().map_err(db)?;
+        // One writer of a journal's `seq` at a time.
+        let lock = format!("{kind}\u{1f}{key}");
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock])
+            .map_err(db)?;
+        let seq: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM records WHERE kind = $1 AND key = $2",
+                &[&kind, &key],
+            )
+            .map_err(db)?
+            .get(0);
+        tx.execute(
+            "INSERT INTO records (kind, key, seq, created_at, value) VALUES ($1, $2, $3, $4, $5)",
+            &[&kind, &key, &seq, &now_ms(), &value.to_string()],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(seq)
+    }
+
+    fn records(&mut self, kind: &str, key: &str) -> Result<Vec<serde_json::Value>, StoreError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT value FROM records WHERE kind = $1 AND key = $2 ORDER BY seq",
+                &[&kind, &key],
+            )
+            .map_err(|e| self.db(e))?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(r.get::<_, &str>(0)).map_err(|e| corrupt(&self.location, e))
+            })
+            .collect()
+    }
+
+    fn record_keys(&mut self, kind: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .client
+            .query(
+                "SELECT DISTINCT key FROM records WHERE kind = $1 ORDER BY key",
+                &[&kind],
+            )
+            .map_err(|e| self.db(e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
     fn units(&mut self, eval: &str, full: bool) -> Result<Vec<UnitRecord>, StoreError> {
         let rows = self
             .client

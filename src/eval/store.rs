@@ -225,6 +225,13 @@ pub trait Store: Send {
     /// Every unit with its result; the results' summaries and events only
     /// with `full` (they are most of the bytes).
     fn units(&mut self, eval: &str, full: bool) -> Result<Vec<UnitRecord>, StoreError>;
+    /// Appends a record to the journal `(kind, key)` (a calibration's
+    /// generations, a learned mapping); returns its sequence number (from 0).
+    fn append_record(&mut self, kind: &str, key: &str, value: &Value) -> Result<i64, StoreError>;
+    /// A journal's records, oldest first (empty if there is none).
+    fn records(&mut self, kind: &str, key: &str) -> Result<Vec<Value>, StoreError>;
+    /// The keys of a kind's journals, sorted.
+    fn record_keys(&mut self, kind: &str) -> Result<Vec<String>, StoreError>;
 }
 
 /// Opens a store: `postgres://…`/`postgresql://…`, else a SQLite file
@@ -322,6 +329,10 @@ CREATE TABLE IF NOT EXISTS units (
     tokens {int}, calls {int}, cost_usd {real}, summary TEXT, events TEXT,
     PRIMARY KEY (eval_id, item_id, epoch));
 CREATE INDEX IF NOT EXISTS units_by_status ON units (eval_id, status, seq);
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL, key TEXT NOT NULL, seq {int} NOT NULL,
+    created_at {int} NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (kind, key, seq));
 "
     )
 }
@@ -683,6 +694,47 @@ impl Store for SqliteStore {
             created_at,
             meta: serde_json::from_str(&meta).map_err(|e| corrupt(&self.path, e))?,
         })
+    }
+
+    fn append_record(&mut self, kind: &str, key: &str, value: &Value) -> Result<i64, StoreError> {
+        let value = value.to_string();
+        self.with_tx(|tx| {
+            let seq: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM records WHERE kind = ?1 AND key = ?2",
+                [kind, key],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO records (kind, key, seq, created_at, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![kind, key, seq, now_ms(), value],
+            )?;
+            Ok(seq)
+        })
+    }
+
+    fn records(&mut self, kind: &str, key: &str) -> Result<Vec<Value>, StoreError> {
+        let rows: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT value FROM records WHERE kind = ?1 AND key = ?2 ORDER BY seq")
+                .map_err(|e| self_db(&self.path, e))?;
+            stmt.query_map([kind, key], |r| r.get(0))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| self_db(&self.path, e))?
+        };
+        rows.iter()
+            .map(|v| serde_json::from_str(v).map_err(|e| corrupt(&self.path, e)))
+            .collect()
+    }
+
+    fn record_keys(&mut self, kind: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT key FROM records WHERE kind = ?1 ORDER BY key")
+            .map_err(|e| self_db(&self.path, e))?;
+        stmt.query_map([kind], |r| r.get(0))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self_db(&self.path, e))
     }
 
     fn units(&mut self, eval: &str, full: bool) -> Result<Vec<UnitRecord>, StoreError> {

@@ -108,13 +108,24 @@ pub fn diagnostics_json(file: &str, diagnostics: &[Diagnostic]) -> Vec<serde_jso
 
 /// Loads and checks a workflow file. Prompt files resolve against its directory.
 pub fn load(path: &Path) -> Result<Workflow, WorkflowError> {
+    load_with_prompts(path, &Prompts::new())
+}
+
+/// Prompt texts given in place of prompt files, by the file name as the
+/// workflow writes it (`prompt: draft.j2` → `"draft.j2"`).
+pub type Prompts = std::collections::BTreeMap<String, String>;
+
+/// Loads a workflow file with some prompt files replaced by the given
+/// texts (a candidate prompt, a migrated one): checked exactly as if the
+/// files held them.
+pub fn load_with_prompts(path: &Path, prompts: &Prompts) -> Result<Workflow, WorkflowError> {
     let bytes = read_limited(path).map_err(|source| WorkflowError::Io {
         path: path.to_path_buf(),
         source,
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let name = path.display().to_string();
-    let mut wf = load_bytes(&bytes, &name, base)?;
+    let mut wf = load_source(&bytes, &name, base, prompts)?;
     wf.path = Some(path.to_path_buf());
     Ok(wf)
 }
@@ -139,6 +150,26 @@ pub fn load_str(source: &str, name: &str, base_dir: &Path) -> Result<Workflow, W
 
 /// Loads a workflow from raw bytes (checked for UTF-8 and size first).
 pub fn load_bytes(bytes: &[u8], name: &str, base_dir: &Path) -> Result<Workflow, WorkflowError> {
+    load_source(bytes, name, base_dir, &Prompts::new())
+}
+
+/// Loads a workflow from a string with some prompt files given as texts
+/// (see [`load_with_prompts`]).
+pub fn load_str_with_prompts(
+    source: &str,
+    name: &str,
+    base_dir: &Path,
+    prompts: &Prompts,
+) -> Result<Workflow, WorkflowError> {
+    load_source(source.as_bytes(), name, base_dir, prompts)
+}
+
+fn load_source(
+    bytes: &[u8],
+    name: &str,
+    base_dir: &Path,
+    prompts: &Prompts,
+) -> Result<Workflow, WorkflowError> {
     let invalid = |source_text: String, diagnostics: Vec<Diagnostic>| WorkflowError::Invalid {
         name: name.to_string(),
         source_text,
@@ -204,7 +235,7 @@ pub fn load_bytes(bytes: &[u8], name: &str, base_dir: &Path) -> Result<Workflow,
     let mut reader = raw::Reader::default();
     let raw = reader.workflow(&tree);
     let mut wf =
-        validate::check(raw, base_dir, reader.diagnostics).map_err(|mut diagnostics| {
+        validate::check(raw, base_dir, prompts.clone(), reader.diagnostics).map_err(|mut diagnostics| {
             diagnostics.sort_by_key(|d| (d.span.line, d.span.col));
             invalid(text.to_string(), diagnostics)
         })?;

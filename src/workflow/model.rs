@@ -33,11 +33,28 @@ pub struct Workflow {
     pub(crate) loops: Vec<LoopSpec>,
     pub(crate) output: OutputSpec,
     pub(crate) templates: Arc<Templates>,
+    /// The prompt files its nodes use, in the order they are written.
+    pub(crate) prompt_files: Vec<PromptFile>,
     pub(crate) topology: Topology,
     /// Problems that do not stop it from running (`W…` codes), and their
     /// rendering against the source (empty when there are none).
     pub(crate) warnings: Vec<crate::diagnostic::Diagnostic>,
     pub(crate) warnings_rendered: String,
+}
+
+/// A prompt file a workflow uses, as it was read (or given in its place,
+/// see [`crate::workflow::load_with_prompts`]).
+#[derive(Debug, Clone)]
+pub struct PromptFile {
+    /// The compiled template's name (`NODE.prompt`).
+    pub template: String,
+    /// The file name as written in the workflow (relative to `prompt_dir`).
+    pub file: String,
+    /// Where it resolves.
+    pub path: PathBuf,
+    /// Where the workflow names it.
+    pub span: crate::yaml::Span,
+    pub text: String,
 }
 
 impl Workflow {
@@ -52,6 +69,12 @@ impl Workflow {
     /// Where it was loaded from, if from a file.
     pub fn path(&self) -> Option<&std::path::Path> {
         self.path.as_deref()
+    }
+
+    /// The prompt files its nodes use, in the order they are written (a
+    /// file named by two nodes is listed twice).
+    pub fn prompt_files(&self) -> &[PromptFile] {
+        &self.prompt_files
     }
 
     pub fn models(&self) -> &[ModelDecl] {

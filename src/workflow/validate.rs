@@ -58,6 +58,10 @@ pub(crate) struct Ctx {
     /// Templates to check for variables once the graph is known: (template
     /// name or expression, node it runs in, is expression, span, extra names).
     pending_vars: Vec<VarCheck>,
+    /// Prompt texts given in place of files (by the name written in the
+    /// workflow), and the prompt files the workflow uses, as read.
+    prompt_overrides: std::collections::BTreeMap<String, String>,
+    prompt_files: Vec<PromptFile>,
 }
 
 struct VarCheck {
@@ -101,13 +105,27 @@ impl Ctx {
     /// Loads and compiles a prompt file.
     fn prompt_file(&mut self, name: String, file: &Spanned<String>, what: &str) -> Option<String> {
         let path = self.prompt_dir.join(&file.value);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => self.inline(
-                name,
-                &text,
-                file.span,
-                &format!("{what} ({})", path.display()),
-            ),
+        let text = match self.prompt_overrides.get(&file.value) {
+            Some(text) => Ok(text.clone()),
+            None => std::fs::read_to_string(&path),
+        };
+        match text {
+            Ok(text) => {
+                let compiled = self.inline(
+                    name.clone(),
+                    &text,
+                    file.span,
+                    &format!("{what} ({})", path.display()),
+                );
+                self.prompt_files.push(PromptFile {
+                    template: name,
+                    file: file.value.clone(),
+                    path,
+                    span: file.span,
+                    text,
+                });
+                compiled
+            }
             Err(e) => {
                 self.err(
                     Diagnostic::new(
@@ -208,6 +226,7 @@ fn unknown_name(code: Code, span: Span, what: String, name: &str, known: &[&str]
 pub fn check(
     raw: RawWorkflow,
     base_dir: &Path,
+    prompt_overrides: std::collections::BTreeMap<String, String>,
     mut diags: Vec<Diagnostic>,
 ) -> Result<Workflow, Vec<Diagnostic>> {
     let prompt_dir = match &raw.prompt_dir {
@@ -220,6 +239,8 @@ pub fn check(
         prompt_dir,
         base_dir: base_dir.to_path_buf(),
         pending_vars: Vec::new(),
+        prompt_overrides,
+        prompt_files: Vec::new(),
     };
     header_pass(&mut cx, &raw);
     let models = models_pass(&mut cx, &raw);
@@ -350,6 +371,7 @@ pub fn check(
         loops,
         output: output.expect("no diagnostics means an output"),
         templates: Arc::new(cx.templates),
+        prompt_files: cx.prompt_files,
         topology,
         warnings,
         warnings_rendered: String::new(),

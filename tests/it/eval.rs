@@ -1075,3 +1075,36 @@ fn progress_is_plain_lines_when_stderr_is_not_a_terminal() {
     );
     assert!(err.contains(&format!("stored in {store}")), "{err}");
 }
+
+/// The journal (calibrations, mappings) in one store: appended in order,
+/// per (kind, key), kept across reopening.
+fn journal_round_trip(location: &str, kind: &str) {
+    use redraft::eval::store;
+    let mut s = store::open(location).unwrap();
+    assert!(s.records(kind, "a").unwrap().is_empty());
+    assert_eq!(s.append_record(kind, "a", &serde_json::json!({"g": 0})).unwrap(), 0);
+    assert_eq!(s.append_record(kind, "a", &serde_json::json!({"g": 1})).unwrap(), 1);
+    assert_eq!(s.append_record(kind, "b", &serde_json::json!("x")).unwrap(), 0);
+    assert_eq!(s.append_record("other", "a", &serde_json::json!(null)).unwrap(), 0);
+    drop(s);
+    let mut s = store::open(location).unwrap();
+    assert_eq!(
+        s.records(kind, "a").unwrap(),
+        vec![serde_json::json!({"g": 0}), serde_json::json!({"g": 1})]
+    );
+    assert_eq!(s.record_keys(kind).unwrap(), vec!["a", "b"]);
+}
+
+#[test]
+fn journal_in_sqlite() {
+    let dir = temp_dir("journal");
+    journal_round_trip(dir.join("s.db").to_str().unwrap(), "calibration");
+}
+
+#[test]
+fn journal_in_postgres() {
+    let Some(url) = postgres_url() else { return };
+    // A kind of its own per run: the server outlives test runs.
+    let kind = format!("test-{}-{}", std::process::id(), redraft::eval::store::now_ms());
+    journal_round_trip(&url, &kind);
+}
