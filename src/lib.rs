@@ -41,6 +41,7 @@
 //! - [`graph`]: Mermaid and DOT renderings; `cli`: the `redraft` command.
 
 pub mod backend;
+pub mod bridge;
 pub mod budget;
 /// The `redraft` command (feature `cli`, on by default); not a library API.
 #[cfg(feature = "cli")]

@@ -379,7 +379,8 @@ pub fn check(
 }
 
 /// Version and prompt directory. Invariant: a workflow that loads says
-/// `version: 1`, and its prompt directory exists.
+/// `version: 1`, and its prompt directory exists (unless prompt texts were
+/// given in place of its files).
 fn header_pass(cx: &mut Ctx, raw: &RawWorkflow) {
     match &raw.version {
         Some(v) if v.value == 1 => {}
@@ -402,8 +403,10 @@ fn header_pass(cx: &mut Ctx, raw: &RawWorkflow) {
             .help("add `version: 1` at the top"),
         ),
     }
+    // Given prompt texts may stand for every file (a workflow built into
+    // the binary); a file still missing is reported where it is named.
     if let Some(p) = &raw.prompt_dir {
-        if !cx.prompt_dir.is_dir() {
+        if !cx.prompt_dir.is_dir() && cx.prompt_overrides.is_empty() {
             cx.err(
                 Diagnostic::new(
                     Code::MissingPrompt,
