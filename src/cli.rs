@@ -12,6 +12,7 @@
 //! | 4    | model or backend failure |
 //! | 130  | interrupted (Ctrl-C) |
 
+mod bridge;
 mod eval;
 mod review;
 
@@ -87,6 +88,13 @@ pub enum Command {
     Compare(eval::CompareArgs),
     /// Write one self-contained HTML report of one or more evals.
     Report(eval::ReportArgs),
+    /// Calibrate a workflow's prompt for a model (PromptBridge MAP-RPE):
+    /// evolve it with a reflection model, scored on a data set; stored and
+    /// resumable.
+    Calibrate(Box<bridge::CalibrateArgs>),
+    /// Rewrite prompts (or a workflow's prompts) for another model with a
+    /// mapping learned from calibrations; check the result on held-out data.
+    Migrate(Box<bridge::MigrateArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -211,7 +219,10 @@ pub fn main() -> u8 {
             };
         }
     };
-    if !matches!(cli.command, Command::Run(_) | Command::Eval(_)) {
+    if !matches!(
+        cli.command,
+        Command::Run(_) | Command::Eval(_) | Command::Calibrate(_) | Command::Migrate(_)
+    ) {
         // `run` sets up logging (and trace export) inside its runtime.
         init_tracing(false);
     }
@@ -240,6 +251,8 @@ pub fn main() -> u8 {
         Command::Runs(args) => eval::runs_command(args),
         Command::Compare(args) => eval::compare_command(args),
         Command::Report(args) => eval::report_command(args),
+        Command::Calibrate(args) => bridge::calibrate_command(*args),
+        Command::Migrate(args) => bridge::migrate_command(*args),
     }
 }
 

@@ -191,14 +191,14 @@ fn read_eval_file(args: &EvalArgs) -> anyhow::Result<EvalFile> {
     Ok(file)
 }
 
-struct Prepared {
-    engine: crate::Engine,
-    plan: EvalPlan,
-    scorer: Scorer,
-    opts: EvalOptions,
+pub(crate) struct Prepared {
+    pub(crate) engine: crate::Engine,
+    pub(crate) plan: EvalPlan,
+    pub(crate) scorer: Scorer,
+    pub(crate) opts: EvalOptions,
 }
 
-fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
+pub(crate) fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
     let wf =
         workflow::load(&args.workflow).map_err(|e| anyhow::anyhow!("{}", e.render().trim_end()))?;
     if !args.quiet {

@@ -1,0 +1,661 @@
+//! `redraft calibrate | migrate` (PromptBridge, `src/bridge/`).
+//!
+//! Exit codes: 0 done, 1 (`migrate --check --max-nfr X`) the migrated
+//! prompts' negative flip rate against the source is above X, 2 invalid
+//! flags, workflow, data or mapping, 4 a model or store failure, 130
+//! interrupted (a calibration resumes with the same command).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Parser as _;
+
+use super::eval::{DEFAULT_STORE, EvalArgs};
+use super::{EXIT_BACKEND, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_UNVERIFIED, stdout};
+use crate::bridge::{
+    self, Bridge, BridgeError, CalibrateOptions, CheckSpec, Mapping, Step, Task, migrate,
+};
+use crate::engine::CancellationToken;
+use crate::sandbox::Isolation;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Exit codes: 0 done, 2 invalid flags/workflow/data, 4 a model or store failure, \
+130 interrupted. Run the same command again to continue a calibration.")]
+pub struct CalibrateArgs {
+    /// The prompt file to calibrate, as the workflow names it (default:
+    /// the workflow's only prompt file).
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// A name for the task; calibrations of one task for two models pair
+    /// up into a mapping (default: the data set's name).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// The model that proposes prompts (default: the model being calibrated).
+    #[arg(long, value_name = "SPEC")]
+    pub reflect: Option<String>,
+    #[arg(long, default_value_t = 2)]
+    pub islands: usize,
+    #[arg(long, default_value_t = 3)]
+    pub minibatch: usize,
+    #[arg(long, default_value_t = 4)]
+    pub generations: u32,
+    /// Exchange the islands' best every N generations (0: never).
+    #[arg(long, default_value_t = 2)]
+    pub migrate_every: u32,
+    /// Stop before a step would pass this many item runs scored.
+    #[arg(long)]
+    pub max_metric_calls: Option<u64>,
+    /// Stop once this many tokens are spent (task model and reflection).
+    #[arg(long)]
+    pub max_tokens: Option<u64>,
+    #[arg(long)]
+    pub max_calls: Option<u64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the calibrated prompt to this file.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// The workflow, data, scorer, model and store, as for `redraft eval`
+    /// (every model of the workflow runs as the one given with --model).
+    #[command(flatten)]
+    pub eval: EvalArgs,
+}
+
+pub fn calibrate_command(args: CalibrateArgs) -> u8 {
+    let (task, model) = match task_of(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return EXIT_INVALID;
+        }
+    };
+    let reflect = args.reflect.clone().unwrap_or_else(|| model.clone());
+    if let Err(e) = crate::backend::ModelSpec::parse(&reflect) {
+        eprintln!("error: --reflect {reflect}: {e}");
+        return EXIT_INVALID;
+    }
+    let opts = CalibrateOptions {
+        islands: args.islands,
+        minibatch: args.minibatch,
+        migrate_every: args.migrate_every,
+        seed: args.seed,
+        generations: args.generations,
+        max_metric_calls: args.max_metric_calls,
+        max_tokens: args.max_tokens,
+        max_calls: args.max_calls,
+        concurrency: args.eval.concurrency.unwrap_or(1),
+        ..CalibrateOptions::default()
+    };
+    let (runtime, flush) = match super::runtime_with_tracing(args.eval.quiet) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let quiet = args.eval.quiet;
+    let progress = move |s: &Step| {
+        if !quiet {
+            eprintln!("calibrate: {}", describe(s));
+        }
+    };
+    let cancel = CancellationToken::new();
+    let result = runtime.block_on(async {
+        let watcher = interrupt(cancel.clone());
+        let r = bridge::calibrate::calibrate(
+            &task,
+            &model,
+            &reflect,
+            &args.eval.store,
+            &opts,
+            &cancel,
+            &progress,
+        )
+        .await;
+        watcher.abort();
+        r
+    });
+    if let Some(f) = flush {
+        f();
+    }
+    let cal = match result {
+        Ok(c) => c,
+        Err(e) => return failure(&e, cancel.is_cancelled()),
+    };
+    let best = cal.best();
+    if let Some(out) = &args.out {
+        if let Err(e) = std::fs::write(out, &best.prompt) {
+            eprintln!("error: cannot write {}: {e}", out.display());
+            return EXIT_BACKEND;
+        }
+    }
+    if args.eval.json {
+        stdout(&format!("{:#}\n", serde_json::json!({"calibration": cal, "best": best.id})));
+    } else {
+        let seed = cal.seed();
+        let accepted = cal.proposals.iter().filter(|p| p.accepted.is_some()).count();
+        stdout(&format!(
+            "calibration {} · task {} · model {}\n{} generation(s), {} proposal(s), {} accepted · {} metric calls · {} tokens · stopped: {}\nseed prompt: mean {:.3} ({}/{} passed)\nbest (candidate {}): mean {:.3} ({}/{} passed)\n--- calibrated prompt ---\n{}\n",
+            cal.id,
+            cal.task,
+            cal.model,
+            cal.generation,
+            cal.proposals.len(),
+            accepted,
+            cal.metric_calls,
+            cal.tokens,
+            cal.stopped.as_deref().unwrap_or("-"),
+            seed.mean,
+            seed.passed,
+            seed.scores.len(),
+            best.id,
+            best.mean,
+            best.passed,
+            best.scores.len(),
+            best.prompt
+        ));
+    }
+    if cancel.is_cancelled() {
+        EXIT_INTERRUPTED
+    } else {
+        EXIT_OK
+    }
+}
+
+/// The task and the model spec from `redraft eval`'s flags.
+fn task_of(args: &CalibrateArgs) -> anyhow::Result<(Task, String)> {
+    let e = &args.eval;
+    if e.epochs.is_some_and(|n| n != 1) || e.shard.is_some() || e.review.is_some() {
+        bail!("calibrate runs each item once on the whole data: --epochs, --shard and --review do not apply");
+    }
+    let prepared = super::eval::prepare(e)?;
+    let plan = prepared.plan;
+    let specs = plan.model_specs();
+    let mut distinct: Vec<&String> = specs.values().collect();
+    distinct.dedup();
+    let model = match distinct.as_slice() {
+        [one] => (*one).clone(),
+        [] => bail!("{} declares no model to calibrate for", e.workflow.display()),
+        _ => bail!(
+            "calibrate tunes a prompt for one model; the workflow runs several ({}): give one spec to all with --model NAME=SPEC",
+            specs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let files = plan.workflow.prompt_files();
+    let prompt = match &args.prompt {
+        Some(p) => p.clone(),
+        None => {
+            let mut names: Vec<&str> = files.iter().map(|f| f.file.as_str()).collect();
+            names.dedup();
+            match names.as_slice() {
+                [one] => one.to_string(),
+                [] => bail!("{} uses no prompt file to calibrate", e.workflow.display()),
+                many => bail!("the workflow uses several prompt files ({}): choose one with --prompt", many.join(", ")),
+            }
+        }
+    };
+    let isolation = match e.sandbox.as_deref() {
+        Some("none") => Isolation::None,
+        _ => Isolation::Bubblewrap,
+    };
+    let name = args.task.clone().unwrap_or_else(|| {
+        Path::new(&plan.data.source)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(|s| s.split(':').next().unwrap_or(s).to_string())
+            .unwrap_or_else(|| plan.data.source.clone())
+    });
+    Ok((
+        Task {
+            name,
+            workflow: e.workflow.clone(),
+            prompt,
+            data: plan.data,
+            selection: plan.selection,
+            scorer: plan.scorer,
+            extract: plan.extract,
+            isolation,
+        },
+        model,
+    ))
+}
+
+fn describe(s: &Step) -> String {
+    match s {
+        Step::Resumed {
+            generation,
+            candidates,
+        } => format!("resumed after generation {generation} ({candidates} candidates)"),
+        Step::Scored {
+            candidate,
+            mean,
+            items,
+        } => format!("candidate {candidate}: mean {mean:.3} over {items} items"),
+        Step::Proposed {
+            generation,
+            island,
+            parent,
+            accepted,
+            rejected,
+            parent_score,
+            child_score,
+        } => {
+            let child = child_score.map_or("-".into(), |c| format!("{c:.2}"));
+            match (accepted, rejected) {
+                (Some(c), _) => format!(
+                    "gen {generation} island {island}: child of {parent} accepted as {c} (minibatch {parent_score:.2} → {child})"
+                ),
+                (None, r) => format!(
+                    "gen {generation} island {island}: child of {parent} rejected: {} (minibatch {parent_score:.2} → {child})",
+                    r.as_deref().unwrap_or("-")
+                ),
+            }
+        }
+        Step::Exchanged {
+            from,
+            to,
+            candidate,
+        } => format!("island {from} sent candidate {candidate} to island {to}"),
+        Step::Generation {
+            generation,
+            best,
+            best_mean,
+            metric_calls,
+            tokens,
+        } => format!(
+            "generation {generation} done: best {best} ({best_mean:.3}) · {metric_calls} metric calls · {tokens} tokens"
+        ),
+        Step::Stopped { reason } => format!("stopped: {reason}"),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Exit codes: 0 done, 1 the migrated prompts' negative flip rate against the source \
+is above --max-nfr, 2 invalid flags/workflow/data/mapping, 4 a model or store failure, 130 interrupted.")]
+pub struct MigrateArgs {
+    /// Prompt files (.j2, .txt, ...) or workflows (.yaml) to migrate.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// The source model (a spec, as calibrated).
+    #[arg(long, value_name = "SPEC")]
+    pub from: String,
+    /// The target model (a spec, as calibrated).
+    #[arg(long, value_name = "SPEC")]
+    pub to: String,
+    /// The mapping file: read if it exists, else learned from the
+    /// calibrations in --store and written here.
+    #[arg(long, value_name = "FILE")]
+    pub mapping: Option<PathBuf>,
+    /// Where the calibrations are (and the check's evals go).
+    #[arg(long, default_value = DEFAULT_STORE)]
+    pub store: String,
+    /// The model that writes the mapping and the rewrites (default: the mapping's writer, else --from).
+    #[arg(long, value_name = "SPEC")]
+    pub writer: Option<String>,
+    /// Suffix of the migrated files: NAME.TAG.EXT (default: from --to).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Replace the original prompt files instead of writing new ones.
+    #[arg(long)]
+    pub in_place: bool,
+    /// Rewrites tried per prompt before giving up.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+    /// Check the migration on held-out data (a file or a built-in data set):
+    /// source prompts on --from, on --to (direct transfer), migrated on --to.
+    /// The workflow's eval file (WORKFLOW.eval.yaml) gives map, answer and scorer.
+    #[arg(long, value_name = "DATA")]
+    pub check: Option<String>,
+    /// Check settings as for `redraft eval` (`--config`, `--map`, ...).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[arg(long = "map", value_name = "INPUT=FIELD")]
+    pub map: Vec<String>,
+    #[arg(long)]
+    pub answer: Option<String>,
+    #[arg(long)]
+    pub scorer: Option<String>,
+    #[arg(long, value_name = "REGEX")]
+    pub extract: Option<String>,
+    #[arg(long, value_name = "bubblewrap|none")]
+    pub sandbox: Option<String>,
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, value_name = "SEED")]
+    pub shuffle: Option<u64>,
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Vec<String>,
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Exit 1 when the migrated prompts' negative flip rate against the source is above this.
+    #[arg(long, value_name = "RATE")]
+    pub max_nfr: Option<f64>,
+    /// Record every model call into DIR (mapping.yaml, writer/source/target.jsonl)
+    /// for replay in snapshot tests (`redraft::bridge::Bridge::replay`).
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub fn migrate_command(args: MigrateArgs) -> u8 {
+    if let Some(x) = args.max_nfr {
+        if !(0.0..=1.0).contains(&x) {
+            eprintln!("error: --max-nfr {x}: expected a rate between 0 and 1");
+            return EXIT_INVALID;
+        }
+        if args.check.is_none() {
+            eprintln!("error: --max-nfr gates a check: give --check DATA");
+            return EXIT_INVALID;
+        }
+    }
+    for spec in [&args.from, &args.to].into_iter().chain(args.writer.as_ref()) {
+        if let Err(e) = crate::backend::ModelSpec::parse(spec) {
+            eprintln!("error: model {spec}: {e}");
+            return EXIT_INVALID;
+        }
+    }
+    let workflows: Vec<&PathBuf> = args.paths.iter().filter(|p| is_workflow(p)).collect();
+    let check = match &args.check {
+        None => None,
+        Some(data) => match workflows.as_slice() {
+            [wf] => match check_spec(&args, wf, data) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return EXIT_INVALID;
+                }
+            },
+            _ => {
+                eprintln!(
+                    "error: --check runs a workflow with the prompts: give exactly one workflow (.yaml) among the paths"
+                );
+                return EXIT_INVALID;
+            }
+        },
+    };
+    let (runtime, flush) = match super::runtime_with_tracing(args.quiet) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let cancel = CancellationToken::new();
+    let result = runtime.block_on(async {
+        let watcher = interrupt(cancel.clone());
+        let r = migrate_all(&args, check.as_ref(), &cancel).await;
+        watcher.abort();
+        r
+    });
+    if let Some(f) = flush {
+        f();
+    }
+    match result {
+        Ok(code) => code,
+        Err(e) => failure(&e, cancel.is_cancelled()),
+    }
+}
+
+fn is_workflow(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+/// The check's data, selection and scorer, read exactly as `redraft eval`
+/// reads them.
+fn check_spec(args: &MigrateArgs, workflow: &Path, data: &str) -> anyhow::Result<CheckSpec> {
+    #[derive(clap::Parser)]
+    struct Eval {
+        #[command(flatten)]
+        args: EvalArgs,
+    }
+    let mut argv: Vec<String> = vec![
+        "eval".into(),
+        workflow.display().to_string(),
+        "--data".into(),
+        data.into(),
+        "--quiet".into(),
+    ];
+    let mut flag = |name: &str, v: Option<String>| {
+        if let Some(v) = v {
+            argv.push(format!("--{name}"));
+            argv.push(v);
+        }
+    };
+    flag("config", args.config.as_ref().map(|p| p.display().to_string()));
+    flag("answer", args.answer.clone());
+    flag("scorer", args.scorer.clone());
+    flag("extract", args.extract.clone());
+    flag("sandbox", args.sandbox.clone());
+    flag("limit", args.limit.map(|n| n.to_string()));
+    flag("shuffle", args.shuffle.map(|n| n.to_string()));
+    flag("concurrency", args.concurrency.map(|n| n.to_string()));
+    for m in &args.map {
+        flag("map", Some(m.clone()));
+    }
+    if !args.ids.is_empty() {
+        flag("ids", Some(args.ids.join(",")));
+    }
+    let eval = Eval::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
+    let plan = super::eval::prepare(&eval.args)
+        .context("--check")?
+        .plan;
+    Ok(CheckSpec {
+        data: plan.data,
+        selection: plan.selection,
+        scorer: plan.scorer,
+        extract: plan.extract,
+        isolation: match args.sandbox.as_deref() {
+            Some("none") => Isolation::None,
+            _ => Isolation::Bubblewrap,
+        },
+        concurrency: args.concurrency.unwrap_or(1),
+    })
+}
+
+async fn migrate_all(
+    args: &MigrateArgs,
+    check: Option<&CheckSpec>,
+    cancel: &CancellationToken,
+) -> Result<u8, BridgeError> {
+    let say = |s: String| {
+        if !args.quiet {
+            eprintln!("migrate: {s}");
+        }
+    };
+    let mapping = match &args.mapping {
+        Some(path) if path.exists() => {
+            let m = Mapping::load(path)?;
+            if m.from != args.from || m.to != args.to {
+                return Err(BridgeError::Invalid(format!(
+                    "mapping {} is for {} → {}, not {} → {}",
+                    path.display(),
+                    m.from,
+                    m.to,
+                    args.from,
+                    args.to
+                )));
+            }
+            say(format!("mapping {} ({} pairs)", path.display(), m.pairs.len()));
+            m
+        }
+        _ => {
+            let store = args.store.clone();
+            let cals = tokio::task::spawn_blocking(move || {
+                let mut s = crate::eval::store::open(&store)?;
+                bridge::calibrate::calibrations(s.as_mut())
+            })
+            .await
+            .map_err(|e| BridgeError::Invalid(format!("the store thread failed: {e}")))??;
+            let pairs = migrate::pairs(&cals, &args.from, &args.to);
+            let writer = args.writer.clone().unwrap_or_else(|| args.from.clone());
+            say(format!(
+                "learning the mapping from {} calibrated pair(s) in {}",
+                pairs.len(),
+                args.store
+            ));
+            let m = migrate::learn(pairs, &args.from, &args.to, &writer).await?;
+            if let Some(path) = &args.mapping {
+                m.save(path)?;
+                say(format!("mapping written to {}", path.display()));
+            }
+            m
+        }
+    };
+    say(format!("transfer description:\n{}", mapping.description));
+    let mut bridge = Bridge::new(mapping).attempts(args.attempts).cancel(cancel.clone());
+    if let Some(w) = &args.writer {
+        bridge = bridge.writer(w);
+    }
+    if let Some(dir) = &args.record {
+        bridge = bridge.record(dir)?;
+        say(format!("recording into {}", dir.display()));
+    } else {
+        bridge = bridge.store(&args.store);
+    }
+    let tag = args.tag.clone().unwrap_or_else(|| migrate::tag_of(&args.to));
+    let mut written = Vec::new();
+    let mut report = None;
+    for path in &args.paths {
+        if is_workflow(path) {
+            let m = bridge.migrate_workflow(path).await?;
+            for p in &m.prompts {
+                say(format!("{} rewritten ({} attempt(s))", p.file, p.attempts));
+            }
+            if let Some(spec) = check {
+                report = Some(bridge.check(&m, spec).await?);
+            }
+            written.extend(m.write(&tag, args.in_place)?);
+        } else {
+            let m = bridge.migrate_file(path).await?;
+            written.push(write_prompt(&m, &tag, args.in_place)?);
+        }
+    }
+    let over = match (&report, args.max_nfr) {
+        (Some(r), Some(x)) => r.migrated_vs_source.nfr.is_some_and(|n| n > x),
+        _ => false,
+    };
+    if args.json {
+        stdout(&format!(
+            "{:#}\n",
+            serde_json::json!({
+                "written": written,
+                "check": report,
+                "gate": args.max_nfr.map(|x| serde_json::json!({"max_nfr": x, "passed": !over})),
+            })
+        ));
+    } else {
+        let mut out = String::new();
+        for w in &written {
+            out.push_str(&format!("wrote {}\n", w.display()));
+        }
+        if let Some(r) = &report {
+            out.push_str(&check_text(r));
+        }
+        if over {
+            out.push_str(&format!(
+                "gate failed: the migrated prompts' negative flip rate against the source is above --max-nfr {}\n",
+                args.max_nfr.unwrap_or_default()
+            ));
+        }
+        stdout(&out);
+    }
+    Ok(if over { EXIT_UNVERIFIED } else { EXIT_OK })
+}
+
+/// A lone prompt file: `NAME.TAG.EXT` beside it, or over it with `--in-place`.
+fn write_prompt(
+    p: &bridge::MigratedPrompt,
+    tag: &str,
+    in_place: bool,
+) -> Result<PathBuf, BridgeError> {
+    let out = if in_place {
+        p.path.clone()
+    } else {
+        let out = migrate::tagged(&p.path, tag);
+        if out.exists() {
+            return Err(BridgeError::Invalid(format!(
+                "{} exists: remove it, choose another --tag, or --in-place to replace the original",
+                out.display()
+            )));
+        }
+        out
+    };
+    std::fs::write(&out, &p.text).map_err(|source| BridgeError::Io {
+        path: out.clone(),
+        source,
+    })?;
+    Ok(out)
+}
+
+fn check_text(r: &bridge::CheckReport) -> String {
+    let pct = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:.1}%", x * 100.0));
+    let pts = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:+.1} pts", x * 100.0));
+    let arm = |name: &str, a: &bridge::migrate::ArmReport| {
+        format!(
+            "  {name:<28} {:>7}  ({}/{} right, {} failed, {} tok)\n",
+            pct(a.accuracy),
+            a.passed,
+            a.scored,
+            a.failed,
+            a.tokens
+        )
+    };
+    let flips = |name: &str, f: &bridge::migrate::FlipReport| {
+        format!(
+            "  {name:<28} {} negative (NFR {}), {} positive (PFR {}), McNemar p = {:.4}{}\n",
+            f.negative.len(),
+            pct(f.nfr),
+            f.positive.len(),
+            pct(f.pfr),
+            f.p_value,
+            if f.negative.is_empty() {
+                String::new()
+            } else {
+                format!(" · negative: {}", f.negative.join(", "))
+            }
+        )
+    };
+    format!(
+        "check on {} held-out item(s):\n{}{}{}transfer gap (direct − source) {} · gain over direct transfer {}\n{}{}{}",
+        r.items,
+        arm(&format!("source on {}", r.source.model), &r.source),
+        arm(&format!("source on {}", r.direct.model), &r.direct),
+        arm(&format!("migrated on {}", r.migrated.model), &r.migrated),
+        pts(r.transfer_gap),
+        pts(r.gain),
+        flips("direct vs source", &r.direct_vs_source),
+        flips("migrated vs source", &r.migrated_vs_source),
+        flips("migrated vs direct", &r.migrated_vs_direct),
+    )
+}
+
+fn interrupt(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let interrupted = super::interrupt_signal();
+    tokio::spawn(async move {
+        if interrupted.await {
+            eprintln!("\ninterrupted: stopping; what is stored stays stored");
+            cancel.cancel();
+        }
+    })
+}
+
+fn failure(e: &BridgeError, interrupted: bool) -> u8 {
+    eprintln!("error: {e}");
+    if interrupted {
+        return EXIT_INTERRUPTED;
+    }
+    match e {
+        BridgeError::Workflow(w) => {
+            eprint!("{}", w.render());
+            EXIT_INVALID
+        }
+        BridgeError::Invalid(_) | BridgeError::Io { .. } => EXIT_INVALID,
+        BridgeError::Eval(crate::eval::EvalError::Store(_)) | BridgeError::Store(_) => EXIT_BACKEND,
+        BridgeError::Eval(_) => EXIT_INVALID,
+        BridgeError::Model { .. } | BridgeError::Unusable { .. } => EXIT_BACKEND,
+    }
+}
