@@ -52,6 +52,9 @@ pub struct CalibrateOptions {
     pub max_calls: Option<u64>,
     /// Items run at once.
     pub concurrency: usize,
+    /// Proposals that lost a placeholder: rejected, or repaired.
+    #[serde(default)]
+    pub lost_placeholders: super::LostPlaceholders,
 }
 
 impl Default for CalibrateOptions {
@@ -67,6 +70,7 @@ impl Default for CalibrateOptions {
             max_tokens: None,
             max_calls: None,
             concurrency: 1,
+            lost_placeholders: super::LostPlaceholders::Reject,
         }
     }
 }
@@ -99,6 +103,9 @@ pub struct Proposal {
     /// Why it was not, if not.
     pub rejected: Option<String>,
     pub prompt: String,
+    /// Placeholders the proposal lost and got back (`lost_placeholders: restore`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restored: Vec<String>,
 }
 
 /// The journaled state of a calibration (one record per generation).
@@ -214,12 +221,8 @@ pub async fn calibrate(
         )));
     }
     let scorer = Arc::new(
-        Scorer::parse(
-            &task.scorer,
-            task.extract.as_deref(),
-            task.isolation,
-        )
-        .map_err(eval::EvalError::from)?,
+        Scorer::parse(&task.scorer, task.extract.as_deref(), task.isolation)
+            .map_err(eval::EvalError::from)?,
     );
     let task_key = eval::fnv1a(
         serde_json::json!({
@@ -247,6 +250,7 @@ pub async fn calibrate(
                 "migrate_every": opts.migrate_every,
                 "failures_shown": opts.failures_shown,
                 "seed": opts.seed,
+                "lost_placeholders": opts.lost_placeholders,
             })
             .to_string()
             .as_bytes()
@@ -265,7 +269,9 @@ pub async fn calibrate(
     };
     let journal = run.journal_read(&id).await?;
     let mut cal = match journal {
-        Some(cal) => {
+        Some(mut cal) => {
+            // Why the last session stopped no longer holds.
+            cal.stopped = None;
             progress(&Step::Resumed {
                 generation: cal.generation,
                 candidates: cal.candidates.len(),
@@ -316,15 +322,16 @@ pub async fn calibrate(
             break reason;
         }
         let g = cal.generation;
+        let mut stop = None;
         for island in 0..opts.islands {
-            if let Some(reason) = run.over(&cal) {
-                cal.stopped = Some(reason);
+            stop = run.over(&cal);
+            if stop.is_some() {
                 break;
             }
             run.propose(&mut cal, island).await?;
         }
-        if cal.stopped.is_some() {
-            break cal.stopped.take().unwrap_or_default();
+        if let Some(reason) = stop {
+            break reason;
         }
         if opts.migrate_every > 0 && (g + 1) % opts.migrate_every == 0 && opts.islands > 1 {
             exchange(&mut cal, progress);
@@ -347,7 +354,9 @@ pub async fn calibrate(
 }
 
 /// Reads the latest journaled state of every calibration in a store.
-pub fn calibrations(store: &mut dyn crate::eval::store::Store) -> Result<Vec<Calibration>, BridgeError> {
+pub fn calibrations(
+    store: &mut dyn crate::eval::store::Store,
+) -> Result<Vec<Calibration>, BridgeError> {
     let mut out = Vec::new();
     for key in store.record_keys(JOURNAL)? {
         if let Some(last) = store.records(JOURNAL, &key)?.pop() {
@@ -549,9 +558,14 @@ impl Calibrator<'_> {
         let n = self.items.len();
         let b = self.opts.minibatch.min(n);
         let start = (turn as usize * b) % n;
-        let batch: Vec<String> = (0..b).map(|k| self.items[(start + k) % n].clone()).collect();
+        let batch: Vec<String> = (0..b)
+            .map(|k| self.items[(start + k) % n].clone())
+            .collect();
         let p = &cal.candidates[parent];
-        let parent_score: f64 = batch.iter().map(|i| p.scores.get(i).copied().unwrap_or(0.0)).sum();
+        let parent_score: f64 = batch
+            .iter()
+            .map(|i| p.scores.get(i).copied().unwrap_or(0.0))
+            .sum();
         let parent_prompt = p.prompt.clone();
         let mut proposal = Proposal {
             generation: g,
@@ -563,6 +577,7 @@ impl Calibrator<'_> {
             accepted: None,
             rejected: None,
             prompt: String::new(),
+            restored: Vec::new(),
         };
         let failures = self.failures(&parent_prompt, &batch).await?;
         if failures.is_empty() {
@@ -579,11 +594,19 @@ impl Calibrator<'_> {
             let left = self.opts.max_tokens.map(|m| m.saturating_sub(cal.tokens));
             let written = self
                 .writer
-                .write(Builtin::Reflect, inputs, self.opts.seed.wrapping_add(turn), left)
+                .write(
+                    Builtin::Reflect,
+                    inputs,
+                    self.opts.seed.wrapping_add(turn),
+                    left,
+                )
                 .await?;
             cal.tokens += written.tokens;
             cal.calls += written.calls;
-            let child = extract_prompt(&written.text);
+            let mut child = extract_prompt(&written.text);
+            if self.opts.lost_placeholders == super::LostPlaceholders::Restore {
+                (child, proposal.restored) = super::restore_placeholders(&parent_prompt, &child);
+            }
             proposal.prompt = child.clone();
             if let Some(why) = self.unfit(&parent_prompt, &child) {
                 proposal.rejected = Some(why);
@@ -678,17 +701,28 @@ impl Calibrator<'_> {
                 .inputs
                 .iter()
                 .map(|(k, v)| {
-                    let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                    let v = v
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string());
                     format!("{k}: {}", clip(&v, 600))
                 })
                 .collect();
             out.push_str(&format!(
                 "\nTask {shown}:\n{}\nModel's answer: {}\n",
                 task.join("\n"),
-                clip(r.output.as_deref().unwrap_or(r.error.as_deref().unwrap_or("(none)")), 600),
+                clip(
+                    r.output
+                        .as_deref()
+                        .unwrap_or(r.error.as_deref().unwrap_or("(none)")),
+                    600
+                ),
             ));
             if let Some(a) = &u.item.answer {
-                let a = a.as_str().map(str::to_string).unwrap_or_else(|| a.to_string());
+                let a = a
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| a.to_string());
                 out.push_str(&format!("Correct answer: {}\n", clip(&a, 300)));
             }
             if let Some(s) = score.filter(|s| !s.feedback.is_empty()) {
@@ -708,7 +742,10 @@ impl Calibrator<'_> {
         .pop();
         last.map(|v| {
             serde_json::from_value(v).map_err(|e| {
-                BridgeError::Invalid(format!("{}: unreadable calibration journal: {e}", self.store))
+                BridgeError::Invalid(format!(
+                    "{}: unreadable calibration journal: {e}",
+                    self.store
+                ))
             })
         })
         .transpose()
@@ -760,8 +797,11 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(id, s)| {
-                    let scores: BTreeMap<String, f64> =
-                        s.iter().enumerate().map(|(i, v)| (format!("i{i}"), *v)).collect();
+                    let scores: BTreeMap<String, f64> = s
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (format!("i{i}"), *v))
+                        .collect();
                     Candidate {
                         id,
                         prompt: format!("p{id}"),

@@ -148,6 +148,8 @@ pub struct MigratedPrompt {
     /// Rewrites it took (a rewrite that lost a placeholder is tried again).
     pub attempts: u32,
     pub tokens: u64,
+    /// Placeholders the rewrite lost and got back ([`Bridge::lost_placeholders`]).
+    pub restored: Vec<String>,
 }
 
 /// A workflow with its prompt files rewritten (nothing written yet).
@@ -222,7 +224,10 @@ impl MigratedWorkflow {
 
 /// `dir/name.ext` → `dir/name.TAG.ext`.
 pub fn tagged(path: &Path, tag: &str) -> PathBuf {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("prompt");
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("prompt");
     let name = match path.extension().and_then(|e| e.to_str()) {
         Some(ext) => format!("{stem}.{tag}.{ext}"),
         None => format!("{stem}.{tag}"),
@@ -230,14 +235,22 @@ pub fn tagged(path: &Path, tag: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// A tag from a model spec: its file stem or last path part, in
-/// `[a-z0-9._-]`.
+/// A tag from a model spec, in `[a-z0-9_-]`: the model's name without its
+/// backend, server address, folders or file extension
+/// (`openai:gpt-4o-mini@http://…` → `gpt-4o-mini`,
+/// `llama:models/gemma-3-270m.gguf` → `gemma-3-270m`,
+/// `scripted:replies/b.yaml` → `b`).
 pub fn tag_of(spec: &str) -> String {
-    let tail = spec
-        .rsplit(['/', ':'])
-        .find(|s| !s.is_empty())
-        .unwrap_or("target");
-    let tail = tail.strip_suffix(".gguf").unwrap_or(tail);
+    let (backend, rest) = spec.split_once(':').unwrap_or(("", spec));
+    let rest = match backend {
+        "openai" => rest.split('@').next().unwrap_or(rest),
+        _ => rest,
+    };
+    let tail = rest.rsplit('/').find(|s| !s.is_empty()).unwrap_or("target");
+    let tail = [".gguf", ".yaml", ".yml", ".json", ".jsonl"]
+        .iter()
+        .find_map(|ext| tail.strip_suffix(ext))
+        .unwrap_or(tail);
     let tag: String = tail
         .chars()
         .map(|c| {
@@ -249,7 +262,12 @@ pub fn tag_of(spec: &str) -> String {
             }
         })
         .collect();
-    if tag.is_empty() { "target".into() } else { tag }
+    let tag = tag.trim_matches('-');
+    if tag.is_empty() {
+        "target".into()
+    } else {
+        tag.into()
+    }
 }
 
 fn check_tag(tag: &str) -> Result<(), BridgeError> {
@@ -395,7 +413,10 @@ impl CheckReport {
     }
 }
 
-fn flip_report(a: &[crate::eval::store::UnitRecord], b: &[crate::eval::store::UnitRecord]) -> FlipReport {
+fn flip_report(
+    a: &[crate::eval::store::UnitRecord],
+    b: &[crate::eval::store::UnitRecord],
+) -> FlipReport {
     let c = stats::compare(a, b);
     let ids = |dir: &str| {
         c.flipped
@@ -438,6 +459,7 @@ pub struct Bridge {
     source: String,
     target: String,
     attempts: u32,
+    lost: super::LostPlaceholders,
     store: Option<String>,
     cassettes: Option<Cassettes>,
     cancel: CancellationToken,
@@ -452,6 +474,7 @@ impl Bridge {
             target: mapping.to.clone(),
             mapping,
             attempts: 3,
+            lost: super::LostPlaceholders::Reject,
             store: None,
             cassettes: None,
             cancel: CancellationToken::new(),
@@ -492,7 +515,10 @@ impl Bridge {
             source: open("source")?,
             target: open("target")?,
         };
-        self.writer = Writer::new(Engine::new().with_cassette(c.writer.clone()), &self.writer.spec);
+        self.writer = Writer::new(
+            Engine::new().with_cassette(c.writer.clone()),
+            &self.writer.spec,
+        );
         self.cassettes = Some(c);
         self.store = None;
         Ok(self)
@@ -521,6 +547,13 @@ impl Bridge {
         self
     }
 
+    /// What to do with a rewrite that lost a placeholder (default: try
+    /// again, up to the attempts).
+    pub fn lost_placeholders(mut self, policy: super::LostPlaceholders) -> Bridge {
+        self.lost = policy;
+        self
+    }
+
     /// Keeps the check's evals in this results store (default: a temporary
     /// one, removed after). Ignored while recording.
     pub fn store(mut self, location: &str) -> Bridge {
@@ -541,12 +574,19 @@ impl Bridge {
     }
 
     /// Rewrites one prompt (`file` names it in messages).
-    pub async fn migrate_prompt(&self, file: &str, text: &str) -> Result<MigratedPrompt, BridgeError> {
+    pub async fn migrate_prompt(
+        &self,
+        file: &str,
+        text: &str,
+    ) -> Result<MigratedPrompt, BridgeError> {
         self.rewrite(file, Path::new(file), text, None).await
     }
 
     /// Rewrites a prompt file (nothing is written).
-    pub async fn migrate_file(&self, path: impl AsRef<Path>) -> Result<MigratedPrompt, BridgeError> {
+    pub async fn migrate_file(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> Result<MigratedPrompt, BridgeError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| BridgeError::Io {
             path: path.to_path_buf(),
@@ -591,9 +631,15 @@ impl Bridge {
                 return Err(BridgeError::Invalid("interrupted".into()));
             }
             let inputs = serde_json::Map::from_iter([
-                ("description".to_string(), Value::from(self.mapping.description.clone())),
+                (
+                    "description".to_string(),
+                    Value::from(self.mapping.description.clone()),
+                ),
                 ("prompt".to_string(), Value::from(original)),
-                ("placeholders".to_string(), Value::from(placeholder_list(original))),
+                (
+                    "placeholders".to_string(),
+                    Value::from(placeholder_list(original)),
+                ),
                 ("feedback".to_string(), Value::from(feedback.clone())),
             ]);
             let written = self
@@ -601,7 +647,11 @@ impl Bridge {
                 .write(Builtin::Migrate, inputs, u64::from(attempt - 1), None)
                 .await?;
             tokens += written.tokens;
-            let text = extract_prompt(&written.text);
+            let mut text = extract_prompt(&written.text);
+            let mut restored = Vec::new();
+            if self.lost == super::LostPlaceholders::Restore {
+                (text, restored) = super::restore_placeholders(original, &text);
+            }
             let why = unusable(original, &text).or_else(|| {
                 let wf = workflow?;
                 let prompts = [(file.to_string(), text.clone())].into();
@@ -624,6 +674,7 @@ impl Bridge {
                         text,
                         attempts: attempt,
                         tokens,
+                        restored,
                     });
                 }
                 Some(why) => feedback = why,
@@ -657,7 +708,10 @@ impl Bridge {
             Scorer::parse(&spec.scorer, spec.extract.as_deref(), spec.isolation)
                 .map_err(crate::eval::EvalError::from)?,
         );
-        let arm = |prompts: &Prompts, model: &str, label: &str, cassette: Option<&Arc<CassetteWriter>>| {
+        let arm = |prompts: &Prompts,
+                   model: &str,
+                   label: &str,
+                   cassette: Option<&Arc<CassetteWriter>>| {
             let mut a = Arm::new(
                 &migrated.path,
                 prompts,
@@ -676,11 +730,22 @@ impl Bridge {
         let none = Prompts::new();
         let c = self.cassettes.as_ref();
         let arms = [
-            ("source", arm(&none, &self.source, "source", c.map(|c| &c.source))?),
-            ("direct", arm(&none, &self.target, "direct", c.map(|c| &c.target))?),
+            (
+                "source",
+                arm(&none, &self.source, "source", c.map(|c| &c.source))?,
+            ),
+            (
+                "direct",
+                arm(&none, &self.target, "direct", c.map(|c| &c.target))?,
+            ),
             (
                 "migrated",
-                arm(&migrated.prompt_texts(), &self.target, "migrated", c.map(|c| &c.target))?,
+                arm(
+                    &migrated.prompt_texts(),
+                    &self.target,
+                    "migrated",
+                    c.map(|c| &c.target),
+                )?,
             ),
         ];
         let mut results = Vec::new();
@@ -735,7 +800,11 @@ fn arm_report(units: &[crate::eval::store::UnitRecord], model: &str, label: &str
         .count();
     ArmReport {
         model: model.to_string(),
-        prompts: if label == "migrated" { "migrated" } else { "source" },
+        prompts: if label == "migrated" {
+            "migrated"
+        } else {
+            "source"
+        },
         accuracy: (!scored.is_empty()).then(|| passed as f64 / scored.len() as f64),
         passed,
         scored: scored.len(),
@@ -781,10 +850,22 @@ mod tests {
 
     #[test]
     fn tags_and_tagged_names() {
-        assert_eq!(tag_of("llama:/m/gemma-3-270m-q4_k_m.gguf"), "gemma-3-270m-q4_k_m");
+        assert_eq!(
+            tag_of("llama:/m/gemma-3-270m-q4_k_m.gguf"),
+            "gemma-3-270m-q4_k_m"
+        );
         assert_eq!(tag_of("llama:default"), "default");
-        assert_eq!(tag_of("openai:http://127.0.0.1:8080/v1#Qwen 2.5"), "v1#qwen-2-5".replace('#', "-"));
-        assert_eq!(tagged(Path::new("p/draft.j2"), "g"), Path::new("p/draft.g.j2"));
+        assert_eq!(
+            tag_of("openai:Qwen 2.5@http://127.0.0.1:8080/v1"),
+            "qwen-2-5"
+        );
+        assert_eq!(tag_of("openai:gpt-4o-mini"), "gpt-4o-mini");
+        assert_eq!(tag_of("scripted:replies/b.yaml"), "b");
+        assert_eq!(tag_of("scripted:../"), "target");
+        assert_eq!(
+            tagged(Path::new("p/draft.j2"), "g"),
+            Path::new("p/draft.g.j2")
+        );
         assert_eq!(tagged(Path::new("README"), "g"), Path::new("README.g"));
         assert!(check_tag("a/b").is_err() && check_tag("").is_err() && check_tag("g-1.2").is_ok());
     }
@@ -821,7 +902,10 @@ mod tests {
             }],
         };
         let yaml = m.to_yaml();
-        assert!(yaml.contains("description: |"), "block scalars for review:\n{yaml}");
+        assert!(
+            yaml.contains("description: |"),
+            "block scalars for review:\n{yaml}"
+        );
         assert_eq!(serde_saphyr::from_str::<Mapping>(&yaml).unwrap(), m);
     }
 }

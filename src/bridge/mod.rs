@@ -42,7 +42,7 @@ use crate::eval::{self, EvalError, EvalOptions, EvalPlan};
 use crate::summary::RunStatus;
 use crate::workflow::{self, Workflow, WorkflowError};
 
-pub use calibrate::{Calibration, CalibrateOptions, Candidate, Proposal, Step};
+pub use calibrate::{CalibrateOptions, Calibration, Candidate, Proposal, Step};
 pub use migrate::{Bridge, CheckReport, CheckSpec, Mapping, MigratedPrompt, MigratedWorkflow};
 
 /// Why a PromptBridge step could not run.
@@ -257,6 +257,36 @@ pub fn placeholders(prompt: &str) -> Vec<String> {
     out
 }
 
+/// What to do with a rewrite that lost some of the original prompt's
+/// placeholders (small writers often drop `{{ inputs.x }}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostPlaceholders {
+    /// The rewrite is unusable (a proposal is rejected, a migration tries again).
+    #[default]
+    Reject,
+    /// The lost placeholders are appended after a blank line, each on a
+    /// line of its own, and the rewrite is used (and says which it got).
+    Restore,
+}
+
+/// `rewrite` with `original`'s placeholders that it lost appended (after a
+/// blank line, one per line), and the ones that were. A rewrite with no
+/// text of its own stays as it is.
+pub fn restore_placeholders(original: &str, rewrite: &str) -> (String, Vec<String>) {
+    let lost: Vec<String> = placeholders(original)
+        .into_iter()
+        .filter(|p| !rewrite.contains(p.as_str()))
+        .collect();
+    if lost.is_empty() || rewrite.trim().is_empty() {
+        return (rewrite.to_string(), Vec::new());
+    }
+    (
+        format!("{}\n\n{}", rewrite.trim_end(), lost.join("\n")),
+        lost,
+    )
+}
+
 /// Why a rewritten prompt cannot replace `original`: empty, lost one of
 /// its placeholders, or a template that does not parse. `None` when usable.
 pub fn unusable(original: &str, rewrite: &str) -> Option<String> {
@@ -284,7 +314,10 @@ pub fn unusable(original: &str, rewrite: &str) -> Option<String> {
         new.sort();
         return Some(format!(
             "it reads variables the original does not ({})",
-            new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            new.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     None
@@ -408,19 +441,28 @@ mod tests {
 
     #[test]
     fn the_prompt_is_the_first_fenced_block() {
-        assert_eq!(extract_prompt("Sure!\n```\nSolve: {{ x }}\n```\nok"), "Solve: {{ x }}");
+        assert_eq!(
+            extract_prompt("Sure!\n```\nSolve: {{ x }}\n```\nok"),
+            "Solve: {{ x }}"
+        );
         assert_eq!(extract_prompt("```jinja\nA\nB\n```"), "A\nB");
         assert_eq!(extract_prompt("  no fences  "), "no fences");
         // An unclosed fence keeps what follows it.
         assert_eq!(extract_prompt("```\nA {{ x }}"), "A {{ x }}");
         // A fence whose first line is prose keeps that line.
-        assert_eq!(extract_prompt("```Answer in one word```"), "Answer in one word");
+        assert_eq!(
+            extract_prompt("```Answer in one word```"),
+            "Answer in one word"
+        );
     }
 
     #[test]
     fn placeholders_are_kept_word_for_word() {
         let p = "Q: {{ inputs.task }}\nAgain: {{ inputs.task }} {{ x | upper }}";
-        assert_eq!(placeholders(p), vec!["{{ inputs.task }}", "{{ x | upper }}"]);
+        assert_eq!(
+            placeholders(p),
+            vec!["{{ inputs.task }}", "{{ x | upper }}"]
+        );
         assert_eq!(unusable(p, "Solve {{ inputs.task }} {{ x | upper }}"), None);
         assert_eq!(
             unusable(p, "Solve {{inputs.task}} {{ x | upper }}").unwrap(),
@@ -430,7 +472,31 @@ mod tests {
         let broken = unusable(p, "{{ inputs.task }} {{ x | upper }} {% if %}").unwrap();
         assert!(broken.starts_with("it is not a valid template"), "{broken}");
         let new = unusable(p, "{{ inputs.task }} {{ x | upper }} {{ inputs.secret }}").unwrap();
-        assert_eq!(new, "it reads variables the original does not (inputs.secret)");
+        assert_eq!(
+            new,
+            "it reads variables the original does not (inputs.secret)"
+        );
+    }
+
+    #[test]
+    fn lost_placeholders_are_appended_when_asked() {
+        let p = "Solve:\n{{ inputs.a }}\nand {{ inputs.b }}";
+        assert_eq!(
+            restore_placeholders(p, "Think about {{ inputs.b }}.\n"),
+            (
+                "Think about {{ inputs.b }}.\n\n{{ inputs.a }}".to_string(),
+                vec!["{{ inputs.a }}".to_string()]
+            )
+        );
+        assert_eq!(
+            restore_placeholders(p, "x {{ inputs.a }}{{ inputs.b }}")
+                .1
+                .len(),
+            0
+        );
+        assert_eq!(restore_placeholders(p, " \n"), (" \n".to_string(), vec![]));
+        let (restored, _) = restore_placeholders(p, "Be brief.");
+        assert_eq!(unusable(p, &restored), None);
     }
 
     #[test]

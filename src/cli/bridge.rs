@@ -19,8 +19,10 @@ use crate::engine::CancellationToken;
 use crate::sandbox::Isolation;
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit codes: 0 done, 2 invalid flags/workflow/data, 4 a model or store failure, \
-130 interrupted. Run the same command again to continue a calibration.")]
+#[command(
+    after_help = "Exit codes: 0 done, 2 invalid flags/workflow/data, 4 a model or store failure, \
+130 interrupted. Run the same command again to continue a calibration."
+)]
 pub struct CalibrateArgs {
     /// The prompt file to calibrate, as the workflow names it (default:
     /// the workflow's only prompt file).
@@ -52,6 +54,10 @@ pub struct CalibrateArgs {
     pub max_calls: Option<u64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Append the placeholders a proposal lost instead of rejecting it
+    /// (for small reflection models, which often drop them).
+    #[arg(long)]
+    pub restore_placeholders: bool,
     /// Write the calibrated prompt to this file.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -84,6 +90,7 @@ pub fn calibrate_command(args: CalibrateArgs) -> u8 {
         max_tokens: args.max_tokens,
         max_calls: args.max_calls,
         concurrency: args.eval.concurrency.unwrap_or(1),
+        lost_placeholders: lost(args.restore_placeholders),
         ..CalibrateOptions::default()
     };
     let (runtime, flush) = match super::runtime_with_tracing(args.eval.quiet) {
@@ -127,10 +134,17 @@ pub fn calibrate_command(args: CalibrateArgs) -> u8 {
         }
     }
     if args.eval.json {
-        stdout(&format!("{:#}\n", serde_json::json!({"calibration": cal, "best": best.id})));
+        stdout(&format!(
+            "{:#}\n",
+            serde_json::json!({"calibration": cal, "best": best.id})
+        ));
     } else {
         let seed = cal.seed();
-        let accepted = cal.proposals.iter().filter(|p| p.accepted.is_some()).count();
+        let accepted = cal
+            .proposals
+            .iter()
+            .filter(|p| p.accepted.is_some())
+            .count();
         stdout(&format!(
             "calibration {} · task {} · model {}\n{} generation(s), {} proposal(s), {} accepted · {} metric calls · {} tokens · stopped: {}\nseed prompt: mean {:.3} ({}/{} passed)\nbest (candidate {}): mean {:.3} ({}/{} passed)\n--- calibrated prompt ---\n{}\n",
             cal.id,
@@ -163,16 +177,22 @@ pub fn calibrate_command(args: CalibrateArgs) -> u8 {
 fn task_of(args: &CalibrateArgs) -> anyhow::Result<(Task, String)> {
     let e = &args.eval;
     if e.epochs.is_some_and(|n| n != 1) || e.shard.is_some() || e.review.is_some() {
-        bail!("calibrate runs each item once on the whole data: --epochs, --shard and --review do not apply");
+        bail!(
+            "calibrate runs each item once on the whole data: --epochs, --shard and --review do not apply"
+        );
     }
     let prepared = super::eval::prepare(e)?;
     let plan = prepared.plan;
     let specs = plan.model_specs();
     let mut distinct: Vec<&String> = specs.values().collect();
+    distinct.sort();
     distinct.dedup();
     let model = match distinct.as_slice() {
         [one] => (*one).clone(),
-        [] => bail!("{} declares no model to calibrate for", e.workflow.display()),
+        [] => bail!(
+            "{} declares no model to calibrate for",
+            e.workflow.display()
+        ),
         _ => bail!(
             "calibrate tunes a prompt for one model; the workflow runs several ({}): give one spec to all with --model NAME=SPEC",
             specs
@@ -187,11 +207,15 @@ fn task_of(args: &CalibrateArgs) -> anyhow::Result<(Task, String)> {
         Some(p) => p.clone(),
         None => {
             let mut names: Vec<&str> = files.iter().map(|f| f.file.as_str()).collect();
+            names.sort();
             names.dedup();
             match names.as_slice() {
                 [one] => one.to_string(),
                 [] => bail!("{} uses no prompt file to calibrate", e.workflow.display()),
-                many => bail!("the workflow uses several prompt files ({}): choose one with --prompt", many.join(", ")),
+                many => bail!(
+                    "the workflow uses several prompt files ({}): choose one with --prompt",
+                    many.join(", ")
+                ),
             }
         }
     };
@@ -271,8 +295,10 @@ fn describe(s: &Step) -> String {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit codes: 0 done, 1 the migrated prompts' negative flip rate against the source \
-is above --max-nfr, 2 invalid flags/workflow/data/mapping, 4 a model or store failure, 130 interrupted.")]
+#[command(
+    after_help = "Exit codes: 0 done, 1 the migrated prompts' negative flip rate against the source \
+is above --max-nfr, 2 invalid flags/workflow/data/mapping, 4 a model or store failure, 130 interrupted."
+)]
 pub struct MigrateArgs {
     /// Prompt files (.j2, .txt, ...) or workflows (.yaml) to migrate.
     #[arg(required = true)]
@@ -302,6 +328,9 @@ pub struct MigrateArgs {
     /// Rewrites tried per prompt before giving up.
     #[arg(long, default_value_t = 3)]
     pub attempts: u32,
+    /// Append the placeholders a rewrite lost instead of trying again.
+    #[arg(long)]
+    pub restore_placeholders: bool,
     /// Check the migration on held-out data (a file or a built-in data set):
     /// source prompts on --from, on --to (direct transfer), migrated on --to.
     /// The workflow's eval file (WORKFLOW.eval.yaml) gives map, answer and scorer.
@@ -352,7 +381,10 @@ pub fn migrate_command(args: MigrateArgs) -> u8 {
             return EXIT_INVALID;
         }
     }
-    for spec in [&args.from, &args.to].into_iter().chain(args.writer.as_ref()) {
+    for spec in [&args.from, &args.to]
+        .into_iter()
+        .chain(args.writer.as_ref())
+    {
         if let Err(e) = crate::backend::ModelSpec::parse(spec) {
             eprintln!("error: model {spec}: {e}");
             return EXIT_INVALID;
@@ -398,10 +430,7 @@ pub fn migrate_command(args: MigrateArgs) -> u8 {
 }
 
 fn is_workflow(p: &Path) -> bool {
-    matches!(
-        p.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    )
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
 /// The check's data, selection and scorer, read exactly as `redraft eval`
@@ -425,7 +454,10 @@ fn check_spec(args: &MigrateArgs, workflow: &Path, data: &str) -> anyhow::Result
             argv.push(v);
         }
     };
-    flag("config", args.config.as_ref().map(|p| p.display().to_string()));
+    flag(
+        "config",
+        args.config.as_ref().map(|p| p.display().to_string()),
+    );
     flag("answer", args.answer.clone());
     flag("scorer", args.scorer.clone());
     flag("extract", args.extract.clone());
@@ -439,10 +471,9 @@ fn check_spec(args: &MigrateArgs, workflow: &Path, data: &str) -> anyhow::Result
     if !args.ids.is_empty() {
         flag("ids", Some(args.ids.join(",")));
     }
-    let eval = Eval::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
-    let plan = super::eval::prepare(&eval.args)
-        .context("--check")?
-        .plan;
+    let eval =
+        Eval::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
+    let plan = super::eval::prepare(&eval.args).context("--check")?.plan;
     Ok(CheckSpec {
         data: plan.data,
         selection: plan.selection,
@@ -479,7 +510,11 @@ async fn migrate_all(
                     args.to
                 )));
             }
-            say(format!("mapping {} ({} pairs)", path.display(), m.pairs.len()));
+            say(format!(
+                "mapping {} ({} pairs)",
+                path.display(),
+                m.pairs.len()
+            ));
             m
         }
         _ => {
@@ -506,7 +541,10 @@ async fn migrate_all(
         }
     };
     say(format!("transfer description:\n{}", mapping.description));
-    let mut bridge = Bridge::new(mapping).attempts(args.attempts).cancel(cancel.clone());
+    let mut bridge = Bridge::new(mapping)
+        .attempts(args.attempts)
+        .lost_placeholders(lost(args.restore_placeholders))
+        .cancel(cancel.clone());
     if let Some(w) = &args.writer {
         bridge = bridge.writer(w);
     }
@@ -516,14 +554,26 @@ async fn migrate_all(
     } else {
         bridge = bridge.store(&args.store);
     }
-    let tag = args.tag.clone().unwrap_or_else(|| migrate::tag_of(&args.to));
+    let tag = args
+        .tag
+        .clone()
+        .unwrap_or_else(|| migrate::tag_of(&args.to));
     let mut written = Vec::new();
     let mut report = None;
     for path in &args.paths {
         if is_workflow(path) {
             let m = bridge.migrate_workflow(path).await?;
             for p in &m.prompts {
-                say(format!("{} rewritten ({} attempt(s))", p.file, p.attempts));
+                say(format!(
+                    "{} rewritten ({} attempt(s){})",
+                    p.file,
+                    p.attempts,
+                    if p.restored.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", restored {}", p.restored.join(", "))
+                    }
+                ));
             }
             if let Some(spec) = check {
                 report = Some(bridge.check(&m, spec).await?);
@@ -631,6 +681,14 @@ fn check_text(r: &bridge::CheckReport) -> String {
         flips("migrated vs source", &r.migrated_vs_source),
         flips("migrated vs direct", &r.migrated_vs_direct),
     )
+}
+
+fn lost(restore: bool) -> bridge::LostPlaceholders {
+    if restore {
+        bridge::LostPlaceholders::Restore
+    } else {
+        bridge::LostPlaceholders::Reject
+    }
 }
 
 fn interrupt(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {

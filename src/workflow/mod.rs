@@ -234,11 +234,12 @@ fn load_source(
     };
     let mut reader = raw::Reader::default();
     let raw = reader.workflow(&tree);
-    let mut wf =
-        validate::check(raw, base_dir, prompts.clone(), reader.diagnostics).map_err(|mut diagnostics| {
+    let mut wf = validate::check(raw, base_dir, prompts.clone(), reader.diagnostics).map_err(
+        |mut diagnostics| {
             diagnostics.sort_by_key(|d| (d.span.line, d.span.col));
             invalid(text.to_string(), diagnostics)
-        })?;
+        },
+    )?;
     if !wf.warnings.is_empty() {
         wf.warnings.sort_by_key(|d| (d.span.line, d.span.col));
         wf.warnings_rendered = diagnostic::render_all(&wf.warnings, name, text);

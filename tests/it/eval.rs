@@ -1082,10 +1082,25 @@ fn journal_round_trip(location: &str, kind: &str) {
     use redraft::eval::store;
     let mut s = store::open(location).unwrap();
     assert!(s.records(kind, "a").unwrap().is_empty());
-    assert_eq!(s.append_record(kind, "a", &serde_json::json!({"g": 0})).unwrap(), 0);
-    assert_eq!(s.append_record(kind, "a", &serde_json::json!({"g": 1})).unwrap(), 1);
-    assert_eq!(s.append_record(kind, "b", &serde_json::json!("x")).unwrap(), 0);
-    assert_eq!(s.append_record("other", "a", &serde_json::json!(null)).unwrap(), 0);
+    assert_eq!(
+        s.append_record(kind, "a", &serde_json::json!({"g": 0}))
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.append_record(kind, "a", &serde_json::json!({"g": 1}))
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.append_record(kind, "b", &serde_json::json!("x")).unwrap(),
+        0
+    );
+    assert_eq!(
+        s.append_record("other", "a", &serde_json::json!(null))
+            .unwrap(),
+        0
+    );
     drop(s);
     let mut s = store::open(location).unwrap();
     assert_eq!(
@@ -1105,6 +1120,10 @@ fn journal_in_sqlite() {
 fn journal_in_postgres() {
     let Some(url) = postgres_url() else { return };
     // A kind of its own per run: the server outlives test runs.
-    let kind = format!("test-{}-{}", std::process::id(), redraft::eval::store::now_ms());
+    let kind = format!(
+        "test-{}-{}",
+        std::process::id(),
+        redraft::eval::store::now_ms()
+    );
     journal_round_trip(&url, &kind);
 }

@@ -9,6 +9,7 @@
 //! - `cli`: the binary's exit codes, stdout, stderr and event log.
 
 mod architecture;
+mod bridge;
 mod cli;
 mod engine;
 mod eval;
