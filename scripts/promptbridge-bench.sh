@@ -34,7 +34,7 @@ python3 scripts/promptbridge-tasks.py "$out/data"
 calibrate() { # TASK INPUT SCORER MODEL TAG
   "$bin" calibrate "examples/promptbridge/$1.yaml" --task "$1" \
     --data "$out/data/$1.jsonl" --map "$2=$2" --answer answer --scorer "$3" --limit 8 \
-    --model "solver=$4" --reflect "$smol" --islands 2 --generations 3 --minibatch 4 \
+    --model "solver=$4" --reflect "$smol" --islands 2 --generations "${PROMPTBRIDGE_GENERATIONS:-3}" --minibatch 4 \
     --restore-placeholders --store "$store" --out "$out/$1.$5.j2" --json > "$out/calibrate-$1.$5.json"
 }
 for m in "$smol smollm2" "$gemma gemma3"; do

@@ -379,10 +379,12 @@ fn arm(task: &Task, prompt: Option<&str>, model: &str) -> Result<Arm, BridgeErro
         &task.workflow,
         &prompts,
         model,
-        &task.data,
-        task.selection.clone(),
-        &task.scorer,
-        task.extract.as_deref(),
+        super::Items {
+            data: &task.data,
+            selection: &task.selection,
+            scorer: &task.scorer,
+            extract: task.extract.as_deref(),
+        },
         format!("calibrate {}", task.name),
     )
 }

@@ -28,7 +28,9 @@ pub struct Mapping {
     pub to: String,
     /// The model that wrote the description (and, by default, rewrites).
     pub writer: String,
-    /// The systematic source → target edits, in the writer's words.
+    /// The systematic source → target edits, in the writer's words. Empty
+    /// when every calibrated pair has the same prompt for both models:
+    /// there is no edit to learn, and migration keeps prompts as they are.
     pub description: String,
     pub pairs: Vec<Pair>,
 }
@@ -97,7 +99,9 @@ pub fn pairs(calibrations: &[Calibration], from: &str, to: &str) -> Vec<Pair> {
 }
 
 /// Has `writer` describe the systematic edits from `pairs`' source
-/// prompts to their target prompts.
+/// prompts to their target prompts. When no pair differs, nothing is
+/// asked and the description is empty (a writer asked to describe edits
+/// that are not there invents some).
 pub async fn learn(
     pairs: Vec<Pair>,
     from: &str,
@@ -108,6 +112,16 @@ pub async fn learn(
         return Err(BridgeError::Invalid(format!(
             "no task is calibrated for both {from} and {to}: run `redraft calibrate` for each model on the same tasks first"
         )));
+    }
+    let mapping = |description: String, pairs| Mapping {
+        from: from.to_string(),
+        to: to.to_string(),
+        writer: writer.to_string(),
+        description,
+        pairs,
+    };
+    if pairs.iter().all(|p| p.source.trim() == p.target.trim()) {
+        return Ok(mapping(String::new(), pairs));
     }
     let shown: String = pairs
         .iter()
@@ -128,13 +142,7 @@ pub async fn learn(
     let written = Writer::new(Engine::new(), writer)
         .write(Builtin::Transfer, inputs, 0, None)
         .await?;
-    Ok(Mapping {
-        from: from.to_string(),
-        to: to.to_string(),
-        writer: writer.to_string(),
-        description: written.text.trim().to_string(),
-        pairs,
-    })
+    Ok(mapping(written.text.trim().to_string(), pairs))
 }
 
 /// A prompt rewritten for the target model.
@@ -145,7 +153,8 @@ pub struct MigratedPrompt {
     pub path: PathBuf,
     pub original: String,
     pub text: String,
-    /// Rewrites it took (a rewrite that lost a placeholder is tried again).
+    /// Rewrites it took (a rewrite that lost a placeholder is tried again;
+    /// 0 when the mapping has no edit and the prompt was kept).
     pub attempts: u32,
     pub tokens: u64,
     /// Placeholders the rewrite lost and got back ([`Bridge::lost_placeholders`]).
@@ -624,6 +633,18 @@ impl Bridge {
         original: &str,
         workflow: Option<&Path>,
     ) -> Result<MigratedPrompt, BridgeError> {
+        if self.mapping.description.trim().is_empty() {
+            // No systematic edit was learned: the prompt stays as it is.
+            return Ok(MigratedPrompt {
+                file: file.to_string(),
+                path: path.to_path_buf(),
+                original: original.to_string(),
+                text: original.to_string(),
+                attempts: 0,
+                tokens: 0,
+                restored: Vec::new(),
+            });
+        }
         let mut feedback = String::new();
         let mut tokens = 0;
         for attempt in 1..=self.attempts {
@@ -716,10 +737,12 @@ impl Bridge {
                 &migrated.path,
                 prompts,
                 model,
-                &spec.data,
-                spec.selection.clone(),
-                &spec.scorer,
-                spec.extract.as_deref(),
+                super::Items {
+                    data: &spec.data,
+                    selection: &spec.selection,
+                    scorer: &spec.scorer,
+                    extract: spec.extract.as_deref(),
+                },
                 format!("migrate check: {label}"),
             )?;
             if let Some(c) = cassette {

@@ -341,6 +341,15 @@ pub(crate) fn clip(s: &str, max: usize) -> String {
     }
 }
 
+/// The items an arm runs on and how they are scored (a task's, or a
+/// check's).
+pub(crate) struct Items<'a> {
+    pub data: &'a DataSpec,
+    pub selection: &'a Selection,
+    pub scorer: &'a str,
+    pub extract: Option<&'a str>,
+}
+
 /// A workflow with one prompt file's text given, every model run as
 /// `model`, over a task's data: an eval plan.
 pub(crate) struct Arm {
@@ -355,10 +364,7 @@ impl Arm {
         workflow: &Path,
         prompts: &workflow::Prompts,
         model: &str,
-        data: &DataSpec,
-        selection: Selection,
-        scorer: &str,
-        extract: Option<&str>,
+        items: Items<'_>,
         name: String,
     ) -> Result<Arm, BridgeError> {
         let source = std::fs::read_to_string(workflow).map_err(|source| BridgeError::Io {
@@ -379,10 +385,10 @@ impl Arm {
                 workflow: Arc::new(wf),
                 workflow_source: source,
                 models,
-                data: data.clone(),
-                selection,
-                scorer: scorer.to_string(),
-                extract: extract.map(str::to_string),
+                data: items.data.clone(),
+                selection: items.selection.clone(),
+                scorer: items.scorer.to_string(),
+                extract: items.extract.map(str::to_string),
                 epochs: 1,
                 name: Some(name),
                 command: Vec::new(),

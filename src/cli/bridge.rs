@@ -540,7 +540,11 @@ async fn migrate_all(
             m
         }
     };
-    say(format!("transfer description:\n{}", mapping.description));
+    if mapping.description.trim().is_empty() {
+        say("every calibrated pair has the same prompt for both models: no edit to learn, prompts are kept as they are".into());
+    } else {
+        say(format!("transfer description:\n{}", mapping.description));
+    }
     let mut bridge = Bridge::new(mapping)
         .attempts(args.attempts)
         .lost_placeholders(lost(args.restore_placeholders))
@@ -564,6 +568,10 @@ async fn migrate_all(
         if is_workflow(path) {
             let m = bridge.migrate_workflow(path).await?;
             for p in &m.prompts {
+                if p.attempts == 0 {
+                    say(format!("{} kept", p.file));
+                    continue;
+                }
                 say(format!(
                     "{} rewritten ({} attempt(s){})",
                     p.file,

@@ -373,6 +373,35 @@ async fn calibration_with_restore_keeps_proposals_that_lost_a_placeholder() {
 }
 
 #[tokio::test]
+async fn pairs_with_the_same_prompt_for_both_models_teach_no_edit_and_prompts_are_kept() {
+    let same = migrate::Pair {
+        task: "sums".into(),
+        source: "Q: {{ inputs.question }}\n".into(),
+        target: "Q: {{ inputs.question }}".into(),
+        source_score: 0.5,
+        target_score: 0.25,
+    };
+    // The writer does not exist: it must not be asked.
+    let m = migrate::learn(
+        vec![same],
+        &spec("a.yaml"),
+        &spec("b.yaml"),
+        &spec("no-such-writer.yaml"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(m.description, "");
+    let p = Bridge::new(m)
+        .migrate_prompt("p.j2", "Q: {{ inputs.question }}")
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.text.as_str(), p.attempts, p.tokens),
+        ("Q: {{ inputs.question }}", 0, 0)
+    );
+}
+
+#[tokio::test]
 async fn no_calibrated_pair_means_no_mapping() {
     let err = migrate::learn(vec![], "a", "b", &spec("writer.yaml"))
         .await

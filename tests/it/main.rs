@@ -18,6 +18,7 @@ mod library;
 mod llama;
 mod methods;
 mod methods_real;
+mod migrations;
 #[cfg(feature = "llama")]
 mod mock_hub;
 mod mock_openai;
