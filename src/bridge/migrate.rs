@@ -372,6 +372,9 @@ pub struct ArmReport {
     pub failed: usize,
     pub tokens: u64,
     pub calls: u64,
+    /// Why the first failed unit failed (item id: error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
 }
 
 /// Item-level changes from one arm to another.
@@ -495,7 +498,12 @@ impl Bridge {
     /// DIR` wrote. No model is run; a request that was not recorded fails
     /// naming the closest recorded one.
     pub fn replay(dir: impl AsRef<Path>) -> Result<Bridge, BridgeError> {
-        let dir = dir.as_ref();
+        // Absolute: the arms resolve relative model paths against the
+        // workflow's directory, not the caller's.
+        let dir = std::path::absolute(dir.as_ref()).map_err(|source| BridgeError::Io {
+            path: dir.as_ref().to_path_buf(),
+            source,
+        })?;
         let mapping = Mapping::load(&dir.join("mapping.yaml"))?;
         let spec = |role: &str| format!("replay:{}", dir.join(format!("{role}.jsonl")).display());
         Ok(Bridge::new(mapping)
@@ -834,6 +842,10 @@ fn arm_report(units: &[crate::eval::store::UnitRecord], model: &str, label: &str
         failed: results.len() - scored.len(),
         tokens: results.iter().map(|r| r.tokens).sum(),
         calls: results.iter().map(|r| r.calls).sum(),
+        first_error: results
+            .iter()
+            .filter(|r| !(r.status == ItemStatus::Done && r.score.is_some()))
+            .find_map(|r| Some(format!("{}: {}", r.item_id, r.error.as_deref()?))),
     }
 }
 

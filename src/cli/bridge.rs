@@ -304,11 +304,11 @@ pub struct MigrateArgs {
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
     /// The source model (a spec, as calibrated).
-    #[arg(long, value_name = "SPEC")]
-    pub from: String,
+    #[arg(long, value_name = "SPEC", required_unless_present = "replay")]
+    pub from: Option<String>,
     /// The target model (a spec, as calibrated).
-    #[arg(long, value_name = "SPEC")]
-    pub to: String,
+    #[arg(long, value_name = "SPEC", required_unless_present = "replay")]
+    pub to: Option<String>,
     /// The mapping file: read if it exists, else learned from the
     /// calibrations in --store and written here.
     #[arg(long, value_name = "FILE")]
@@ -364,6 +364,10 @@ pub struct MigrateArgs {
     /// for replay in snapshot tests (`redraft::bridge::Bridge::replay`).
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
+    /// Replay a migration recorded with --record DIR: its mapping and model
+    /// replies, no model run (a request that was not recorded fails).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["from", "to", "mapping", "writer", "record"])]
+    pub replay: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
     #[arg(long, short)]
@@ -381,10 +385,7 @@ pub fn migrate_command(args: MigrateArgs) -> u8 {
             return EXIT_INVALID;
         }
     }
-    for spec in [&args.from, &args.to]
-        .into_iter()
-        .chain(args.writer.as_ref())
-    {
+    for spec in [&args.from, &args.to, &args.writer].into_iter().flatten() {
         if let Err(e) = crate::backend::ModelSpec::parse(spec) {
             eprintln!("error: model {spec}: {e}");
             return EXIT_INVALID;
@@ -497,71 +498,49 @@ async fn migrate_all(
             eprintln!("migrate: {s}");
         }
     };
-    let mapping = match &args.mapping {
-        Some(path) if path.exists() => {
-            let m = Mapping::load(path)?;
-            if m.from != args.from || m.to != args.to {
-                return Err(BridgeError::Invalid(format!(
-                    "mapping {} is for {} → {}, not {} → {}",
-                    path.display(),
-                    m.from,
-                    m.to,
-                    args.from,
-                    args.to
-                )));
-            }
+    let (mut bridge, to) = match &args.replay {
+        Some(dir) => {
+            let bridge = Bridge::replay(dir)?;
             say(format!(
-                "mapping {} ({} pairs)",
-                path.display(),
-                m.pairs.len()
+                "replaying the migration recorded in {}",
+                dir.display()
             ));
-            m
+            let to = bridge.mapping().to.clone();
+            (bridge, to)
         }
-        _ => {
-            let store = args.store.clone();
-            let cals = tokio::task::spawn_blocking(move || {
-                let mut s = crate::eval::store::open(&store)?;
-                bridge::calibrate::calibrations(s.as_mut())
-            })
-            .await
-            .map_err(|e| BridgeError::Invalid(format!("the store thread failed: {e}")))??;
-            let pairs = migrate::pairs(&cals, &args.from, &args.to);
-            let writer = args.writer.clone().unwrap_or_else(|| args.from.clone());
-            say(format!(
-                "learning the mapping from {} calibrated pair(s) in {}",
-                pairs.len(),
-                args.store
-            ));
-            let m = migrate::learn(pairs, &args.from, &args.to, &writer).await?;
-            if let Some(path) = &args.mapping {
-                m.save(path)?;
-                say(format!("mapping written to {}", path.display()));
+        None => {
+            // clap requires both without --replay.
+            let (Some(from), Some(to)) = (&args.from, &args.to) else {
+                return Err(BridgeError::Invalid(
+                    "give --from and --to, or --replay DIR".into(),
+                ));
+            };
+            let mut bridge = Bridge::new(mapping(args, from, to, &say).await?);
+            if let Some(w) = &args.writer {
+                bridge = bridge.writer(w);
             }
-            m
+            if let Some(dir) = &args.record {
+                bridge = bridge.record(dir)?;
+                say(format!("recording into {}", dir.display()));
+            } else {
+                bridge = bridge.store(&args.store);
+            }
+            (bridge, to.clone())
         }
     };
-    if mapping.description.trim().is_empty() {
+    if bridge.mapping().description.trim().is_empty() {
         say("every calibrated pair has the same prompt for both models: no edit to learn, prompts are kept as they are".into());
     } else {
-        say(format!("transfer description:\n{}", mapping.description));
+        say(format!(
+            "transfer description:\n{}",
+            bridge.mapping().description
+        ));
     }
-    let mut bridge = Bridge::new(mapping)
+    bridge = bridge
         .attempts(args.attempts)
         .lost_placeholders(lost(args.restore_placeholders))
         .cancel(cancel.clone());
-    if let Some(w) = &args.writer {
-        bridge = bridge.writer(w);
-    }
-    if let Some(dir) = &args.record {
-        bridge = bridge.record(dir)?;
-        say(format!("recording into {}", dir.display()));
-    } else {
-        bridge = bridge.store(&args.store);
-    }
-    let tag = args
-        .tag
-        .clone()
-        .unwrap_or_else(|| migrate::tag_of(&args.to));
+    let tag = args.tag.clone().unwrap_or_else(|| migrate::tag_of(&to));
     let mut written = Vec::new();
     let mut report = None;
     for path in &args.paths {
@@ -624,6 +603,53 @@ async fn migrate_all(
     Ok(if over { EXIT_UNVERIFIED } else { EXIT_OK })
 }
 
+/// The mapping: read from `--mapping` if the file exists, else learned
+/// from the calibrations in the store (and saved to `--mapping`).
+async fn mapping(
+    args: &MigrateArgs,
+    from: &str,
+    to: &str,
+    say: &impl Fn(String),
+) -> Result<Mapping, BridgeError> {
+    if let Some(path) = args.mapping.as_ref().filter(|p| p.exists()) {
+        let m = Mapping::load(path)?;
+        if m.from != from || m.to != to {
+            return Err(BridgeError::Invalid(format!(
+                "mapping {} is for {} → {}, not {from} → {to}",
+                path.display(),
+                m.from,
+                m.to,
+            )));
+        }
+        say(format!(
+            "mapping {} ({} pairs)",
+            path.display(),
+            m.pairs.len()
+        ));
+        return Ok(m);
+    }
+    let store = args.store.clone();
+    let cals = tokio::task::spawn_blocking(move || {
+        let mut s = crate::eval::store::open(&store)?;
+        bridge::calibrate::calibrations(s.as_mut())
+    })
+    .await
+    .map_err(|e| BridgeError::Invalid(format!("the store thread failed: {e}")))??;
+    let pairs = migrate::pairs(&cals, from, to);
+    let writer = args.writer.as_deref().unwrap_or(from);
+    say(format!(
+        "learning the mapping from {} calibrated pair(s) in {}",
+        pairs.len(),
+        args.store
+    ));
+    let m = migrate::learn(pairs, from, to, writer).await?;
+    if let Some(path) = &args.mapping {
+        m.save(path)?;
+        say(format!("mapping written to {}", path.display()));
+    }
+    Ok(m)
+}
+
 /// A lone prompt file: `NAME.TAG.EXT` beside it, or over it with `--in-place`.
 fn write_prompt(
     p: &bridge::MigratedPrompt,
@@ -653,8 +679,12 @@ fn check_text(r: &bridge::CheckReport) -> String {
     let pct = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:.1}%", x * 100.0));
     let pts = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:+.1} pts", x * 100.0));
     let arm = |name: &str, a: &bridge::migrate::ArmReport| {
+        let why = a
+            .first_error
+            .as_ref()
+            .map_or(String::new(), |e| format!("    first failure: {e}\n"));
         format!(
-            "  {name:<28} {:>7}  ({}/{} right, {} failed, {} tok)\n",
+            "  {name:<28} {:>7}  ({}/{} right, {} failed, {} tok)\n{why}",
             pct(a.accuracy),
             a.passed,
             a.scored,
@@ -678,11 +708,13 @@ fn check_text(r: &bridge::CheckReport) -> String {
         )
     };
     format!(
-        "check on {} held-out item(s):\n{}{}{}transfer gap (direct − source) {} · gain over direct transfer {}\n{}{}{}",
+        "check on {} held-out item(s), from {} to {}:\n{}{}{}transfer gap (direct − source) {} · gain over direct transfer {}\n{}{}{}",
         r.items,
-        arm(&format!("source on {}", r.source.model), &r.source),
-        arm(&format!("source on {}", r.direct.model), &r.direct),
-        arm(&format!("migrated on {}", r.migrated.model), &r.migrated),
+        r.source.model,
+        r.direct.model,
+        arm("source prompts on from", &r.source),
+        arm("source prompts on to", &r.direct),
+        arm("migrated prompts on to", &r.migrated),
         pts(r.transfer_gap),
         pts(r.gain),
         flips("direct vs source", &r.direct_vs_source),

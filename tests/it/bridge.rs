@@ -257,6 +257,33 @@ async fn migration_rewrites_checks_and_replays_what_it_recorded() {
     assert_eq!(again.prompts, migrated.prompts);
     assert_eq!(replay.check(&again, &check_spec()).await.unwrap(), report);
 
+    // The CLI replays it too, from a directory named relative to where it
+    // runs (not to the workflow), with the same check.
+    let work = d.join("work");
+    copy_dir(&dir(), &work);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redraft"))
+        .args([
+            "migrate",
+            "work/task2.yaml",
+            "--replay",
+            "recorded",
+            "--tag",
+            "r",
+        ])
+        .args(["--check", "work/items.jsonl", "--map", "question=question"])
+        .args(["--answer", "answer", "--scorer", "numeric", "--json", "-q"])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["check"], serde_json::to_value(&report).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(work.join("prompts/careful.r.j2")).unwrap(),
+        "Give the number only. {{ inputs.question }}"
+    );
+
     // A request the cassettes do not hold fails, naming the closest one.
     let other = replay
         .migrate_prompt("x.j2", "Other: {{ inputs.question }}")

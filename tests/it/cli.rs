@@ -497,6 +497,14 @@ fn every_command_in_the_readme_works() {
             std::os::unix::fs::symlink(root().join(shared), &link).unwrap();
         }
     }
+    // Copied, not linked: commands write beside the examples' files.
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(root().join("examples"))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(copied.success());
     let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_redraft"))
         .parent()
         .unwrap()

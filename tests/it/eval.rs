@@ -1097,7 +1097,7 @@ fn journal_round_trip(location: &str, kind: &str) {
         0
     );
     assert_eq!(
-        s.append_record("other", "a", &serde_json::json!(null))
+        s.append_record(&format!("{kind}-other"), "a", &serde_json::json!(null))
             .unwrap(),
         0
     );
