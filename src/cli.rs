@@ -787,6 +787,23 @@ pub fn human_line(event: &Event) -> Option<String> {
                 if *passed { "passed" } else { "failed" }
             )
         }
+        Event::Revision {
+            loop_id,
+            node,
+            accepted,
+            score,
+            current_score,
+            reason,
+            ..
+        } => match (accepted, reason) {
+            (true, _) => format!(
+                "loop {loop_id}: {node}'s revision accepted (score {current_score:.2} → {score:.2})"
+            ),
+            (false, r) => format!(
+                "loop {loop_id}: {node}'s revision rejected, the answer is kept: {}",
+                r.as_deref().unwrap_or("-")
+            ),
+        },
         Event::LoopRound { loop_id, round } if *round > 1 => {
             format!("loop {loop_id}: round {round}")
         }

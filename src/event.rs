@@ -58,6 +58,23 @@ pub enum Event {
         loop_id: String,
         round: u32,
     },
+    /// A guarded loop (`accept`) decided on a revision: `node` wrote it,
+    /// the loop head judged it with `score`; `current_score` is the answer
+    /// it would replace. A rejected revision leaves the answer as it was.
+    Revision {
+        #[serde(rename = "loop")]
+        loop_id: String,
+        round: u32,
+        node: String,
+        accepted: bool,
+        score: f64,
+        current_score: f64,
+        /// Whether its final answer differs from the current one (when the
+        /// loop knows how to find the final answer).
+        answer_changed: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     LoopFinished {
         #[serde(rename = "loop")]
         loop_id: String,

@@ -31,6 +31,13 @@ impl LoopReport {
             .map(|t| rounds[t].config != rounds[t - 1].config)
             .collect();
         let changes = chg.iter().filter(|c| **c).count();
+        let guarded = rounds.iter().any(|r| r.accepted.is_some());
+        let count = |accepted: bool| {
+            rounds
+                .iter()
+                .filter(|r| r.accepted == Some(accepted))
+                .count() as u32
+        };
         let changed_wins = chg
             .iter()
             .zip(rounds.get(1..).unwrap_or_default())
@@ -56,6 +63,8 @@ impl LoopReport {
             over_budget_ratio: round_tokens
                 .filter(|_| n > 0)
                 .map(|b| rounds.iter().filter(|r| r.tokens > b).count() as f64 / n as f64),
+            accepted: guarded.then(|| count(true)),
+            rejected: guarded.then(|| count(false)),
             per_round: rounds.to_vec(),
         }
     }
@@ -126,6 +135,8 @@ mod tests {
             .enumerate()
             .map(|(i, &(config, win, tokens))| RoundRecord {
                 score: None,
+                accepted: None,
+                revision_score: None,
                 round: i as u32 + 1,
                 config: Some(config),
                 win,

@@ -44,6 +44,14 @@ pub struct RoundRecord {
     /// test pass rate. `None` when no verdict was given.
     pub score: Option<f64>,
     pub tokens: u64,
+    /// Guarded loops (`accept`): whether the round's revision was accepted
+    /// (`None` in round 1, which judges the draft, and in unguarded loops).
+    /// A rejected round records the answer the loop kept (score, config,
+    /// win), and the revision's own score in `revision_score`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision_score: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,6 +66,12 @@ pub struct LoopReport {
     pub correction_success_rate: f64,
     pub improvement_slope: f64,
     pub over_budget_ratio: Option<f64>,
+    /// Revisions a guarded loop (`accept`) accepted and rejected; absent
+    /// when no revision was judged by a rule (unguarded loops).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<u32>,
     pub per_round: Vec<RoundRecord>,
 }
 

@@ -34,6 +34,7 @@ use crate::metrics::{
     FailureCause, FailureKind, LoopReport, OutputSource, RoundRecord, RunFailure, RunStatus,
     RunSummary,
 };
+use crate::workflow::AcceptRule;
 use crate::workflow::Selection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +69,34 @@ struct LoopRt {
     round_gold_win: Option<bool>,
     best_score: Option<f64>,
     stale: u32,
+    /// Guarded loops: the answer the loop holds (the last accepted one).
+    current: Option<Current>,
+    /// The last rejected revision, until a revision is accepted.
+    rejected: Option<Rejection>,
+    rejections: u32,
+    round_accepted: Option<bool>,
+    round_revision_score: Option<f64>,
+}
+
+/// The answer a guarded loop holds: the head's verdict on it, and the
+/// back edge source's output that wrote it (`None`: the draft).
+#[derive(Debug, Clone)]
+struct Current {
+    head: Arc<NodeOutput>,
+    from: Option<Arc<NodeOutput>>,
+    score: f64,
+    passed: bool,
+    answer: Option<String>,
+    text: String,
+}
+
+#[derive(Debug, Clone)]
+struct Rejection {
+    round: u32,
+    reason: String,
+    score: f64,
+    answer: Option<String>,
+    text: String,
 }
 
 impl LoopRt {
@@ -80,6 +109,8 @@ impl LoopRt {
             win: self.round_gold_win.unwrap_or(self.round_win),
             score: self.round_score,
             tokens: self.round_tokens,
+            accepted: self.round_accepted,
+            revision_score: self.round_revision_score,
         });
     }
 }
@@ -90,6 +121,8 @@ struct Candidate {
     output: Arc<NodeOutput>,
     passed: Option<bool>,
     score: Option<f64>,
+    /// A revision a guarded loop rejected: never the artifact or the output.
+    rejected: bool,
 }
 
 enum Stop {
@@ -111,6 +144,9 @@ pub(crate) struct Run {
     outputs: Vec<Option<Arc<NodeOutput>>>,
     /// Earlier outputs of each node, as template lists.
     history: Vec<Value>,
+    /// Outputs a guarded loop put back after a rejection: already in the
+    /// history, so not added to it again when the node runs next.
+    restored: Vec<bool>,
     runs: Vec<u32>,
     loops: Vec<LoopRt>,
     reports: Vec<LoopReport>,
@@ -134,6 +170,7 @@ impl Run {
             exit_fired: vec![false; e],
             outputs: vec![None; n],
             history: vec![Value::from(Vec::<Value>::new()); n],
+            restored: vec![false; n],
             runs: vec![0; n],
             loops: (0..l)
                 .map(|_| LoopRt {
@@ -200,11 +237,32 @@ impl Run {
         let &li = self.sh.wf.topology.loops_of[node].first()?;
         let spec = &self.sh.wf.loops[li];
         let round = self.loops[li].round;
+        let l = &self.loops[li];
+        let current = l.current.as_ref().map(|c| {
+            minijinja::context! {
+                score => c.score,
+                passed => c.passed,
+                answer => c.answer.as_deref(),
+                text => c.text.as_str(),
+            }
+        });
+        let rejected = l.rejected.as_ref().map(|r| {
+            minijinja::context! {
+                round => r.round,
+                reason => r.reason.as_str(),
+                score => r.score,
+                answer => r.answer.as_deref(),
+                text => r.text.as_str(),
+            }
+        });
         Some(minijinja::context! {
             id => spec.id.as_str(),
             round => round,
             max_rounds => spec.max_rounds,
             last => round >= spec.max_rounds,
+            current => current,
+            rejected => rejected,
+            rejections => l.rejections,
         })
     }
 
@@ -217,7 +275,7 @@ impl Run {
             inputs: self.inputs.clone(),
             outputs: self.outputs.clone(),
             history: self.history.clone(),
-            artifact: self.candidates.last().map(|c| c.output.clone()),
+            artifact: self.judged().map(|c| c.output.clone()),
         });
         self.snapshot = Some(d.clone());
         d
@@ -369,9 +427,9 @@ impl Run {
         let wf = self.sh.wf.clone();
         self.status[node] = St::Done;
         let out = Arc::new(out);
-        if let Some(prev) = self.outputs[node].replace(out.clone()) {
-            let earlier = self.history[node].try_iter().into_iter().flatten();
-            self.history[node] = earlier.chain([prev.value.clone()]).collect();
+        let prev = self.outputs[node].replace(out.clone());
+        if let Some(prev) = prev.filter(|_| !std::mem::take(&mut self.restored[node])) {
+            self.push_history(node, prev.value.clone());
         }
         self.snapshot = None;
         for &li in &wf.topology.loops_of[node] {
@@ -384,15 +442,23 @@ impl Run {
                 output: out.clone(),
                 passed: None,
                 score: None,
+                rejected: false,
             });
         }
         if wf.nodes[node].kind.is_verdict() {
-            let verdict = out.typed.verdict().unwrap_or(Verdict {
+            let mut verdict = out.typed.verdict().unwrap_or(Verdict {
                 passed: false,
                 score: 0.0,
             });
+            for li in 0..wf.loops.len() {
+                if wf.loops[li].to == node && wf.loops[li].accept.is_some() {
+                    if let Some(kept) = self.guard(li, node, round, &out, verdict) {
+                        verdict = kept;
+                    }
+                }
+            }
             let (passed, score) = (verdict.passed, verdict.score);
-            let config = self.candidates.last_mut().map(|c| {
+            let config = self.judged_mut().map(|c| {
                 c.passed = Some(passed);
                 c.score = Some(score);
                 hash_text(c.output.text.as_deref())
@@ -401,8 +467,7 @@ impl Run {
                 let metrics = &wf.loops[li].metrics;
                 // Only loops with `metrics` look at the judged text again.
                 let answer = if metrics.answer.is_some() || metrics.gold.is_some() {
-                    self.candidates
-                        .last()
+                    self.judged()
                         .and_then(|c| c.output.text.as_deref())
                         .map(|t| answer_of(metrics.answer.as_ref(), t))
                 } else {
@@ -431,6 +496,251 @@ impl Run {
                 }
                 l.round_score = Some(score);
                 l.round_config = config.or(l.round_config);
+            }
+        }
+    }
+
+    /// The latest output candidate that no guarded loop rejected: the
+    /// artifact, and what a verdict judges.
+    fn judged(&self) -> Option<&Candidate> {
+        self.candidates.iter().rev().find(|c| !c.rejected)
+    }
+
+    fn judged_mut(&mut self) -> Option<&mut Candidate> {
+        self.candidates.iter_mut().rev().find(|c| !c.rejected)
+    }
+
+    fn push_history(&mut self, node: usize, value: Value) {
+        let earlier = self.history[node].try_iter().into_iter().flatten();
+        self.history[node] = earlier.chain([value]).collect();
+    }
+
+    /// Guarded refinement at loop `li`'s head `node`, which just judged
+    /// `out`. The first verdict of the loop judges the draft and makes it
+    /// the current answer; each later one judges the revision the back
+    /// edge's source wrote, and the loop's `accept` rule decides. A
+    /// rejected revision goes to the history, the head's verdict and the
+    /// source's output go back to the current answer's, and the verdict
+    /// the rest of the run sees (returned) is the current answer's.
+    fn guard(
+        &mut self,
+        li: usize,
+        node: usize,
+        round: u32,
+        out: &Arc<NodeOutput>,
+        verdict: Verdict,
+    ) -> Option<Verdict> {
+        let wf = self.sh.wf.clone();
+        let spec = &wf.loops[li];
+        let accept = spec.accept.as_ref()?;
+        let text = judged_text(out)
+            .or_else(|| self.judged().and_then(|c| c.output.text.clone()))
+            .unwrap_or_default();
+        let answer = accept
+            .answer
+            .as_ref()
+            .map(|re| answer_of(Some(re), &text))
+            .filter(|a| !a.is_empty());
+        let Some(current) = self.loops[li].current.clone() else {
+            self.loops[li].current = Some(Current {
+                head: out.clone(),
+                from: None,
+                score: verdict.score,
+                passed: verdict.passed,
+                answer,
+                text,
+            });
+            return None;
+        };
+        let revision = self.outputs[spec.from].clone();
+        let changed = match (&current.answer, &answer) {
+            (Some(a), Some(b)) => !same_answer(a, b),
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let decision = self.decide(
+            li,
+            node,
+            &current,
+            verdict,
+            answer.as_deref(),
+            &text,
+            changed,
+        );
+        self.sh.emit(Event::Revision {
+            loop_id: spec.id.clone(),
+            round,
+            node: wf.nodes[spec.from].id.clone(),
+            accepted: decision.is_ok(),
+            score: verdict.score,
+            current_score: current.score,
+            answer_changed: changed,
+            reason: decision.as_ref().err().cloned(),
+        });
+        let l = &mut self.loops[li];
+        match decision {
+            Ok(()) => {
+                l.round_accepted = Some(true);
+                l.rejected = None;
+                l.current = Some(Current {
+                    head: out.clone(),
+                    from: revision,
+                    score: verdict.score,
+                    passed: verdict.passed,
+                    answer,
+                    text,
+                });
+                None
+            }
+            Err(reason) => {
+                l.round_accepted = Some(false);
+                l.round_revision_score = Some(verdict.score);
+                l.rejections += 1;
+                l.rejected = Some(Rejection {
+                    round,
+                    reason,
+                    score: verdict.score,
+                    answer,
+                    text,
+                });
+                // The head's history already holds the current verdict.
+                self.push_history(node, out.value.clone());
+                self.outputs[node] = Some(current.head.clone());
+                self.restored[node] = true;
+                if let Some(rejected) = &revision {
+                    self.push_history(spec.from, rejected.value.clone());
+                    if let Some(c) = self
+                        .candidates
+                        .iter_mut()
+                        .rev()
+                        .find(|c| Arc::ptr_eq(&c.output, rejected))
+                    {
+                        c.rejected = true;
+                    }
+                }
+                self.outputs[spec.from] = current.from.clone();
+                self.restored[spec.from] = current.from.is_some();
+                self.snapshot = None;
+                Some(Verdict {
+                    passed: current.passed,
+                    score: current.score,
+                })
+            }
+        }
+    }
+
+    /// Whether a revision passes loop `li`'s acceptance rule (and, when it
+    /// changes the final answer, the stricter one); `Err` says why not.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &mut self,
+        li: usize,
+        node: usize,
+        current: &Current,
+        v: Verdict,
+        answer: Option<&str>,
+        text: &str,
+        changed: bool,
+    ) -> Result<(), String> {
+        let wf = self.sh.wf.clone();
+        let Some(accept) = wf.loops[li].accept.as_ref() else {
+            return Ok(());
+        };
+        let margin = if changed {
+            accept.answer_change_margin.unwrap_or(accept.margin)
+        } else {
+            accept.margin
+        };
+        self.rule(node, &accept.rule, margin, current, v, answer, text)?;
+        if changed {
+            if let Some(rule) = &accept.answer_change {
+                self.rule(node, rule, margin, current, v, answer, text)
+                    .map_err(|why| {
+                        format!(
+                            "it changes the final answer from {} to {} without the evidence `answer_change` asks for: {why}",
+                            current.answer.as_deref().unwrap_or("-"),
+                            answer.unwrap_or("none")
+                        )
+                    })?;
+            } else if accept.answer_change_margin.is_some() && accept.rule != AcceptRule::Improved {
+                self.rule(
+                    node,
+                    &AcceptRule::Improved,
+                    margin,
+                    current,
+                    v,
+                    answer,
+                    text,
+                )
+                .map_err(|why| {
+                    format!(
+                        "it changes the final answer from {} to {}: {why}",
+                        current.answer.as_deref().unwrap_or("-"),
+                        answer.unwrap_or("none")
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rule(
+        &mut self,
+        node: usize,
+        rule: &AcceptRule,
+        margin: f64,
+        current: &Current,
+        v: Verdict,
+        answer: Option<&str>,
+        text: &str,
+    ) -> Result<(), String> {
+        match rule {
+            AcceptRule::Always => Ok(()),
+            AcceptRule::Verified if v.passed => Ok(()),
+            AcceptRule::Verified => Err(format!(
+                "the verifier did not pass it (score {:.2})",
+                v.score
+            )),
+            AcceptRule::Improved => {
+                let rise = v.score - current.score;
+                if (v.passed && !current.passed) || (rise > 0.0 && rise >= margin - 1e-12) {
+                    Ok(())
+                } else if margin > 0.0 {
+                    Err(format!(
+                        "its score {:.2} does not beat the current answer's {:.2} by {margin}",
+                        v.score, current.score
+                    ))
+                } else {
+                    Err(format!(
+                        "its score {:.2} does not beat the current answer's {:.2}",
+                        v.score, current.score
+                    ))
+                }
+            }
+            AcceptRule::Expression(expr) => {
+                let revision = minijinja::context! {
+                    score => v.score,
+                    passed => v.passed,
+                    answer => answer,
+                    text => text,
+                };
+                let scope = NodeScope {
+                    data: self.data(),
+                    round: self.round_of(node),
+                    loop_info: self.loop_info(node),
+                    extra: Some(("revision", revision)),
+                }
+                .into_value();
+                match self.sh.wf.templates.condition(expr, &scope) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(format!("`{expr}` is false")),
+                    Err(e) => {
+                        self.stop
+                            .get_or_insert(Stop::Failed(RunFailure::template(), e.to_string()));
+                        Err(format!("`{expr}` failed: {e}"))
+                    }
+                }
             }
         }
     }
@@ -603,6 +913,8 @@ impl Run {
         l.round_win = false;
         l.round_score = None;
         l.round_gold_win = None;
+        l.round_accepted = None;
+        l.round_revision_score = None;
         let round = l.round;
         for &b in &spec.body {
             self.status[b] = St::Pending;
@@ -662,14 +974,17 @@ impl Run {
 
     fn best(&self) -> Option<&Candidate> {
         match self.sh.wf.output.select {
-            Selection::Latest => self.candidates.last(),
+            Selection::Latest => self.judged(),
             Selection::Best => {
-                let scored = self.candidates.iter().filter(|c| c.score.is_some());
+                let scored = self
+                    .candidates
+                    .iter()
+                    .filter(|c| c.score.is_some() && !c.rejected);
                 let best = scored.fold(None::<&Candidate>, |best, c| match best {
                     Some(b) if (b.passed, b.score) > (c.passed, c.score) => Some(b),
                     _ => Some(c),
                 });
-                best.or(self.candidates.last())
+                best.or(self.judged())
             }
         }
     }
@@ -781,6 +1096,11 @@ fn same_answer(a: &str, b: &str) -> bool {
         (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
         _ => !a.trim().is_empty() && a.trim() == b.trim(),
     }
+}
+
+/// The text a verify node judged (its `target`), if it says.
+fn judged_text(out: &NodeOutput) -> Option<String> {
+    out.json.get("target")?.as_str().map(str::to_string)
 }
 
 fn hash_text(text: Option<&str>) -> u64 {

@@ -676,8 +676,44 @@ pub struct LoopSpec {
     pub round_tokens: Option<u64>,
     /// How the loop metrics judge a round, when the workflow says.
     pub metrics: LoopMetrics,
+    /// When a revision replaces the current answer (`None`: always).
+    pub accept: Option<Accept>,
     /// Nodes of the body (computed): on a path from the head to `from`.
     pub body: Vec<usize>,
+}
+
+/// A loop's acceptance rule (guarded refinement). The head is a verify
+/// node: round 1 judges the draft, every later round the revision `from`
+/// wrote. A revision that fails the rule is rejected: the head's verdict and
+/// `from`'s output go back to the current (last accepted) answer, and the
+/// next round sees why in `loop.rejected`.
+#[derive(Debug, Clone)]
+pub struct Accept {
+    pub rule: AcceptRule,
+    /// How much the score must rise for `improved`.
+    pub margin: f64,
+    /// The final answer in a judged text (first capture group, or the whole
+    /// match); defaults to the loop's `metrics.answer`.
+    pub answer: Option<regex::Regex>,
+    /// What a revision that changes the final answer must pass as well.
+    pub answer_change: Option<AcceptRule>,
+    /// The margin for `improved` when the final answer changes (default:
+    /// `margin`).
+    pub answer_change_margin: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AcceptRule {
+    /// Every revision replaces the answer (no guard).
+    Always,
+    /// The verifier's score rises by at least the margin (and more than 0),
+    /// or the verdict turns from failed to passed.
+    Improved,
+    /// The verifier passes the revision.
+    Verified,
+    /// A condition over `revision` and `loop.current` (`{score, passed,
+    /// answer}` each).
+    Expression(String),
 }
 
 /// What loop metrics measure a round by, apart from the verifier that

@@ -116,6 +116,14 @@ pub const LOOP_KEYS: &[&str] = &[
     "budget",
     "round_tokens",
     "metrics",
+    "accept",
+];
+pub const ACCEPT_KEYS: &[&str] = &[
+    "when",
+    "margin",
+    "answer",
+    "answer_change",
+    "answer_change_margin",
 ];
 pub const METRICS_KEYS: &[&str] = &["answer", "gold"];
 pub const CONVERGE_KEYS: &[&str] = &["score", "patience", "min_delta"];
@@ -261,6 +269,19 @@ pub struct RawLoop {
     /// `metrics: {answer: REGEX, gold: TEMPLATE}`.
     pub metrics_answer: Option<Spanned<String>>,
     pub metrics_gold: Option<Spanned<String>>,
+    pub accept: Option<RawAccept>,
+}
+
+/// `accept: RULE` or `accept: {when, margin, answer, answer_change,
+/// answer_change_margin}`.
+#[derive(Debug)]
+pub struct RawAccept {
+    pub span: Span,
+    pub when: Option<Spanned<String>>,
+    pub margin: Option<Spanned<f64>>,
+    pub answer: Option<Spanned<String>>,
+    pub answer_change: Option<Spanned<String>>,
+    pub answer_change_margin: Option<Spanned<f64>>,
 }
 
 #[derive(Debug)]
@@ -1047,7 +1068,11 @@ impl Reader {
                 .and_then(|n| self.uint(n, "`round_tokens`")),
             metrics_answer: None,
             metrics_gold: None,
+            accept: None,
         };
+        if let Some(a) = f.get("accept") {
+            l.accept = self.accept(a);
+        }
         if let Some(m) = f.get("metrics") {
             if let Some(mut mf) = self.fields(m, "`metrics`", &[METRICS_KEYS]) {
                 l.metrics_answer = mf.get("answer").and_then(|n| self.string(n, "`answer`"));
@@ -1089,6 +1114,35 @@ impl Reader {
         }
         f.finish(self);
         Some(l)
+    }
+
+    fn accept(&mut self, node: &Node) -> Option<RawAccept> {
+        if let Value::Str(_) = &node.value {
+            return Some(RawAccept {
+                span: node.span,
+                when: self.string(node, "`accept`"),
+                margin: None,
+                answer: None,
+                answer_change: None,
+                answer_change_margin: None,
+            });
+        }
+        let mut f = self.fields(node, "`accept`", &[ACCEPT_KEYS])?;
+        let a = RawAccept {
+            span: node.span,
+            when: f.get("when").and_then(|n| self.string(n, "`when`")),
+            margin: f.get("margin").and_then(|n| self.float(n, "`margin`")),
+            answer: f.get("answer").and_then(|n| self.string(n, "`answer`")),
+            answer_change: f
+                .get("answer_change")
+                .and_then(|n| self.string(n, "`answer_change`")),
+            answer_change_margin: f
+                .get("answer_change_margin")
+                .and_then(|n| self.float(n, "`answer_change_margin`")),
+        };
+        f.finish(self);
+        self.required(a.when.as_ref(), "when", "`accept`", node.span);
+        Some(a)
     }
 
     fn output(&mut self, node: &Node) -> Option<RawOutput> {

@@ -252,7 +252,7 @@ pub fn check(
     let resolve = |cx: &mut Ctx, name: &Spanned<String>, what: &str| ids.resolve(cx, name, what);
     let mut nodes = nodes_pass(&mut cx, &raw, &ids, &model_names, &models, &resolve);
     let (edges, edge_spans, mut dangling) = edges_pass(&mut cx, &raw, &ids, &resolve);
-    let (mut loops, loop_spans) = loops_pass(&mut cx, &raw, &resolve);
+    let (mut loops, loop_spans) = loops_pass(&mut cx, &raw, &resolve, &nodes);
     // Workflow settings.
     let budget = cx.limits(&raw.budget, "the workflow budget");
     let concurrency = match &raw.concurrency {
@@ -858,6 +858,7 @@ fn loops_pass(
     cx: &mut Ctx,
     raw: &RawWorkflow,
     resolve: library::ResolveNode,
+    nodes: &[Option<NodeSpec>],
 ) -> (Vec<LoopSpec>, Vec<Span>) {
     let mut loops = Vec::new();
     let mut loop_spans = Vec::new();
@@ -965,6 +966,10 @@ fn loops_pass(
                 Some(compiled)
             }),
         };
+        let accept = l
+            .accept
+            .as_ref()
+            .and_then(|a| accept_rule(cx, a, from, to, nodes, &metrics, &what));
         if let (Some(from), Some(to), Some(id)) = (from, to, &l.id) {
             loops.push(LoopSpec {
                 id: id.value.clone(),
@@ -976,6 +981,7 @@ fn loops_pass(
                 budget,
                 round_tokens: l.round_tokens.as_ref().map(|r| r.value),
                 metrics,
+                accept,
                 body: Vec::new(),
             });
             loop_spans.push(l.span);
@@ -983,6 +989,98 @@ fn loops_pass(
     }
 
     (loops, loop_spans)
+}
+
+/// A loop's `accept`. Invariant: the head is a verify node (its verdict
+/// is what a rule compares), expressions parse and read known names, the
+/// margins are in [0, 1], and `answer_change` has an answer pattern.
+fn accept_rule(
+    cx: &mut Ctx,
+    a: &RawAccept,
+    from: Option<usize>,
+    to: Option<usize>,
+    nodes: &[Option<NodeSpec>],
+    metrics: &LoopMetrics,
+    what: &str,
+) -> Option<Accept> {
+    if let Some(head) = to.and_then(|t| nodes[t].as_ref()) {
+        if !head.kind.is_verdict() {
+            cx.err(
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    a.span,
+                    format!(
+                        "{what}: `accept` compares the head's verdicts, but its head `{}` is a {} node",
+                        head.id,
+                        head.kind.name()
+                    ),
+                )
+                .label("needs a verify node as the loop head")
+                .help("make the loop run `to` a verify node that judges the revision"),
+            );
+        }
+    }
+    let rule = |cx: &mut Ctx, r: &Spanned<String>, key: &str| match r.value.trim() {
+        "always" => Some(AcceptRule::Always),
+        "improved" => Some(AcceptRule::Improved),
+        "verified" => Some(AcceptRule::Verified),
+        expr => {
+            let from = from?;
+            check_expression(
+                cx,
+                expr,
+                r.span,
+                from,
+                &["revision"],
+                &format!("`accept.{key}` of {what}"),
+            );
+            Some(AcceptRule::Expression(expr.to_string()))
+        }
+    };
+    let when = a.when.as_ref().and_then(|w| rule(cx, w, "when"))?;
+    let answer_change = a
+        .answer_change
+        .as_ref()
+        .and_then(|w| rule(cx, w, "answer_change"));
+    let margin = |cx: &mut Ctx, m: Option<&Spanned<f64>>, key: &str| {
+        let m = m?;
+        if !(0.0..=1.0).contains(&m.value) {
+            cx.err(
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    m.span,
+                    format!("{what}: `accept.{key}` must be between 0 and 1 (scores are)"),
+                )
+                .label("out of range"),
+            );
+        }
+        Some(m.value.clamp(0.0, 1.0))
+    };
+    let base = margin(cx, a.margin.as_ref(), "margin").unwrap_or(0.0);
+    let change_margin = margin(cx, a.answer_change_margin.as_ref(), "answer_change_margin");
+    let answer = a
+        .answer
+        .as_ref()
+        .and_then(|r| compile_regex(cx, r))
+        .or_else(|| metrics.answer.clone());
+    if (a.answer_change.is_some() || a.answer_change_margin.is_some()) && answer.is_none() {
+        cx.err(
+            Diagnostic::new(
+                Code::MissingKey,
+                a.span,
+                format!("{what}: `accept.answer_change` needs the final answer's pattern"),
+            )
+            .label("no `accept.answer` or `metrics.answer`")
+            .help("add `answer: 'answer is:? *(-?[0-9.,]+)'` (first capture group) to `accept`"),
+        );
+    }
+    Some(Accept {
+        rule: when,
+        margin: base,
+        answer,
+        answer_change,
+        answer_change_margin: change_margin,
+    })
 }
 
 /// The output. Invariant: it names at least one node, every name resolves,
@@ -2121,7 +2219,15 @@ fn variable_checks(
 }
 
 /// What `loop` has inside a loop body (see `engine::scheduler::loop_info`).
-const LOOP_FIELDS: &[&str] = &["id", "round", "max_rounds", "last"];
+const LOOP_FIELDS: &[&str] = &[
+    "id",
+    "round",
+    "max_rounds",
+    "last",
+    "current",
+    "rejected",
+    "rejections",
+];
 
 fn budget_checks(
     cx: &mut Ctx,

@@ -13,6 +13,7 @@ mod bridge;
 mod cli;
 mod engine;
 mod eval;
+mod guarded;
 mod library;
 #[cfg(feature = "llama")]
 mod llama;
