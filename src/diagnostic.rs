@@ -184,6 +184,7 @@ codes! {
     TemplateSyntax = "E031": "a template that does not parse",
     UnknownVariable = "E032": "a template or condition variable that no input or upstream node provides",
     InvalidCondition = "E033": "a condition expression that does not parse",
+    BadCalibration = "E034": "a calibration file that cannot be read, holds no valid calibration, or was fitted for another node",
     BadBudget = "E040": "a budget limit that makes no sense",
     BadOutput = "E050": "an output that names nothing usable",
     BadSchema = "E060": "an invalid JSON Schema",

@@ -48,7 +48,11 @@ pub enum Event {
         node: String,
         round: u32,
         passed: bool,
+        /// The confidence (calibrated when the node has a calibration).
         score: f64,
+        /// The score before calibration, when the node has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        raw_score: Option<f64>,
         /// Where a judge's confidence came from: `logprobs` or `verbalized`.
         #[serde(skip_serializing_if = "Option::is_none")]
         confidence_source: Option<&'static str>,

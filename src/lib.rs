@@ -43,6 +43,7 @@
 pub mod backend;
 pub mod bridge;
 pub mod budget;
+pub mod calibration;
 /// The `redraft` command (feature `cli`, on by default); not a library API.
 #[cfg(feature = "cli")]
 #[doc(hidden)]

@@ -125,6 +125,15 @@ pub struct EvalArgs {
     #[arg(long)]
     pub log_content: bool,
     /// Print the summary as JSON on stdout.
+    /// After the eval, fit a calibration of verify node NODE's confidence
+    /// (METHOD: platt, the default, or isotonic) on half the items, report
+    /// its reliability on the other half, and write it for `calibration:`.
+    #[arg(long, value_name = "NODE[=METHOD]")]
+    pub calibrate: Option<String>,
+    /// Where --calibrate writes (default: the node's `calibration:` file,
+    /// else WORKFLOW.NODE.calibration.yaml beside the workflow).
+    #[arg(long, value_name = "FILE", requires = "calibrate")]
+    pub calibration_out: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
     /// No progress on stderr.
@@ -196,6 +205,146 @@ pub(crate) struct Prepared {
     pub(crate) plan: EvalPlan,
     pub(crate) scorer: Scorer,
     pub(crate) opts: EvalOptions,
+    pub(crate) calibrate: Option<CalibrateTarget>,
+}
+
+/// What `--calibrate` fits and where it goes.
+pub(crate) struct CalibrateTarget {
+    node: String,
+    method: crate::calibration::Method,
+    out: PathBuf,
+}
+
+/// Reads `--calibrate NODE[=METHOD]` against the workflow: NODE must be a
+/// verify node.
+fn calibrate_target(
+    args: &EvalArgs,
+    wf: &workflow::Workflow,
+) -> anyhow::Result<Option<CalibrateTarget>> {
+    let Some(flag) = &args.calibrate else {
+        return Ok(None);
+    };
+    let (node, method) = match flag.split_once('=') {
+        Some((n, m)) => (
+            n,
+            m.parse()
+                .map_err(|e: String| anyhow::anyhow!("--calibrate {flag:?}: {e}"))?,
+        ),
+        None => (flag.as_str(), crate::calibration::Method::Platt),
+    };
+    let verify = wf.nodes().iter().find_map(|n| match &n.kind {
+        workflow::NodeKind::Verify(v) if n.id == node => Some(v),
+        _ => None,
+    });
+    let Some(v) = verify else {
+        let names: Vec<&str> = wf
+            .nodes()
+            .iter()
+            .filter(|n| matches!(n.kind, workflow::NodeKind::Verify(_)))
+            .map(|n| n.id.as_str())
+            .collect();
+        anyhow::bail!(
+            "--calibrate {flag:?}: `{node}` is not a verify node of {} (verify nodes: {})",
+            args.workflow.display(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    let dir = args.workflow.parent().unwrap_or(std::path::Path::new(""));
+    let out = match (&args.calibration_out, v.calibration.is_some()) {
+        (Some(out), _) => out.clone(),
+        (None, true) => dir.join(configured_calibration(&args.workflow, node).unwrap_or_default()),
+        (None, false) => {
+            let stem = args
+                .workflow
+                .file_stem()
+                .map_or("workflow".into(), |s| s.to_string_lossy().into_owned());
+            dir.join(format!("{stem}.{node}.calibration.yaml"))
+        }
+    };
+    Ok(Some(CalibrateTarget {
+        node: node.to_string(),
+        method,
+        out,
+    }))
+}
+
+/// The `calibration:` file a verify node names, read from the workflow's
+/// YAML (the loaded workflow keeps the calibration, not its path).
+fn configured_calibration(workflow: &std::path::Path, node: &str) -> Option<String> {
+    let text = std::fs::read_to_string(workflow).ok()?;
+    let doc = crate::yaml::parse(&text, crate::yaml::Limits::default()).ok()?;
+    let nodes = doc.get("nodes")?;
+    let crate::yaml::Value::Seq(items) = &nodes.value else {
+        return None;
+    };
+    items.iter().find_map(|n| {
+        let id = n.get("id")?;
+        match (&id.value, &n.get("calibration")?.value) {
+            (crate::yaml::Value::Str(i), crate::yaml::Value::Str(f)) if i == node => {
+                Some(f.clone())
+            }
+            _ => None,
+        }
+    })
+}
+
+/// Fits the calibration on the held-in half of the items (by a stable
+/// hash of the item id) and measures it on the held-out half.
+fn fit_calibration(
+    target: &CalibrateTarget,
+    units: &[crate::eval::store::UnitRecord],
+) -> Result<crate::calibration::Calibration, crate::calibration::CalibrationError> {
+    use crate::calibration::{Calibration, HeldOut, ece};
+    let (mut held_in, mut held_out) = (Vec::new(), Vec::new());
+    for u in units {
+        let Some(r) = u
+            .result
+            .as_ref()
+            .filter(|r| r.status == eval::ItemStatus::Done)
+        else {
+            continue;
+        };
+        let half = if held_in_half(&u.item.id) {
+            &mut held_in
+        } else {
+            &mut held_out
+        };
+        half.extend(
+            r.verdicts
+                .iter()
+                .filter(|v| v.node == target.node)
+                .map(|v| (v.confidence, v.passed)),
+        );
+    }
+    let mut c = Calibration::fit(&target.node, target.method, &held_in)?;
+    if !held_out.is_empty() {
+        let after: Vec<(f64, bool)> = held_out.iter().map(|&(x, r)| (c.apply(x), r)).collect();
+        let auroc = |pts: &[(f64, bool)]| {
+            let (right, wrong): (Vec<_>, Vec<_>) = pts.iter().partition(|p| p.1);
+            let f = |v: Vec<&(f64, bool)>| v.into_iter().map(|p| p.0).collect::<Vec<f64>>();
+            eval::stats::auroc(&f(right), &f(wrong))
+        };
+        c.held_out = Some(HeldOut {
+            verdicts: held_out.len(),
+            ece_before: ece(&held_out).unwrap_or(0.0),
+            ece_after: ece(&after).unwrap_or(0.0),
+            auroc_before: auroc(&held_out),
+            auroc_after: auroc(&after),
+        });
+    }
+    Ok(c)
+}
+
+/// Items whose id hashes even (FNV-1a) are the held-in half.
+fn held_in_half(id: &str) -> bool {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    h % 2 == 0
 }
 
 pub(crate) fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
@@ -345,11 +494,13 @@ pub(crate) fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
         log_content: args.log_content,
         ..EvalOptions::default()
     };
+    let calibrate = calibrate_target(args, &plan.workflow)?;
     Ok(Prepared {
         engine,
         plan,
         scorer,
         opts,
+        calibrate,
     })
 }
 
@@ -451,6 +602,7 @@ pub fn eval_command(args: EvalArgs) -> u8 {
         plan,
         scorer,
         opts,
+        calibrate,
     } = prepared;
     let cancel = opts.cancel.clone();
     let result = runtime.block_on(async {
@@ -477,7 +629,17 @@ pub fn eval_command(args: EvalArgs) -> u8 {
             for e in bar.errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                 eprintln!("failed: {e}");
             }
-            print_outcome(&outcome, &args)
+            let code = print_outcome(&outcome, &args);
+            match &calibrate {
+                Some(target) => match calibrate_after(target, &outcome, &args) {
+                    Ok(()) => code,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        EXIT_INVALID
+                    }
+                },
+                None => code,
+            }
         }
         Err(e @ eval::EvalError::Store(_)) => {
             eprintln!("error: {e}");
@@ -488,6 +650,49 @@ pub fn eval_command(args: EvalArgs) -> u8 {
             EXIT_INVALID
         }
     }
+}
+
+/// `--calibrate`: fit on this eval's stored verdicts, write, report.
+fn calibrate_after(
+    target: &CalibrateTarget,
+    o: &EvalOutcome,
+    args: &EvalArgs,
+) -> anyhow::Result<()> {
+    let units = store::open(&args.store)?.units(&o.eval.id, false)?;
+    let c = fit_calibration(target, &units)?;
+    c.save(&target.out)
+        .with_context(|| format!("cannot write {}", target.out.display()))?;
+    if !args.quiet {
+        let p = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.3}"));
+        eprintln!(
+            "calibration of `{}` ({}, fitted on {} verdicts of half the items, {} on right answers) written to {}",
+            c.node,
+            c.method(),
+            c.fitted_on,
+            c.right,
+            target.out.display()
+        );
+        match &c.held_out {
+            Some(h) => eprintln!(
+                "  held-out half, {} verdicts: ECE {:.3} → {:.3} · AUROC {} → {}",
+                h.verdicts,
+                h.ece_before,
+                h.ece_after,
+                p(h.auroc_before),
+                p(h.auroc_after)
+            ),
+            None => eprintln!("  no held-out verdicts to measure it on (too few items)"),
+        }
+        eprintln!(
+            "  apply it with `calibration: {}` on node `{}`",
+            target
+                .out
+                .file_name()
+                .map_or(String::new(), |f| f.to_string_lossy().into_owned()),
+            c.node
+        );
+    }
+    Ok(())
 }
 
 fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
@@ -565,6 +770,29 @@ fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
                 m.flips.positive
             );
         }
+        let rounds: Vec<String> = m
+            .per_round
+            .iter()
+            .filter_map(|r| {
+                let f = r.flips?;
+                let rejected = if r.rejected > 0 {
+                    format!(", {} rejected", r.rejected)
+                } else {
+                    String::new()
+                };
+                Some(format!(
+                    "round {} ({} items{rejected}): −{} +{} (NFR {:.1}%)",
+                    r.round,
+                    r.reached,
+                    f.negative,
+                    f.positive,
+                    f.negative_rate * 100.0
+                ))
+            })
+            .collect();
+        if !rounds.is_empty() {
+            eprintln!("  vs the previous round · {}", rounds.join(" · "));
+        }
         if !m.per_node.is_empty() {
             let p: Vec<String> = m
                 .per_node
@@ -608,13 +836,23 @@ fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
         if let Some(c) = &m.confidence {
             let f = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.3}"));
             eprintln!(
-                "  verifier confidence: {} verdicts ({} on right answers) · mean right {} wrong {} · AUROC {}",
+                "  verifier confidence: {} verdicts ({} on right answers) · mean right {} wrong {} · AUROC {} · ECE {}",
                 c.verdicts,
                 c.right,
                 f(c.mean_right),
                 f(c.mean_wrong),
-                f(c.auroc)
+                f(c.auroc),
+                f(c.ece)
             );
+            if let Some(k) = &m.calibrated_confidence {
+                eprintln!(
+                    "  calibrated: mean right {} wrong {} · AUROC {} · ECE {}",
+                    f(k.mean_right),
+                    f(k.mean_wrong),
+                    f(k.auroc),
+                    f(k.ece)
+                );
+            }
         }
         eprintln!(
             "  tokens/unit mean {:.0} p50 {:.0} p95 {:.0} · wall ms p50 {:.0} p95 {:.0} · this run: {} units, {} tokens, ${:.4}",

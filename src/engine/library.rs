@@ -111,6 +111,7 @@ impl Task {
             round: self.round,
             passed,
             score,
+            raw_score: None,
             confidence_source: None,
         });
         let mut out = json!({

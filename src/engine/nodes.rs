@@ -876,11 +876,17 @@ impl Task {
             results.push((check.name(), score, detail));
         }
         let passed = results.iter().all(|(_, score, _)| *score >= 0.5);
-        let score = if results.is_empty() {
+        let raw_score = if results.is_empty() {
             0.0
         } else {
             results.iter().map(|(_, s, _)| s).sum::<f64>() / results.len() as f64
         };
+        // A calibration rescales the confidence; the checks still decide
+        // whether it passed.
+        let score = v
+            .calibration
+            .as_ref()
+            .map_or(raw_score, |c| c.apply(raw_score));
         let feedback: Vec<String> = results
             .iter()
             .filter(|(_, score, _)| *score < 0.5)
@@ -891,6 +897,7 @@ impl Task {
             round: self.round,
             passed,
             score,
+            raw_score: v.calibration.is_some().then_some(raw_score),
             confidence_source,
         });
         let checks = results
@@ -904,7 +911,7 @@ impl Task {
                 ])
             })
             .collect::<Vec<_>>();
-        let out = object([
+        let mut out = object([
             ("passed", passed.into()),
             ("score", score.into()),
             ("checks", checks.into()),
@@ -912,6 +919,9 @@ impl Task {
             ("target", target.into()),
             ("round", self.round.into()),
         ]);
+        if v.calibration.is_some() {
+            out["raw_score"] = raw_score.into();
+        }
         Ok(NodeOutput::new(out, tokens).with_typed(Typed::Verdict(Verdict { passed, score })))
     }
 

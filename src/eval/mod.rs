@@ -261,6 +261,10 @@ pub struct Candidate {
     /// kept it: an RBD judge insisting on its decision).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept: bool,
+    /// A guarded loop (`accept`) rejected this revision: the answer stayed
+    /// the previous accepted one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rejected: bool,
 }
 
 /// One verify node's judgement in a run: its confidence (score) and
@@ -270,8 +274,12 @@ pub struct Candidate {
 pub struct VerdictPoint {
     pub node: String,
     pub round: u32,
+    /// The node's raw confidence (before any calibration).
     pub confidence: f64,
     pub passed: bool,
+    /// The calibrated confidence, when the node applied a calibration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibrated: Option<f64>,
 }
 
 /// Samples of one candidate and how many of them passed.
@@ -726,7 +734,15 @@ impl UnitContext {
         let mut cache: HashMap<String, Score> = HashMap::new();
         let mut scoring_error = None;
         let mut previous: Option<String> = None;
-        for (node, round, tokens, text, samples) in candidates(&self.workflow, &events) {
+        for Answer {
+            node,
+            round,
+            tokens,
+            text,
+            samples,
+            rejected,
+        } in candidates(&self.workflow, &events)
+        {
             let kept = previous.as_deref() == Some(text.trim());
             previous = Some(text.trim().to_string());
             let score = match self.score_cached(&mut cache, &unit.item, &text).await {
@@ -760,15 +776,17 @@ impl UnitContext {
                 passed: score.passed,
                 samples: count,
                 kept,
+                rejected,
             });
         }
-        for (node, round, confidence, target) in verdicts(&self.workflow, &events) {
+        for (node, round, confidence, calibrated, target) in verdicts(&self.workflow, &events) {
             match self.score_cached(&mut cache, &unit.item, &target).await {
                 Ok(s) => result.verdicts.push(VerdictPoint {
                     node,
                     round,
                     confidence,
                     passed: s.passed,
+                    calibrated,
                 }),
                 Err(e) => {
                     scoring_error.get_or_insert(e.to_string());
@@ -840,9 +858,18 @@ fn text_of(v: &Value) -> String {
     }
 }
 
-/// One answer the output could have been: node, round, tokens spent up to
-/// it, its text, and all its samples' texts when the node drew several.
-type Answer = (String, u32, u64, String, Vec<String>);
+/// One answer the output could have been.
+struct Answer {
+    node: String,
+    round: u32,
+    /// Tokens the run had spent up to it.
+    tokens: u64,
+    text: String,
+    /// All its samples' texts, when the node drew several.
+    samples: Vec<String>,
+    /// A guarded loop rejected it (the loop kept the previous answer).
+    rejected: bool,
+}
 
 /// Every answer the run's output could have been (a finished node among
 /// `output.from`, read at `output.field`), in order, with the tokens spent
@@ -871,7 +898,24 @@ fn candidates(wf: &Workflow, events: &[Event]) -> Vec<Answer> {
                         Some(Value::Array(all)) => all.iter().map(text_of).collect(),
                         _ => Vec::new(),
                     };
-                    out.push((node.clone(), *round, tokens, text_of(&v), samples));
+                    out.push(Answer {
+                        node: node.clone(),
+                        round: *round,
+                        tokens,
+                        text: text_of(&v),
+                        samples,
+                        rejected: false,
+                    });
+                }
+            }
+            // The decision comes after the revision it judges.
+            Event::Revision {
+                node,
+                accepted: false,
+                ..
+            } => {
+                if let Some(a) = out.iter_mut().rev().find(|a| a.node == *node) {
+                    a.rejected = true;
                 }
             }
             _ => {}
@@ -880,9 +924,10 @@ fn candidates(wf: &Workflow, events: &[Event]) -> Vec<Answer> {
     out
 }
 
-/// Every verify node's judgement in the run: node, round, confidence
-/// (its score) and the text it judged.
-fn verdicts(wf: &Workflow, events: &[Event]) -> Vec<(String, u32, f64, String)> {
+/// Every verify node's judgement in the run: node, round, raw confidence,
+/// calibrated confidence (when the node has a calibration) and the text
+/// it judged.
+fn verdicts(wf: &Workflow, events: &[Event]) -> Vec<(String, u32, f64, Option<f64>, String)> {
     let verify: Vec<&str> = wf
         .nodes()
         .iter()
@@ -898,12 +943,20 @@ fn verdicts(wf: &Workflow, events: &[Event]) -> Vec<(String, u32, f64, String)> 
                 status: NodeStatus::Done,
                 output: Some(value),
                 ..
-            } if verify.contains(&node.as_str()) => Some((
-                node.clone(),
-                *round,
-                value.get("score")?.as_f64()?,
-                text_of(value.get("target")?),
-            )),
+            } if verify.contains(&node.as_str()) => {
+                let score = value.get("score")?.as_f64()?;
+                let (raw, calibrated) = match value.get("raw_score").and_then(Value::as_f64) {
+                    Some(raw) => (raw, Some(score)),
+                    None => (score, None),
+                };
+                Some((
+                    node.clone(),
+                    *round,
+                    raw,
+                    calibrated,
+                    text_of(value.get("target")?),
+                ))
+            }
             _ => None,
         })
         .collect()

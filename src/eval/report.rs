@@ -134,10 +134,14 @@ pub fn render(evals: &[ReportEval]) -> String {
         "correction success rate",
         &points,
     ));
+    if let Some(plot) = reliability_plot(evals, &names) {
+        h.push_str(&plot);
+    }
     h.push_str("</div>");
     if evals.len() > 1 {
         flip_matrix(&mut h, evals, &names);
     }
+    round_table(&mut h, evals, &names);
     item_table(&mut h, evals, &names);
     chains(&mut h, evals, &names);
     h.push_str(SCRIPT);
@@ -255,7 +259,7 @@ fn summary_table(h: &mut String, evals: &[ReportEval], names: &[String]) {
             let c = e.metrics.confidence;
             (i.is_some() || c.is_some()).then(|| {
                 format!(
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     escape(n),
                     i.map_or("–".into(), |i| format!(
                         "{} of {} ({})",
@@ -270,15 +274,98 @@ fn summary_table(h: &mut String, evals: &[ReportEval], names: &[String]) {
                     num(c.and_then(|c| c.mean_right)),
                     num(c.and_then(|c| c.mean_wrong)),
                     num(c.and_then(|c| c.auroc)),
+                    num(c.and_then(|c| c.ece)),
+                    e.metrics.calibrated_confidence.map_or("–".into(), |k| format!(
+                        "ECE {} · AUROC {} · mean right {} wrong {}",
+                        num(k.ece),
+                        num(k.auroc),
+                        num(k.mean_right),
+                        num(k.mean_wrong)
+                    )),
                 )
             })
         })
         .collect();
     if !checks.is_empty() {
-        h.push_str("<h3>Revisions that kept the answer; verifier confidence against correctness</h3><table><tr><th>eval</th><th>kept</th><th>verdicts</th><th>mean confidence, right</th><th>mean confidence, wrong</th><th>AUROC</th></tr>");
+        h.push_str("<h3>Revisions that kept the answer; verifier confidence against correctness</h3><table><tr><th>eval</th><th>kept</th><th>verdicts</th><th>mean confidence, right</th><th>mean confidence, wrong</th><th>AUROC</th><th>ECE</th><th>calibrated confidence</th></tr>");
         h.push_str(&checks.concat());
         h.push_str("</table>");
     }
+}
+
+/// The reliability diagram of the verifiers' confidence: accuracy against
+/// mean confidence per bin, raw and (where a calibration was applied)
+/// calibrated, with the diagonal a calibrated verifier follows.
+fn reliability_plot(evals: &[ReportEval], names: &[String]) -> Option<String> {
+    use crate::calibration::reliability;
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for (e, n) in evals.iter().zip(names) {
+        let verdicts = e
+            .units
+            .iter()
+            .filter_map(|u| u.result.as_ref())
+            .filter(|r| r.status == super::ItemStatus::Done)
+            .flat_map(|r| r.verdicts.iter());
+        let raw: Vec<(f64, bool)> = verdicts.clone().map(|v| (v.confidence, v.passed)).collect();
+        let calibrated: Vec<(f64, bool)> = verdicts
+            .filter_map(|v| Some((v.calibrated?, v.passed)))
+            .collect();
+        let bins = |pts: &[(f64, bool)]| {
+            reliability(pts, 10)
+                .into_iter()
+                .map(|b| (b.mean_confidence, b.accuracy))
+                .collect::<Vec<_>>()
+        };
+        if !raw.is_empty() {
+            series.push((format!("{n} raw"), bins(&raw)));
+        }
+        if !calibrated.is_empty() {
+            series.push((format!("{n} calibrated"), bins(&calibrated)));
+        }
+    }
+    if series.is_empty() {
+        return None;
+    }
+    series.push(("perfectly calibrated".into(), vec![(0.0, 0.0), (1.0, 1.0)]));
+    Some(line_plot(
+        "Verifier reliability",
+        "confidence (bin mean)",
+        "share of right answers",
+        &series,
+    ))
+}
+
+/// Each round's answers against the previous round's: where refining
+/// turns right answers wrong, and how often a guarded loop said no.
+fn round_table(h: &mut String, evals: &[ReportEval], names: &[String]) {
+    let rows: Vec<String> = evals
+        .iter()
+        .zip(names)
+        .flat_map(|(e, n)| {
+            e.metrics.per_round.iter().filter_map(move |r| {
+                let f = r.flips?;
+                Some(format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td><td>{}</td><td>{}</td><td>{:.1}%</td><td>{}</td></tr>",
+                    escape(n),
+                    r.round,
+                    r.reached,
+                    r.accuracy * 100.0,
+                    f.negative,
+                    f.positive,
+                    f.negative_rate * 100.0,
+                    r.rejected
+                ))
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    h.push_str("<h2>Rounds</h2><p>Each round's answers against the previous round's, over the items that reached it (a revision a guarded loop rejected leaves the previous answer).</p><table class=rounds id=rounds><tr><th>eval</th><th>round</th><th>reached</th><th>accuracy</th><th>right → wrong</th><th>wrong → right</th><th>NFR vs previous</th><th>rejected</th></tr>");
+    for r in rows {
+        h.push_str(&r);
+    }
+    h.push_str("</table>");
 }
 
 fn flip_matrix(h: &mut String, evals: &[ReportEval], names: &[String]) {

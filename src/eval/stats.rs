@@ -85,6 +85,30 @@ pub struct RoundPoint {
     /// round, for k = 1 and each power of two up to the fewest samples.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sampled_pass_at_k: BTreeMap<u32, f64>,
+    /// Against round k − 1, over the units that reached round k: answers
+    /// that went from right to wrong (negative) and wrong to right
+    /// (positive). None at round 0. Where these outweigh each other round
+    /// after round, refining costs more than it gains for this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flips: Option<RoundFlips>,
+    /// Units whose revision at this round a guarded loop rejected (their
+    /// answer stayed the previous one, which is what the scores count).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rejected: usize,
+}
+
+/// Round k's answers against round k − 1's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct RoundFlips {
+    pub negative: usize,
+    pub positive: usize,
+    /// Negative flips over the units that reached the round.
+    pub negative_rate: f64,
+    pub positive_rate: f64,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Mean best-so-far score when each unit may spend at most `tokens`.
@@ -106,6 +130,9 @@ pub struct Separation {
     /// Probability that a right answer gets a higher confidence than a
     /// wrong one (ties count half); none without both kinds.
     pub auroc: Option<f64>,
+    /// Expected calibration error (10 bins): how far the confidence is
+    /// from the share of right answers at that confidence.
+    pub ece: Option<f64>,
 }
 
 impl Separation {
@@ -121,6 +148,7 @@ impl Separation {
             mean_right: mean(right.iter().copied()),
             mean_wrong: mean(wrong.iter().copied()),
             auroc: auroc(&right, &wrong),
+            ece: crate::calibration::ece(points),
         })
     }
 }
@@ -192,6 +220,10 @@ pub struct Metrics {
     /// answers (each verdict's target scored by the eval's scorer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confidence: Option<Separation>,
+    /// The same for the calibrated confidence, over the verdicts of nodes
+    /// that applied a calibration (`calibration:` on a verify node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibrated_confidence: Option<Separation>,
     /// How often a revision kept the answer it revised.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insistency: Option<Insistency>,
@@ -426,6 +458,15 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
         .flat_map(|r| r.verdicts.iter().map(|v| (v.confidence, v.passed)))
         .collect();
     m.confidence = Separation::of(&verdicts);
+    let calibrated: Vec<(f64, bool)> = done
+        .iter()
+        .flat_map(|r| {
+            r.verdicts
+                .iter()
+                .filter_map(|v| Some((v.calibrated?, v.passed)))
+        })
+        .collect();
+    m.calibrated_confidence = Separation::of(&calibrated);
     let revisions: Vec<&super::Candidate> = done
         .iter()
         .flat_map(|r| r.candidates.iter().skip(1))
@@ -452,39 +493,65 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
     m.total_cost_usd = results.iter().map(|r| r.cost_usd).sum();
 
     // Score per round: the answer after k revisions, and the best so far.
+    // A revision a guarded loop rejected leaves the previous answer
+    // standing: rounds count the answers the loop kept.
     let with: Vec<&ItemResult> = done
         .iter()
         .copied()
         .filter(|r| !r.candidates.is_empty())
         .collect();
-    let rounds = with.iter().map(|r| r.candidates.len()).max().unwrap_or(0);
+    let standing: Vec<Vec<&super::Candidate>> = with.iter().map(|r| standing(r)).collect();
+    let rounds = standing.iter().map(Vec::len).max().unwrap_or(0);
+    let right = |c: &super::Candidate| f64::from(u8::from(c.passed));
     for k in 0..rounds {
-        fn at(r: &ItemResult, k: usize) -> &super::Candidate {
-            &r.candidates[k.min(r.candidates.len() - 1)]
+        fn at<'a>(s: &[&'a super::Candidate], k: usize) -> &'a super::Candidate {
+            s[k.min(s.len() - 1)]
         }
-        let best = |r: &&ItemResult| {
-            r.candidates[..=k.min(r.candidates.len() - 1)]
+        let best = |s: &Vec<&super::Candidate>| {
+            s[..=k.min(s.len() - 1)]
                 .iter()
                 .map(|c| c.score)
                 .fold(0.0, f64::max)
         };
+        let reached: Vec<&Vec<&super::Candidate>> =
+            standing.iter().filter(|s| s.len() > k).collect();
+        let flips = (k > 0 && !reached.is_empty()).then(|| {
+            let n = reached.len() as f64;
+            let (negative, positive) = reached.iter().fold((0, 0), |(neg, pos), s| {
+                match (s[k - 1].passed, s[k].passed) {
+                    (true, false) => (neg + 1, pos),
+                    (false, true) => (neg, pos + 1),
+                    _ => (neg, pos),
+                }
+            });
+            RoundFlips {
+                negative,
+                positive,
+                negative_rate: negative as f64 / n,
+                positive_rate: positive as f64 / n,
+            }
+        });
         m.per_round.push(RoundPoint {
             round: k,
-            reached: with.iter().filter(|r| r.candidates.len() > k).count(),
-            mean_score: mean(with.iter().map(|r| at(r, k).score)).unwrap_or(0.0),
-            accuracy: mean(with.iter().map(|r| f64::from(u8::from(at(r, k).passed))))
-                .unwrap_or(0.0),
-            best_so_far: mean(with.iter().map(best)).unwrap_or(0.0),
+            reached: reached.len(),
+            mean_score: mean(standing.iter().map(|s| at(s, k).score)).unwrap_or(0.0),
+            accuracy: mean(standing.iter().map(|s| right(at(s, k)))).unwrap_or(0.0),
+            best_so_far: mean(standing.iter().map(best)).unwrap_or(0.0),
             // Like the accuracy, an item that stopped earlier keeps its
             // last round's samples (CodeChain's pass@1 per round).
-            sampled_pass_at_k: sampled_pass_at_k(with.iter().filter_map(|r| at(r, k).samples)),
+            sampled_pass_at_k: sampled_pass_at_k(standing.iter().filter_map(|s| at(s, k).samples)),
+            flips,
+            rejected: with
+                .iter()
+                .filter(|r| r.candidates.get(k).is_some_and(|c| c.rejected))
+                .count(),
         });
     }
     // Per output node: each unit's latest answer of that node.
     let mut nodes: Vec<(String, Vec<&super::Candidate>)> = Vec::new();
     for r in &with {
         let mut latest: Vec<(&str, &super::Candidate)> = Vec::new();
-        for c in &r.candidates {
+        for c in r.candidates.iter().filter(|c| !c.rejected) {
             match latest.iter_mut().find(|(n, _)| *n == c.node) {
                 Some(slot) => slot.1 = c,
                 None => latest.push((&c.node, c)),
@@ -513,7 +580,12 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
     // made), the mean best score among answers made within the budget.
     let mut marks: Vec<u64> = with
         .iter()
-        .flat_map(|r| r.candidates.iter().map(|c| c.tokens))
+        .flat_map(|r| {
+            r.candidates
+                .iter()
+                .filter(|c| !c.rejected)
+                .map(|c| c.tokens)
+        })
         .collect();
     marks.sort_unstable();
     marks.dedup();
@@ -527,7 +599,7 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
             let s = mean(with.iter().map(|r| {
                 r.candidates
                     .iter()
-                    .filter(|c| c.tokens <= t)
+                    .filter(|c| c.tokens <= t && !c.rejected)
                     .map(|c| c.score)
                     .fold(0.0, f64::max)
             }))
@@ -539,6 +611,20 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
         }
     }
     m
+}
+
+/// The answer standing after each candidate: the candidate itself, or the
+/// last one before it that a guarded loop did not reject.
+fn standing(r: &ItemResult) -> Vec<&super::Candidate> {
+    let mut out: Vec<&super::Candidate> = Vec::with_capacity(r.candidates.len());
+    for c in &r.candidates {
+        let prev = out.last().copied();
+        out.push(match prev {
+            Some(p) if c.rejected => p,
+            _ => c,
+        });
+    }
+    out
 }
 
 /// Item-level changes from eval A to eval B on the same units.
@@ -666,6 +752,7 @@ mod tests {
                 passed: f,
                 samples: None,
                 kept: false,
+                rejected: false,
             });
             for (i, t) in tokens.iter().enumerate().skip(1) {
                 candidates.push(Candidate {
@@ -676,6 +763,7 @@ mod tests {
                     passed: last,
                     samples: None,
                     kept: false,
+                    rejected: false,
                 });
             }
         }
@@ -715,6 +803,51 @@ mod tests {
                 finished_at: 0,
             }),
         }
+    }
+
+    /// Units whose candidates are given as (passed, rejected) per round;
+    /// the final answer is the last standing one.
+    fn rounds_unit(id: &str, answers: &[(bool, bool)]) -> UnitRecord {
+        let mut u = unit(id, 0, Some(answers[0].0), false, &vec![10; answers.len()]);
+        let r = u.result.as_mut().unwrap();
+        for (c, &(passed, rejected)) in r.candidates.iter_mut().zip(answers) {
+            c.passed = passed;
+            c.score = f64::from(u8::from(passed));
+            c.rejected = rejected;
+        }
+        let last = standing(r).last().unwrap().passed;
+        r.score.as_mut().unwrap().passed = last;
+        u
+    }
+
+    #[test]
+    fn per_round_flips_count_against_the_previous_round_and_rejections_keep_the_answer() {
+        let units = [
+            // Right, then a revision turns it wrong, then right again.
+            rounds_unit("a", &[(true, false), (false, false), (true, false)]),
+            // Wrong, fixed in round 1, stops.
+            rounds_unit("b", &[(false, false), (true, false)]),
+            // Right; the wrong revision was rejected: still right.
+            rounds_unit("c", &[(true, false), (false, true), (true, false)]),
+        ];
+        let m = compute(&units);
+        assert_eq!(m.per_round.len(), 3);
+        assert_eq!(m.per_round[0].flips, None);
+        let r1 = &m.per_round[1];
+        assert_eq!(r1.reached, 3);
+        assert_eq!(r1.rejected, 1);
+        let f1 = r1.flips.unwrap();
+        assert_eq!((f1.negative, f1.positive), (1, 1));
+        assert!((f1.negative_rate - 1.0 / 3.0).abs() < 1e-12);
+        // c counts as right in round 1: its rejected revision does not stand.
+        assert!((r1.accuracy - 2.0 / 3.0).abs() < 1e-12);
+        let r2 = &m.per_round[2];
+        assert_eq!(r2.reached, 2);
+        let f2 = r2.flips.unwrap();
+        assert_eq!((f2.negative, f2.positive), (0, 1));
+        assert_eq!(r2.accuracy, 1.0);
+        // First vs final: no right answer was lost.
+        assert_eq!((m.flips.negative, m.flips.positive), (0, 1));
     }
 
     #[test]

@@ -428,6 +428,9 @@ pub struct VerifySpec {
     /// Template name of the text under test (default: `{{ artifact.text }}`).
     pub target: String,
     pub checks: Vec<Check>,
+    /// Maps the mean of the checks' scores to a calibrated confidence
+    /// (`calibration: FILE`); `passed` still comes from the checks.
+    pub calibration: Option<Arc<crate::calibration::Calibration>>,
 }
 
 #[derive(Debug)]

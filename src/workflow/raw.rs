@@ -63,7 +63,7 @@ pub const MODEL_CALL_KEYS: &[&str] = &[
     "repair_attempts",
     "continue",
 ];
-pub const VERIFY_KEYS: &[&str] = &["target", "checks"];
+pub const VERIFY_KEYS: &[&str] = &["target", "checks", "calibration"];
 pub const SELECT_KEYS: &[&str] = &["from", "by", "order"];
 pub const VOTE_KEYS: &[&str] = &["from", "items", "extract", "weight"];
 pub const EXECUTE_KEYS: &[&str] = &[
@@ -190,6 +190,8 @@ pub struct RawNode {
     pub call: Option<RawCall>,
     pub target: Option<Spanned<String>>,
     pub checks: Option<Vec<RawCheck>>,
+    /// A verify node's calibration file.
+    pub calibration: Option<Spanned<String>>,
     pub from: Option<Spanned<String>>,
     pub by: Option<Spanned<String>>,
     pub order: Option<Spanned<String>>,
@@ -720,6 +722,7 @@ impl Reader {
             call: None,
             target: None,
             checks: None,
+            calibration: None,
             from: None,
             by: None,
             order: None,
@@ -793,6 +796,9 @@ impl Reader {
             }
             Some(Kind::Verify) => {
                 raw.target = f.get("target").and_then(|n| self.string(n, "`target`"));
+                raw.calibration = f
+                    .get("calibration")
+                    .and_then(|n| self.string(n, "`calibration`"));
                 match f.get("checks") {
                     Some(list) => {
                         let items = self.list(list, "`checks`");

@@ -6,7 +6,9 @@ use redraft::RunOptions;
 use redraft::event::Event;
 use redraft::summary::RunSummary;
 
-use crate::support::{run, workflow};
+use std::path::{Path, PathBuf};
+
+use crate::support::{fixtures, redraft, run, workflow};
 
 /// draft → check → critique → revise, back to check. The verifier's score
 /// is the share of its two checks that pass ("because", "therefore"); the
@@ -216,4 +218,259 @@ replies:
     );
     assert_eq!(r[1], (3, true, None));
     assert_eq!(output(&s), "because I recounted, therefore the answer is 4");
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("redraft-guarded-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn copy(files: &[&str], to: &Path) {
+    for f in files {
+        std::fs::copy(fixtures().join("eval").join(f), to.join(f)).unwrap();
+    }
+}
+
+fn eval_json(dir: &Path, workflow: &str, data: &str, extra: &[&str]) -> serde_json::Value {
+    let wf = dir.join(workflow).display().to_string();
+    let data = dir.join(data).display().to_string();
+    let store = dir.join(format!("{workflow}.db")).display().to_string();
+    let mut args = vec![
+        "eval",
+        &wf,
+        "--data",
+        &data,
+        "--map",
+        "task=question",
+        "--answer",
+        "answer",
+        "--scorer",
+        "numeric",
+        "--store",
+        &store,
+        "--json",
+    ];
+    args.extend(extra);
+    let o = redraft(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{err}");
+    let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["stderr"] = err.into_owned().into();
+    v
+}
+
+/// The arith items through draft → judge → critique → revise, with the
+/// loop's `accept` given.
+fn guarded_eval(dir: &Path, accept: &str) -> serde_json::Value {
+    let name = format!("guarded-{}.yaml", accept.len());
+    std::fs::write(
+        dir.join(&name),
+        format!(
+            r#"
+version: 1
+models:
+  solver: scripted:guarded.replies.yaml
+inputs:
+  task: string
+nodes:
+  - {{ id: draft, kind: generate, template: "Q: {{{{ task }}}}" }}
+  - id: check
+    kind: verify
+    target: "{{{{ revise.text if revise is defined else draft.text }}}}"
+    checks: [ {{ judge: {{ model: solver, template: "Is this right? {{{{ target }}}}" }} }} ]
+  - id: critique
+    kind: critique
+    template: "Check this answer to {{{{ task }}}}: {{{{ check.target }}}}"
+    schema: {{ type: object, required: [feedback], properties: {{ feedback: {{ type: string, maxLength: 200 }} }} }}
+  - id: revise
+    kind: revise
+    template: "Improve the answer to {{{{ task }}}}: {{{{ check.target }}}} Feedback: {{{{ critique.feedback }}}}"
+edges:
+  - {{ from: draft, to: check }}
+  - {{ from: check, to: critique, when: "not check.passed and not loop.last" }}
+  - {{ from: critique, to: revise }}
+loops:
+  - {{ id: refine, from: revise, to: check, max_rounds: 2{accept} }}
+output: {{ from: [draft, revise], select: latest }}
+"#
+        ),
+    )
+    .unwrap();
+    eval_json(dir, &name, "arith.jsonl", &[])
+}
+
+#[test]
+fn a_guarded_eval_loses_no_right_draft_and_counts_the_rejections() {
+    let d = temp("eval");
+    copy(&["guarded.replies.yaml", "arith.jsonl"], &d);
+
+    // Unguarded, the latest answer: c's right draft is revised wrong (a
+    // negative flip).
+    let m = &guarded_eval(&d, "")["metrics"];
+    assert_eq!(m["accuracy"], 0.6);
+    assert_eq!(m["flips"]["negative"], 1);
+    assert_eq!(m["flips"]["positive"], 1);
+    let r1 = &m["per_round"][1];
+    assert_eq!(r1["flips"]["negative"], 1);
+    assert!(r1.get("rejected").is_none());
+
+    // Guarded: the harmful revision (confidence 0.4 → 0.3) and d's
+    // (0.2 → 0.1) are rejected; the helpful one (0.3 → 0.9) is taken.
+    let v = guarded_eval(&d, ", accept: improved");
+    let m = &v["metrics"];
+    assert_eq!(m["accuracy"], 0.8);
+    assert_eq!(m["flips"]["negative"], 0);
+    assert_eq!(m["flips"]["positive"], 1);
+    let r1 = &m["per_round"][1];
+    assert_eq!(r1["rejected"], 2);
+    assert_eq!(r1["flips"]["negative"], 0);
+    assert_eq!(r1["accuracy"], 0.8);
+    let err = v["stderr"].as_str().unwrap();
+    assert!(
+        err.contains("vs the previous round · round 1 (3 items, 2 rejected): −0 +1 (NFR 0.0%)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_calibrates_a_verifier_on_half_the_items_and_the_workflow_applies_it() {
+    let d = temp("calibrate");
+    copy(
+        &[
+            "overconfident.yaml",
+            "overconfident.replies.yaml",
+            "overconfident.jsonl",
+        ],
+        &d,
+    );
+    let v = eval_json(
+        &d,
+        "overconfident.yaml",
+        "overconfident.jsonl",
+        &["--calibrate", "check=isotonic"],
+    );
+    let err = v["stderr"].as_str().unwrap();
+    // 16 items: 7 held in (5 right), 9 held out. The judge ranks well and
+    // scales badly: ECE falls, AUROC stays.
+    assert!(
+        err.contains("calibration of `check` (isotonic, fitted on 7 verdicts of half the items, 5 on right answers)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("held-out half, 9 verdicts: ECE 0.317 → 0.000 · AUROC 1.000 → 1.000"),
+        "{err}"
+    );
+    let file = d.join("overconfident.check.calibration.yaml");
+    let c = redraft::calibration::Calibration::load(&file).unwrap();
+    assert_eq!(c.method(), redraft::calibration::Method::Isotonic);
+    assert_eq!((c.apply(0.7), c.apply(0.95)), (0.0, 1.0));
+
+    // Applied at run time: the verdicts keep their raw confidence and gain
+    // a calibrated one, which the eval measures.
+    let wf = std::fs::read_to_string(d.join("overconfident.yaml"))
+        .unwrap()
+        .replace(
+            "    kind: verify\n",
+            "    kind: verify\n    calibration: overconfident.check.calibration.yaml\n",
+        );
+    std::fs::write(d.join("applied.yaml"), wf).unwrap();
+    let v = eval_json(&d, "applied.yaml", "overconfident.jsonl", &[]);
+    let m = &v["metrics"];
+    assert_eq!(
+        m["confidence"]["ece"].as_f64().map(|e| (e * 1e3).round()),
+        Some(250.0)
+    );
+    assert_eq!(m["calibrated_confidence"]["ece"], 0.0);
+    assert_eq!(m["calibrated_confidence"]["auroc"], 1.0);
+    assert_eq!(m["calibrated_confidence"]["verdicts"], 16);
+
+    // The report plots both.
+    let id = v["eval"].as_str().unwrap();
+    let html = d.join("r.html").display().to_string();
+    let store = d.join("applied.yaml.db").display().to_string();
+    let o = redraft(&["report", id, "--store", &store, "-o", &html]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let html = std::fs::read_to_string(&html).unwrap();
+    assert!(html.contains("Verifier reliability"));
+    assert!(
+        html.contains("calibrated</"),
+        "a calibrated series in the legend"
+    );
+}
+
+#[test]
+fn calibrate_refuses_what_it_cannot_fit() {
+    let d = temp("refuse");
+    copy(
+        &[
+            "overconfident.yaml",
+            "overconfident.replies.yaml",
+            "overconfident.jsonl",
+            "checked.yaml",
+            "checked.replies.yaml",
+            "arith.jsonl",
+        ],
+        &d,
+    );
+    let wf = d.join("overconfident.yaml").display().to_string();
+    let data = d.join("overconfident.jsonl").display().to_string();
+    for (flag, needle) in [
+        ("draft", "`draft` is not a verify node of"),
+        ("nope", "(verify nodes: check)"),
+        (
+            "check=cubic",
+            "unknown calibration method \"cubic\": platt or isotonic",
+        ),
+    ] {
+        let o = redraft(&[
+            "eval",
+            &wf,
+            "--data",
+            &data,
+            "--calibrate",
+            flag,
+            "--store",
+            ":memory:",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{flag}: {err}");
+    }
+    // 5 items: the held-in half judged only right answers. The eval itself
+    // is kept; the calibration is refused.
+    let store = d.join("s.db").display().to_string();
+    let o = redraft(&[
+        "eval",
+        &d.join("checked.yaml").display().to_string(),
+        "--data",
+        &d.join("arith.jsonl").display().to_string(),
+        "--map",
+        "task=question",
+        "--answer",
+        "answer",
+        "--scorer",
+        "numeric",
+        "--store",
+        &store,
+        "--calibrate",
+        "check",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot calibrate `check`: all 3 of its verdicts judged right answers"),
+        "{err}"
+    );
+    assert!(
+        err.contains("5 done"),
+        "the eval finished and is stored: {err}"
+    );
+    assert!(!d.join("checked.check.calibration.yaml").exists());
 }

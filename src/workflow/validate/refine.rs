@@ -87,7 +87,43 @@ pub(crate) fn verify(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
             checks.push(check);
         }
     }
-    target.map(|target| NodeKind::Verify(VerifySpec { target, checks }))
+    let calibration = n.calibration.as_ref().and_then(|file| {
+        let path = cx.base_dir.join(&file.value);
+        let found = crate::calibration::Calibration::load(&path).and_then(|c| {
+            if c.node == id {
+                Ok(c)
+            } else {
+                Err(crate::calibration::CalibrationError::File {
+                    path: path.display().to_string(),
+                    message: format!("fitted for node `{}`, not `{id}`", c.node),
+                })
+            }
+        });
+        match found {
+            Ok(c) => Some(std::sync::Arc::new(c)),
+            Err(e) => {
+                cx.err(
+                    Diagnostic::new(
+                        Code::BadCalibration,
+                        file.span,
+                        format!("`calibration` of {label}: {e}"),
+                    )
+                    .label("no usable calibration")
+                    .help(format!(
+                        "fit one with `redraft eval WORKFLOW --data DATA --calibrate {id}` (paths are relative to the workflow)"
+                    )),
+                );
+                None
+            }
+        }
+    });
+    target.map(|target| {
+        NodeKind::Verify(VerifySpec {
+            target,
+            checks,
+            calibration,
+        })
+    })
 }
 
 pub(crate) fn select(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
