@@ -68,6 +68,19 @@ pub const METHODS: &[Method] = &[
         ],
     },
     Method {
+        name: "guarded",
+        summary: "refinement that keeps a revision only if the verifier's confidence rises, and a changed answer only if it passes",
+        needs: "logprobs (optional: else a verbalised confidence)",
+        files: shipped![
+            "workflows/guarded.yaml",
+            "workflows/replies/guarded.yaml",
+            "prompts/guarded/solve.j2",
+            "prompts/guarded/judge.j2",
+            "prompts/guarded/critique.j2",
+            "prompts/guarded/revise.j2",
+        ],
+    },
+    Method {
         name: "draft",
         summary: "tool documentation refined by exploring the tool (DRAFT)",
         needs: "a tool to call (ToolTalk's simulators by default); embeddings optional",

@@ -163,6 +163,41 @@ async fn revise_with_tau_zero_never_refines() {
 }
 
 /// `redraft eval ARGS --json -q`, which must exit 0: its JSON summary.
+#[tokio::test]
+async fn guarded_rejects_a_revision_that_changes_the_answer_without_evidence() {
+    let (s, events) = shipped("guarded", RunOptions::default()).await;
+    assert_eq!(s.status, RunStatus::Finished);
+    let out = s.output.as_ref().and_then(|o| o.as_str()).unwrap();
+    assert!(out.ends_with("The answer is: 72"), "{out}");
+    let decisions: Vec<(u32, bool, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Revision {
+                round,
+                accepted,
+                answer_changed,
+                ..
+            } => Some((*round, *accepted, *answer_changed)),
+            _ => None,
+        })
+        .collect();
+    // 72 → 96 (judge 0.40 → 0.47, not passed): refused; then 72 again,
+    // better argued (0.80): taken.
+    assert_eq!(decisions, [(2, false, true), (3, true, false)]);
+    // The second critique was told why (its scripted reply needs the
+    // rejection in its prompt).
+    let feedback = outputs(&events, "critique");
+    assert_eq!(feedback.len(), 2);
+    assert!(
+        feedback[1]["feedback"]
+            .as_str()
+            .unwrap()
+            .starts_with("Every step is right")
+    );
+    let l = &s.loops[0];
+    assert_eq!((l.accepted, l.rejected), (Some(1), Some(1)));
+}
+
 fn eval_json(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["eval"];
     all.extend_from_slice(args);
