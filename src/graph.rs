@@ -23,6 +23,8 @@ pub enum EdgeLabel {
         loop_id: String,
         max_rounds: u32,
         until: Option<String>,
+        /// A guarded loop's acceptance rule, described.
+        accept: Option<String>,
     },
 }
 
@@ -56,17 +58,27 @@ pub fn build(wf: &Workflow) -> DiGraph<NodeLabel, EdgeLabel> {
                 loop_id: l.id.clone(),
                 max_rounds: l.max_rounds,
                 until: l.until.clone(),
+                accept: l.accept.as_ref().map(|a| a.describe()),
             },
         );
     }
     g
 }
 
-fn back_label(loop_id: &str, max_rounds: u32, until: &Option<String>) -> String {
-    match until {
-        Some(u) => format!("loop {loop_id}: max {max_rounds} rounds, until {u}"),
-        None => format!("loop {loop_id}: max {max_rounds} rounds"),
+fn back_label(
+    loop_id: &str,
+    max_rounds: u32,
+    until: &Option<String>,
+    accept: &Option<String>,
+) -> String {
+    let mut s = format!("loop {loop_id}: max {max_rounds} rounds");
+    if let Some(u) = until {
+        s.push_str(&format!(", until {u}"));
     }
+    if let Some(a) = accept {
+        s.push_str(&format!(", accept {a}"));
+    }
+    s
 }
 
 /// A Mermaid flowchart; back edges are dotted.
@@ -89,11 +101,12 @@ pub fn mermaid(wf: &Workflow) -> String {
                 loop_id,
                 max_rounds,
                 until,
+                accept,
             } => {
                 writeln!(
                     out,
                     "    {a} -.->|\"{}\"| {b}",
-                    esc(&back_label(loop_id, *max_rounds, until))
+                    esc(&back_label(loop_id, *max_rounds, until, accept))
                 )
             }
         };
@@ -130,10 +143,11 @@ pub fn dot(wf: &Workflow) -> String {
                 loop_id,
                 max_rounds,
                 until,
+                accept,
             } => writeln!(
                 out,
                 "    \"{a}\" -> \"{b}\" [style=dashed, label=\"{}\"];",
-                esc(&back_label(loop_id, *max_rounds, until))
+                esc(&back_label(loop_id, *max_rounds, until, accept))
             ),
         };
     }

@@ -705,6 +705,24 @@ pub struct Accept {
     pub answer_change_margin: Option<f64>,
 }
 
+impl Accept {
+    /// A short description: `improved by 0.05; a changed answer: verified`.
+    pub fn describe(&self) -> String {
+        let rule = |r: &AcceptRule, margin: f64| match r {
+            AcceptRule::Improved if margin > 0.0 => format!("improved by {margin}"),
+            other => other.name().to_string(),
+        };
+        let mut s = rule(&self.rule, self.margin);
+        let change_margin = self.answer_change_margin.unwrap_or(self.margin);
+        match (&self.answer_change, self.answer_change_margin) {
+            (Some(r), _) => s.push_str(&format!("; a changed answer: {}", rule(r, change_margin))),
+            (None, Some(m)) => s.push_str(&format!("; a changed answer: improved by {m}")),
+            (None, None) => {}
+        }
+        s
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum AcceptRule {
     /// Every revision replaces the answer (no guard).
@@ -717,6 +735,18 @@ pub enum AcceptRule {
     /// A condition over `revision` and `loop.current` (`{score, passed,
     /// answer}` each).
     Expression(String),
+}
+
+impl AcceptRule {
+    /// The rule as written (`always`, `improved`, `verified`, or the expression).
+    pub fn name(&self) -> &str {
+        match self {
+            AcceptRule::Always => "always",
+            AcceptRule::Improved => "improved",
+            AcceptRule::Verified => "verified",
+            AcceptRule::Expression(e) => e,
+        }
+    }
 }
 
 /// What loop metrics measure a round by, apart from the verifier that

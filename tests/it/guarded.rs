@@ -474,3 +474,15 @@ fn calibrate_refuses_what_it_cannot_fit() {
     );
     assert!(!d.join("checked.check.calibration.yaml").exists());
 }
+
+#[test]
+fn the_graph_shows_the_acceptance_rule() {
+    let wf = crate::support::load(&crate::support::root().join("workflows/guarded.yaml"));
+    let chart = redraft::graph::mermaid(&wf);
+    assert!(
+        chart.contains(
+            r#"revise -.->|"loop refine: max 3 rounds, accept improved by 0.05; a changed answer: verified"| check"#
+        ),
+        "{chart}"
+    );
+}
