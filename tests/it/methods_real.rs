@@ -81,6 +81,8 @@ fn case(method: &'static str) -> Option<Case> {
                 "weighted",
             ],
         ),
+        // Refine whatever the judge's confidence, when it does not pass.
+        "guarded" => (serde_json::json!({ "confident": 1.01 }), &["solve", "check"]),
         "rbd" => (serde_json::json!({}), &["judge", "detect"]),
         "r3" => (serde_json::json!({}), &["propose", "review"]),
         // Revise whatever passes or not: the 135M model rarely passes.
@@ -222,4 +224,4 @@ macro_rules! real_method_tests {
     };
 }
 
-real_method_tests!(codechain, revise, draft, rbd, r3);
+real_method_tests!(codechain, revise, guarded, draft, rbd, r3);
