@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Opt-in measurement (not part of the test command) for
 # docs/methods/guarded-refinement.md: single shot vs unguarded refinement vs
-# guarded refinement (workflows/guarded.yaml) on GSM8K and HumanEval items,
+# guarded refinement (workflows/guarded.yaml) on GSM8K, HumanEval and
+# final-number items (a GSM8K worked solution: read off its final number),
 # with the embedded default model, or the GGUF in REDRAFT_EVAL_MODEL.
 #
 # Single shot is each run's draft (the eval scores it as the first answer,
 # and the flips are counted against it); unguarded is the same workflow with
 # the `accept:` line removed and no confidence skip. Then `--calibrate
-# check` fits the judge's calibration on the guarded GSM8K run (half the
-# items, reported on the other half). Resumable: rerun to continue.
+# check` fits the judge's calibration on the guarded run of CALIBRATE_ON
+# (default final-number; half the items, reported on the other half).
+# Resumable: rerun to continue.
 #
-#   GSM8K_ITEMS=20 HUMANEVAL_ITEMS=10 REDRAFT_EVAL_STORE=runs/guarded.db scripts/guarded-bench.sh
+#   GSM8K_ITEMS=20 HUMANEVAL_ITEMS=10 FINAL_NUMBER_ITEMS=20 \
+#     DATASETS="gsm8k humaneval final-number" REDRAFT_EVAL_STORE=runs/guarded.db scripts/guarded-bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-data.sh
@@ -45,28 +48,39 @@ for r in m["per_round"][1:]:
         r["round"], r["reached"], r.get("rejected", 0), fl.get("negative", 0), fl.get("positive", 0), r["round"] - 1))
 '
 code_format="Complete the Python function. Reply with the whole function in one Python code block."
+number_format="What number is the final result of the worked solution above? Put it at the end with 'The answer is: .'"
 ids=()
-for data in "gsm8k --limit ${GSM8K_ITEMS:-20}" "humaneval --limit ${HUMANEVAL_ITEMS:-10}"; do
-  name=${data%% *}
-  extra=()
-  [ "$name" = humaneval ] && extra=(--input "format=$code_format")
+for name in ${DATASETS:-gsm8k humaneval final-number}; do
+  case $name in
+    gsm8k) data=(gsm8k --limit "${GSM8K_ITEMS:-20}"); extra=() ;;
+    humaneval) data=(humaneval --limit "${HUMANEVAL_ITEMS:-10}"); extra=(--input "format=$code_format") ;;
+    # A task the small model mostly gets right as a draft (the PromptBridge
+    # demo's: read the final number off a GSM8K worked solution), where a
+    # critique can only talk it out of a right answer.
+    final-number)
+      [ -f runs/promptbridge/data/final-number.jsonl ] || python3 scripts/promptbridge-tasks.py runs/promptbridge/data
+      data=(runs/promptbridge/data/final-number.jsonl --map task=solution --answer answer --scorer numeric
+        --limit "${FINAL_NUMBER_ITEMS:-20}")
+      extra=(--input "format=$number_format") ;;
+    *) echo "unknown data set $name" >&2; exit 2 ;;
+  esac
   for wf in unguarded guarded; do
     flags=("${extra[@]}")
     [ "$wf" = unguarded ] && flags+=(--input confident=1.01)
-    # shellcheck disable=SC2086
-    out=$("$bin" eval "$out_dir/$wf.yaml" --data $data --model "solver=$spec" "${flags[@]}" \
+    out=$("$bin" eval "$out_dir/$wf.yaml" --data "${data[@]}" --model "solver=$spec" "${flags[@]}" \
       --concurrency 1 --store "$store" --json --name "$wf/$name/$tag") || true
     id=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["eval"])')
     ids+=("$id")
     printf '%s\n' "$out" | python3 -c "$summarize"
   done
+  "$bin" compare "${ids[-2]}" "${ids[-1]}" --store "$store" || true
+  if [ "$name" = "${CALIBRATE_ON:-final-number}" ]; then
+    # The judge's calibration from the guarded run's verdicts (the eval is
+    # finished: no model call), fitted on half the items, measured on the rest.
+    "$bin" eval "$out_dir/guarded.yaml" --data "${data[@]}" --model "solver=$spec" "${extra[@]}" \
+      --concurrency 1 --store "$store" --name "guarded/$name/$tag" --calibrate check \
+      --calibration-out "$out_dir/check.$tag.calibration.yaml" 2>&1 | grep -A3 '^calibration\|^error' || true
+  fi
 done
-"$bin" compare "${ids[0]}" "${ids[1]}" --store "$store" || true
-"$bin" compare "${ids[2]}" "${ids[3]}" --store "$store" || true
-# The judge's calibration, from the guarded GSM8K run (cached: no model call).
-"$bin" eval "$out_dir/guarded.yaml" --data gsm8k --limit "${GSM8K_ITEMS:-20}" --model "solver=$spec" \
-  --concurrency 1 --store "$store" --name "guarded/gsm8k/$tag" --calibrate check \
-  --calibration-out "$out_dir/check.$tag.calibration.yaml" --quiet || true
-cat "$out_dir/check.$tag.calibration.yaml" 2>/dev/null || true
 "$bin" report "${ids[@]}" --store "$store" -o "$out_dir/report-$tag.html"
 echo "report: $out_dir/report-$tag.html"
