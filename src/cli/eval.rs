@@ -629,15 +629,26 @@ pub fn eval_command(args: EvalArgs) -> u8 {
             for e in bar.errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                 eprintln!("failed: {e}");
             }
-            let code = print_outcome(&outcome, &args);
-            match &calibrate {
-                Some(target) => match calibrate_after(target, &outcome, &args) {
-                    Ok(()) => code,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        EXIT_INVALID
-                    }
-                },
+            let fitted = calibrate
+                .as_ref()
+                .map(|target| calibrate_after(target, &outcome, &args).map(|c| (c, target)));
+            let code = print_outcome(
+                &outcome,
+                &args,
+                fitted
+                    .as_ref()
+                    .and_then(|f| f.as_ref().ok())
+                    .map(|(c, _)| c),
+            );
+            match fitted {
+                Some(Ok((c, target))) => {
+                    print_calibration(&c, target, &args);
+                    code
+                }
+                Some(Err(e)) => {
+                    eprintln!("error: {e:#}");
+                    EXIT_INVALID
+                }
                 None => code,
             }
         }
@@ -657,11 +668,20 @@ fn calibrate_after(
     target: &CalibrateTarget,
     o: &EvalOutcome,
     args: &EvalArgs,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<crate::calibration::Calibration> {
     let units = store::open(&args.store)?.units(&o.eval.id, false)?;
     let c = fit_calibration(target, &units)?;
     c.save(&target.out)
         .with_context(|| format!("cannot write {}", target.out.display()))?;
+    Ok(c)
+}
+
+/// What `--calibrate` fitted, after the eval's own lines.
+fn print_calibration(
+    c: &crate::calibration::Calibration,
+    target: &CalibrateTarget,
+    args: &EvalArgs,
+) {
     if !args.quiet {
         let p = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.3}"));
         eprintln!(
@@ -692,13 +712,16 @@ fn calibrate_after(
             c.node
         );
     }
-    Ok(())
 }
 
-fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
+fn print_outcome(
+    o: &EvalOutcome,
+    args: &EvalArgs,
+    calibration: Option<&crate::calibration::Calibration>,
+) -> u8 {
     let m = &o.metrics;
     if args.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "eval": o.eval.id,
             "name": o.eval.name,
             "store": args.store,
@@ -708,6 +731,9 @@ fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
             "counts": o.counts,
             "metrics": m,
         });
+        if let Some(c) = calibration {
+            v["calibration"] = serde_json::to_value(c).unwrap_or_default();
+        }
         stdout(&format!("{v:#}\n"));
     }
     if !args.quiet {
@@ -792,6 +818,20 @@ fn print_outcome(o: &EvalOutcome, args: &EvalArgs) -> u8 {
             .collect();
         if !rounds.is_empty() {
             eprintln!("  vs the previous round · {}", rounds.join(" · "));
+        }
+        // When not to refine: the first round that hurt more than it helped.
+        if let Some((r, f)) = m
+            .per_round
+            .iter()
+            .find_map(|r| Some((r, r.flips?)).filter(|(_, f)| f.negative > f.positive))
+        {
+            eprintln!(
+                "  revision {} turned more right answers wrong ({}) than wrong ones right ({}) for this model: stop before it (at most {} revision(s)) or guard the loop (`accept`)",
+                r.round,
+                f.negative,
+                f.positive,
+                r.round - 1
+            );
         }
         if !m.per_node.is_empty() {
             let p: Vec<String> = m

@@ -303,20 +303,27 @@ output: {{ from: [draft, revise], select: latest }}
 
 #[test]
 fn a_guarded_eval_loses_no_right_draft_and_counts_the_rejections() {
+    // The judge in guarded.replies.yaml: "no" at 0.55 is a confidence of 0.45.
     let d = temp("eval");
     copy(&["guarded.replies.yaml", "arith.jsonl"], &d);
 
-    // Unguarded, the latest answer: c's right draft is revised wrong (a
-    // negative flip).
-    let m = &guarded_eval(&d, "")["metrics"];
-    assert_eq!(m["accuracy"], 0.6);
-    assert_eq!(m["flips"]["negative"], 1);
+    // Unguarded, the latest answer: c's and e's right drafts are revised
+    // wrong (negative flips), b's wrong one right.
+    let v = guarded_eval(&d, "");
+    let m = &v["metrics"];
+    assert_eq!(m["accuracy"], 0.4);
+    assert_eq!(m["flips"]["negative"], 2);
     assert_eq!(m["flips"]["positive"], 1);
     let r1 = &m["per_round"][1];
-    assert_eq!(r1["flips"]["negative"], 1);
+    assert_eq!(r1["flips"]["negative"], 2);
     assert!(r1.get("rejected").is_none());
+    let err = v["stderr"].as_str().unwrap();
+    assert!(
+        err.contains("revision 1 turned more right answers wrong (2) than wrong ones right (1) for this model: stop before it (at most 0 revision(s)) or guard the loop (`accept`)"),
+        "{err}"
+    );
 
-    // Guarded: the harmful revision (confidence 0.4 → 0.3) and d's
+    // Guarded: the harmful revisions (c: 0.4 → 0.3, e: 0.45 → 0.4) and d's
     // (0.2 → 0.1) are rejected; the helpful one (0.3 → 0.9) is taken.
     let v = guarded_eval(&d, ", accept: improved");
     let m = &v["metrics"];
@@ -324,12 +331,12 @@ fn a_guarded_eval_loses_no_right_draft_and_counts_the_rejections() {
     assert_eq!(m["flips"]["negative"], 0);
     assert_eq!(m["flips"]["positive"], 1);
     let r1 = &m["per_round"][1];
-    assert_eq!(r1["rejected"], 2);
+    assert_eq!(r1["rejected"], 3);
     assert_eq!(r1["flips"]["negative"], 0);
     assert_eq!(r1["accuracy"], 0.8);
     let err = v["stderr"].as_str().unwrap();
     assert!(
-        err.contains("vs the previous round · round 1 (3 items, 2 rejected): −0 +1 (NFR 0.0%)"),
+        err.contains("vs the previous round · round 1 (4 items, 3 rejected): −0 +1 (NFR 0.0%)"),
         "{err}"
     );
 }
@@ -362,6 +369,9 @@ fn eval_calibrates_a_verifier_on_half_the_items_and_the_workflow_applies_it() {
         err.contains("held-out half, 9 verdicts: ECE 0.317 → 0.000 · AUROC 1.000 → 1.000"),
         "{err}"
     );
+    // --json carries the fit as well.
+    assert_eq!(v["calibration"]["map"]["method"], "isotonic");
+    assert_eq!(v["calibration"]["held_out"]["verdicts"], 9);
     let file = d.join("overconfident.check.calibration.yaml");
     let c = redraft::calibration::Calibration::load(&file).unwrap();
     assert_eq!(c.method(), redraft::calibration::Method::Isotonic);

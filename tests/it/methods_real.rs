@@ -82,7 +82,10 @@ fn case(method: &'static str) -> Option<Case> {
             ],
         ),
         // Refine whatever the judge's confidence, when it does not pass.
-        "guarded" => (serde_json::json!({ "confident": 1.01 }), &["solve", "check"]),
+        "guarded" => (
+            serde_json::json!({ "confident": 1.01 }),
+            &["solve", "check"],
+        ),
         "rbd" => (serde_json::json!({}), &["judge", "detect"]),
         "r3" => (serde_json::json!({}), &["propose", "review"]),
         // Revise whatever passes or not: the 135M model rarely passes.
