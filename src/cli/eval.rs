@@ -254,10 +254,10 @@ fn calibrate_target(
         );
     };
     let dir = args.workflow.parent().unwrap_or(std::path::Path::new(""));
-    let out = match (&args.calibration_out, v.calibration.is_some()) {
+    let out = match (&args.calibration_out, &v.calibration_path) {
         (Some(out), _) => out.clone(),
-        (None, true) => dir.join(configured_calibration(&args.workflow, node).unwrap_or_default()),
-        (None, false) => {
+        (None, Some(path)) => path.clone(),
+        (None, None) => {
             let stem = args
                 .workflow
                 .file_stem()
@@ -270,26 +270,6 @@ fn calibrate_target(
         method,
         out,
     }))
-}
-
-/// The `calibration:` file a verify node names, read from the workflow's
-/// YAML (the loaded workflow keeps the calibration, not its path).
-fn configured_calibration(workflow: &std::path::Path, node: &str) -> Option<String> {
-    let text = std::fs::read_to_string(workflow).ok()?;
-    let doc = crate::yaml::parse(&text, crate::yaml::Limits::default()).ok()?;
-    let nodes = doc.get("nodes")?;
-    let crate::yaml::Value::Seq(items) = &nodes.value else {
-        return None;
-    };
-    items.iter().find_map(|n| {
-        let id = n.get("id")?;
-        match (&id.value, &n.get("calibration")?.value) {
-            (crate::yaml::Value::Str(i), crate::yaml::Value::Str(f)) if i == node => {
-                Some(f.clone())
-            }
-            _ => None,
-        }
-    })
 }
 
 /// Fits the calibration on the held-in half of the items (by a stable

@@ -431,6 +431,8 @@ pub struct VerifySpec {
     /// Maps the mean of the checks' scores to a calibrated confidence
     /// (`calibration: FILE`); `passed` still comes from the checks.
     pub calibration: Option<Arc<crate::calibration::Calibration>>,
+    /// Where that calibration was read from (resolved against the workflow).
+    pub calibration_path: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]

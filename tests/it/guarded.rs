@@ -396,6 +396,25 @@ fn eval_calibrates_a_verifier_on_half_the_items_and_the_workflow_applies_it() {
     assert_eq!(m["calibrated_confidence"]["auroc"], 1.0);
     assert_eq!(m["calibrated_confidence"]["verdicts"], 16);
 
+    // Refitting a node that names its calibration rewrites that file.
+    let again = eval_json(
+        &d,
+        "applied.yaml",
+        "overconfident.jsonl",
+        &["--calibrate", "check"],
+    );
+    let err = again["stderr"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("written to {}", file.display())),
+        "{err}"
+    );
+    assert_eq!(
+        redraft::calibration::Calibration::load(&file)
+            .unwrap()
+            .method(),
+        redraft::calibration::Method::Platt
+    );
+
     // The report plots both.
     let id = v["eval"].as_str().unwrap();
     let html = d.join("r.html").display().to_string();

@@ -121,6 +121,10 @@ pub(crate) fn verify(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
         NodeKind::Verify(VerifySpec {
             target,
             checks,
+            calibration_path: calibration
+                .as_ref()
+                .and(n.calibration.as_ref())
+                .map(|f| cx.base_dir.join(&f.value)),
             calibration,
         })
     })
