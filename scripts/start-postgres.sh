@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A PostgreSQL server on 127.0.0.1 for the results-store tests: installs the
 # Debian package if missing, starts the cluster, creates the role and the
-# database `redraft` (password `redraft`), and prints the URL. Idempotent.
+# database `redraft`, and prints the URL. Idempotent. The password is one no
+# other part of the URL contains, so the tests can grep every output and
+# stored record for it (tests/it/store.rs).
 set -euo pipefail
 if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   echo "start-postgres: installing postgresql" >&2
@@ -17,8 +19,10 @@ for _ in $(seq 1 30); do
   pg_isready -q -h 127.0.0.1 && break
   sleep 1
 done
+password=pw-test-5e7a1c
 su postgres -c "psql -q -tAc \"SELECT 1 FROM pg_roles WHERE rolname = 'redraft'\"" | grep -q 1 ||
-  su postgres -c "psql -q -c \"CREATE ROLE redraft LOGIN PASSWORD 'redraft'\"" >&2
+  su postgres -c "psql -q -c \"CREATE ROLE redraft LOGIN\"" >&2
+su postgres -c "psql -q -c \"ALTER ROLE redraft PASSWORD '$password'\"" >&2
 su postgres -c "psql -q -tAc \"SELECT 1 FROM pg_database WHERE datname = 'redraft'\"" | grep -q 1 ||
   su postgres -c "psql -q -c 'CREATE DATABASE redraft OWNER redraft'" >&2
-echo "postgres://redraft:redraft@127.0.0.1:5432/redraft"
+echo "postgres://redraft:$password@127.0.0.1:5432/redraft"

@@ -10,7 +10,7 @@
 //! | 2    | invalid workflow, input or usage |
 //! | 3    | budget exhausted (the best output so far is printed) |
 //! | 4    | model or backend failure |
-//! | 130  | interrupted (Ctrl-C) |
+//! | 130  | interrupted (Ctrl-C); 143 after SIGTERM, 129 after SIGHUP |
 
 mod bridge;
 mod eval;
@@ -38,7 +38,8 @@ pub const EXIT_BACKEND: u8 = 4;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 const EXIT_HELP: &str = "Exit codes: 0 finished (and verified, where the workflow verifies), 1 finished unverified, \
-2 invalid workflow or usage, 3 budget exhausted (best-so-far printed), 4 model/backend failure, 130 interrupted.";
+2 invalid workflow or usage, 3 budget exhausted (best-so-far printed), 4 model/backend failure, \
+130 interrupted (Ctrl-C), 143 stopped by SIGTERM, 129 by SIGHUP (each stops cleanly, like Ctrl-C).";
 
 #[derive(Debug, Parser)]
 #[command(name = "redraft", version, about = "Run draft → critique → verify → revise workflows with LLMs.", after_help = EXIT_HELP)]
@@ -401,7 +402,7 @@ fn run_command(args: RunArgs) -> u8 {
         let interrupted = interrupt_signal();
         let watcher = tokio::spawn(async move {
             if interrupted.await {
-                eprintln!("\ninterrupted: stopping; finished work is kept");
+                eprintln!("stopping; finished work is kept");
                 cancel.cancel();
             }
         });
@@ -486,19 +487,85 @@ fn engine_with_models(
 /// Resolves when Ctrl-C arrives (false if signals are unavailable). On Unix
 /// the handler is installed by this call, not at the first poll.
 pub(crate) fn interrupt_signal() -> impl std::future::Future<Output = bool> {
+    let mut stops = stop_signals();
+    async move {
+        let Some(first) = stops.recv().await else {
+            return false;
+        };
+        STOP_SIGNAL.store(first, std::sync::atomic::Ordering::SeqCst);
+        eprint!("\n{}: ", signal_name(first));
+        // A second request to stop is not asked twice: exit at once (what
+        // is stored stays stored; claims in flight end with their lease).
+        tokio::spawn(async move {
+            if let Some(again) = stops.recv().await {
+                eprintln!("\n{} again: exiting now", signal_name(again));
+                std::process::exit(i32::from(exit_code_of_signal(again)));
+            }
+        });
+        true
+    }
+}
+
+/// The signal that asked this process to stop (0 until one did).
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Every signal by which a person or a scheduler asks a program to stop,
+/// as a stream of their numbers: SIGINT (Ctrl-C), SIGTERM (Kubernetes,
+/// SLURM, systemd, `docker stop`, `kill`) and SIGHUP (the terminal or
+/// session went away). Each stops redraft the same way: no new work
+/// starts, claims are released, finished results are kept.
+fn stop_signals() -> tokio::sync::mpsc::UnboundedReceiver<i32> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     #[cfg(unix)]
     {
-        let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
-        async move {
-            match signal {
-                Ok(mut s) => s.recv().await.is_some(),
-                Err(_) => false,
-            }
+        use tokio::signal::unix::{SignalKind, signal};
+        for (kind, number) in [
+            (SignalKind::interrupt(), libc::SIGINT),
+            (SignalKind::terminate(), libc::SIGTERM),
+            (SignalKind::hangup(), libc::SIGHUP),
+        ] {
+            let Ok(mut stream) = signal(kind) else { continue };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if tx.send(number).is_err() {
+                        break;
+                    }
+                }
+            });
         }
     }
     #[cfg(not(unix))]
-    async {
-        tokio::signal::ctrl_c().await.is_ok()
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if tx.send(2).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn signal_name(number: i32) -> &'static str {
+    match number {
+        1 => "hangup (SIGHUP)",
+        15 => "terminated (SIGTERM)",
+        _ => "interrupted",
+    }
+}
+
+/// 128 + the signal's number, as shells report a program a signal ended:
+/// 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP.
+fn exit_code_of_signal(number: i32) -> u8 {
+    u8::try_from(128 + number).unwrap_or(EXIT_INTERRUPTED)
+}
+
+/// The exit code of a command that stopped because it was asked to: by the
+/// signal that asked (see [`exit_code_of_signal`]), 130 when none did.
+pub(crate) fn interrupted_exit() -> u8 {
+    match STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => EXIT_INTERRUPTED,
+        n => exit_code_of_signal(n),
     }
 }
 
@@ -572,7 +639,7 @@ pub fn exit_code(s: &RunSummary) -> u8 {
         RunStatus::Finished if s.verified == Some(false) => EXIT_UNVERIFIED,
         RunStatus::Finished => EXIT_OK,
         RunStatus::BudgetExhausted => EXIT_BUDGET,
-        RunStatus::Interrupted => EXIT_INTERRUPTED,
+        RunStatus::Interrupted => interrupted_exit(),
         RunStatus::Failed => match s.failure {
             Some(FailureKind::Backend) => EXIT_BACKEND,
             _ => EXIT_INVALID,

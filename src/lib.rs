@@ -35,6 +35,8 @@
 //! - [`sandbox`]: running untrusted programs (bubblewrap namespaces, rlimits).
 //! - [`similarity`]: cosine, BLEU-4, lexical TF-IDF embeddings.
 //! - [`units`]: durations and sizes as workflows write them.
+//! - [`redact`]: passwords and keys out of URLs and command lines, before
+//!   anything is printed or stored.
 //! - [`eval`]: a workflow over a data set: loaders, scorers, the results
 //!   store (SQLite, PostgreSQL), metrics, comparisons and the HTML report
 //!   (`docs/eval.md`).
@@ -57,6 +59,7 @@ pub mod extract;
 pub mod graph;
 pub mod layer;
 pub mod methods;
+pub mod redact;
 pub mod metrics;
 pub mod modeljson;
 #[cfg(feature = "otel")]

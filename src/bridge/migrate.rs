@@ -429,7 +429,7 @@ fn flip_report(
     a: &[crate::eval::store::UnitRecord],
     b: &[crate::eval::store::UnitRecord],
 ) -> FlipReport {
-    let c = stats::compare(a, b);
+    let c = stats::compare(a, b, stats::Pairing::Content);
     let ids = |dir: &str| {
         c.flipped
             .iter()

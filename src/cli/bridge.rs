@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser as _;
 
 use super::eval::{DEFAULT_STORE, EvalArgs};
-use super::{EXIT_BACKEND, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_UNVERIFIED, stdout};
+use super::{EXIT_BACKEND, EXIT_INVALID, EXIT_OK, EXIT_UNVERIFIED, stdout};
 use crate::bridge::{
     self, Bridge, BridgeError, CalibrateOptions, CheckSpec, Mapping, Step, Task, migrate,
 };
@@ -110,7 +110,7 @@ pub fn calibrate_command(args: CalibrateArgs) -> u8 {
             &task,
             &model,
             &reflect,
-            &args.eval.store,
+            &args.eval.store.store,
             &opts,
             &cancel,
             &progress,
@@ -167,7 +167,7 @@ pub fn calibrate_command(args: CalibrateArgs) -> u8 {
         ));
     }
     if cancel.is_cancelled() {
-        EXIT_INTERRUPTED
+        super::interrupted_exit()
     } else {
         EXIT_OK
     }
@@ -313,8 +313,10 @@ pub struct MigrateArgs {
     /// calibrations in --store and written here.
     #[arg(long, value_name = "FILE")]
     pub mapping: Option<PathBuf>,
-    /// Where the calibrations are (and the check's evals go).
-    #[arg(long, default_value = DEFAULT_STORE)]
+    /// Where the calibrations are (and the check's evals go): a SQLite file
+    /// or postgres://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass, or
+    /// the whole URL in REDRAFT_STORE).
+    #[arg(long, env = "REDRAFT_STORE", hide_env_values = true, default_value = DEFAULT_STORE)]
     pub store: String,
     /// The model that writes the mapping and the rewrites (default: the mapping's writer, else --from).
     #[arg(long, value_name = "SPEC")]
@@ -640,7 +642,7 @@ async fn mapping(
     say(format!(
         "learning the mapping from {} calibrated pair(s) in {}",
         pairs.len(),
-        args.store
+        crate::redact::url(&args.store)
     ));
     let m = migrate::learn(pairs, from, to, writer).await?;
     if let Some(path) = &args.mapping {
@@ -735,7 +737,7 @@ fn interrupt(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
     let interrupted = super::interrupt_signal();
     tokio::spawn(async move {
         if interrupted.await {
-            eprintln!("\ninterrupted: stopping; what is stored stays stored");
+            eprintln!("stopping; what is stored stays stored");
             cancel.cancel();
         }
     })
@@ -744,7 +746,7 @@ fn interrupt(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
 fn failure(e: &BridgeError, interrupted: bool) -> u8 {
     eprintln!("error: {e}");
     if interrupted {
-        return EXIT_INTERRUPTED;
+        return super::interrupted_exit();
     }
     match e {
         BridgeError::Workflow(w) => {

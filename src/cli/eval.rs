@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use super::{EXIT_BACKEND, EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, stdout};
+use super::{EXIT_BACKEND, EXIT_BUDGET, EXIT_INVALID, EXIT_OK, stdout};
 use crate::eval::EvalReview;
 use crate::eval::data::{DataSpec, Selection};
 use crate::eval::report::ReportEval;
@@ -28,6 +28,72 @@ use crate::sandbox::Isolation;
 use crate::workflow;
 
 pub const DEFAULT_STORE: &str = "runs/redraft.db";
+
+/// The results store of a command, and how long it may take to answer.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// The results store: a SQLite file, or postgres://USER@HOST/DB shared
+    /// by many workers (password from PGPASSWORD or ~/.pgpass; or the whole
+    /// URL in REDRAFT_STORE, kept off the command line). Never printed with
+    /// its password.
+    #[arg(long, env = "REDRAFT_STORE", hide_env_values = true, default_value = DEFAULT_STORE)]
+    pub store: String,
+    #[command(flatten)]
+    pub timeouts: StoreTimeouts,
+}
+
+/// How long a store may take: flags of every command that opens one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreTimeouts {
+    /// How long connecting to a PostgreSQL store may take, handshake and
+    /// login included (default: the URL's connect_timeout, else 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub store_connect_timeout: Option<String>,
+    /// How long one store statement may wait for an answer: a PostgreSQL
+    /// server that stopped answering, or another process holding a SQLite
+    /// file's lock.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub store_timeout: String,
+}
+
+impl StoreTimeouts {
+    pub fn options(&self, access: store::Access) -> anyhow::Result<store::StoreOptions> {
+        let duration = |flag: &str, v: &str| {
+            crate::units::parse_duration(v)
+                .filter(|d| !d.is_zero())
+                .with_context(|| format!("--{flag} {v}: expected a positive duration (10s, 2m)"))
+        };
+        Ok(store::StoreOptions {
+            access,
+            connect_timeout: self
+                .store_connect_timeout
+                .as_deref()
+                .map(|v| duration("store-connect-timeout", v))
+                .transpose()?,
+            statement_timeout: duration("store-timeout", &self.store_timeout)?,
+        })
+    }
+}
+
+impl StoreArgs {
+    /// Opens the store for reading and writing.
+    pub fn open(&self) -> anyhow::Result<Box<dyn Store>> {
+        Ok(store::open_with(&self.store, &self.timeouts.options(store::Access::ReadWrite)?)?)
+    }
+
+    /// The store, as a `--store` flag someone may copy into a command:
+    /// empty when it came from REDRAFT_STORE (the next command reads it
+    /// too), else without its password.
+    pub fn flag(&self) -> String {
+        if std::env::var("REDRAFT_STORE").is_ok_and(|v| v == self.store) {
+            String::new()
+        } else if self.store == DEFAULT_STORE {
+            String::new()
+        } else {
+            format!(" --store {}", crate::redact::without_password(&self.store))
+        }
+    }
+}
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -69,6 +135,7 @@ pub struct EvalArgs {
     /// Isolation of the code scorer: bubblewrap (default) or none.
     #[arg(long, value_name = "bubblewrap|none")]
     pub sandbox: Option<String>,
+    /// Run at most this many items (after --ids and --shuffle); at least 1.
     #[arg(long)]
     pub limit: Option<usize>,
     /// Only these item ids, comma-separated.
@@ -95,9 +162,12 @@ pub struct EvalArgs {
     /// Run failed units again.
     #[arg(long)]
     pub retry_failed: bool,
-    /// The results store: a SQLite file, or postgres://… shared by many workers.
-    #[arg(long, default_value = DEFAULT_STORE)]
-    pub store: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Start over: keep the stored eval of the same id under another id
+    /// (listed by `redraft runs` as replaced) and run every item again.
+    #[arg(long)]
+    pub fresh: bool,
     /// Run only shard I of N (I/N), or N with the index from
     /// JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID.
     #[arg(long, value_name = "I/N")]
@@ -106,7 +176,8 @@ pub struct EvalArgs {
     /// another host frees its units after this): 30s, 2m.
     #[arg(long, value_name = "DURATION", default_value = "120s")]
     pub lease: String,
-    /// A name for listings (default: the workflow's).
+    /// A name for listings (default: the workflow's). A name given is part
+    /// of the eval's id: another name starts another eval.
     #[arg(long)]
     pub name: Option<String>,
     /// Use another backend for a workflow model, NAME=SPEC.
@@ -124,7 +195,6 @@ pub struct EvalArgs {
     /// Keep prompts and replies in the stored events.
     #[arg(long)]
     pub log_content: bool,
-    /// Print the summary as JSON on stdout.
     /// After the eval, fit a calibration of verify node NODE's confidence
     /// (METHOD: platt, the default, or isotonic) on half the items, report
     /// its reliability on the other half, and write it for `calibration:`.
@@ -134,6 +204,7 @@ pub struct EvalArgs {
     /// else WORKFLOW.NODE.calibration.yaml beside the workflow).
     #[arg(long, value_name = "FILE", requires = "calibrate")]
     pub calibration_out: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// No progress on stderr.
@@ -470,6 +541,7 @@ pub(crate) fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
         },
         max_errors: args.max_errors.or(file.max_errors),
         retry_failed: args.retry_failed,
+        fresh: args.fresh,
         shard,
         log_content: args.log_content,
         ..EvalOptions::default()
@@ -557,10 +629,10 @@ pub fn eval_command(args: EvalArgs) -> u8 {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let store = match store::open(&args.store) {
+    let store = match args.store.open() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
             return EXIT_INVALID;
         }
     };
@@ -589,7 +661,7 @@ pub fn eval_command(args: EvalArgs) -> u8 {
         let interrupted = super::interrupt_signal();
         let watcher = tokio::spawn(async move {
             if interrupted.await {
-                eprintln!("\ninterrupted: stopping; finished items are stored, run the same command to continue");
+                eprintln!("stopping; finished items are stored, run the same command to continue");
                 cancel.cancel();
             }
         });
@@ -649,7 +721,7 @@ fn calibrate_after(
     o: &EvalOutcome,
     args: &EvalArgs,
 ) -> anyhow::Result<crate::calibration::Calibration> {
-    let units = store::open(&args.store)?.units(&o.eval.id, false)?;
+    let units = args.store.open()?.units(&o.eval.id, false)?;
     let c = fit_calibration(target, &units)?;
     c.save(&target.out)
         .with_context(|| format!("cannot write {}", target.out.display()))?;
@@ -704,7 +776,7 @@ fn print_outcome(
         let mut v = serde_json::json!({
             "eval": o.eval.id,
             "name": o.eval.name,
-            "store": args.store,
+            "store": crate::redact::url(&args.store.store),
             "end": o.end,
             "budget_limit": o.budget_limit,
             "ran": o.ran,
@@ -886,8 +958,10 @@ fn print_outcome(
             o.ran.cost_usd
         );
         eprintln!(
-            "  stored in {} · `redraft report {} --store {} -o report.html`",
-            args.store, &o.eval.id, args.store
+            "  stored in {} · `redraft report {}{} -o report.html`",
+            crate::redact::url(&args.store.store),
+            &o.eval.id,
+            args.store.flag()
         );
     }
     match o.end {
@@ -912,24 +986,29 @@ fn print_outcome(
             );
             EXIT_BACKEND
         }
-        EvalEnd::Interrupted => EXIT_INTERRUPTED,
+        EvalEnd::Interrupted => super::interrupted_exit(),
     }
 }
 
 #[derive(Debug, clap::Args)]
 pub struct RunsArgs {
-    #[arg(long, default_value = DEFAULT_STORE)]
-    pub store: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print the listing as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn runs_command(args: RunsArgs) -> u8 {
-    let listing = store::open(&args.store).and_then(|mut s| s.evals());
+    let listing = args
+        .store
+        .timeouts
+        .options(store::Access::ReadOnly)
+        .and_then(|o| Ok(store::open_with(&args.store.store, &o)?.evals()?));
     let evals = match listing {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
             return EXIT_INVALID;
         }
     };
@@ -952,7 +1031,7 @@ pub fn runs_command(args: RunsArgs) -> u8 {
             e.failed,
             e.mean_score.map_or("–".into(), |s| format!("{s:.3}")),
             utc(e.created_at),
-            e.models
+            crate::redact::text(&e.models)
         ));
     }
     stdout(&out);
@@ -990,14 +1069,21 @@ fn split_ref<'a>(r: &'a str, default: &'a str) -> (&'a str, &'a str) {
 }
 
 /// An eval's record and units, merged across stores (shards written to
-/// several files): a unit finished in any of them counts.
-fn load_eval(stores: &[String], id: &str, events: bool) -> anyhow::Result<ReportEval> {
+/// several files): a unit finished in any of them counts. Stores open
+/// read-only: a store that does not exist is an error, never created.
+fn load_eval(
+    stores: &[String],
+    id: &str,
+    events: bool,
+    timeouts: &StoreTimeouts,
+) -> anyhow::Result<ReportEval> {
+    let opts = timeouts.options(store::Access::ReadOnly)?;
     let mut record = None;
     let mut units: Vec<UnitRecord> = Vec::new();
     let mut index: BTreeMap<(String, u32), usize> = BTreeMap::new();
     let mut errors = Vec::new();
     for location in stores {
-        let mut s: Box<dyn Store> = store::open(location)?;
+        let mut s: Box<dyn Store> = store::open_with(location, &opts)?;
         let rec = match s.eval(id) {
             Ok(r) => r,
             Err(e) => {
@@ -1029,25 +1115,66 @@ fn load_eval(stores: &[String], id: &str, events: bool) -> anyhow::Result<Report
     })
 }
 
+/// The newest eval among the stores (by creation time), for commands
+/// given no eval.
+fn latest_eval(stores: &[String], timeouts: &StoreTimeouts) -> anyhow::Result<String> {
+    let opts = timeouts.options(store::Access::ReadOnly)?;
+    let mut newest: Option<store::EvalListing> = None;
+    for location in stores {
+        for e in store::open_with(location, &opts)?.evals()? {
+            if newest.as_ref().is_none_or(|n| e.created_at >= n.created_at) {
+                newest = Some(e);
+            }
+        }
+    }
+    newest.map(|e| e.id).with_context(|| {
+        format!(
+            "{} holds no evals: run `redraft eval` first",
+            stores
+                .iter()
+                .map(|s| crate::redact::url(s).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
     /// The old eval: an id, a unique id prefix or name, or STORE#ID.
     pub a: String,
     /// The new eval.
     pub b: String,
-    #[arg(long, default_value = DEFAULT_STORE)]
-    pub store: String,
-    /// Exit 1 when the negative flip rate (right in A, wrong in B) is above this.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Exit 1 when the negative flip rate (right in A, wrong in B) is above
+    /// this, or when fewer than --min-pairs units are paired.
     #[arg(long, value_name = "RATE")]
     pub max_nfr: Option<f64>,
+    /// With --max-nfr: the fewest paired units the gate accepts (a gate
+    /// over nothing passes nothing).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub min_pairs: usize,
+    /// Which units are the same question: `content` (the same id, epoch
+    /// and item: inputs and reference answer) or `id` (the same id and
+    /// epoch, for twins that differ by design, such as RBD's biased sets).
+    #[arg(long, value_enum, default_value_t = PairBy::Content)]
+    pub pair_by: PairBy,
+    /// Print the comparison as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PairBy {
+    Content,
+    Id,
+}
+
 pub fn compare_command(args: CompareArgs) -> u8 {
     let load = |r: &str| {
-        let (store, id) = split_ref(r, &args.store);
-        load_eval(&[store.to_string()], id, false)
+        let (store, id) = split_ref(r, &args.store.store);
+        load_eval(&[store.to_string()], id, false, &args.store.timeouts)
     };
     let (a, b) = match (load(&args.a), load(&args.b)) {
         (Ok(a), Ok(b)) => (a, b),
@@ -1062,7 +1189,23 @@ pub fn compare_command(args: CompareArgs) -> u8 {
             return EXIT_INVALID;
         }
     }
-    let c = crate::eval::stats::compare(&a.units, &b.units);
+    let pairing = match args.pair_by {
+        PairBy::Content => crate::eval::stats::Pairing::Content,
+        PairBy::Id => crate::eval::stats::Pairing::Id,
+    };
+    let c = crate::eval::stats::compare(&a.units, &b.units, pairing);
+    if c.mismatched > 0 {
+        eprintln!(
+            "warning: {} unit(s) share an id with the other eval but not their item (inputs or reference answer){}",
+            c.mismatched,
+            match pairing {
+                crate::eval::stats::Pairing::Content => {
+                    ": not paired (`--pair-by id` pairs twins that differ by design)"
+                }
+                crate::eval::stats::Pairing::Id => ": paired by id as asked",
+            }
+        );
+    }
     if args.json {
         let v = serde_json::json!({"a": a.record.id, "b": b.record.id, "comparison": c});
         stdout(&format!("{v:#}\n"));
@@ -1104,6 +1247,14 @@ pub fn compare_command(args: CompareArgs) -> u8 {
         stdout(&out);
     }
     match args.max_nfr {
+        Some(_) if c.paired < args.min_pairs.max(1) => {
+            eprintln!(
+                "the gate needs at least {} paired unit(s) and {} are paired: nothing to gate on (do the evals share items?)",
+                args.min_pairs.max(1),
+                c.paired
+            );
+            1
+        }
         Some(max) if c.negative_flip_rate.unwrap_or(0.0) > max => {
             eprintln!(
                 "negative flip rate {:.3} is above --max-nfr {max}",
@@ -1117,22 +1268,41 @@ pub fn compare_command(args: CompareArgs) -> u8 {
 
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// Evals: ids, unique id prefixes or names, or STORE#ID.
-    #[arg(required = true)]
+    /// Evals: ids, unique id prefixes or names, or STORE#ID (default: the
+    /// newest eval in the stores).
     pub evals: Vec<String>,
     /// Stores to read (several: shards of one eval are merged).
-    #[arg(long, default_value = DEFAULT_STORE)]
+    #[arg(long, env = "REDRAFT_STORE", hide_env_values = true, default_value = DEFAULT_STORE)]
     pub store: Vec<String>,
+    #[command(flatten)]
+    pub timeouts: StoreTimeouts,
+    /// The HTML file to write.
     #[arg(short, long, default_value = "report.html")]
     pub output: PathBuf,
 }
 
 pub fn report_command(args: ReportArgs) -> u8 {
+    let named = if args.evals.is_empty() {
+        match latest_eval(&args.store, &args.timeouts) {
+            Ok(id) => {
+                eprintln!("report: the newest eval, {id}");
+                vec![id]
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return EXIT_INVALID;
+            }
+        }
+    } else {
+        args.evals.clone()
+    };
     let mut evals = Vec::new();
-    for r in &args.evals {
+    for r in &named {
         let loaded = match r.rsplit_once('#') {
-            Some((store, id)) if !store.is_empty() => load_eval(&[store.to_string()], id, true),
-            _ => load_eval(&args.store, r, true),
+            Some((store, id)) if !store.is_empty() => {
+                load_eval(&[store.to_string()], id, true, &args.timeouts)
+            }
+            _ => load_eval(&args.store, r, true, &args.timeouts),
         };
         match loaded {
             Ok(e) => evals.push(e),

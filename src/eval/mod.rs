@@ -24,6 +24,7 @@
 //! - Nothing of an item's hidden fields reaches a workflow (see `data`).
 
 pub mod data;
+pub mod digest;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod report;
@@ -75,9 +76,10 @@ pub struct EvalPlan {
     pub extract: Option<String>,
     /// Runs per item (seeds offset by the epoch).
     pub epochs: u32,
-    /// A name for listings (default: the workflow's).
+    /// A name for listings (default: the workflow's). A name given is part
+    /// of the id: two names, two evals.
     pub name: Option<String>,
-    /// The command line, for the record.
+    /// The command line, for the record (stored with its secrets masked).
     pub command: Vec<String>,
     /// Decisions for the workflow's `human_review` nodes. Part of the id:
     /// other decisions, other results.
@@ -113,14 +115,23 @@ impl EvalPlan {
             .collect()
     }
 
-    /// What determines the eval's results (hashed into its id).
+    /// What determines the eval's results (hashed into its id): the
+    /// workflow and prompts as run, the models, every file they read
+    /// ([`digest::workflow_files`]), the data set's spec and contents, the
+    /// scorer and its files, epochs, reviews and a given name. Secrets in
+    /// URLs are masked first: a rotated password is the same eval.
     fn key(&self) -> serde_json::Map<String, Value> {
+        let models: BTreeMap<String, String> = self
+            .model_specs()
+            .into_iter()
+            .map(|(k, v)| (k, crate::redact::text(&v).into_owned()))
+            .collect();
         let key = serde_json::json!({
-            "workflow_source": self.workflow_source,
+            "workflow_source": crate::redact::text(&self.workflow_source),
             "prompts": self.workflow.templates.sources(),
-            "models": self.model_specs(),
+            "models": models,
             "data": self.data,
-            "scorer": self.scorer,
+            "scorer": crate::redact::text(&self.scorer),
             "extract": self.extract,
             "epochs": self.epochs,
         });
@@ -128,6 +139,29 @@ impl EvalPlan {
             Value::Object(map) => map,
             _ => unreachable!("a JSON object literal"),
         };
+        key.insert(
+            "files".into(),
+            serde_json::json!(digest::workflow_files(&self.workflow, &self.model_specs())),
+        );
+        let declared: Vec<&str> = self
+            .workflow
+            .inputs()
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
+        key.insert(
+            "data_contents".into(),
+            match data::load(&self.data, &declared) {
+                Ok(items) => digest::items(&items).into(),
+                Err(e) => format!("unreadable: {e}").into(),
+            },
+        );
+        if let Some(files) = digest::scorer_files(&self.scorer) {
+            key.insert("scorer_files".into(), files);
+        }
+        if let Some(name) = &self.name {
+            key.insert("name".into(), name.clone().into());
+        }
         // Only when given, so that the ids of evals without reviews stay.
         if let Some(review) = &self.review {
             use crate::workflow::ReviewDecisions as D;
@@ -145,17 +179,33 @@ impl EvalPlan {
     }
 
     /// What is stored with the eval: its key, the command line, where the
-    /// workflow was and the version (never API keys: specs name the
-    /// environment variable that holds one, not the key).
+    /// workflow was and the version. Never a secret: specs name the
+    /// environment variable that holds an API key, and passwords or keys
+    /// in URLs (a store's, an endpoint's) are masked ([`crate::redact`]).
     pub fn meta(&self) -> Value {
+        self.id_and_meta().1
+    }
+
+    /// [`EvalPlan::id`] and [`EvalPlan::meta`] from one reading of the
+    /// data and files.
+    pub fn id_and_meta(&self) -> (String, Value) {
         let mut meta = self.key();
+        let id = format!(
+            "{:016x}",
+            fnv1a(Value::Object(meta.clone()).to_string().as_bytes())
+        );
         meta.insert(
             "workflow_path".into(),
             serde_json::json!(self.workflow.path().map(|p| p.display().to_string())),
         );
-        meta.insert("command".into(), serde_json::json!(self.command));
+        let command: Vec<String> = self
+            .command
+            .iter()
+            .map(|a| crate::redact::text(a).into_owned())
+            .collect();
+        meta.insert("command".into(), serde_json::json!(command));
         meta.insert("version".into(), env!("CARGO_PKG_VERSION").into());
-        Value::Object(meta)
+        (id, Value::Object(meta))
     }
 
     /// The eval's id: 16 hex digits of FNV-1a over the canonical JSON of
@@ -203,6 +253,9 @@ pub struct EvalOptions {
     pub cancel: CancellationToken,
     /// Keep prompts and replies in the stored events.
     pub log_content: bool,
+    /// Start over: the stored eval of the same id, if any, is kept under
+    /// another id ([`store::Store::archive_eval`]) and this one begins empty.
+    pub fresh: bool,
 }
 
 impl Default for EvalOptions {
@@ -217,6 +270,7 @@ impl Default for EvalOptions {
             lease: Duration::from_secs(120),
             cancel: CancellationToken::new(),
             log_content: false,
+            fresh: false,
         }
     }
 }
@@ -453,7 +507,9 @@ pub fn parse_shard(spec: &str, env: impl Fn(&str) -> Option<String>) -> Result<(
     Ok((index, count))
 }
 
-/// Loads and selects the items of a plan.
+/// Loads and selects the items of a plan. An eval that would measure
+/// nothing is an error: a data set without items, or a selection that
+/// keeps none (`--limit 0`).
 pub fn load_items(plan: &EvalPlan) -> Result<Vec<Item>, EvalError> {
     let declared: Vec<&str> = plan
         .workflow
@@ -462,7 +518,24 @@ pub fn load_items(plan: &EvalPlan) -> Result<Vec<Item>, EvalError> {
         .map(|i| i.name.as_str())
         .collect();
     let items = data::load(&plan.data, &declared)?;
-    Ok(plan.selection.apply(items)?)
+    if items.is_empty() {
+        return Err(EvalError::Invalid(format!(
+            "data set {}: no items (the file holds no rows); an eval of nothing measures nothing",
+            plan.data.source
+        )));
+    }
+    let all = items.len();
+    let selected = plan.selection.apply(items)?;
+    if selected.is_empty() {
+        return Err(EvalError::Invalid(format!(
+            "the selection keeps none of the {all} items{}: nothing to measure",
+            match plan.selection.limit {
+                Some(0) => " (--limit 0)",
+                _ => "",
+            }
+        )));
+    }
+    Ok(selected)
 }
 
 /// Runs (or continues) an eval. Items already finished in the store are
@@ -498,23 +571,33 @@ pub async fn run(
             })
         })
         .collect();
+    if let (true, Some((k, n))) = (units.is_empty(), opts.shard) {
+        return Err(EvalError::Invalid(format!(
+            "shard {k}/{n} holds none of the {} selected items: nothing to measure (use fewer shards)",
+            items.len()
+        )));
+    }
+    let (id, meta) = plan.id_and_meta();
     let record = EvalRecord {
-        id: plan.id(),
+        id,
         name: plan
             .name
             .clone()
             .unwrap_or_else(|| plan.workflow.name().to_string()),
         workflow: plan.workflow.name().to_string(),
         created_at: store::now_ms(),
-        meta: plan.meta(),
+        meta,
     };
     let me = WorkerId::this_process();
     let actor = StoreActor::spawn(store);
     let eval = {
         let (record, me) = (record.clone(), me.clone());
-        let retry = opts.retry_failed;
+        let (retry, fresh) = (opts.retry_failed, opts.fresh);
         actor
             .call(move |s| -> Result<EvalRecord, StoreError> {
+                if fresh {
+                    s.archive_eval(&record.id)?;
+                }
                 let eval = s.open_eval(&record)?;
                 s.add_units(&eval.id, &units)?;
                 if retry {
@@ -584,8 +667,9 @@ pub async fn run(
                     let want = (concurrency * 2).max(CLAIM_BATCH) - running.len();
                     let (id, me) = (id.clone(), me.clone());
                     let lease_ms = opts.lease.as_millis() as i64;
+                    let shard = opts.shard;
                     let claimed = actor
-                        .call(move |s| s.claim(&id, &me, want, lease_ms))
+                        .call(move |s| s.claim(&id, &me, want, lease_ms, shard))
                         .await??;
                     exhausted = claimed.is_empty();
                     queue.extend(claimed);
@@ -631,6 +715,9 @@ pub async fn run(
             .await??
     };
     actor.check()?;
+    // Closes the store (a SQLite store folds its write-ahead log back into
+    // the file) before the process may exit.
+    actor.close().await?;
     let metrics = stats::compute(&units);
     Ok(EvalOutcome {
         eval,
@@ -968,6 +1055,8 @@ type StoreCall = Box<dyn FnOnce(&mut dyn Store) + Send>;
 enum Command {
     Finish(String, Box<ItemResult>),
     Call(StoreCall),
+    /// Drop the store and end the thread.
+    Close,
 }
 
 /// The store on a thread of its own: blocking database calls never run on
@@ -978,11 +1067,14 @@ struct StoreActor {
     tx: std::sync::mpsc::Sender<Command>,
     /// The first error of a background commit.
     failed: Arc<Mutex<Option<StoreError>>>,
+    /// Resolved when the thread has dropped the store.
+    done: Arc<Mutex<Option<tokio::sync::oneshot::Receiver<()>>>>,
 }
 
 impl StoreActor {
     fn spawn(mut store: Box<dyn Store>) -> StoreActor {
         let (tx, rx) = std::sync::mpsc::channel::<Command>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         let failed: Arc<Mutex<Option<StoreError>>> = Arc::default();
         let slot = failed.clone();
         std::thread::Builder::new()
@@ -993,10 +1085,12 @@ impl StoreActor {
                     batch.extend(rx.try_iter());
                     let mut finishes: BTreeMap<String, Vec<ItemResult>> = BTreeMap::new();
                     let mut calls = Vec::new();
+                    let mut close = false;
                     for c in batch {
                         match c {
                             Command::Finish(eval, r) => finishes.entry(eval).or_default().push(*r),
                             Command::Call(f) => calls.push(f),
+                            Command::Close => close = true,
                         }
                     }
                     for (eval, results) in finishes {
@@ -1009,10 +1103,29 @@ impl StoreActor {
                     for f in calls {
                         f(&mut *store);
                     }
+                    if close {
+                        break;
+                    }
                 }
+                drop(store);
+                let _ = done_tx.send(());
             })
             .expect("spawning the store thread");
-        StoreActor { tx, failed }
+        StoreActor {
+            tx,
+            failed,
+            done: Arc::new(Mutex::new(Some(done_rx))),
+        }
+    }
+
+    /// Commits what is queued, closes the store and waits for its thread.
+    async fn close(&self) -> Result<(), StoreError> {
+        let _ = self.tx.send(Command::Close);
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+        self.check()
     }
 
     async fn call<T: Send + 'static>(

@@ -648,7 +648,24 @@ pub struct Comparison {
     pub p_value: f64,
     /// Units scored in only one of the two.
     pub unpaired: usize,
+    /// Units whose id (and epoch) is in both but whose item differs
+    /// (inputs or reference answer): two questions under one id, not
+    /// paired under [`Pairing::Content`], paired under [`Pairing::Id`].
+    pub mismatched: usize,
     pub flipped: Vec<Flip>,
+}
+
+/// Which units of two evals are the same question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pairing {
+    /// The same id and epoch, and the same item (inputs and reference
+    /// answer): row numbers of two unrelated files are never paired.
+    #[default]
+    Content,
+    /// The same id and epoch, whatever the items hold: twins by design
+    /// (RBD's biased and unbiased sets, DRAFT's docs before and after).
+    Id,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -661,27 +678,35 @@ pub struct Flip {
     pub score_b: f64,
 }
 
-pub fn compare(a: &[UnitRecord], b: &[UnitRecord]) -> Comparison {
-    let scored = |units: &[UnitRecord]| -> BTreeMap<(String, u32), (bool, f64)> {
+pub fn compare(a: &[UnitRecord], b: &[UnitRecord], pairing: Pairing) -> Comparison {
+    type Scored = BTreeMap<(String, u32), (bool, f64, u64)>;
+    let scored = |units: &[UnitRecord]| -> Scored {
         units
             .iter()
-            .filter_map(|u| u.result.as_ref())
-            .filter(|r| r.status == ItemStatus::Done)
-            .filter_map(|r| {
-                r.score
-                    .as_ref()
-                    .map(|s| ((r.item_id.clone(), r.epoch), (s.passed, s.score)))
+            .filter_map(|u| Some((u, u.result.as_ref()?)))
+            .filter(|(_, r)| r.status == ItemStatus::Done)
+            .filter_map(|(u, r)| {
+                r.score.as_ref().map(|s| {
+                    let content = crate::eval::digest::item(&u.item);
+                    ((r.item_id.clone(), r.epoch), (s.passed, s.score, content))
+                })
             })
             .collect()
     };
     let (sa, sb) = (scored(a), scored(b));
     let mut c = Comparison::default();
     let (mut right_a, mut right_b) = (0, 0);
-    for (key, (pa, score_a)) in &sa {
-        let Some((pb, score_b)) = sb.get(key) else {
+    for (key, (pa, score_a, content_a)) in &sa {
+        let Some((pb, score_b, content_b)) = sb.get(key) else {
             c.unpaired += 1;
             continue;
         };
+        if content_a != content_b {
+            c.mismatched += 1;
+            if pairing == Pairing::Content {
+                continue;
+            }
+        }
         c.paired += 1;
         right_a += usize::from(*pa);
         right_b += usize::from(*pb);
@@ -990,7 +1015,7 @@ mod tests {
             unit("b", 0, None, false, &[1]),
             unit("d", 0, None, true, &[1]),
         ];
-        let c = compare(&a, &b);
+        let c = compare(&a, &b, Pairing::Content);
         assert_eq!((c.paired, c.unpaired, c.negative, c.positive), (2, 2, 1, 0));
         assert_eq!(c.negative_flip_rate, Some(0.5));
         assert_eq!((c.both_right, c.consistency), (1, Some(0.5)));

@@ -15,6 +15,7 @@
 //!   refused with a message, never misread.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -22,8 +23,9 @@ use serde_json::Value;
 use super::data::Item;
 use super::{ItemResult, Totals};
 
-/// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes; it reads every version up to it.
+/// 2 added `units.shard_hash` (a shard claims only its own units).
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,6 +51,26 @@ pub enum StoreError {
     Corrupt { store: String, message: String },
     #[error("`{0}`: PostgreSQL stores need redraft built with the `postgres` feature")]
     NoPostgres(String),
+    #[error(
+        "results store {store} does not exist (only `redraft eval` creates a store); check --store, or run an eval first"
+    )]
+    Missing { store: String },
+    #[error(
+        "{store} is not a redraft results store: it holds {found} but no `redraft_meta`; nothing was written to it (give another --store)"
+    )]
+    Foreign { store: String, found: String },
+    #[error(
+        "results store {store} is damaged ({message}); nothing was written to it: restore it from a copy, or give another --store"
+    )]
+    Damaged { store: String, message: String },
+    #[error(
+        "results store {store}: no answer within {after:?} ({what}); raise --store-timeout or check the server"
+    )]
+    Timeout {
+        store: String,
+        what: &'static str,
+        after: Duration,
+    },
 }
 
 /// An eval as stored.
@@ -193,17 +215,24 @@ pub trait Store: Send {
     fn open_eval(&mut self, eval: &EvalRecord) -> Result<EvalRecord, StoreError>;
     /// Adds units that are not there yet; returns how many were new.
     fn add_units(&mut self, eval: &str, units: &[Unit]) -> Result<usize, StoreError>;
+    /// Moves the eval `id` and its units to a new id (returned), named as
+    /// replaced, so that `id` starts over empty (`--fresh`); nothing is
+    /// deleted. `None` when there is no eval `id`.
+    fn archive_eval(&mut self, id: &str) -> Result<Option<String>, StoreError>;
     /// Makes failed units pending again (`--retry-failed`).
     fn reset_failed(&mut self, eval: &str) -> Result<usize, StoreError>;
     /// Releases claims of workers on this host whose process is gone.
     fn release_dead(&mut self, eval: &str, me: &WorkerId) -> Result<usize, StoreError>;
-    /// Claims up to `n` pending units (or units whose lease ended).
+    /// Claims up to `n` pending units (or units whose lease ended); with
+    /// `shard = Some((k, n))` only units whose item is in shard `k` of `n`
+    /// ([`super::shard_of`]): a shard never runs another shard's units.
     fn claim(
         &mut self,
         eval: &str,
         worker: &WorkerId,
         n: usize,
         lease_ms: i64,
+        shard: Option<(u32, u32)>,
     ) -> Result<Vec<Unit>, StoreError>;
     /// Extends this worker's leases.
     fn renew(&mut self, eval: &str, worker: &WorkerId, lease_ms: i64) -> Result<(), StoreError>;
@@ -234,16 +263,189 @@ pub trait Store: Send {
     fn record_keys(&mut self, kind: &str) -> Result<Vec<String>, StoreError>;
 }
 
-/// Opens a store: `postgres://…`/`postgresql://…`, else a SQLite file
-/// (created with its folder).
-pub fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
-    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
-        #[cfg(feature = "postgres")]
-        return Ok(Box::new(super::postgres::PgStore::connect(location)?));
-        #[cfg(not(feature = "postgres"))]
-        return Err(StoreError::NoPostgres(location.to_string()));
+/// Whether a command may change the store. Read-only commands (`runs`,
+/// `report`, `compare`) open with [`Access::ReadOnly`]: a store that does
+/// not exist is an error, never created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Access {
+    #[default]
+    ReadWrite,
+    ReadOnly,
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    pub access: Access,
+    /// How long connecting to a server may take, handshake and
+    /// authentication included (PostgreSQL; `connect_timeout` in the URL
+    /// when this is `None`, else 10 s).
+    pub connect_timeout: Option<Duration>,
+    /// How long one statement may wait for its answer: a PostgreSQL server
+    /// that stops answering, or another process holding a SQLite file's
+    /// lock. Then the call fails with [`StoreError::Timeout`].
+    pub statement_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            access: Access::ReadWrite,
+            connect_timeout: None,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+        }
     }
-    Ok(Box::new(SqliteStore::open(Path::new(location))?))
+}
+
+impl StoreOptions {
+    pub fn read_only() -> StoreOptions {
+        StoreOptions {
+            access: Access::ReadOnly,
+            ..StoreOptions::default()
+        }
+    }
+}
+
+/// Connecting to a PostgreSQL server when neither a flag nor the URL says.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// One statement's wait when no flag says.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether `location` names a PostgreSQL store.
+pub fn is_postgres(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+/// Opens a store for reading and writing with default timeouts.
+pub fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
+    open_with(location, &StoreOptions::default())
+}
+
+/// Opens a store: `postgres://…`/`postgresql://…`, else a SQLite file.
+///
+/// Before anything is written, the store's identity and schema version are
+/// read: a file or database that is someone else's, damaged, or written by
+/// a newer redraft is refused with what was found, and left as it was.
+pub fn open_with(location: &str, opts: &StoreOptions) -> Result<Box<dyn Store>, StoreError> {
+    if is_postgres(location) {
+        #[cfg(feature = "postgres")]
+        return Ok(Box::new(super::postgres::PgStore::connect(location, opts)?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(StoreError::NoPostgres(crate::redact::url(location).into_owned()));
+    }
+    Ok(Box::new(SqliteStore::open_with(Path::new(location), opts)?))
+}
+
+/// What a store holds, read before anything is written to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Identity {
+    /// No tables at all: a new store.
+    Empty,
+    /// redraft's tables at this schema version.
+    Ours(i64),
+    /// Tables, none of them redraft's bookkeeping: someone else's database.
+    Foreign(Vec<String>),
+    /// redraft's tables, but not whole or not readable.
+    Damaged(String),
+}
+
+/// The tables every redraft store has.
+pub(crate) const TABLES: [&str; 4] = ["redraft_meta", "evals", "units", "records"];
+
+impl Identity {
+    /// Reads an identity from a store's table names and its
+    /// `schema_version` rows (`None`: no `redraft_meta` to read them from).
+    pub(crate) fn of(tables: Vec<String>, versions: Option<Vec<String>>) -> Identity {
+        if tables.is_empty() {
+            return Identity::Empty;
+        }
+        let Some(versions) = versions else {
+            return Identity::Foreign(tables);
+        };
+        let version = match versions.as_slice() {
+            [] => return Identity::Damaged("redraft_meta holds no schema version".into()),
+            [one] => match one.trim().parse::<i64>() {
+                Ok(v) if v >= 1 => v,
+                _ => {
+                    return Identity::Damaged(format!(
+                        "redraft_meta holds an unreadable schema version {one:?}"
+                    ));
+                }
+            },
+            many => {
+                return Identity::Damaged(format!(
+                    "redraft_meta holds {} schema versions",
+                    many.len()
+                ));
+            }
+        };
+        let missing: Vec<&str> = TABLES
+            .iter()
+            .filter(|t| !tables.iter().any(|have| have == *t))
+            .copied()
+            .collect();
+        if !missing.is_empty() && version <= SCHEMA_VERSION {
+            return Identity::Damaged(format!("the table(s) {} are missing", missing.join(", ")));
+        }
+        Identity::Ours(version)
+    }
+
+    /// The error for a store that must not be used, if this is one.
+    pub(crate) fn refusal(&self, store: &str) -> Option<StoreError> {
+        match self {
+            Identity::Ours(v) if *v > SCHEMA_VERSION => Some(StoreError::Newer {
+                store: store.to_string(),
+                found: *v,
+            }),
+            Identity::Foreign(tables) => Some(StoreError::Foreign {
+                store: store.to_string(),
+                found: list_tables(tables),
+            }),
+            Identity::Damaged(what) => Some(StoreError::Damaged {
+                store: store.to_string(),
+                message: what.clone(),
+            }),
+            Identity::Empty | Identity::Ours(_) => None,
+        }
+    }
+}
+
+fn list_tables(tables: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = tables
+        .iter()
+        .take(SHOWN)
+        .map(|t| format!("`{t}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if tables.len() > SHOWN {
+        s.push_str(&format!(" and {} more", tables.len() - SHOWN));
+    }
+    s
+}
+
+/// `2^63 mod n`: with it, SQL computes `h mod n` of an unsigned 64-bit
+/// hash stored as a signed integer (see [`shard_filter`]).
+pub(crate) fn shard_params(shard: Option<(u32, u32)>) -> (i64, i64, i64) {
+    let (k, n) = shard.unwrap_or((0, 1));
+    let n = u64::from(n.max(1));
+    (i64::from(k), n as i64, ((1u64 << 63) % n) as i64)
+}
+
+/// The shard hash of an item id as stored (the bits of
+/// [`super::fnv1a`], as a signed integer).
+pub(crate) fn shard_hash(item_id: &str) -> i64 {
+    super::fnv1a(item_id.as_bytes()) as i64
+}
+
+/// `shard_hash` (the signed bits of an unsigned hash `h`) is in shard
+/// `k` of `n` when `h mod n = k`; `$K, $N, $C` are [`shard_params`].
+/// The parameters' names are the caller's (`?5` in SQLite, `$5` in
+/// PostgreSQL).
+pub(crate) fn shard_filter(k: &str, n: &str, c: &str) -> String {
+    format!(
+        "(((shard_hash & 9223372036854775807) % {n} + CASE WHEN shard_hash < 0 THEN {c} ELSE 0 END) % {n}) = {k}"
+    )
 }
 
 pub(crate) fn corrupt(store: &str, e: impl std::fmt::Display) -> StoreError {
@@ -311,6 +513,9 @@ pub(crate) fn models_of(meta: &Value) -> String {
 pub struct SqliteStore {
     conn: rusqlite::Connection,
     path: String,
+    writable: bool,
+    /// How long a statement waits for another process's lock.
+    busy: Duration,
 }
 
 /// The tables, for a database's names of a 64-bit integer and a double.
@@ -327,6 +532,7 @@ CREATE TABLE IF NOT EXISTS units (
     attempts {int} NOT NULL DEFAULT 0,
     score {real}, passed {int}, result TEXT, finished_at {int},
     tokens {int}, calls {int}, cost_usd {real}, summary TEXT, events TEXT,
+    shard_hash {int},
     PRIMARY KEY (eval_id, item_id, epoch));
 CREATE INDEX IF NOT EXISTS units_by_status ON units (eval_id, status, seq);
 CREATE TABLE IF NOT EXISTS records (
@@ -337,63 +543,167 @@ CREATE TABLE IF NOT EXISTS records (
     )
 }
 
-impl SqliteStore {
-    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let name = path.display().to_string();
-        let db = |e: rusqlite::Error| StoreError::Db {
-            store: name.clone(),
+/// What a SQLite error means for the store: a file that is not a
+/// database or is damaged is [`StoreError::Damaged`]; a lock held past
+/// the busy timeout is [`StoreError::Timeout`].
+fn sqlite_error(store: &str, e: rusqlite::Error, busy: Duration) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::DatabaseCorrupt) => StoreError::Damaged {
+            store: store.to_string(),
             message: e.to_string(),
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Db {
-                store: name.clone(),
-                message: format!("cannot create {}: {e}", dir.display()),
-            })?;
+        },
+        Some(C::NotADatabase) => StoreError::Damaged {
+            store: store.to_string(),
+            message: "the file is not a SQLite database".into(),
+        },
+        Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Timeout {
+            store: store.to_string(),
+            what: "another process holds the database's lock",
+            after: busy,
+        },
+        _ => StoreError::Db {
+            store: store.to_string(),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Reads a SQLite store's identity without writing anything.
+fn sqlite_identity(conn: &rusqlite::Connection) -> rusqlite::Result<Identity> {
+    let tables: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if !tables.iter().any(|t| t == "redraft_meta") {
+        return Ok(Identity::of(tables, None));
+    }
+    // The bookkeeping table's own pages and index are sound (a cheap check:
+    // the table is a few rows).
+    let check: String = conn.query_row("PRAGMA quick_check(redraft_meta)", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Ok(Identity::Damaged(check));
+    }
+    let versions: Vec<String> = conn
+        .prepare("SELECT CAST(value AS TEXT) FROM redraft_meta WHERE key = 'schema_version'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(Identity::of(tables, Some(versions)))
+}
+
+/// Puts the database in WAL mode (persistent in the file). Several
+/// processes opening a new file at once race for the switch, which needs
+/// the file to themselves and may fail at once with "database is locked":
+/// they wait and try again until `deadline`.
+fn sqlite_wal(conn: &rusqlite::Connection, deadline: std::time::Instant) -> rusqlite::Result<()> {
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let mode: rusqlite::Result<String> = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .and_then(|m: String| {
+                if m.eq_ignore_ascii_case("wal") {
+                    Ok(m)
+                } else {
+                    conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                }
+            });
+        match mode {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
         }
-        let conn = rusqlite::Connection::open(path).map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(db)?;
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) a store for reading and writing.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, &StoreOptions::default())
+    }
+
+    pub fn open_with(path: &Path, opts: &StoreOptions) -> Result<SqliteStore, StoreError> {
+        use rusqlite::OpenFlags as F;
+        let name = path.display().to_string();
+        let busy = opts.statement_timeout;
+        let db = |e: rusqlite::Error| sqlite_error(&name, e, busy);
+        let writable = opts.access == Access::ReadWrite;
+        if !writable && !path.is_file() {
+            return Err(StoreError::Missing { store: name });
+        }
+        if writable {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Db {
+                    store: name.clone(),
+                    message: format!("cannot create {}: {e}", dir.display()),
+                })?;
+            }
+        }
+        let flags = if writable {
+            F::SQLITE_OPEN_READ_WRITE | F::SQLITE_OPEN_CREATE
+        } else {
+            F::SQLITE_OPEN_READ_ONLY
+        } | F::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = rusqlite::Connection::open_with_flags(path, flags).map_err(db)?;
+        conn.busy_timeout(busy).map_err(db)?;
+        // Identity first, reading only: nothing is written to a file that
+        // is someone else's, damaged, or newer.
+        let identity = sqlite_identity(&conn).map_err(db)?;
+        if let Some(refused) = identity.refusal(&name) {
+            return Err(refused);
+        }
+        if !writable {
+            return match identity {
+                Identity::Empty => Err(StoreError::Missing { store: name }),
+                _ => Ok(SqliteStore {
+                    conn,
+                    path: name,
+                    writable,
+                    busy,
+                }),
+            };
+        }
         // WAL with synchronous=NORMAL: a committed transaction survives the
         // process being killed (not a power cut), at a fraction of FULL's cost.
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        sqlite_wal(&conn, std::time::Instant::now() + busy).map_err(db)?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL").map_err(db)?;
+        // Create or upgrade in one transaction that holds the write lock,
+        // looking again inside it: another process may have been first.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db)?;
-        conn.execute_batch(&schema("INTEGER", "REAL")).map_err(db)?;
-        let found: Option<i64> = conn
-            .query_row(
-                "SELECT CAST(value AS INTEGER) FROM redraft_meta WHERE key = 'schema_version'",
-                [],
-                |r| r.get(0),
-            )
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })
-            .map_err(db)?;
-        match found {
-            Some(v) if v > SCHEMA_VERSION => {
-                return Err(StoreError::Newer {
-                    store: name,
-                    found: v,
-                });
-            }
-            Some(_) => {}
-            None => {
-                conn.execute(
+        let identity = sqlite_identity(&tx).map_err(db)?;
+        if let Some(refused) = identity.refusal(&name) {
+            return Err(refused);
+        }
+        match identity {
+            Identity::Empty => {
+                tx.execute_batch(&schema("INTEGER", "REAL")).map_err(db)?;
+                tx.execute(
                     "INSERT INTO redraft_meta (key, value) VALUES ('schema_version', ?1)",
                     [SCHEMA_VERSION.to_string()],
                 )
                 .map_err(db)?;
             }
+            Identity::Ours(v) if v < SCHEMA_VERSION => sqlite_upgrade(&tx, v).map_err(db)?,
+            _ => {}
         }
-        Ok(SqliteStore { conn, path: name })
-    }
-
-    fn db(&self, e: rusqlite::Error) -> StoreError {
-        StoreError::Db {
-            store: self.path.clone(),
-            message: e.to_string(),
-        }
+        tx.commit().map_err(db)?;
+        Ok(SqliteStore {
+            conn,
+            path: name,
+            writable,
+            busy,
+        })
     }
 
     fn with_tx<T>(
@@ -403,19 +713,48 @@ impl SqliteStore {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self_db(&self.path, e))?;
-        let out = f(&tx).map_err(|e| self_db(&self.path, e))?;
-        tx.commit().map_err(|e| self_db(&self.path, e))?;
+            .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
+        let out = f(&tx).map_err(|e| sqlite_error(&self.path, e, self.busy))?;
+        tx.commit().map_err(|e| sqlite_error(&self.path, e, self.busy))?;
         Ok(out)
     }
 }
 
-fn self_db(path: &str, e: rusqlite::Error) -> StoreError {
-    StoreError::Db {
-        store: path.to_string(),
-        message: e.to_string(),
+/// Upgrades a store of an older schema version in the caller's transaction.
+fn sqlite_upgrade(tx: &rusqlite::Transaction, from: i64) -> rusqlite::Result<()> {
+    if from < 2 {
+        tx.execute_batch("ALTER TABLE units ADD COLUMN shard_hash INTEGER")?;
+        let ids: Vec<(i64, String)> = tx
+            .prepare("SELECT rowid, item_id FROM units")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut set = tx.prepare("UPDATE units SET shard_hash = ?1 WHERE rowid = ?2")?;
+        for (rowid, id) in ids {
+            set.execute(rusqlite::params![shard_hash(&id), rowid])?;
+        }
+    }
+    tx.execute(
+        "UPDATE redraft_meta SET value = ?1 WHERE key = 'schema_version'",
+        [SCHEMA_VERSION.to_string()],
+    )?;
+    Ok(())
+}
+
+impl Drop for SqliteStore {
+    /// On a clean close the write-ahead log is folded into the database and
+    /// truncated, so no `-wal` file twice the database's size is left
+    /// beside it (with other processes still reading, as much as they allow).
+    fn drop(&mut self) {
+        if self.writable {
+            let _ = self.conn.busy_timeout(Duration::from_millis(200));
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
     }
 }
+
+
 
 impl Store for SqliteStore {
     fn location(&self) -> String {
@@ -443,16 +782,41 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )?;
             let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO units (eval_id, item_id, epoch, seq, item) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO units (eval_id, item_id, epoch, seq, item, shard_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut added = 0;
             for (i, u) in units.iter().enumerate() {
                 let item = serde_json::to_string(&u.item).map_err(|e| {
                     rusqlite::Error::ToSqlConversionFailure(Box::new(corrupt(&path, e)))
                 })?;
-                added += stmt.execute(rusqlite::params![eval, u.item.id, u.epoch, base + i as i64, item])?;
+                added += stmt.execute(rusqlite::params![
+                    eval,
+                    u.item.id,
+                    u.epoch,
+                    base + i as i64,
+                    item,
+                    shard_hash(&u.item.id)
+                ])?;
             }
             Ok(added)
+        })
+    }
+
+    fn archive_eval(&mut self, id: &str) -> Result<Option<String>, StoreError> {
+        let to = archived_id(id, now_ms());
+        self.with_tx(|tx| {
+            let moved = tx.execute(
+                "UPDATE evals SET id = ?2, name = name || ?3 WHERE id = ?1",
+                rusqlite::params![id, to, ARCHIVED_SUFFIX],
+            )?;
+            if moved == 0 {
+                return Ok(None);
+            }
+            tx.execute(
+                "UPDATE units SET eval_id = ?2 WHERE eval_id = ?1",
+                rusqlite::params![id, to],
+            )?;
+            Ok(Some(to.clone()))
         })
     }
 
@@ -470,11 +834,11 @@ impl Store for SqliteStore {
             let mut stmt = self
                 .conn
                 .prepare("SELECT DISTINCT worker FROM units WHERE eval_id = ?1 AND status = 'claimed' AND worker IS NOT NULL")
-                .map_err(|e| self.db(e))?;
+                .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
             let rows = stmt
                 .query_map([eval], |r| r.get::<_, String>(0))
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
-            rows.map_err(|e| self_db(&self.path, e))?
+            rows.map_err(|e| sqlite_error(&self.path, e, self.busy))?
         };
         let dead: Vec<String> = workers
             .into_iter()
@@ -498,10 +862,12 @@ impl Store for SqliteStore {
         worker: &WorkerId,
         n: usize,
         lease_ms: i64,
+        shard: Option<(u32, u32)>,
     ) -> Result<Vec<Unit>, StoreError> {
         let now = now_ms();
         let worker = worker.to_string();
         let path = self.path.clone();
+        let (k, count, c) = shard_params(shard);
         let rows: Vec<(String, i64)> = self.with_tx(|tx| {
             // Pending units first (the index's order), then expired claims:
             // one `OR` would make SQLite scan the eval's units on every claim.
@@ -513,15 +879,14 @@ impl Store for SqliteStore {
                 }
                 let until = now + lease_ms;
                 let row = |r: &rusqlite::Row| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?));
-                let got = if expired {
-                    tx.prepare_cached(CLAIM_EXPIRED_SQLITE)?
-                        .query_map(rusqlite::params![worker, until, eval, now, want], row)?
-                        .collect::<Result<Vec<_>, _>>()?
-                } else {
-                    tx.prepare_cached(CLAIM_PENDING_SQLITE)?
-                        .query_map(rusqlite::params![worker, until, eval, want], row)?
-                        .collect::<Result<Vec<_>, _>>()?
-                };
+                let sql = claim_sqlite(expired);
+                let got = tx
+                    .prepare_cached(&sql)?
+                    .query_map(
+                        rusqlite::params![worker, until, eval, now, want, k, count, c],
+                        row,
+                    )?
+                    .collect::<Result<Vec<_>, _>>()?;
                 rows.extend(got);
             }
             Ok(rows)
@@ -603,13 +968,13 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT status, COUNT(*) FROM units WHERE eval_id = ?1 GROUP BY status")
-            .map_err(|e| self_db(&self.path, e))?;
+            .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
         let rows = stmt
             .query_map([eval], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self_db(&self.path, e))?;
+            .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
         Ok(counts_from(rows))
     }
 
@@ -624,7 +989,7 @@ impl Store for SqliteStore {
                     r.get(4)?,
                 ))
             })
-            .map_err(|e| self_db(&self.path, e))
+            .map_err(|e| sqlite_error(&self.path, e, self.busy))
     }
 
     fn evals(&mut self) -> Result<Vec<EvalListing>, StoreError> {
@@ -639,7 +1004,7 @@ impl Store for SqliteStore {
                  FROM evals e LEFT JOIN units u ON u.eval_id = e.id
                  GROUP BY e.id ORDER BY e.created_at",
             )
-            .map_err(|e| self_db(&self.path, e))?;
+            .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
         let rows = stmt
             .query_map([], |r| {
                 let meta: String = r.get(4)?;
@@ -656,7 +1021,7 @@ impl Store for SqliteStore {
                 })
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self_db(&self.path, e))?;
+            .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
         Ok(rows)
     }
 
@@ -665,10 +1030,10 @@ impl Store for SqliteStore {
             let mut stmt = self
                 .conn
                 .prepare("SELECT id, name FROM evals")
-                .map_err(|e| self_db(&self.path, e))?;
+                .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| self_db(&self.path, e))?
+                .map_err(|e| sqlite_error(&self.path, e, self.busy))?
         };
         let id = resolve_id(&self.path, id, ids)?;
         let (id, name, workflow, created_at, meta) = self
@@ -686,7 +1051,7 @@ impl Store for SqliteStore {
                     ))
                 },
             )
-            .map_err(|e| self_db(&self.path, e))?;
+            .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
         Ok(EvalRecord {
             id,
             name,
@@ -717,10 +1082,10 @@ impl Store for SqliteStore {
             let mut stmt = self
                 .conn
                 .prepare("SELECT value FROM records WHERE kind = ?1 AND key = ?2 ORDER BY seq")
-                .map_err(|e| self_db(&self.path, e))?;
+                .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
             stmt.query_map([kind, key], |r| r.get(0))
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| self_db(&self.path, e))?
+                .map_err(|e| sqlite_error(&self.path, e, self.busy))?
         };
         rows.iter()
             .map(|v| serde_json::from_str(v).map_err(|e| corrupt(&self.path, e)))
@@ -731,17 +1096,17 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare("SELECT DISTINCT key FROM records WHERE kind = ?1 ORDER BY key")
-            .map_err(|e| self_db(&self.path, e))?;
+            .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
         stmt.query_map([kind], |r| r.get(0))
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self_db(&self.path, e))
+            .map_err(|e| sqlite_error(&self.path, e, self.busy))
     }
 
     fn units(&mut self, eval: &str, full: bool) -> Result<Vec<UnitRecord>, StoreError> {
         let mut stmt = self
             .conn
             .prepare(if full { UNITS_WITH_EVENTS } else { UNITS })
-            .map_err(|e| self_db(&self.path, e))?;
+            .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
         let rows = stmt
             .query_map([eval], |r| {
                 Ok((
@@ -754,7 +1119,7 @@ impl Store for SqliteStore {
                 ))
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self_db(&self.path, e))?;
+            .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
         rows.into_iter()
             .map(|(item, epoch, status, result, summary, events)| {
                 unit_record(
@@ -771,12 +1136,31 @@ impl Store for SqliteStore {
     }
 }
 
-const CLAIM_PENDING_SQLITE: &str = "UPDATE units SET status = 'claimed', worker = ?1, lease_until = ?2, attempts = attempts + 1
-    WHERE rowid IN (SELECT rowid FROM units WHERE eval_id = ?3 AND status = 'pending' ORDER BY seq LIMIT ?4)
-    RETURNING item, epoch";
-const CLAIM_EXPIRED_SQLITE: &str = "UPDATE units SET status = 'claimed', worker = ?1, lease_until = ?2, attempts = attempts + 1
-    WHERE rowid IN (SELECT rowid FROM units WHERE eval_id = ?3 AND status = 'claimed' AND lease_until < ?4 ORDER BY seq LIMIT ?5)
-    RETURNING item, epoch";
+/// Claims pending units, or (`expired`) units whose lease ended, of one
+/// shard. Parameters: worker, lease end, eval, now, how many, then the
+/// [`shard_params`].
+fn claim_sqlite(expired: bool) -> String {
+    let which = if expired {
+        "status = 'claimed' AND lease_until < ?4"
+    } else {
+        "status = 'pending'"
+    };
+    format!(
+        "UPDATE units SET status = 'claimed', worker = ?1, lease_until = ?2, attempts = attempts + 1
+    WHERE rowid IN (SELECT rowid FROM units WHERE eval_id = ?3 AND {which} AND (?7 = 1 OR {})
+                    ORDER BY seq LIMIT ?5)
+    RETURNING item, epoch",
+        shard_filter("?6", "?7", "?8")
+    )
+}
+
+/// What an archived eval's name gets (`--fresh`).
+pub(crate) const ARCHIVED_SUFFIX: &str = " (replaced)";
+
+/// The id an eval moves to when `--fresh` starts it over.
+pub(crate) fn archived_id(id: &str, now_ms: i64) -> String {
+    format!("{id}-replaced-{now_ms}")
+}
 
 pub(crate) const UNITS: &str = "SELECT item, epoch, status, result, CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM units WHERE eval_id = $1 ORDER BY seq";
 pub(crate) const UNITS_WITH_EVENTS: &str = "SELECT item, epoch, status, result, summary, events FROM units WHERE eval_id = $1 ORDER BY seq";

@@ -28,5 +28,6 @@ mod openai;
 mod otel;
 mod real_server;
 mod sandbox;
+mod store;
 mod support;
 mod validate;
