@@ -73,4 +73,4 @@ m = json.load(sys.stdin)["metrics"]
 print("%-10s correct calls %s, mean score %.3f, tokens/item %.0f" % (sys.argv[1],
       "-" if m["accuracy"] is None else "%.1f%%" % (100 * m["accuracy"]), m["mean_score"] or 0, m["tokens"]["mean"]))' "$docs"
 done
-"$bin" compare "${ids[0]}" "${ids[1]}" --store "$store"
+"$bin" compare "${ids[0]}" "${ids[1]}" --store "$store" --pair-by id

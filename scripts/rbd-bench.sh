@@ -39,7 +39,7 @@ for bias in verbosity position bandwagon sentiment; do
     b=$(run "$bias" "$loop")
     ua=$(printf '%s' "$u" | field 'v["eval"]')
     ba=$(printf '%s' "$b" | field 'v["eval"]')
-    cons=$("$bin" compare "$ua" "$ba" --store "$store" --json | field "$pct(v['comparison']['consistency'])")
+    cons=$("$bin" compare "$ua" "$ba" --store "$store" --pair-by id --json | field "$pct(v['comparison']['consistency'])")
     acc_u=$(printf '%s' "$u" | field "$pct(v['metrics']['accuracy'])")
     acc_b=$(printf '%s' "$b" | field "$pct(v['metrics']['accuracy'])")
     ins=$(printf '%s' "$b" | field "(lambda i: '-' if not i else '%d/%d' % (i['kept'], i['revisions']))(v['metrics'].get('insistency'))")

@@ -54,6 +54,7 @@ pub enum Command {
     Run(RunArgs),
     /// Check workflow files; exit 2 if any is invalid.
     Validate {
+        /// The workflow files to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// `human` (rustc-style, on stderr) or `json` (one array on stdout:
@@ -63,7 +64,9 @@ pub enum Command {
     },
     /// Print a workflow's graph.
     Graph {
+        /// The workflow to draw.
         file: PathBuf,
+        /// Mermaid (for Markdown) or DOT (for Graphviz).
         #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
         format: GraphFormat,
     },
@@ -72,6 +75,7 @@ pub enum Command {
     /// Write a ready-to-edit copy of a shipped method (workflow, prompts,
     /// scripted replies, tools) into a directory; without METHOD, list them.
     New {
+        /// The method to copy (`redraft new` lists them).
         method: Option<String>,
         /// Where to write it.
         #[arg(long, default_value = ".")]
@@ -112,6 +116,7 @@ pub enum GraphFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// The workflow to run.
     pub file: PathBuf,
     /// An input value, `NAME=VALUE` (parsed by the input's declared type).
     #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
@@ -468,9 +473,10 @@ fn engine_with_models(
     for m in models {
         let (name, spec) = m
             .split_once('=')
-            .with_context(|| format!("--model {m:?}: expected NAME=SPEC"))?;
+            .with_context(|| format!("--model {:?}: expected NAME=SPEC", crate::redact::text(m)))?;
         if wf.model_index(name).is_none() {
             let known: Vec<&str> = wf.models.iter().map(|m| m.name.as_str()).collect();
+            let name = crate::redact::text(name);
             bail!(
                 "--model {name}: the workflow has no model `{name}` (models: {})",
                 known.join(", ")
@@ -524,7 +530,9 @@ fn stop_signals() -> tokio::sync::mpsc::UnboundedReceiver<i32> {
             (SignalKind::terminate(), libc::SIGTERM),
             (SignalKind::hangup(), libc::SIGHUP),
         ] {
-            let Ok(mut stream) = signal(kind) else { continue };
+            let Ok(mut stream) = signal(kind) else {
+                continue;
+            };
             let tx = tx.clone();
             tokio::spawn(async move {
                 while stream.recv().await.is_some() {

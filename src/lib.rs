@@ -59,11 +59,11 @@ pub mod extract;
 pub mod graph;
 pub mod layer;
 pub mod methods;
-pub mod redact;
 pub mod metrics;
 pub mod modeljson;
 #[cfg(feature = "otel")]
 pub mod otel;
+pub mod redact;
 pub mod review;
 pub mod sandbox;
 pub mod similarity;

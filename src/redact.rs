@@ -22,7 +22,15 @@ pub const MASK: &str = "***";
 
 /// Query parameter names (lowercased substrings) whose values are secrets.
 const SECRET_PARAMS: &[&str] = &[
-    "pass", "pwd", "key", "token", "secret", "sig", "auth", "credential", "session",
+    "pass",
+    "pwd",
+    "key",
+    "token",
+    "secret",
+    "sig",
+    "auth",
+    "credential",
+    "session",
 ];
 
 /// Every URL in `s` with its secrets masked.
@@ -134,7 +142,10 @@ mod tests {
                 "postgresql://u:***@h/db?sslmode=require&password=***",
             ),
             ("postgres://u@h/db", "postgres://u@h/db"),
-            ("postgres://h/db?connect_timeout=5", "postgres://h/db?connect_timeout=5"),
+            (
+                "postgres://h/db?connect_timeout=5",
+                "postgres://h/db?connect_timeout=5",
+            ),
             (
                 "https://api.x/v1?api_key=K&model=m#frag",
                 "https://api.x/v1?api_key=***&model=m#frag",

@@ -444,11 +444,17 @@ pub struct BackendError {
 }
 
 impl BackendError {
+    /// A backend's error. A URL in the backend's name or the message (a
+    /// spec's endpoint) has its password and keys masked.
     pub fn new(backend: &str, kind: ErrorKind, message: impl Into<String>) -> Self {
+        let message = message.into();
         BackendError {
-            backend: backend.to_string(),
+            backend: crate::redact::text(backend).into_owned(),
             kind,
-            message: message.into(),
+            message: match crate::redact::text(&message) {
+                std::borrow::Cow::Borrowed(_) => message,
+                std::borrow::Cow::Owned(masked) => masked,
+            },
             retry_after: None,
             usage: None,
             source: None,

@@ -21,7 +21,11 @@ pub enum ModelSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("model spec `{spec}`: {reason}")]
+#[error(
+    "model spec `{}`: {}",
+    crate::redact::text(spec),
+    crate::redact::text(reason)
+)]
 pub struct SpecError {
     pub spec: String,
     pub reason: String,

@@ -35,10 +35,13 @@ pub struct CalibrateArgs {
     /// The model that proposes prompts (default: the model being calibrated).
     #[arg(long, value_name = "SPEC")]
     pub reflect: Option<String>,
+    /// Populations of prompts evolved apart (exchanging their best now and then).
     #[arg(long, default_value_t = 2)]
     pub islands: usize,
+    /// Items a proposal is first tried on before it is scored on all.
     #[arg(long, default_value_t = 3)]
     pub minibatch: usize,
+    /// Generations of proposals per island.
     #[arg(long, default_value_t = 4)]
     pub generations: u32,
     /// Exchange the islands' best every N generations (0: never).
@@ -50,8 +53,10 @@ pub struct CalibrateArgs {
     /// Stop once this many tokens are spent (task model and reflection).
     #[arg(long)]
     pub max_tokens: Option<u64>,
+    /// Stop once this many model calls are made (task model and reflection).
     #[arg(long)]
     pub max_calls: Option<u64>,
+    /// Seed of the search's choices (parents, minibatches).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Append the placeholders a proposal lost instead of rejecting it
@@ -77,7 +82,7 @@ pub fn calibrate_command(args: CalibrateArgs) -> u8 {
     };
     let reflect = args.reflect.clone().unwrap_or_else(|| model.clone());
     if let Err(e) = crate::backend::ModelSpec::parse(&reflect) {
-        eprintln!("error: --reflect {reflect}: {e}");
+        eprintln!("error: --reflect {}: {e}", crate::redact::text(&reflect));
         return EXIT_INVALID;
     }
     let opts = CalibrateOptions {
@@ -341,22 +346,31 @@ pub struct MigrateArgs {
     /// Check settings as for `redraft eval` (`--config`, `--map`, ...).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Feed a workflow input from a row field of the check data: INPUT=FIELD.
     #[arg(long = "map", value_name = "INPUT=FIELD")]
     pub map: Vec<String>,
+    /// The row field holding the reference answer.
     #[arg(long)]
     pub answer: Option<String>,
+    /// How the check scores answers (as `redraft eval --scorer`).
     #[arg(long)]
     pub scorer: Option<String>,
+    /// For `numeric`: a regex whose first group (or match) is the answer.
     #[arg(long, value_name = "REGEX")]
     pub extract: Option<String>,
+    /// Isolation of the code scorer: bubblewrap (default) or none.
     #[arg(long, value_name = "bubblewrap|none")]
     pub sandbox: Option<String>,
+    /// Check at most this many items.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Shuffle the check items with this seed (before --limit).
     #[arg(long, value_name = "SEED")]
     pub shuffle: Option<u64>,
+    /// Only these check item ids, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub ids: Vec<String>,
+    /// Check items in flight at once.
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Exit 1 when the migrated prompts' negative flip rate against the source is above this.
@@ -370,8 +384,10 @@ pub struct MigrateArgs {
     /// replies, no model run (a request that was not recorded fails).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["from", "to", "mapping", "writer", "record"])]
     pub replay: Option<PathBuf>,
+    /// Print what was migrated (and the check) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// No progress on stderr.
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -389,7 +405,7 @@ pub fn migrate_command(args: MigrateArgs) -> u8 {
     }
     for spec in [&args.from, &args.to, &args.writer].into_iter().flatten() {
         if let Err(e) = crate::backend::ModelSpec::parse(spec) {
-            eprintln!("error: model {spec}: {e}");
+            eprintln!("error: model {}: {e}", crate::redact::text(spec));
             return EXIT_INVALID;
         }
     }

@@ -78,16 +78,18 @@ impl StoreTimeouts {
 impl StoreArgs {
     /// Opens the store for reading and writing.
     pub fn open(&self) -> anyhow::Result<Box<dyn Store>> {
-        Ok(store::open_with(&self.store, &self.timeouts.options(store::Access::ReadWrite)?)?)
+        Ok(store::open_with(
+            &self.store,
+            &self.timeouts.options(store::Access::ReadWrite)?,
+        )?)
     }
 
     /// The store, as a `--store` flag someone may copy into a command:
     /// empty when it came from REDRAFT_STORE (the next command reads it
     /// too), else without its password.
     pub fn flag(&self) -> String {
-        if std::env::var("REDRAFT_STORE").is_ok_and(|v| v == self.store) {
-            String::new()
-        } else if self.store == DEFAULT_STORE {
+        let from_env = std::env::var("REDRAFT_STORE").is_ok_and(|v| v == self.store);
+        if from_env || self.store == DEFAULT_STORE {
             String::new()
         } else {
             format!(" --store {}", crate::redact::without_password(&self.store))
@@ -102,6 +104,7 @@ impl StoreArgs {
 4 more failed units than --max-errors, all failed, or a store failure, 130 interrupted. Run the same command again to continue."
 )]
 pub struct EvalArgs {
+    /// The workflow to run on every item.
     pub workflow: PathBuf,
     /// A .jsonl, .json or .csv file (optionally .gz), or a built-in data set:
     /// humaneval, gsm8k, mtbench, tooltalk (optionally NAME:PATH).

@@ -105,7 +105,10 @@ pub enum RunError {
         "model `{name}` has no spec: supply one (`--model {name}=SPEC`, or `Engine::with_model` / `with_model_spec`)"
     )]
     NoSpec { name: String },
-    #[error("the workflow has no model `{name}` to override (models: {known})")]
+    #[error(
+        "the workflow has no model `{}` to override (models: {known})",
+        crate::redact::text(name)
+    )]
     UnknownModel { name: String, known: String },
 }
 

@@ -68,7 +68,11 @@ pub fn items(items: &[Item]) -> String {
 /// One item's content (inputs and answer), for pairing items of two evals
 /// that share an id only when they are the same question.
 pub fn item(item: &Item) -> u64 {
-    fnv1a(serde_json::json!([item.inputs, item.answer]).to_string().as_bytes())
+    fnv1a(
+        serde_json::json!([item.inputs, item.answer])
+            .to_string()
+            .as_bytes(),
+    )
 }
 
 /// The files a workflow reads besides its own text and prompts, by role:
@@ -76,7 +80,10 @@ pub fn item(item: &Item) -> u64 {
 /// (literal arguments that name a file beside the workflow), and the
 /// files of its models (`scripted:`, `replay:` and `llama:` paths), each
 /// resolved as the engine resolves it. `models` are the specs as run.
-pub fn workflow_files(wf: &Workflow, models: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+pub fn workflow_files(
+    wf: &Workflow,
+    models: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let dir = wf.path().and_then(Path::parent).unwrap_or(Path::new(""));
     let mut out = BTreeMap::new();
     for n in wf.nodes() {
@@ -94,7 +101,10 @@ pub fn workflow_files(wf: &Workflow, models: &BTreeMap<String, String>) -> BTree
             NodeKind::Execute(e) => e.command.iter().collect(),
             _ => Vec::new(),
         };
-        for arg in program.into_iter().filter(|a| !a.contains("{{") && !a.contains('{')) {
+        for arg in program
+            .into_iter()
+            .filter(|a| !a.contains("{{") && !a.contains('{'))
+        {
             let p = dir.join(arg);
             if p.is_file() {
                 out.insert(format!("program:{}:{arg}", n.id), file(&p));

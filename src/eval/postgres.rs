@@ -25,8 +25,8 @@ use tokio_postgres::{Client, NoTls};
 use super::store::{
     ARCHIVED_SUFFIX, Access, Counts, EvalListing, EvalRecord, Identity, SCHEMA_VERSION, SPENT,
     Store, StoreError, StoreOptions, UNITS, UNITS_WITH_EVENTS, Unit, UnitRecord, WorkerId,
-    archived_id, corrupt, counts_from, encode, models_of, now_ms, resolve_id, schema,
-    shard_filter, shard_hash, shard_params, totals_from, unit_record,
+    archived_id, corrupt, counts_from, encode, models_of, now_ms, resolve_id, schema, shard_filter,
+    shard_hash, shard_params, totals_from, unit_record,
 };
 use super::{ItemResult, Totals};
 
@@ -105,9 +105,10 @@ impl PgStore {
             store: location.clone(),
             message: m,
         };
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| db(format!("not a PostgreSQL URL: {}", describe(&e))))?;
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| {
+                db(format!("not a PostgreSQL URL: {}", describe(&e)))
+            })?;
         complete_config(&mut config, |k| std::env::var(k).ok());
         let connect_timeout = opts
             .connect_timeout
@@ -117,9 +118,8 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| db(format!("cannot start the store's runtime: {e}")))?;
-        let connected = runtime.block_on(async {
-            tokio::time::timeout(connect_timeout, config.connect(NoTls)).await
-        });
+        let connected = runtime
+            .block_on(async { tokio::time::timeout(connect_timeout, config.connect(NoTls)).await });
         let (client, connection) = match connected {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => return Err(db(format!("cannot connect: {}", describe(&e)))),
@@ -229,7 +229,10 @@ impl Drop for PgStore {
 /// usually shared: other tables beside redraft's are no reason to refuse
 /// it, but one of redraft's table names without `redraft_meta` is someone
 /// else's table.
-async fn pg_identity(c: &impl tokio_postgres::GenericClient, t: Duration) -> Result<Identity, Fail> {
+async fn pg_identity(
+    c: &impl tokio_postgres::GenericClient,
+    t: Duration,
+) -> Result<Identity, Fail> {
     let tables: Vec<String> = timed(
         t,
         c.query(
@@ -262,9 +265,17 @@ async fn pg_identity(c: &impl tokio_postgres::GenericClient, t: Duration) -> Res
     Ok(Identity::of(tables, versions))
 }
 
-async fn pg_upgrade(tx: &tokio_postgres::Transaction<'_>, from: i64, t: Duration) -> Result<(), Fail> {
+async fn pg_upgrade(
+    tx: &tokio_postgres::Transaction<'_>,
+    from: i64,
+    t: Duration,
+) -> Result<(), Fail> {
     if from < 2 {
-        timed(t, tx.batch_execute("ALTER TABLE units ADD COLUMN IF NOT EXISTS shard_hash BIGINT")).await?;
+        timed(
+            t,
+            tx.batch_execute("ALTER TABLE units ADD COLUMN IF NOT EXISTS shard_hash BIGINT"),
+        )
+        .await?;
         let ids: Vec<String> = timed(t, tx.query("SELECT DISTINCT item_id FROM units", &[]))
             .await?
             .iter()
@@ -297,7 +308,10 @@ async fn pg_upgrade(tx: &tokio_postgres::Transaction<'_>, from: i64, t: Duration
 /// the password file) when the URL has none.
 fn complete_config(config: &mut tokio_postgres::Config, env: impl Fn(&str) -> Option<String>) {
     if config.get_user().is_none() {
-        if let Some(user) = env("PGUSER").or_else(|| env("USER")).or_else(|| env("LOGNAME")) {
+        if let Some(user) = env("PGUSER")
+            .or_else(|| env("USER"))
+            .or_else(|| env("LOGNAME"))
+        {
             config.user(user);
         }
     }
@@ -318,7 +332,12 @@ fn complete_config(config: &mut tokio_postgres::Config, env: impl Fn(&str) -> Op
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => "localhost".to_string(),
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
     let user = config.get_user().unwrap_or_default().to_string();
     let dbname = config.get_dbname().unwrap_or(&user).to_string();
     if let Some(pw) = pgpass_lookup(&text, &host, &port, &dbname, &user) {
@@ -395,7 +414,11 @@ impl Store for PgStore {
         self.run(async |c: &mut Client, t| {
             let tx = timed(t, c.transaction()).await?;
             // One writer of `seq` per eval at a time.
-            timed(t, tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&eval])).await?;
+            timed(
+                t,
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&eval]),
+            )
+            .await?;
             let base: i64 = timed(
                 t,
                 tx.query_one(
@@ -440,7 +463,10 @@ impl Store for PgStore {
             }
             timed(
                 t,
-                tx.execute("UPDATE units SET eval_id = $2 WHERE eval_id = $1", &[&id, &to]),
+                tx.execute(
+                    "UPDATE units SET eval_id = $2 WHERE eval_id = $1",
+                    &[&id, &to],
+                ),
             )
             .await?;
             timed(t, tx.commit()).await?;
@@ -515,7 +541,17 @@ impl Store for PgStore {
                     t,
                     c.query(
                         &sql,
-                        &[&worker, &(now + lease_ms), &eval, &now, &want, &status, &k, &count, &c_param],
+                        &[
+                            &worker,
+                            &(now + lease_ms),
+                            &eval,
+                            &now,
+                            &want,
+                            &status,
+                            &k,
+                            &count,
+                            &c_param,
+                        ],
                     ),
                 )
                 .await?;
@@ -639,7 +675,13 @@ impl Store for PgStore {
     fn spent(&mut self, eval: &str) -> Result<Totals, StoreError> {
         self.run(async |c: &mut Client, t| {
             let r = timed(t, c.query_one(SPENT, &[&eval])).await?;
-            Ok(totals_from(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            Ok(totals_from(
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+            ))
         })
     }
 
@@ -777,7 +819,11 @@ impl Store for PgStore {
 
     fn units(&mut self, eval: &str, full: bool) -> Result<Vec<UnitRecord>, StoreError> {
         let rows = self.run(async |c: &mut Client, t| {
-            Ok(timed(t, c.query(if full { UNITS_WITH_EVENTS } else { UNITS }, &[&eval])).await?)
+            Ok(timed(
+                t,
+                c.query(if full { UNITS_WITH_EVENTS } else { UNITS }, &[&eval]),
+            )
+            .await?)
         })?;
         rows.into_iter()
             .map(|r| {

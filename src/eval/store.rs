@@ -331,7 +331,9 @@ pub fn open_with(location: &str, opts: &StoreOptions) -> Result<Box<dyn Store>, 
         #[cfg(feature = "postgres")]
         return Ok(Box::new(super::postgres::PgStore::connect(location, opts)?));
         #[cfg(not(feature = "postgres"))]
-        return Err(StoreError::NoPostgres(crate::redact::url(location).into_owned()));
+        return Err(StoreError::NoPostgres(
+            crate::redact::url(location).into_owned(),
+        ));
     }
     Ok(Box::new(SqliteStore::open_with(Path::new(location), opts)?))
 }
@@ -675,7 +677,8 @@ impl SqliteStore {
         // WAL with synchronous=NORMAL: a committed transaction survives the
         // process being killed (not a power cut), at a fraction of FULL's cost.
         sqlite_wal(&conn, std::time::Instant::now() + busy).map_err(db)?;
-        conn.execute_batch("PRAGMA synchronous=NORMAL").map_err(db)?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL")
+            .map_err(db)?;
         // Create or upgrade in one transaction that holds the write lock,
         // looking again inside it: another process may have been first.
         let tx = conn
@@ -715,7 +718,8 @@ impl SqliteStore {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
         let out = f(&tx).map_err(|e| sqlite_error(&self.path, e, self.busy))?;
-        tx.commit().map_err(|e| sqlite_error(&self.path, e, self.busy))?;
+        tx.commit()
+            .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
         Ok(out)
     }
 }
@@ -753,8 +757,6 @@ impl Drop for SqliteStore {
         }
     }
 }
-
-
 
 impl Store for SqliteStore {
     fn location(&self) -> String {

@@ -529,7 +529,12 @@ fn every_command_in_the_readme_works() {
         );
     }
     for command in &commands {
-        let evals = ["redraft eval ", "redraft runs", "redraft compare ", "redraft report "];
+        let evals = [
+            "redraft eval ",
+            "redraft runs",
+            "redraft compare ",
+            "redraft report ",
+        ];
         if !missing.is_empty() && evals.iter().any(|e| command.starts_with(e)) {
             continue;
         }
@@ -556,7 +561,14 @@ fn missing_data_sets(commands: &[String]) -> Vec<&'static str> {
     use redraft::eval::data::{Builtin, python_package_dir};
     let mut missing: Vec<&'static str> = commands
         .iter()
-        .flat_map(|c| c.split_whitespace().collect::<Vec<_>>().windows(2).filter(|w| w[0] == "--data").map(|w| w[1].to_string()).collect::<Vec<_>>())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .filter(|w| w[0] == "--data")
+                .map(|w| w[1].to_string())
+                .collect::<Vec<_>>()
+        })
         .filter_map(|d| match Builtin::of_source(&d) {
             Some((b, None)) => Some(b),
             _ => None,
@@ -716,7 +728,8 @@ fn every_flag_of_every_command_has_its_own_help() {
             if help.trim().is_empty() {
                 missing.push(format!(
                     "{path} {}",
-                    arg.get_long().map_or(id.to_uppercase(), |l| format!("--{l}"))
+                    arg.get_long()
+                        .map_or(id.to_uppercase(), |l| format!("--{l}"))
                 ));
             }
         }

@@ -125,7 +125,10 @@ fn refused_untouched(store: &Path, says: &str) {
     for (what, o) in [
         ("eval", arith(s, &["-q"])),
         ("runs", redraft(&["runs", "--store", s])),
-        ("report", redraft(&["report", "x", "--store", s, "-o", "/dev/null"])),
+        (
+            "report",
+            redraft(&["report", "x", "--store", s, "-o", "/dev/null"]),
+        ),
         ("compare", redraft(&["compare", "x", "y", "--store", s])),
     ] {
         assert_eq!(o.status.code(), Some(2), "{what}: {}", text(&o));
@@ -135,7 +138,11 @@ fn refused_untouched(store: &Path, says: &str) {
             "{what} names the store: {}",
             text(&o)
         );
-        assert!(snapshot(store) == before, "{what} changed {}", store.display());
+        assert!(
+            snapshot(store) == before,
+            "{what} changed {}",
+            store.display()
+        );
     }
 }
 
@@ -152,7 +159,11 @@ fn read_only_commands_never_create_a_store() {
     ] {
         let o = redraft(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
-        assert!(stderr(&o).contains("does not exist"), "{args:?}: {}", text(&o));
+        assert!(
+            stderr(&o).contains("does not exist"),
+            "{args:?}: {}",
+            text(&o)
+        );
         assert!(!dir.join("nowhere").exists(), "{args:?} created the folder");
     }
     // An empty file is no store either, and stays empty.
@@ -332,13 +343,16 @@ fn a_lock_held_past_the_store_timeout_fails_the_eval_with_a_message() {
     c.execute_batch("ROLLBACK").unwrap();
 }
 
-/// Every character of the secret, anywhere in `haystack`?
+/// Fails, showing where, when `secret` is anywhere in `haystack`.
 fn assert_hidden(secret: &str, haystack: &str, what: &str) {
-    assert!(
-        !haystack.contains(secret),
-        "the secret {secret:?} is in {what}:\n{}",
-        &haystack[haystack.find(secret).unwrap().saturating_sub(200)..]
-    );
+    if let Some(at) = haystack.find(secret) {
+        let from = haystack.floor_char_boundary(at.saturating_sub(300));
+        let to = haystack.floor_char_boundary(at + secret.len() + 100);
+        panic!(
+            "the secret {secret:?} is in {what}:\n…{}…",
+            &haystack[from..to]
+        );
+    }
 }
 
 /// Every stored column of every eval and unit in a SQLite store, as text.
@@ -352,7 +366,9 @@ fn sqlite_dump(path: &Path) -> String {
             .query_map([], |r| {
                 Ok((0..n)
                     .map(|i| match r.get_ref(i).unwrap() {
-                        rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                        rusqlite::types::ValueRef::Text(t) => {
+                            String::from_utf8_lossy(t).into_owned()
+                        }
                         v => format!("{v:?}"),
                     })
                     .collect::<Vec<_>>()
@@ -373,7 +389,13 @@ async fn no_endpoint_secret_reaches_any_output_log_or_record() {
     let dir = temp_dir("endpoint-secret");
     let store = dir.join("r.db");
     let (password, key) = ("pw-Endpoint-7c1e", "key-Query-93ab");
-    let port = server.url.rsplit(':').next().unwrap().trim_end_matches("/v1").to_string();
+    let port = server
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/v1")
+        .to_string();
     let spec = format!("solver=openai:m@http://user:{password}@127.0.0.1:{port}/v1?api_key={key}");
     let store_s = store.to_str().unwrap().to_string();
     let report = dir.join("report.html");
@@ -385,7 +407,13 @@ async fn no_endpoint_secret_reaches_any_output_log_or_record() {
         let eval = redraft(&args);
         let runs = redraft(&["runs", "--store", &store_s]);
         let listing = redraft(&["runs", "--store", &store_s, "--json"]);
-        let rep = redraft(&["report", "--store", &store_s, "-o", report2.to_str().unwrap()]);
+        let rep = redraft(&[
+            "report",
+            "--store",
+            &store_s,
+            "-o",
+            report2.to_str().unwrap(),
+        ]);
         let run = redraft(&[
             "run",
             "tests/fixtures/eval/arith.yaml",
@@ -397,8 +425,30 @@ async fn no_endpoint_secret_reaches_any_output_log_or_record() {
             "--log",
             log2.to_str().unwrap(),
         ]);
-        let bad = redraft(&["run", "tests/fixtures/eval/arith.yaml", "--model", &format!("{spec2}x y")]);
-        [eval, runs, listing, rep, run, bad]
+        // A spec that does not parse, and one that names no model: errors.
+        let bad_spec = spec2.replace("openai:m@", "openai:@");
+        let bad = redraft(&[
+            "run",
+            "tests/fixtures/eval/arith.yaml",
+            "--model",
+            &bad_spec,
+        ]);
+        let no_name = redraft(&[
+            "run",
+            "tests/fixtures/eval/arith.yaml",
+            "--model",
+            &spec2.replace("solver=", ""),
+        ]);
+        let unknown = redraft(&[
+            "run",
+            "tests/fixtures/eval/arith.yaml",
+            "--model",
+            &spec2.replace("solver=", "nobody="),
+        ]);
+        for o in [&bad, &no_name, &unknown] {
+            assert_eq!(o.status.code(), Some(2), "{}", text(o));
+        }
+        [eval, runs, listing, rep, run, bad, no_name, unknown]
     })
     .await
     .unwrap();
@@ -437,7 +487,14 @@ fn pg_commands(url: &str, env: &[(&str, &str)], dir: &Path, data: &str) -> Strin
         run(&["runs", "--store", url]),
         run(&["runs", "--store", url, "--json"]),
         run(&["compare", &id, &id, "--store", url, "--max-nfr", "0"]),
-        run(&["report", &id, "--store", url, "-o", report.to_str().unwrap()]),
+        run(&[
+            "report",
+            &id,
+            "--store",
+            url,
+            "-o",
+            report.to_str().unwrap(),
+        ]),
         // The store in the variable: nothing on the command line.
         {
             let mut c = bin();
@@ -511,7 +568,12 @@ fn no_store_password_reaches_any_output_or_record() {
     // And from a password file.
     let pgpass = dir.join("pgpass");
     std::fs::write(&pgpass, format!("*:*:*:*:{pw}\n")).unwrap();
-    let all = pg_commands(&bare, &[("PGPASSFILE", pgpass.to_str().unwrap())], &dir, data);
+    let all = pg_commands(
+        &bare,
+        &[("PGPASSFILE", pgpass.to_str().unwrap())],
+        &dir,
+        data,
+    );
     assert_hidden(&pw, &all, "an output with a password file");
 }
 
@@ -525,7 +587,8 @@ fn postgres_errors_say_what_the_server_said() {
     let o = redraft(&["runs", "--store", &wrong_pw]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        stderr(&o).contains("password authentication failed") && stderr(&o).contains("SQLSTATE 28P01"),
+        stderr(&o).contains("password authentication failed")
+            && stderr(&o).contains("SQLSTATE 28P01"),
         "{}",
         text(&o)
     );
@@ -533,7 +596,8 @@ fn postgres_errors_say_what_the_server_said() {
     let o = redraft(&["runs", "--store", &format!("{head}/no_such_db_9f2")]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        stderr(&o).contains("\"no_such_db_9f2\" does not exist") && stderr(&o).contains("SQLSTATE 3D000"),
+        stderr(&o).contains("\"no_such_db_9f2\" does not exist")
+            && stderr(&o).contains("SQLSTATE 3D000"),
         "{}",
         text(&o)
     );
@@ -542,7 +606,10 @@ fn postgres_errors_say_what_the_server_said() {
     let data = dir.join("nul.jsonl");
     std::fs::write(
         &data,
-        format!("{{\"id\": \"a\\u0000{}\", \"question\": \"What is 2+2?\", \"answer\": \"4\"}}\n", std::process::id()),
+        format!(
+            "{{\"id\": \"a\\u0000{}\", \"question\": \"What is 2+2?\", \"answer\": \"4\"}}\n",
+            std::process::id()
+        ),
     )
     .unwrap();
     let o = redraft(&arith_args(&url, data.to_str().unwrap()));
@@ -568,7 +635,11 @@ fn a_server_that_never_answers_times_out() {
     let o = redraft(&["runs", "--store", &url, "--store-connect-timeout", "1s"]);
     assert!(started.elapsed() < Duration::from_secs(6), "it waited");
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(stderr(&o).contains("no answer within 1s (connecting"), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("no answer within 1s (connecting"),
+        "{}",
+        text(&o)
+    );
     assert_hidden("Silent-Pw-1", &text(&o), "the timeout");
     // The URL's own connect_timeout is honoured.
     let started = Instant::now();
@@ -589,12 +660,17 @@ fn a_postgres_statement_that_waits_past_the_timeout_fails_with_a_message() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let mut tx = c.transaction().unwrap();
-    tx.batch_execute("LOCK TABLE evals IN ACCESS EXCLUSIVE MODE").unwrap();
+    tx.batch_execute("LOCK TABLE evals IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
     let started = Instant::now();
     let o = redraft(&["runs", "--store", &url, "--store-timeout", "1s"]);
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(stderr(&o).contains("no answer within 1s (a statement)"), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("no answer within 1s (a statement)"),
+        "{}",
+        text(&o)
+    );
     tx.rollback().unwrap();
 }
 
@@ -647,7 +723,11 @@ fn done_of(store: &str, name: &str) -> i64 {
 
 /// A name no other test run uses (PostgreSQL outlives test runs).
 fn unique(label: &str) -> String {
-    format!("{label}-{}-{}", std::process::id(), redraft::eval::store::now_ms())
+    format!(
+        "{label}-{}-{}",
+        std::process::id(),
+        redraft::eval::store::now_ms()
+    )
 }
 
 fn signal(child: &std::process::Child, sig: i32) {
@@ -672,17 +752,27 @@ fn sigterm_mid_eval(store: &str, dir: &Path) {
     signal(&child, libc::SIGTERM);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(143), "{}", text(&out));
-    assert!(stderr(&out).contains("terminated (SIGTERM): stopping"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("terminated (SIGTERM): stopping"),
+        "{}",
+        text(&out)
+    );
     let v = json(&out);
     assert_eq!(v["end"], "interrupted");
     let done = v["counts"]["done"].as_u64().unwrap();
     assert!((8..120).contains(&done), "{v}");
     assert_eq!(v["counts"]["claimed"], 0, "claims were released: {v}");
-    let again = slow_eval(store, &data, &["--name", &name]).output().unwrap();
+    let again = slow_eval(store, &data, &["--name", &name])
+        .output()
+        .unwrap();
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     let v2 = json(&again);
     assert_eq!(v2["counts"]["done"], 120);
-    assert_eq!(v2["ran"]["done"].as_u64().unwrap() + done, 120, "nothing ran twice");
+    assert_eq!(
+        v2["ran"]["done"].as_u64().unwrap() + done,
+        120,
+        "nothing ran twice"
+    );
 }
 
 #[test]
@@ -750,7 +840,11 @@ fn shard_check(store: &str, dir: &Path) {
         .map(|i| format!("i{i:04}"))
         .filter(|id| shard_of(id) == 1)
         .count() as u64;
-    assert_eq!(json(&one)["ran"]["done"], ones, "shard 1 ran exactly its units");
+    assert_eq!(
+        json(&one)["ran"]["done"],
+        ones,
+        "shard 1 ran exactly its units"
+    );
     let zero = slow_eval(store, &data, &["--shard", "0/2", "--name", &name])
         .output()
         .unwrap();
@@ -796,13 +890,25 @@ fn an_eval_of_nothing_fails() {
     }
     let o = arith(s, &["--limit", "0"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(stderr(&o).contains("keeps none of the 5 items (--limit 0)"), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("keeps none of the 5 items (--limit 0)"),
+        "{}",
+        text(&o)
+    );
     let o = arith(s, &["--shard", "1/40", "--ids", "a"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(stderr(&o).contains("holds none of the 1 selected items"), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("holds none of the 1 selected items"),
+        "{}",
+        text(&o)
+    );
     // Nothing was stored for any of them.
     let o = redraft(&["runs", "--store", s, "--json"]);
-    assert!(o.status.code() == Some(2) || json(&o) == serde_json::json!([]), "{}", text(&o));
+    assert!(
+        o.status.code() == Some(2) || json(&o) == serde_json::json!([]),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -818,10 +924,28 @@ fn compare_pairs_the_same_questions_and_a_gate_needs_pairs() {
     let a = redraft(&[arith_args(s, x.to_str().unwrap()), vec!["--json", "-q"]].concat());
     let b = redraft(&[arith_args(s, y.to_str().unwrap()), vec!["--json", "-q"]].concat());
     let (a, b) = (id(&a), id(&b));
-    let o = redraft(&["compare", &a, &b, "--store", s, "--json", "--max-nfr", "0.5"]);
-    assert_eq!(o.status.code(), Some(1), "a gate over nothing fails: {}", text(&o));
+    let o = redraft(&[
+        "compare",
+        &a,
+        &b,
+        "--store",
+        s,
+        "--json",
+        "--max-nfr",
+        "0.5",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a gate over nothing fails: {}",
+        text(&o)
+    );
     let c = &json(&o)["comparison"];
-    assert_eq!((c["paired"].as_u64(), c["mismatched"].as_u64()), (Some(0), Some(2)), "{c}");
+    assert_eq!(
+        (c["paired"].as_u64(), c["mismatched"].as_u64()),
+        (Some(0), Some(2)),
+        "{c}"
+    );
     assert!(stderr(&o).contains("2 unit(s) share an id"), "{}", text(&o));
     assert!(stderr(&o).contains("nothing to gate on"), "{}", text(&o));
     // Paired by id when asked (twins by design).
@@ -830,14 +954,40 @@ fn compare_pairs_the_same_questions_and_a_gate_needs_pairs() {
     assert_eq!(json(&o)["comparison"]["paired"], 2);
     // Two evals with no item in common.
     let z = dir.join("z.jsonl");
-    std::fs::write(&z, "{\"id\": \"zz\", \"question\": \"What is 9+9?\", \"answer\": \"18\"}\n").unwrap();
-    let c2 = id(&redraft(&[arith_args(s, z.to_str().unwrap()), vec!["--json", "-q"]].concat()));
+    std::fs::write(
+        &z,
+        "{\"id\": \"zz\", \"question\": \"What is 9+9?\", \"answer\": \"18\"}\n",
+    )
+    .unwrap();
+    let c2 = id(&redraft(
+        &[arith_args(s, z.to_str().unwrap()), vec!["--json", "-q"]].concat(),
+    ));
     let o = redraft(&["compare", &a, &c2, "--store", s, "--max-nfr", "0.05"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     // The same eval twice: everything pairs; the minimum is the user's.
-    let o = redraft(&["compare", &a, &a, "--store", s, "--max-nfr", "0", "--min-pairs", "3"]);
+    let o = redraft(&[
+        "compare",
+        &a,
+        &a,
+        "--store",
+        s,
+        "--max-nfr",
+        "0",
+        "--min-pairs",
+        "3",
+    ]);
     assert_eq!(o.status.code(), Some(1), "2 pairs < 3: {}", text(&o));
-    let o = redraft(&["compare", &a, &a, "--store", s, "--max-nfr", "0", "--min-pairs", "2"]);
+    let o = redraft(&[
+        "compare",
+        &a,
+        &a,
+        "--store",
+        s,
+        "--max-nfr",
+        "0",
+        "--min-pairs",
+        "2",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
@@ -902,7 +1052,10 @@ fn every_file_that_determines_results_is_part_of_the_eval_id() {
     assert_eq!(ran, 5);
     assert_eq!(eval(&[]), (first.clone(), 0), "the same command resumes");
     // A refitted calibration: another eval.
-    fit(&dir, &[(0.9, false), (0.2, true), (0.8, false), (0.7, true)]);
+    fit(
+        &dir,
+        &[(0.9, false), (0.2, true), (0.8, false), (0.7, true)],
+    );
     let (refit, ran) = eval(&[]);
     assert!(refit != first && ran == 5, "{refit} {ran}");
     // The scripted model's replies (its weights): another eval.
@@ -912,7 +1065,9 @@ fn every_file_that_determines_results_is_part_of_the_eval_id() {
     let (replied, _) = eval(&[]);
     assert!(replied != refit);
     // A data row: another eval.
-    let rows = std::fs::read_to_string(&data).unwrap().replace("3+3", "3+4");
+    let rows = std::fs::read_to_string(&data)
+        .unwrap()
+        .replace("3+3", "3+4");
     std::fs::write(&data, rows).unwrap();
     let (changed, _) = eval(&[]);
     assert!(changed != replied);
@@ -939,13 +1094,33 @@ fn report_without_an_eval_reports_the_newest() {
     let dir = temp_dir("latest");
     let store = made_store(&dir);
     let z = dir.join("z.jsonl");
-    std::fs::write(&z, "{\"id\": \"zz\", \"question\": \"What is 9+9?\", \"answer\": \"18\"}\n").unwrap();
-    let o = redraft(&[arith_args(store.to_str().unwrap(), z.to_str().unwrap()), vec!["--json", "-q", "--name", "newest"]].concat());
+    std::fs::write(
+        &z,
+        "{\"id\": \"zz\", \"question\": \"What is 9+9?\", \"answer\": \"18\"}\n",
+    )
+    .unwrap();
+    let o = redraft(
+        &[
+            arith_args(store.to_str().unwrap(), z.to_str().unwrap()),
+            vec!["--json", "-q", "--name", "newest"],
+        ]
+        .concat(),
+    );
     let newest = json(&o)["eval"].as_str().unwrap().to_string();
     let out = dir.join("report.html");
-    let o = redraft(&["report", "--store", store.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let o = redraft(&[
+        "report",
+        "--store",
+        store.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(stderr(&o).contains(&format!("the newest eval, {newest}")), "{}", text(&o));
+    assert!(
+        stderr(&o).contains(&format!("the newest eval, {newest}")),
+        "{}",
+        text(&o)
+    );
     let html = std::fs::read_to_string(&out).unwrap();
     assert!(html.contains("newest"));
 }
