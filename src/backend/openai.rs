@@ -106,7 +106,7 @@ impl std::fmt::Debug for OpenAiModel {
                 &self
                     .endpoints
                     .iter()
-                    .map(|e| e.url.as_str())
+                    .map(|e| crate::redact::url(&e.url))
                     .collect::<Vec<_>>(),
             )
             .field("secret", &self.secret)
@@ -338,7 +338,7 @@ impl OpenAiModel {
                     if !failover {
                         return Err(err);
                     }
-                    tracing::warn!(endpoint = %ep.url, error = %err, "endpoint failed; marking it unhealthy");
+                    tracing::warn!(endpoint = %crate::redact::url(&ep.url), error = %err, "endpoint failed; marking it unhealthy");
                     ep.set_down(Some(self.unhealthy_for));
                     last = Some(err);
                 }

@@ -1034,7 +1034,7 @@ pub fn runs_command(args: RunsArgs) -> u8 {
             e.failed,
             e.mean_score.map_or("–".into(), |s| format!("{s:.3}")),
             utc(e.created_at),
-            crate::redact::text(&e.models)
+            e.models
         ));
     }
     stdout(&out);

@@ -499,13 +499,14 @@ pub(crate) fn resolve_id(
     }
 }
 
-/// The models of an eval, as `redraft runs` shows them.
+/// The models of an eval, as `redraft runs` and the report show them
+/// (masked again: a record stored by an older redraft may hold a secret).
 pub(crate) fn models_of(meta: &Value) -> String {
     meta.get("models")
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+                .map(|(k, v)| format!("{k}={}", crate::redact::text(v.as_str().unwrap_or("?"))))
                 .collect::<Vec<_>>()
                 .join(" ")
         })
