@@ -115,6 +115,15 @@ impl EvalPlan {
             .collect()
     }
 
+    /// The workflow's input names, which data rows feed.
+    fn declared_inputs(&self) -> Vec<&str> {
+        self.workflow
+            .inputs()
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect()
+    }
+
     /// What determines the eval's results (hashed into its id): the
     /// workflow and prompts as run, the models, every file they read
     /// ([`digest::workflow_files`]), the data set's spec and contents, the
@@ -143,15 +152,9 @@ impl EvalPlan {
             "files".into(),
             serde_json::json!(digest::workflow_files(&self.workflow, &self.model_specs())),
         );
-        let declared: Vec<&str> = self
-            .workflow
-            .inputs()
-            .iter()
-            .map(|i| i.name.as_str())
-            .collect();
         key.insert(
             "data_contents".into(),
-            match data::load(&self.data, &declared) {
+            match data::load(&self.data, &self.declared_inputs()) {
                 Ok(items) => digest::items(&items).into(),
                 Err(e) => format!("unreadable: {e}").into(),
             },
@@ -511,13 +514,7 @@ pub fn parse_shard(spec: &str, env: impl Fn(&str) -> Option<String>) -> Result<(
 /// nothing is an error: a data set without items, or a selection that
 /// keeps none (`--limit 0`).
 pub fn load_items(plan: &EvalPlan) -> Result<Vec<Item>, EvalError> {
-    let declared: Vec<&str> = plan
-        .workflow
-        .inputs()
-        .iter()
-        .map(|i| i.name.as_str())
-        .collect();
-    let items = data::load(&plan.data, &declared)?;
+    let items = data::load(&plan.data, &plan.declared_inputs())?;
     if items.is_empty() {
         return Err(EvalError::Invalid(format!(
             "data set {}: no items (the file holds no rows); an eval of nothing measures nothing",

@@ -651,12 +651,32 @@ impl SqliteStore {
                 })?;
             }
         }
-        let flags = if writable {
-            F::SQLITE_OPEN_READ_WRITE | F::SQLITE_OPEN_CREATE
+        let mut conn = if writable {
+            rusqlite::Connection::open_with_flags(
+                path,
+                F::SQLITE_OPEN_READ_WRITE | F::SQLITE_OPEN_CREATE | F::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(db)?
         } else {
-            F::SQLITE_OPEN_READ_ONLY
-        } | F::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = rusqlite::Connection::open_with_flags(path, flags).map_err(db)?;
+            // Read-only commands never write (`query_only`), but open the
+            // file for writing where they may: then the last connection to
+            // close removes the `-wal` and `-shm` files SQLite makes beside a
+            // WAL database, where a read-only connection would leave them.
+            // A file they may not write is read read-only.
+            let conn = rusqlite::Connection::open_with_flags(
+                path,
+                F::SQLITE_OPEN_READ_WRITE | F::SQLITE_OPEN_NO_MUTEX,
+            )
+            .or_else(|_| {
+                rusqlite::Connection::open_with_flags(
+                    path,
+                    F::SQLITE_OPEN_READ_ONLY | F::SQLITE_OPEN_NO_MUTEX,
+                )
+            })
+            .map_err(db)?;
+            conn.pragma_update(None, "query_only", true).map_err(db)?;
+            conn
+        };
         conn.busy_timeout(busy).map_err(db)?;
         // Identity first, reading only: nothing is written to a file that
         // is someone else's, damaged, or newer.

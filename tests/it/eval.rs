@@ -266,7 +266,7 @@ fn finished(store: &str) -> std::collections::BTreeMap<String, (i64, i64)> {
         .unwrap()
 }
 
-fn slow_data(dir: &Path, n: usize) -> String {
+pub(crate) fn slow_data(dir: &Path, n: usize) -> String {
     let path = dir.join("items.jsonl");
     let rows: String = (0..n)
         .map(|i| {
@@ -279,7 +279,7 @@ fn slow_data(dir: &Path, n: usize) -> String {
     path.display().to_string()
 }
 
-fn slow_eval(store: &str, data: &str) -> Command {
+pub(crate) fn slow_eval(store: &str, data: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_redraft"));
     c.args([
         "eval",

@@ -317,9 +317,14 @@ fn a_clean_exit_leaves_no_write_ahead_log() {
         "a -wal file of {} bytes is left",
         std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0)
     );
-    // The store is whole without it.
+    // The store is whole without it, and reading it leaves nothing beside.
     let o = redraft(&["runs", "--store", store.to_str().unwrap(), "--json"]);
     assert_eq!(json(&o)[0]["done"], 5, "{}", text(&o));
+    let beside: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(beside, ["r.db"], "files left beside the store");
 }
 
 #[test]
@@ -674,39 +679,13 @@ fn a_postgres_statement_that_waits_past_the_timeout_fails_with_a_message() {
     tx.rollback().unwrap();
 }
 
-fn slow_data(dir: &Path, n: usize) -> String {
-    let path = dir.join("items.jsonl");
-    let tag = std::process::id();
-    let rows: String = (0..n)
-        .map(|i| {
-            format!("{{\"id\": \"i{i:04}\", \"task\": \"What is 2+2? ({tag}-{i})\", \"answer\": \"4\"}}\n")
-        })
-        .collect();
-    std::fs::write(&path, rows).unwrap();
-    path.display().to_string()
-}
-
+/// The eval tests' slow eval (a scripted model taking 25 ms a reply) with
+/// extra flags, without the store or password variables of the caller.
 fn slow_eval(store: &str, data: &str, extra: &[&str]) -> Command {
-    let mut c = bin();
-    c.args([
-        "eval",
-        "tests/fixtures/eval/slow.yaml",
-        "--data",
-        data,
-        "--answer",
-        "answer",
-        "--scorer",
-        "numeric",
-        "--concurrency",
-        "4",
-        "--store",
-        store,
-        "-q",
-        "--json",
-    ])
-    .args(extra)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut c = crate::eval::slow_eval(store, data);
+    c.args(extra)
+        .env_remove("REDRAFT_STORE")
+        .env_remove("PGPASSWORD");
     c
 }
 
@@ -738,7 +717,7 @@ fn signal(child: &std::process::Child, sig: i32) {
 /// SIGTERM mid-eval: exit 143, finished units kept, none left claimed,
 /// and the same command finishes the rest.
 fn sigterm_mid_eval(store: &str, dir: &Path) {
-    let data = slow_data(dir, 120);
+    let data = crate::eval::slow_data(dir, 120);
     let name = unique("sigterm");
     let child = slow_eval(store, &data, &["--name", &name]).spawn().unwrap();
     let start = Instant::now();
@@ -817,7 +796,7 @@ fn sigterm_and_sighup_stop_a_run_with_its_best_so_far() {
 
 /// The units each worker ran, by the worker that stored them.
 fn shard_check(store: &str, dir: &Path) {
-    let data = slow_data(dir, 60);
+    let data = crate::eval::slow_data(dir, 60);
     let name = unique("shards");
     let shard_of = |id: &str| redraft::eval::shard_of(id, 2);
     // Shard 0 is killed midway: its claims stay behind.
