@@ -1103,3 +1103,77 @@ fn report_without_an_eval_reports_the_newest() {
     let html = std::fs::read_to_string(&out).unwrap();
     assert!(html.contains("newest"));
 }
+
+#[test]
+fn sigterm_stops_a_calibration_cleanly() {
+    let dir = temp_dir("sigterm-calibrate");
+    for entry in std::fs::read_dir(fixtures().join("bridge")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::create_dir_all(dir.join("prompts")).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("bridge/prompts")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join("prompts").join(entry.file_name())).unwrap();
+    }
+    std::fs::copy(
+        fixtures().join("eval/slow.replies.yaml"),
+        dir.join("slow.replies.yaml"),
+    )
+    .unwrap();
+    let rows: String = (0..200)
+        .map(|i| {
+            format!(
+                "{{\"id\": \"q{i:03}\", \"question\": \"What is 2+2? ({i})\", \"answer\": \"4\"}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("many.jsonl"), rows).unwrap();
+    let store = dir.join("s.db");
+    let child = bin()
+        .args([
+            "calibrate",
+            dir.join("task.yaml").to_str().unwrap(),
+            "--data",
+            dir.join("many.jsonl").to_str().unwrap(),
+            "--answer",
+            "answer",
+            "--scorer",
+            "numeric",
+            "--model",
+            "solver=scripted:slow.replies.yaml",
+            "--store",
+            store.to_str().unwrap(),
+            "-q",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Scoring the seed prompt takes 200 × 25 ms: stop it midway.
+    let start = Instant::now();
+    while !store.exists() || start.elapsed() < Duration::from_millis(800) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "it never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out));
+    assert!(stderr(&out).contains("terminated (SIGTERM): stopping; what is stored stays stored"));
+    // What it finished is stored and none of its units is left claimed.
+    let c = rusqlite::Connection::open(&store).unwrap();
+    let (done, claimed): (i64, i64) = c
+        .query_row(
+            "SELECT COALESCE(SUM(status = 'done'), 0), COALESCE(SUM(status = 'claimed'), 0) FROM units",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(done > 0 && done < 200, "{done} units done");
+    assert_eq!(claimed, 0);
+}
