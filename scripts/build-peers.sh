@@ -10,7 +10,14 @@ set -euo pipefail
 CACHE="${REDRAFT_CACHE:-$HOME/.cache/redraft}"
 PKG=llama-cpp-python
 VERSION=0.3.36
-OUT="$CACHE/peers/llama.cpp-$PKG-$VERSION"
+# Native code without AMX (see .cargo/config.toml: ggml's AMX kernels crash in
+# some virtual machines); the suffix keeps builds made before apart.
+OUT="$CACHE/peers/llama.cpp-$PKG-$VERSION-noamx"
+FLAGS=()
+if [ "$(uname -m)" = x86_64 ]; then
+  NOAMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  FLAGS=("-DCMAKE_C_FLAGS=$NOAMX" "-DCMAKE_CXX_FLAGS=$NOAMX")
+fi
 if [ -x "$OUT/bin/llama-server" ] && [ -x "$OUT/bin/llama-bench" ]; then
   echo "$OUT/bin"
   exit 0
@@ -32,7 +39,8 @@ fi
 SRC="$WORK/src/vendor/llama.cpp"
 echo "build-peers: building llama-server and llama-bench (release; several minutes on 2 cores)" >&2
 cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF \
+  "${FLAGS[@]}" >&2
 cmake --build "$WORK/build" --config Release -j "$(nproc)" --target llama-server llama-bench >&2
 mkdir -p "$OUT/bin"
 cp "$WORK/build/bin/llama-server" "$WORK/build/bin/llama-bench" "$OUT/bin/"
