@@ -23,6 +23,8 @@
 //! `otel` exports traces ([`otel`], `docs/observability.md`).
 //!
 //! ## Layout
+//! - [`answer`]: reading the answer out of a text (numbers, patterns,
+//!   mentions, yes/no, JSON): one meaning for checks, votes, guards and scorers.
 //! - [`workflow`]: load and check workflow files (YAML → tree → raw → [`workflow::Workflow`]).
 //! - [`yaml`], [`diagnostic`]: the spanned YAML tree and the error reports.
 //! - [`template`]: minijinja prompts and conditions, strict and sandboxed.
@@ -42,6 +44,7 @@
 //!   (`docs/eval.md`).
 //! - [`graph`]: Mermaid and DOT renderings; `cli`: the `redraft` command.
 
+pub mod answer;
 pub mod backend;
 pub mod bridge;
 pub mod budget;

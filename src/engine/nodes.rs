@@ -28,7 +28,6 @@ use crate::event::{CallOutcome, Event, ModelCallEvent};
 /// epoch's.
 pub(crate) const SEED_STRIDE: u64 = 1_000_003;
 use crate::layer::{Retry, Timeout};
-use crate::modeljson;
 use crate::workflow::{
     Check, Continue, ModelCall, NodeKind, Order, Schema, SelectSpec, VerifySpec, VoteSpec,
 };
@@ -785,7 +784,7 @@ impl Task {
                 } => {
                     let needle = t.render(expected, &scope)?;
                     let needle = needle.trim();
-                    let ok = mentions(&target, needle, *ignore_case);
+                    let ok = crate::answer::mentions(&target, needle, *ignore_case);
                     (
                         ok as u8 as f64,
                         if ok {
@@ -829,9 +828,12 @@ impl Task {
                     tolerance,
                 } => {
                     let expected_text = t.render(expected, &scope)?;
-                    match (last_number(&target), last_number(&expected_text)) {
+                    match (
+                        crate::answer::number(&target),
+                        crate::answer::number(&expected_text),
+                    ) {
                         (Some(got), Some(want)) => {
-                            let ok = (got - want).abs() <= *tolerance;
+                            let ok = crate::answer::numbers_match(got, want, *tolerance);
                             (
                                 ok as u8 as f64,
                                 if ok {
@@ -1009,14 +1011,7 @@ impl Task {
             let answer = match &v.extract {
                 // The first group that took part in the match (patterns
                 // with alternatives), else the whole match.
-                Some(re) => re.captures(text).and_then(|c| {
-                    c.iter()
-                        .skip(1)
-                        .flatten()
-                        .next()
-                        .or_else(|| c.get(0))
-                        .map(|m| m.as_str().trim().to_string())
-                }),
+                Some(re) => crate::answer::extract(re, text).map(str::to_string),
                 None => Some(text.trim().to_string()),
             };
             let weight = match &v.weight {
@@ -1109,7 +1104,8 @@ fn object<const N: usize>(pairs: [(&str, serde_json::Value); N]) -> serde_json::
 /// Parses a reply as JSON (whole, fenced, or the outermost `{...}`/`[...]`)
 /// and validates it against the schema.
 pub(crate) fn parse_structured(text: &str, schema: &Schema) -> Result<serde_json::Value, String> {
-    let value = extract_json(text).ok_or_else(|| "the reply holds no JSON value".to_string())?;
+    let value =
+        crate::answer::json(text).ok_or_else(|| "the reply holds no JSON value".to_string())?;
     let violations = schema.violations(&value);
     if violations.is_empty() {
         Ok(value)
@@ -1119,65 +1115,6 @@ pub(crate) fn parse_structured(text: &str, schema: &Schema) -> Result<serde_json
             violations.join("; ")
         ))
     }
-}
-
-/// The JSON value in a model's reply: the whole reply, a fenced block, or
-/// the outermost `{...}` / `[...]`; LaTeX backslashes in strings repaired
-/// (`crate::modeljson`).
-fn extract_json(text: &str) -> Option<serde_json::Value> {
-    let t = text.trim();
-    if let Some(v) = modeljson::parse(t) {
-        return Some(v);
-    }
-    if let Some(start) = t.find("```") {
-        let body = &t[start + 3..];
-        let body = body.strip_prefix("json").unwrap_or(body);
-        if let Some(end) = body.find("```") {
-            if let Some(v) = modeljson::parse(body[..end].trim()) {
-                return Some(v);
-            }
-        }
-    }
-    for (open, close) in [('{', '}'), ('[', ']')] {
-        if let (Some(a), Some(b)) = (t.find(open), t.rfind(close)) {
-            if a < b {
-                if let Some(v) = modeljson::parse(&t[a..=b]) {
-                    return Some(v);
-                }
-            }
-        }
-    }
-    None
-}
-
-/// Whether `text` mentions `needle`: it appears starting at a word boundary
-/// (so "test" is in "tests" and "testing", not in "attest").
-fn mentions(text: &str, needle: &str, ignore_case: bool) -> bool {
-    if needle.is_empty() {
-        return true;
-    }
-    let (text, needle) = if ignore_case {
-        (text.to_lowercase(), needle.to_lowercase())
-    } else {
-        (text.to_string(), needle.to_string())
-    };
-    text.match_indices(&needle).any(|(i, _)| {
-        !text[..i]
-            .chars()
-            .next_back()
-            .is_some_and(char::is_alphanumeric)
-    })
-}
-
-/// The last number in a text (commas between digits ignored).
-pub(crate) fn last_number(text: &str) -> Option<f64> {
-    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let re = RE.get_or_init(|| {
-        regex::Regex::new(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?").expect("valid")
-    });
-    re.find_iter(text)
-        .last()
-        .and_then(|m| m.as_str().replace(',', "").parse().ok())
 }
 
 /// A judge's confidence in "yes": p(Yes)/(p(Yes)+p(No)) from the first
@@ -1201,30 +1138,25 @@ pub(crate) fn judge_confidence(c: &Completion) -> (f64, &'static str) {
         }
     }
     let text = choice.text.trim();
-    if let Some(v) = extract_json(text) {
+    if let Some(v) = crate::answer::json(text) {
         let verdict = v
             .get("verdict")
             .or_else(|| v.get("answer"))
             .and_then(|x| x.as_str())
-            .map(str::to_lowercase);
+            .and_then(crate::answer::yes_no);
         let confidence = v
             .get("confidence")
             .and_then(|x| x.as_f64())
             .map(|c| c.clamp(0.0, 1.0));
-        match (verdict.as_deref(), confidence) {
-            (Some("yes"), Some(c)) => return (c, "verbalized"),
-            (Some("no"), Some(c)) => return (1.0 - c, "verbalized"),
-            (Some("yes"), None) => return (1.0, "verbalized"),
-            (Some("no"), None) => return (0.0, "verbalized"),
-            _ => {}
+        match (verdict, confidence) {
+            (Some(true), Some(c)) => return (c, "verbalized"),
+            (Some(false), Some(c)) => return (1.0 - c, "verbalized"),
+            (Some(yes), None) => return (f64::from(u8::from(yes)), "verbalized"),
+            (None, _) => {}
         }
     }
-    let first = text
-        .split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or("")
-        .to_lowercase();
-    (if first == "yes" { 1.0 } else { 0.0 }, "verbalized")
+    let yes = crate::answer::yes_no(text) == Some(true);
+    (f64::from(u8::from(yes)), "verbalized")
 }
 
 #[cfg(test)]
@@ -1273,29 +1205,6 @@ mod tests {
         assert_eq!(
             judge_confidence(&completion("Nope", None)),
             (0.0, "verbalized")
-        );
-    }
-
-    #[test]
-    fn mentions_start_at_a_word() {
-        assert!(mentions("Green Tests keep watch", "test", true));
-        assert!(mentions("testing, testing", "test", true));
-        assert!(!mentions("I attest to it", "test", true));
-        assert!(!mentions("Green Tests", "test", false));
-        assert!(mentions("(test)", "test", false));
-    }
-
-    #[test]
-    fn numbers_and_json_are_found_in_prose() {
-        assert_eq!(last_number("so the total is 1,234.5 dollars"), Some(1234.5));
-        assert_eq!(last_number("none"), None);
-        assert_eq!(
-            extract_json("Sure!\n```json\n{\"a\": 1}\n```"),
-            Some(json!({"a": 1}))
-        );
-        assert_eq!(
-            extract_json("Here: {\"a\": [1]} ok"),
-            Some(json!({"a": [1]}))
         );
     }
 }

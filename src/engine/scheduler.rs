@@ -483,7 +483,7 @@ impl Run {
                         Some(
                             wf.templates
                                 .render(gold, &scope)
-                                .is_ok_and(|g| same_answer(a, &g)),
+                                .is_ok_and(|g| crate::answer::same(a, &g)),
                         )
                     }
                     (Some(_), None) => Some(false),
@@ -554,7 +554,7 @@ impl Run {
         };
         let revision = self.outputs[spec.from].clone();
         let changed = match (&current.answer, &answer) {
-            (Some(a), Some(b)) => !same_answer(a, b),
+            (Some(a), Some(b)) => !crate::answer::same(a, b),
             (Some(_), None) => true,
             _ => false,
         };
@@ -1076,25 +1076,15 @@ impl Run {
     }
 }
 
-/// The final answer in `text`: the first capture group (or the whole
-/// match) of `pattern`'s last match, trimmed; the whole text without one.
+/// The final answer in `text` by `pattern` ([`crate::answer::extract`]:
+/// its last match), empty without one; the whole trimmed text without a
+/// pattern.
 fn answer_of(pattern: Option<&regex::Regex>, text: &str) -> String {
-    let Some(re) = pattern else {
-        return text.trim().to_string();
-    };
-    re.captures_iter(text)
-        .last()
-        .and_then(|c| c.get(1).or_else(|| c.get(0)))
-        .map_or(String::new(), |m| m.as_str().trim().to_string())
-}
-
-/// Answers compare as numbers when both are numbers (commas ignored), else
-/// as trimmed text.
-fn same_answer(a: &str, b: &str) -> bool {
-    let num = |s: &str| s.trim().replace(',', "").parse::<f64>().ok();
-    match (num(a), num(b)) {
-        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
-        _ => !a.trim().is_empty() && a.trim() == b.trim(),
+    match pattern {
+        Some(re) => crate::answer::extract(re, text)
+            .unwrap_or_default()
+            .to_string(),
+        None => text.trim().to_string(),
     }
 }
 

@@ -6,7 +6,7 @@
 //! sandbox, the judge sees the task, the output and the reference answer
 //! only.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
@@ -260,32 +260,32 @@ impl Scorer {
             }
             Scorer::Normalized => {
                 let a = answer()?;
-                let ok = normalize(output) == normalize(&a);
+                let ok = crate::answer::normalize(output) == crate::answer::normalize(&a);
                 Score::pass_fail(ok, expected(ok, &a))
             }
             Scorer::Contains => {
                 let a = answer()?;
-                let ok = normalize(output).contains(&normalize(&a));
+                let ok = crate::answer::mentions(
+                    &crate::answer::normalize(output),
+                    &crate::answer::normalize(&a),
+                    false,
+                );
                 Score::pass_fail(ok, expected(ok, &a))
             }
             Scorer::Numeric { tolerance, extract } => {
                 let a = answer()?;
-                let want = last_number(&a)
+                let want = crate::answer::number(&a)
                     .ok_or_else(|| item_err(format!("the answer `{a}` holds no number")))?;
                 let got = match extract {
-                    Some(re) => re
-                        .captures_iter(output)
-                        .last()
-                        .and_then(|c| c.get(1).or_else(|| c.get(0)))
-                        .and_then(|m| last_number(m.as_str())),
-                    None => last_number(output),
+                    Some(re) => crate::answer::extract(re, output).and_then(crate::answer::number),
+                    None => crate::answer::number(output),
                 };
                 match got {
                     None => {
                         Score::pass_fail(false, format!("no number in the output; expected {want}"))
                     }
                     Some(got) => {
-                        let ok = (got - want).abs() <= *tolerance;
+                        let ok = crate::answer::numbers_match(got, want, *tolerance);
                         Score::pass_fail(
                             ok,
                             if ok {
@@ -344,38 +344,6 @@ fn expected(ok: bool, answer: &str) -> String {
     } else {
         format!("expected {answer:?}")
     }
-}
-
-/// SQuAD's answer normalisation.
-pub fn normalize(s: &str) -> String {
-    let lower = s.to_lowercase();
-    let no_punct: String = lower
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c.is_whitespace() {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect();
-    no_punct
-        .split_whitespace()
-        .filter(|w| !matches!(*w, "a" | "an" | "the"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-static NUMBER: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+").expect("valid regex"));
-
-/// The last number in a text (`1,234.5`, `-3`, `$18` → 18), for GSM8K-style
-/// answers.
-pub fn last_number(s: &str) -> Option<f64> {
-    NUMBER
-        .find_iter(s)
-        .filter_map(|m| m.as_str().replace(',', "").parse::<f64>().ok())
-        .last()
 }
 
 /// The program to test: the output's code (its fenced Python, else the
@@ -658,7 +626,7 @@ async fn judge(
     let from_output = match &summary.output {
         Some(Value::Object(o)) => o.get("score").and_then(Value::as_f64),
         Some(Value::Number(n)) => n.as_f64(),
-        _ => last_number(&text),
+        _ => crate::answer::number(&text),
     };
     let score = match (from_output, summary.verified) {
         (Some(s), _) if (0.0..=1.0).contains(&s) => s,

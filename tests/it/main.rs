@@ -8,6 +8,7 @@
 //!   best-so-far, structured output repair, failures.
 //! - `cli`: the binary's exit codes, stdout, stderr and event log.
 
+mod answers;
 mod architecture;
 mod bridge;
 mod cli;
