@@ -37,6 +37,7 @@
 //! - [`sandbox`]: running untrusted programs (bubblewrap namespaces, rlimits).
 //! - [`similarity`]: cosine, BLEU-4, lexical TF-IDF embeddings.
 //! - [`units`]: durations and sizes as workflows write them.
+//! - [`hash`]: FNV-1a, the one stable hash (ids, shards, cassette keys).
 //! - [`redact`]: passwords and keys out of URLs and command lines, before
 //!   anything is printed or stored.
 //! - [`eval`]: a workflow over a data set: loaders, scorers, the results
@@ -60,6 +61,7 @@ pub mod eval;
 pub mod event;
 pub mod extract;
 pub mod graph;
+pub mod hash;
 pub mod layer;
 pub mod methods;
 pub mod metrics;

@@ -119,7 +119,7 @@ pub fn tfidf(texts: &[String], dims: usize) -> Vec<Vec<f32>> {
             for (term, tf) in doc {
                 // Smoothed IDF (as scikit-learn's default): never zero.
                 let idf = ((1.0 + n) / (1.0 + df[term.as_str()])).ln() + 1.0;
-                let h = fnv1a(term.as_bytes());
+                let h = crate::hash::fnv1a(term.as_bytes());
                 let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
                 v[(h % dims as u64) as usize] += sign * tf * idf;
             }
@@ -129,15 +129,6 @@ pub fn tfidf(texts: &[String], dims: usize) -> Vec<Vec<f32>> {
                 .collect()
         })
         .collect()
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
 }
 
 #[cfg(test)]

@@ -47,12 +47,7 @@ impl RequestKey {
     /// FNV-1a over the canonical JSON: stable across runs and platforms.
     pub fn hash(&self) -> String {
         let json = serde_json::to_string(self).expect("serialisable");
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in json.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{h:016x}")
+        format!("{:016x}", crate::hash::fnv1a(json.as_bytes()))
     }
 }
 

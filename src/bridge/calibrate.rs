@@ -134,6 +134,39 @@ pub struct Calibration {
 }
 
 impl Calibration {
+    /// A calibration read back from a journal record (`whence` names it in
+    /// errors). A record is data from a store: one that breaks what the
+    /// search relies on (a seed candidate, no empty island, islands naming
+    /// candidates that exist) is an error, never a panic later.
+    pub fn from_record(value: serde_json::Value, whence: &str) -> Result<Calibration, BridgeError> {
+        let bad = |why: String| {
+            BridgeError::Invalid(format!(
+                "{whence}: unusable calibration journal record: {why}"
+            ))
+        };
+        let cal: Calibration = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        if cal.candidates.is_empty() {
+            return Err(bad(
+                "it holds no candidate (not even the seed prompt)".into()
+            ));
+        }
+        if let Some(i) = cal.islands.iter().position(Vec::is_empty) {
+            return Err(bad(format!("island {i} holds no candidate")));
+        }
+        if let Some(&c) = cal
+            .islands
+            .iter()
+            .flatten()
+            .find(|&&c| c >= cal.candidates.len())
+        {
+            return Err(bad(format!(
+                "an island names candidate {c}, but there are {}",
+                cal.candidates.len()
+            )));
+        }
+        Ok(cal)
+    }
+
     /// The calibrated prompt: the best mean over the items, the earliest
     /// on ties (so the seed prompt wins unless something beat it).
     pub fn best(&self) -> &Candidate {
@@ -224,7 +257,7 @@ pub async fn calibrate(
         Scorer::parse(&task.scorer, task.extract.as_deref(), task.isolation)
             .map_err(eval::EvalError::from)?,
     );
-    let task_key = eval::fnv1a(
+    let task_key = crate::hash::fnv1a(
         serde_json::json!({
             "workflow": seed_arm.plan.workflow_source,
             "prompt_file": task.prompt,
@@ -240,7 +273,7 @@ pub async fn calibrate(
     let task_key = format!("{task_key:016x}");
     let id = format!(
         "{:016x}",
-        eval::fnv1a(
+        crate::hash::fnv1a(
             serde_json::json!({
                 "task": task_key,
                 "model": model,
@@ -360,12 +393,8 @@ pub fn calibrations(
     let mut out = Vec::new();
     for key in store.record_keys(JOURNAL)? {
         if let Some(last) = store.records(JOURNAL, &key)?.pop() {
-            out.push(serde_json::from_value(last).map_err(|e| {
-                BridgeError::Invalid(format!(
-                    "calibration {key} in {}: unreadable journal record: {e}",
-                    store.location()
-                ))
-            })?);
+            let whence = format!("calibration {key} in {}", store.location());
+            out.push(Calibration::from_record(last, &whence)?);
         }
     }
     Ok(out)
@@ -742,15 +771,9 @@ impl Calibrator<'_> {
         .await
         .map_err(|e| BridgeError::Invalid(format!("the store thread failed: {e}")))??
         .pop();
-        last.map(|v| {
-            serde_json::from_value(v).map_err(|e| {
-                BridgeError::Invalid(format!(
-                    "{}: unreadable calibration journal: {e}",
-                    self.store
-                ))
-            })
-        })
-        .transpose()
+        let whence = crate::redact::url(self.store).into_owned();
+        last.map(|v| Calibration::from_record(v, &whence))
+            .transpose()
     }
 
     async fn journal_write(&self, cal: &Calibration) -> Result<(), BridgeError> {
@@ -849,6 +872,34 @@ mod tests {
         exchange(&mut c, &|s| steps.lock().unwrap().push(format!("{s:?}")));
         assert_eq!(c.islands, vec![vec![0, 1, 2], vec![0, 2, 1]]);
         assert_eq!(steps.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_journal_record_that_breaks_the_search_is_an_error() {
+        let good = serde_json::to_value(cal(&[&[0.5], &[0.7]])).unwrap();
+        assert!(Calibration::from_record(good.clone(), "s.db").is_ok());
+        for (change, says) in [
+            (serde_json::json!({"candidates": []}), "holds no candidate"),
+            (
+                serde_json::json!({"islands": [[0], []]}),
+                "island 1 holds no candidate",
+            ),
+            (
+                serde_json::json!({"islands": [[0, 7]]}),
+                "names candidate 7, but there are 2",
+            ),
+            (serde_json::json!({"generation": "one"}), "invalid type"),
+        ] {
+            let mut v = good.clone();
+            for (k, x) in change.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            let e = Calibration::from_record(v, "s.db").unwrap_err().to_string();
+            assert!(
+                e.contains("s.db: unusable calibration journal record") && e.contains(says),
+                "{e}"
+            );
+        }
     }
 
     #[test]

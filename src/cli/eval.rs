@@ -395,10 +395,7 @@ fn fit_calibration(
 
 /// Items whose id hashes even (FNV-1a) are the held-in half.
 fn held_in_half(id: &str) -> bool {
-    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    h % 2 == 0
+    crate::hash::fnv1a(id.as_bytes()) % 2 == 0
 }
 
 pub(crate) fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::data::Item;
-use super::fnv1a;
 use crate::backend::ModelSpec;
+use crate::hash::fnv1a;
 use crate::workflow::{NodeKind, ToolAction, Workflow};
 
 /// Files above this size (model weights) are digested from their size

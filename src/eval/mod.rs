@@ -42,6 +42,7 @@ use serde_json::Value;
 use crate::budget::Limits;
 use crate::engine::{CancellationToken, Engine, RunOptions};
 use crate::event::{Event, NodeStatus};
+use crate::hash::fnv1a;
 use crate::summary::RunStatus;
 use crate::workflow::Workflow;
 use data::{DataSpec, Item, Selection};
@@ -219,14 +220,6 @@ impl EvalPlan {
             fnv1a(Value::Object(self.key()).to_string().as_bytes())
         )
     }
-}
-
-/// FNV-1a, 64 bits: stable across platforms and Rust versions (ids and
-/// shards must agree between machines).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// Limits for the whole eval: no new unit starts once one is reached

@@ -435,9 +435,9 @@ pub(crate) fn shard_params(shard: Option<(u32, u32)>) -> (i64, i64, i64) {
 }
 
 /// The shard hash of an item id as stored (the bits of
-/// [`super::fnv1a`], as a signed integer).
+/// [`crate::hash::fnv1a`], as a signed integer).
 pub(crate) fn shard_hash(item_id: &str) -> i64 {
-    super::fnv1a(item_id.as_bytes()) as i64
+    crate::hash::fnv1a(item_id.as_bytes()) as i64
 }
 
 /// `shard_hash` (the signed bits of an unsigned hash `h`) is in shard
