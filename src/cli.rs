@@ -490,8 +490,10 @@ fn engine_with_models(
     Ok((engine, given))
 }
 
-/// Resolves when Ctrl-C arrives (false if signals are unavailable). On Unix
-/// the handler is installed by this call, not at the first poll.
+/// Resolves (true) when the process is asked to stop: Ctrl-C, SIGTERM or
+/// SIGHUP ([`stop_signals`]); false if signals are unavailable. The
+/// handlers are installed by this call, not at the first poll, so an early
+/// signal is never lost. A second signal exits at once.
 pub(crate) fn interrupt_signal() -> impl std::future::Future<Output = bool> {
     let mut stops = stop_signals();
     async move {
@@ -526,9 +528,9 @@ fn stop_signals() -> tokio::sync::mpsc::UnboundedReceiver<i32> {
     {
         use tokio::signal::unix::{SignalKind, signal};
         for (kind, number) in [
-            (SignalKind::interrupt(), libc::SIGINT),
-            (SignalKind::terminate(), libc::SIGTERM),
-            (SignalKind::hangup(), libc::SIGHUP),
+            (SignalKind::interrupt(), 2),
+            (SignalKind::terminate(), SIGTERM),
+            (SignalKind::hangup(), SIGHUP),
         ] {
             let Ok(mut stream) = signal(kind) else {
                 continue;
@@ -554,10 +556,14 @@ fn stop_signals() -> tokio::sync::mpsc::UnboundedReceiver<i32> {
     rx
 }
 
+/// The signals' POSIX numbers (the same on every Unix redraft runs on).
+const SIGHUP: i32 = 1;
+const SIGTERM: i32 = 15;
+
 fn signal_name(number: i32) -> &'static str {
     match number {
-        1 => "hangup (SIGHUP)",
-        15 => "terminated (SIGTERM)",
+        SIGHUP => "hangup (SIGHUP)",
+        SIGTERM => "terminated (SIGTERM)",
         _ => "interrupted",
     }
 }
