@@ -73,15 +73,17 @@ impl StoreTimeouts {
             statement_timeout: duration("store-timeout", &self.store_timeout)?,
         })
     }
+
+    /// Opens the store at `location` with these timeouts.
+    pub fn open(&self, location: &str, access: store::Access) -> anyhow::Result<Box<dyn Store>> {
+        Ok(store::open_with(location, &self.options(access)?)?)
+    }
 }
 
 impl StoreArgs {
     /// Opens the store for reading and writing.
     pub fn open(&self) -> anyhow::Result<Box<dyn Store>> {
-        Ok(store::open_with(
-            &self.store,
-            &self.timeouts.options(store::Access::ReadWrite)?,
-        )?)
+        self.timeouts.open(&self.store, store::Access::ReadWrite)
     }
 
     /// The store, as a `--store` flag someone may copy into a command:
@@ -1003,8 +1005,8 @@ pub fn runs_command(args: RunsArgs) -> u8 {
     let listing = args
         .store
         .timeouts
-        .options(store::Access::ReadOnly)
-        .and_then(|o| Ok(store::open_with(&args.store.store, &o)?.evals()?));
+        .open(&args.store.store, store::Access::ReadOnly)
+        .and_then(|mut s| Ok(s.evals()?));
     let evals = match listing {
         Ok(e) => e,
         Err(e) => {
@@ -1077,13 +1079,12 @@ fn load_eval(
     events: bool,
     timeouts: &StoreTimeouts,
 ) -> anyhow::Result<ReportEval> {
-    let opts = timeouts.options(store::Access::ReadOnly)?;
     let mut record = None;
     let mut units: Vec<UnitRecord> = Vec::new();
     let mut index: BTreeMap<(String, u32), usize> = BTreeMap::new();
     let mut errors = Vec::new();
     for location in stores {
-        let mut s: Box<dyn Store> = store::open_with(location, &opts)?;
+        let mut s = timeouts.open(location, store::Access::ReadOnly)?;
         let rec = match s.eval(id) {
             Ok(r) => r,
             Err(e) => {
@@ -1118,10 +1119,9 @@ fn load_eval(
 /// The newest eval among the stores (by creation time), for commands
 /// given no eval.
 fn latest_eval(stores: &[String], timeouts: &StoreTimeouts) -> anyhow::Result<String> {
-    let opts = timeouts.options(store::Access::ReadOnly)?;
     let mut newest: Option<store::EvalListing> = None;
     for location in stores {
-        for e in store::open_with(location, &opts)?.evals()? {
+        for e in timeouts.open(location, store::Access::ReadOnly)?.evals()? {
             if newest.as_ref().is_none_or(|n| e.created_at >= n.created_at) {
                 newest = Some(e);
             }

@@ -103,7 +103,8 @@ pub fn workflow_files(
         };
         for arg in program
             .into_iter()
-            .filter(|a| !a.contains("{{") && !a.contains('{'))
+            // Literal arguments only: templates and `{file}` are filled at run time.
+            .filter(|a| !a.contains('{'))
         {
             let p = dir.join(arg);
             if p.is_file() {

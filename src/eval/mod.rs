@@ -215,10 +215,7 @@ impl EvalPlan {
     /// The eval's id: 16 hex digits of FNV-1a over the canonical JSON of
     /// what determines results.
     pub fn id(&self) -> String {
-        format!(
-            "{:016x}",
-            fnv1a(Value::Object(self.key()).to_string().as_bytes())
-        )
+        self.id_and_meta().0
     }
 }
 

@@ -152,9 +152,7 @@ impl PgStore {
             }
             if access == Access::ReadOnly {
                 return match identity {
-                    Identity::Empty | Identity::Foreign(_) => {
-                        Err(StoreError::Missing { store: location }.into())
-                    }
+                    Identity::Empty => Err(StoreError::Missing { store: location }.into()),
                     _ => Ok(()),
                 };
             }
@@ -167,7 +165,7 @@ impl PgStore {
                 return Err(refused.into());
             }
             match identity {
-                Identity::Empty | Identity::Foreign(_) => {
+                Identity::Empty => {
                     timed(t, tx.batch_execute(&schema("BIGINT", "DOUBLE PRECISION"))).await?;
                     timed(
                         t,

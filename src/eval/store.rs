@@ -297,22 +297,13 @@ impl Default for StoreOptions {
     }
 }
 
-impl StoreOptions {
-    pub fn read_only() -> StoreOptions {
-        StoreOptions {
-            access: Access::ReadOnly,
-            ..StoreOptions::default()
-        }
-    }
-}
-
 /// Connecting to a PostgreSQL server when neither a flag nor the URL says.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// One statement's wait when no flag says.
 pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Whether `location` names a PostgreSQL store.
-pub fn is_postgres(location: &str) -> bool {
+fn is_postgres(location: &str) -> bool {
     location.starts_with("postgres://") || location.starts_with("postgresql://")
 }
 

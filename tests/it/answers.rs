@@ -13,18 +13,25 @@ use redraft::sandbox::Isolation;
 
 use crate::support::{run, workflow};
 
-/// A reply and the number it ends on (`None`: it holds none).
+/// A reply and the number it ends on (`None`: it holds none): the hard
+/// cases of `redraft::answer::number`, and of every user of it.
 const NUMBERS: &[(&str, Option<f64>)] = &[
     ("The answer is 72.", Some(72.0)),
     ("Natalia sold 48/2 = 24 clips in May.\n#### 72", Some(72.0)),
     ("so she earns $1,200 a month", Some(1200.0)),
+    ("$1,234.50", Some(1234.5)),
+    ("1,000,000 people", Some(1_000_000.0)),
     ("half of it: .5", Some(0.5)),
     ("about 1e3 grains", Some(1000.0)),
+    ("2.5e-1", Some(0.25)),
     ("a drop of -3 degrees", Some(-3.0)),
+    ("−7 (a unicode minus)", Some(-7.0)),
     ("from 3-4 hours", Some(4.0)),
     ("it rose by 50%", Some(50.0)),
+    ("€ 15 each", Some(15.0)),
     ("\\boxed{72} (we checked 80 too)", Some(72.0)),
     ("First 10, then \\boxed{\\frac{3}{4}}", Some(0.75)),
+    ("\\boxed{-\\frac{1}{2}}", Some(-0.5)),
     ("the list 1,2,3", Some(3.0)),
     ("H2O and CO2", None),
     ("no numbers here", None),

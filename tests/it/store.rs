@@ -68,6 +68,23 @@ fn arith_args<'a>(store: &'a str, data: &'a str) -> Vec<&'a str> {
 
 const ARITH: &str = "tests/fixtures/eval/arith.jsonl";
 
+/// Writes `dir/name` as JSONL rows of `(id, question, answer)` (the arith
+/// fixture's fields) and returns its path.
+fn items(dir: &Path, name: &str, rows: &[(&str, &str, &str)]) -> String {
+    let text: String = rows
+        .iter()
+        .map(|(id, question, answer)| {
+            format!(
+                "{}\n",
+                serde_json::json!({"id": id, "question": question, "answer": answer})
+            )
+        })
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
 /// `eval` of the arith fixture into `store` with extra flags.
 fn arith(store: &str, extra: &[&str]) -> Output {
     let mut args = arith_args(store, ARITH);
@@ -553,16 +570,9 @@ fn no_store_password_reaches_any_output_or_record() {
     );
     let dir = temp_dir("pg-secret");
     // A data set of its own: a new eval on a long-lived server.
-    let data = dir.join("items.jsonl");
-    std::fs::write(
-        &data,
-        format!(
-            "{{\"id\": \"a\", \"question\": \"What is 2+2? ({})\", \"answer\": \"4\"}}\n",
-            std::process::id()
-        ),
-    )
-    .unwrap();
-    let data = data.to_str().unwrap();
+    let question = format!("What is 2+2? ({})", std::process::id());
+    let data = items(&dir, "items.jsonl", &[("a", &question, "4")]);
+    let data = data.as_str();
     let all = pg_commands(&url, &[], &dir, data);
     assert!(all.contains("***"), "the password's place is marked");
     assert_hidden(&pw, &all, "an output, report or stored record");
@@ -608,16 +618,9 @@ fn postgres_errors_say_what_the_server_said() {
     );
     // A NUL byte in an item id: the server's reason, not `db error`.
     let dir = temp_dir("pg-nul");
-    let data = dir.join("nul.jsonl");
-    std::fs::write(
-        &data,
-        format!(
-            "{{\"id\": \"a\\u0000{}\", \"question\": \"What is 2+2?\", \"answer\": \"4\"}}\n",
-            std::process::id()
-        ),
-    )
-    .unwrap();
-    let o = redraft(&arith_args(&url, data.to_str().unwrap()));
+    let id = format!("a\u{0}{}", std::process::id());
+    let data = items(&dir, "nul.jsonl", &[(&id, "What is 2+2?", "4")]);
+    let o = redraft(&arith_args(&url, &data));
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
     assert!(stderr(&o).contains("SQLSTATE"), "{}", text(&o));
     assert!(!stderr(&o).trim_end().ends_with("db error"), "{}", text(&o));
@@ -932,14 +935,9 @@ fn compare_pairs_the_same_questions_and_a_gate_needs_pairs() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(json(&o)["comparison"]["paired"], 2);
     // Two evals with no item in common.
-    let z = dir.join("z.jsonl");
-    std::fs::write(
-        &z,
-        "{\"id\": \"zz\", \"question\": \"What is 9+9?\", \"answer\": \"18\"}\n",
-    )
-    .unwrap();
+    let z = items(&dir, "z.jsonl", &[("zz", "What is 9+9?", "18")]);
     let c2 = id(&redraft(
-        &[arith_args(s, z.to_str().unwrap()), vec!["--json", "-q"]].concat(),
+        &[arith_args(s, &z), vec!["--json", "-q"]].concat(),
     ));
     let o = redraft(&["compare", &a, &c2, "--store", s, "--max-nfr", "0.05"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -1072,15 +1070,10 @@ fn every_file_that_determines_results_is_part_of_the_eval_id() {
 fn report_without_an_eval_reports_the_newest() {
     let dir = temp_dir("latest");
     let store = made_store(&dir);
-    let z = dir.join("z.jsonl");
-    std::fs::write(
-        &z,
-        "{\"id\": \"zz\", \"question\": \"What is 9+9?\", \"answer\": \"18\"}\n",
-    )
-    .unwrap();
+    let z = items(&dir, "z.jsonl", &[("zz", "What is 9+9?", "18")]);
     let o = redraft(
         &[
-            arith_args(store.to_str().unwrap(), z.to_str().unwrap()),
+            arith_args(store.to_str().unwrap(), &z),
             vec!["--json", "-q", "--name", "newest"],
         ]
         .concat(),
@@ -1123,14 +1116,14 @@ fn sigterm_stops_a_calibration_cleanly() {
         dir.join("slow.replies.yaml"),
     )
     .unwrap();
-    let rows: String = (0..200)
-        .map(|i| {
-            format!(
-                "{{\"id\": \"q{i:03}\", \"question\": \"What is 2+2? ({i})\", \"answer\": \"4\"}}\n"
-            )
-        })
+    let rows: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("q{i:03}"), format!("What is 2+2? ({i})")))
         .collect();
-    std::fs::write(dir.join("many.jsonl"), rows).unwrap();
+    let rows: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|(i, q)| (i.as_str(), q.as_str(), "4"))
+        .collect();
+    items(&dir, "many.jsonl", &rows);
     let store = dir.join("s.db");
     let child = bin()
         .args([
