@@ -25,7 +25,7 @@ use super::{Arm, BridgeError, Builtin, Task, Writer, clip, extract_prompt, place
 use crate::engine::{CancellationToken, Engine};
 use crate::eval::data::Selection;
 use crate::eval::score::Scorer;
-use crate::eval::store::UnitRecord;
+use crate::eval::store::{SharedStore, Store, UnitRecord};
 use crate::eval::{self, ItemStatus};
 
 /// The journal kind of calibrations in a results store.
@@ -294,7 +294,7 @@ pub async fn calibrate(
         model,
         items,
         scorer,
-        store,
+        store: SharedStore::open(store).await?,
         opts,
         cancel,
         progress,
@@ -510,7 +510,8 @@ struct Calibrator<'a> {
     model: &'a str,
     items: Vec<String>,
     scorer: Arc<Scorer>,
-    store: &'a str,
+    /// One connection for the calibration's evals and its journal.
+    store: SharedStore,
     opts: &'a CalibrateOptions,
     cancel: &'a CancellationToken,
     progress: &'a (dyn Fn(&Step) + Send + Sync),
@@ -557,7 +558,12 @@ impl Calibrator<'_> {
             limit: None,
         };
         let (units, ran) = arm
-            .run(&self.scorer, self.store, self.opts.concurrency, self.cancel)
+            .run(
+                &self.scorer,
+                &self.store,
+                self.opts.concurrency,
+                self.cancel,
+            )
             .await?;
         cal.metric_calls += ran.done + ran.failed;
         cal.tokens += ran.tokens;
@@ -712,12 +718,7 @@ impl Calibrator<'_> {
     async fn failures(&self, prompt: &str, batch: &[String]) -> Result<String, BridgeError> {
         let arm = arm(self.task, Some(prompt), self.model)?;
         let id = arm.plan.id();
-        let store = self.store.to_string();
-        let units = tokio::task::spawn_blocking(move || {
-            crate::eval::store::open(&store).and_then(|mut s| s.units(&id, false))
-        })
-        .await
-        .map_err(|e| BridgeError::Invalid(format!("the store thread failed: {e}")))??;
+        let units = self.store.with(move |s| s.units(&id, false)).await?;
         let mut out = String::new();
         let mut shown = 0;
         for u in units.iter().filter(|u| batch.contains(&u.item.id)) {
@@ -764,26 +765,23 @@ impl Calibrator<'_> {
     }
 
     async fn journal_read(&self, id: &str) -> Result<Option<Calibration>, BridgeError> {
-        let (store, id) = (self.store.to_string(), id.to_string());
-        let last = tokio::task::spawn_blocking(move || {
-            crate::eval::store::open(&store).and_then(|mut s| s.records(JOURNAL, &id))
-        })
-        .await
-        .map_err(|e| BridgeError::Invalid(format!("the store thread failed: {e}")))??
-        .pop();
-        let whence = crate::redact::url(self.store).into_owned();
+        let id = id.to_string();
+        let last = self
+            .store
+            .with(move |s| s.records(JOURNAL, &id))
+            .await?
+            .pop();
+        let whence = self.store.location();
         last.map(|v| Calibration::from_record(v, &whence))
             .transpose()
     }
 
     async fn journal_write(&self, cal: &Calibration) -> Result<(), BridgeError> {
         let value = serde_json::to_value(cal).expect("a calibration serialises");
-        let (store, id) = (self.store.to_string(), cal.id.clone());
-        tokio::task::spawn_blocking(move || {
-            crate::eval::store::open(&store).and_then(|mut s| s.append_record(JOURNAL, &id, &value))
-        })
-        .await
-        .map_err(|e| BridgeError::Invalid(format!("the store thread failed: {e}")))??;
+        let id = cal.id.clone();
+        self.store
+            .with(move |s| s.append_record(JOURNAL, &id, &value))
+            .await?;
         Ok(())
     }
 }

@@ -728,11 +728,12 @@ impl Bridge {
             Some(_) => None,
             None => Some(TempStore::new()?),
         };
-        let store = match (&self.store, &temp) {
+        let location = match (&self.store, &temp) {
             (Some(s), _) => s.clone(),
             (None, Some(t)) => t.location(),
             (None, None) => unreachable!("a temporary store when none is given"),
         };
+        let store = crate::eval::store::SharedStore::open(&location).await?;
         let scorer = Arc::new(
             Scorer::parse(&spec.scorer, spec.extract.as_deref(), spec.isolation)
                 .map_err(crate::eval::EvalError::from)?,

@@ -403,16 +403,10 @@ impl Arm {
     pub(crate) async fn run(
         &self,
         scorer: &Arc<Scorer>,
-        store: &str,
+        store: &eval::store::SharedStore,
         concurrency: usize,
         cancel: &crate::engine::CancellationToken,
     ) -> Result<(Vec<eval::store::UnitRecord>, eval::Totals), BridgeError> {
-        let opened = {
-            let store = store.to_string();
-            tokio::task::spawn_blocking(move || eval::store::open(&store))
-                .await
-                .map_err(|e| BridgeError::Invalid(format!("the store thread failed: {e}")))??
-        };
         let opts = EvalOptions {
             concurrency,
             cancel: cancel.clone(),
@@ -422,7 +416,7 @@ impl Arm {
             &self.engine,
             &self.plan,
             scorer.clone(),
-            opened,
+            Box::new(store.clone()),
             opts,
             &eval::Quiet,
         )
@@ -431,12 +425,7 @@ impl Arm {
             return Err(BridgeError::Invalid("interrupted".into()));
         }
         let id = out.eval.id.clone();
-        let store = store.to_string();
-        let units = tokio::task::spawn_blocking(move || {
-            eval::store::open(&store).and_then(|mut s| s.units(&id, false))
-        })
-        .await
-        .map_err(|e| BridgeError::Invalid(format!("the store thread failed: {e}")))??;
+        let units = store.with(move |s| s.units(&id, false)).await?;
         Ok((units, out.ran))
     }
 }

@@ -25,8 +25,6 @@
 
 pub mod data;
 pub mod digest;
-#[cfg(feature = "postgres")]
-pub mod postgres;
 pub mod report;
 pub mod score;
 pub mod stats;

@@ -1,68 +1,136 @@
-//! Checks on the shape of the code that the compiler does not make:
-//! the top-level modules import each other without circles.
+//! Checks on the shape of the code that the compiler does not make: no
+//! import circles, between the top-level modules or between the files of
+//! any module, and the leaves stay leaves.
+//!
+//! The unit is a module's child: a file `x.rs` or a folder `x/` (with all
+//! it holds). Inside a module, its root (`mod.rs`, or `lib.rs` for the
+//! crate) *is* the module: it names its children and they may use what it
+//! defines, so the root is not a node; between the children there may be no
+//! circle. A child uses a sibling `y` when its code (tests excluded) says
+//! `crate::<module path>::y` or, with as many `super::` as it is deep,
+//! `super::y` (also inside `super::{…}`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::support::root;
 
-/// `crate::X` references of each top-level module (tests excluded).
-fn imports() -> BTreeMap<String, BTreeSet<String>> {
-    let src = root().join("src");
-    let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut stack = vec![src.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            if path.extension().and_then(|e| e.to_str()) != Some("rs") {
-                continue;
-            }
-            let module = top_module(&src, &path);
-            if module == "lib" || module == "main" {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            let code = text.split("#[cfg(test)]").next().unwrap_or("");
-            let code: String = code
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("//"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            let set = deps.entry(module.clone()).or_default();
-            for (i, _) in code.match_indices("crate::") {
-                let name: String = code[i + 7..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() && name != module {
-                    set.insert(name);
+/// A file's code without its tests and comment lines.
+fn code_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let code = text.split("#[cfg(test)]").next().unwrap_or("");
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The names a path reaches after `prefix`: `prefix::x` gives `x`,
+/// `prefix::{x, y::z}` gives `x` and `y`.
+fn names_after(code: &str, prefix: &str) -> BTreeSet<String> {
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for (i, _) in code.match_indices(prefix) {
+        // `super::x` must not match inside `super::super::x`'s tail.
+        if i > 0 && code[..i].ends_with("::") {
+            continue;
+        }
+        let rest = &code[i + prefix.len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut item_start = true;
+            for (j, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    _ if item_start && !c.is_whitespace() => {
+                        out.insert(ident(&group[j..]));
+                        item_start = false;
+                    }
+                    _ => {}
                 }
             }
+        } else {
+            out.insert(ident(rest));
         }
+    }
+    out.retain(|n| !n.is_empty() && n != "super" && n != "self");
+    out
+}
+
+/// Every `.rs` file under `path` (or `path` itself), with its depth below
+/// the module whose child `path` is: `x.rs` and `x/mod.rs` are 1 deep,
+/// `x/y.rs` 2.
+fn files_of(path: &Path) -> Vec<(PathBuf, usize)> {
+    if path.is_file() {
+        return vec![(path.to_path_buf(), 1)];
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(path.to_path_buf(), 1)];
+    while let Some((dir, depth)) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push((p, depth + 1));
+            } else if p.extension().and_then(|e| e.to_str()) == Some("rs") {
+                let is_root = p.file_name().unwrap() == "mod.rs";
+                out.push((p, if is_root { depth } else { depth + 1 }));
+            }
+        }
+    }
+    out
+}
+
+/// The children of the module in `dir` (module path `module`, empty for
+/// the crate) and which siblings each uses.
+fn sibling_uses(dir: &Path, module: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut children = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let name = if path.is_dir() {
+            name
+        } else if let Some(stem) = name.strip_suffix(".rs") {
+            stem.to_string()
+        } else {
+            continue;
+        };
+        if ["mod", "lib", "main"].contains(&name.as_str()) {
+            continue;
+        }
+        children.insert(name, path);
+    }
+    let absolute = if module.is_empty() {
+        "crate::".to_string()
+    } else {
+        format!("crate::{module}::")
+    };
+    let mut deps = BTreeMap::new();
+    for (name, path) in &children {
+        let mut uses = BTreeSet::new();
+        for (file, depth) in files_of(path) {
+            let code = code_of(&file);
+            uses.extend(names_after(&code, &absolute));
+            if !module.is_empty() || depth > 1 {
+                // A top-level file's `super::` is the crate: `crate::` covers it.
+                uses.extend(names_after(&code, &"super::".repeat(depth)));
+            }
+        }
+        uses.retain(|u| u != name && children.contains_key(u));
+        deps.insert(name.clone(), uses);
     }
     deps
 }
 
-fn top_module(src: &Path, file: &Path) -> String {
-    let rel = file.strip_prefix(src).unwrap();
-    let first = rel
-        .components()
-        .next()
-        .unwrap()
-        .as_os_str()
-        .to_string_lossy();
-    first.trim_end_matches(".rs").to_string()
-}
-
-#[test]
-fn top_level_modules_import_without_circles() {
-    let deps = imports();
-    assert!(deps.contains_key("engine") && deps.contains_key("workflow"));
-    // Depth-first search for a back edge; report the circle.
+/// A circle in `deps`, if there is one.
+fn circle(deps: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
     fn visit(
         m: &str,
         deps: &BTreeMap<String, BTreeSet<String>>,
@@ -88,12 +156,83 @@ fn top_level_modules_import_without_circles() {
         None
     }
     let mut done = BTreeSet::new();
-    for m in deps.keys() {
-        if let Some(circle) = visit(m, &deps, &mut Vec::new(), &mut done) {
-            panic!("import circle: {}", circle.join(" -> "));
+    deps.keys()
+        .find_map(|m| visit(m, deps, &mut Vec::new(), &mut done))
+}
+
+/// Every module folder under `src` with its module path.
+fn modules() -> Vec<(PathBuf, String)> {
+    let src = root().join("src");
+    let mut out = vec![(src.clone(), String::new())];
+    let mut i = 0;
+    while i < out.len() {
+        let (dir, module) = out[i].clone();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                let name = p.file_name().unwrap().to_string_lossy().to_string();
+                let path = if module.is_empty() {
+                    name
+                } else {
+                    format!("{module}::{name}")
+                };
+                out.push((p, path));
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn no_module_and_no_file_of_a_module_imports_in_a_circle() {
+    let modules = modules();
+    assert!(modules.iter().any(|(_, m)| m == "eval::store"));
+    // The reader sees a known use: the store folder uses the data module.
+    let eval = sibling_uses(&root().join("src/eval"), "eval");
+    assert!(eval["store"].contains("data"), "{eval:?}");
+    for (dir, module) in &modules {
+        let deps = sibling_uses(dir, module);
+        if let Some(c) = circle(&deps) {
+            let inside = if module.is_empty() { "crate" } else { module };
+            panic!("import circle in {inside}: {}", c.join(" -> "));
         }
     }
-    // The leaves stay leaves (the one hash and JSON repair are leaves too).
+}
+
+#[test]
+fn the_circle_check_sees_circles() {
+    // The reader of paths, on the forms the check relies on.
+    let code = "use super::{a, b::{c, d}, e as f};\nuse super::super::g;\ncrate::eval::h::x";
+    assert_eq!(
+        names_after(code, "super::"),
+        ["a", "b", "e"].map(String::from).into()
+    );
+    assert_eq!(
+        names_after(code, "super::super::"),
+        ["g"].map(String::from).into()
+    );
+    assert_eq!(
+        names_after(code, "crate::eval::"),
+        ["h"].map(String::from).into()
+    );
+    let deps: BTreeMap<String, BTreeSet<String>> = [
+        ("store", vec!["data", "postgres"]),
+        ("postgres", vec!["store"]),
+        ("data", vec![]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+    .collect();
+    assert_eq!(circle(&deps).unwrap(), ["postgres", "store", "postgres"]);
+}
+
+#[test]
+fn the_leaves_stay_leaves() {
+    let deps = sibling_uses(&root().join("src"), "");
+    assert!(deps.contains_key("engine") && deps.contains_key("workflow"));
+    // The one hash and JSON repair are leaves too; budget and backend
+    // types are shared vocabulary.
     for leaf in [
         "units",
         "yaml",

@@ -22,13 +22,13 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
-use super::store::{
+use super::{
     ARCHIVED_SUFFIX, Access, Counts, EvalListing, EvalRecord, Identity, SCHEMA_VERSION, SPENT,
     Store, StoreError, StoreOptions, UNITS, UNITS_WITH_EVENTS, Unit, UnitRecord, WorkerId,
     archived_id, corrupt, counts_from, encode, models_of, now_ms, resolve_id, schema, shard_filter,
     shard_hash, shard_params, totals_from, unit_record,
 };
-use super::{ItemResult, Totals};
+use crate::eval::{ItemResult, Totals};
 
 pub struct PgStore {
     runtime: tokio::runtime::Runtime,
@@ -113,7 +113,7 @@ impl PgStore {
         let connect_timeout = opts
             .connect_timeout
             .or_else(|| config.get_connect_timeout().copied())
-            .unwrap_or(super::store::DEFAULT_CONNECT_TIMEOUT);
+            .unwrap_or(super::DEFAULT_CONNECT_TIMEOUT);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -236,7 +236,7 @@ async fn pg_identity(
         c.query(
             "SELECT table_name::TEXT FROM information_schema.tables
              WHERE table_schema = current_schema() AND table_name = ANY($1) ORDER BY 1",
-            &[&super::store::TABLES.to_vec()],
+            &[&super::TABLES.to_vec()],
         ),
     )
     .await?
