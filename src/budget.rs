@@ -45,6 +45,50 @@ impl Limits {
     }
 
     /// Overrides the limits that `other` sets.
+    /// Reads `LIMIT=VALUE` items (`tokens=N`, `calls=N`, `cost_usd=X`,
+    /// `wall_time=30s`); a message names `source` (a flag or a key) and
+    /// the item when one is wrong.
+    pub fn parse(items: &[String], source: &str) -> Result<Limits, String> {
+        let mut l = Limits::default();
+        for item in items {
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{source} {item:?}: expected LIMIT=VALUE"))?;
+            let count = || match v.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!("{source} {k}={v}: expected a whole number above 0")),
+            };
+            match k {
+                "tokens" => l.tokens = Some(count()?),
+                "calls" => l.calls = Some(count()?),
+                "cost_usd" => match v.parse::<f64>() {
+                    Ok(x) if x > 0.0 && x.is_finite() => l.cost_usd = Some(x),
+                    _ => {
+                        return Err(format!(
+                            "{source} cost_usd={v}: expected a number of dollars above 0"
+                        ));
+                    }
+                },
+                "wall_time" => {
+                    let d = crate::units::parse_duration(v)
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            format!(
+                                "{source} wall_time={v}: expected a positive duration (500ms, 30s, 2m)"
+                            )
+                        })?;
+                    l.wall_time = Some(d);
+                }
+                other => {
+                    return Err(format!(
+                        "{source} {other}: unknown limit (tokens, calls, cost_usd, wall_time)"
+                    ));
+                }
+            }
+        }
+        Ok(l)
+    }
+
     pub fn overlay(&mut self, other: &Limits) {
         self.tokens = other.tokens.or(self.tokens);
         self.calls = other.calls.or(self.calls);

@@ -468,26 +468,14 @@ fn engine_with_models(
     wf: &Workflow,
     models: &[String],
 ) -> anyhow::Result<(Engine, std::collections::BTreeMap<String, String>)> {
-    let mut engine = Engine::new();
     let mut given = std::collections::BTreeMap::new();
     for m in models {
         let (name, spec) = m
             .split_once('=')
             .with_context(|| format!("--model {:?}: expected NAME=SPEC", crate::redact::text(m)))?;
-        if wf.model_index(name).is_none() {
-            let known: Vec<&str> = wf.models.iter().map(|m| m.name.as_str()).collect();
-            let name = crate::redact::text(name);
-            bail!(
-                "--model {name}: the workflow has no model `{name}` (models: {})",
-                known.join(", ")
-            );
-        }
-        crate::backend::ModelSpec::parse(spec).with_context(|| format!("--model {name}"))?;
-        // Opened by the engine with the workflow's settings for `name`.
-        engine = engine.with_model_spec(name, spec);
         given.insert(name.to_string(), spec.to_string());
     }
-    Ok((engine, given))
+    Ok((crate::eval::config::engine_for(wf, &given)?, given))
 }
 
 /// Resolves (true) when the process is asked to stop: Ctrl-C, SIGTERM or
@@ -703,38 +691,7 @@ fn type_name(v: &serde_json::Value) -> &'static str {
 }
 
 pub(crate) fn parse_budgets(items: &[String]) -> anyhow::Result<Limits> {
-    let mut l = Limits::default();
-    for item in items {
-        let (k, v) = item
-            .split_once('=')
-            .with_context(|| format!("--budget {item:?}: expected LIMIT=VALUE"))?;
-        let count = || match v.parse::<u64>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(anyhow::anyhow!(
-                "--budget {k}={v}: expected a whole number above 0"
-            )),
-        };
-        match k {
-            "tokens" => l.tokens = Some(count()?),
-            "calls" => l.calls = Some(count()?),
-            "cost_usd" => match v.parse::<f64>() {
-                Ok(x) if x > 0.0 && x.is_finite() => l.cost_usd = Some(x),
-                _ => bail!("--budget cost_usd={v}: expected a number of dollars above 0"),
-            },
-            "wall_time" => {
-                let d = crate::units::parse_duration(v)
-                    .filter(|d| !d.is_zero())
-                    .with_context(|| {
-                        format!(
-                            "--budget wall_time={v}: expected a positive duration (500ms, 30s, 2m)"
-                        )
-                    })?;
-                l.wall_time = Some(d);
-            }
-            other => bail!("--budget {other}: unknown limit (tokens, calls, cost_usd, wall_time)"),
-        }
-    }
-    Ok(l)
+    Limits::parse(items, "--budget").map_err(anyhow::Error::msg)
 }
 
 /// Writes each event as one JSON line, flushed per line, so a killed run

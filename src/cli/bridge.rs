@@ -8,15 +8,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use clap::Parser as _;
 
-use super::eval::{DEFAULT_STORE, EvalArgs};
+use super::eval::{DEFAULT_STORE, DataArgs, EvalArgs};
 use super::{EXIT_BACKEND, EXIT_INVALID, EXIT_OK, EXIT_UNVERIFIED, stdout};
 use crate::bridge::{
     self, Bridge, BridgeError, CalibrateOptions, CheckSpec, Mapping, Step, Task, migrate,
 };
 use crate::engine::CancellationToken;
-use crate::sandbox::Isolation;
+use crate::eval::config::EvalConfig;
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -187,7 +186,7 @@ fn task_of(args: &CalibrateArgs) -> anyhow::Result<(Task, String)> {
         );
     }
     let prepared = super::eval::prepare(e)?;
-    let plan = prepared.plan;
+    let (plan, isolation) = (prepared.plan, prepared.isolation);
     let specs = plan.model_specs();
     let mut distinct: Vec<&String> = specs.values().collect();
     distinct.sort();
@@ -223,10 +222,6 @@ fn task_of(args: &CalibrateArgs) -> anyhow::Result<(Task, String)> {
                 ),
             }
         }
-    };
-    let isolation = match e.sandbox.as_deref() {
-        Some("none") => Isolation::None,
-        _ => Isolation::Bubblewrap,
     };
     let name = args.task.clone().unwrap_or_else(|| {
         Path::new(&plan.data.source)
@@ -343,33 +338,9 @@ pub struct MigrateArgs {
     /// The workflow's eval file (WORKFLOW.eval.yaml) gives map, answer and scorer.
     #[arg(long, value_name = "DATA")]
     pub check: Option<String>,
-    /// Check settings as for `redraft eval` (`--config`, `--map`, ...).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Feed a workflow input from a row field of the check data: INPUT=FIELD.
-    #[arg(long = "map", value_name = "INPUT=FIELD")]
-    pub map: Vec<String>,
-    /// The row field holding the reference answer.
-    #[arg(long)]
-    pub answer: Option<String>,
-    /// How the check scores answers (as `redraft eval --scorer`).
-    #[arg(long)]
-    pub scorer: Option<String>,
-    /// For `numeric`: a regex whose first group (or match) is the answer.
-    #[arg(long, value_name = "REGEX")]
-    pub extract: Option<String>,
-    /// Isolation of the code scorer: bubblewrap (default) or none.
-    #[arg(long, value_name = "bubblewrap|none")]
-    pub sandbox: Option<String>,
-    /// Check at most this many items.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Shuffle the check items with this seed (before --limit).
-    #[arg(long, value_name = "SEED")]
-    pub shuffle: Option<u64>,
-    /// Only these check item ids, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub ids: Vec<String>,
+    /// How the check's data set is read and scored, as for `redraft eval`.
+    #[command(flatten)]
+    pub set: DataArgs,
     /// Check items in flight at once.
     #[arg(long)]
     pub concurrency: Option<usize>,
@@ -455,53 +426,22 @@ fn is_workflow(p: &Path) -> bool {
 /// The check's data, selection and scorer, read exactly as `redraft eval`
 /// reads them.
 fn check_spec(args: &MigrateArgs, workflow: &Path, data: &str) -> anyhow::Result<CheckSpec> {
-    #[derive(clap::Parser)]
-    struct Eval {
-        #[command(flatten)]
-        args: EvalArgs,
+    let wf = crate::workflow::load(workflow)
+        .map_err(|e| anyhow::anyhow!("{}", e.render().trim_end()))?;
+    let source = std::fs::read_to_string(workflow)
+        .with_context(|| format!("cannot read {}", workflow.display()))?;
+    let config = EvalConfig {
+        concurrency: args.concurrency,
+        ..args.set.flags(Some(data.to_string()))?
     }
-    let mut argv: Vec<String> = vec![
-        "eval".into(),
-        workflow.display().to_string(),
-        "--data".into(),
-        data.into(),
-        "--quiet".into(),
-    ];
-    let mut flag = |name: &str, v: Option<String>| {
-        if let Some(v) = v {
-            argv.push(format!("--{name}"));
-            argv.push(v);
-        }
-    };
-    flag(
-        "config",
-        args.config.as_ref().map(|p| p.display().to_string()),
-    );
-    flag("answer", args.answer.clone());
-    flag("scorer", args.scorer.clone());
-    flag("extract", args.extract.clone());
-    flag("sandbox", args.sandbox.clone());
-    flag("limit", args.limit.map(|n| n.to_string()));
-    flag("shuffle", args.shuffle.map(|n| n.to_string()));
-    flag("concurrency", args.concurrency.map(|n| n.to_string()));
-    for m in &args.map {
-        flag("map", Some(m.clone()));
-    }
-    if !args.ids.is_empty() {
-        flag("ids", Some(args.ids.join(",")));
-    }
-    let eval =
-        Eval::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
-    let plan = super::eval::prepare(&eval.args).context("--check")?.plan;
+    .over(args.set.file(workflow)?);
+    let setup = config.resolve(wf, source).context("--check")?;
     Ok(CheckSpec {
-        data: plan.data,
-        selection: plan.selection,
-        scorer: plan.scorer,
-        extract: plan.extract,
-        isolation: match args.sandbox.as_deref() {
-            Some("none") => Isolation::None,
-            _ => Isolation::Bubblewrap,
-        },
+        data: setup.plan.data,
+        selection: setup.plan.selection,
+        scorer: setup.plan.scorer,
+        extract: setup.plan.extract,
+        isolation: setup.isolation,
         concurrency: args.concurrency.unwrap_or(1),
     })
 }

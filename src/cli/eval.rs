@@ -17,14 +17,14 @@ use anyhow::{Context as _, bail};
 
 use super::{EXIT_BACKEND, EXIT_BUDGET, EXIT_INVALID, EXIT_OK, stdout};
 use crate::eval::EvalReview;
-use crate::eval::data::{DataSpec, Selection};
+use crate::eval::calibrate::CalibrateTarget;
+use crate::eval::config::{EvalConfig, EvalSetup};
 use crate::eval::report::ReportEval;
 use crate::eval::score::{SCORERS, Scorer};
 use crate::eval::store::{self, Store, UnitRecord};
 use crate::eval::{
-    self, EvalEnd, EvalOptions, EvalOutcome, EvalPlan, ItemResult, Progress, TotalBudget, Totals,
+    self, EvalEnd, EvalOptions, EvalOutcome, EvalPlan, ItemResult, Progress, Totals,
 };
-use crate::sandbox::Isolation;
 use crate::workflow;
 
 pub const DEFAULT_STORE: &str = "runs/redraft.db";
@@ -112,43 +112,12 @@ pub struct EvalArgs {
     /// humaneval, gsm8k, mtbench, tooltalk (optionally NAME:PATH).
     #[arg(long)]
     pub data: Option<String>,
-    /// Settings from an eval YAML (data, map, answer, scorer, epochs, ...);
-    /// flags override it. Default: WORKFLOW's name with `.eval.yaml`, if present.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Feed a workflow input from a row field: INPUT=FIELD (a dotted path).
-    #[arg(long = "map", value_name = "INPUT=FIELD")]
-    pub map: Vec<String>,
+    #[command(flatten)]
+    pub set: DataArgs,
     /// Give a workflow input the same value for every item: NAME=VALUE
     /// (typed by the input's declaration, e.g. `--input tau=0.7`).
     #[arg(long = "input", value_name = "NAME=VALUE")]
     pub inputs: Vec<String>,
-    /// The row field holding the reference answer.
-    #[arg(long)]
-    pub answer: Option<String>,
-    /// The row field holding the item id.
-    #[arg(long)]
-    pub id: Option<String>,
-    /// Row fields only scorers read (hidden tests), comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub hidden: Vec<String>,
-    #[arg(long, help = format!("How to score: {SCORERS}"))]
-    pub scorer: Option<String>,
-    /// For `numeric`: a regex whose first group (or match) is the answer.
-    #[arg(long, value_name = "REGEX")]
-    pub extract: Option<String>,
-    /// Isolation of the code scorer: bubblewrap (default) or none.
-    #[arg(long, value_name = "bubblewrap|none")]
-    pub sandbox: Option<String>,
-    /// Run at most this many items (after --ids and --shuffle); at least 1.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Only these item ids, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub ids: Vec<String>,
-    /// Shuffle the items with this seed (before --limit).
-    #[arg(long, value_name = "SEED")]
-    pub shuffle: Option<u64>,
     /// Runs per item, seeds varied (pass@k needs K > 1).
     #[arg(long)]
     pub epochs: Option<u32>,
@@ -217,63 +186,82 @@ pub struct EvalArgs {
     pub quiet: bool,
 }
 
-/// The eval YAML: the same settings as the flags.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EvalFile {
-    data: Option<String>,
-    #[serde(default)]
-    map: BTreeMap<String, String>,
-    #[serde(default)]
-    inputs: BTreeMap<String, serde_json::Value>,
-    answer: Option<String>,
-    id: Option<String>,
-    #[serde(default)]
-    hidden: Vec<String>,
-    scorer: Option<String>,
-    extract: Option<String>,
-    sandbox: Option<String>,
-    limit: Option<usize>,
-    #[serde(default)]
-    ids: Vec<String>,
-    shuffle: Option<u64>,
-    epochs: Option<u32>,
-    concurrency: Option<usize>,
-    #[serde(default)]
-    total_budget: BTreeMap<String, String>,
-    max_errors: Option<usize>,
-    name: Option<String>,
-    #[serde(default)]
-    models: BTreeMap<String, String>,
+/// The flags of a data set and its scoring, declared once for every
+/// command that runs a workflow over one (`eval`, `calibrate`, `migrate
+/// --check`); the data source itself is each command's own flag.
+#[derive(Debug, Default, clap::Args)]
+pub struct DataArgs {
+    /// Settings from an eval YAML (data, map, answer, scorer, epochs, ...);
+    /// flags override it. Default: WORKFLOW's name with `.eval.yaml`, if present.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Feed a workflow input from a row field: INPUT=FIELD (a dotted path).
+    #[arg(long = "map", value_name = "INPUT=FIELD")]
+    pub map: Vec<String>,
+    /// The row field holding the reference answer.
+    #[arg(long)]
+    pub answer: Option<String>,
+    /// The row field holding the item id.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Row fields only scorers read (hidden tests), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub hidden: Vec<String>,
+    #[arg(long, help = format!("How to score: {SCORERS}"))]
+    pub scorer: Option<String>,
+    /// For `numeric`: a regex whose first group (or match) is the answer.
+    #[arg(long, value_name = "REGEX")]
+    pub extract: Option<String>,
+    /// Isolation of the code scorer: bubblewrap (default) or none.
+    #[arg(long, value_name = "bubblewrap|none")]
+    pub sandbox: Option<String>,
+    /// Run at most this many items (after --ids and --shuffle); at least 1.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Only these item ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Vec<String>,
+    /// Shuffle the items with this seed (before --limit).
+    #[arg(long, value_name = "SEED")]
+    pub shuffle: Option<u64>,
 }
 
-fn read_eval_file(args: &EvalArgs) -> anyhow::Result<EvalFile> {
-    let path = match &args.config {
-        Some(p) => p.clone(),
-        None => {
-            let p = args.workflow.with_extension("eval.yaml");
-            if !p.is_file() {
-                return Ok(EvalFile::default());
-            }
-            p
-        }
-    };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read eval file {}", path.display()))?;
-    let mut file: EvalFile =
-        serde_saphyr::from_str(&text).with_context(|| format!("eval file {}", path.display()))?;
-    // A relative data path is relative to the eval file.
-    if let (Some(data), Some(dir)) = (&file.data, path.parent()) {
-        let (prefix, p) = match crate::eval::data::Builtin::of_source(data) {
-            Some((b, Some(p))) => (format!("{}:", b.name()), p.to_string()),
-            Some((_, None)) => (data.clone(), String::new()),
-            None => (String::new(), data.clone()),
-        };
-        if !p.is_empty() && Path::new(&p).is_relative() {
-            file.data = Some(format!("{prefix}{}", dir.join(p).display()));
-        }
+impl DataArgs {
+    /// The eval file: `--config`, else the one beside `workflow`, else
+    /// nothing.
+    pub fn file(&self, workflow: &Path) -> anyhow::Result<EvalConfig> {
+        Ok(
+            match self.config.clone().or_else(|| EvalConfig::beside(workflow)) {
+                Some(path) => EvalConfig::read(&path)?,
+                None => EvalConfig::default(),
+            },
+        )
     }
-    Ok(file)
+
+    /// The flags as settings (with `data`, the command's own source).
+    pub fn flags(&self, data: Option<String>) -> anyhow::Result<EvalConfig> {
+        let mut map = BTreeMap::new();
+        for m in &self.map {
+            let (input, field) = m
+                .split_once('=')
+                .with_context(|| format!("--map {m:?}: expected INPUT=FIELD"))?;
+            map.insert(input.to_string(), field.to_string());
+        }
+        Ok(EvalConfig {
+            data,
+            map,
+            answer: self.answer.clone(),
+            id: self.id.clone(),
+            hidden: self.hidden.clone(),
+            scorer: self.scorer.clone(),
+            extract: self.extract.clone(),
+            sandbox: self.sandbox.clone(),
+            limit: self.limit,
+            ids: self.ids.clone(),
+            shuffle: self.shuffle,
+            ..EvalConfig::default()
+        })
+    }
 }
 
 pub(crate) struct Prepared {
@@ -281,125 +269,12 @@ pub(crate) struct Prepared {
     pub(crate) plan: EvalPlan,
     pub(crate) scorer: Scorer,
     pub(crate) opts: EvalOptions,
+    pub(crate) isolation: crate::sandbox::Isolation,
     pub(crate) calibrate: Option<CalibrateTarget>,
 }
 
-/// What `--calibrate` fits and where it goes.
-pub(crate) struct CalibrateTarget {
-    node: String,
-    method: crate::calibration::Method,
-    out: PathBuf,
-}
-
-/// Reads `--calibrate NODE[=METHOD]` against the workflow: NODE must be a
-/// verify node.
-fn calibrate_target(
-    args: &EvalArgs,
-    wf: &workflow::Workflow,
-) -> anyhow::Result<Option<CalibrateTarget>> {
-    let Some(flag) = &args.calibrate else {
-        return Ok(None);
-    };
-    let (node, method) = match flag.split_once('=') {
-        Some((n, m)) => (
-            n,
-            m.parse()
-                .map_err(|e: String| anyhow::anyhow!("--calibrate {flag:?}: {e}"))?,
-        ),
-        None => (flag.as_str(), crate::calibration::Method::Platt),
-    };
-    let verify = wf.nodes().iter().find_map(|n| match &n.kind {
-        workflow::NodeKind::Verify(v) if n.id == node => Some(v),
-        _ => None,
-    });
-    let Some(v) = verify else {
-        let names: Vec<&str> = wf
-            .nodes()
-            .iter()
-            .filter(|n| matches!(n.kind, workflow::NodeKind::Verify(_)))
-            .map(|n| n.id.as_str())
-            .collect();
-        anyhow::bail!(
-            "--calibrate {flag:?}: `{node}` is not a verify node of {} (verify nodes: {})",
-            args.workflow.display(),
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
-        );
-    };
-    let dir = args.workflow.parent().unwrap_or(std::path::Path::new(""));
-    let out = match (&args.calibration_out, &v.calibration_path) {
-        (Some(out), _) => out.clone(),
-        (None, Some(path)) => path.clone(),
-        (None, None) => {
-            let stem = args
-                .workflow
-                .file_stem()
-                .map_or("workflow".into(), |s| s.to_string_lossy().into_owned());
-            dir.join(format!("{stem}.{node}.calibration.yaml"))
-        }
-    };
-    Ok(Some(CalibrateTarget {
-        node: node.to_string(),
-        method,
-        out,
-    }))
-}
-
-/// Fits the calibration on the held-in half of the items (by a stable
-/// hash of the item id) and measures it on the held-out half.
-fn fit_calibration(
-    target: &CalibrateTarget,
-    units: &[crate::eval::store::UnitRecord],
-) -> Result<crate::calibration::Calibration, crate::calibration::CalibrationError> {
-    use crate::calibration::{Calibration, HeldOut, ece};
-    let (mut held_in, mut held_out) = (Vec::new(), Vec::new());
-    for u in units {
-        let Some(r) = u
-            .result
-            .as_ref()
-            .filter(|r| r.status == eval::ItemStatus::Done)
-        else {
-            continue;
-        };
-        let half = if held_in_half(&u.item.id) {
-            &mut held_in
-        } else {
-            &mut held_out
-        };
-        half.extend(
-            r.verdicts
-                .iter()
-                .filter(|v| v.node == target.node)
-                .map(|v| (v.confidence, v.passed)),
-        );
-    }
-    let mut c = Calibration::fit(&target.node, target.method, &held_in)?;
-    if !held_out.is_empty() {
-        let after: Vec<(f64, bool)> = held_out.iter().map(|&(x, r)| (c.apply(x), r)).collect();
-        let auroc = |pts: &[(f64, bool)]| {
-            let (right, wrong): (Vec<_>, Vec<_>) = pts.iter().partition(|p| p.1);
-            let f = |v: Vec<&(f64, bool)>| v.into_iter().map(|p| p.0).collect::<Vec<f64>>();
-            eval::stats::auroc(&f(right), &f(wrong))
-        };
-        c.held_out = Some(HeldOut {
-            verdicts: held_out.len(),
-            ece_before: ece(&held_out).unwrap_or(0.0),
-            ece_after: ece(&after).unwrap_or(0.0),
-            auroc_before: auroc(&held_out),
-            auroc_after: auroc(&after),
-        });
-    }
-    Ok(c)
-}
-
-/// Items whose id hashes even (FNV-1a) are the held-in half.
-fn held_in_half(id: &str) -> bool {
-    crate::hash::fnv1a(id.as_bytes()) % 2 == 0
-}
-
+/// Loads the workflow and resolves the eval file and flags into what
+/// `eval::run` takes.
 pub(crate) fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
     let wf =
         workflow::load(&args.workflow).map_err(|e| anyhow::anyhow!("{}", e.render().trim_end()))?;
@@ -408,123 +283,63 @@ pub(crate) fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
     }
     let source = std::fs::read_to_string(&args.workflow)
         .with_context(|| format!("cannot read {}", args.workflow.display()))?;
-    let file = read_eval_file(args)?;
-    let mut models: Vec<String> = file
-        .models
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    models.extend(args.models.iter().cloned());
-    let (engine, given) = super::engine_with_models(&wf, &models)?;
-    let source_spec = args.data.clone().or(file.data).context(
-        "no data set: give --data FILE (or humaneval, gsm8k, mtbench, tooltalk), or `data:` in the eval file",
-    )?;
-    let mut map = file.map;
-    for m in &args.map {
-        let (input, field) = m
-            .split_once('=')
-            .with_context(|| format!("--map {m:?}: expected INPUT=FIELD"))?;
-        map.insert(input.to_string(), field.to_string());
-    }
-    let mut hidden = file.hidden;
-    hidden.extend(args.hidden.iter().cloned());
-    let mut fixed = file.inputs;
+    let mut inputs = BTreeMap::new();
     for kv in &args.inputs {
         let (k, v) = kv
             .split_once('=')
             .with_context(|| format!("--input {kv:?}: expected NAME=VALUE"))?;
-        fixed.insert(k.to_string(), crate::engine::parse_input_value(&wf, k, v)?);
+        inputs.insert(k.to_string(), crate::engine::parse_input_value(&wf, k, v)?);
     }
-    let data = DataSpec {
-        source: source_spec,
-        map,
-        inputs: fixed,
-        answer: args.answer.clone().or(file.answer),
-        id: args.id.clone().or(file.id),
-        hidden,
-    };
-    let builtin = crate::eval::data::Builtin::of_source(&data.source).map(|(b, _)| b);
-    let scorer_spec = match args.scorer.clone().or(file.scorer) {
-        Some(s) => s,
-        None => match builtin.and_then(|b| b.default_scorer()) {
-            Some(s) => s.to_string(),
-            None if builtin.is_some() => bail!(
-                "data set `{}` has no reference answers for every item: choose --scorer judge:WORKFLOW (scorers: {SCORERS})",
-                data.source
-            ),
-            None => "exact".to_string(),
-        },
-    };
-    let isolation = match args.sandbox.as_deref().or(file.sandbox.as_deref()) {
-        None | Some("bubblewrap") => Isolation::Bubblewrap,
-        Some("none") => Isolation::None,
-        Some(other) => bail!("--sandbox {other}: expected bubblewrap or none"),
-    };
-    let extract = args.extract.clone().or(file.extract);
-    let mut scorer = Scorer::parse(&scorer_spec, extract.as_deref(), isolation)?;
+    let (_, models) = super::engine_with_models(&wf, &args.models)?;
+    let flags = EvalConfig {
+        inputs,
+        epochs: args.epochs,
+        concurrency: args.concurrency,
+        total_budget: key_values(&args.total_budgets, "--total-budget")?,
+        max_errors: args.max_errors,
+        name: args.name.clone(),
+        models,
+        ..args.set.flags(args.data.clone())?
+    }
+    .over(args.set.file(&args.workflow)?);
+    let calibrate = args
+        .calibrate
+        .as_deref()
+        .map(|flag| {
+            CalibrateTarget::parse(flag, &wf, &args.workflow, args.calibration_out.as_deref())
+        })
+        .transpose()?;
+    let EvalSetup {
+        engine,
+        mut plan,
+        mut scorer,
+        mut opts,
+        isolation,
+    } = flags.resolve(wf, source)?;
     if let Some((engine, judge)) = scorer.judge_mut() {
         *engine = super::engine_with_models(judge, &args.judge_models)?.0;
     } else if !args.judge_models.is_empty() {
         bail!("--judge-model applies to the judge:WORKFLOW scorer only");
     }
-    let epochs = args.epochs.or(file.epochs).unwrap_or(1);
-    if epochs == 0 {
-        bail!("--epochs must be at least 1");
-    }
-    let mut ids = file.ids;
-    ids.extend(args.ids.iter().cloned());
-    let review = match args.review.as_deref() {
+    plan.review = match args.review.as_deref() {
         Some("ask") => bail!(
             "--review ask: an eval never asks; give accept-all, reject-all, reference or a decisions file"
         ),
-        Some("reference") if data.answer.is_none() => bail!(
+        Some("reference") if plan.data.answer.is_none() => bail!(
             "--review reference: the reviewer needs each item's reference text; name its field with --answer"
         ),
         Some("reference") => Some(EvalReview::Reference),
         Some(r) => Some(EvalReview::Decisions(super::parse_review(r)?)),
         None => None,
     };
-    let plan = EvalPlan {
-        workflow: Arc::new(wf),
-        workflow_source: source,
-        models: given,
-        data,
-        selection: Selection {
-            ids,
-            shuffle: args.shuffle.or(file.shuffle),
-            limit: args.limit.or(file.limit),
-        },
-        scorer: scorer_spec,
-        extract,
-        epochs,
-        name: args.name.clone().or(file.name),
-        command: std::env::args().collect(),
-        review,
-    };
-    let mut totals: Vec<String> = file
-        .total_budget
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    totals.extend(args.total_budgets.iter().cloned());
-    let total = super::parse_budgets(&totals)
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("--budget", "--total-budget")))?;
-    if total.wall_time.is_some() {
-        bail!(
-            "--total-budget wall_time: not supported for a whole eval (stop it with Ctrl-C; it resumes)"
-        );
-    }
-    let shard = args
+    plan.command = std::env::args().collect();
+    opts.shard = args
         .shard
         .as_deref()
         .map(|s| eval::parse_shard(s, |k| std::env::var(k).ok()))
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let concurrency = args.concurrency.or(file.concurrency).unwrap_or(4);
-    if concurrency == 0 {
-        bail!("--concurrency must be at least 1");
-    }
-    let lease = crate::units::parse_duration(&args.lease)
+    opts.lease = crate::units::parse_duration(&args.lease)
         .filter(|d| *d >= Duration::from_secs(3))
         .with_context(|| {
             format!(
@@ -532,30 +347,31 @@ pub(crate) fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
                 args.lease
             )
         })?;
-    let opts = EvalOptions {
-        lease,
-        concurrency,
-        item_budget: super::parse_budgets(&args.budgets)?,
-        total: TotalBudget {
-            tokens: total.tokens,
-            calls: total.calls,
-            cost_usd: total.cost_usd,
-        },
-        max_errors: args.max_errors.or(file.max_errors),
-        retry_failed: args.retry_failed,
-        fresh: args.fresh,
-        shard,
-        log_content: args.log_content,
-        ..EvalOptions::default()
-    };
-    let calibrate = calibrate_target(args, &plan.workflow)?;
+    opts.item_budget = super::parse_budgets(&args.budgets)?;
+    opts.retry_failed = args.retry_failed;
+    opts.fresh = args.fresh;
+    opts.log_content = args.log_content;
     Ok(Prepared {
         engine,
         plan,
         scorer,
         opts,
+        isolation,
         calibrate,
     })
+}
+
+/// `KEY=VALUE` items as a map (a later key replaces an earlier one).
+fn key_values(items: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|item| {
+            let (k, v) = item
+                .split_once('=')
+                .with_context(|| format!("{flag} {item:?}: expected LIMIT=VALUE"))?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 /// The progress bar on a terminal; plain lines (at most one a second)
@@ -657,6 +473,7 @@ pub fn eval_command(args: EvalArgs) -> u8 {
         scorer,
         opts,
         calibrate,
+        ..
     } = prepared;
     let cancel = opts.cancel.clone();
     let result = runtime.block_on(async {
@@ -724,7 +541,7 @@ fn calibrate_after(
     args: &EvalArgs,
 ) -> anyhow::Result<crate::calibration::Calibration> {
     let units = args.store.open()?.units(&o.eval.id, false)?;
-    let c = fit_calibration(target, &units)?;
+    let c = target.fit(&units)?;
     c.save(&target.out)
         .with_context(|| format!("cannot write {}", target.out.display()))?;
     Ok(c)

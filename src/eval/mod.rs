@@ -23,6 +23,8 @@
 //!   unit is released, never stored as a result.
 //! - Nothing of an item's hidden fields reaches a workflow (see `data`).
 
+pub mod calibrate;
+pub mod config;
 pub mod data;
 pub mod digest;
 pub mod report;

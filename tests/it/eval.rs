@@ -542,7 +542,7 @@ fn bad_input_of_every_kind_is_a_clear_error() {
         ),
         (
             vec!["--data", &data, "--map", "task=question", "--epochs", "0"],
-            "--epochs must be at least 1",
+            "epochs must be at least 1",
         ),
         (
             vec!["--data", &data, "--map", "task=question", "--lease", "1s"],
