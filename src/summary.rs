@@ -2,7 +2,7 @@
 //! Data only: `metrics` computes loop metrics and folds events into usage,
 //! `event` carries the summary in `run_finished`. Imports neither.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::budget::{Exhausted, ScopeReport};
 
@@ -32,7 +32,7 @@ pub struct UsageTotals {
 }
 
 /// What one pass through a loop body did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
     pub round: u32,
     /// Hash of the round's configuration (see module docs).
@@ -54,7 +54,7 @@ pub struct RoundRecord {
     pub revision_score: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoopReport {
     #[serde(rename = "loop")]
     pub loop_id: String,
@@ -76,7 +76,7 @@ pub struct LoopReport {
 }
 
 /// Why a loop stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum StopReason {
@@ -207,7 +207,7 @@ pub enum FailureKind {
 }
 
 /// One review round: R3's acceptance rate is `accepted / proposed`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReviewReport {
     pub node: String,
     pub depth: u32,

@@ -585,228 +585,265 @@ fn print_calibration(
     }
 }
 
+/// `--json`: the eval's outcome and metrics, and the calibration fitted.
+fn outcome_json(
+    o: &EvalOutcome,
+    store: &StoreArgs,
+    calibration: Option<&crate::calibration::Calibration>,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "eval": o.eval.id,
+        "name": o.eval.name,
+        "store": crate::redact::url(&store.store),
+        "end": o.end,
+        "budget_limit": o.budget_limit,
+        "ran": o.ran,
+        "counts": o.counts,
+        "metrics": o.metrics,
+    });
+    if let Some(c) = calibration {
+        v["calibration"] = serde_json::to_value(c).unwrap_or_default();
+    }
+    v
+}
+
+/// How the eval ended, as an exit code, and what to say about it (always
+/// said, unless `quiet` says only the code matters).
+fn exit_of(o: &EvalOutcome, max_errors: Option<usize>) -> (u8, Option<(String, bool)>) {
+    match o.end {
+        EvalEnd::Done if o.ran.failed > 0 && o.ran.done == 0 => (
+            EXIT_BACKEND,
+            Some(("every unit this run started failed".into(), true)),
+        ),
+        EvalEnd::Done => (EXIT_OK, None),
+        EvalEnd::BudgetSpent => (
+            EXIT_BUDGET,
+            Some((
+                format!(
+                    "total budget spent ({}): units left; raise --total-budget and run again to continue",
+                    o.budget_limit.unwrap_or("?")
+                ),
+                false,
+            )),
+        ),
+        EvalEnd::TooManyErrors => (
+            EXIT_BACKEND,
+            Some((
+                format!(
+                    "stopped: more than {} units failed",
+                    max_errors.unwrap_or(0)
+                ),
+                true,
+            )),
+        ),
+        EvalEnd::Interrupted => (super::interrupted_exit(), None),
+    }
+}
+
 fn print_outcome(
     o: &EvalOutcome,
     args: &EvalArgs,
     calibration: Option<&crate::calibration::Calibration>,
 ) -> u8 {
-    let m = &o.metrics;
     if args.json {
-        let mut v = serde_json::json!({
-            "eval": o.eval.id,
-            "name": o.eval.name,
-            "store": crate::redact::url(&args.store.store),
-            "end": o.end,
-            "budget_limit": o.budget_limit,
-            "ran": o.ran,
-            "counts": o.counts,
-            "metrics": m,
-        });
-        if let Some(c) = calibration {
-            v["calibration"] = serde_json::to_value(c).unwrap_or_default();
-        }
-        stdout(&format!("{v:#}\n"));
+        stdout(&format!(
+            "{:#}\n",
+            outcome_json(o, &args.store, calibration)
+        ));
     }
     if !args.quiet {
-        let pct = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:.1}%", x * 100.0));
-        eprintln!(
-            "eval {} ({}) · {} units: {} done, {} failed, {} left · accuracy {} · mean score {}",
-            o.eval.id,
-            o.eval.name,
-            o.counts.total(),
-            o.counts.done,
-            o.counts.failed,
-            o.counts.pending + o.counts.claimed,
-            pct(m.accuracy),
-            m.mean_score.map_or("–".into(), |s| format!("{s:.3}")),
-        );
-        if !m.pass_at_k.is_empty() && m.pass_at_k.len() > 1 {
-            let p: Vec<String> = m
-                .pass_at_k
+        for line in summary_lines(o, &args.store) {
+            eprintln!("{line}");
+        }
+    }
+    let (code, message) = exit_of(o, args.max_errors);
+    if let Some((message, always)) = message {
+        if always || !args.quiet {
+            eprintln!("{message}");
+        }
+    }
+    code
+}
+
+/// The text summary of an eval on stderr, line by line.
+fn summary_lines(o: &EvalOutcome, store: &StoreArgs) -> Vec<String> {
+    let m = &o.metrics;
+    let mut lines = Vec::new();
+    let pct = |x: Option<f64>| x.map_or("–".into(), |x| format!("{:.1}%", x * 100.0));
+    lines.push(format!(
+        "eval {} ({}) · {} units: {} done, {} failed, {} left · accuracy {} · mean score {}",
+        o.eval.id,
+        o.eval.name,
+        o.counts.total(),
+        o.counts.done,
+        o.counts.failed,
+        o.counts.pending + o.counts.claimed,
+        pct(m.accuracy),
+        m.mean_score.map_or("–".into(), |s| format!("{s:.3}")),
+    ));
+    if !m.pass_at_k.is_empty() && m.pass_at_k.len() > 1 {
+        let p: Vec<String> = m
+            .pass_at_k
+            .iter()
+            .map(|(k, v)| format!("pass@{k} {:.1}%", v * 100.0))
+            .collect();
+        lines.push(format!("  {}", p.join(" · ")));
+    }
+    let sampled: Vec<String> = m
+        .per_round
+        .iter()
+        .filter_map(|r| {
+            let p1 = r.sampled_pass_at_k.get(&1)?;
+            let top = r
+                .sampled_pass_at_k
                 .iter()
-                .map(|(k, v)| format!("pass@{k} {:.1}%", v * 100.0))
-                .collect();
-            eprintln!("  {}", p.join(" · "));
-        }
-        let sampled: Vec<String> = m
-            .per_round
-            .iter()
-            .filter_map(|r| {
-                let p1 = r.sampled_pass_at_k.get(&1)?;
-                let top = r
-                    .sampled_pass_at_k
-                    .iter()
-                    .next_back()
-                    .filter(|(k, _)| **k > 1);
-                // Items that stopped earlier count with their last round.
-                let reached = if r.reached < m.per_round[0].reached {
-                    format!(" ({} revised)", r.reached)
-                } else {
-                    String::new()
-                };
-                Some(match top {
-                    Some((k, v)) => format!(
-                        "round {}{reached}: pass@1 {:.1}% pass@{k} {:.1}%",
-                        r.round,
-                        p1 * 100.0,
-                        v * 100.0
-                    ),
-                    None => format!("round {}{reached}: pass@1 {:.1}%", r.round, p1 * 100.0),
-                })
-            })
-            .collect();
-        if !sampled.is_empty() {
-            eprintln!("  over samples · {}", sampled.join(" · "));
-        }
-        if m.flips.units > 0 && m.per_round.len() > 1 {
-            eprintln!(
-                "  first answer {} → final {} · negative flips {} · positive flips {}",
-                pct(m.first_accuracy),
-                pct(m.accuracy),
-                m.flips.negative,
-                m.flips.positive
-            );
-        }
-        let rounds: Vec<String> = m
-            .per_round
-            .iter()
-            .filter_map(|r| {
-                let f = r.flips?;
-                let rejected = if r.rejected > 0 {
-                    format!(", {} rejected", r.rejected)
-                } else {
-                    String::new()
-                };
-                Some(format!(
-                    "round {} ({} items{rejected}): −{} +{} (NFR {:.1}%)",
+                .next_back()
+                .filter(|(k, _)| **k > 1);
+            // Items that stopped earlier count with their last round.
+            let reached = if r.reached < m.per_round[0].reached {
+                format!(" ({} revised)", r.reached)
+            } else {
+                String::new()
+            };
+            Some(match top {
+                Some((k, v)) => format!(
+                    "round {}{reached}: pass@1 {:.1}% pass@{k} {:.1}%",
                     r.round,
-                    r.reached,
-                    f.negative,
-                    f.positive,
-                    f.negative_rate * 100.0
-                ))
+                    p1 * 100.0,
+                    v * 100.0
+                ),
+                None => format!("round {}{reached}: pass@1 {:.1}%", r.round, p1 * 100.0),
             })
-            .collect();
-        if !rounds.is_empty() {
-            eprintln!("  vs the previous round · {}", rounds.join(" · "));
-        }
-        // When not to refine: the first round that hurt more than it helped.
-        if let Some((r, f)) = m
-            .per_round
-            .iter()
-            .find_map(|r| Some((r, r.flips?)).filter(|(_, f)| f.negative > f.positive))
-        {
-            eprintln!(
-                "  revision {} turned more right answers wrong ({}) than wrong ones right ({}) for this model: stop before it (at most {} revision(s)) or guard the loop (`accept`)",
+        })
+        .collect();
+    if !sampled.is_empty() {
+        lines.push(format!("  over samples · {}", sampled.join(" · ")));
+    }
+    if m.flips.units > 0 && m.per_round.len() > 1 {
+        lines.push(format!(
+            "  first answer {} → final {} · negative flips {} · positive flips {}",
+            pct(m.first_accuracy),
+            pct(m.accuracy),
+            m.flips.negative,
+            m.flips.positive
+        ));
+    }
+    let rounds: Vec<String> = m
+        .per_round
+        .iter()
+        .filter_map(|r| {
+            let f = r.flips?;
+            let rejected = if r.rejected > 0 {
+                format!(", {} rejected", r.rejected)
+            } else {
+                String::new()
+            };
+            Some(format!(
+                "round {} ({} items{rejected}): −{} +{} (NFR {:.1}%)",
                 r.round,
+                r.reached,
                 f.negative,
                 f.positive,
-                r.round - 1
-            );
-        }
-        if !m.per_node.is_empty() {
-            let p: Vec<String> = m
-                .per_node
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{} {:.1}% ({:.0} tok)",
-                        p.node,
-                        p.accuracy * 100.0,
-                        p.tokens
-                    )
-                })
-                .collect();
-            eprintln!("  per output node · {}", p.join(" · "));
-        }
-        if !m.reviews.is_empty() {
-            let r: Vec<String> = m
-                .reviews
-                .iter()
-                .map(|r| {
-                    format!(
-                        "depth {}: {} of {} accepted ({})",
-                        r.depth,
-                        r.accepted,
-                        r.proposed,
-                        pct(r.acceptance_rate)
-                    )
-                })
-                .collect();
-            eprintln!("  review · {}", r.join(" · "));
-        }
-        if let Some(i) = &m.insistency {
-            eprintln!(
-                "  revisions that kept the answer: {} of {} ({:.1}%), {} of them right",
-                i.kept,
-                i.revisions,
-                i.rate * 100.0,
-                pct(i.kept_right)
-            );
-        }
-        if let Some(c) = &m.confidence {
-            let f = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.3}"));
-            eprintln!(
-                "  verifier confidence: {} verdicts ({} on right answers) · mean right {} wrong {} · AUROC {} · ECE {}",
-                c.verdicts,
-                c.right,
-                f(c.mean_right),
-                f(c.mean_wrong),
-                f(c.auroc),
-                f(c.ece)
-            );
-            if let Some(k) = &m.calibrated_confidence {
-                eprintln!(
-                    "  calibrated: mean right {} wrong {} · AUROC {} · ECE {}",
-                    f(k.mean_right),
-                    f(k.mean_wrong),
-                    f(k.auroc),
-                    f(k.ece)
-                );
-            }
-        }
-        eprintln!(
-            "  tokens/unit mean {:.0} p50 {:.0} p95 {:.0} · wall ms p50 {:.0} p95 {:.0} · this run: {} units, {} tokens, ${:.4}",
-            m.tokens.mean,
-            m.tokens.p50,
-            m.tokens.p95,
-            m.wall_ms.p50,
-            m.wall_ms.p95,
-            o.ran.done + o.ran.failed,
-            o.ran.tokens,
-            o.ran.cost_usd
-        );
-        eprintln!(
-            "  stored in {} · `redraft report {}{} -o report.html`",
-            crate::redact::url(&args.store.store),
-            &o.eval.id,
-            args.store.flag()
-        );
+                f.negative_rate * 100.0
+            ))
+        })
+        .collect();
+    if !rounds.is_empty() {
+        lines.push(format!("  vs the previous round · {}", rounds.join(" · ")));
     }
-    match o.end {
-        EvalEnd::Done if o.ran.failed > 0 && o.ran.done == 0 => {
-            eprintln!("every unit this run started failed");
-            EXIT_BACKEND
-        }
-        EvalEnd::Done => EXIT_OK,
-        EvalEnd::BudgetSpent => {
-            if !args.quiet {
-                eprintln!(
-                    "total budget spent ({}): units left; raise --total-budget and run again to continue",
-                    o.budget_limit.unwrap_or("?")
-                );
-            }
-            EXIT_BUDGET
-        }
-        EvalEnd::TooManyErrors => {
-            eprintln!(
-                "stopped: more than {} units failed",
-                args.max_errors.unwrap_or(0)
-            );
-            EXIT_BACKEND
-        }
-        EvalEnd::Interrupted => super::interrupted_exit(),
+    // When not to refine: the first round that hurt more than it helped.
+    if let Some((r, f)) = m
+        .per_round
+        .iter()
+        .find_map(|r| Some((r, r.flips?)).filter(|(_, f)| f.negative > f.positive))
+    {
+        lines.push(format!(
+            "  revision {} turned more right answers wrong ({}) than wrong ones right ({}) for this model: stop before it (at most {} revision(s)) or guard the loop (`accept`)",
+            r.round,
+            f.negative,
+            f.positive,
+            r.round - 1
+        ));
     }
+    if !m.per_node.is_empty() {
+        let p: Vec<String> = m
+            .per_node
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {:.1}% ({:.0} tok)",
+                    p.node,
+                    p.accuracy * 100.0,
+                    p.tokens
+                )
+            })
+            .collect();
+        lines.push(format!("  per output node · {}", p.join(" · ")));
+    }
+    if !m.reviews.is_empty() {
+        let r: Vec<String> = m
+            .reviews
+            .iter()
+            .map(|r| {
+                format!(
+                    "depth {}: {} of {} accepted ({})",
+                    r.depth,
+                    r.accepted,
+                    r.proposed,
+                    pct(r.acceptance_rate)
+                )
+            })
+            .collect();
+        lines.push(format!("  review · {}", r.join(" · ")));
+    }
+    if let Some(i) = &m.insistency {
+        lines.push(format!(
+            "  revisions that kept the answer: {} of {} ({:.1}%), {} of them right",
+            i.kept,
+            i.revisions,
+            i.rate * 100.0,
+            pct(i.kept_right)
+        ));
+    }
+    if let Some(c) = &m.confidence {
+        let f = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.3}"));
+        lines.push(format!(
+            "  verifier confidence: {} verdicts ({} on right answers) · mean right {} wrong {} · AUROC {} · ECE {}",
+            c.verdicts,
+            c.right,
+            f(c.mean_right),
+            f(c.mean_wrong),
+            f(c.auroc),
+            f(c.ece)
+        ));
+        if let Some(k) = &m.calibrated_confidence {
+            lines.push(format!(
+                "  calibrated: mean right {} wrong {} · AUROC {} · ECE {}",
+                f(k.mean_right),
+                f(k.mean_wrong),
+                f(k.auroc),
+                f(k.ece)
+            ));
+        }
+    }
+    lines.push(format!(
+        "  tokens/unit mean {:.0} p50 {:.0} p95 {:.0} · wall ms p50 {:.0} p95 {:.0} · this run: {} units, {} tokens, ${:.4}",
+        m.tokens.mean,
+        m.tokens.p50,
+        m.tokens.p95,
+        m.wall_ms.p50,
+        m.wall_ms.p95,
+        o.ran.done + o.ran.failed,
+        o.ran.tokens,
+        o.ran.cost_usd
+    ));
+    lines.push(format!(
+        "  stored in {} · `redraft report {}{} -o report.html`",
+        crate::redact::url(&store.store),
+        &o.eval.id,
+        store.flag()
+    ));
+    lines
 }
 
 #[derive(Debug, clap::Args)]

@@ -337,8 +337,21 @@ pub struct SampleCount {
 }
 
 /// The stored result of one unit.
+/// The format of a stored [`ItemResult`]. 1: loop reports and review
+/// rounds as untyped JSON (records without a `format` field); 2: typed
+/// (the same JSON, checked when read). A result of a newer format is
+/// refused, never misread.
+pub const RESULT_FORMAT: u32 = 2;
+
+fn format_1() -> u32 {
+    1
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ItemResult {
+    /// [`RESULT_FORMAT`] when written.
+    #[serde(default = "format_1")]
+    pub format: u32,
     pub item_id: String,
     pub epoch: u32,
     pub status: ItemStatus,
@@ -362,9 +375,9 @@ pub struct ItemResult {
     pub summary: Option<Value>,
     /// The summary's loop reports and review rounds (what metrics read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub loops: Vec<Value>,
+    pub loops: Vec<crate::summary::LoopReport>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reviews: Vec<Value>,
+    pub reviews: Vec<crate::summary::ReviewReport>,
     /// The run's events but the last (`run_finished` repeats the summary).
     /// Stored in a column of their own, read only when asked for (reports):
     /// metrics over many items never parse them.
@@ -769,6 +782,7 @@ impl UnitContext {
             events
         });
         let mut result = ItemResult {
+            format: RESULT_FORMAT,
             item_id: unit.item.id.clone(),
             epoch: unit.epoch,
             status: ItemStatus::Failed,
@@ -883,16 +897,8 @@ impl UnitContext {
         if result.status == ItemStatus::Failed && result.error.is_none() {
             result.error = Some("the run produced no output".into());
         }
-        result.loops = summary
-            .loops
-            .iter()
-            .filter_map(|l| serde_json::to_value(l).ok())
-            .collect();
-        result.reviews = summary
-            .reviews
-            .iter()
-            .filter_map(|r| serde_json::to_value(r).ok())
-            .collect();
+        result.loops = summary.loops.clone();
+        result.reviews = summary.reviews.clone();
         let kept: Vec<&Event> = events
             .iter()
             .filter(|e| !matches!(e, Event::RunFinished { .. }))

@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use serde_json::Value;
 
 use super::store::UnitRecord;
 use super::{ItemResult, ItemStatus};
+use crate::summary::LoopReport;
 
 /// Mean, median and 95th percentile.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -411,35 +411,30 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
     }
 
     // Loop metrics and reviews, from the stored summaries.
-    let mut loops: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    let mut loops: BTreeMap<&str, Vec<&LoopReport>> = BTreeMap::new();
     let mut reviews: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
     for r in &results {
         for l in &r.loops {
-            if let Some(id) = l.get("loop").and_then(Value::as_str) {
-                loops.entry(id.to_string()).or_default().push(l);
-            }
+            loops.entry(&l.loop_id).or_default().push(l);
         }
         for rv in &r.reviews {
-            let depth = rv.get("depth").and_then(Value::as_u64).unwrap_or(0) as u32;
-            let e = reviews.entry(depth).or_default();
-            e.0 += rv.get("proposed").and_then(Value::as_u64).unwrap_or(0);
-            e.1 += rv.get("accepted").and_then(Value::as_u64).unwrap_or(0);
+            let e = reviews.entry(rv.depth).or_default();
+            e.0 += u64::from(rv.proposed);
+            e.1 += u64::from(rv.accepted);
         }
     }
     for (id, ls) in loops {
-        let f = |key: &'static str| {
-            ls.iter()
-                .filter_map(move |l| l.get(key).and_then(Value::as_f64))
-        };
+        let f = |value: fn(&LoopReport) -> Option<f64>| ls.iter().filter_map(move |l| value(l));
         m.loops.insert(
-            id,
+            id.to_string(),
             LoopMeans {
                 units: ls.len(),
-                rounds: mean(f("rounds")).unwrap_or(0.0),
-                overcorrection_risk_rate: mean(f("overcorrection_risk_rate")),
-                correction_success_rate: mean(f("correction_success_rate")).unwrap_or(0.0),
-                improvement_slope: mean(f("improvement_slope")).unwrap_or(0.0),
-                over_budget_ratio: mean(f("over_budget_ratio")),
+                rounds: mean(f(|l| Some(f64::from(l.rounds)))).unwrap_or(0.0),
+                overcorrection_risk_rate: mean(f(|l| l.overcorrection_risk_rate)),
+                correction_success_rate: mean(f(|l| Some(l.correction_success_rate)))
+                    .unwrap_or(0.0),
+                improvement_slope: mean(f(|l| Some(l.improvement_slope))).unwrap_or(0.0),
+                over_budget_ratio: mean(f(|l| l.over_budget_ratio)),
             },
         );
     }
@@ -802,6 +797,7 @@ mod tests {
             epoch,
             status: "done".into(),
             result: Some(ItemResult {
+                format: crate::eval::RESULT_FORMAT,
                 item_id: id.into(),
                 epoch,
                 status: ItemStatus::Done,

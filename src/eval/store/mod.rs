@@ -561,6 +561,30 @@ pub(crate) fn encode(store: &str, r: &ItemResult) -> Result<(String, String, Str
     Ok((json, summary, events))
 }
 
+/// A stored result, checked for its format before it is read as one: a
+/// result of a newer redraft is refused (never misread), an unreadable one
+/// names what is wrong.
+fn read_result(store: &str, text: &str) -> Result<ItemResult, StoreError> {
+    #[derive(Deserialize)]
+    struct Format {
+        format: Option<u32>,
+    }
+    let format = serde_json::from_str::<Format>(text)
+        .map_err(|e| corrupt(store, e))?
+        .format
+        .unwrap_or(1);
+    if format > crate::eval::RESULT_FORMAT {
+        return Err(corrupt(
+            store,
+            format!(
+                "a result of format {format}, newer than this redraft reads ({}); upgrade redraft",
+                crate::eval::RESULT_FORMAT
+            ),
+        ));
+    }
+    serde_json::from_str(text).map_err(|e| corrupt(store, e))
+}
+
 pub(crate) fn unit_record(
     store: &str,
     item: &str,
@@ -570,10 +594,7 @@ pub(crate) fn unit_record(
     summary: Option<&str>,
     events: Option<&str>,
 ) -> Result<UnitRecord, StoreError> {
-    let mut result: Option<ItemResult> = result
-        .map(serde_json::from_str)
-        .transpose()
-        .map_err(|e| corrupt(store, e))?;
+    let mut result: Option<ItemResult> = result.map(|r| read_result(store, r)).transpose()?;
     if let Some(r) = &mut result {
         if let Some(events) = events {
             r.events = serde_json::from_str(events).map_err(|e| corrupt(store, e))?;
@@ -632,6 +653,55 @@ pub(crate) fn counts_from(rows: Vec<(String, i64)>) -> Counts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stored result of the first format: loop reports as JSON written
+    /// by the summary, no `format` field.
+    fn format_1_result(loops: &str) -> String {
+        format!(
+            r#"{{"item_id":"a","epoch":0,"status":"done","score":null,"output":"x","candidates":[],
+            "run_status":"finished","tokens":3,"calls":1,"cost_usd":0.0,"wall_ms":1.0,"error":null,
+            "worker":"w","finished_at":0,"loops":{loops},
+            "reviews":[{{"node":"r","depth":1,"proposed":2,"accepted":1,"acceptance_rate":0.5}}]}}"#
+        )
+    }
+
+    #[test]
+    fn results_of_every_format_up_to_ours_are_read_typed_and_newer_ones_refused() {
+        let loop_json = r#"[{"loop":"refine","rounds":2,"stop_reason":"until","changes":1,"wins":1,
+            "overcorrection_risk_rate":null,"correction_success_rate":1.0,"improvement_slope":0.5,
+            "over_budget_ratio":null,"per_round":[{"round":1,"win":false,"score":0.0,"tokens":5},
+            {"round":2,"win":true,"score":1.0,"tokens":6}]}]"#;
+        let r = read_result("s.db", &format_1_result(loop_json)).unwrap();
+        assert_eq!(r.format, 1);
+        assert_eq!(r.loops[0].loop_id, "refine");
+        assert_eq!(r.loops[0].stop_reason, crate::summary::StopReason::Until);
+        assert_eq!(r.loops[0].per_round[1].score, Some(1.0));
+        assert_eq!(r.reviews[0].accepted, 1);
+        // Written back, it is of the current format and reads the same.
+        let mut now = r.clone();
+        now.format = crate::eval::RESULT_FORMAT;
+        let again = read_result("s.db", &serde_json::to_string(&now).unwrap()).unwrap();
+        assert_eq!(again, now);
+        // A newer format is refused, naming the store and the format.
+        let newer = serde_json::to_string(&ItemResult {
+            format: crate::eval::RESULT_FORMAT + 1,
+            ..now
+        })
+        .unwrap();
+        let e = read_result("s.db", &newer).unwrap_err().to_string();
+        assert!(
+            e.contains("s.db") && e.contains("newer than this redraft reads"),
+            "{e}"
+        );
+        // A loop report that is not one is an error naming the store, not a panic.
+        let e = read_result(
+            "s.db",
+            &format_1_result(r#"[{"loop":"refine","rounds":"two"}]"#),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("s.db") && e.contains("unreadable"), "{e}");
+    }
 
     #[test]
     fn a_killed_child_is_dead_before_it_is_reaped() {
