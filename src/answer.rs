@@ -18,7 +18,7 @@
 //! - [`json`]: the JSON value in a reply.
 //! - [`yes_no`]: a yes or no that survives Markdown and punctuation.
 //!
-//! **Invariant:** a leaf (only [`crate::modeljson`] beside it); every
+//! **Invariant:** a leaf (only `modeljson` beside it); every
 //! function is total (no panic on any text).
 
 use std::sync::LazyLock;
@@ -206,7 +206,7 @@ pub fn normalize(s: &str) -> String {
 
 /// The JSON value in a model's reply: the whole reply, a fenced block, or
 /// the outermost `{...}` / `[...]`; LaTeX backslashes in strings repaired
-/// ([`crate::modeljson`]).
+/// (`modeljson`).
 pub fn json(text: &str) -> Option<serde_json::Value> {
     let t = text.trim();
     if let Some(v) = crate::modeljson::parse(t) {

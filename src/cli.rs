@@ -27,7 +27,7 @@ use tracing_subscriber::Layer as _;
 use crate::budget::Limits;
 use crate::engine::{Engine, RunError, RunOptions};
 use crate::event::{CallOutcome, Event, Fanout, NodeStatus, Recorder};
-use crate::metrics::{FailureKind, RunStatus, RunSummary};
+use crate::summary::{FailureKind, RunStatus, RunSummary};
 use crate::workflow::{self, Workflow};
 
 pub const EXIT_OK: u8 = 0;

@@ -23,27 +23,43 @@
 //! `otel` exports traces ([`otel`], `docs/observability.md`).
 //!
 //! ## Layout
+//! The public surface is what `examples/` and an embedder need: running
+//! workflows, supplying models, reading what a run did, and evals. Each
+//! type has one path (its module's), plus the root re-exports below for the
+//! few every embedder uses. The rest is `pub(crate)`: it may change freely.
+//!
+//! Public:
+//! - [`workflow`]: load and check workflow files (YAML → tree → raw →
+//!   [`workflow::Workflow`]); [`workflow::keys`] are the format's keys.
+//! - [`engine`]: [`Engine`], [`RunOptions`], [`EventStream`]; [`event`]:
+//!   what a run reports as it goes; [`summary`]: what it reports at the end
+//!   ([`RunSummary`], loop reports, typed failures); [`metrics`]: loop
+//!   metrics folded from events.
+//! - [`backend`]: the [`LanguageModel`] trait, provider-neutral requests and
+//!   the backends (scripted, cassettes, OpenAI-compatible, llama.cpp);
+//!   [`layer`]: retry, timeout and rate limits as wrappers around a model.
+//! - [`budget`]: limits and the meter.
 //! - [`answer`]: reading the answer out of a text (numbers, patterns,
 //!   mentions, yes/no, JSON): one meaning for checks, votes, guards and scorers.
-//! - [`workflow`]: load and check workflow files (YAML → tree → raw → [`workflow::Workflow`]).
-//! - [`yaml`], [`diagnostic`]: the spanned YAML tree and the error reports.
-//! - [`template`]: minijinja prompts and conditions, strict and sandboxed.
-//! - [`backend`]: the [`LanguageModel`] trait and backends (scripted).
-//! - [`engine`]: the scheduler that runs a workflow; [`event`]: what it reports.
-//! - [`budget`]: limits and the meter; [`summary`]: what a run reports;
-//!   [`metrics`]: loop metrics and usage folded from events.
-//! - [`extract`], [`cluster`]: code blocks and Python functions; seeded k-means.
-//! - [`review`]: R3 edits (diffs with spans and intents) and applying them.
-//! - [`sandbox`]: running untrusted programs (bubblewrap namespaces, rlimits).
-//! - [`similarity`]: cosine, BLEU-4, lexical TF-IDF embeddings.
-//! - [`units`]: durations and sizes as workflows write them.
-//! - [`hash`]: FNV-1a, the one stable hash (ids, shards, cassette keys).
-//! - [`redact`]: passwords and keys out of URLs and command lines, before
-//!   anything is printed or stored.
-//! - [`eval`]: a workflow over a data set: loaders, scorers, the results
-//!   store (SQLite, PostgreSQL), metrics, comparisons and the HTML report
-//!   (`docs/eval.md`).
-//! - [`graph`]: Mermaid and DOT renderings; `cli`: the `redraft` command.
+//! - [`review`]: R3 edits (diffs with spans and intents), [`Reviewer`].
+//! - [`eval`]: a workflow over a data set: settings ([`eval::config`]),
+//!   loaders, scorers, the results store (SQLite, PostgreSQL), metrics,
+//!   comparisons, verifier calibration and the HTML report (`docs/eval.md`);
+//!   [`calibration`]: a verifier's fitted confidence map.
+//! - [`bridge`]: PromptBridge, calibrating and migrating prompts between models.
+//! - [`methods`]: the shipped methods; [`graph`]: Mermaid and DOT renderings.
+//! - [`yaml`], [`diagnostic`]: the spanned YAML tree and error reports.
+//! - [`extract`]: code blocks and Python functions out of replies;
+//!   [`sandbox`]: running untrusted programs (bubblewrap, rlimits).
+//! - [`redact`]: passwords and keys out of URLs, for a program that prints
+//!   its own store or model specs.
+//! - `otel` (feature `otel`): OTLP export of the spans.
+//!
+//! Inside the crate only: `template` (minijinja, strict and sandboxed),
+//! `similarity` (cosine, BLEU-4, TF-IDF), `cluster` (seeded k-means),
+//! `units` (durations and sizes), `hash` (FNV-1a, the one stable hash),
+//! `modeljson` (JSON out of model replies), and `cli` (the `redraft`
+//! command, feature `cli`; public only for the binary and its tests).
 
 pub mod answer;
 pub mod backend;
@@ -54,27 +70,27 @@ pub mod calibration;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod cli;
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod diagnostic;
 pub mod engine;
 pub mod eval;
 pub mod event;
 pub mod extract;
 pub mod graph;
-pub mod hash;
+pub(crate) mod hash;
 pub mod layer;
 pub mod methods;
 pub mod metrics;
-pub mod modeljson;
+pub(crate) mod modeljson;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod redact;
 pub mod review;
 pub mod sandbox;
-pub mod similarity;
+pub(crate) mod similarity;
 pub mod summary;
-pub mod template;
-pub mod units;
+pub(crate) mod template;
+pub(crate) mod units;
 pub mod workflow;
 pub mod yaml;
 

@@ -1,6 +1,6 @@
 //! The shipped methods: each a workflow with its prompts, scripted replies
 //! and tools, built into the binary so that `redraft new METHOD` can write a
-//! ready-to-edit copy anywhere (`new` in the CLI; [`write`] here).
+//! ready-to-edit copy anywhere (`new` in the CLI; [`write()`] here).
 
 use std::path::{Path, PathBuf};
 

@@ -13,11 +13,7 @@
 //! - over-budget ratio           OBR = (1/n) Σ 1(tokens_t > round_tokens)
 
 use crate::event::Event;
-use crate::summary::StopReason;
-pub use crate::summary::{
-    FailureCause, FailureKind, LoopReport, OutputSource, ReviewReport, RoundRecord, RunFailure,
-    RunStatus, RunSummary, UsageTotals,
-};
+use crate::summary::{LoopReport, ReviewReport, RoundRecord, StopReason, UsageTotals};
 
 impl LoopReport {
     pub fn compute(

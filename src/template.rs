@@ -86,18 +86,6 @@ impl Templates {
             .collect()
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.env.get_template(name).is_ok()
-    }
-
-    /// Top-level variables a stored template reads without defining them.
-    pub fn variables(&self, name: &str) -> HashSet<String> {
-        self.env
-            .get_template(name)
-            .map(|t| without_functions(t.undeclared_variables(false)))
-            .unwrap_or_default()
-    }
-
     /// Checks that an expression parses, and compiles it once for
     /// [`eval`](Self::eval); returns its top-level variables.
     pub fn add_expression(&mut self, expr: &str) -> Result<HashSet<String>, String> {

@@ -33,7 +33,8 @@ use crate::backend::{BackendError, LanguageModel};
 use crate::budget::{Exhausted, Limits, Meter, Scope};
 use crate::event::{Event, NoRecorder, Recorder};
 use crate::layer::{RateLimit, RateLimits};
-use crate::metrics::{FailureCause, FailureKind, RunSummary, Tally};
+use crate::metrics::Tally;
+use crate::summary::{FailureCause, FailureKind, RunSummary};
 use crate::template::TemplateError;
 use crate::workflow::{InputType, Workflow};
 

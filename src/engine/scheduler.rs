@@ -30,7 +30,7 @@ use super::state::{NodeOutput, NodeScope, ScopeData, Verdict};
 use super::{CancellationToken, NodeError, Shared};
 use crate::budget::{Exhausted, Scope};
 use crate::event::{Event, NodeStatus, StopReason};
-use crate::metrics::{
+use crate::summary::{
     FailureCause, FailureKind, LoopReport, OutputSource, RoundRecord, RunFailure, RunStatus,
     RunSummary,
 };

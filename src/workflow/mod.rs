@@ -1,14 +1,22 @@
 //! Workflow files: load, check and describe them.
 //!
 //! Loading runs in passes, like a compiler: bytes → UTF-8 text → spanned YAML
-//! tree ([`crate::yaml`]) → shape-checked raw workflow ([`raw`]) → resolved,
+//! tree ([`crate::yaml`]) → shape-checked raw workflow (`raw`) → resolved,
 //! compiled [`Workflow`] (`validate`). Each pass reports every problem it
 //! finds; a later pass runs only on what the earlier ones could read.
 
 mod kinds;
 mod model;
-#[doc(hidden)]
-pub mod raw;
+mod raw;
+
+/// The keys of the format, as the reader knows them: the JSON Schema and
+/// the reference are checked against these lists.
+pub mod keys {
+    pub use super::raw::{
+        BUDGET_KEYS, CHECK_KINDS, EDGE_KEYS, EXECUTE_LIMIT_KEYS, JUDGE_KEYS, LOOP_KEYS, MODEL_KEYS,
+        NODE_COMMON_KEYS, RATE_LIMIT_KEYS, SAMPLING_KEYS, TOOL_HTTP_KEYS, TOP_KEYS,
+    };
+}
 mod validate;
 
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@ use std::time::Duration;
 use redraft::backend::ErrorKind;
 use redraft::budget::{LimitKind, Limits, Scope};
 use redraft::event::{CallOutcome, Event, ModelCallEvent, StopReason};
-use redraft::metrics::{FailureCause, FailureKind, RunStatus};
+use redraft::summary::{FailureCause, FailureKind, RunStatus};
 use redraft::{CancellationToken, RunOptions};
 
 use crate::support::{load, root, run, runs, trace, workflow};

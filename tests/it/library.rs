@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use redraft::backend::BoxFuture;
 use redraft::event::Event;
-use redraft::metrics::RunStatus;
 use redraft::review::{ReviewError, ReviewRequest, Reviewer};
+use redraft::summary::RunStatus;
 use redraft::workflow::ReviewDecisions;
 use redraft::{RunOptions, RunSummary};
 

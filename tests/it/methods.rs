@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use redraft::event::{Collect, Event};
-use redraft::metrics::RunStatus;
+use redraft::summary::RunStatus;
 use redraft::workflow::ReviewDecisions;
 use redraft::{Engine, RunOptions, RunSummary};
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use redraft::backend::LanguageModel;
 use redraft::event::{Collect, Event};
-use redraft::metrics::RunStatus;
+use redraft::summary::RunStatus;
 use redraft::workflow::ReviewDecisions;
 use redraft::{Engine, RunOptions, RunSummary};
 

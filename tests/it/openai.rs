@@ -10,7 +10,7 @@ use redraft::backend::{
 };
 use redraft::budget::Limits;
 use redraft::event::{CallOutcome, Collect, Event};
-use redraft::metrics::{FailureKind, RunStatus};
+use redraft::summary::{FailureKind, RunStatus};
 use redraft::{Engine, LanguageModel, RunOptions};
 
 use crate::mock_openai::{Fault, MockServer};

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use redraft::backend::cassette::CassetteWriter;
 use redraft::event::{Collect, Event};
-use redraft::metrics::RunStatus;
+use redraft::summary::RunStatus;
 use redraft::{Engine, RunOptions};
 
 use crate::support::{load, root};

@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
 use redraft::diagnostic::Code;
-use redraft::workflow::{self, WorkflowError, raw};
+use redraft::workflow::{self, WorkflowError, keys as raw};
 
 use crate::support::{fixtures, root};
 
