@@ -15,7 +15,7 @@ use super::raw;
 use super::validate::{self, Builder};
 
 /// The closed set of node kinds, by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Generate,

@@ -287,8 +287,10 @@ pub enum NodeKind {
 
 impl NodeKind {
     /// The fields of this node's output that templates can read, where they
-    /// are known at load time; `None` where they depend on the run (a schema
-    /// with no declared properties, library kinds).
+    /// are known at load time; `None` only where they depend on the reply (a
+    /// schema that declares no properties). Every kind is listed: a new kind
+    /// must say what it outputs (tests run every shipped workflow and compare
+    /// these lists with what each node really produced).
     pub fn output_fields(&self) -> Option<Vec<String>> {
         let own = |names: &[&str]| Some(names.iter().map(|s| s.to_string()).collect());
         let model = |call: &ModelCall, revise: bool| {
@@ -314,7 +316,65 @@ impl NodeKind {
             }
             NodeKind::Select(_) => own(&["text", "index", "score", "scores", "round"]),
             NodeKind::Vote(_) => own(&["text", "votes", "agreement", "weights", "method", "round"]),
-            _ => None,
+            NodeKind::Execute(e) => {
+                let mut fields = vec![
+                    "text",
+                    "feedback",
+                    "passed",
+                    "score",
+                    "passed_count",
+                    "total",
+                    "results",
+                    "isolation",
+                    "round",
+                ];
+                if e.each.is_some() {
+                    fields.extend(["passing", "best", "programs"]);
+                }
+                own(&fields)
+            }
+            NodeKind::Extract(_) => own(&[
+                "text",
+                "code",
+                "programs",
+                "functions",
+                "has_errors",
+                "round",
+            ]),
+            NodeKind::Tool(_) => own(&[
+                "text",
+                "status",
+                "ok",
+                "error_class",
+                "truncated",
+                "json",
+                "elapsed_ms",
+                "round",
+            ]),
+            NodeKind::Embed(_) => own(&[
+                "items", "texts", "vectors", "method", "dims", "count", "round",
+            ]),
+            NodeKind::Cluster(_) => own(&[
+                "text",
+                "k",
+                "clusters",
+                "representatives",
+                "representative_indices",
+                "assignments",
+                "inertia",
+                "round",
+            ]),
+            NodeKind::HumanReview(_) => own(&[
+                "text",
+                "changed",
+                "proposed",
+                "accepted",
+                "acceptance_rate",
+                "edits",
+                "rejected",
+                "depth",
+                "round",
+            ]),
         }
     }
 

@@ -528,3 +528,74 @@ fn rbd_bias_sets_pair_each_biased_item_with_an_unbiased_one() {
     assert_eq!(j["metrics"]["accuracy"], 0.5);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What the validator believes each node outputs (`NodeKind::output_fields`,
+/// which decides whether `nodes.X.field` in a template is a known field) is
+/// exactly what each node of every shipped workflow (and valid fixture)
+/// produced when it ran:
+/// a field missing from the list would reject a valid template, an extra
+/// one would let a broken template load.
+#[tokio::test]
+async fn every_kind_outputs_exactly_the_fields_the_validator_knows() {
+    let mut kinds_seen = std::collections::BTreeSet::new();
+    let dirs = [
+        root().join("workflows"),
+        root().join("tests/fixtures/valid"),
+    ];
+    let paths = dirs
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
+        .map(|e| e.unwrap().path());
+    for path in paths {
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let wf = load(&path);
+        let sandboxed = wf.nodes().iter().any(|n| {
+            matches!(
+                n.kind,
+                redraft::workflow::NodeKind::Execute(_) | redraft::workflow::NodeKind::Tool(_)
+            )
+        });
+        if sandboxed && !have_sandbox() {
+            continue;
+        }
+        let opts = RunOptions {
+            review: Some(ReviewDecisions::AcceptAll),
+            ..RunOptions::default()
+        };
+        let events = Arc::new(Collect::default());
+        let engine = Engine::new().with_recorder(events.clone());
+        if engine.run(wf.clone(), opts).await.is_err() {
+            continue; // a fixture that needs inputs; the kinds check below says if one was needed
+        }
+        let events = events.take();
+        for n in wf.nodes() {
+            let produced = outputs(&events, &n.id);
+            let Some(first) = produced.first() else {
+                continue;
+            };
+            let Some(known) = n.kind.output_fields() else {
+                continue;
+            };
+            kinds_seen.insert(n.kind.kind());
+            let got: std::collections::BTreeSet<&str> = first
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let known: std::collections::BTreeSet<&str> =
+                known.iter().map(String::as_str).collect();
+            assert_eq!(got, known, "{name}: node `{}`", n.id);
+        }
+    }
+    // Every kind is exercised by some shipped workflow (where a sandbox is).
+    if have_sandbox() {
+        let all: std::collections::BTreeSet<_> =
+            redraft::workflow::KINDS.iter().map(|k| k.kind).collect();
+        let missing: Vec<_> = all.difference(&kinds_seen).collect();
+        assert!(missing.is_empty(), "no shipped workflow runs {missing:?}");
+    }
+}
