@@ -13,7 +13,9 @@
 //! - a run always ends with a [`RunSummary`] holding the best output so far,
 //!   whatever stopped it (budget, failure, cancellation).
 
+mod checks;
 mod library;
+mod metered;
 mod nodes;
 mod scheduler;
 mod state;
