@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::model::NodeKind;
 use super::raw;
+use super::validate::library;
 use super::validate::{self, Builder};
 
 /// The closed set of node kinds, by name.
@@ -44,7 +45,10 @@ pub struct KindDef {
     /// Its output is a verdict on the artifact (`passed`, `score`): loop
     /// metrics and best-output selection read it.
     pub verdict: bool,
-    /// Reads the raw node into the kind's typed spec (pass 2).
+    /// Reads the kind's keys of a node (pass 1: shape and types).
+    pub(crate) read: raw::RawReader,
+    /// Builds the kind's typed spec from what `read` read (pass 2: names,
+    /// templates, values).
     pub(crate) build: Builder,
 }
 
@@ -62,6 +66,7 @@ pub static KINDS: [KindDef; 12] = [
         "sample `n` completions of a prompt",
         raw::MODEL_CALL_KEYS,
         false,
+        raw::read_call,
         validate::generate,
     ),
     def(
@@ -70,6 +75,7 @@ pub static KINDS: [KindDef; 12] = [
         "structured feedback from a model, checked against a JSON Schema",
         raw::MODEL_CALL_KEYS,
         false,
+        raw::read_call,
         validate::critique,
     ),
     def(
@@ -78,6 +84,7 @@ pub static KINDS: [KindDef; 12] = [
         "check the artifact; passes when every check passes",
         raw::VERIFY_KEYS,
         true,
+        raw::read_verify,
         validate::verify,
     ),
     def(
@@ -86,6 +93,7 @@ pub static KINDS: [KindDef; 12] = [
         "rewrite the artifact (a generate tracked as a change)",
         raw::MODEL_CALL_KEYS,
         false,
+        raw::read_call,
         validate::revise,
     ),
     def(
@@ -94,6 +102,7 @@ pub static KINDS: [KindDef; 12] = [
         "pick one sample of another node by a score expression",
         raw::SELECT_KEYS,
         false,
+        raw::read_select,
         validate::select,
     ),
     def(
@@ -102,55 +111,62 @@ pub static KINDS: [KindDef; 12] = [
         "majority or weighted vote over the answers in another node's samples",
         raw::VOTE_KEYS,
         false,
+        raw::read_vote,
         validate::vote,
     ),
     def(
         Kind::Execute,
         "execute",
         "run a program against tests in the sandbox",
-        raw::EXECUTE_KEYS,
+        library::execute::KEYS,
         true,
-        validate::execute_node,
+        raw::read_keys,
+        library::execute::build,
     ),
     def(
         Kind::Extract,
         "extract",
         "pull code and functions out of replies",
-        raw::EXTRACT_KEYS,
+        library::extract::KEYS,
         false,
-        validate::extract_node,
+        raw::read_keys,
+        library::extract::build,
     ),
     def(
         Kind::Tool,
         "tool",
         "call a command or an HTTP endpoint and capture what it did",
-        raw::TOOL_KEYS,
+        library::tool::KEYS,
         false,
-        validate::tool_node,
+        raw::read_keys,
+        library::tool::build,
     ),
     def(
         Kind::Embed,
         "embed",
         "embed a list of texts (model embeddings or lexical TF-IDF)",
-        raw::EMBED_KEYS,
+        library::embed::KEYS,
         false,
-        validate::embed_node,
+        raw::read_keys,
+        library::embed::build,
     ),
     def(
         Kind::Cluster,
         "cluster",
         "seeded k-means over an embed node's vectors, with representatives",
-        raw::CLUSTER_KEYS,
+        library::cluster::KEYS,
         false,
-        validate::cluster_node,
+        raw::read_keys,
+        library::cluster::build,
     ),
     def(
         Kind::HumanReview,
         "human_review",
         "accept or reject the edits between two texts (R3)",
-        raw::HUMAN_REVIEW_KEYS,
+        library::human_review::KEYS,
         false,
-        validate::human_review_node,
+        raw::read_keys,
+        library::human_review::build,
     ),
 ];
 
@@ -160,6 +176,7 @@ const fn def(
     summary: &'static str,
     keys: &'static [&'static str],
     verdict: bool,
+    read: raw::RawReader,
     build: Builder,
 ) -> KindDef {
     KindDef {
@@ -168,6 +185,7 @@ const fn def(
         summary,
         keys,
         verdict,
+        read,
         build,
     }
 }

@@ -66,31 +66,8 @@ pub const MODEL_CALL_KEYS: &[&str] = &[
 pub const VERIFY_KEYS: &[&str] = &["target", "checks", "calibration"];
 pub const SELECT_KEYS: &[&str] = &["from", "by", "order"];
 pub const VOTE_KEYS: &[&str] = &["from", "items", "extract", "weight"];
-pub const EXECUTE_KEYS: &[&str] = &[
-    "code",
-    "each",
-    "tests",
-    "mode",
-    "command",
-    "file",
-    "limits",
-    "isolation",
-    "parallel",
-];
 pub const EXECUTE_LIMIT_KEYS: &[&str] = &["time", "memory", "output", "processes"];
-pub const EXTRACT_KEYS: &[&str] = &["from", "language"];
-pub const TOOL_KEYS: &[&str] = &[
-    "command",
-    "stdin",
-    "http",
-    "timeout",
-    "max_output",
-    "isolation",
-];
 pub const TOOL_HTTP_KEYS: &[&str] = &["url", "method", "body", "headers"];
-pub const EMBED_KEYS: &[&str] = &["items", "text", "model", "dims"];
-pub const CLUSTER_KEYS: &[&str] = &["from", "k", "seed"];
-pub const HUMAN_REVIEW_KEYS: &[&str] = &["before", "after", "decisions"];
 pub const SAMPLING_KEYS: &[&str] = &["temperature", "top_p", "seed", "max_tokens", "stop"];
 pub const CHECK_KINDS: &[&str] = &[
     "exact",
@@ -187,20 +164,165 @@ pub struct RawNode {
     pub id: Option<Spanned<String>>,
     pub kind: Option<Spanned<String>>,
     pub budget: Option<RawBudget>,
-    pub call: Option<RawCall>,
+    /// What the kind's own reader (in the kinds table) made of its keys.
+    pub body: RawBody,
+}
+
+/// A node's kind-specific keys as its kind's pass-1 reader read them: one
+/// variant per reader, so a builder matches the one it expects.
+#[derive(Debug)]
+pub enum RawBody {
+    /// No kind, or one that is not known: the keys were not judged.
+    Unread,
+    /// generate, critique, revise.
+    Call(RawCall),
+    Verify(RawVerify),
+    Select(RawSelect),
+    Vote(RawVote),
+    /// The node-library kinds: their keys, type-checked by their builders
+    /// in pass 2 (which compile templates and resolve names as they read).
+    Keys(Vec<(&'static str, Node)>),
+}
+
+#[derive(Debug)]
+pub struct RawVerify {
     pub target: Option<Spanned<String>>,
-    pub checks: Option<Vec<RawCheck>>,
-    /// A verify node's calibration file.
+    /// The calibration file.
     pub calibration: Option<Spanned<String>>,
+    pub checks: Vec<RawCheck>,
+}
+
+#[derive(Debug)]
+pub struct RawSelect {
     pub from: Option<Spanned<String>>,
     pub by: Option<Spanned<String>>,
     pub order: Option<Spanned<String>>,
+}
+
+#[derive(Debug)]
+pub struct RawVote {
+    pub from: Option<Spanned<String>>,
+    /// The answers as an expression (instead of `from`'s samples).
+    pub items: Option<Spanned<String>>,
     pub extract: Option<Spanned<String>>,
     pub weight: Option<Spanned<String>>,
-    /// A vote's answers as an expression (instead of `from`'s samples).
-    pub items: Option<Spanned<String>>,
-    /// The kind-specific keys of node-library kinds, read in the second pass.
-    pub library: Vec<(&'static str, Node)>,
+}
+
+impl RawNode {
+    /// The node's model calls as written: its own (`None`), and its judge
+    /// checks' (`Some(check index)`).
+    pub fn calls(&self) -> Vec<(Option<usize>, &RawCall)> {
+        match &self.body {
+            RawBody::Call(c) => vec![(None, c)],
+            RawBody::Verify(v) => v
+                .checks
+                .iter()
+                .enumerate()
+                .filter_map(|(ci, c)| match c {
+                    RawCheck::Judge(call) => Some((Some(ci), &**call)),
+                    _ => None,
+                })
+                .collect(),
+            RawBody::Unread | RawBody::Select(_) | RawBody::Vote(_) | RawBody::Keys(_) => {
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// A kind's pass-1 reader: its keys of the node (`f`) into its [`RawBody`].
+pub(crate) type RawReader = fn(&mut Reader, &mut Fields<'_>, &NodeAt<'_>) -> RawBody;
+
+/// The node a reader reads, for its messages.
+pub(crate) struct NodeAt<'a> {
+    pub span: Span,
+    pub label: &'a str,
+    /// The kind's own keys.
+    pub keys: &'static [&'static str],
+}
+
+/// generate, critique, revise: a model call.
+pub(crate) fn read_call(r: &mut Reader, f: &mut Fields<'_>, at: &NodeAt<'_>) -> RawBody {
+    RawBody::Call(r.call_fields(f, at.span, at.label, true))
+}
+
+/// verify: a target, checks and a calibration file.
+pub(crate) fn read_verify(r: &mut Reader, f: &mut Fields<'_>, at: &NodeAt<'_>) -> RawBody {
+    let target = f.get("target").and_then(|n| r.string(n, "`target`"));
+    let calibration = f
+        .get("calibration")
+        .and_then(|n| r.string(n, "`calibration`"));
+    let checks = match f.get("checks") {
+        Some(list) => {
+            let items = r.list(list, "`checks`");
+            if items.is_empty() {
+                r.err(
+                    Diagnostic::new(
+                        Code::InvalidValue,
+                        list.span,
+                        format!("{} has an empty `checks` list", at.label),
+                    )
+                    .label("no checks")
+                    .help("a verify node needs at least one check"),
+                );
+            }
+            items.iter().filter_map(|item| r.check(item)).collect()
+        }
+        None => {
+            r.err(
+                Diagnostic::new(
+                    Code::MissingKey,
+                    at.span,
+                    format!("{} has no `checks`", at.label),
+                )
+                .label("`checks` is required")
+                .help(format!("a list of checks: {}", CHECK_KINDS.join(", "))),
+            );
+            Vec::new()
+        }
+    };
+    RawBody::Verify(RawVerify {
+        target,
+        calibration,
+        checks,
+    })
+}
+
+/// select: `from`, `by`, `order`.
+pub(crate) fn read_select(r: &mut Reader, f: &mut Fields<'_>, at: &NodeAt<'_>) -> RawBody {
+    let from = f.get("from").and_then(|n| r.string(n, "`from`"));
+    r.required(from.as_ref(), "from", at.label, at.span);
+    let by = f.get("by").and_then(|n| r.string(n, "`by`"));
+    r.required(by.as_ref(), "by", at.label, at.span);
+    let order = f.get("order").and_then(|n| r.string(n, "`order`"));
+    RawBody::Select(RawSelect { from, by, order })
+}
+
+/// vote: `from` or `items`, `extract`, `weight`.
+pub(crate) fn read_vote(r: &mut Reader, f: &mut Fields<'_>, at: &NodeAt<'_>) -> RawBody {
+    let from = f.get("from").and_then(|n| r.string(n, "`from`"));
+    let items = f.get("items").and_then(|n| r.string(n, "`items`"));
+    if f.get("items").is_none() {
+        r.required(from.as_ref(), "from", at.label, at.span);
+    }
+    let extract = f.get("extract").and_then(|n| r.string(n, "`extract`"));
+    let weight = f.get("weight").and_then(|n| r.string(n, "`weight`"));
+    RawBody::Vote(RawVote {
+        from,
+        items,
+        extract,
+        weight,
+    })
+}
+
+/// The node-library kinds: their keys, kept for their builders.
+pub(crate) fn read_keys(_: &mut Reader, f: &mut Fields<'_>, at: &NodeAt<'_>) -> RawBody {
+    RawBody::Keys(
+        at.keys
+            .iter()
+            .filter_map(|key| Some((*key, f.get(key)?.clone())))
+            .collect(),
+    )
 }
 
 /// The model-call part of a node or a judge check.
@@ -308,7 +430,7 @@ pub struct Reader {
 }
 
 /// The keys of one mapping, tracking which were read.
-struct Fields<'n> {
+pub(crate) struct Fields<'n> {
     entries: &'n [(Node, Node)],
     used: Vec<bool>,
     allowed: Vec<&'static str>,
@@ -719,17 +841,7 @@ impl Reader {
             id: None,
             kind: None,
             budget: None,
-            call: None,
-            target: None,
-            checks: None,
-            calibration: None,
-            from: None,
-            by: None,
-            order: None,
-            extract: None,
-            weight: None,
-            items: None,
-            library: Vec::new(),
+            body: RawBody::Unread,
         };
         // Peek at the kind first: it decides which keys are valid.
         let kind = node.get("kind").and_then(|k| match &k.value {
@@ -790,74 +902,13 @@ impl Reader {
         raw.budget = f
             .get("budget")
             .map(|n| self.budget(n, &format!("the budget of {label}")));
-        match known {
-            Some(Kind::Generate | Kind::Critique | Kind::Revise) => {
-                raw.call = Some(self.call_fields(&mut f, node.span, &label, true));
-            }
-            Some(Kind::Verify) => {
-                raw.target = f.get("target").and_then(|n| self.string(n, "`target`"));
-                raw.calibration = f
-                    .get("calibration")
-                    .and_then(|n| self.string(n, "`calibration`"));
-                match f.get("checks") {
-                    Some(list) => {
-                        let items = self.list(list, "`checks`");
-                        if items.is_empty() {
-                            self.err(
-                                Diagnostic::new(
-                                    Code::InvalidValue,
-                                    list.span,
-                                    format!("{label} has an empty `checks` list"),
-                                )
-                                .label("no checks")
-                                .help("a verify node needs at least one check"),
-                            );
-                        }
-                        raw.checks =
-                            Some(items.iter().filter_map(|item| self.check(item)).collect());
-                    }
-                    None => self.err(
-                        Diagnostic::new(
-                            Code::MissingKey,
-                            node.span,
-                            format!("{label} has no `checks`"),
-                        )
-                        .label("`checks` is required")
-                        .help(format!("a list of checks: {}", CHECK_KINDS.join(", "))),
-                    ),
-                }
-            }
-            Some(Kind::Select) => {
-                raw.from = f.get("from").and_then(|n| self.string(n, "`from`"));
-                self.required(raw.from.as_ref(), "from", &label, node.span);
-                raw.by = f.get("by").and_then(|n| self.string(n, "`by`"));
-                self.required(raw.by.as_ref(), "by", &label, node.span);
-                raw.order = f.get("order").and_then(|n| self.string(n, "`order`"));
-            }
-            Some(Kind::Vote) => {
-                raw.from = f.get("from").and_then(|n| self.string(n, "`from`"));
-                raw.items = f.get("items").and_then(|n| self.string(n, "`items`"));
-                if f.get("items").is_none() {
-                    self.required(raw.from.as_ref(), "from", &label, node.span);
-                }
-                raw.extract = f.get("extract").and_then(|n| self.string(n, "`extract`"));
-                raw.weight = f.get("weight").and_then(|n| self.string(n, "`weight`"));
-            }
-            Some(
-                Kind::Execute
-                | Kind::Extract
-                | Kind::Tool
-                | Kind::Embed
-                | Kind::Cluster
-                | Kind::HumanReview,
-            ) => {
-                for key in specific {
-                    if let Some(value) = f.get(key) {
-                        raw.library.push((*key, value.clone()));
-                    }
-                }
-            }
-            None => {}
+        if let Some(k) = known {
+            let at = NodeAt {
+                span: node.span,
+                label: &label,
+                keys: specific,
+            };
+            raw.body = (k.def().read)(self, &mut f, &at);
         }
         f.finish(self);
         raw

@@ -44,7 +44,7 @@ mod declare;
 mod flow;
 mod graph;
 mod ids;
-mod library;
+pub(crate) mod library;
 mod nodes;
 mod refine;
 mod variables;
@@ -58,9 +58,7 @@ use ids::NodeIds;
 use nodes::*;
 use variables::variable_checks;
 
-pub(crate) use library::{
-    Env, cluster_node, embed_node, execute_node, extract_node, human_review_node, tool_node,
-};
+pub(crate) use library::Env;
 pub(crate) use refine::{critique, generate, revise, select, verify, vote};
 
 /// The graph as far as its names resolved, for the graph and variable

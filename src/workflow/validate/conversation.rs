@@ -20,18 +20,7 @@ pub(super) fn conversation_checks(
     }
     let upstream = |node: usize| closure(preds[node].clone(), &preds);
     for (idx, n) in raw.nodes.iter().enumerate() {
-        let judges = n
-            .checks
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter_map(|(ci, c)| match c {
-                RawCheck::Judge(call) => Some((Some(ci), &**call)),
-                _ => None,
-            });
-        let calls: Vec<(Option<usize>, &RawCall)> =
-            n.call.iter().map(|c| (None, c)).chain(judges).collect();
-        for (check, call) in calls {
+        for (check, call) in n.calls() {
             let Some(name) = &call.continues else {
                 continue;
             };

@@ -202,13 +202,7 @@ pub(super) fn models_pass(cx: &mut Ctx, raw: &RawWorkflow) -> Vec<ModelDecl> {
     }
     // A workflow that declares no model but calls one gets the embedded
     // default model (SmolLM2 through llama.cpp) under the name `default`.
-    let calls_a_model = raw.nodes.iter().any(|n| {
-        n.call.is_some()
-            || n.checks
-                .iter()
-                .flatten()
-                .any(|c| matches!(c, RawCheck::Judge(_)))
-    });
+    let calls_a_model = raw.nodes.iter().any(|n| !n.calls().is_empty());
     if models.is_empty() && calls_a_model {
         models.push(ModelDecl {
             name: DEFAULT_MODEL_NAME.to_string(),

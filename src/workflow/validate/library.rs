@@ -4,12 +4,12 @@
 //! expressions, and resolve node and model names, with the helpers here
 //! (one way to read a key of each type).
 
-mod cluster;
-mod embed;
-mod execute;
-mod extract;
-mod human_review;
-mod tool;
+pub(crate) mod cluster;
+pub(crate) mod embed;
+pub(crate) mod execute;
+pub(crate) mod extract;
+pub(crate) mod human_review;
+pub(crate) mod tool;
 
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use crate::sandbox::{Isolation, Limits};
 use crate::units::{parse_duration, parse_size};
 use crate::workflow::model::*;
 use crate::workflow::raw::{
-    self, EXECUTE_LIMIT_KEYS, RawNode, Spanned, TOOL_HTTP_KEYS, unknown_key,
+    self, EXECUTE_LIMIT_KEYS, RawBody, RawNode, Spanned, TOOL_HTTP_KEYS, unknown_key,
 };
 use crate::yaml::{Node, Span, Value};
 
@@ -58,23 +58,19 @@ fn must<T>(v: Option<T>) -> Read<T> {
     v.ok_or(Reported)
 }
 
-/// The library kinds' builders: their keys were kept by pass 1
-/// (`RawNode::library`) and are read here.
-macro_rules! builders {
-    ($($name:ident => $read:path, $variant:ident;)*) => {$(
-        pub(crate) fn $name(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
-            $read(cx, &Fields(&n.library), env).map(NodeKind::$variant).ok()
-        }
-    )*};
-}
-
-builders! {
-    execute_node => execute::execute, Execute;
-    extract_node => extract::extract, Extract;
-    tool_node => tool::tool, Tool;
-    embed_node => embed::embed, Embed;
-    cluster_node => cluster::cluster, Cluster;
-    human_review_node => human_review::review, HumanReview;
+/// A library kind's build: its keys were kept by pass 1
+/// (`RawBody::Keys`) and are read here by the kind's `read`.
+fn build<T>(
+    cx: &mut Ctx,
+    n: &RawNode,
+    env: &Env,
+    read: fn(&mut Ctx, &Fields, &Env) -> Read<T>,
+    wrap: fn(T) -> NodeKind,
+) -> Option<NodeKind> {
+    let RawBody::Keys(keys) = &n.body else {
+        return None;
+    };
+    read(cx, &Fields(keys), env).map(wrap).ok()
 }
 
 struct Fields<'a>(&'a [(&'static str, Node)]);

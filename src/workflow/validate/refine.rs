@@ -10,7 +10,7 @@ use super::{
 };
 use crate::diagnostic::{Code, Diagnostic};
 use crate::workflow::model::*;
-use crate::workflow::raw::RawNode;
+use crate::workflow::raw::{RawBody, RawNode};
 
 pub(crate) fn generate(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
     call(cx, n, env, CallRole::Generate).map(NodeKind::Generate)
@@ -37,7 +37,9 @@ pub(crate) fn critique(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind>
 }
 
 fn call(cx: &mut Ctx, n: &RawNode, env: &Env, role: CallRole) -> Option<ModelCall> {
-    let c = n.call.as_ref()?;
+    let RawBody::Call(c) = &n.body else {
+        return None;
+    };
     model_call(
         cx,
         c,
@@ -50,7 +52,10 @@ fn call(cx: &mut Ctx, n: &RawNode, env: &Env, role: CallRole) -> Option<ModelCal
     )
 }
 
-pub(crate) fn verify(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+pub(crate) fn verify(cx: &mut Ctx, node: &RawNode, env: &Env) -> Option<NodeKind> {
+    let RawBody::Verify(n) = &node.body else {
+        return None;
+    };
     let (id, label) = (env.id, env.label);
     let target = match &n.target {
         Some(t) => cx.inline(
@@ -62,12 +67,12 @@ pub(crate) fn verify(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
         None => cx.inline(
             format!("{id}.target"),
             DEFAULT_TARGET,
-            n.span,
+            node.span,
             "the default target",
         ),
     };
     if let Some(name) = &target {
-        let span = n.target.as_ref().map_or(n.span, |t| t.span);
+        let span = n.target.as_ref().map_or(node.span, |t| t.span);
         cx.pending_vars.push(VarCheck {
             source: VarSource::Template(name.clone()),
             node: env.idx,
@@ -80,7 +85,7 @@ pub(crate) fn verify(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
         });
     }
     let mut checks = Vec::new();
-    for (ci, c) in n.checks.iter().flatten().enumerate() {
+    for (ci, c) in n.checks.iter().enumerate() {
         if let Some(check) =
             verify_check(cx, c, env.idx, id, ci, label, env.model_names, env.models)
         {
@@ -130,7 +135,10 @@ pub(crate) fn verify(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
     })
 }
 
-pub(crate) fn select(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+pub(crate) fn select(cx: &mut Ctx, node: &RawNode, env: &Env) -> Option<NodeKind> {
+    let RawBody::Select(n) = &node.body else {
+        return None;
+    };
     let from = n.from.as_ref().and_then(|f| (env.resolve)(cx, f, "`from`"));
     if let Some(by) = &n.by {
         check_expression(
@@ -146,7 +154,7 @@ pub(crate) fn select(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
         None | Some("max") => Order::Max,
         Some("min") => Order::Min,
         Some(other) => {
-            let span = n.order.as_ref().map_or(n.span, |o| o.span);
+            let span = n.order.as_ref().map_or(node.span, |o| o.span);
             cx.err(
                 Diagnostic::new(Code::InvalidValue, span, format!("unknown order `{other}`"))
                     .label("invalid")
@@ -162,7 +170,10 @@ pub(crate) fn select(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
     }))
 }
 
-pub(crate) fn vote(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+pub(crate) fn vote(cx: &mut Ctx, node: &RawNode, env: &Env) -> Option<NodeKind> {
+    let RawBody::Vote(n) = &node.body else {
+        return None;
+    };
     let from = match (&n.from, &n.items) {
         (Some(f), None) => (env.resolve)(cx, f, "`from`").map(VoteFrom::Node),
         (None, Some(items)) => {

@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// The kind's own keys (besides `id`, `kind`, `budget`).
+pub(crate) const KEYS: &[&str] = &["from", "k", "seed"];
+
+/// The kind's builder (named in the kinds table).
+pub(crate) fn build(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+    super::build(cx, n, env, cluster, NodeKind::Cluster)
+}
+
 pub(super) fn cluster(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ClusterSpec> {
     let from = must(required(cx, f, "from", env)).and_then(|v| must(node_ref(cx, v, env)));
     let k = must(required(cx, f, "k", env)).and_then(|v| match &v.value {

@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// The kind's own keys (besides `id`, `kind`, `budget`).
+pub(crate) const KEYS: &[&str] = &["items", "text", "model", "dims"];
+
+/// The kind's builder (named in the kinds table).
+pub(crate) fn build(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+    super::build(cx, n, env, embed, NodeKind::Embed)
+}
+
 pub(super) fn embed(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<EmbedSpec> {
     let items = must(required(cx, f, "items", env))
         .and_then(|v| must(expression(cx, v, env, "`items`", &[])));

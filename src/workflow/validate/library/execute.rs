@@ -2,6 +2,24 @@
 
 use super::*;
 
+/// The kind's own keys (besides `id`, `kind`, `budget`).
+pub(crate) const KEYS: &[&str] = &[
+    "code",
+    "each",
+    "tests",
+    "mode",
+    "command",
+    "file",
+    "limits",
+    "isolation",
+    "parallel",
+];
+
+/// The kind's builder (named in the kinds table).
+pub(crate) fn build(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+    super::build(cx, n, env, execute, NodeKind::Execute)
+}
+
 pub(super) fn execute(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ExecuteSpec> {
     let each = optional(f.get("each"), |v| expression(cx, v, env, "`each`", &[]));
     // With `each`, the code template sees the item as `item`.

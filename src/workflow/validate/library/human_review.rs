@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// The kind's own keys (besides `id`, `kind`, `budget`).
+pub(crate) const KEYS: &[&str] = &["before", "after", "decisions"];
+
+/// The kind's builder (named in the kinds table).
+pub(crate) fn build(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+    super::build(cx, n, env, review, NodeKind::HumanReview)
+}
+
 pub(super) fn review(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ReviewSpec> {
     let before = must(required(cx, f, "before", env))
         .and_then(|v| must(template(cx, v, env, "before", &[])));

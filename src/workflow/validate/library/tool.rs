@@ -2,6 +2,21 @@
 
 use super::*;
 
+/// The kind's own keys (besides `id`, `kind`, `budget`).
+pub(crate) const KEYS: &[&str] = &[
+    "command",
+    "stdin",
+    "http",
+    "timeout",
+    "max_output",
+    "isolation",
+];
+
+/// The kind's builder (named in the kinds table).
+pub(crate) fn build(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
+    super::build(cx, n, env, tool, NodeKind::Tool)
+}
+
 pub(super) fn tool(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ToolSpec> {
     let timeout = optional(f.get("timeout"), |v| duration(cx, v, "`timeout`"));
     let max_output = optional(f.get("max_output"), |v| size(cx, v, "`max_output`"));
