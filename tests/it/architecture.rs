@@ -8,7 +8,8 @@
 //! defines, so the root is not a node; between the children there may be no
 //! circle. A child uses a sibling `y` when its code (tests excluded) says
 //! `crate::<module path>::y` or, with as many `super::` as it is deep,
-//! `super::y` (also inside `super::{…}`).
+//! `super::y` (also inside `super::{…}`), or names an item that only `y`
+//! defines (reached through the root's re-exports, e.g. `super::Kind`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -88,10 +89,53 @@ fn files_of(path: &Path) -> Vec<(PathBuf, usize)> {
     out
 }
 
+/// The names of the items a file defines at its top level (`pub fn f`,
+/// `struct S`, `pub(crate) const C`, ...), tests excluded.
+fn items_of(code: &str) -> BTreeSet<String> {
+    const KINDS: [&str; 9] = [
+        "fn ",
+        "struct ",
+        "enum ",
+        "const ",
+        "static ",
+        "type ",
+        "trait ",
+        "mod ",
+        "macro_rules! ",
+    ];
+    let mut out = BTreeSet::new();
+    for line in code.lines() {
+        // Top level only: items in impls and functions are indented.
+        let mut rest = line;
+        if let Some(r) = rest.strip_prefix("pub") {
+            rest = match r.strip_prefix('(') {
+                Some(r) => r.split_once(") ").map_or("", |(_, r)| r),
+                None => r.trim_start(),
+            };
+        }
+        let rest = rest.strip_prefix("async ").unwrap_or(rest);
+        for k in KINDS {
+            if let Some(r) = rest.strip_prefix(k) {
+                let name: String = r
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    out.insert(name);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The children of the module in `dir` (module path `module`, empty for
-/// the crate) and which siblings each uses.
+/// the crate) and which siblings each uses: by the sibling's name, or by
+/// the name of an item the sibling defines and the root re-exports (a
+/// `super::Kind` that is `kinds.rs`'s `Kind` is a use of `kinds`).
 fn sibling_uses(dir: &Path, module: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let mut children = BTreeMap::new();
+    // A child may be a file `x.rs`, a folder `x/`, or both.
+    let mut children: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
@@ -105,26 +149,64 @@ fn sibling_uses(dir: &Path, module: &str) -> BTreeMap<String, BTreeSet<String>> 
         if ["mod", "lib", "main"].contains(&name.as_str()) {
             continue;
         }
-        children.insert(name, path);
+        children.entry(name).or_default().push(path);
     }
     let absolute = if module.is_empty() {
         "crate::".to_string()
     } else {
         format!("crate::{module}::")
     };
-    let mut deps = BTreeMap::new();
-    for (name, path) in &children {
-        let mut uses = BTreeSet::new();
-        for (file, depth) in files_of(path) {
-            let code = code_of(&file);
-            uses.extend(names_after(&code, &absolute));
-            if !module.is_empty() || depth > 1 {
-                // A top-level file's `super::` is the crate: `crate::` covers it.
-                uses.extend(names_after(&code, &"super::".repeat(depth)));
+    let codes: BTreeMap<&String, Vec<(String, usize)>> = children
+        .iter()
+        .map(|(name, paths)| {
+            let files = paths.iter().flat_map(|p| files_of(p));
+            (name, files.map(|(f, depth)| (code_of(&f), depth)).collect())
+        })
+        .collect();
+    // Which child defines an item name, when exactly one does (its own
+    // top-level file: `x.rs` or `x/mod.rs`).
+    let mut definer: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for (name, paths) in &children {
+        for p in paths {
+            let own = if p.is_dir() {
+                p.join("mod.rs")
+            } else {
+                p.clone()
+            };
+            if !own.is_file() {
+                continue;
+            }
+            for item in items_of(&code_of(&own)) {
+                definer
+                    .entry(item)
+                    .and_modify(|d| {
+                        if d.as_ref() != Some(name) {
+                            *d = None
+                        }
+                    })
+                    .or_insert_with(|| Some(name.clone()));
             }
         }
-        uses.retain(|u| u != name && children.contains_key(u));
-        deps.insert(name.clone(), uses);
+    }
+    let mut deps = BTreeMap::new();
+    for (name, files) in &codes {
+        let mut uses = BTreeSet::new();
+        for (code, depth) in files {
+            let mut named = names_after(code, &absolute);
+            if !module.is_empty() || *depth > 1 {
+                // A top-level file's `super::` is the crate: `crate::` covers it.
+                named.extend(names_after(code, &"super::".repeat(*depth)));
+            }
+            for n in named {
+                if children.contains_key(&n) {
+                    uses.insert(n);
+                } else if let Some(Some(d)) = definer.get(&n) {
+                    uses.insert(d.clone());
+                }
+            }
+        }
+        uses.remove(*name);
+        deps.insert((*name).clone(), uses);
     }
     deps
 }
@@ -191,13 +273,15 @@ fn no_module_and_no_file_of_a_module_imports_in_a_circle() {
     // The reader sees a known use: the store folder uses the data module.
     let eval = sibling_uses(&root().join("src/eval"), "eval");
     assert!(eval["store"].contains("data"), "{eval:?}");
+    let mut circles = Vec::new();
     for (dir, module) in &modules {
         let deps = sibling_uses(dir, module);
         if let Some(c) = circle(&deps) {
             let inside = if module.is_empty() { "crate" } else { module };
-            panic!("import circle in {inside}: {}", c.join(" -> "));
+            circles.push(format!("import circle in {inside}: {}", c.join(" -> ")));
         }
     }
+    assert!(circles.is_empty(), "{}", circles.join("\n"));
 }
 
 #[test]
@@ -225,6 +309,11 @@ fn the_circle_check_sees_circles() {
     .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
     .collect();
     assert_eq!(circle(&deps).unwrap(), ["postgres", "store", "postgres"]);
+    // Item names, for uses through the root's re-exports.
+    let items = items_of(
+        "pub struct A;\npub(crate) fn b() {}\nasync fn c() {}\nenum D {}\n    fn inner() {}\nimpl A {}",
+    );
+    assert_eq!(items, ["A", "b", "c", "D"].map(String::from).into());
 }
 
 #[test]
