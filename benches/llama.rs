@@ -2,7 +2,8 @@
 //! Run: `cargo bench --bench llama --features llama`
 //! (env: `REDRAFT_MODEL`, `REDRAFT_LLAMA_BENCH` = path of llama.cpp's
 //! `llama-bench` from `scripts/build-peers.sh`, `REPS` = repetitions, default 5,
-//! `SECTIONS` = a comma list of `speed`, `batch`, `prefix`, default all).
+//! `SECTIONS` = a comma list of `speed`, `batch`, `prefix`, `cancel`,
+//! `concurrent`, default all).
 //! Medians of `REPS` runs; for speed, llama-bench and ours alternate round
 //! by round and the ratio is the median of per-round ratios, because a
 //! shared machine drifts by more than the 5% being measured.
@@ -23,6 +24,12 @@
 //!    the answer of a 1-token call sent right then, less that call's own
 //!    time when the worker is idle = how long the worker kept working for
 //!    nobody.
+//! 5. Concurrent calls (continuous batching): 16 distinct prompts, 64
+//!    tokens each at temperature 0, with 1, 2, 4 and 8 calls in flight:
+//!    wall time, generated tokens/s, decode calls, the most KV cells held,
+//!    and how many texts differ from the same call decoded one at a time
+//!    (batch invariance). The same against llama.cpp's `llama-server
+//!    --parallel 8` (`REDRAFT_LLAMA_SERVER`) through the `openai:` backend.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -144,7 +151,8 @@ fn main() {
         .unwrap();
     println!("model: {}  threads: 1  reps: {reps}", path.display());
 
-    let sections = std::env::var("SECTIONS").unwrap_or_else(|_| "speed,batch,prefix,cancel".into());
+    let sections = std::env::var("SECTIONS")
+        .unwrap_or_else(|_| "speed,batch,prefix,cancel,concurrent".into());
     if sections.contains("speed") {
         speed(&rt, &path, reps);
     }
@@ -157,6 +165,117 @@ fn main() {
     if sections.contains("cancel") {
         cancel(&rt, &path, reps);
     }
+    if sections.contains("concurrent") {
+        concurrent(&rt, &path);
+    }
+}
+
+/// One pass of the concurrency section: every prompt, `inflight` calls at a
+/// time; wall seconds, generated tokens and the texts in prompt order.
+fn pass(
+    rt: &tokio::runtime::Runtime,
+    m: &dyn LanguageModel,
+    prompts: &[CompletionRequest],
+    inflight: usize,
+) -> (f64, u64, Vec<String>) {
+    use futures_util::StreamExt as _;
+    let t = Instant::now();
+    let done: Vec<redraft::backend::Completion> = rt.block_on(
+        futures_util::stream::iter(prompts.iter().map(|r| m.complete(r)))
+            .buffered(inflight)
+            .map(|c| c.expect("completion"))
+            .collect(),
+    );
+    let secs = t.elapsed().as_secs_f64();
+    let tokens = done.iter().map(|c| c.usage.completion_tokens).sum();
+    let texts = done.into_iter().map(|c| c.choices[0].text.clone()).collect();
+    (secs, tokens, texts)
+}
+
+/// 5. Concurrent calls: throughput and batch invariance, ours and
+/// llama-server's.
+fn concurrent(rt: &tokio::runtime::Runtime, path: &Path) {
+    let topics = [
+        "a lighthouse", "a river", "the moon", "a train", "a garden", "an old clock",
+        "the sea", "a mountain", "a library", "winter", "a market", "a violin",
+        "a desert", "the rain", "a bridge", "a fox",
+    ];
+    let prompts: Vec<CompletionRequest> = topics
+        .iter()
+        .map(|t| request(vec![Message::user(format!("Write a short story about {t}."))], 64, 0.0, 1))
+        .collect();
+    println!("\n## Concurrent calls: 16 prompts, 64 tokens each, temperature 0");
+    println!("| backend | in flight | wall s | tokens/s | decode calls | max KV cells | texts unlike one-at-a-time |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut alone: Option<Vec<String>> = None;
+    for inflight in [1, 2, 4, 8] {
+        // A fresh model per pass: no pass reuses another's cache.
+        let m = LlamaModel::open(
+            path,
+            &serde_json::json!({ "threads": 1, "context_size": 4096, "parallel": 8 }),
+        )
+        .expect("the model loads");
+        let (secs, tokens, texts) = pass(rt, &m, &prompts, inflight);
+        let base = alone.get_or_insert_with(|| texts.clone());
+        let differ = texts.iter().zip(base.iter()).filter(|(a, b)| a != b).count();
+        let st = m.batch_stats();
+        println!(
+            "| redraft (in-process) | {inflight} | {secs:.2} | {:.1} | {} | {} | {differ}/16 |",
+            tokens as f64 / secs,
+            st.decodes,
+            st.max_cells
+        );
+    }
+    let Some(server) = std::env::var_os("REDRAFT_LLAMA_SERVER") else {
+        println!("llama-server: not run (set REDRAFT_LLAMA_SERVER)");
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut child = std::process::Command::new(server)
+        .args(["-m", path.to_str().expect("a UTF-8 path"), "--host", "127.0.0.1"])
+        .args(["--port", &port.to_string(), "--threads", "1", "--threads-batch", "1"])
+        .args(["--ctx-size", "4096", "--parallel", "8", "--kv-unified", "--no-webui"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("llama-server starts");
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let healthy = rt.block_on(async {
+        for _ in 0..600 {
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
+                if r.status().is_success() {
+                    return true;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        false
+    });
+    if healthy {
+        let m = redraft::backend::open(
+            &format!("openai:local@{url}"),
+            &serde_json::json!({ "request_timeout": "600s", "concurrency_per_endpoint": 64 }),
+            Path::new("."),
+        )
+        .expect("the openai backend opens");
+        let mut alone: Option<Vec<String>> = None;
+        for inflight in [1, 2, 4, 8] {
+            let (secs, tokens, texts) = pass(rt, m.as_ref(), &prompts, inflight);
+            let base = alone.get_or_insert_with(|| texts.clone());
+            let differ = texts.iter().zip(base.iter()).filter(|(a, b)| a != b).count();
+            println!(
+                "| llama-server --parallel 8 | {inflight} | {secs:.2} | {:.1} | | | {differ}/16 |",
+                tokens as f64 / secs
+            );
+        }
+    } else {
+        println!("llama-server did not become healthy in 120 s");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// 4. Time from dropping a call to the worker serving the next one.

@@ -2,8 +2,12 @@
 //!
 //! One OS thread per model owns the llama.cpp context and serves requests
 //! from a channel, replying on a oneshot: blocking FFI never runs on the
-//! async runtime. The model itself (weights, vocabulary) is shared so that
-//! prompt tokens can be counted exactly on the caller's side.
+//! async runtime. Requests are decoded together by continuous batching
+//! (`batching.rs`): up to `parallel` sequences per decode call, prompts
+//! chunked in beside the generating ones, each slot keeping its KV cells
+//! for the next call that shares their prefix. The model itself (weights,
+//! vocabulary) is shared so that prompt tokens can be counted exactly on
+//! the caller's side.
 //!
 //! - Chat template from the GGUF metadata (override: `chat_template`); a
 //!   plain "Role: text" fallback for base models without one.
@@ -13,9 +17,10 @@
 //!   decoding.
 //! - Logprobs: top-k log-probabilities of the raw distribution per token.
 //! - `n` samples decode together as parallel sequences that share the
-//!   prompt's KV cache (copied, not recomputed).
-//! - Prefix reuse: the KV cache of the previous prompt is kept; a call that
-//!   shares a prefix only decodes the rest (`prompt_cached_tokens`).
+//!   prompt's KV cells (copied, not recomputed).
+//! - Prefix reuse: each slot keeps the KV cells of its last call; a call
+//!   that shares a prefix with any slot only decodes the rest
+//!   (`cached_tokens`).
 //!
 //! **Invariants:** nothing here panics on bad input: a missing, non-GGUF or
 //! truncated file is a `Config` error before llama.cpp sees it, a prompt that
@@ -37,6 +42,8 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use serde::Deserialize;
 
+use super::batching::{self, DecodeFailure, Scheduler};
+pub use super::batching::BatchStats;
 use super::*;
 
 /// Backend-specific settings (`models.NAME.settings`).
@@ -61,10 +68,14 @@ pub struct LlamaSettings {
     pub min_p: Option<f32>,
     /// Repetition penalty (default 1.0 = off).
     pub repeat_penalty: Option<f32>,
-    /// Parallel sequences per context, the largest `n` decoded at once (default 4).
+    /// Sequences decoded together (slots): concurrent calls and the `n`
+    /// samples of a call each take one (default: a slot per 512 tokens of
+    /// context, 4 to 16; 8 at the default context).
+    pub parallel: Option<u32>,
+    /// The older name of `parallel`.
     pub max_sequences: Option<u32>,
-    /// Reuse the KV cache of the prefix a call shares with the previous one
-    /// (default true).
+    /// Reuse the KV cells of the longest prefix a call shares with what a
+    /// slot holds (default true).
     pub prefix_cache: Option<bool>,
 }
 
@@ -115,10 +126,8 @@ pub fn default_model_path() -> PathBuf {
 }
 
 enum Job {
-    Complete(
-        CompletionRequest,
-        tokio::sync::oneshot::Sender<Result<Completion, BackendError>>,
-    ),
+    /// A completion's samples from the given index on (`n` of them).
+    Complete(CompletionRequest, u32, Reply),
     Embed(
         Vec<String>,
         tokio::sync::oneshot::Sender<Result<Embeddings, BackendError>>,
@@ -131,6 +140,9 @@ pub struct LlamaModel {
     weights: Arc<Weights>,
     template: Option<LlamaChatTemplate>,
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// Parallel sequences of the context (the most samples of one job).
+    sequences: u32,
+    stats: Arc<Mutex<BatchStats>>,
 }
 
 impl LlamaModel {
@@ -192,7 +204,11 @@ impl LlamaModel {
             .unwrap_or(4096)
             .min(weights.n_ctx_train().max(512));
         let threads = s.threads.unwrap_or(1).max(1);
-        let sequences = s.max_sequences.unwrap_or(4).clamp(1, 64);
+        let sequences = s
+            .parallel
+            .or(s.max_sequences)
+            .unwrap_or((n_ctx / 512).clamp(4, 16))
+            .clamp(1, 64);
         let ctx_params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(s.batch_size.unwrap_or(512).max(1))
@@ -202,6 +218,7 @@ impl LlamaModel {
             // One KV buffer for all sequences: a single-sample call gets the
             // whole context, not `context_size / max_sequences` of it.
             .with_kv_unified(true);
+        let stats = Arc::new(Mutex::new(BatchStats::default()));
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let embed_params = LlamaContextParams::default()
@@ -225,6 +242,7 @@ impl LlamaModel {
             },
             sequences,
             prefix_cache: s.prefix_cache.unwrap_or(true),
+            stats: stats.clone(),
         };
         std::thread::Builder::new()
             .name(format!("redraft-{id}"))
@@ -239,7 +257,15 @@ impl LlamaModel {
             weights,
             template,
             jobs: Mutex::new(tx),
+            sequences,
+            stats,
         })
+    }
+
+    /// What the batching scheduler has done so far (decode calls, tokens
+    /// decoded and reused, the most sequences and KV cells at once).
+    pub fn batch_stats(&self) -> BatchStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -278,7 +304,33 @@ impl LanguageModel for LlamaModel {
         &'a self,
         req: &'a CompletionRequest,
     ) -> BoxFuture<'a, Result<Completion, BackendError>> {
-        Box::pin(async move { self.ask(|tx| Job::Complete(req.clone(), tx)).await })
+        Box::pin(async move {
+            let n = req.n.max(1);
+            if n <= self.sequences {
+                return self.ask(|tx| Job::Complete(req.clone(), 0, tx)).await;
+            }
+            // More samples than slots: groups of `parallel`, queued together
+            // (each group starts when the slots are free), each sample
+            // seeded by its index as if decoded at once.
+            let groups = (0..n).step_by(self.sequences as usize).map(|first| {
+                let mut part = req.clone();
+                part.n = self.sequences.min(n - first);
+                async move { self.ask(|tx| Job::Complete(part, first, tx)).await }
+            });
+            let mut all = Completion {
+                choices: Vec::with_capacity(n as usize),
+                usage: Usage::default(),
+                usage_estimated: false,
+            };
+            for part in futures_util::future::join_all(groups).await {
+                let part = part?;
+                all.choices.extend(part.choices);
+                all.usage.prompt_tokens += part.usage.prompt_tokens;
+                all.usage.completion_tokens += part.usage.completion_tokens;
+                all.usage.cached_tokens += part.usage.cached_tokens;
+            }
+            Ok(all)
+        })
     }
 
     fn embed<'a>(
@@ -327,17 +379,7 @@ struct Worker {
     sampling: SamplerDefaults,
     sequences: u32,
     prefix_cache: bool,
-}
-
-/// A sequence being decoded.
-struct Seq {
-    sampler: LlamaSampler,
-    bytes: Vec<u8>,
-    tokens: u64,
-    logprobs: Vec<TokenLogprob>,
-    finish: Option<FinishReason>,
-    /// Batch index of this sequence's latest logits.
-    logits_at: i32,
+    stats: Arc<Mutex<BatchStats>>,
 }
 
 impl Worker {
@@ -349,7 +391,7 @@ impl Worker {
         ready: mpsc::Sender<Result<(), String>>,
     ) {
         let weights = self.weights.clone();
-        let mut ctx = match weights.new_context(backend, params) {
+        let ctx = match weights.new_context(backend, params) {
             Ok(c) => c,
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot create a context: {e}")));
@@ -357,46 +399,124 @@ impl Worker {
             }
         };
         let _ = ready.send(Ok(()));
-        // Tokens whose KV entries sequence 0 holds, for prefix reuse.
-        let mut cached: Vec<LlamaToken> = Vec::new();
+        let n_batch = ctx.n_batch() as usize;
+        let mut slots = Slots {
+            batch: LlamaBatch::new(n_batch.max(self.sequences as usize), self.sequences as i32),
+            ctx,
+            weights: &weights,
+        };
+        let mut scheduler = Scheduler::new(&self.id, self.sequences as usize, self.prefix_cache);
         let mut embed_ctx: Option<LlamaContext<'_>> = None;
-        while let Ok(job) = jobs.recv() {
-            match job {
-                Job::Embed(texts, reply) => {
-                    if embed_ctx.is_none() {
-                        match weights.new_context(backend, self.embed_params.clone()) {
-                            Ok(c) => embed_ctx = Some(c),
-                            Err(e) => {
-                                let _ = reply.send(Err(self.err(
-                                    ErrorKind::Config,
-                                    format!("cannot create an embedding context: {e}"),
-                                )));
-                                continue;
+        loop {
+            // Wait for work when there is none; else take what arrived and
+            // decode one step (new requests join the next batch).
+            let first = if scheduler.idle() {
+                match jobs.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => break,
+                }
+            } else {
+                None
+            };
+            for job in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| jobs.try_recv().ok()))
+            {
+                match job {
+                    Job::Embed(texts, reply) => {
+                        if embed_ctx.is_none() {
+                            match weights.new_context(backend, self.embed_params.clone()) {
+                                Ok(c) => embed_ctx = Some(c),
+                                Err(e) => {
+                                    let _ = reply.send(Err(self.err(
+                                        ErrorKind::Config,
+                                        format!("cannot create an embedding context: {e}"),
+                                    )));
+                                    continue;
+                                }
+                            }
+                        }
+                        if let Some(ctx) = embed_ctx.as_mut() {
+                            let result = self.embed(ctx, &texts, &|| reply.is_closed());
+                            let _ = reply.send(result);
+                        }
+                    }
+                    Job::Complete(req, first, reply) => {
+                        // A caller that went away before its job starts it not.
+                        if reply.is_closed() {
+                            continue;
+                        }
+                        match self.request(&req, first, reply) {
+                            Ok(r) => scheduler.submit(r),
+                            Err((reply, e)) => {
+                                let _ = reply.send(Err(e));
                             }
                         }
                     }
-                    let ctx = embed_ctx.as_mut().expect("created above");
-                    let result = self.embed(ctx, &texts, &|| reply.is_closed());
-                    let _ = reply.send(result);
-                }
-                Job::Complete(req, reply) => {
-                    // A caller that went away (timeout, cancelled run) before
-                    // or during its job stops it: the next request waits for
-                    // at most one decode step, not for `max_tokens`.
-                    if reply.is_closed() {
-                        continue;
-                    }
-                    let gone = || reply.is_closed();
-                    let result = self.complete(&mut ctx, &mut cached, &req, &gone);
-                    if result.is_err() {
-                        // After a failed decode the cache contents are unknown.
-                        ctx.clear_kv_cache();
-                        cached.clear();
-                    }
-                    let _ = reply.send(result);
                 }
             }
+            scheduler.step(&mut slots);
+            *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = scheduler.stats;
         }
+    }
+
+    /// A completion request as the scheduler takes it: the prompt's
+    /// tokens, a sampler per sample, and the caller's channel (whose
+    /// closing stops the request at the next step).
+    #[allow(clippy::result_large_err)]
+    fn request(
+        &self,
+        req: &CompletionRequest,
+        first_sample: u32,
+        reply: Reply,
+    ) -> Result<batching::Request<LlamaSampler>, (Reply, BackendError)> {
+        let tokens = match render_prompt(&self.weights, self.template.as_ref(), &self.id, req) {
+            Ok(t) => t,
+            Err(e) => return Err((reply, e)),
+        };
+        let grammar = match &req.response_format {
+            ResponseFormat::JsonSchema { schema, .. } => {
+                match llama_cpp_2::json_schema_to_grammar(&schema.to_string()) {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        let e =
+                            self.err(ErrorKind::Permanent, format!("JSON Schema to grammar: {e}"));
+                        return Err((reply, e));
+                    }
+                }
+            }
+            ResponseFormat::Text => None,
+        };
+        // Parallel samples each take a slot (`complete` sends at most
+        // `parallel` at once).
+        let samplers = match (0..req.n.max(1))
+            .map(|i| self.sampler(req, grammar.as_deref(), first_sample + i))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(s) => s,
+            Err(e) => return Err((reply, e)),
+        };
+        let reply = Arc::new(Mutex::new(Some(reply)));
+        let watched = reply.clone();
+        Ok(batching::Request {
+            tokens: tokens.iter().map(|t| t.0).collect(),
+            samplers,
+            max_tokens: req.sampling.max_tokens as usize,
+            stop: req.sampling.stop.clone(),
+            logprobs: req.logprobs.map(u32::from),
+            gone: Box::new(move || {
+                watched
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .is_none_or(|r| r.is_closed())
+            }),
+            reply: Box::new(move |result| {
+                if let Some(r) = reply.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = r.send(result);
+                }
+            }),
+        })
     }
 
     fn err(&self, kind: ErrorKind, message: impl Into<String>) -> BackendError {
@@ -454,180 +574,6 @@ impl Worker {
     /// The error of a job whose caller stopped waiting (nobody reads it).
     fn abandoned(&self) -> BackendError {
         self.err(ErrorKind::Transient, "the caller stopped waiting")
-    }
-
-    /// `gone` says whether the caller stopped waiting; it is checked before
-    /// each decode, and the job ends early when it did.
-    fn complete(
-        &self,
-        ctx: &mut LlamaContext<'_>,
-        cached: &mut Vec<LlamaToken>,
-        req: &CompletionRequest,
-        gone: &dyn Fn() -> bool,
-    ) -> Result<Completion, BackendError> {
-        let tokens = render_prompt(&self.weights, self.template.as_ref(), &self.id, req)?;
-        let n_ctx = ctx.n_ctx() as usize;
-        let max_tokens = req.sampling.max_tokens as usize;
-        if tokens.is_empty() {
-            return Err(self.err(ErrorKind::Permanent, "the prompt is empty"));
-        }
-        // The room a call needs: its prompt once (parallel samples share its
-        // cache cells), then up to max_tokens per sample.
-        // Parallel sequences decoded at once.
-        let n = req.n.max(1).min(self.sequences);
-        let n_samples = n as usize;
-        let needed = tokens.len() + n_samples * max_tokens;
-        if needed > n_ctx {
-            let samples = if n_samples > 1 {
-                format!(" × {n_samples} samples")
-            } else {
-                String::new()
-            };
-            return Err(self.err(
-                ErrorKind::ContextLength,
-                format!(
-                    "the prompt ({} tokens) plus max_tokens ({max_tokens}){samples} needs {needed} tokens of context, more than the context size ({n_ctx}); lower max_tokens or raise the model's `context_size`",
-                    tokens.len()
-                ),
-            ));
-        }
-        let grammar = match &req.response_format {
-            ResponseFormat::JsonSchema { schema, .. } => Some(
-                llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
-                    self.err(ErrorKind::Permanent, format!("JSON Schema to grammar: {e}"))
-                })?,
-            ),
-            ResponseFormat::Text => None,
-        };
-
-        // Reuse the KV cache of the longest common prefix; decode at least one token.
-        let mut reuse = cached
-            .iter()
-            .zip(&tokens)
-            .take_while(|(a, b)| a == b)
-            .count();
-        reuse = if self.prefix_cache {
-            reuse.min(tokens.len() - 1)
-        } else {
-            0
-        };
-        let n = n as i32;
-        for s in 1..self.sequences as i32 {
-            ctx.clear_kv_cache_seq(Some(s as u32), None, None)
-                .map_err(|e| self.err(ErrorKind::Permanent, e.to_string()))?;
-        }
-        ctx.clear_kv_cache_seq(Some(0), Some(reuse as u32), None)
-            .map_err(|e| self.err(ErrorKind::Permanent, e.to_string()))?;
-        cached.truncate(reuse);
-        let batch_size = ctx.n_batch() as usize;
-        let mut batch = LlamaBatch::new(batch_size.max(n as usize), self.sequences as i32);
-        let last = tokens.len() - 1;
-        // What a call that fails midway had used: reported with the error.
-        let used = |completion_tokens: u64| Usage {
-            prompt_tokens: tokens.len() as u64,
-            completion_tokens,
-            cached_tokens: reuse as u64,
-        };
-        for (chunk_start, chunk) in tokens[reuse..]
-            .chunks(batch_size)
-            .enumerate()
-            .map(|(i, c)| (reuse + i * batch_size, c))
-        {
-            if gone() {
-                return Err(self.abandoned());
-            }
-            batch.clear();
-            for (i, t) in chunk.iter().enumerate() {
-                let pos = chunk_start + i;
-                batch
-                    .add(*t, pos as i32, &[0], pos == last)
-                    .map_err(|e| self.err(ErrorKind::Permanent, e.to_string()))?;
-            }
-            self.decode(ctx, &mut batch)
-                .map_err(|e| e.with_usage(used(0)))?;
-        }
-        cached.extend_from_slice(&tokens[reuse..]);
-        // Parallel sequences share the prompt's cache.
-        for s in 1..n {
-            ctx.copy_kv_cache_seq(0, s, None, None)
-                .map_err(|e| self.err(ErrorKind::Permanent, e.to_string()))?;
-        }
-        let first_logits = batch.n_tokens() - 1;
-        let mut seqs: Vec<Seq> = (0..n as u32)
-            .map(|i| {
-                Ok(Seq {
-                    sampler: self.sampler(req, grammar.as_deref(), i)?,
-                    bytes: Vec::new(),
-                    tokens: 0,
-                    logprobs: Vec::new(),
-                    finish: None,
-                    logits_at: first_logits,
-                })
-            })
-            .collect::<Result<_, BackendError>>()?;
-        let vocab = self.weights.vocab();
-        let mut pos = tokens.len() as i32;
-        while seqs.iter().any(|s| s.finish.is_none()) {
-            if gone() {
-                return Err(self.abandoned());
-            }
-            batch.clear();
-            for (i, seq) in seqs.iter_mut().enumerate() {
-                if seq.finish.is_some() {
-                    continue;
-                }
-                let token = seq.sampler.sample(ctx, seq.logits_at);
-                if let Some(k) = req.logprobs {
-                    seq.logprobs
-                        .push(logprob(ctx, &vocab, seq.logits_at, token, k as usize));
-                }
-                if vocab.is_eog(token) {
-                    seq.finish = Some(FinishReason::Stop);
-                    continue;
-                }
-                seq.bytes.extend(vocab.token_to_piece(token, false, None));
-                seq.tokens += 1;
-                if stop_at(&mut seq.bytes, &req.sampling.stop) {
-                    seq.finish = Some(FinishReason::Stop);
-                    continue;
-                }
-                if seq.tokens as usize >= max_tokens {
-                    seq.finish = Some(FinishReason::Length);
-                    continue;
-                }
-                seq.logits_at = batch.n_tokens();
-                batch
-                    .add(token, pos, &[i as i32], true)
-                    .map_err(|e| self.err(ErrorKind::Permanent, e.to_string()))?;
-                if i == 0 {
-                    cached.push(token);
-                }
-            }
-            if batch.n_tokens() == 0 {
-                break;
-            }
-            self.decode(ctx, &mut batch)
-                .map_err(|e| e.with_usage(used(seqs.iter().map(|s| s.tokens).sum())))?;
-            pos += 1;
-        }
-        let completion_tokens = seqs.iter().map(|s| s.tokens).sum();
-        let choices = seqs
-            .into_iter()
-            .map(|s| Choice {
-                text: String::from_utf8_lossy(&s.bytes).into_owned(),
-                finish: s.finish.unwrap_or(FinishReason::Stop),
-                logprobs: req.logprobs.map(|_| s.logprobs),
-            })
-            .collect();
-        Ok(Completion {
-            choices,
-            usage: Usage {
-                prompt_tokens: tokens.len() as u64,
-                completion_tokens,
-                cached_tokens: reuse as u64,
-            },
-            usage_estimated: false,
-        })
     }
 
     /// Mean-pooled, L2-normalised embeddings, one text at a time.
@@ -701,6 +647,80 @@ impl Worker {
     }
 }
 
+/// Where a completion's reply goes.
+type Reply = tokio::sync::oneshot::Sender<Result<Completion, BackendError>>;
+
+/// The generation context as the batching scheduler drives it.
+struct Slots<'w> {
+    ctx: LlamaContext<'w>,
+    batch: LlamaBatch<'w>,
+    weights: &'w Weights,
+}
+
+impl batching::Context for Slots<'_> {
+    type Sampler = LlamaSampler;
+
+    fn n_ctx(&self) -> usize {
+        self.ctx.n_ctx() as usize
+    }
+
+    fn n_batch(&self) -> usize {
+        self.ctx.n_batch() as usize
+    }
+
+    fn remove(&mut self, seq: usize, from: usize) -> Result<(), String> {
+        self.ctx
+            .clear_kv_cache_seq(Some(seq as u32), Some(from as u32), None)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn copy(&mut self, src: usize, dst: usize, upto: usize) -> Result<(), String> {
+        self.ctx
+            .copy_kv_cache_seq(src as i32, dst as i32, None, Some(upto as u32))
+            .map_err(|e| e.to_string())
+    }
+
+    fn decode(&mut self, tokens: &[batching::BatchToken]) -> Result<(), DecodeFailure> {
+        self.batch.clear();
+        for t in tokens {
+            self.batch
+                .add(LlamaToken(t.token), t.pos as i32, &[t.seq as i32], t.logits)
+                .map_err(|e| DecodeFailure::Other(e.to_string()))?;
+        }
+        self.ctx.decode(&mut self.batch).map_err(|e| match e {
+            llama_cpp_2::DecodeError::NoKvCacheSlot => DecodeFailure::NoRoom,
+            other => DecodeFailure::Other(other.to_string()),
+        })
+    }
+
+    fn sample(&mut self, sampler: &mut LlamaSampler, at: usize) -> batching::Token {
+        sampler.sample(&self.ctx, at as i32).0
+    }
+
+    fn logprob(&self, at: usize, token: batching::Token, k: usize) -> TokenLogprob {
+        logprob(
+            &self.ctx,
+            &self.weights.vocab(),
+            at as i32,
+            LlamaToken(token),
+            k,
+        )
+    }
+
+    fn is_eog(&self, token: batching::Token) -> bool {
+        self.weights.vocab().is_eog(LlamaToken(token))
+    }
+
+    fn piece(&self, token: batching::Token) -> Vec<u8> {
+        self.weights
+            .vocab()
+            .token_to_piece(LlamaToken(token), false, None)
+            .into_iter()
+            .collect()
+    }
+}
+
 /// The templated, tokenized prompt: the chat template (the model's, or the
 /// override), or a plain "role: text" transcript for models without one.
 fn render_prompt(
@@ -734,17 +754,6 @@ fn render_prompt(
     };
     let vocab = weights.vocab();
     Ok(vocab.tokenize(text.as_bytes(), vocab.should_add_bos(), true))
-}
-
-/// Truncates at the first stop string, if one occurs; says whether it did.
-fn stop_at(bytes: &mut Vec<u8>, stops: &[String]) -> bool {
-    for s in stops.iter().filter(|s| !s.is_empty()) {
-        if let Some(i) = bytes.windows(s.len()).position(|w| w == s.as_bytes()) {
-            bytes.truncate(i);
-            return true;
-        }
-    }
-    false
 }
 
 /// The chosen token's log-probability and the top `k` alternatives, from the

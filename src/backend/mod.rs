@@ -6,6 +6,8 @@
 //! structs) never leave its adapter module. The engine sees only the types
 //! defined here.
 
+#[cfg(any(feature = "llama", test))]
+pub(crate) mod batching;
 pub mod cassette;
 pub mod hf;
 #[cfg(feature = "llama")]

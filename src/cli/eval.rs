@@ -837,6 +837,12 @@ fn summary_lines(o: &EvalOutcome, store: &StoreArgs) -> Vec<String> {
         o.ran.tokens,
         o.ran.cost_usd
     ));
+    if m.total_reused_tokens > 0 {
+        lines.push(format!(
+            "  {} of {} tokens were prompt tokens reused from a cache",
+            m.total_reused_tokens, m.total_tokens
+        ));
+    }
     lines.push(format!(
         "  stored in {} · `redraft report {}{} -o report.html`",
         crate::redact::url(&store.store),

@@ -365,6 +365,10 @@ pub struct ItemResult {
     /// The run's status (`finished`, `budget_exhausted`, `failed`).
     pub run_status: Option<RunStatus>,
     pub tokens: u64,
+    /// Prompt tokens of `tokens` served from a cache (a reused KV prefix,
+    /// or a server's prompt cache) rather than computed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reused_tokens: u64,
     pub calls: u64,
     pub cost_usd: f64,
     pub wall_ms: f64,
@@ -390,6 +394,10 @@ pub struct ItemResult {
     pub worker: String,
     /// Unix milliseconds.
     pub finished_at: i64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ItemResult {
@@ -792,6 +800,7 @@ impl UnitContext {
             verdicts: Vec::new(),
             run_status: None,
             tokens: 0,
+            reused_tokens: 0,
             calls: 0,
             cost_usd: 0.0,
             wall_ms: 0.0,
@@ -816,6 +825,7 @@ impl UnitContext {
         }
         result.run_status = Some(summary.status);
         result.tokens = summary.usage.total_tokens;
+        result.reused_tokens = summary.usage.reused_tokens;
         result.calls = summary.usage.calls;
         result.cost_usd = summary.usage.cost_usd;
         result.output = summary.output.as_ref().map(text_of);
