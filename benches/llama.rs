@@ -151,8 +151,8 @@ fn main() {
         .unwrap();
     println!("model: {}  threads: 1  reps: {reps}", path.display());
 
-    let sections = std::env::var("SECTIONS")
-        .unwrap_or_else(|_| "speed,batch,prefix,cancel,concurrent".into());
+    let sections =
+        std::env::var("SECTIONS").unwrap_or_else(|_| "speed,batch,prefix,cancel,concurrent".into());
     if sections.contains("speed") {
         speed(&rt, &path, reps);
     }
@@ -188,25 +188,71 @@ fn pass(
     );
     let secs = t.elapsed().as_secs_f64();
     let tokens = done.iter().map(|c| c.usage.completion_tokens).sum();
-    let texts = done.into_iter().map(|c| c.choices[0].text.clone()).collect();
+    let texts = done
+        .into_iter()
+        .map(|c| c.choices[0].text.clone())
+        .collect();
     (secs, tokens, texts)
+}
+
+/// How many texts differ from the one-at-a-time texts, and the mean share
+/// of the one-at-a-time text (in bytes) that a differing text repeats
+/// before it parts from it.
+fn unlike(texts: &[String], alone: &[String]) -> (usize, f64) {
+    let parts: Vec<f64> = texts
+        .iter()
+        .zip(alone)
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| {
+            let same = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+            100.0 * same as f64 / b.len().max(1) as f64
+        })
+        .collect();
+    let mean = if parts.is_empty() {
+        100.0
+    } else {
+        parts.iter().sum::<f64>() / parts.len() as f64
+    };
+    (parts.len(), mean)
 }
 
 /// 5. Concurrent calls: throughput and batch invariance, ours and
 /// llama-server's.
 fn concurrent(rt: &tokio::runtime::Runtime, path: &Path) {
     let topics = [
-        "a lighthouse", "a river", "the moon", "a train", "a garden", "an old clock",
-        "the sea", "a mountain", "a library", "winter", "a market", "a violin",
-        "a desert", "the rain", "a bridge", "a fox",
+        "a lighthouse",
+        "a river",
+        "the moon",
+        "a train",
+        "a garden",
+        "an old clock",
+        "the sea",
+        "a mountain",
+        "a library",
+        "winter",
+        "a market",
+        "a violin",
+        "a desert",
+        "the rain",
+        "a bridge",
+        "a fox",
     ];
     let prompts: Vec<CompletionRequest> = topics
         .iter()
-        .map(|t| request(vec![Message::user(format!("Write a short story about {t}."))], 64, 0.0, 1))
+        .map(|t| {
+            request(
+                vec![Message::user(format!("Write a short story about {t}."))],
+                64,
+                0.0,
+                1,
+            )
+        })
         .collect();
     println!("\n## Concurrent calls: 16 prompts, 64 tokens each, temperature 0");
-    println!("| backend | in flight | wall s | tokens/s | decode calls | max KV cells | texts unlike one-at-a-time |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| backend | in flight | wall s | tokens/s | decode calls | max KV cells | texts unlike one-at-a-time | text shared before they part |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut alone: Option<Vec<String>> = None;
     for inflight in [1, 2, 4, 8] {
         // A fresh model per pass: no pass reuses another's cache.
@@ -217,14 +263,19 @@ fn concurrent(rt: &tokio::runtime::Runtime, path: &Path) {
         .expect("the model loads");
         let (secs, tokens, texts) = pass(rt, &m, &prompts, inflight);
         let base = alone.get_or_insert_with(|| texts.clone());
-        let differ = texts.iter().zip(base.iter()).filter(|(a, b)| a != b).count();
+        let (differ, shared) = unlike(&texts, base);
         let st = m.batch_stats();
         println!(
-            "| redraft (in-process) | {inflight} | {secs:.2} | {:.1} | {} | {} | {differ}/16 |",
+            "| redraft (in-process) | {inflight} | {secs:.2} | {:.1} | {} | {} | {differ}/16 | {shared:.0}% |",
             tokens as f64 / secs,
             st.decodes,
             st.max_cells
         );
+        if std::env::var_os("SHOW_TEXTS").is_some() {
+            for (a, b) in texts.iter().zip(base.iter()).filter(|(a, b)| a != b) {
+                println!("  alone:   {b:?}\n  batched: {a:?}");
+            }
+        }
     }
     let Some(server) = std::env::var_os("REDRAFT_LLAMA_SERVER") else {
         println!("llama-server: not run (set REDRAFT_LLAMA_SERVER)");
@@ -235,9 +286,28 @@ fn concurrent(rt: &tokio::runtime::Runtime, path: &Path) {
         .expect("a free port")
         .port();
     let mut child = std::process::Command::new(server)
-        .args(["-m", path.to_str().expect("a UTF-8 path"), "--host", "127.0.0.1"])
-        .args(["--port", &port.to_string(), "--threads", "1", "--threads-batch", "1"])
-        .args(["--ctx-size", "4096", "--parallel", "8", "--kv-unified", "--no-webui"])
+        .args([
+            "-m",
+            path.to_str().expect("a UTF-8 path"),
+            "--host",
+            "127.0.0.1",
+        ])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--threads",
+            "1",
+            "--threads-batch",
+            "1",
+        ])
+        .args([
+            "--ctx-size",
+            "4096",
+            "--parallel",
+            "8",
+            "--kv-unified",
+            "--no-webui",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -265,9 +335,9 @@ fn concurrent(rt: &tokio::runtime::Runtime, path: &Path) {
         for inflight in [1, 2, 4, 8] {
             let (secs, tokens, texts) = pass(rt, m.as_ref(), &prompts, inflight);
             let base = alone.get_or_insert_with(|| texts.clone());
-            let differ = texts.iter().zip(base.iter()).filter(|(a, b)| a != b).count();
+            let (differ, shared) = unlike(&texts, base);
             println!(
-                "| llama-server --parallel 8 | {inflight} | {secs:.2} | {:.1} | | | {differ}/16 |",
+                "| llama-server --parallel 8 | {inflight} | {secs:.2} | {:.1} | | | {differ}/16 | {shared:.0}% |",
                 tokens as f64 / secs
             );
         }

@@ -42,8 +42,8 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use serde::Deserialize;
 
-use super::batching::{self, DecodeFailure, Scheduler};
 pub use super::batching::BatchStats;
+use super::batching::{self, DecodeFailure, Scheduler};
 use super::*;
 
 /// Backend-specific settings (`models.NAME.settings`).
