@@ -22,6 +22,21 @@
 //! (`ContextLength`); one that does not fit now waits for room, after the
 //! caches of idle slots were dropped, least recently used first.
 //!
+//! **Speculative decoding.** With a [`Draft`] model (a small model of the
+//! same vocabulary), each step first lets the draft propose up to
+//! `draft_max` tokens for every generating sequence (greedy, one draft
+//! decode per proposed token, all sequences in one batch), then the target
+//! decodes each sequence's pending token and its proposals in the same
+//! batch. The target samples at each position in turn with the request's
+//! own sampler and keeps proposals while they equal what it sampled; the
+//! first that differs is replaced by the sampled token and the rest is
+//! dropped from the KV cache. Every emitted token is sampled by the target
+//! exactly once, in order, from the logits of its true prefix, so the
+//! output is the target's own (the same at temperature 0 and for a seed),
+//! up to the kernels' batch-shape noise; the draft only decides how many
+//! tokens a step yields. A failing draft turns speculation off for the
+//! step, never fails a request.
+//!
 //! **Invariants:** a slot serves at most one sequence at a time; a caller
 //! that went away frees its slots at the next step; a failed decode ends
 //! the requests in it with an error and never leaves a slot claiming cells
@@ -69,6 +84,37 @@ pub(crate) trait Context {
     fn piece(&self, token: Token) -> Vec<u8>;
 }
 
+/// What the scheduler needs of a draft model's context: as many sequences
+/// as the target's, one per slot.
+pub(crate) trait Draft {
+    fn n_batch(&self) -> usize;
+    /// Drops sequence `seq`'s cells from position `from` on.
+    fn remove(&mut self, seq: usize, from: usize) -> Result<(), String>;
+    fn decode(&mut self, batch: &[BatchToken]) -> Result<(), DecodeFailure>;
+    /// The most likely next token after batch index `at` of the last decode.
+    fn argmax(&self, at: usize) -> Token;
+}
+
+/// No draft model.
+#[cfg(test)]
+pub(crate) enum NoDraft {}
+
+#[cfg(test)]
+impl Draft for NoDraft {
+    fn n_batch(&self) -> usize {
+        match *self {}
+    }
+    fn remove(&mut self, _: usize, _: usize) -> Result<(), String> {
+        match *self {}
+    }
+    fn decode(&mut self, _: &[BatchToken]) -> Result<(), DecodeFailure> {
+        match *self {}
+    }
+    fn argmax(&self, _: usize) -> Token {
+        match *self {}
+    }
+}
+
 /// A completion to decode: its prompt, one sampler per sample.
 pub(crate) struct Request<S> {
     pub tokens: Vec<Token>,
@@ -79,8 +125,10 @@ pub(crate) struct Request<S> {
     /// Whether the caller stopped waiting.
     pub gone: Box<dyn Fn() -> bool + Send>,
     /// Where the result goes (called once).
-    pub reply: Box<dyn FnOnce(Result<Completion, BackendError>) + Send>,
+    pub reply: Reply,
 }
+
+type Reply = Box<dyn FnOnce(Result<Completion, BackendError>) + Send>;
 
 /// What the scheduler did, for benches and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +142,9 @@ pub struct BatchStats {
     pub max_active: usize,
     /// The most KV cells reserved at once.
     pub max_cells: usize,
+    /// Tokens a draft model proposed, and how many of them the model kept.
+    pub drafted: u64,
+    pub accepted: u64,
 }
 
 struct Slot {
@@ -113,8 +164,11 @@ struct Sample<S> {
     finish: Option<FinishReason>,
     /// The sampled token to decode next.
     pending: Option<Token>,
-    /// Batch index of its logits in the last decode.
-    logits_at: Option<usize>,
+    /// The draft's proposals to follow `pending` in the next decode.
+    drafts: Vec<Token>,
+    /// Batch indices of its logits in the last decode: the pending token's,
+    /// then each proposal's.
+    logits_at: Vec<usize>,
 }
 
 struct Active<S> {
@@ -140,7 +194,15 @@ pub(crate) struct Scheduler<S> {
     active: Vec<Active<S>>,
     prefix_cache: bool,
     steps: u64,
+    /// The most tokens a draft proposes per sequence and step (0: off).
+    draft_max: usize,
+    /// What each slot's sequence of the draft context holds.
+    draft_cached: Vec<Vec<Token>>,
+    /// Replies of this step, sent at its end, after `stats` is published.
+    outbox: Vec<(Reply, Result<Completion, BackendError>)>,
     pub stats: BatchStats,
+    /// Where `stats` is copied at the end of every step.
+    published: Option<std::sync::Arc<std::sync::Mutex<BatchStats>>>,
 }
 
 /// Where a sampled or prompt token's logits land in a batch.
@@ -166,8 +228,26 @@ impl<S> Scheduler<S> {
             active: Vec::new(),
             prefix_cache,
             steps: 0,
+            draft_max: 0,
+            draft_cached: vec![Vec::new(); parallel.max(1)],
+            outbox: Vec::new(),
             stats: BatchStats::default(),
+            published: None,
         }
+    }
+
+    /// Copies `stats` to `to` at the end of every step, before the step's
+    /// replies go out (so a caller reading it after its reply sees its call).
+    pub fn publish_to(mut self, to: std::sync::Arc<std::sync::Mutex<BatchStats>>) -> Self {
+        self.published = Some(to);
+        self
+    }
+
+    /// Proposes up to `n` tokens per step with the draft model given to
+    /// [`Scheduler::step_with`].
+    pub fn with_draft_max(mut self, n: usize) -> Self {
+        self.draft_max = n;
+        self
     }
 
     /// Nothing waiting and nothing decoding.
@@ -195,14 +275,41 @@ impl<S> Scheduler<S> {
         idle + self.active.iter().map(|a| a.reserved).sum::<usize>()
     }
 
-    /// One step: admit what fits, decode one batch, sample, reply to what
-    /// finished. Does nothing when idle.
+    /// [`Scheduler::step_with`] without a draft model.
+    #[cfg(test)]
     pub fn step<C: Context<Sampler = S>>(&mut self, ctx: &mut C) {
+        self.step_with::<C, NoDraft>(ctx, None);
+    }
+
+    /// One step: admit what fits, let the draft propose (when there is one
+    /// and `draft_max` > 0), decode one batch, sample, reply to what
+    /// finished. Does nothing when idle.
+    pub fn step_with<C: Context<Sampler = S>, D: Draft>(
+        &mut self,
+        ctx: &mut C,
+        draft: Option<&mut D>,
+    ) {
+        self.advance(ctx, draft);
+        if let Some(to) = &self.published {
+            *to.lock().unwrap_or_else(|e| e.into_inner()) = self.stats;
+        }
+        for (reply, result) in self.outbox.drain(..) {
+            reply(result);
+        }
+    }
+
+    fn advance<C: Context<Sampler = S>, D: Draft>(&mut self, ctx: &mut C, draft: Option<&mut D>) {
         self.steps += 1;
         self.drop_gone(ctx);
         self.admit(ctx);
         if self.active.is_empty() {
             return;
+        }
+        if let Some(draft) = draft.filter(|_| self.draft_max > 0) {
+            if let Err(e) = self.propose(draft, ctx.n_batch()) {
+                tracing::warn!(error = %e, "the draft model failed; this step decodes without it");
+                self.forget_draft(draft);
+            }
         }
         let (batch, owners) = self.batch(ctx.n_batch());
         if batch.is_empty() {
@@ -230,7 +337,7 @@ impl<S> Scheduler<S> {
         for (at, owner) in owners {
             match owner {
                 Owner::Prompt(a) => self.prompt_done(ctx, a, at),
-                Owner::Sample(a, s) => self.active[a].samples[s].logits_at = Some(at),
+                Owner::Sample(a, s) => self.active[a].samples[s].logits_at.push(at),
             }
         }
         let generating = self
@@ -256,7 +363,7 @@ impl<S> Scheduler<S> {
                     self.slots[s.slot].busy = false;
                 }
                 let err = self.err(ErrorKind::Transient, "the caller stopped waiting");
-                (a.req.reply)(Err(err));
+                self.outbox.push((a.req.reply, Err(err)));
             } else {
                 i += 1;
             }
@@ -296,7 +403,7 @@ impl<S> Scheduler<S> {
                         ),
                     )
                 };
-                (req.reply)(Err(err));
+                self.outbox.push((req.reply, Err(err)));
                 continue;
             }
             let free: Vec<usize> = (0..self.slots.len())
@@ -381,7 +488,8 @@ impl<S> Scheduler<S> {
                     // The slot's cells are unknown: hold nothing there.
                     let _ = ctx.remove(first, 0);
                     self.slots[first].cached.clear();
-                    (req.reply)(Err(self.err(ErrorKind::Permanent, e)));
+                    let err = self.err(ErrorKind::Permanent, e);
+                    self.outbox.push((req.reply, Err(err)));
                     continue;
                 }
             };
@@ -412,7 +520,8 @@ impl<S> Scheduler<S> {
                     logprobs: Vec::new(),
                     finish: None,
                     pending: None,
-                    logits_at: None,
+                    drafts: Vec::new(),
+                    logits_at: Vec::new(),
                 })
                 .collect();
             for &s in &slots {
@@ -447,16 +556,21 @@ impl<S> Scheduler<S> {
         for (a, act) in self.active.iter().enumerate() {
             for (s, sample) in act.samples.iter().enumerate() {
                 if let (Some(token), None) = (sample.pending, sample.finish) {
-                    if batch.len() >= n_batch {
+                    // The pending token and its proposals, all or nothing
+                    // (proposals were only made while the batch had room).
+                    if batch.len() + 1 + sample.drafts.len() > n_batch {
                         break;
                     }
-                    owners.push((batch.len(), Owner::Sample(a, s)));
-                    batch.push(BatchToken {
-                        token,
-                        pos: self.slots[sample.slot].cached.len(),
-                        seq: sample.slot,
-                        logits: true,
-                    });
+                    let pos = self.slots[sample.slot].cached.len();
+                    for (i, &token) in std::iter::once(&token).chain(&sample.drafts).enumerate() {
+                        owners.push((batch.len(), Owner::Sample(a, s)));
+                        batch.push(BatchToken {
+                            token,
+                            pos: pos + i,
+                            seq: sample.slot,
+                            logits: true,
+                        });
+                    }
                 }
             }
         }
@@ -509,38 +623,236 @@ impl<S> Scheduler<S> {
             }
         }
         for s in act.samples.iter_mut() {
-            s.logits_at = Some(at);
+            s.logits_at = vec![at];
         }
     }
 
-    /// Samples every sequence that has fresh logits.
+    /// Samples every sequence that has fresh logits: at the pending
+    /// token's, then at each proposal's while the proposal equals what was
+    /// sampled before it. Cells of proposals not kept leave the KV cache.
     fn sample_all<C: Context<Sampler = S>>(&mut self, ctx: &mut C) {
         for act in &mut self.active {
             for s in act.samples.iter_mut() {
-                let Some(at) = s.logits_at.take() else {
+                let logits = std::mem::take(&mut s.logits_at);
+                if logits.is_empty() {
                     continue;
-                };
+                }
+                let drafts = std::mem::take(&mut s.drafts);
                 s.pending = None;
                 if s.finish.is_some() {
                     continue;
                 }
-                let token = ctx.sample(&mut s.sampler, at);
-                if let Some(k) = act.req.logprobs {
-                    s.logprobs.push(ctx.logprob(at, token, k as usize));
+                // The pending token's cell is the first of `logits`.
+                let first = self.slots[s.slot].cached.len() - logits.len();
+                let mut kept = 0;
+                for (i, &at) in logits.iter().enumerate() {
+                    let token = ctx.sample(&mut s.sampler, at);
+                    if let Some(k) = act.req.logprobs {
+                        s.logprobs.push(ctx.logprob(at, token, k as usize));
+                    }
+                    if ctx.is_eog(token) {
+                        s.finish = Some(FinishReason::Stop);
+                        break;
+                    }
+                    s.bytes.extend(ctx.piece(token));
+                    s.tokens += 1;
+                    if stop_at(&mut s.bytes, &act.req.stop) {
+                        s.finish = Some(FinishReason::Stop);
+                        break;
+                    }
+                    if s.tokens >= act.req.max_tokens {
+                        s.finish = Some(FinishReason::Length);
+                        break;
+                    }
+                    if drafts.get(i) == Some(&token) {
+                        kept += 1;
+                    } else {
+                        s.pending = Some(token);
+                        break;
+                    }
                 }
-                if ctx.is_eog(token) {
-                    s.finish = Some(FinishReason::Stop);
-                    continue;
+                if !drafts.is_empty() {
+                    self.stats.drafted += drafts.len() as u64;
+                    self.stats.accepted += kept as u64;
+                    // Keep the pending token's cell and the kept proposals'.
+                    let keep = first + 1 + kept;
+                    let slot = &mut self.slots[s.slot];
+                    if keep < slot.cached.len() {
+                        if ctx.remove(s.slot, keep).is_ok() {
+                            slot.cached.truncate(keep);
+                        } else {
+                            // Cells of unknown content: none of them are kept.
+                            let _ = ctx.remove(s.slot, 0);
+                            slot.cached.clear();
+                            s.finish.get_or_insert(FinishReason::Stop);
+                            tracing::warn!("rejected proposals could not leave the KV cache");
+                        }
+                    }
+                    // The draft's cells past `keep` leave at its next
+                    // proposal (`propose` syncs it with the slots).
                 }
-                s.bytes.extend(ctx.piece(token));
-                s.tokens += 1;
-                if stop_at(&mut s.bytes, &act.req.stop) {
-                    s.finish = Some(FinishReason::Stop);
-                } else if s.tokens >= act.req.max_tokens {
-                    s.finish = Some(FinishReason::Length);
-                } else {
-                    s.pending = Some(token);
+            }
+        }
+    }
+
+    /// Lets the draft propose tokens for every generating sequence: first
+    /// it catches up with what the slot holds, then it decodes greedily, one
+    /// token per sequence and draft decode, as many as the batch's room,
+    /// `draft_max` and the sequence's `max_tokens` allow.
+    fn propose<D: Draft>(&mut self, draft: &mut D, n_batch: usize) -> Result<(), String> {
+        // The draft's sequences drop what their slots no longer hold.
+        for (i, slot) in self.slots.iter().enumerate() {
+            let d = &mut self.draft_cached[i];
+            let same = d
+                .iter()
+                .zip(&slot.cached)
+                .take_while(|(a, b)| a == b)
+                .count();
+            if same < d.len() {
+                draft.remove(i, same)?;
+                d.truncate(same);
+            }
+        }
+        // Who proposes, and how many: the room in the target's batch after
+        // every generating sequence's pending token and the prompts' first
+        // token is shared out in order.
+        let generating: Vec<(usize, usize)> = self
+            .active
+            .iter()
+            .enumerate()
+            .flat_map(|(a, act)| {
+                act.samples
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.pending.is_some() && s.finish.is_none())
+                    .map(move |(s, _)| (a, s))
+            })
+            .collect();
+        let mut room = n_batch.saturating_sub(generating.len());
+        let mut want: Vec<(usize, usize, usize)> = Vec::new();
+        for &(a, s) in &generating {
+            let act = &self.active[a];
+            let left = act.req.max_tokens - act.samples[s].tokens;
+            let k = self.draft_max.min(left.saturating_sub(1)).min(room);
+            if k > 0 {
+                room -= k;
+                want.push((a, s, k));
+            }
+        }
+        if want.is_empty() {
+            return Ok(());
+        }
+        // Catch up: the slot's cells, then the pending token (with logits).
+        let mut todo: Vec<BatchToken> = Vec::new();
+        for &(a, s, _) in &want {
+            let sample = &self.active[a].samples[s];
+            let slot = sample.slot;
+            let held = &self.slots[slot].cached;
+            for (pos, &token) in held.iter().enumerate().skip(self.draft_cached[slot].len()) {
+                todo.push(BatchToken {
+                    token,
+                    pos,
+                    seq: slot,
+                    logits: false,
+                });
+            }
+            todo.push(BatchToken {
+                token: sample.pending.expect("generating"),
+                pos: held.len(),
+                seq: slot,
+                logits: true,
+            });
+        }
+        let chunk = draft.n_batch().max(1);
+        let mut last = Vec::new();
+        for part in todo.chunks(chunk) {
+            draft.decode(part).map_err(|e| format!("{e:?}"))?;
+            for t in part {
+                self.draft_cached[t.seq].push(t.token);
+            }
+            last = part.to_vec();
+        }
+        // The batch indices of the pending tokens' logits: the catch-up
+        // ended with them, so they are in the last chunk (or, chunked
+        // apart, decoded again below).
+        let mut at: Vec<Option<usize>> = want
+            .iter()
+            .map(|&(a, s, _)| {
+                let slot = self.active[a].samples[s].slot;
+                let pos = self.slots[slot].cached.len();
+                last.iter()
+                    .position(|t| t.seq == slot && t.pos == pos && t.logits)
+            })
+            .collect();
+        if at.iter().any(Option::is_none) {
+            // Rare (a catch-up longer than the draft's batch): decode the
+            // pending tokens again, alone, for their logits.
+            let mut batch = Vec::new();
+            for &(a, s, _) in &want {
+                let slot = self.active[a].samples[s].slot;
+                let pos = self.slots[slot].cached.len();
+                draft.remove(slot, pos)?;
+                self.draft_cached[slot].truncate(pos);
+                batch.push(BatchToken {
+                    token: self.active[a].samples[s].pending.expect("generating"),
+                    pos,
+                    seq: slot,
+                    logits: true,
+                });
+            }
+            draft.decode(&batch).map_err(|e| format!("{e:?}"))?;
+            for t in &batch {
+                self.draft_cached[t.seq].push(t.token);
+            }
+            at = (0..batch.len()).map(Some).collect();
+        }
+        // Greedy proposals, one draft decode per round.
+        let mut proposals: Vec<Vec<Token>> = vec![Vec::new(); want.len()];
+        let rounds = want.iter().map(|w| w.2).max().unwrap_or(0);
+        for round in 0..rounds {
+            let mut batch = Vec::new();
+            let mut whose = Vec::new();
+            for (w, &(a, s, k)) in want.iter().enumerate() {
+                let Some(i) = at[w] else { continue };
+                let token = draft.argmax(i);
+                proposals[w].push(token);
+                at[w] = None;
+                // Decode it for the next proposal, unless it was the last.
+                if round + 1 < k {
+                    let slot = self.active[a].samples[s].slot;
+                    whose.push(w);
+                    batch.push(BatchToken {
+                        token,
+                        pos: self.draft_cached[slot].len(),
+                        seq: slot,
+                        logits: true,
+                    });
                 }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            draft.decode(&batch).map_err(|e| format!("{e:?}"))?;
+            for (i, (t, w)) in batch.iter().zip(whose).enumerate() {
+                self.draft_cached[t.seq].push(t.token);
+                at[w] = Some(i);
+            }
+        }
+        for ((a, s, _), p) in want.into_iter().zip(proposals) {
+            self.active[a].samples[s].drafts = p;
+        }
+        Ok(())
+    }
+
+    /// The draft failed: its cells are unknown, so it starts over empty.
+    fn forget_draft<D: Draft>(&mut self, draft: &mut D) {
+        for (i, d) in self.draft_cached.iter_mut().enumerate() {
+            let _ = draft.remove(i, 0);
+            d.clear();
+        }
+        for act in &mut self.active {
+            for s in &mut act.samples {
+                s.drafts.clear();
             }
         }
     }
@@ -569,15 +881,18 @@ impl<S> Scheduler<S> {
                     logprobs: want_logprobs.then_some(s.logprobs),
                 })
                 .collect();
-            (a.req.reply)(Ok(Completion {
-                choices,
-                usage: Usage {
-                    prompt_tokens: a.req.tokens.len() as u64,
-                    completion_tokens,
-                    cached_tokens: a.reused as u64,
-                },
-                usage_estimated: false,
-            }));
+            self.outbox.push((
+                a.req.reply,
+                Ok(Completion {
+                    choices,
+                    usage: Usage {
+                        prompt_tokens: a.req.tokens.len() as u64,
+                        completion_tokens,
+                        cached_tokens: a.reused as u64,
+                    },
+                    usage_estimated: false,
+                }),
+            ));
         }
     }
 
@@ -617,7 +932,8 @@ impl<S> Scheduler<S> {
                     self.slots[s.slot].cached.clear();
                     self.slots[s.slot].busy = false;
                 }
-                (a.req.reply)(Err(self.err(kind, message.clone()).with_usage(used)));
+                let err = self.err(kind, message.clone()).with_usage(used);
+                self.outbox.push((a.req.reply, Err(err)));
             } else {
                 i += 1;
             }

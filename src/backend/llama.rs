@@ -43,7 +43,7 @@ use llama_cpp_2::token::LlamaToken;
 use serde::Deserialize;
 
 pub use super::batching::BatchStats;
-use super::batching::{self, DecodeFailure, Scheduler};
+use super::batching::{self, DecodeFailure, Draft, Scheduler};
 use super::*;
 
 /// Backend-specific settings (`models.NAME.settings`).
@@ -77,6 +77,24 @@ pub struct LlamaSettings {
     /// Reuse the KV cells of the longest prefix a call shares with what a
     /// slot holds (default true).
     pub prefix_cache: Option<bool>,
+    /// A small GGUF model of the same vocabulary that proposes tokens for
+    /// this one to verify (speculative decoding; relative to the workflow).
+    pub draft: Option<PathBuf>,
+    /// The most tokens the draft proposes per sequence and step (default 6).
+    pub draft_max: Option<u32>,
+}
+
+/// Resolves the paths in llama settings (`draft`) against `base_dir`.
+pub(crate) fn resolve_settings(settings: &serde_json::Value, base_dir: &Path) -> serde_json::Value {
+    let mut s = settings.clone();
+    if let Some(draft) = s.get_mut("draft") {
+        if let Some(p) = draft.as_str().map(PathBuf::from) {
+            if p.is_relative() {
+                *draft = serde_json::Value::String(base_dir.join(p).to_string_lossy().into_owned());
+            }
+        }
+    }
+    s
 }
 
 /// The llama.cpp backend is process-global: initialise it once.
@@ -193,6 +211,11 @@ impl LlamaModel {
                 ))
             })?,
         );
+        let draft = match &s.draft {
+            Some(p) => Some(open_draft(p, &weights, &params).map_err(config)?),
+            None => None,
+        };
+        let draft_max = s.draft_max.unwrap_or(6).min(64) as usize;
         let template = match &s.chat_template {
             Some(t) => {
                 Some(LlamaChatTemplate::new(t).map_err(|e| config(format!("chat_template: {e}")))?)
@@ -219,6 +242,13 @@ impl LlamaModel {
             // whole context, not `context_size / max_sequences` of it.
             .with_kv_unified(true);
         let stats = Arc::new(Mutex::new(BatchStats::default()));
+        let draft_params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx + sequences * (draft_max as u32 + 1)))
+            .with_n_batch(s.batch_size.unwrap_or(512).max(1))
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads)
+            .with_n_seq_max(sequences)
+            .with_kv_unified(true);
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let embed_params = LlamaContextParams::default()
@@ -243,6 +273,7 @@ impl LlamaModel {
             sequences,
             prefix_cache: s.prefix_cache.unwrap_or(true),
             stats: stats.clone(),
+            draft: draft.map(|w| (w, draft_params, draft_max)),
         };
         std::thread::Builder::new()
             .name(format!("redraft-{id}"))
@@ -380,6 +411,8 @@ struct Worker {
     sequences: u32,
     prefix_cache: bool,
     stats: Arc<Mutex<BatchStats>>,
+    /// The draft model, its context's parameters and `draft_max`.
+    draft: Option<(Arc<Weights>, LlamaContextParams, usize)>,
 }
 
 impl Worker {
@@ -405,7 +438,29 @@ impl Worker {
             ctx,
             weights: &weights,
         };
-        let mut scheduler = Scheduler::new(&self.id, self.sequences as usize, self.prefix_cache);
+        let mut scheduler = Scheduler::new(&self.id, self.sequences as usize, self.prefix_cache)
+            .publish_to(self.stats.clone());
+        // The draft's context; one that cannot be made leaves speculation off.
+        let draft_weights = self.draft.as_ref().map(|(w, _, _)| w.clone());
+        let mut draft = match (&self.draft, &draft_weights) {
+            (Some((_, params, max)), Some(w)) => match w.new_context(backend, params.clone()) {
+                Ok(ctx) => {
+                    scheduler = scheduler.with_draft_max(*max);
+                    Some(DraftSlots {
+                        batch: LlamaBatch::new(
+                            (ctx.n_batch() as usize).max(self.sequences as usize),
+                            self.sequences as i32,
+                        ),
+                        ctx,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create the draft model's context; decoding without it");
+                    None
+                }
+            },
+            _ => None,
+        };
         let mut embed_ctx: Option<LlamaContext<'_>> = None;
         loop {
             // Wait for work when there is none; else take what arrived and
@@ -455,8 +510,7 @@ impl Worker {
                     }
                 }
             }
-            scheduler.step(&mut slots);
-            *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = scheduler.stats;
+            scheduler.step_with(&mut slots, draft.as_mut());
         }
     }
 
@@ -682,16 +736,7 @@ impl batching::Context for Slots<'_> {
     }
 
     fn decode(&mut self, tokens: &[batching::BatchToken]) -> Result<(), DecodeFailure> {
-        self.batch.clear();
-        for t in tokens {
-            self.batch
-                .add(LlamaToken(t.token), t.pos as i32, &[t.seq as i32], t.logits)
-                .map_err(|e| DecodeFailure::Other(e.to_string()))?;
-        }
-        self.ctx.decode(&mut self.batch).map_err(|e| match e {
-            llama_cpp_2::DecodeError::NoKvCacheSlot => DecodeFailure::NoRoom,
-            other => DecodeFailure::Other(other.to_string()),
-        })
+        fill_and_decode(&mut self.ctx, &mut self.batch, tokens)
     }
 
     fn sample(&mut self, sampler: &mut LlamaSampler, at: usize) -> batching::Token {
@@ -719,6 +764,100 @@ impl batching::Context for Slots<'_> {
             .into_iter()
             .collect()
     }
+}
+
+/// The draft model's context as the scheduler drives it.
+struct DraftSlots<'w> {
+    ctx: LlamaContext<'w>,
+    batch: LlamaBatch<'w>,
+}
+
+impl Draft for DraftSlots<'_> {
+    fn n_batch(&self) -> usize {
+        self.ctx.n_batch() as usize
+    }
+
+    fn remove(&mut self, seq: usize, from: usize) -> Result<(), String> {
+        self.ctx
+            .clear_kv_cache_seq(Some(seq as u32), Some(from as u32), None)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn decode(&mut self, tokens: &[batching::BatchToken]) -> Result<(), DecodeFailure> {
+        fill_and_decode(&mut self.ctx, &mut self.batch, tokens)
+    }
+
+    fn argmax(&self, at: usize) -> batching::Token {
+        let logits = self.ctx.get_logits_ith(at as i32);
+        let mut best = 0;
+        for (i, l) in logits.iter().enumerate() {
+            if *l > logits[best] {
+                best = i;
+            }
+        }
+        best as batching::Token
+    }
+}
+
+/// Puts the tokens in the batch and decodes it.
+fn fill_and_decode(
+    ctx: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch<'_>,
+    tokens: &[batching::BatchToken],
+) -> Result<(), DecodeFailure> {
+    batch.clear();
+    for t in tokens {
+        batch
+            .add(LlamaToken(t.token), t.pos as i32, &[t.seq as i32], t.logits)
+            .map_err(|e| DecodeFailure::Other(e.to_string()))?;
+    }
+    ctx.decode(batch).map_err(|e| match e {
+        llama_cpp_2::DecodeError::NoKvCacheSlot => DecodeFailure::NoRoom,
+        other => DecodeFailure::Other(other.to_string()),
+    })
+}
+
+/// Loads a draft model and checks that it speaks the model's vocabulary:
+/// the same number of tokens (within 128, llama.cpp's own rule) and the
+/// same text for every token both have.
+fn open_draft(
+    path: &Path,
+    weights: &Weights,
+    params: &LlamaModelParams,
+) -> Result<Arc<Weights>, String> {
+    if !path.exists() {
+        return Err(format!(
+            "draft model file {} does not exist",
+            path.display()
+        ));
+    }
+    check_gguf(path)?;
+    let draft = Weights::load_from_file(backend()?, path, params).map_err(|e| {
+        format!(
+            "cannot load the draft model {} (corrupt or truncated GGUF?): {e}",
+            path.display()
+        )
+    })?;
+    let (a, b) = (weights.vocab(), draft.vocab());
+    let (na, nb) = (a.n_tokens(), b.n_tokens());
+    if (na - nb).abs() > 128 {
+        return Err(format!(
+            "the draft model {} has {nb} tokens in its vocabulary, the model {na}: a draft must share the model's tokenizer",
+            path.display()
+        ));
+    }
+    if let Some(t) = (0..na.min(nb)).find(|&t| {
+        a.token_to_piece(LlamaToken(t), true, None) != b.token_to_piece(LlamaToken(t), true, None)
+    }) {
+        return Err(format!(
+            "the draft model {} reads token {t} as {:?}, the model as {:?}: a draft must share the model's tokenizer",
+            path.display(),
+            String::from_utf8_lossy(&b.token_to_piece(LlamaToken(t), true, None)),
+            String::from_utf8_lossy(&a.token_to_piece(LlamaToken(t), true, None)),
+        ));
+    }
+    Ok(Arc::new(draft))
 }
 
 /// The templated, tokenized prompt: the chat template (the model's, or the

@@ -513,12 +513,14 @@ pub fn open(
             } else {
                 base_dir.join(path)
             };
-            Ok(Arc::new(llama::LlamaModel::open(&path, settings)?))
+            let settings = llama::resolve_settings(settings, base_dir);
+            Ok(Arc::new(llama::LlamaModel::open(&path, &settings)?))
         }
         #[cfg(feature = "llama")]
         ModelSpec::Hub { file } => {
             let path = hf::resolve(&file, &hf::HubConfig::from_env())?;
-            Ok(Arc::new(llama::LlamaModel::open(&path, settings)?))
+            let settings = llama::resolve_settings(settings, base_dir);
+            Ok(Arc::new(llama::LlamaModel::open(&path, &settings)?))
         }
         #[cfg(not(feature = "llama"))]
         ModelSpec::Llama { .. } | ModelSpec::Hub { .. } => Err(BackendError::new(

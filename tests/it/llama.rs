@@ -496,39 +496,93 @@ async fn a_call_inside_a_busy_batch_computes_what_it_computes_alone() {
         stats.max_active, 4,
         "the four calls decoded together: {stats:?}"
     );
-    let mut max_noise = 0f32;
     for ((p, a), b) in prompts.iter().zip(&alone).zip(together) {
-        let b = b.unwrap();
-        let (a, b) = (
-            a.choices[0].logprobs.as_ref().unwrap(),
-            b.choices[0].logprobs.as_ref().unwrap(),
+        same_up_to_noise(p, &a, &b.unwrap());
+    }
+}
+
+/// Two temperature-0 completions of one prompt agree up to float noise:
+/// every token up to the first difference has the same log-probability
+/// within 0.5 nats, and where the texts part, each run's choice is within
+/// 0.5 nats of the other's in both distributions (a near tie). Returns
+/// whether the texts are equal.
+fn same_up_to_noise(
+    p: &str,
+    a: &redraft::backend::Completion,
+    b: &redraft::backend::Completion,
+) -> bool {
+    let (a, b) = (
+        a.choices[0].logprobs.as_ref().unwrap(),
+        b.choices[0].logprobs.as_ref().unwrap(),
+    );
+    let n = a.len().min(b.len());
+    let parted = (0..n).find(|&i| a[i].token != b[i].token);
+    for i in 0..parted.unwrap_or(n) {
+        let d = (a[i].logprob - b[i].logprob).abs();
+        assert!(
+            d < 0.5,
+            "{p}: token {i} {:?}: {} in one run, {} in the other",
+            a[i].token,
+            a[i].logprob,
+            b[i].logprob
         );
-        let n = a.len().min(b.len());
-        let parted = (0..n).find(|&i| a[i].token != b[i].token);
-        for i in 0..parted.unwrap_or(n) {
-            let d = (a[i].logprob - b[i].logprob).abs();
-            max_noise = max_noise.max(d);
+    }
+    if let Some(i) = parted {
+        for (x, y) in [(&a[i], &b[i]), (&b[i], &a[i])] {
+            let other = x.top.iter().find(|(t, _)| *t == y.token);
+            let gap = other.map_or(f32::INFINITY, |(_, l)| x.logprob - l);
             assert!(
-                d < 0.5,
-                "{p}: token {i} {:?}: {} alone, {} batched",
-                a[i].token,
-                a[i].logprob,
-                b[i].logprob
+                gap < 0.5,
+                "{p}: the texts part at token {i} ({:?} vs {:?}) with a gap of {gap} nats",
+                x.token,
+                y.token
             );
         }
-        if let Some(i) = parted {
-            // In each distribution, the other run's choice is a near tie.
-            for (x, y) in [(&a[i], &b[i]), (&b[i], &a[i])] {
-                let other = x.top.iter().find(|(t, _)| *t == y.token);
-                let gap = other.map_or(f32::INFINITY, |(_, l)| x.logprob - l);
-                assert!(
-                    gap < 0.5,
-                    "{p}: the texts part at token {i} ({:?} vs {:?}) with a gap of {gap} nats",
-                    x.token,
-                    y.token
-                );
-            }
-        }
     }
-    eprintln!("largest log-probability difference before the texts part: {max_noise}");
+    parted.is_none() && a.len() == b.len()
+}
+
+/// Speculative decoding: a draft model (here the model itself, the only
+/// GGUF the suite has; tests/benches measure Qwen 0.5B drafting for 1.5B)
+/// proposes tokens that the model verifies in one batch. The text is the
+/// model's own, up to batch-shape noise, and a self-draft is nearly
+/// always right, so most steps yield several tokens.
+#[tokio::test]
+async fn a_draft_model_proposes_and_the_model_keeps_its_own_text() {
+    let path = model_path!();
+    let plain = LlamaModel::open(
+        &path,
+        &serde_json::json!({ "threads": 1, "context_size": 1024 }),
+    )
+    .unwrap();
+    let spec = LlamaModel::open(
+        &path,
+        &serde_json::json!({ "threads": 1, "context_size": 1024, "draft": path, "draft_max": 4 }),
+    )
+    .unwrap();
+    let mut req = request("List the days of the week, one per line.", 48);
+    req.logprobs = Some(5);
+    let a = plain.complete(&req).await.unwrap();
+    let b = spec.complete(&req).await.unwrap();
+    assert!(a.usage.completion_tokens > 10, "{:?}", a.choices[0].text);
+    same_up_to_noise("count", &a, &b);
+    assert_eq!(a.usage.prompt_tokens, b.usage.prompt_tokens);
+    let (pa, sb) = (plain.batch_stats(), spec.batch_stats());
+    assert!(sb.drafted > 0 && sb.accepted * 2 > sb.drafted, "{sb:?}");
+    assert!(sb.decodes < pa.decodes, "{sb:?} vs {pa:?}");
+    // Sampled with a seed: the same draws (one per token, in order).
+    req.sampling.temperature = Some(0.9);
+    req.sampling.seed = Some(11);
+    let a = plain.complete(&req).await.unwrap();
+    let b = spec.complete(&req).await.unwrap();
+    same_up_to_noise("count, sampled", &a, &b);
+    // A draft that is no model is a config error naming it.
+    let e = LlamaModel::open(
+        &path,
+        &serde_json::json!({ "draft": "/nonexistent/draft.gguf" }),
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(e.kind, ErrorKind::Config);
+    assert!(e.message.contains("/nonexistent/draft.gguf"), "{e}");
 }

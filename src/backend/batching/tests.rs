@@ -362,3 +362,180 @@ fn idle_caches_make_room_for_a_newcomer_oldest_first() {
     let held: Vec<usize> = ctx.cells.iter().map(Vec::len).collect();
     assert!(held.contains(&4) && held.contains(&7), "{held:?}");
 }
+
+/// A draft that proposes what the fake model's greedy sampler picks (the
+/// last token plus one), except after multiples of `miss`, where it
+/// proposes 0; it checks its sequences stay contiguous like [`Fake`].
+struct FakeDraft {
+    n_batch: usize,
+    cells: Vec<Vec<Token>>,
+    last: Vec<BatchToken>,
+    miss: Token,
+    fail: bool,
+    decodes: usize,
+}
+
+impl FakeDraft {
+    fn new(parallel: usize, miss: Token) -> FakeDraft {
+        FakeDraft {
+            n_batch: 16,
+            cells: vec![Vec::new(); parallel],
+            last: Vec::new(),
+            miss,
+            fail: false,
+            decodes: 0,
+        }
+    }
+}
+
+impl Draft for FakeDraft {
+    fn n_batch(&self) -> usize {
+        self.n_batch
+    }
+    fn remove(&mut self, seq: usize, from: usize) -> Result<(), String> {
+        self.cells[seq].truncate(from);
+        Ok(())
+    }
+    fn decode(&mut self, batch: &[BatchToken]) -> Result<(), DecodeFailure> {
+        if self.fail {
+            return Err(DecodeFailure::Other("draft broken".into()));
+        }
+        assert!(batch.len() <= self.n_batch, "a draft batch over n_batch");
+        for t in batch {
+            assert_eq!(
+                self.cells[t.seq].len(),
+                t.pos,
+                "a gap in draft sequence {}",
+                t.seq
+            );
+            self.cells[t.seq].push(t.token);
+        }
+        self.last = batch.to_vec();
+        self.decodes += 1;
+        Ok(())
+    }
+    fn argmax(&self, at: usize) -> Token {
+        assert!(
+            self.last[at].logits,
+            "logits of a token decoded without them"
+        );
+        let t = self.last[at].token;
+        if t % self.miss == 0 { 0 } else { t + 1 }
+    }
+}
+
+/// Runs requests with and without a draft; returns both schedulers'
+/// replies, contexts and decode counts.
+fn with_and_without_draft(
+    draft: &mut FakeDraft,
+    draft_max: usize,
+    requests: &[(&str, &[Token], usize, usize)],
+) -> [(Replies, Fake, BatchStats); 2] {
+    let mut out = Vec::new();
+    for use_draft in [false, true] {
+        let replies = Replies::default();
+        let mut s = Scheduler::new("m", 4, true).with_draft_max(draft_max);
+        let mut ctx = Fake::new(200, 16, 4);
+        for &(name, tokens, samples, max) in requests {
+            s.submit(request(
+                name,
+                tokens,
+                samples,
+                max,
+                &replies,
+                Default::default(),
+            ));
+        }
+        let mut steps = 0;
+        while !s.idle() {
+            s.step_with(&mut ctx, use_draft.then_some(&mut *draft));
+            steps += 1;
+            assert!(steps < 1000, "the scheduler does not finish");
+        }
+        out.push((replies, ctx, s.stats));
+    }
+    out.try_into().unwrap_or_else(|_| unreachable!())
+}
+
+fn texts(replies: &Replies) -> Vec<(String, Vec<String>)> {
+    let mut all: Vec<(String, Vec<String>)> = replies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, r)| {
+            let c = r.as_ref().expect("a completion");
+            (
+                n.clone(),
+                c.choices.iter().map(|c| c.text.clone()).collect(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn speculation_gives_the_same_text_and_cells_in_fewer_target_decodes() {
+    let mut draft = FakeDraft::new(4, 7);
+    // "a" greedy (the draft is right but after multiples of 7), "b" two
+    // samples, the second drawing +100 (the draft is always wrong there).
+    let [
+        (plain, plain_ctx, plain_stats),
+        (spec, spec_ctx, spec_stats),
+    ] = with_and_without_draft(
+        &mut draft,
+        4,
+        &[("a", &[1, 2, 3], 1, 20), ("b", &[30], 2, 5)],
+    );
+    assert_eq!(texts(&spec), texts(&plain));
+    assert_eq!(
+        texts(&plain)[0].1,
+        ["4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,"]
+    );
+    // The KV cells left behind are the same: rejected proposals left.
+    assert_eq!(spec_ctx.cells, plain_ctx.cells);
+    assert!(
+        spec_stats.decodes < plain_stats.decodes,
+        "{spec_stats:?} vs {plain_stats:?}"
+    );
+    assert!(spec_stats.accepted > 0 && spec_stats.accepted < spec_stats.drafted);
+    // Never more proposals than a step's room or the tokens left.
+    for b in &spec_ctx.batches {
+        for seq in 0..4 {
+            assert!(
+                b.iter().filter(|t| t.seq == seq && t.logits).count() <= 5,
+                "{b:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_failing_draft_turns_speculation_off_and_fails_no_request() {
+    let mut draft = FakeDraft::new(4, 7);
+    draft.fail = true;
+    let [(plain, plain_ctx, _), (spec, spec_ctx, stats)] =
+        with_and_without_draft(&mut draft, 4, &[("a", &[1, 2, 3], 1, 8)]);
+    assert_eq!(texts(&spec), texts(&plain));
+    assert_eq!(spec_ctx.cells, plain_ctx.cells);
+    assert_eq!((stats.drafted, stats.accepted), (0, 0));
+}
+
+#[test]
+fn proposals_stop_at_max_tokens_and_a_long_catch_up_is_chunked() {
+    // The draft's batch is smaller than the prompt: its catch-up takes
+    // several decodes, and the pending token is decoded again for logits.
+    let mut draft = FakeDraft::new(4, 1000);
+    draft.n_batch = 4;
+    let prompt: Vec<Token> = (1..=10).collect();
+    let [(plain, _, _), (spec, spec_ctx, stats)] =
+        with_and_without_draft(&mut draft, 8, &[("a", &prompt, 1, 3)]);
+    assert_eq!(texts(&spec), texts(&plain));
+    assert_eq!(texts(&spec)[0].1, ["11,12,13,"]);
+    // Three tokens: the first from the prompt's logits, then one step
+    // with one proposal (kept) and the token after it; max_tokens leaves
+    // no room for more.
+    assert_eq!((stats.drafted, stats.accepted), (1, 1));
+    assert_eq!(spec_ctx.batches.len(), 2);
+    assert!(draft.decodes >= 3, "{}", draft.decodes);
+}
