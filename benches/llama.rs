@@ -3,7 +3,7 @@
 //! (env: `REDRAFT_MODEL`, `REDRAFT_LLAMA_BENCH` = path of llama.cpp's
 //! `llama-bench` from `scripts/build-peers.sh`, `REPS` = repetitions, default 5,
 //! `SECTIONS` = a comma list of `speed`, `batch`, `prefix`, `cancel`,
-//! `concurrent`, default all).
+//! `concurrent`, `draft`; default all).
 //! Medians of `REPS` runs; for speed, llama-bench and ours alternate round
 //! by round and the ratio is the median of per-round ratios, because a
 //! shared machine drifts by more than the 5% being measured.
@@ -30,6 +30,13 @@
 //!    and how many texts differ from the same call decoded one at a time
 //!    (batch invariance). The same against llama.cpp's `llama-server
 //!    --parallel 8` (`REDRAFT_LLAMA_SERVER`) through the `openai:` backend.
+//! 6. Speculative decoding (`REDRAFT_DRAFT` = a draft GGUF of the model's
+//!    vocabulary): 8 coding prompts, 128 tokens each at temperature 0, one
+//!    call at a time and 4 in flight, with and without the draft
+//!    (`draft_max` from `DRAFT_MAX`, default 6): tokens/s, the share of
+//!    proposals kept, and how many texts differ from the draft-less ones.
+//!    llama-server with the same draft (`-md`) when `REDRAFT_LLAMA_SERVER`
+//!    is set.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -151,8 +158,8 @@ fn main() {
         .unwrap();
     println!("model: {}  threads: 1  reps: {reps}", path.display());
 
-    let sections =
-        std::env::var("SECTIONS").unwrap_or_else(|_| "speed,batch,prefix,cancel,concurrent".into());
+    let sections = std::env::var("SECTIONS")
+        .unwrap_or_else(|_| "speed,batch,prefix,cancel,concurrent,draft".into());
     if sections.contains("speed") {
         speed(&rt, &path, reps);
     }
@@ -167,6 +174,175 @@ fn main() {
     }
     if sections.contains("concurrent") {
         concurrent(&rt, &path);
+    }
+    if sections.contains("draft") {
+        match std::env::var_os("REDRAFT_DRAFT") {
+            Some(d) => draft(&rt, &path, Path::new(&d)),
+            None => println!("\n## Speculative decoding: not run (set REDRAFT_DRAFT)"),
+        }
+    }
+}
+
+/// A llama-server child on 127.0.0.1 with one thread, killed on drop.
+struct Server {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `REDRAFT_LLAMA_SERVER` on `model` with `args`; None when unset
+/// or not healthy within 120 s.
+fn server(rt: &tokio::runtime::Runtime, model: &Path, args: &[&str]) -> Option<Server> {
+    let bin = std::env::var_os("REDRAFT_LLAMA_SERVER")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .ok()?
+        .port();
+    let child = std::process::Command::new(bin)
+        .args(["-m", model.to_str()?, "--host", "127.0.0.1"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--threads",
+            "1",
+            "--threads-batch",
+            "1",
+        ])
+        .args(["--no-webui"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let s = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}/v1"),
+    };
+    let healthy = rt.block_on(async {
+        for _ in 0..600 {
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
+                if r.status().is_success() {
+                    return true;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        false
+    });
+    if !healthy {
+        println!("llama-server did not become healthy in 120 s");
+    }
+    healthy.then_some(s)
+}
+
+fn openai(url: &str) -> std::sync::Arc<dyn LanguageModel> {
+    redraft::backend::open(
+        &format!("openai:local@{url}"),
+        &serde_json::json!({ "request_timeout": "600s", "concurrency_per_endpoint": 64 }),
+        Path::new("."),
+    )
+    .expect("the openai backend opens")
+}
+
+/// Section 6: speculative decoding against plain decoding, ours and
+/// llama-server's.
+fn draft(rt: &tokio::runtime::Runtime, path: &Path, draft: &Path) {
+    let max: u32 = std::env::var("DRAFT_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let tasks = [
+        "Write a Python function that returns the n-th Fibonacci number iteratively.",
+        "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces.",
+        "Write a Python function that merges two sorted lists into one sorted list.",
+        "Write a Python function that counts the words in a text and returns a dict of counts.",
+        "Write a Python function that returns the prime numbers below n with a sieve.",
+        "Write a Python function that flattens a nested list of any depth.",
+        "Write a Python function that converts a Roman numeral to an integer.",
+        "Write a Python function that returns the longest common prefix of a list of strings.",
+    ];
+    let prompts: Vec<CompletionRequest> = tasks
+        .iter()
+        .map(|t| request(vec![Message::user(t.to_string())], 128, 0.0, 1))
+        .collect();
+    println!(
+        "\n## Speculative decoding: {} drafting for {}, draft_max {max}, 8 prompts, 128 tokens each, temperature 0",
+        draft.display(),
+        path.display()
+    );
+    println!("| decoder | in flight | wall s | tokens/s | proposals kept | texts unlike plain |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for inflight in [1, 4] {
+        let mut plain_texts = None;
+        for with_draft in [false, true] {
+            let mut settings =
+                serde_json::json!({ "threads": 1, "context_size": 4096, "parallel": 4 });
+            if with_draft {
+                settings["draft"] = serde_json::json!(draft);
+                settings["draft_max"] = serde_json::json!(max);
+            }
+            let m = LlamaModel::open(path, &settings).expect("the model loads");
+            let (secs, tokens, texts) = pass(rt, &m, &prompts, inflight);
+            let base = plain_texts.get_or_insert_with(|| texts.clone());
+            let (differ, _) = unlike(&texts, base);
+            let st = m.batch_stats();
+            let kept = if st.drafted > 0 {
+                format!(
+                    "{:.0}% of {}",
+                    100.0 * st.accepted as f64 / st.drafted as f64,
+                    st.drafted
+                )
+            } else {
+                "-".into()
+            };
+            println!(
+                "| redraft{} | {inflight} | {secs:.2} | {:.1} | {kept} | {differ}/8 |",
+                if with_draft { " + draft" } else { "" },
+                tokens as f64 / secs
+            );
+        }
+    }
+    let draft_path = draft.to_str().expect("a UTF-8 path");
+    let n_max = max.to_string();
+    for (label, args) in [
+        (
+            "llama-server",
+            vec!["--ctx-size", "4096", "--parallel", "1"],
+        ),
+        (
+            "llama-server + draft",
+            vec![
+                "--ctx-size",
+                "4096",
+                "--parallel",
+                "1",
+                "-md",
+                draft_path,
+                "--spec-draft-n-max",
+                &n_max,
+                "-td",
+                "1",
+                "-tbd",
+                "1",
+            ],
+        ),
+    ] {
+        let Some(srv) = server(rt, path, &args) else {
+            println!("{label}: not run");
+            continue;
+        };
+        let m = openai(&srv.url);
+        let (secs, tokens, _) = pass(rt, m.as_ref(), &prompts, 1);
+        println!(
+            "| {label} | 1 | {secs:.2} | {:.1} | | |",
+            tokens as f64 / secs
+        );
     }
 }
 
@@ -216,8 +392,8 @@ fn unlike(texts: &[String], alone: &[String]) -> (usize, f64) {
     (parts.len(), mean)
 }
 
-/// 5. Concurrent calls: throughput and batch invariance, ours and
-/// llama-server's.
+/// Section 5, concurrent calls: throughput and batch invariance, ours
+/// and llama-server's.
 fn concurrent(rt: &tokio::runtime::Runtime, path: &Path) {
     let topics = [
         "a lighthouse",
@@ -277,75 +453,22 @@ fn concurrent(rt: &tokio::runtime::Runtime, path: &Path) {
             }
         }
     }
-    let Some(server) = std::env::var_os("REDRAFT_LLAMA_SERVER") else {
+    let args = ["--ctx-size", "4096", "--parallel", "8", "--kv-unified"];
+    let Some(srv) = server(rt, path, &args) else {
         println!("llama-server: not run (set REDRAFT_LLAMA_SERVER)");
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let mut child = std::process::Command::new(server)
-        .args([
-            "-m",
-            path.to_str().expect("a UTF-8 path"),
-            "--host",
-            "127.0.0.1",
-        ])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--threads",
-            "1",
-            "--threads-batch",
-            "1",
-        ])
-        .args([
-            "--ctx-size",
-            "4096",
-            "--parallel",
-            "8",
-            "--kv-unified",
-            "--no-webui",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("llama-server starts");
-    let url = format!("http://127.0.0.1:{port}/v1");
-    let healthy = rt.block_on(async {
-        for _ in 0..600 {
-            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
-                if r.status().is_success() {
-                    return true;
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-        false
-    });
-    if healthy {
-        let m = redraft::backend::open(
-            &format!("openai:local@{url}"),
-            &serde_json::json!({ "request_timeout": "600s", "concurrency_per_endpoint": 64 }),
-            Path::new("."),
-        )
-        .expect("the openai backend opens");
-        let mut alone: Option<Vec<String>> = None;
-        for inflight in [1, 2, 4, 8] {
-            let (secs, tokens, texts) = pass(rt, m.as_ref(), &prompts, inflight);
-            let base = alone.get_or_insert_with(|| texts.clone());
-            let (differ, shared) = unlike(&texts, base);
-            println!(
-                "| llama-server --parallel 8 | {inflight} | {secs:.2} | {:.1} | | | {differ}/16 | {shared:.0}% |",
-                tokens as f64 / secs
-            );
-        }
-    } else {
-        println!("llama-server did not become healthy in 120 s");
+    let m = openai(&srv.url);
+    let mut alone: Option<Vec<String>> = None;
+    for inflight in [1, 2, 4, 8] {
+        let (secs, tokens, texts) = pass(rt, m.as_ref(), &prompts, inflight);
+        let base = alone.get_or_insert_with(|| texts.clone());
+        let (differ, shared) = unlike(&texts, base);
+        println!(
+            "| llama-server --parallel 8 | {inflight} | {secs:.2} | {:.1} | | | {differ}/16 | {shared:.0}% |",
+            tokens as f64 / secs
+        );
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// 4. Time from dropping a call to the worker serving the next one.

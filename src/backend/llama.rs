@@ -78,7 +78,8 @@ pub struct LlamaSettings {
     /// slot holds (default true).
     pub prefix_cache: Option<bool>,
     /// A small GGUF model of the same vocabulary that proposes tokens for
-    /// this one to verify (speculative decoding; relative to the workflow).
+    /// this one to verify (speculative decoding): a path, relative to the
+    /// workflow, or a model name such as `qwen-coder-0.5b`.
     pub draft: Option<PathBuf>,
     /// The most tokens the draft proposes per sequence and step (default 6).
     pub draft_max: Option<u32>,
@@ -89,7 +90,7 @@ pub(crate) fn resolve_settings(settings: &serde_json::Value, base_dir: &Path) ->
     let mut s = settings.clone();
     if let Some(draft) = s.get_mut("draft") {
         if let Some(p) = draft.as_str().map(PathBuf::from) {
-            if p.is_relative() {
+            if p.is_relative() && super::named_model(&p).is_none() {
                 *draft = serde_json::Value::String(base_dir.join(p).to_string_lossy().into_owned());
             }
         }
@@ -132,15 +133,16 @@ fn check_gguf(path: &Path) -> Result<(), String> {
 
 /// The default model's path (installed by `scripts/fetch-model.sh`).
 pub fn default_model_path() -> PathBuf {
-    let cache = std::env::var_os("REDRAFT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/redraft")
-        });
-    cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    model_file(Path::new("default")).0
+}
+
+/// A model's file: a name of [`super::NAMED_MODELS`] is the file in the
+/// model cache, with the command that installs it; else the path itself.
+fn model_file(path: &Path) -> (PathBuf, Option<&'static str>) {
+    match super::named_model(path) {
+        Some((file, fetch)) => (file, Some(fetch)),
+        None => (path.to_path_buf(), None),
+    }
 }
 
 enum Job {
@@ -164,14 +166,10 @@ pub struct LlamaModel {
 }
 
 impl LlamaModel {
-    /// Loads the model and starts its worker thread. `path` `default` means
-    /// the embedded default model.
+    /// Loads the model and starts its worker thread. `path` may be a name
+    /// of [`super::NAMED_MODELS`] (`default`: the embedded default model).
     pub fn open(path: &Path, settings: &serde_json::Value) -> Result<LlamaModel, BackendError> {
-        let path = if path == Path::new("default") {
-            default_model_path()
-        } else {
-            path.to_path_buf()
-        };
+        let (path, fetch) = model_file(path);
         let id = format!(
             "llama:{}",
             path.file_name().map_or_else(
@@ -187,11 +185,7 @@ impl LlamaModel {
                 .map_err(|e| config(format!("settings: {e}")))?
         };
         if !path.exists() {
-            let hint = if path == default_model_path() {
-                "; install it with scripts/fetch-model.sh"
-            } else {
-                ""
-            };
+            let hint = fetch.map_or_else(String::new, |f| format!("; install it with {f}"));
             return Err(config(format!(
                 "model file {} does not exist{hint}",
                 path.display()
@@ -826,9 +820,12 @@ fn open_draft(
     weights: &Weights,
     params: &LlamaModelParams,
 ) -> Result<Arc<Weights>, String> {
+    let (file, fetch) = model_file(path);
+    let path = file.as_path();
     if !path.exists() {
+        let hint = fetch.map_or_else(String::new, |f| format!("; install it with {f}"));
         return Err(format!(
-            "draft model file {} does not exist",
+            "draft model file {} does not exist{hint}",
             path.display()
         ));
     }

