@@ -839,8 +839,8 @@ fn summary_lines(o: &EvalOutcome, store: &StoreArgs) -> Vec<String> {
     ));
     if m.total_reused_tokens > 0 {
         lines.push(format!(
-            "  {} of {} tokens were prompt tokens reused from a cache",
-            m.total_reused_tokens, m.total_tokens
+            "  {} of {} prompt tokens were reused from a cache",
+            m.total_reused_tokens, m.total_prompt_tokens
         ));
     }
     lines.push(format!(

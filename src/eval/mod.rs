@@ -365,6 +365,9 @@ pub struct ItemResult {
     /// The run's status (`finished`, `budget_exhausted`, `failed`).
     pub run_status: Option<RunStatus>,
     pub tokens: u64,
+    /// Prompt tokens of `tokens` (the rest were generated).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prompt_tokens: u64,
     /// Prompt tokens of `tokens` served from a cache (a reused KV prefix,
     /// or a server's prompt cache) rather than computed.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -800,6 +803,7 @@ impl UnitContext {
             verdicts: Vec::new(),
             run_status: None,
             tokens: 0,
+            prompt_tokens: 0,
             reused_tokens: 0,
             calls: 0,
             cost_usd: 0.0,
@@ -825,6 +829,7 @@ impl UnitContext {
         }
         result.run_status = Some(summary.status);
         result.tokens = summary.usage.total_tokens;
+        result.prompt_tokens = summary.usage.prompt_tokens;
         result.reused_tokens = summary.usage.reused_tokens;
         result.calls = summary.usage.calls;
         result.cost_usd = summary.usage.cost_usd;

@@ -232,6 +232,8 @@ pub struct Metrics {
     pub cost_usd: Dist,
     pub wall_ms: Dist,
     pub total_tokens: u64,
+    /// Prompt tokens of `total_tokens` (the rest were generated).
+    pub total_prompt_tokens: u64,
     /// Prompt tokens of `total_tokens` served from a cache (reused KV
     /// prefixes, a server's prompt cache) rather than computed.
     pub total_reused_tokens: u64,
@@ -488,6 +490,7 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
     m.cost_usd = Dist::of(results.iter().map(|r| r.cost_usd).collect());
     m.wall_ms = Dist::of(results.iter().map(|r| r.wall_ms).collect());
     m.total_tokens = results.iter().map(|r| r.tokens).sum();
+    m.total_prompt_tokens = results.iter().map(|r| r.prompt_tokens).sum();
     m.total_reused_tokens = results.iter().map(|r| r.reused_tokens).sum();
     m.total_cost_usd = results.iter().map(|r| r.cost_usd).sum();
 
@@ -815,6 +818,7 @@ mod tests {
                 verdicts: vec![],
                 run_status: None,
                 tokens: tokens.last().copied().unwrap_or(0),
+                prompt_tokens: 0,
                 reused_tokens: 0,
                 calls: 1,
                 cost_usd: 0.0,

@@ -586,3 +586,75 @@ async fn a_draft_model_proposes_and_the_model_keeps_its_own_text() {
     assert_eq!(e.kind, ErrorKind::Config);
     assert!(e.message.contains("/nonexistent/draft.gguf"), "{e}");
 }
+
+/// An eval on the real model counts what its calls reused: round 2 (the
+/// critique, then the revision) re-sends round 1's conversation, so its
+/// prompt starts with cells a slot holds. Per item and in the eval's stats,
+/// prompt and reused tokens agree with the items' run summaries; two items
+/// run at once, decoded side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eval_counts_prompt_tokens_reused_across_rounds() {
+    use redraft::eval::data::{DataSpec, Selection};
+    use redraft::eval::score::Scorer;
+    use redraft::eval::{self, EvalOptions, EvalPlan, Quiet};
+    let path = model_path!();
+    let dir = std::env::temp_dir().join(format!("redraft-llama-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wf_path = crate::support::fixtures().join("eval/arith.yaml");
+    let spec = format!("llama:{}", path.display());
+    let plan = EvalPlan {
+        workflow: Arc::new(redraft::workflow::load(&wf_path).unwrap()),
+        workflow_source: std::fs::read_to_string(&wf_path).unwrap(),
+        models: [("solver".to_string(), spec.clone())].into(),
+        data: DataSpec {
+            source: crate::support::fixtures()
+                .join("eval/arith.jsonl")
+                .display()
+                .to_string(),
+            map: [("task".to_string(), "question".to_string())].into(),
+            answer: Some("answer".into()),
+            ..DataSpec::default()
+        },
+        selection: Selection {
+            limit: Some(2),
+            ..Selection::default()
+        },
+        scorer: "numeric".into(),
+        extract: None,
+        epochs: 1,
+        name: None,
+        command: vec![],
+        review: None,
+    };
+    let scorer =
+        Arc::new(Scorer::parse("numeric", None, redraft::sandbox::Isolation::None).unwrap());
+    let db = dir.join("r.db");
+    let store = eval::store::open(db.to_str().unwrap()).unwrap();
+    let engine = redraft::Engine::new().with_model_spec("solver", &spec);
+    let options = EvalOptions {
+        concurrency: 2,
+        ..EvalOptions::default()
+    };
+    let out = eval::run(&engine, &plan, scorer, store, options, &Quiet)
+        .await
+        .unwrap();
+    let m = &out.metrics;
+    assert_eq!((m.done, m.failed), (2, 0), "{m:?}");
+    let mut store = eval::store::open(db.to_str().unwrap()).unwrap();
+    let (mut prompt, mut reused) = (0, 0);
+    for u in store.units(&out.eval.id, true).unwrap() {
+        let r = u.result.unwrap();
+        let usage = &r.summary.as_ref().unwrap()["usage"];
+        assert_eq!(r.prompt_tokens, usage["prompt_tokens"].as_u64().unwrap());
+        assert_eq!(r.reused_tokens, usage["reused_tokens"].as_u64().unwrap());
+        assert!(r.reused_tokens > 0, "round 2 reused nothing: {usage}");
+        assert!(r.prompt_tokens < r.tokens);
+        prompt += r.prompt_tokens;
+        reused += r.reused_tokens;
+    }
+    assert_eq!(
+        (m.total_prompt_tokens, m.total_reused_tokens),
+        (prompt, reused)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
