@@ -666,6 +666,14 @@ mod wire {
     pub struct Usage {
         pub prompt_tokens: Option<u64>,
         pub completion_tokens: Option<u64>,
+        /// Prompt tokens the server served from its prompt cache (OpenAI,
+        /// llama-server).
+        pub prompt_tokens_details: Option<PromptTokensDetails>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct PromptTokensDetails {
+        pub cached_tokens: Option<u64>,
     }
 
     #[derive(Serialize)]
@@ -768,16 +776,20 @@ impl LanguageModel for OpenAiModel {
                     "the reply holds no choices",
                 ));
             }
-            let reported = resp
-                .usage
-                .as_ref()
-                .and_then(|u| Some((u.prompt_tokens?, u.completion_tokens?)));
+            let reported = resp.usage.as_ref().and_then(|u| {
+                let cached = u
+                    .prompt_tokens_details
+                    .as_ref()
+                    .and_then(|d| d.cached_tokens)
+                    .unwrap_or(0);
+                Some((u.prompt_tokens?, u.completion_tokens?, cached))
+            });
             let (usage, usage_estimated) = match reported {
-                Some((p, c)) => (
+                Some((p, c, cached)) => (
                     Usage {
                         prompt_tokens: p,
                         completion_tokens: c,
-                        ..Default::default()
+                        cached_tokens: cached.min(p),
                     },
                     false,
                 ),

@@ -33,6 +33,10 @@ pub enum Fault {
     Truncated,
     /// 200 without a `usage` block.
     NoUsage,
+    /// A normal reply whose usage says this many prompt tokens came from
+    /// the server's prompt cache (`prompt_tokens_details.cached_tokens`,
+    /// as llama-server and OpenAI report it).
+    CachedPrompt(u64),
     /// 200 with an HTML page.
     WrongContentType,
     /// 200 with a body of this many bytes.
@@ -241,6 +245,13 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> 
                 r.extend_from_slice(&full.as_bytes()[..full.len() / 2]);
                 stream.write_all(&r).await?;
                 return Ok(());
+            }
+            Fault::CachedPrompt(n) => {
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&reply_body(&path, &body, &state, true))
+                        .expect("the mock's own reply is JSON");
+                v["usage"]["prompt_tokens_details"] = serde_json::json!({ "cached_tokens": n });
+                http(200, "application/json", &v.to_string(), None)
             }
             Fault::NoUsage => http(
                 200,

@@ -313,6 +313,25 @@ async fn each_fault_maps_to_a_typed_error() {
     }
 }
 
+/// What the server served from its prompt cache is reused prompt tokens,
+/// never more than the prompt; a reply without the detail reuses none.
+#[tokio::test]
+async fn prompt_tokens_the_server_cached_are_counted_as_reused() {
+    let mock = MockServer::start(vec![Fault::CachedPrompt(3), Fault::CachedPrompt(10_000)]).await;
+    let m = OpenAiModel::new("m", Some(&mock.url), &serde_json::Value::Null).unwrap();
+    let req = request("a prompt of some length");
+    let c = m.complete(&req).await.unwrap();
+    assert_eq!(c.usage.cached_tokens, 3, "{:?}", c.usage);
+    let c = m.complete(&req).await.unwrap();
+    assert_eq!(
+        c.usage.cached_tokens, c.usage.prompt_tokens,
+        "{:?}",
+        c.usage
+    );
+    let c = m.complete(&req).await.unwrap();
+    assert_eq!(c.usage.cached_tokens, 0);
+}
+
 #[tokio::test]
 async fn missing_usage_is_estimated_and_marked() {
     let mock = MockServer::start(vec![Fault::NoUsage]).await;
