@@ -33,7 +33,8 @@
 //! 6. Speculative decoding (`REDRAFT_DRAFT` = a draft GGUF of the model's
 //!    vocabulary): 8 coding prompts, 128 tokens each at temperature 0, one
 //!    call at a time and 4 in flight, with and without the draft
-//!    (`draft_max` from `DRAFT_MAX`, default 6): tokens/s, the share of
+//!    (`draft_max` from `DRAFT_MAX`, default 6; `INFLIGHT`, default
+//!    `1 4`): tokens/s, the share of
 //!    proposals kept, and how many texts differ from the draft-less ones.
 //!    llama-server with the same draft (`-md`) when `REDRAFT_LLAMA_SERVER`
 //!    is set.
@@ -278,7 +279,12 @@ fn draft(rt: &tokio::runtime::Runtime, path: &Path, draft: &Path) {
     );
     println!("| decoder | in flight | wall s | tokens/s | proposals kept | texts unlike plain |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for inflight in [1, 4] {
+    let inflights: Vec<usize> = std::env::var("INFLIGHT")
+        .unwrap_or_else(|_| "1 4".into())
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    for inflight in inflights {
         let mut plain_texts = None;
         for with_draft in [false, true] {
             let mut settings =
