@@ -33,7 +33,7 @@
 //! 6. Speculative decoding (`REDRAFT_DRAFT` = a draft GGUF of the model's
 //!    vocabulary): 8 coding prompts, 128 tokens each at temperature 0, one
 //!    call at a time and 4 in flight, with and without the draft
-//!    (`draft_max` from `DRAFT_MAX`, default 6; `INFLIGHT`, default
+//!    (`draft_max` from `DRAFT_MAX`, default 3; `INFLIGHT`, default
 //!    `1 4`): tokens/s, the share of
 //!    proposals kept, and how many texts differ from the draft-less ones.
 //!    llama-server with the same draft (`-md`) when `REDRAFT_LLAMA_SERVER`
@@ -257,7 +257,7 @@ fn draft(rt: &tokio::runtime::Runtime, path: &Path, draft: &Path) {
     let max: u32 = std::env::var("DRAFT_MAX")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+        .unwrap_or(3);
     let tasks = [
         "Write a Python function that returns the n-th Fibonacci number iteratively.",
         "Write a Python function that checks whether a string is a palindrome, ignoring case and spaces.",

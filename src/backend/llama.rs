@@ -81,7 +81,8 @@ pub struct LlamaSettings {
     /// this one to verify (speculative decoding): a path, relative to the
     /// workflow, or a model name such as `qwen-coder-0.5b`.
     pub draft: Option<PathBuf>,
-    /// The most tokens the draft proposes per sequence and step (default 6).
+    /// The most tokens the draft proposes per sequence and step (default 3,
+    /// the best measured on CPU; see docs/benchmarks.md).
     pub draft_max: Option<u32>,
 }
 
@@ -209,7 +210,7 @@ impl LlamaModel {
             Some(p) => Some(open_draft(p, &weights, &params).map_err(config)?),
             None => None,
         };
-        let draft_max = s.draft_max.unwrap_or(6).min(64) as usize;
+        let draft_max = s.draft_max.unwrap_or(3).min(64) as usize;
         let template = match &s.chat_template {
             Some(t) => {
                 Some(LlamaChatTemplate::new(t).map_err(|e| config(format!("chat_template: {e}")))?)
@@ -717,10 +718,7 @@ impl batching::Context for Slots<'_> {
     }
 
     fn remove(&mut self, seq: usize, from: usize) -> Result<(), String> {
-        self.ctx
-            .clear_kv_cache_seq(Some(seq as u32), Some(from as u32), None)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        remove_cells(&mut self.ctx, seq, from)
     }
 
     fn copy(&mut self, src: usize, dst: usize, upto: usize) -> Result<(), String> {
@@ -772,10 +770,7 @@ impl Draft for DraftSlots<'_> {
     }
 
     fn remove(&mut self, seq: usize, from: usize) -> Result<(), String> {
-        self.ctx
-            .clear_kv_cache_seq(Some(seq as u32), Some(from as u32), None)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        remove_cells(&mut self.ctx, seq, from)
     }
 
     fn decode(&mut self, tokens: &[batching::BatchToken]) -> Result<(), DecodeFailure> {
@@ -792,6 +787,13 @@ impl Draft for DraftSlots<'_> {
         }
         best as batching::Token
     }
+}
+
+/// Drops sequence `seq`'s cells from position `from` on.
+fn remove_cells(ctx: &mut LlamaContext<'_>, seq: usize, from: usize) -> Result<(), String> {
+    ctx.clear_kv_cache_seq(Some(seq as u32), Some(from as u32), None)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Puts the tokens in the batch and decodes it.
