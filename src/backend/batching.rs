@@ -300,7 +300,7 @@ impl<S> Scheduler<S> {
 
     fn advance<C: Context<Sampler = S>, D: Draft>(&mut self, ctx: &mut C, draft: Option<&mut D>) {
         self.steps += 1;
-        self.drop_gone(ctx);
+        self.drop_gone();
         self.admit(ctx);
         if self.active.is_empty() {
             return;
@@ -353,7 +353,7 @@ impl<S> Scheduler<S> {
 
     /// Callers that went away: their slots are free from this step on (the
     /// cells decoded so far stay as a cache).
-    fn drop_gone<C: Context<Sampler = S>>(&mut self, _ctx: &mut C) {
+    fn drop_gone(&mut self) {
         self.queue.retain(|r| !(r.gone)());
         let mut i = 0;
         while i < self.active.len() {
@@ -467,7 +467,7 @@ impl<S> Scheduler<S> {
                     return;
                 }
             }
-            let req = self.queue.pop_front().expect("front exists");
+            let mut req = self.queue.pop_front().expect("front exists");
             // Place the prompt's reused prefix in the first slot.
             let placed = match donor.filter(|_| reuse > own.min(limit)) {
                 Some((_, src)) => ctx
@@ -500,15 +500,8 @@ impl<S> Scheduler<S> {
                 let _ = ctx.remove(s, 0);
                 self.slots[s].cached.clear();
             }
-            let Request {
-                tokens,
-                samplers,
-                max_tokens,
-                stop,
-                logprobs,
-                gone,
-                reply,
-            } = req;
+            // The samplers move into the samples; the request keeps the rest.
+            let samplers = std::mem::take(&mut req.samplers);
             let samples = samplers
                 .into_iter()
                 .zip(&slots)
@@ -530,15 +523,7 @@ impl<S> Scheduler<S> {
             }
             self.stats.reused += reuse as u64;
             self.active.push(Active {
-                req: Request {
-                    tokens,
-                    samplers: Vec::new(),
-                    max_tokens,
-                    stop,
-                    logprobs,
-                    gone,
-                    reply,
-                },
+                req,
                 samples,
                 prompt_done: reuse,
                 reused: reuse,
