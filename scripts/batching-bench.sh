@@ -14,9 +14,13 @@
 #   ITEMS    GSM8K items [32]
 #   WF       the workflow [workflows/self-refine-judged.yaml]
 #   CTX      context size [4096]
+#   WALL     per-item wall-time budget, over the workflow's [30m]: a
+#            busy batch makes each item slower, and an item cut off by
+#            the workflow's own budget would count as failed
 #   BACKENDS which to run ["llama server"]
 #   REDRAFT_LLAMA_SERVER  llama-server [from scripts/build-peers.sh]
 #   REDRAFT_BIN           redraft [target/debug/redraft, built if missing]
+# CACHE: the response cache mode of its evals [off: every number is a fresh call].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODELS=${MODELS:-"default qwen-coder-1.5b"}
@@ -25,6 +29,7 @@ CONC=${CONC:-"1 4 8"}
 ITEMS=${ITEMS:-32}
 WF=${WF:-workflows/self-refine-judged.yaml}
 CTX=${CTX:-4096}
+WALL=${WALL:-30m}
 BACKENDS=${BACKENDS:-"llama server"}
 bin=${REDRAFT_BIN:-target/debug/redraft}
 [ -x "$bin" ] || cargo build --features llama,otel --quiet
@@ -100,8 +105,8 @@ for model in $MODELS; do
           wf=$(workflow_with "openai:local@http://127.0.0.1:$port/v1" "{ request_timeout: 600s, concurrency_per_endpoint: 64 }")
         fi
         store="$work/$model-$t-$backend-$c.db"
-        /usr/bin/time -f "%e %M" -o "$work/time" "$bin" eval "$wf" --data gsm8k --limit "$ITEMS" \
-          --concurrency "$c" --store "$store" --json --name "bench" >"$work/out.json" 2>"$work/err.log" || true
+        /usr/bin/time -f "%e %M" -o "$work/time" "$bin" eval --cache "${CACHE:-off}" "$wf" --data gsm8k --limit "$ITEMS" \
+          --concurrency "$c" --budget "wall_time=$WALL" --store "$store" --json --name "bench" >"$work/out.json" 2>"$work/err.log" || true
         if [ "$backend" = server ]; then
           server_rss=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status" 2>/dev/null || echo 0)
           stop_server

@@ -9,6 +9,7 @@
 # run summaries go to REDRAFT_DRAFT_DIR (default runs/draft); evals to
 # REDRAFT_EVAL_STORE (default runs/draft.db). Resumable: a finished API is
 # not explored again.
+# CACHE: the response cache mode of its evals [off: every number is a fresh call].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-data.sh
@@ -63,7 +64,7 @@ print("rewritten: %d of %d APIs" % (len(out), len(sys.argv) - 2))' "$out" $apis
 
 ids=()
 for docs in original rewritten; do
-  j=$("$bin" eval workflows/tool-use.yaml --data "$out/$docs.jsonl" --map task=request --map apis=apis \
+  j=$("$bin" eval --cache "${CACHE:-off}" workflows/tool-use.yaml --data "$out/$docs.jsonl" --map task=request --map apis=apis \
     --answer expected --hidden expected --scorer tool-call --model "caller=$spec" \
     --concurrency 1 --store "$store" --name "tool-use/$docs" --json -q) || true
   ids+=("$(printf '%s' "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["eval"])')")

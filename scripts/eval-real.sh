@@ -5,6 +5,7 @@
 # model, or the GGUF in REDRAFT_EVAL_MODEL. Results go to the store in
 # REDRAFT_EVAL_STORE (default runs/real.db); then compare and an HTML report.
 # Resumable: run it again after an interruption and it continues.
+# CACHE: the response cache mode of its evals [off: every number is a fresh call].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-data.sh
@@ -26,7 +27,7 @@ print("%-30s acc %s first %s NFR %s PFR %s tokens/item %.0f wall s/item p50 %.1f
 for data in "gsm8k --limit 50" "humaneval --limit 20"; do
   for wf in single-shot self-refine-judged; do
     # shellcheck disable=SC2086
-    out=$("$bin" eval "workflows/$wf.yaml" --data $data --model "writer=$spec" \
+    out=$("$bin" eval --cache "${CACHE:-off}" "workflows/$wf.yaml" --data $data --model "writer=$spec" \
       --concurrency 1 --store "$store" --json --name "$wf/${data%% *}") || true
     id=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["eval"])')
     ids+=("$id")

@@ -14,6 +14,7 @@
 #
 #   GSM8K_ITEMS=20 HUMANEVAL_ITEMS=10 FINAL_NUMBER_ITEMS=20 \
 #     DATASETS="gsm8k humaneval final-number" REDRAFT_EVAL_STORE=runs/guarded.db scripts/guarded-bench.sh
+# CACHE: the response cache mode of its evals [off: every number is a fresh call].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-data.sh
@@ -67,7 +68,7 @@ for name in ${DATASETS:-gsm8k humaneval final-number}; do
   for wf in unguarded guarded; do
     flags=("${extra[@]}")
     [ "$wf" = unguarded ] && flags+=(--input confident=1.01)
-    out=$("$bin" eval "$out_dir/$wf.yaml" --data "${data[@]}" --model "solver=$spec" "${flags[@]}" \
+    out=$("$bin" eval --cache "${CACHE:-off}" "$out_dir/$wf.yaml" --data "${data[@]}" --model "solver=$spec" "${flags[@]}" \
       --concurrency 1 --store "$store" --json --name "$wf/$name/$tag") || true
     id=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["eval"])')
     ids+=("$id")
@@ -77,7 +78,7 @@ for name in ${DATASETS:-gsm8k humaneval final-number}; do
   if [ "$name" = "${CALIBRATE_ON:-final-number}" ]; then
     # The judge's calibration from the guarded run's verdicts (the eval is
     # finished: no model call), fitted on half the items, measured on the rest.
-    "$bin" eval "$out_dir/guarded.yaml" --data "${data[@]}" --model "solver=$spec" "${extra[@]}" \
+    "$bin" eval --cache "${CACHE:-off}" "$out_dir/guarded.yaml" --data "${data[@]}" --model "solver=$spec" "${extra[@]}" \
       --concurrency 1 --store "$store" --name "guarded/$name/$tag" --calibrate check \
       --calibration-out "$out_dir/check.$tag.calibration.yaml" 2>&1 | grep -A3 '^calibration\|^error' || true
   fi

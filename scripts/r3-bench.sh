@@ -9,6 +9,7 @@
 # scripts/r3-score.py (share of the errors' word distance removed; passed =
 # the original restored). Results in REDRAFT_EVAL_STORE (default
 # runs/r3.db); resumable.
+# CACHE: the response cache mode of its evals [off: every number is a fresh call].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-data.sh
@@ -21,7 +22,7 @@ bin=${REDRAFT_BIN:-target/debug/redraft}
 texts="${store%.db}-texts-$limit.jsonl"
 python3 scripts/r3-texts.py "$texts" --limit "$limit"
 for review in accept-all reference; do
-  "$bin" eval workflows/r3.yaml --data "$texts" --map document=document --answer reference \
+  "$bin" eval --cache "${CACHE:-off}" workflows/r3.yaml --data "$texts" --map document=document --answer reference \
     --scorer "command:python3 scripts/r3-score.py" --review "$review" \
     --model "editor=llama:$model_path" --concurrency 1 --store "$store" --name "r3/$review" || true
 done

@@ -13,6 +13,7 @@
 //! | 130  | interrupted (Ctrl-C); 143 after SIGTERM, 129 after SIGHUP |
 
 mod bridge;
+mod cache;
 mod eval;
 mod review;
 
@@ -100,6 +101,8 @@ pub enum Command {
     /// Rewrite prompts (or a workflow's prompts) for another model with a
     /// mapping learned from calibrations; check the result on held-out data.
     Migrate(Box<bridge::MigrateArgs>),
+    /// The response cache: `stats`, `clear`, `prune` (to --cache-max-size).
+    Cache(cache::CacheCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -148,6 +151,8 @@ pub struct RunArgs {
     /// decisions FILE (one entry per review round).
     #[arg(long, value_name = "MODE|FILE")]
     pub review: Option<String>,
+    #[command(flatten)]
+    pub cache: cache::CacheArgs,
     /// Print a machine-readable summary instead of the output alone.
     #[arg(long)]
     pub json: bool,
@@ -259,6 +264,7 @@ pub fn main() -> u8 {
         Command::Report(args) => eval::report_command(args),
         Command::Calibrate(args) => bridge::calibrate_command(*args),
         Command::Migrate(args) => bridge::migrate_command(*args),
+        Command::Cache(args) => cache::cache_command(args),
     }
 }
 
@@ -369,6 +375,22 @@ fn run_command(args: RunArgs) -> u8 {
             ..RunOptions::default()
         };
         let (mut engine, _) = engine_with_models(&wf, &args.models)?;
+        // Off unless asked: a single run is usually run to see a fresh
+        // reply (an eval, rerun after each change, defaults to on).
+        let (mode, cache) = args.cache.open(
+            crate::cache::CacheMode::Off,
+            None,
+            &crate::eval::store::StoreOptions::default(),
+        )?;
+        let mut opts = RunOptions {
+            cache: mode,
+            ..opts
+        };
+        if let Some(cache) = cache {
+            engine = engine.with_cache(cache);
+        } else {
+            opts.cache = crate::cache::CacheMode::Off;
+        }
         if let Some(path) = &args.record {
             let cassette = crate::backend::cassette::CassetteWriter::create(path)
                 .with_context(|| format!("cannot create cassette {}", path.display()))?;
@@ -600,8 +622,16 @@ fn report(s: &RunSummary, json: bool, quiet: bool) -> u8 {
     };
     if !quiet {
         eprintln!(
-            "{status} · {verdict} · {} calls · {} tokens{}{} · ${:.6} · {:.0} ms",
+            "{status} · {verdict} · {} calls{} · {} tokens{}{} · ${:.6} · {:.0} ms",
             s.usage.calls,
+            if s.usage.cached_calls > 0 {
+                format!(
+                    " ({} from the cache, {} tokens not spent)",
+                    s.usage.cached_calls, s.usage.cached_tokens
+                )
+            } else {
+                String::new()
+            },
             s.usage.total_tokens,
             if s.usage.estimated {
                 " (estimated)"
@@ -786,6 +816,10 @@ pub fn human_line(event: &Event) -> Option<String> {
                 },
                 c.latency_ms,
                 c.prompt_tokens
+            ),
+            _ if c.cached => format!(
+                "      {} ({}) from the cache ({} tokens not spent), {:.1} ms",
+                c.model, c.model_id, c.cached_tokens, c.latency_ms
             ),
             _ => format!(
                 "      {} ({}) {} → {} tokens{}, {:.0} ms",

@@ -117,6 +117,12 @@ pub struct ModelCallEvent {
     pub completion_tokens: u64,
     /// Prompt tokens served from a cache (reused KV prefix), part of `prompt_tokens`.
     pub reused_tokens: u64,
+    /// The response cache served the call: nothing was sent, `prompt_tokens`,
+    /// `completion_tokens` and `cost_usd` are 0, and `cached_tokens` says
+    /// what the reply had cost when it was made.
+    pub cached: bool,
+    /// Tokens (prompt and completion) of the cached reply, not spent again.
+    pub cached_tokens: u64,
     pub usage_estimated: bool,
     pub latency_ms: f64,
     pub cost_usd: f64,

@@ -39,6 +39,8 @@
 //!   the backends (scripted, cassettes, OpenAI-compatible, llama.cpp);
 //!   [`layer`]: retry, timeout and rate limits as wrappers around a model.
 //! - [`budget`]: limits and the meter.
+//! - [`cache`]: the response cache (SQLite or PostgreSQL), so reruns pay
+//!   only for calls that changed ([`Engine::with_cache`], [`RunOptions::cache`]).
 //! - [`answer`]: reading the answer out of a text (numbers, patterns,
 //!   mentions, yes/no, JSON): one meaning for checks, votes, guards and scorers.
 //! - [`review`]: R3 edits (diffs with spans and intents), [`Reviewer`].
@@ -57,7 +59,7 @@
 //!
 //! Inside the crate only: `template` (minijinja, strict and sandboxed),
 //! `similarity` (cosine, BLEU-4, TF-IDF), `cluster` (seeded k-means),
-//! `units` (durations and sizes), `hash` (FNV-1a, the one stable hash),
+//! `units` (durations and sizes), `sqlite` (WAL set-up both SQLite users share), `hash` (FNV-1a, the one stable hash),
 //! `modeljson` (JSON out of model replies), and `cli` (the `redraft`
 //! command, feature `cli`; public only for the binary and its tests).
 
@@ -65,6 +67,7 @@ pub mod answer;
 pub mod backend;
 pub mod bridge;
 pub mod budget;
+pub mod cache;
 pub mod calibration;
 /// The `redraft` command (feature `cli`, on by default); not a library API.
 #[cfg(feature = "cli")]
@@ -88,6 +91,7 @@ pub mod redact;
 pub mod review;
 pub mod sandbox;
 pub(crate) mod similarity;
+pub(crate) mod sqlite;
 pub mod summary;
 pub(crate) mod template;
 pub(crate) mod units;

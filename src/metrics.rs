@@ -116,6 +116,10 @@ impl Tally {
             self.usage.completion_tokens += c.completion_tokens;
             self.usage.total_tokens += c.prompt_tokens + c.completion_tokens;
             self.usage.reused_tokens += c.reused_tokens;
+            if c.cached {
+                self.usage.cached_calls += 1;
+                self.usage.cached_tokens += c.cached_tokens;
+            }
             self.usage.cost_usd += c.cost_usd;
             self.usage.estimated |= c.usage_estimated;
         }

@@ -26,6 +26,12 @@ pub struct UsageTotals {
     /// Prompt tokens served from a cache (a reused KV prefix, or the
     /// server's prompt cache), part of `prompt_tokens`.
     pub reused_tokens: u64,
+    /// Calls the response cache served, part of `calls`: they spent no
+    /// tokens and cost nothing.
+    pub cached_calls: u64,
+    /// What the cached replies had cost when they were made (not part of
+    /// the token counts above, which are what this run spent).
+    pub cached_tokens: u64,
     pub cost_usd: f64,
     /// Some call's usage was estimated, not reported by the backend.
     pub estimated: bool,

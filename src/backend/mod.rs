@@ -25,7 +25,7 @@ pub use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 pub use scripted::{ScriptError, ScriptedModel};
-pub use spec::{ModelSpec, NAMED_MODELS, SpecError, model_cache, named_model};
+pub use spec::{ModelSpec, NAMED_MODELS, SpecError, cache_dir, model_cache, named_model};
 
 /// A chat-completion (and optionally embedding) backend.
 ///

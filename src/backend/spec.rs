@@ -103,17 +103,22 @@ pub const NAMED_MODELS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The model cache: `$REDRAFT_CACHE/models`, default `~/.cache/redraft/models`.
-pub fn model_cache() -> std::path::PathBuf {
-    let cache = std::env::var_os("REDRAFT_CACHE")
+/// redraft's cache directory: `$REDRAFT_CACHE`, default `~/.cache/redraft`
+/// (models, peers, the response cache).
+pub fn cache_dir() -> std::path::PathBuf {
+    std::env::var_os("REDRAFT_CACHE")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
             let home = std::env::var_os("HOME")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_default();
             home.join(".cache/redraft")
-        });
-    cache.join("models")
+        })
+}
+
+/// The model cache: `$REDRAFT_CACHE/models`, default `~/.cache/redraft/models`.
+pub fn model_cache() -> std::path::PathBuf {
+    cache_dir().join("models")
 }
 
 /// A named model's path and the command that installs it.

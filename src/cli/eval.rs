@@ -169,6 +169,8 @@ pub struct EvalArgs {
     /// Keep prompts and replies in the stored events.
     #[arg(long)]
     pub log_content: bool,
+    #[command(flatten)]
+    pub cache: super::cache::CacheArgs,
     /// After the eval, fit a calibration of verify node NODE's confidence
     /// (METHOD: platt, the default, or isotonic) on half the items, report
     /// its reliability on the other half, and write it for `calibration:`.
@@ -468,13 +470,33 @@ pub fn eval_command(args: EvalArgs) -> u8 {
         errors: Mutex::default(),
     };
     let Prepared {
-        engine,
+        mut engine,
         plan,
         scorer,
-        opts,
+        mut opts,
         calibrate,
         ..
     } = prepared;
+    let cache = args
+        .store
+        .timeouts
+        .options(store::Access::ReadWrite)
+        .and_then(|o| {
+            args.cache
+                .open(crate::cache::CacheMode::On, Some(&args.store.store), &o)
+        });
+    match cache {
+        Ok((mode, cache)) => {
+            opts.cache = mode;
+            if let Some(cache) = cache {
+                engine = engine.with_cache(cache);
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return EXIT_INVALID;
+        }
+    }
     let cancel = opts.cancel.clone();
     let result = runtime.block_on(async {
         let interrupted = super::interrupt_signal();
@@ -841,6 +863,15 @@ fn summary_lines(o: &EvalOutcome, store: &StoreArgs) -> Vec<String> {
         lines.push(format!(
             "  {} of {} prompt tokens were reused from a cache",
             m.total_reused_tokens, m.total_prompt_tokens
+        ));
+    }
+    if !m.cache_by_node.is_empty() {
+        let calls: u64 = m.cache_by_node.iter().map(|n| n.calls).sum();
+        lines.push(format!(
+            "  response cache: {} of {calls} calls served ({:.0}%), {} tokens not spent",
+            m.total_cached_calls,
+            100.0 * m.total_cached_calls as f64 / calls.max(1) as f64,
+            m.total_cached_tokens
         ));
     }
     lines.push(format!(

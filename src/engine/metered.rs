@@ -64,6 +64,9 @@ pub(super) struct Metered<'a> {
     /// Index of the model in the workflow.
     pub model: usize,
     pub inner: &'a dyn LanguageModel,
+    /// Set by the cache layer below when it served the attempt: nothing
+    /// was spent but the call itself.
+    pub hit: &'a AtomicBool,
 }
 
 impl LanguageModel for Metered<'_> {
@@ -241,6 +244,8 @@ impl Metered<'_> {
                 prompt_tokens: 0,
                 completion_tokens: 0,
                 reused_tokens: 0,
+                cached: false,
+                cached_tokens: 0,
                 usage_estimated: false,
                 latency_ms: 0.0,
                 cost_usd: 0.0,
@@ -280,7 +285,11 @@ impl Metered<'_> {
                 if let (Some(event), Some(reply_of)) = (call.event.as_mut(), &reply_of) {
                     event.reply = Some(reply_of(&value));
                 }
-                call.finish(CallOutcome::Ok, usage, estimated, None);
+                if self.hit.swap(false, Ordering::Relaxed) {
+                    call.finish_cached(usage);
+                } else {
+                    call.finish(CallOutcome::Ok, usage, estimated, None);
+                }
                 Ok(value)
             }
             Err(e) => {
@@ -362,6 +371,31 @@ impl InFlight<'_> {
         event.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         event.outcome = outcome;
         event.error = error;
+        sh.emit(Event::ModelCall(event));
+        for w in warnings {
+            sh.emit(Event::BudgetWarning(w));
+        }
+    }
+
+    /// A call the response cache served: it counts as a call, spends no
+    /// tokens and costs nothing; the event says what the reply had cost.
+    fn finish_cached(&mut self, original: Usage) {
+        let (Some(reservation), Some(mut event)) = (self.reservation.take(), self.event.take())
+        else {
+            return;
+        };
+        let sh = self.scope.shared;
+        let warnings = sh.meter.settle(
+            reservation,
+            Spend {
+                tokens: 0,
+                calls: 1,
+                cost_usd: 0.0,
+            },
+        );
+        event.cached = true;
+        event.cached_tokens = original.total();
+        event.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         sh.emit(Event::ModelCall(event));
         for w in warnings {
             sh.emit(Event::BudgetWarning(w));

@@ -33,6 +33,8 @@ pub use tokio_util::sync::CancellationToken;
 use crate::backend::cassette::{CassetteWriter, Recording};
 use crate::backend::{BackendError, LanguageModel};
 use crate::budget::{Exhausted, Limits, Meter, Scope};
+pub use crate::cache::CacheMode;
+use crate::cache::{CacheError, ModelIdentity, ResponseCache};
 use crate::event::{Event, NoRecorder, Recorder};
 use crate::layer::{RateLimit, RateLimits};
 use crate::metrics::Tally;
@@ -50,6 +52,8 @@ pub struct Engine {
     models: Arc<HashMap<String, ModelOverride>>,
     recorder: Arc<dyn Recorder>,
     cassette: Option<Arc<CassetteWriter>>,
+    /// The response cache runs may use ([`RunOptions::cache`]).
+    cache: Option<Arc<ResponseCache>>,
     /// Models opened from specs, with their persistent layers (rate limit,
     /// recording), shared by every run of this engine: connection pools and
     /// rate-limit buckets outlive a run.
@@ -88,6 +92,13 @@ pub struct RunOptions {
     /// seeds): `eval --epochs K` runs epoch `e` with offset `e`, so repeated
     /// runs of one item differ while each stays reproducible.
     pub seed_offset: u64,
+    /// How this run uses the engine's response cache ([`Engine::with_cache`];
+    /// without one nothing is cached). Default `On`: serve hits, store misses.
+    pub cache: CacheMode,
+    /// Where this run sits among many (an eval's item and epoch): part of
+    /// the cache key of every call that draws a sample (temperature above 0
+    /// without a seed), so the same draw of another unit is not reused.
+    pub cache_unit: Option<String>,
 }
 
 /// Unread events of a streamed run before model calls wait.
@@ -117,7 +128,15 @@ pub enum RunError {
 
 /// A model opened once per engine: runs that need it while it opens wait
 /// for the one opening it.
-type OpenedModel = Arc<OnceCell<Arc<dyn LanguageModel>>>;
+type OpenedModel = Arc<OnceCell<Opened>>;
+
+/// An opened model and, when the engine has a cache and the model may use
+/// it, its identity in cache keys.
+#[derive(Clone)]
+pub(crate) struct Opened {
+    pub model: Arc<dyn LanguageModel>,
+    pub identity: Option<Arc<ModelIdentity>>,
+}
 
 /// What replaces a workflow model: an opened model, or another spec opened
 /// with the workflow's `settings` for that model.
@@ -177,6 +196,11 @@ impl NodeError {
 pub(crate) struct Shared {
     pub wf: Arc<Workflow>,
     pub models: Vec<Arc<dyn LanguageModel>>,
+    /// Per model, its cache identity; `None`: its calls are not cached.
+    pub identities: Vec<Option<Arc<ModelIdentity>>>,
+    /// The cache and how this run uses it (`None`: off, or no cache).
+    pub cache: Option<(Arc<ResponseCache>, CacheMode)>,
+    pub cache_unit: Option<Arc<str>>,
     pub meter: Meter,
     pub permits: tokio::sync::Semaphore,
     pub names: Arc<state::Names>,
@@ -209,6 +233,7 @@ impl Engine {
             models: Arc::default(),
             recorder: Arc::new(NoRecorder),
             cassette: None,
+            cache: None,
             opened: Arc::default(),
         }
     }
@@ -217,6 +242,21 @@ impl Engine {
     pub fn with_cassette(mut self, cassette: Arc<CassetteWriter>) -> Engine {
         self.cassette = Some(cassette);
         self
+    }
+
+    /// Serves model calls from `cache` and stores their replies there, as
+    /// each run's [`RunOptions::cache`] says. A model declared with `cache:
+    /// false`, and `replay:` models, are never cached. A model given with
+    /// [`Engine::with_model`] is named in keys by its `id()`: give it an id
+    /// that changes when its replies would.
+    pub fn with_cache(mut self, cache: Arc<ResponseCache>) -> Engine {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The engine's response cache, if it has one.
+    pub fn cache(&self) -> Option<&Arc<ResponseCache>> {
+        self.cache.as_ref()
     }
 
     /// Uses `model` for the workflow model named `name`, instead of its spec.
@@ -256,6 +296,19 @@ impl Engine {
         &self,
         wf: &Workflow,
     ) -> Result<Vec<Arc<dyn LanguageModel>>, RunError> {
+        Ok(self
+            .open_models_with_identity(wf)
+            .await?
+            .into_iter()
+            .map(|o| o.model)
+            .collect())
+    }
+
+    /// [`Engine::open_models`], with each model's cache identity.
+    pub(crate) async fn open_models_with_identity(
+        &self,
+        wf: &Workflow,
+    ) -> Result<Vec<Opened>, RunError> {
         let base = wf
             .path
             .as_deref()
@@ -276,6 +329,7 @@ impl Engine {
         // Clones of an engine share what it opened, so the key names all
         // that makes a model: a given model by identity, the cassette too.
         let cassette = self.cassette.as_ref().map(|c| Arc::as_ptr(c) as usize);
+        let cache = self.cache.as_ref().map(|c| Arc::as_ptr(c) as usize);
         for m in &wf.models {
             let spec = match self.models.get(&m.name) {
                 Some(ModelOverride::Spec(spec)) => spec.clone(),
@@ -283,11 +337,12 @@ impl Engine {
                 None => format!("{:?}", m.spec),
             };
             let key = format!(
-                "{}\u{1f}{}\u{1f}{spec}\u{1f}{}\u{1f}{:?}\u{1f}{cassette:?}",
+                "{}\u{1f}{}\u{1f}{spec}\u{1f}{}\u{1f}{:?}\u{1f}{cassette:?}\u{1f}{cache:?}\u{1f}{}",
                 base.display(),
                 m.name,
                 m.settings,
-                m.rate_limit
+                m.rate_limit,
+                m.cache
             );
             let cell = self
                 .opened
@@ -302,14 +357,24 @@ impl Engine {
         Ok(models)
     }
 
-    /// Opens one model with its persistent layers (recording, rate limit).
+    /// Opens one model with its persistent layers (recording, rate limit),
+    /// and its cache identity when the engine has a cache.
     async fn open_model(
         &self,
         m: &crate::workflow::ModelDecl,
         base: &Path,
-    ) -> Result<Arc<dyn LanguageModel>, RunError> {
+    ) -> Result<Opened, RunError> {
+        let mut identity = None;
         let mut model = match self.models.get(&m.name) {
-            Some(ModelOverride::Model(model)) => model.clone(),
+            Some(ModelOverride::Model(model)) => {
+                if m.cache {
+                    identity = Some(Arc::new(ModelIdentity {
+                        key: format!("given:{}", model.id()),
+                        contextual: false,
+                    }));
+                }
+                model.clone()
+            }
             given => {
                 let spec = match given {
                     Some(ModelOverride::Spec(spec)) => spec.clone(),
@@ -317,6 +382,29 @@ impl Engine {
                         name: m.name.clone(),
                     })?,
                 };
+                if let (Some(cache), true) = (&self.cache, m.cache) {
+                    let (cache, of, settings, dir) = (
+                        cache.clone(),
+                        spec.clone(),
+                        m.settings.clone(),
+                        base.to_path_buf(),
+                    );
+                    // Hashing a GGUF the first time takes seconds: off the runtime.
+                    identity =
+                        tokio::task::spawn_blocking(move || cache.identity(&of, &settings, &dir))
+                            .await
+                            .map_err(|e| CacheError::Identity(e.to_string()))
+                            .and_then(|r| r)
+                            .map_err(|e| RunError::Model {
+                                name: m.name.clone(),
+                                source: Box::new(BackendError::new(
+                                    &spec,
+                                    crate::backend::ErrorKind::Config,
+                                    e.to_string(),
+                                )),
+                            })?
+                            .map(Arc::new);
+                }
                 let (settings, base) = (m.settings.clone(), base.to_path_buf());
                 let opening = spec.clone();
                 tokio::task::spawn_blocking(move || {
@@ -342,7 +430,7 @@ impl Engine {
         if m.rate_limit != RateLimits::default() {
             model = Arc::new(RateLimit::new(model, m.rate_limit));
         }
-        Ok(model)
+        Ok(Opened { model, identity })
     }
 
     /// Runs a workflow to the end and returns its summary.
@@ -391,7 +479,16 @@ impl Engine {
         stream: Option<stream::EventSink>,
     ) -> Result<RunSummary, RunError> {
         let inputs = resolve_inputs(&wf, &opts.inputs)?;
-        let models = self.open_models(&wf).await?;
+        let cache = match (&self.cache, opts.cache) {
+            (Some(cache), mode) if mode != CacheMode::Off => Some((cache.clone(), mode)),
+            _ => None,
+        };
+        let (models, identities) = self
+            .open_models_with_identity(&wf)
+            .await?
+            .into_iter()
+            .map(|o| (o.model, o.identity))
+            .unzip();
         let mut budget = wf.budget;
         budget.overlay(&opts.budget);
         let mut scopes = vec![(Scope::Workflow, budget)];
@@ -417,6 +514,9 @@ impl Engine {
         });
         let shared = Arc::new(Shared {
             models,
+            identities,
+            cache,
+            cache_unit: opts.cache_unit.map(Arc::from),
             meter: Meter::new(scopes),
             permits: tokio::sync::Semaphore::new(wf.concurrency),
             names,

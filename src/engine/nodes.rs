@@ -9,6 +9,7 @@
 //! actual usage after it. No other code talks to a backend.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use minijinja::Value;
 
@@ -20,6 +21,7 @@ use crate::backend::{
     CallContext, Completion, CompletionRequest, EmbeddingRequest, Embeddings, FinishReason,
     LanguageModel, Message, ResponseFormat, SamplingParams,
 };
+use crate::cache::Cached;
 use crate::event::Event;
 use crate::layer::{Retry, Timeout};
 use crate::workflow::{Continue, ModelCall, NodeKind, Schema};
@@ -285,13 +287,15 @@ impl Task {
             .seed
             .map(|s| s.wrapping_add(self.shared.seed_offset.wrapping_mul(SEED_STRIDE)));
         if call.n <= 1 || model.capabilities().native_n {
-            return self.call_once(call, messages, attempt, call.n, seed).await;
+            return self
+                .call_once(call, messages, attempt, (call.n, 0), seed)
+                .await;
         }
         // The backend serves one sample per request: make `n` requests at
         // once (bounded by the concurrency setting), each with its own seed.
         let requests = (0..call.n).map(|i| {
             let seed = seed.map(|s| s.wrapping_add(i as u64));
-            self.call_once(call, messages.clone(), attempt, 1, seed)
+            self.call_once(call, messages.clone(), attempt, (1, i), seed)
         });
         let mut merged = Completion {
             choices: Vec::with_capacity(call.n as usize),
@@ -307,14 +311,15 @@ impl Task {
         Ok(merged)
     }
 
-    /// One request through the per-call stack
-    /// `Retry → Metered → Timeout → (the model's persistent layers)`.
+    /// One request (`n` samples; `sample`: the index of the first among a
+    /// fanned-out `n`) through the per-call stack
+    /// `Retry → Metered → [Cached →] Timeout → (the model's persistent layers)`.
     async fn call_once(
         &self,
         call: &ModelCall,
         messages: Vec<Message>,
         attempt: u32,
-        n: u32,
+        (n, sample): (u32, u32),
         seed: Option<u64>,
     ) -> Result<Completion, NodeError> {
         let sh = &self.shared;
@@ -346,15 +351,39 @@ impl Task {
             },
         };
         let timed = Timeout::optional(model, decl.timeout);
+        let hit = AtomicBool::new(false);
+        let cached = self.cached(call.model, &timed, sample, &hit);
         let metered = Metered {
             scope: self.call_scope(),
             model: call.model,
-            inner: &timed,
+            inner: cached.as_ref().map_or(&timed as &dyn LanguageModel, |c| c),
+            hit: &hit,
         };
         Retry::new(&metered, decl.retry)
             .complete(&req)
             .await
             .map_err(node_error)
+    }
+
+    /// The cache layer over `inner`, when this run caches `model`'s calls.
+    fn cached<'a>(
+        &'a self,
+        model: usize,
+        inner: &'a dyn LanguageModel,
+        sample: u32,
+        hit: &'a AtomicBool,
+    ) -> Option<Cached<'a>> {
+        let sh = &self.shared;
+        let (cache, mode) = sh.cache.as_ref()?;
+        Some(Cached {
+            inner,
+            cache,
+            mode: *mode,
+            model: sh.identities[model].as_deref()?,
+            unit: sh.cache_unit.as_deref(),
+            sample,
+            hit,
+        })
     }
 
     /// Embeddings through the same stack as completions (budget, retries,
@@ -377,10 +406,13 @@ impl Task {
             },
         };
         let timed = Timeout::optional(inner, decl.timeout);
+        let hit = AtomicBool::new(false);
+        let cached = self.cached(model, &timed, 0, &hit);
         let metered = Metered {
             scope: self.call_scope(),
             model,
-            inner: &timed,
+            inner: cached.as_ref().map_or(&timed as &dyn LanguageModel, |c| c),
+            hit: &hit,
         };
         Retry::new(&metered, decl.retry)
             .embed(&req)

@@ -249,6 +249,9 @@ pub struct EvalOptions {
     /// Start over: the stored eval of the same id, if any, is kept under
     /// another id ([`store::Store::archive_eval`]) and this one begins empty.
     pub fresh: bool,
+    /// How units use the engine's response cache (if it has one): each
+    /// unit's draws are keyed by its item and epoch.
+    pub cache: crate::engine::CacheMode,
 }
 
 impl Default for EvalOptions {
@@ -264,6 +267,7 @@ impl Default for EvalOptions {
             cancel: CancellationToken::new(),
             log_content: false,
             fresh: false,
+            cache: crate::engine::CacheMode::On,
         }
     }
 }
@@ -372,6 +376,15 @@ pub struct ItemResult {
     /// or a server's prompt cache) rather than computed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub reused_tokens: u64,
+    /// Calls of `calls` the response cache served (they spent nothing).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_calls: u64,
+    /// What the cached replies had cost when they were made (not in `tokens`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_tokens: u64,
+    /// Calls and cache hits per node, when the unit ran with a cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls_by_node: Vec<NodeCalls>,
     pub calls: u64,
     pub cost_usd: f64,
     pub wall_ms: f64,
@@ -401,6 +414,37 @@ pub struct ItemResult {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// One node's model calls in a unit, and how many the cache served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCalls {
+    pub node: String,
+    pub calls: u64,
+    pub cached: u64,
+}
+
+/// Calls and cache hits per node, in the order nodes first called.
+fn calls_by_node(events: &[Event]) -> Vec<NodeCalls> {
+    let mut out: Vec<NodeCalls> = Vec::new();
+    for e in events {
+        if let Event::ModelCall(c) = e {
+            let i = match out.iter().position(|n| n.node == c.node) {
+                Some(i) => i,
+                None => {
+                    out.push(NodeCalls {
+                        node: c.node.clone(),
+                        calls: 0,
+                        cached: 0,
+                    });
+                    out.len() - 1
+                }
+            };
+            out[i].calls += 1;
+            out[i].cached += u64::from(c.cached);
+        }
+    }
+    out
 }
 
 impl ItemResult {
@@ -653,6 +697,7 @@ pub async fn run(
             scorer,
             budget: opts.item_budget,
             log_content: opts.log_content,
+            cache: opts.cache,
             review: plan.review.clone(),
             worker: me.to_string(),
         });
@@ -752,6 +797,7 @@ struct UnitContext {
     scorer: Arc<Scorer>,
     budget: Limits,
     log_content: bool,
+    cache: crate::engine::CacheMode,
     review: Option<EvalReview>,
     worker: String,
 }
@@ -782,6 +828,8 @@ impl UnitContext {
             log_content: self.log_content,
             review,
             reviewer,
+            cache: self.cache,
+            cache_unit: Some(format!("{}\u{1f}{}", unit.item.id, unit.epoch)),
             ..RunOptions::default()
         };
         let (mut stream, run) = self.engine.run_streaming(self.workflow.clone(), opts);
@@ -805,6 +853,9 @@ impl UnitContext {
             tokens: 0,
             prompt_tokens: 0,
             reused_tokens: 0,
+            cached_calls: 0,
+            cached_tokens: 0,
+            calls_by_node: Vec::new(),
             calls: 0,
             cost_usd: 0.0,
             wall_ms: 0.0,
@@ -831,6 +882,11 @@ impl UnitContext {
         result.tokens = summary.usage.total_tokens;
         result.prompt_tokens = summary.usage.prompt_tokens;
         result.reused_tokens = summary.usage.reused_tokens;
+        result.cached_calls = summary.usage.cached_calls;
+        result.cached_tokens = summary.usage.cached_tokens;
+        if self.engine.cache().is_some() && self.cache != crate::engine::CacheMode::Off {
+            result.calls_by_node = calls_by_node(&events);
+        }
         result.calls = summary.usage.calls;
         result.cost_usd = summary.usage.cost_usd;
         result.output = summary.output.as_ref().map(text_of);

@@ -251,6 +251,27 @@ fn summary_table(h: &mut String, evals: &[ReportEval], names: &[String]) {
         h.push_str(&nodes.concat());
         h.push_str("</table>");
     }
+    let cache: Vec<String> = evals
+        .iter()
+        .zip(names)
+        .flat_map(|(e, n)| {
+            e.metrics.cache_by_node.iter().map(move |c| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(n),
+                    escape(&c.node),
+                    c.calls,
+                    c.cached,
+                    pct(Some(c.hit_rate))
+                )
+            })
+        })
+        .collect();
+    if !cache.is_empty() {
+        h.push_str("<h3>Response cache (calls served without the model, per node)</h3><table><tr><th>eval</th><th>node</th><th>calls</th><th>from the cache</th><th>hit rate</th></tr>");
+        h.push_str(&cache.concat());
+        h.push_str("</table>");
+    }
     let checks: Vec<String> = evals
         .iter()
         .zip(names)

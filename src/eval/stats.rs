@@ -237,6 +237,13 @@ pub struct Metrics {
     /// Prompt tokens of `total_tokens` served from a cache (reused KV
     /// prefixes, a server's prompt cache) rather than computed.
     pub total_reused_tokens: u64,
+    /// Calls the response cache served, over all units (part of the calls).
+    pub total_cached_calls: u64,
+    /// What the cached replies had cost when made (not in `total_tokens`).
+    pub total_cached_tokens: u64,
+    /// Per node, calls and cache hits (units that ran with a cache).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cache_by_node: Vec<NodeCache>,
     pub total_cost_usd: f64,
     pub per_round: Vec<RoundPoint>,
     /// Each output node's own answer (its latest), when the output reads
@@ -245,6 +252,38 @@ pub struct Metrics {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_node: Vec<NodePoint>,
     pub score_vs_tokens: Vec<TokenPoint>,
+}
+
+/// One node's calls across units and how many the response cache served.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeCache {
+    pub node: String,
+    pub calls: u64,
+    pub cached: u64,
+    pub hit_rate: f64,
+}
+
+/// Calls and hits per node over `results`, nodes in first-seen order.
+fn cache_by_node(results: &[&ItemResult]) -> Vec<NodeCache> {
+    let mut out: Vec<NodeCache> = Vec::new();
+    for n in results.iter().flat_map(|r| &r.calls_by_node) {
+        match out.iter_mut().find(|o| o.node == n.node) {
+            Some(o) => {
+                o.calls += n.calls;
+                o.cached += n.cached;
+            }
+            None => out.push(NodeCache {
+                node: n.node.clone(),
+                calls: n.calls,
+                cached: n.cached,
+                hit_rate: 0.0,
+            }),
+        }
+    }
+    for o in &mut out {
+        o.hit_rate = o.cached as f64 / o.calls.max(1) as f64;
+    }
+    out
 }
 
 /// One output node's answers across the done units.
@@ -492,6 +531,9 @@ pub fn compute(units: &[UnitRecord]) -> Metrics {
     m.total_tokens = results.iter().map(|r| r.tokens).sum();
     m.total_prompt_tokens = results.iter().map(|r| r.prompt_tokens).sum();
     m.total_reused_tokens = results.iter().map(|r| r.reused_tokens).sum();
+    m.total_cached_calls = results.iter().map(|r| r.cached_calls).sum();
+    m.total_cached_tokens = results.iter().map(|r| r.cached_tokens).sum();
+    m.cache_by_node = cache_by_node(&results);
     m.total_cost_usd = results.iter().map(|r| r.cost_usd).sum();
 
     // Score per round: the answer after k revisions, and the best so far.
@@ -820,6 +862,9 @@ mod tests {
                 tokens: tokens.last().copied().unwrap_or(0),
                 prompt_tokens: 0,
                 reused_tokens: 0,
+                cached_calls: 0,
+                cached_tokens: 0,
+                calls_by_node: vec![],
                 calls: 1,
                 cost_usd: 0.0,
                 wall_ms: 1.0,

@@ -170,6 +170,9 @@ pub struct ModelDecl {
     pub timeout: Option<Duration>,
     /// Requests and tokens per minute (`rate_limit`).
     pub rate_limit: crate::layer::RateLimits,
+    /// Whether the response cache may serve its calls (`cache`, default
+    /// true; `false` for calls that must be fresh).
+    pub cache: bool,
     /// Backend-specific settings, passed through untouched.
     pub settings: serde_json::Value,
 }

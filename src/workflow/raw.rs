@@ -44,6 +44,7 @@ pub const MODEL_KEYS: &[&str] = &[
     "retry_delay",
     "timeout",
     "rate_limit",
+    "cache",
     "settings",
 ];
 pub const RATE_LIMIT_KEYS: &[&str] = &["rpm", "tpm"];
@@ -138,6 +139,8 @@ pub struct RawModel {
     pub timeout: Option<Spanned<String>>,
     pub rpm: Option<Spanned<u64>>,
     pub tpm: Option<Spanned<u64>>,
+    /// `cache: false`: every call goes to the model.
+    pub cache: Option<bool>,
     pub settings: serde_json::Value,
 }
 
@@ -743,6 +746,7 @@ impl Reader {
             timeout: None,
             rpm: None,
             tpm: None,
+            cache: None,
             settings: serde_json::Value::Null,
         };
         // Shorthand: `writer: scripted:replies.yaml`.
@@ -785,6 +789,7 @@ impl Reader {
                 rf.finish(self);
             }
         }
+        m.cache = f.get("cache").and_then(|n| self.bool(n, "`cache`"));
         if let Some(s) = f.get("settings") {
             m.settings = s.to_json();
         }

@@ -261,7 +261,7 @@ async fn migration_rewrites_checks_and_replays_what_it_recorded() {
     // runs (not to the workflow), with the same check.
     let work = d.join("work");
     copy_dir(&dir(), &work);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redraft"))
+    let out = crate::support::redraft_command()
         .args([
             "migrate",
             "work/task2.yaml",

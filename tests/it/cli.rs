@@ -310,7 +310,7 @@ fn ctrl_c_exits_130_with_the_best_so_far_and_a_valid_log() {
     .unwrap();
     let log = temp("interrupted.jsonl");
     let spec = format!("writer=scripted:{}", script.display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_redraft"))
+    let mut child = crate::support::redraft_command()
         .args([
             "run",
             FLAGSHIP,
@@ -385,7 +385,7 @@ fn a_closed_stdout_pipe_is_not_a_panic() {
     // Enough output to overflow the pipe buffer once the reader is gone.
     let mut args = vec!["validate".to_string()];
     args.extend(std::iter::repeat_n(FLAGSHIP.to_string(), 1000));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_redraft"))
+    let mut child = crate::support::redraft_command()
         .args(&args)
         .current_dir(root())
         .stdout(std::process::Stdio::piped())
@@ -542,6 +542,7 @@ fn every_command_in_the_readme_works() {
             .args(["-c", command])
             .current_dir(&dir)
             .env("PATH", &path)
+            .env("REDRAFT_CACHE_DB", dir.join("responses.db"))
             .env_remove("RUST_LOG")
             .output()
             .unwrap();

@@ -280,7 +280,7 @@ pub(crate) fn slow_data(dir: &Path, n: usize) -> String {
 }
 
 pub(crate) fn slow_eval(store: &str, data: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_redraft"));
+    let mut c = crate::support::redraft_command();
     c.args([
         "eval",
         &fixtures().join("eval/slow.yaml").display().to_string(),
@@ -361,7 +361,7 @@ fn kill_9_loses_no_finished_item_and_duplicates_none_sqlite() {
     );
 }
 
-fn postgres_url() -> Option<String> {
+pub(crate) fn postgres_url() -> Option<String> {
     match std::env::var("REDRAFT_TEST_POSTGRES") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
@@ -629,7 +629,7 @@ fn epochs_give_pass_at_k_and_shards_merge_into_one_report() {
     let a = json(&arith_eval(&s0, &["--epochs", "3", "--shard", "0/2"]));
     let wf = arith();
     let data = arith_data();
-    let b = Command::new(env!("CARGO_BIN_EXE_redraft"))
+    let b = crate::support::redraft_command()
         .args([
             "eval",
             &wf,
@@ -1044,7 +1044,7 @@ fn progress_is_plain_lines_when_stderr_is_not_a_terminal() {
     let dir = temp_dir("progress");
     let store = dir.join("r.db").display().to_string();
     let data = slow_data(&dir, 12);
-    let o = Command::new(env!("CARGO_BIN_EXE_redraft"))
+    let o = crate::support::redraft_command()
         .args([
             "eval",
             &fixtures().join("eval/slow.yaml").display().to_string(),

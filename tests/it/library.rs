@@ -168,7 +168,7 @@ fn execute_without_a_sandbox_refuses_unless_opted_out() {
         )
     };
     let run_cli = |file: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_redraft"))
+        crate::support::redraft_command()
             .args(["run", file, "--json", "-q"])
             // No bubblewrap on this PATH.
             .env("PATH", "/nonexistent")

@@ -340,7 +340,7 @@ fn cli_runs_a_hub_model_from_hf_endpoint() {
         "version: 1\nmodels:\n  m: { spec: 'hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2.gguf', settings: { threads: 1, context_size: 512 } }\nnodes:\n  - { id: hello, kind: generate, model: m, sampling: { max_tokens: 8, temperature: 0 }, template: 'Say hello.' }\noutput: hello\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redraft"))
+    let out = crate::support::redraft_command()
         .args(["run", wf.to_str().unwrap(), "--json", "-q"])
         .env("HF_ENDPOINT", &hub.endpoint)
         .env("HF_HOME", dir.join("hf"))

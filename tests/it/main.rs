@@ -11,6 +11,7 @@
 mod answers;
 mod architecture;
 mod bridge;
+mod cache;
 mod cli;
 mod engine;
 mod eval;

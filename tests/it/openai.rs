@@ -486,7 +486,7 @@ async fn a_backend_that_stays_down_fails_the_run() {
 /// Runs the CLI in a blocking task while the mock serves on the runtime.
 async fn cli(args: Vec<String>, env: Vec<(&'static str, String)>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_redraft"));
+        let mut cmd = crate::support::redraft_command();
         cmd.args(&args)
             .current_dir(root())
             .env_remove("RUST_LOG")

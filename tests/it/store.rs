@@ -20,7 +20,7 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_redraft"));
+    let mut c = crate::support::redraft_command();
     c.current_dir(root())
         .env_remove("REDRAFT_STORE")
         .env_remove("PGPASSWORD")

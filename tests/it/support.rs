@@ -126,9 +126,21 @@ pub fn runs(summary: &RunSummary, node: &str) -> u32 {
         .map_or(0, |(_, r)| *r)
 }
 
+/// The `redraft` binary, with a response cache of its own (a new file per
+/// command, unless the test names one with `--cache-db`): an eval never
+/// reuses replies another test stored, and never touches ~/.cache.
+pub fn redraft_command() -> std::process::Command {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!("redraft-test-caches-{}", std::process::id()));
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_redraft"));
+    c.env("REDRAFT_CACHE_DB", dir.join(format!("responses-{n}.db")));
+    c
+}
+
 /// Runs the `redraft` binary in the repository root (no RUST_LOG).
 pub fn redraft(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_redraft"))
+    redraft_command()
         .args(args)
         .current_dir(root())
         .env_remove("RUST_LOG")

@@ -311,7 +311,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Whether `location` names a PostgreSQL store.
-fn is_postgres(location: &str) -> bool {
+pub fn is_postgres(location: &str) -> bool {
     location.starts_with("postgres://") || location.starts_with("postgresql://")
 }
 
@@ -335,6 +335,30 @@ pub fn open_with(location: &str, opts: &StoreOptions) -> Result<Box<dyn Store>, 
         ));
     }
     Ok(Box::new(SqliteStore::open_with(Path::new(location), opts)?))
+}
+
+/// Opens the response cache at `location`: the tables `redraft_responses`
+/// and `redraft_files` of a PostgreSQL results store (`postgres://…`,
+/// shared by every worker of an eval), else a SQLite file.
+pub fn open_cache(
+    location: &str,
+    max_bytes: u64,
+    opts: &StoreOptions,
+) -> Result<crate::cache::ResponseCache, crate::cache::CacheError> {
+    if is_postgres(location) {
+        #[cfg(feature = "postgres")]
+        return Ok(crate::cache::ResponseCache::new(
+            std::sync::Arc::new(postgres::PgCache::connect(location, opts)?),
+            max_bytes,
+        ));
+        #[cfg(not(feature = "postgres"))]
+        return Err(crate::cache::CacheError::Db {
+            location: crate::redact::url(location).into_owned(),
+            message: "PostgreSQL caches need redraft built with the `postgres` feature".into(),
+        });
+    }
+    let _ = opts;
+    crate::cache::ResponseCache::open_sqlite(Path::new(location), max_bytes)
 }
 
 /// What a store holds, read before anything is written to it.

@@ -843,6 +843,246 @@ impl Store for PgStore {
     }
 }
 
+/// The response cache in a PostgreSQL results store's database (tables
+/// `redraft_responses` and `redraft_files`, created on first use): every
+/// worker of an eval shares it. Statements are timed like the store's.
+pub struct PgCache {
+    store: std::sync::Mutex<PgStore>,
+    location: String,
+}
+
+const CACHE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS redraft_responses (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    value TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    created BIGINT NOT NULL,
+    used BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS redraft_responses_used ON redraft_responses (used);
+CREATE TABLE IF NOT EXISTS redraft_files (
+    path TEXT PRIMARY KEY,
+    size BIGINT NOT NULL,
+    mtime_ns BIGINT NOT NULL,
+    sha256 TEXT NOT NULL
+);
+";
+
+impl PgCache {
+    pub fn connect(url: &str, opts: &StoreOptions) -> Result<PgCache, crate::cache::CacheError> {
+        let location = crate::redact::url(url).into_owned();
+        let mut store = PgStore::connect(url, opts).map_err(cache_error(&location))?;
+        store
+            .run(async |c: &mut Client, t| {
+                let tx = timed(t, c.transaction()).await?;
+                timed(t, tx.execute("SELECT pg_advisory_xact_lock(7262653)", &[])).await?;
+                timed(t, tx.batch_execute(CACHE_SCHEMA)).await?;
+                timed(t, tx.commit()).await?;
+                Ok(())
+            })
+            .map_err(cache_error(&location))?;
+        Ok(PgCache {
+            location: store.location.clone(),
+            store: std::sync::Mutex::new(store),
+        })
+    }
+
+    fn run<T>(
+        &self,
+        step: impl AsyncFnOnce(&mut Client, Duration) -> Result<T, Fail>,
+    ) -> Result<T, crate::cache::CacheError> {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        store.run(step).map_err(cache_error(&self.location))
+    }
+}
+
+fn cache_error(location: &str) -> impl Fn(StoreError) -> crate::cache::CacheError + '_ {
+    move |e| crate::cache::CacheError::Db {
+        location: location.to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl crate::cache::CacheStore for PgCache {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn get(&self, key: &str) -> Result<Option<String>, crate::cache::CacheError> {
+        self.run(async |c: &mut Client, t| {
+            let row = timed(
+                t,
+                c.query_opt(
+                    "SELECT value FROM redraft_responses WHERE key = $1",
+                    &[&key],
+                ),
+            )
+            .await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn put(
+        &self,
+        key: &str,
+        model: &str,
+        value: &str,
+        now: i64,
+    ) -> Result<(), crate::cache::CacheError> {
+        self.run(async |c: &mut Client, t| {
+            timed(
+                t,
+                c.execute(
+                    "INSERT INTO redraft_responses (key, model, value, size, created, used)
+                     VALUES ($1, $2, $3, $4, $5, $5)
+                     ON CONFLICT (key) DO UPDATE SET model = excluded.model,
+                       value = excluded.value, size = excluded.size, used = excluded.used",
+                    &[&key, &model, &value, &(value.len() as i64), &now],
+                ),
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn touch(&self, keys: &[String], now: i64) -> Result<(), crate::cache::CacheError> {
+        let keys = keys.to_vec();
+        self.run(async |c: &mut Client, t| {
+            timed(
+                t,
+                c.execute(
+                    "UPDATE redraft_responses SET used = $1 WHERE key = ANY($2)",
+                    &[&now, &keys],
+                ),
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn remove(&self, key: &str) -> Result<(), crate::cache::CacheError> {
+        self.run(async |c: &mut Client, t| {
+            timed(
+                t,
+                c.execute("DELETE FROM redraft_responses WHERE key = $1", &[&key]),
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn stats(&self) -> Result<crate::cache::CacheStats, crate::cache::CacheError> {
+        let location = self.location.clone();
+        self.run(async |c: &mut Client, t| {
+            let row = timed(
+                t,
+                c.query_one(
+                    "SELECT count(*), COALESCE(SUM(size), 0)::BIGINT,
+                            pg_total_relation_size('redraft_responses')
+                     FROM redraft_responses",
+                    &[],
+                ),
+            )
+            .await?;
+            let models = timed(
+                t,
+                c.query(
+                    "SELECT model, count(*) FROM redraft_responses GROUP BY model ORDER BY 2 DESC",
+                    &[],
+                ),
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+            .collect();
+            Ok(crate::cache::CacheStats {
+                location,
+                entries: row.get::<_, i64>(0) as u64,
+                value_bytes: row.get::<_, i64>(1) as u64,
+                disk_bytes: Some(row.get::<_, i64>(2) as u64),
+                models,
+            })
+        })
+    }
+
+    fn value_bytes(&self) -> Result<u64, crate::cache::CacheError> {
+        self.run(async |c: &mut Client, t| {
+            let row = timed(
+                t,
+                c.query_one(
+                    "SELECT COALESCE(SUM(size), 0)::BIGINT FROM redraft_responses",
+                    &[],
+                ),
+            )
+            .await?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+    }
+
+    fn clear(&self) -> Result<u64, crate::cache::CacheError> {
+        self.run(async |c: &mut Client, t| {
+            Ok(timed(t, c.execute("DELETE FROM redraft_responses", &[])).await?)
+        })
+    }
+
+    fn prune(&self, max_bytes: u64) -> Result<u64, crate::cache::CacheError> {
+        // The newest entries whose running total stays within the bound
+        // are kept; the rest go.
+        self.run(async |c: &mut Client, t| {
+            Ok(timed(
+                t,
+                c.execute(
+                    "DELETE FROM redraft_responses WHERE key IN (
+                       SELECT key FROM (
+                         SELECT key, SUM(size) OVER (ORDER BY used DESC, created DESC, key) AS kept
+                         FROM redraft_responses) r
+                       WHERE kept > $1)",
+                    &[&(max_bytes as i64)],
+                ),
+            )
+            .await?)
+        })
+    }
+
+    fn file_hash(
+        &self,
+        file: &crate::cache::FileStamp,
+    ) -> Result<Option<String>, crate::cache::CacheError> {
+        self.run(async |c: &mut Client, t| {
+            let row = timed(
+                t,
+                c.query_opt(
+                    "SELECT sha256 FROM redraft_files WHERE path = $1 AND size = $2 AND mtime_ns = $3",
+                    &[&file.path, &(file.size as i64), &file.mtime_ns],
+                ),
+            )
+            .await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn remember_file_hash(
+        &self,
+        file: &crate::cache::FileStamp,
+        sha256: &str,
+    ) -> Result<(), crate::cache::CacheError> {
+        self.run(async |c: &mut Client, t| {
+            timed(
+                t,
+                c.execute(
+                    "INSERT INTO redraft_files (path, size, mtime_ns, sha256) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (path) DO UPDATE SET size = excluded.size,
+                       mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256",
+                    &[&file.path, &(file.size as i64), &file.mtime_ns, &sha256],
+                ),
+            )
+            .await?;
+            Ok(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,38 +72,6 @@ fn sqlite_identity(conn: &rusqlite::Connection) -> rusqlite::Result<Identity> {
     Ok(Identity::of(tables, Some(versions)))
 }
 
-/// Puts the database in WAL mode (persistent in the file). Several
-/// processes opening a new file at once race for the switch, which needs
-/// the file to themselves and may fail at once with "database is locked":
-/// they wait and try again until `deadline`.
-fn sqlite_wal(conn: &rusqlite::Connection, deadline: std::time::Instant) -> rusqlite::Result<()> {
-    let mut pause = Duration::from_millis(2);
-    loop {
-        let mode: rusqlite::Result<String> = conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .and_then(|m: String| {
-                if m.eq_ignore_ascii_case("wal") {
-                    Ok(m)
-                } else {
-                    conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-                }
-            });
-        match mode {
-            Ok(_) => return Ok(()),
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-                ) && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(100));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 impl SqliteStore {
     /// Opens (or creates) a store for reading and writing.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
@@ -173,7 +141,7 @@ impl SqliteStore {
         }
         // WAL with synchronous=NORMAL: a committed transaction survives the
         // process being killed (not a power cut), at a fraction of FULL's cost.
-        sqlite_wal(&conn, std::time::Instant::now() + busy).map_err(db)?;
+        crate::sqlite::wal(&conn, std::time::Instant::now() + busy).map_err(db)?;
         conn.execute_batch("PRAGMA synchronous=NORMAL")
             .map_err(db)?;
         // Create or upgrade in one transaction that holds the write lock,

@@ -197,6 +197,7 @@ pub(super) fn models_pass(cx: &mut Ctx, raw: &RawWorkflow) -> Vec<ModelDecl> {
             retry,
             timeout,
             rate_limit,
+            cache: m.cache.unwrap_or(true),
             settings: m.settings.clone(),
         });
     }
@@ -212,6 +213,7 @@ pub(super) fn models_pass(cx: &mut Ctx, raw: &RawWorkflow) -> Vec<ModelDecl> {
             retry: crate::layer::RetryPolicy::default(),
             timeout: None,
             rate_limit: crate::layer::RateLimits::default(),
+            cache: true,
             settings: serde_json::Value::Null,
         });
     }
