@@ -3,7 +3,7 @@
 //! they stack (tower style) and no backend carries flags for them.
 //!
 //! The engine stacks them per call as
-//! `Retry → Metered (budget, events) → Timeout → RateLimit → backend`,
+//! `Retry → Metered (budget, events) → [Cached →] Timeout → RateLimit → backend`,
 //! so every attempt, retries included, passes the budget check and is
 //! recorded as its own model-call event.
 

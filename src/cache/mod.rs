@@ -306,7 +306,9 @@ impl ResponseCache {
 
     /// Stores `value` under `key`, then keeps the cache under its bound.
     pub fn store_value<T: Serialize>(&self, key: &str, model: &str, value: &T) {
-        let text = encode(value);
+        let Some(text) = encode(value) else {
+            return;
+        };
         self.flush();
         match self.store.put(key, model, &text, now_ms()) {
             Ok(()) => {
@@ -384,10 +386,14 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A value as stored: `FNV-1a of the JSON (16 hex digits) ':' JSON`.
-fn encode<T: Serialize>(value: &T) -> String {
-    let json = serde_json::to_string(value).expect("cache values serialise");
-    format!("{:016x}:{json}", crate::hash::fnv1a(json.as_bytes()))
+/// A value as stored: `FNV-1a of the JSON (16 hex digits) ':' JSON`
+/// (`None` for a value JSON cannot hold: it is not stored).
+fn encode<T: Serialize>(value: &T) -> Option<String> {
+    let json = serde_json::to_string(value).ok()?;
+    Some(format!(
+        "{:016x}:{json}",
+        crate::hash::fnv1a(json.as_bytes())
+    ))
 }
 
 /// The value, if the text is whole: its checksum matches and it parses.
@@ -485,12 +491,16 @@ pub fn identity(
             };
             plain(gguf_identity(&file_hash(&file)?, settings))
         }
+        #[cfg(feature = "llama")]
         ModelSpec::Hub { file } => {
             let path =
                 crate::backend::hf::resolve(&file, &crate::backend::hf::HubConfig::from_env())
                     .map_err(|e| CacheError::Identity(e.to_string()))?;
             plain(gguf_identity(&file_hash(&path)?, settings))
         }
+        // Without the llama backend such a model cannot be opened at all.
+        #[cfg(not(feature = "llama"))]
+        ModelSpec::Hub { .. } => Ok(None),
     }
 }
 
@@ -617,12 +627,11 @@ impl Cached<'_> {
             }
         }
         let value = call().await?;
-        if self.mode.writes() {
+        if let (true, Ok(json)) = (self.mode.writes(), serde_json::to_value(&value)) {
             let cache = self.cache.clone();
-            let text = serde_json::to_value(&value).expect("replies serialise");
             let model = self.model.key.clone();
             let _ =
-                tokio::task::spawn_blocking(move || cache.store_value(&key, &model, &text)).await;
+                tokio::task::spawn_blocking(move || cache.store_value(&key, &model, &json)).await;
         }
         Ok(value)
     }

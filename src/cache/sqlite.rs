@@ -37,7 +37,11 @@ CREATE TABLE IF NOT EXISTS files (
 ";
 
 pub struct SqliteCache {
+    /// Writes (and what reads must see them at once: stats, pruning).
     conn: Mutex<Connection>,
+    /// Lookups: a WAL reader never waits for a writer, so a lookup never
+    /// queues behind a write of this process or another.
+    reader: Mutex<Connection>,
     path: PathBuf,
 }
 
@@ -85,8 +89,14 @@ impl SqliteCache {
                 .map_err(db)?;
             tx.commit().map_err(db)?;
         }
+        let reader =
+            Connection::open_with_flags(path, F::SQLITE_OPEN_READ_WRITE | F::SQLITE_OPEN_NO_MUTEX)
+                .map_err(db)?;
+        reader.busy_timeout(BUSY).map_err(db)?;
+        reader.pragma_update(None, "query_only", true).map_err(db)?;
         Ok(SqliteCache {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
             path: path.to_path_buf(),
         })
     }
@@ -97,6 +107,11 @@ impl SqliteCache {
     ) -> Result<T, CacheError> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut conn).map_err(|e| db_error(&self.path.display().to_string(), e))
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, CacheError> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn).map_err(|e| db_error(&self.path.display().to_string(), e))
     }
 }
 
@@ -148,7 +163,7 @@ impl CacheStore for SqliteCache {
     }
 
     fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
-        self.with(|c| {
+        self.read(|c| {
             c.prepare_cached("SELECT value FROM responses WHERE key = ?1")?
                 .query_row([key], |r| r.get(0))
                 .optional()
@@ -265,7 +280,7 @@ impl CacheStore for SqliteCache {
     }
 
     fn file_hash(&self, file: &FileStamp) -> Result<Option<String>, CacheError> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row(
                 "SELECT sha256 FROM files WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3",
                 params![file.path, file.size as i64, file.mtime_ns],

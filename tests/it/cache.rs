@@ -462,14 +462,27 @@ fn a_damaged_cache_file_is_a_warning_and_clear_replaces_it() {
     assert_eq!(std::fs::read(&other).unwrap(), before);
 }
 
-/// The child side of `a_writer_killed_mid_way_leaves_a_usable_cache`:
-/// writes large entries until it is killed.
+/// The child side of the tests with writers in other processes: with
+/// `REDRAFT_TEST_CACHE_SAME_KEYS`, writes that many entries whose keys and
+/// values every such child shares, then ends; else writes large entries
+/// until it is killed.
 #[test]
 fn writer_child() {
     let Ok(path) = std::env::var("REDRAFT_TEST_CACHE_WRITER") else {
         return;
     };
     let cache = ResponseCache::open_sqlite(path.as_ref(), 1 << 40).unwrap();
+    if let Some(n) = std::env::var("REDRAFT_TEST_CACHE_SAME_KEYS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        for i in 0..n {
+            let value = Completion::from_texts([format!("same {i}")], Usage::default());
+            cache.store_value(&format!("k{i}"), "m", &value);
+        }
+        assert_eq!(cache.counters().errors, 0);
+        return;
+    }
     let big = "z".repeat(200_000);
     for i in 0.. {
         cache
@@ -481,14 +494,48 @@ fn writer_child() {
     }
 }
 
+fn writer(path: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", "cache::writer_child", "--nocapture"])
+        .env("REDRAFT_TEST_CACHE_WRITER", path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+#[test]
+fn processes_writing_the_same_keys_at_once_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            writer(&path)
+                .env("REDRAFT_TEST_CACHE_SAME_KEYS", "300")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cache = ResponseCache::open_sqlite(&path, 1 << 40).unwrap();
+    assert_eq!(cache.store().stats().unwrap().entries, 300);
+    for i in 0..300 {
+        let c: Completion = cache.lookup(&format!("k{i}"), false).unwrap();
+        assert_eq!(c.choices[0].text, format!("same {i}"));
+    }
+}
+
 #[test]
 fn a_writer_killed_mid_way_leaves_a_usable_cache() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.db");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "cache::writer_child", "--nocapture"])
-        .env("REDRAFT_TEST_CACHE_WRITER", &path)
-        .stdout(std::process::Stdio::null())
+    let mut child = writer(&path)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -597,4 +644,103 @@ fn a_postgres_store_holds_the_cache_its_workers_share() {
     let m = &json(&second)["metrics"];
     assert!(m["total_cached_calls"].as_u64().unwrap() >= 3, "{m}");
     assert_eq!(m["total_tokens"], 0);
+}
+
+/// Runs a workflow file (its own scripted model) with `cache`; returns the
+/// summary and its model calls.
+async fn run_file(
+    cache: &Arc<ResponseCache>,
+    wf: redraft::Workflow,
+) -> (RunSummary, Vec<redraft::event::ModelCallEvent>) {
+    let events = Arc::new(Collect::default());
+    let engine = Engine::new()
+        .with_cache(cache.clone())
+        .with_recorder(events.clone());
+    let s = engine
+        .run(Arc::new(wf), RunOptions::default())
+        .await
+        .unwrap();
+    let calls = events
+        .take()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ModelCall(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    (s, calls)
+}
+
+#[tokio::test]
+async fn on_the_scripted_model_a_changed_revise_prompt_makes_exactly_the_revise_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(ResponseCache::open_sqlite(&dir.path().join("r.db"), 1 << 30).unwrap());
+    let path = root().join("workflows/guarded.yaml");
+    let (first, calls) = run_file(&cache, redraft::workflow::load(&path).unwrap()).await;
+    let revise_calls = calls.iter().filter(|c| c.node == "revise").count();
+    assert!(revise_calls >= 2, "{:?}", shape(&calls));
+    assert!(calls.iter().all(|c| !c.cached));
+    let revise = std::fs::read_to_string(root().join("prompts/guarded/revise.j2")).unwrap();
+    let changed = redraft::workflow::load_with_prompts(
+        &path,
+        &[(
+            "revise.j2".to_string(),
+            format!("Take the feedback seriously.\n{revise}"),
+        )]
+        .into_iter()
+        .collect(),
+    )
+    .unwrap();
+    let (again, calls) = run_file(&cache, changed).await;
+    // The scripted revise replies do not depend on the prompt, so what
+    // reads them sees the same text: exactly the revise calls are made.
+    let made: Vec<String> = calls
+        .iter()
+        .filter(|c| !c.cached)
+        .map(|c| format!("{} r{}", c.node, c.round))
+        .collect();
+    assert_eq!(made.len(), revise_calls, "{made:?}");
+    assert!(made.iter().all(|m| m.starts_with("revise ")), "{made:?}");
+    assert_eq!(again.output, first.output);
+    assert_eq!(again.usage.calls, first.usage.calls);
+}
+
+#[tokio::test]
+async fn embeddings_are_cached_like_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("script.yaml"),
+        r#"
+replies:
+  - { node: draft, samples: ["sort the list", "sort it quickly", "print a greeting"] }
+embeddings:
+  - { text: "sort", vector: [1.0, 0.0] }
+  - { text: "greeting", vector: [0.0, 1.0] }
+"#,
+    )
+    .unwrap();
+    let path = dir.path().join("embed.yaml");
+    std::fs::write(
+        &path,
+        r#"
+version: 1
+models: { m: "scripted:script.yaml" }
+nodes:
+  - { id: draft, kind: generate, template: "go", n: 3 }
+  - { id: vectors, kind: embed, items: "draft.samples", model: m }
+  - { id: groups, kind: cluster, from: vectors, k: 2 }
+edges: [{ from: draft, to: vectors }, { from: vectors, to: groups }]
+output: { from: groups, field: "." }
+"#,
+    )
+    .unwrap();
+    let cache = Arc::new(ResponseCache::open_sqlite(&dir.path().join("r.db"), 1 << 30).unwrap());
+    let (first, calls) = run_file(&cache, redraft::workflow::load(&path).unwrap()).await;
+    assert!(calls.iter().all(|c| !c.cached));
+    let (again, calls) = run_file(&cache, redraft::workflow::load(&path).unwrap()).await;
+    let embed: Vec<_> = calls.iter().filter(|c| c.node == "vectors").collect();
+    assert_eq!(embed.len(), 1);
+    assert!(embed[0].cached && embed[0].prompt_tokens == 0 && embed[0].cached_tokens == 9);
+    assert_eq!(again.output, first.output);
+    assert_eq!(again.usage.cached_calls, 2);
 }

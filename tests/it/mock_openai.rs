@@ -334,9 +334,16 @@ fn reply_body(path: &str, req: &serde_json::Value, state: &State, usage: bool) -
                 "finish_reason": "stop",
             });
             if req["logprobs"].as_bool() == Some(true) {
+                // The first token's logprobs agree with the reply: a "No"
+                // is a confident No, anything else a confident Yes.
+                let (first, other) = if content.trim_start().starts_with("No") {
+                    ("No", "Yes")
+                } else {
+                    ("Yes", "No")
+                };
                 c["logprobs"] = serde_json::json!({ "content": [{
-                    "token": "Yes", "logprob": -0.1,
-                    "top_logprobs": [{ "token": "Yes", "logprob": -0.1 }, { "token": "No", "logprob": -2.4 }]
+                    "token": first, "logprob": -0.1,
+                    "top_logprobs": [{ "token": first, "logprob": -0.1 }, { "token": other, "logprob": -2.4 }]
                 }]});
             }
             c

@@ -529,6 +529,7 @@ async fn the_api_key_never_leaves_the_authorization_header() {
     )
     .await;
     let (log, cassette) = (temp("secret.jsonl"), temp("secret-cassette.jsonl"));
+    let cache = temp("secret-cache.db");
     let args: Vec<String> = [
         "run",
         "workflows/self-refine.yaml",
@@ -538,6 +539,10 @@ async fn the_api_key_never_leaves_the_authorization_header() {
         "--log-content",
         "--record",
         cassette.to_str().unwrap(),
+        "--cache",
+        "on",
+        "--cache-db",
+        cache.to_str().unwrap(),
         "--model",
         &format!("writer=openai:mock-model@{}", mock.url),
     ]
@@ -570,6 +575,11 @@ async fn the_api_key_never_leaves_the_authorization_header() {
         ("stderr", String::from_utf8_lossy(&out.stderr).into_owned()),
         ("log", std::fs::read_to_string(&log).unwrap()),
         ("cassette", std::fs::read_to_string(&cassette).unwrap()),
+        // The response cache, byte for byte (the first reply was stored).
+        (
+            "cache",
+            String::from_utf8_lossy(&std::fs::read(&cache).unwrap()).into_owned(),
+        ),
     ] {
         assert!(!text.contains(KEY), "the key leaked into {what}:\n{text}");
         assert!(

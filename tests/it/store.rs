@@ -381,8 +381,16 @@ fn assert_hidden(secret: &str, haystack: &str, what: &str) {
 fn sqlite_dump(path: &Path) -> String {
     let c = rusqlite::Connection::open(path).unwrap();
     let mut out = String::new();
-    for table in ["redraft_meta", "evals", "units", "records"] {
-        let mut s = c.prepare(&format!("SELECT * FROM {table}")).unwrap();
+    // Every table: a results store's, or a response cache's.
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for table in tables {
+        let mut s = c.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
         let n = s.column_count();
         let rows = s
             .query_map([], |r| {
@@ -423,9 +431,11 @@ async fn no_endpoint_secret_reaches_any_output_log_or_record() {
     let report = dir.join("report.html");
     let log = dir.join("run.jsonl");
     let (spec2, report2, log2) = (spec.clone(), report.clone(), log.clone());
+    let cache = dir.join("cache.db");
+    let cache_s = cache.to_str().unwrap().to_string();
     let outputs = tokio::task::spawn_blocking(move || {
         let mut args = arith_args(&store_s, ARITH);
-        args.extend(["--json", "--model", &spec2]);
+        args.extend(["--json", "--model", &spec2, "--cache-db", &cache_s]);
         let eval = redraft(&args);
         let runs = redraft(&["runs", "--store", &store_s]);
         let listing = redraft(&["runs", "--store", &store_s, "--json"]);
@@ -446,6 +456,10 @@ async fn no_endpoint_secret_reaches_any_output_log_or_record() {
             "--json",
             "--log",
             log2.to_str().unwrap(),
+            "--cache",
+            "on",
+            "--cache-db",
+            &cache_s,
         ]);
         // A spec that does not parse, and one that names no model: errors.
         let bad_spec = spec2.replace("openai:m@", "openai:@");
@@ -481,6 +495,10 @@ async fn no_endpoint_secret_reaches_any_output_log_or_record() {
     everything.push_str(&std::fs::read_to_string(&report).unwrap_or_default());
     everything.push_str(&std::fs::read_to_string(&log).unwrap_or_default());
     everything.push_str(&sqlite_dump(&store));
+    // The response cache: its model identities name the endpoint.
+    let cached = sqlite_dump(&cache);
+    assert!(cached.contains("127.0.0.1"), "the cache was written");
+    everything.push_str(&cached);
     assert!(everything.contains("127.0.0.1"), "the outputs do say where");
     assert!(everything.contains("***"), "and that a secret was there");
     assert_hidden(password, &everything, "the outputs, log, report or store");
