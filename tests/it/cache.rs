@@ -308,28 +308,30 @@ fn rows(dir: &std::path::Path, n: usize) -> String {
     path.display().to_string()
 }
 
+/// `eval workflows/guarded.yaml` over `data` (scored as numbers) into `store`.
+fn guarded_eval<'a>(data: &'a str, store: &'a str) -> Vec<&'a str> {
+    vec![
+        "eval",
+        "workflows/guarded.yaml",
+        "--data",
+        data,
+        "--answer",
+        "answer",
+        "--scorer",
+        "numeric",
+        "--store",
+        store,
+    ]
+}
+
 #[test]
 fn eval_reruns_come_from_the_cache_and_the_report_shows_hits_per_node() {
     let dir = tempfile::tempdir().unwrap();
     let data = rows(dir.path(), 6);
     let db = dir.path().join("cache.db").display().to_string();
     let eval = |store: &str, extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "workflows/guarded.yaml",
-            "--data",
-            &data,
-            "--answer",
-            "answer",
-            "--scorer",
-            "numeric",
-            "--store",
-            store,
-            "--cache-db",
-            &db,
-            "--json",
-            "-q",
-        ];
+        let mut args = guarded_eval(&data, store);
+        args.extend(["--cache-db", &db, "--json", "-q"]);
         args.extend_from_slice(extra);
         redraft(&args)
     };
@@ -360,20 +362,10 @@ fn eval_reruns_come_from_the_cache_and_the_report_shows_hits_per_node() {
     );
     assert_eq!(json(&second)["ran"]["calls"].as_u64(), Some(total));
     // The human summary says so, and the report shows hits per node.
-    let human = redraft(&[
-        "eval",
-        "workflows/guarded.yaml",
-        "--data",
-        &data,
-        "--answer",
-        "answer",
-        "--scorer",
-        "numeric",
-        "--store",
-        &dir.path().join("c.db").display().to_string(),
-        "--cache-db",
-        &db,
-    ]);
+    let store3 = dir.path().join("c.db").display().to_string();
+    let mut args = guarded_eval(&data, &store3);
+    args.extend(["--cache-db", &db]);
+    let human = redraft(&args);
     let err = String::from_utf8_lossy(&human.stderr);
     assert!(
         err.contains(&format!(
@@ -417,22 +409,9 @@ fn a_damaged_cache_file_is_a_warning_and_clear_replaces_it() {
     std::fs::write(&db, b"this is not a database, just bytes ".repeat(200)).unwrap();
     let db = db.display().to_string();
     let store = dir.path().join("s.db").display().to_string();
-    let o = redraft(&[
-        "eval",
-        "workflows/guarded.yaml",
-        "--data",
-        &data,
-        "--answer",
-        "answer",
-        "--scorer",
-        "numeric",
-        "--store",
-        &store,
-        "--cache-db",
-        &db,
-        "--json",
-        "-q",
-    ]);
+    let mut args = guarded_eval(&data, &store);
+    args.extend(["--cache-db", &db, "--json", "-q"]);
+    let o = redraft(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("running without the response cache"));
     assert_eq!(json(&o)["metrics"]["done"], 2);
@@ -613,22 +592,8 @@ fn a_postgres_store_holds_the_cache_its_workers_share() {
     let data = rows(dir.path(), 3);
     let eval = |name: &str| {
         crate::support::redraft_command()
-            .args([
-                "eval",
-                "workflows/guarded.yaml",
-                "--data",
-                &data,
-                "--answer",
-                "answer",
-                "--scorer",
-                "numeric",
-                "--store",
-                &url,
-                "--name",
-                name,
-                "--json",
-                "-q",
-            ])
+            .args(guarded_eval(&data, &url))
+            .args(["--name", name, "--json", "-q"])
             .env_remove("REDRAFT_CACHE_DB")
             .current_dir(root())
             .output()
