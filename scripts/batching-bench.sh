@@ -18,6 +18,10 @@
 #            busy batch makes each item slower, and an item cut off by
 #            the workflow's own budget would count as failed
 #   BACKENDS which to run ["llama server"]
+#   SERVER_ARGS extra llama-server flags, e.g. "--chat-template chatml" for
+#            the prompts redraft builds in process (the GGUF's Jinja template,
+#            which llama-server applies by default, adds Qwen's and SmolLM2's
+#            default system prompt: about 20 more prompt tokens per call)
 #   REDRAFT_LLAMA_SERVER  llama-server [from scripts/build-peers.sh]
 #   REDRAFT_BIN           redraft [target/debug/redraft, built if missing]
 # CACHE: the response cache mode of its evals [off: every number is a fresh call].
@@ -74,7 +78,7 @@ PY
 start_server() { # model threads np; sets port and server_pid
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   "$server_bin" -m "$1" --host 127.0.0.1 --port "$port" -t "$2" -tb "$2" -c "$CTX" \
-    -np "$3" --kv-unified --no-webui >"$work/server.log" 2>&1 &
+    -np "$3" --kv-unified --no-webui ${SERVER_ARGS:-} >"$work/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 600); do
     curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && return

@@ -389,21 +389,21 @@ impl Engine {
                         m.settings.clone(),
                         base.to_path_buf(),
                     );
-                    // Hashing a GGUF the first time takes seconds: off the runtime.
-                    identity =
+                    // Hashing a GGUF the first time takes seconds: off the
+                    // runtime. A model that cannot be named is not cached
+                    // (opening it says what is wrong, if anything is).
+                    let named =
                         tokio::task::spawn_blocking(move || cache.identity(&of, &settings, &dir))
                             .await
                             .map_err(|e| CacheError::Identity(e.to_string()))
-                            .and_then(|r| r)
-                            .map_err(|e| RunError::Model {
-                                name: m.name.clone(),
-                                source: Box::new(BackendError::new(
-                                    &spec,
-                                    crate::backend::ErrorKind::Config,
-                                    e.to_string(),
-                                )),
-                            })?
-                            .map(Arc::new);
+                            .and_then(|r| r);
+                    identity = match named {
+                        Ok(id) => id.map(Arc::new),
+                        Err(e) => {
+                            tracing::warn!(model = %m.name, "{e}; its calls are not cached");
+                            None
+                        }
+                    };
                 }
                 let (settings, base) = (m.settings.clone(), base.to_path_buf());
                 let opening = spec.clone();
