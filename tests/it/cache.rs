@@ -609,6 +609,24 @@ fn a_postgres_store_holds_the_cache_its_workers_share() {
     let m = &json(&second)["metrics"];
     assert!(m["total_cached_calls"].as_u64().unwrap() >= 3, "{m}");
     assert_eq!(m["total_tokens"], 0);
+
+    // Pruning keeps the most recently used entries within the bound.
+    let last = Completion::from_texts(["the newest entry"], Usage::default());
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    a.store_value(&format!("{tag}-last"), "m", &last);
+    let size = a
+        .store()
+        .get(&format!("{tag}-last"))
+        .unwrap()
+        .unwrap()
+        .len() as u64;
+    assert!(a.store().prune(size).unwrap() > 0);
+    assert!(a.store().value_bytes().unwrap() <= size);
+    assert_eq!(
+        b.lookup::<Completion>(&format!("{tag}-last"), false),
+        Some(last)
+    );
+    assert_eq!(b.lookup::<Completion>(&format!("{tag}-k"), false), None);
 }
 
 /// Runs a workflow file (its own scripted model) with `cache`; returns the

@@ -1035,7 +1035,7 @@ impl crate::cache::CacheStore for PgCache {
                 c.execute(
                     "DELETE FROM redraft_responses WHERE key IN (
                        SELECT key FROM (
-                         SELECT key, SUM(size) OVER (ORDER BY used DESC, created DESC, key) AS kept
+                         SELECT key, (SUM(size) OVER (ORDER BY used DESC, created DESC, key))::BIGINT AS kept
                          FROM redraft_responses) r
                        WHERE kept > $1)",
                     &[&(max_bytes as i64)],
