@@ -294,37 +294,57 @@ fn a_foreign_database_is_refused_and_left_alone() {
 fn a_truncated_database_serves_misses_never_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("responses.db");
+    let reply = |i: usize| {
+        Completion::from_texts([format!("reply {i} {}", "y".repeat(300))], Usage::default())
+    };
     {
         let cache = cache_in(dir.path(), DEFAULT_MAX_BYTES);
         for i in 0..400 {
-            cache.store_value(
-                &format!("k{i}"),
-                "m",
-                &Completion::from_texts(
-                    [format!("reply {i} {}", "y".repeat(300))],
-                    Usage::default(),
-                ),
-            );
+            cache.store_value(&format!("k{i}"), "m", &reply(i));
         }
     }
     let len = std::fs::metadata(&path).unwrap().len();
     assert!(len > 64 * 1024, "{len}");
+    // A file cut short before it is opened is refused as damaged: the CLI
+    // then warns and runs without the cache, and `cache clear` replaces it.
     for keep in [len / 3, len / 2, len - 4096, 100] {
         let copy = dir.path().join(format!("cut-{keep}.db"));
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&copy, &bytes[..keep as usize]).unwrap();
-        // Opening may refuse (then the caller runs without a cache); a
-        // cache that opens serves only intact entries or misses.
-        let Ok(cache) = ResponseCache::open_sqlite(&copy, DEFAULT_MAX_BYTES) else {
-            continue;
-        };
-        for i in 0..400 {
-            if let Some(c) = cache.lookup::<Completion>(&format!("k{i}"), true) {
-                assert!(c.choices[0].text.starts_with(&format!("reply {i} ")));
+        match ResponseCache::open_sqlite(&copy, DEFAULT_MAX_BYTES) {
+            Err(CacheError::Damaged { .. }) => {}
+            Err(e) => panic!("a cut copy ({keep} bytes) is damaged, not: {e}"),
+            // One that opens serves only whole entries.
+            Ok(cache) => {
+                for i in 0..400 {
+                    if let Some(c) = cache.lookup::<Completion>(&format!("k{i}"), true) {
+                        assert_eq!(c, reply(i));
+                    }
+                }
             }
         }
-        cache.store_value("new", "m", &Completion::from_texts(["x"], Usage::default()));
     }
+    // A file cut short while a cache has it open: every lookup is a whole
+    // entry or a miss, never an error or a panic, and writes go on failing
+    // quietly (counted).
+    let cache = cache_in(dir.path(), DEFAULT_MAX_BYTES);
+    assert_eq!(cache.lookup::<Completion>("k399", true), Some(reply(399)));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    let mut served = 0;
+    for i in 0..400 {
+        if let Some(c) = cache.lookup::<Completion>(&format!("k{i}"), true) {
+            assert_eq!(c, reply(i));
+            served += 1;
+        }
+    }
+    assert!(served < 400, "the cut lost entries");
+    assert!(cache.counters().misses > 0);
+    cache.store_value("new", "m", &reply(0));
 }
 
 #[test]

@@ -91,12 +91,12 @@ impl CacheArgs {
         if mode == CacheMode::Off {
             return Ok((mode, None));
         }
-        let max = self.place.max_bytes()?;
-        let location = self.place.location(results_store);
-        match store::open_cache(&location, max, opts) {
+        // A bad --cache-max-size is a usage error, not a cache failure.
+        self.place.max_bytes()?;
+        match self.place.open(results_store, opts) {
             Ok(cache) => Ok((mode, Some(Arc::new(cache)))),
             Err(e) => {
-                eprintln!("warning: {e}; running without the response cache");
+                eprintln!("warning: {e:#}; running without the response cache");
                 Ok((CacheMode::Off, None))
             }
         }

@@ -424,24 +424,32 @@ pub struct NodeCalls {
     pub cached: u64,
 }
 
+impl NodeCalls {
+    /// Adds `calls` and `cached` to `node`'s entry in `tally` (appended on
+    /// first sight, so nodes keep the order they first called in).
+    pub(crate) fn add(tally: &mut Vec<NodeCalls>, node: &str, calls: u64, cached: u64) {
+        let i = match tally.iter().position(|n| n.node == node) {
+            Some(i) => i,
+            None => {
+                tally.push(NodeCalls {
+                    node: node.to_string(),
+                    calls: 0,
+                    cached: 0,
+                });
+                tally.len() - 1
+            }
+        };
+        tally[i].calls += calls;
+        tally[i].cached += cached;
+    }
+}
+
 /// Calls and cache hits per node, in the order nodes first called.
 fn calls_by_node(events: &[Event]) -> Vec<NodeCalls> {
-    let mut out: Vec<NodeCalls> = Vec::new();
+    let mut out = Vec::new();
     for e in events {
         if let Event::ModelCall(c) = e {
-            let i = match out.iter().position(|n| n.node == c.node) {
-                Some(i) => i,
-                None => {
-                    out.push(NodeCalls {
-                        node: c.node.clone(),
-                        calls: 0,
-                        cached: 0,
-                    });
-                    out.len() - 1
-                }
-            };
-            out[i].calls += 1;
-            out[i].cached += u64::from(c.cached);
+            NodeCalls::add(&mut out, &c.node, 1, u64::from(c.cached));
         }
     }
     out

@@ -265,25 +265,19 @@ pub struct NodeCache {
 
 /// Calls and hits per node over `results`, nodes in first-seen order.
 fn cache_by_node(results: &[&ItemResult]) -> Vec<NodeCache> {
-    let mut out: Vec<NodeCache> = Vec::new();
+    let mut tally = Vec::new();
     for n in results.iter().flat_map(|r| &r.calls_by_node) {
-        match out.iter_mut().find(|o| o.node == n.node) {
-            Some(o) => {
-                o.calls += n.calls;
-                o.cached += n.cached;
-            }
-            None => out.push(NodeCache {
-                node: n.node.clone(),
-                calls: n.calls,
-                cached: n.cached,
-                hit_rate: 0.0,
-            }),
-        }
+        super::NodeCalls::add(&mut tally, &n.node, n.calls, n.cached);
     }
-    for o in &mut out {
-        o.hit_rate = o.cached as f64 / o.calls.max(1) as f64;
-    }
-    out
+    tally
+        .into_iter()
+        .map(|n| NodeCache {
+            hit_rate: n.cached as f64 / n.calls.max(1) as f64,
+            node: n.node,
+            calls: n.calls,
+            cached: n.cached,
+        })
+        .collect()
 }
 
 /// One output node's answers across the done units.
