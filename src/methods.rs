@@ -47,6 +47,27 @@ pub const METHODS: &[Method] = &[
         ],
     },
     Method {
+        name: "self-debug",
+        summary: "code fixed from the failing public example's execution feedback, up to three times (self-debugging)",
+        needs: "sandbox (bubblewrap); public tests (HumanEval's docstring examples)",
+        files: shipped![
+            "workflows/self-debug.yaml",
+            "workflows/replies/self-debug.yaml",
+            "prompts/self-debug/generate.j2",
+            "prompts/self-debug/revise.j2",
+        ],
+    },
+    Method {
+        name: "vote",
+        summary: "majority vote over sampled step-by-step solutions (self-consistency), the sampling baseline",
+        needs: "nothing",
+        files: shipped![
+            "workflows/vote.yaml",
+            "workflows/replies/vote.yaml",
+            "prompts/guarded/solve.j2",
+        ],
+    },
+    Method {
         name: "codechain",
         summary: "modular code through self-revision with clustered sub-modules (CodeChain)",
         needs: "sandbox (bubblewrap); embeddings optional (TF-IDF fallback)",

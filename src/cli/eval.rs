@@ -1170,10 +1170,78 @@ pub struct ReportArgs {
     /// The HTML file to write.
     #[arg(short, long, default_value = "report.html")]
     pub output: PathBuf,
+    /// Every eval whose name starts with PREFIX (the newest of each name),
+    /// after the evals named.
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// The eval the others are set against (single shot): put first, so the
+    /// methods table gives McNemar p and flips against it. An id, prefix or
+    /// name (the newest of that name).
+    #[arg(long, value_name = "EVAL")]
+    pub baseline: Option<String>,
+    /// Also write the methods table as Markdown (two evals or more).
+    #[arg(long, value_name = "FILE.md")]
+    pub table: Option<PathBuf>,
+    /// Also write the accuracy-versus-tokens frontier as an SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub frontier: Option<PathBuf>,
+}
+
+/// The evals a report shows: the baseline first, then the evals named, then
+/// those whose names start with the prefix (the newest of each name, oldest
+/// name first); each once.
+fn report_selection(args: &ReportArgs) -> anyhow::Result<Vec<String>> {
+    let mut listing: Vec<store::EvalListing> = Vec::new();
+    if args.prefix.is_some() || args.baseline.is_some() {
+        for location in &args.store {
+            listing.extend(
+                args.timeouts
+                    .open(location, store::Access::ReadOnly)?
+                    .evals()?,
+            );
+        }
+        listing.sort_by_key(|e| e.created_at);
+    }
+    // A name given twice (the eval was re-run under a changed workflow) means
+    // its newest eval; ids and id prefixes are left to the loader.
+    let newest = |name: &str| -> String {
+        listing
+            .iter()
+            .rev()
+            .find(|e| e.name == name)
+            .map_or_else(|| name.to_string(), |e| e.id.clone())
+    };
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |id: String| {
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    };
+    if let Some(b) = &args.baseline {
+        push(newest(b));
+    }
+    for e in &args.evals {
+        push(e.clone());
+    }
+    if let Some(prefix) = &args.prefix {
+        let mut names: Vec<&str> = Vec::new();
+        for e in &listing {
+            if e.name.starts_with(prefix.as_str()) && !names.contains(&e.name.as_str()) {
+                names.push(&e.name);
+            }
+        }
+        if names.is_empty() {
+            anyhow::bail!("no eval's name starts with `{prefix}`");
+        }
+        for n in names {
+            push(newest(n));
+        }
+    }
+    Ok(out)
 }
 
 pub fn report_command(args: ReportArgs) -> u8 {
-    let named = if args.evals.is_empty() {
+    let named = if args.evals.is_empty() && args.prefix.is_none() && args.baseline.is_none() {
         match latest_eval(&args.store, &args.timeouts) {
             Ok(id) => {
                 eprintln!("report: the newest eval, {id}");
@@ -1185,7 +1253,13 @@ pub fn report_command(args: ReportArgs) -> u8 {
             }
         }
     } else {
-        args.evals.clone()
+        match report_selection(&args) {
+            Ok(named) => named,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return EXIT_INVALID;
+            }
+        }
     };
     let mut evals = Vec::new();
     for r in &named {
@@ -1203,12 +1277,25 @@ pub fn report_command(args: ReportArgs) -> u8 {
             }
         }
     }
-    let html = crate::eval::report::render(&evals);
-    if let Err(e) = std::fs::write(&args.output, html) {
-        eprintln!("error: cannot write {}: {e}", args.output.display());
-        return EXIT_INVALID;
+    let mut files = vec![(&args.output, crate::eval::report::render(&evals))];
+    let rows = crate::eval::table::rows(&evals);
+    if let Some(path) = &args.table {
+        files.push((path, crate::eval::table::markdown(&rows)));
     }
-    eprintln!("wrote {}", args.output.display());
+    if let Some(path) = &args.frontier {
+        let title = format!(
+            "{}: accuracy vs tokens per item",
+            rows.first().map_or("", |r| r.models.as_str())
+        );
+        files.push((path, crate::eval::table::frontier_svg(&title, &rows)));
+    }
+    for (path, text) in files {
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return EXIT_INVALID;
+        }
+        eprintln!("wrote {}", path.display());
+    }
     EXIT_OK
 }
 

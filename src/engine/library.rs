@@ -528,6 +528,9 @@ async fn run_tests(
     let runs = tests.iter().map(|test| {
         let (source, stdin) = match test {
             TestCase::Stdio { input, .. } => (program.to_string(), input.clone()),
+            TestCase::Assert { code } if e.file.ends_with(".py") => {
+                (python_assert(program, code), String::new())
+            }
             TestCase::Assert { code } => (format!("{program}\n\n{code}\n"), String::new()),
         };
         let files = vec![(e.file.clone(), source)];
@@ -633,6 +636,35 @@ fn judge(test: &TestCase, run: &RunResult, limits: Limits) -> (&'static str, Str
             }
         },
     }
+}
+
+/// `program` followed by the test `assert`, in Python. A test of the form
+/// `assert LEFT == RIGHT` (one comparison, no message) is evaluated so that a
+/// failure says what the left side was (`got 3, expected 4`): that is the
+/// execution feedback a self-debugging prompt quotes. Every other test runs
+/// as written, at the top level of the program, as if appended to it. The
+/// test reaches Python as a string literal, so no test text can break out
+/// of the harness.
+fn python_assert(program: &str, test: &str) -> String {
+    let literal = serde_json::to_string(test).unwrap_or_default();
+    format!(
+        "{program}\n\n\
+def __redraft_test(source):
+    import ast
+    body = ast.parse(source).body
+    if (len(body) == 1 and isinstance(body[0], ast.Assert) and body[0].msg is None
+            and isinstance(body[0].test, ast.Compare) and len(body[0].test.ops) == 1
+            and isinstance(body[0].test.ops[0], ast.Eq)):
+        part = lambda node: eval(compile(ast.Expression(node), '<test>', 'eval'), globals())
+        got = part(body[0].test.left)
+        want = part(body[0].test.comparators[0])
+        if not got == want:
+            raise AssertionError('got ' + repr(got)[:300] + ', expected ' + repr(want)[:300])
+    else:
+        exec(compile(source, '<test>', 'exec'), globals())
+__redraft_test({literal})
+"
+    )
 }
 
 /// Equal up to trailing whitespace on each line and trailing blank lines.

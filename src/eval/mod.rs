@@ -31,6 +31,7 @@ pub mod report;
 pub mod score;
 pub mod stats;
 pub mod store;
+pub mod table;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

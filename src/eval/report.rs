@@ -66,6 +66,19 @@ pub fn render(evals: &[ReportEval]) -> String {
         escape(&names.join(" vs "))
     );
     summary_table(&mut h, evals, &names);
+    if evals.len() > 1 {
+        let rows = super::table::rows(evals);
+        let _ = write!(
+            h,
+            "<h2>Methods against {}</h2><p>Accuracy with its 95% Wilson interval; Δ, flips (right → wrong / wrong → right) and the exact McNemar p against the first eval on the same items; tokens per item count calls served from the response cache at their cost.</p>",
+            escape(&names[0])
+        );
+        h.push_str(&super::table::html(&rows));
+        h.push_str(&super::table::frontier_svg(
+            "Accuracy vs tokens per item",
+            &rows,
+        ));
+    }
 
     h.push_str("<h2>Plots</h2><div class=plots>");
     let per_round: Vec<(String, Vec<(f64, f64)>)> = evals

@@ -782,7 +782,7 @@ pub fn compare(a: &[UnitRecord], b: &[UnitRecord], pairing: Pairing) -> Comparis
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -804,7 +804,13 @@ mod tests {
     use crate::eval::score::Score;
     use crate::eval::{Candidate, ItemResult, ItemStatus};
 
-    fn unit(id: &str, epoch: u32, first: Option<bool>, last: bool, tokens: &[u64]) -> UnitRecord {
+    pub(crate) fn unit(
+        id: &str,
+        epoch: u32,
+        first: Option<bool>,
+        last: bool,
+        tokens: &[u64],
+    ) -> UnitRecord {
         let mut candidates: Vec<Candidate> = Vec::new();
         if let Some(f) = first {
             candidates.push(Candidate {

@@ -741,6 +741,81 @@ fn compare_reports_flips_and_gates_on_the_negative_flip_rate() {
     assert_eq!(runs[0]["models"], "solver=scripted:arith.replies.yaml");
 }
 
+/// `report --baseline --prefix` sets the evals of one data set against
+/// single shot: the table (Markdown and in the report) and the frontier.
+#[test]
+fn report_sets_methods_against_a_baseline_in_a_table_and_a_frontier() {
+    let dir = temp_dir("methods-table");
+    let store = dir.join("r.db").display().to_string();
+    let base = json(&arith_eval(
+        &store,
+        &["--name", "m/arith/single-shot", "--scorer", "exact"],
+    ));
+    let method = json(&arith_eval(
+        &store,
+        &["--name", "m/arith/loop", "--scorer", "exact"],
+    ));
+    // Another eval under the same name (here another scorer; usually a
+    // changed workflow): the newest counts.
+    let newer = json(&arith_eval(&store, &["--name", "m/arith/loop"]));
+    assert_ne!(method["eval"], newer["eval"]);
+    let (md, svg, html) = (dir.join("t.md"), dir.join("f.svg"), dir.join("r.html"));
+    let o = redraft(&[
+        "report",
+        "--store",
+        &store,
+        "--baseline",
+        "m/arith/single-shot",
+        "--prefix",
+        "m/arith/",
+        "-o",
+        html.to_str().unwrap(),
+        "--table",
+        md.to_str().unwrap(),
+        "--frontier",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let table = std::fs::read_to_string(&md).unwrap();
+    let lines: Vec<&str> = table.lines().filter(|l| l.starts_with("| m/")).collect();
+    // The baseline once, first; the re-run name once, its newest eval.
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(
+        lines[0].starts_with("| m/arith/single-shot | 0.0% [0.0, 43.4] | baseline |"),
+        "{table}"
+    );
+    assert!(lines[1].starts_with("| m/arith/loop | "), "{table}");
+    assert!(
+        lines[1].starts_with("| m/arith/loop | 60.0% [23.1, 88.2] | +60.0 | 0.250 | −0 / +3 |"),
+        "{table}"
+    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    // Both methods are points; the baseline's, at 0% right, is drawn too.
+    assert_eq!(svg.matches("<circle").count(), 2, "{svg}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("<h2>Methods against m/arith/single-shot"),
+        "{page}"
+    );
+    // A prefix no eval has is an error that says so.
+    let o = redraft(&[
+        "report",
+        "--store",
+        &store,
+        "--prefix",
+        "nope/",
+        "-o",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no eval's name starts with `nope/`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn the_shipped_data_sets_load_from_their_packages() {
     use redraft::eval::data::{Builtin, load};

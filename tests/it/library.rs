@@ -107,6 +107,75 @@ async fn execute_reports_every_outcome() {
 }
 
 #[tokio::test]
+async fn assert_tests_say_what_an_equality_got() {
+    if !have_sandbox() {
+        return;
+    }
+    let wf = workflow(
+        r#"
+version: 1
+models: { m: "scripted:x" }
+inputs:
+  tests: { type: array }
+nodes:
+  - id: run
+    kind: execute
+    mode: assert
+    code: "LIMIT = 3\ndef f(x):\n    return x + 1\n"
+    tests: "tests"
+output: { from: run, field: "." }
+"#,
+    );
+    let tests = serde_json::json!([
+        "assert f(1) == 2",
+        "assert f(2) == 4",
+        // Not one equality: run as written (a message, a chain, another operator).
+        "assert f(1) < LIMIT, 'too big'",
+        "assert f(5) < LIMIT, 'too big'",
+        "assert 1 < f(1) == 2",
+        // A string that would end a naive harness's literal, then an equality.
+        "assert f(0) == len('\"\"\"\\n)\\'')",
+        "assert g(1) == 2",
+        "x = f(1)\nassert x == 2",
+    ]);
+    let mut opts = RunOptions::default();
+    opts.inputs.insert("tests".into(), tests);
+    let (s, _) = run(wf, "replies: []", opts).await;
+    let out = s.output.unwrap();
+    let statuses: Vec<&str> = out["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "passed", "failed", "passed", "failed", "passed", "failed", "error", "passed"
+        ],
+        "{out}"
+    );
+    let feedback = out["feedback"].as_str().unwrap();
+    assert!(
+        feedback.contains("Test 2: `assert f(2) == 4` failed: AssertionError: got 3, expected 4"),
+        "{feedback}"
+    );
+    assert!(
+        feedback
+            .contains("Test 4: `assert f(5) < LIMIT, 'too big'` failed: AssertionError: too big"),
+        "{feedback}"
+    );
+    assert!(
+        feedback.contains("AssertionError: got 1, expected 6"),
+        "{feedback}"
+    );
+    assert!(
+        feedback.contains("NameError: name 'g' is not defined"),
+        "{feedback}"
+    );
+}
+
+#[tokio::test]
 async fn execute_tests_can_come_from_inputs() {
     if !have_sandbox() {
         return;

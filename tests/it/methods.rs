@@ -122,6 +122,60 @@ async fn codechain_carries_over_earlier_passing_modules_and_skips_never_passing_
 }
 
 #[tokio::test]
+async fn self_debug_fixes_the_code_from_the_failing_example_and_stops_when_it_passes() {
+    if !have_sandbox() {
+        return;
+    }
+    let opts = RunOptions {
+        log_content: true,
+        ..RunOptions::default()
+    };
+    let (s, events) = shipped("self-debug", opts).await;
+    assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
+    assert_eq!(s.verified, Some(true));
+    let public = outputs(&events, "public");
+    assert_eq!(public.len(), 2, "the draft's run and the fix's");
+    // The feedback names the failing example and what the call returned.
+    assert_eq!(public[0]["passed_count"], 1);
+    let feedback = public[0]["feedback"].as_str().unwrap();
+    assert!(
+        feedback.contains(
+            "`assert count_vowels(\"sky\") == 0` failed: AssertionError: got 1, expected 0"
+        ),
+        "{feedback}"
+    );
+    assert_eq!(public[1]["passed"], true);
+    // The revise prompt quoted the code and that feedback.
+    let prompts: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ModelCall(c) if c.node == "revise" => c.prompt.as_ref().map(|p| p.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(prompts.len(), 1);
+    assert!(
+        prompts[0].contains("got 1, expected 0") && prompts[0].contains("aeiouy"),
+        "{}",
+        prompts[0]
+    );
+    assert!(s.output.unwrap().as_str().unwrap().contains("\"aeiou\")"));
+}
+
+#[tokio::test]
+async fn self_debug_without_public_examples_is_single_shot() {
+    if !have_sandbox() {
+        return;
+    }
+    let mut opts = RunOptions::default();
+    opts.inputs.insert("examples".into(), serde_json::json!([]));
+    let (s, events) = shipped("self-debug", opts).await;
+    assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
+    assert_eq!(s.usage.calls, 1);
+    assert!(outputs(&events, "revise").is_empty());
+}
+
+#[tokio::test]
 async fn revise_refines_only_doubted_chains_and_votes_by_confidence() {
     let (s, events) = shipped("revise", RunOptions::default()).await;
     assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
@@ -400,7 +454,8 @@ fn every_shipped_workflow_is_a_method_that_new_can_write() {
             let p = e.unwrap().path();
             (p.extension()? == "yaml").then(|| p.file_stem()?.to_str().map(str::to_string))?
         })
-        .filter(|n| n != "single-shot" && n != "tool-use")
+        // Baselines (single-shot*) and DRAFT's tool runner are not methods.
+        .filter(|n| !n.starts_with("single-shot") && n != "tool-use")
         .collect();
     shipped.sort();
     let mut known: Vec<String> = redraft::methods::METHODS

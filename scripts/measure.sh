@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The methods table (README, docs/results.md): every shipped method on whole
+# data sets with one model, stored as evals that `redraft report` renders
+# (accuracy with 95% intervals, McNemar p against single shot, flips, tokens
+# and time per item, the score-versus-tokens frontier per data set).
+#
+# Resumable and incremental: every cell is an eval in the store; run the
+# script again after an interruption (or in a later session) and finished
+# items are not run again; the response cache (on) makes a method whose
+# first call equals single shot's reuse that answer, so the two are paired
+# exactly, and a changed prompt re-runs only the calls it changes. Tokens per
+# item count served calls at what they had cost (`cached_tokens`).
+#
+#   REDRAFT_EVAL_MODEL  model spec [llama:qwen-coder-1.5b]
+#   REDRAFT_EVAL_STORE  results store [runs/measure.db]
+#   CELLS               which cells, a regex over DATA/METHOD [.]
+#   STREAM              only the cells of one data set [all]; run `STREAM=humaneval` and
+#                       `STREAM=gsm8k` side by side to use two cores
+#   LIMIT               items per data set, for a smoke run [all]
+#   CONCURRENCY         items in flight [4]
+#   REPORT              also write the report and the tables [1]
+#   REDRAFT_BIN         the redraft binary [target/debug/redraft, built with llama]
+# GPU: build with `--features cuda` and point REDRAFT_BIN at it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/fetch-data.sh
+model=${REDRAFT_EVAL_MODEL:-llama:qwen-coder-1.5b}
+case $model in llama:qwen-coder-1.5b) ./scripts/fetch-qwen.sh 1.5b >/dev/null ;; llama:qwen-coder-0.5b) ./scripts/fetch-qwen.sh 0.5b >/dev/null ;; esac
+tag=${model##*:}; tag=$(basename "$tag" .gguf)
+store=${REDRAFT_EVAL_STORE:-runs/measure.db}
+bin=${REDRAFT_BIN:-target/debug/redraft}
+[ -x "$bin" ] || cargo build --features llama,otel --quiet
+mkdir -p "$(dirname "$store")"
+limit=()
+[ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
+reason="Let's think step by step. Put your final answer at the end with 'The answer is: .'"
+code="Complete the Python function. Reply with the whole function in one Python code block."
+
+# DATA/METHOD | workflow | model role | eval arguments (one per line after the first three fields)
+cells() {
+  cat <<CELLS
+humaneval/single-shot|single-shot-code|coder|--data humaneval
+humaneval/self-debug|self-debug|coder|--data humaneval
+humaneval/guarded|guarded|solver|--data humaneval --input format=$code
+gsm8k/single-shot|single-shot-math|solver|--data gsm8k
+gsm8k/vote-4|vote|solver|--data gsm8k
+gsm8k/weighted-vote-4|revise|solver|--data gsm8k --input tau=0
+gsm8k/revise|revise|solver|--data gsm8k --input tau=0.5
+gsm8k/self-refine-judged|self-refine-judged|writer|--data gsm8k --input format=$reason
+gsm8k/guarded|guarded|solver|--data gsm8k
+CELLS
+}
+
+summarize='
+import json, sys
+v = json.load(sys.stdin)
+m = v["metrics"]
+f = lambda x: "-" if x is None else "%.3f" % x
+print("%-40s acc %s first %s NFR %s PFR %s tokens/item %.0f wall s/item p50 %.1f (%d done, %d failed)" % (
+    v["name"], f(m["accuracy"]), f(m["first_accuracy"]), f(m["flips"]["negative_rate"]),
+    f(m["flips"]["positive_rate"]), m["tokens"]["mean"], m["wall_ms"]["p50"] / 1000, m["done"], m["failed"]))
+'
+while IFS='|' read -r name workflow role args; do
+  [[ $name =~ ${CELLS:-.} ]] || continue
+  [ "${STREAM:-all}" = all ] || [ "${name%%/*}" = "$STREAM" ] || continue
+  # The arguments are space-separated words, except an --input's value, which runs to the end.
+  read -r -a words <<< "${args%%--input*}"
+  if [[ $args == *--input* ]]; then words+=(--input "${args#*--input }"); fi
+  echo "== $name ($workflow, $model)" >&2
+  out=$("$bin" eval "workflows/$workflow.yaml" "${words[@]}" "${limit[@]}" --model "$role=$model" \
+    --concurrency "${CONCURRENCY:-4}" --store "$store" --json --name "$tag/$name") || true
+  printf '%s\n' "$out" | python3 -c "$summarize" || echo "$name: no result" >&2
+done < <(cells)
+
+if [ "${REPORT:-1}" = 1 ]; then
+  mkdir -p docs/results
+  for data in humaneval gsm8k; do
+    "$bin" report --store "$store" --baseline "$tag/$data/single-shot" --prefix "$tag/$data/" \
+      -o "docs/results/$tag-$data.html" --table "docs/results/$tag-$data.md" \
+      --frontier "docs/results/$tag-$data.svg" || true
+  done
+fi
