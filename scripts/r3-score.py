@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """A `command:` scorer for revisions with a reference (scripts/r3-texts.py):
 reads {inputs: {document}, answer (the reference), output} on stdin and
-prints {"score", "passed", "feedback"}. score = the share of the word-level
-distance between the document and the reference that the revision removed
-(0 when it is no closer, negative values clipped); passed = the revision is
-the reference (whitespace aside)."""
+prints {"score", "passed", "feedback"}. score = (before − after) / max(before,
+after), before and after being the word-level distances of the document and
+of the revision to the reference: the share of the distance the revision
+removed when it came closer, and minus the share of its own distance it added
+when it moved away (an accept-everything arm's harm shows; nothing is
+clipped); passed = the revision is the reference (whitespace aside)."""
 import difflib
 import json
 import sys
@@ -21,7 +23,7 @@ reference = str(v.get("answer") or "")
 document = str((v.get("inputs") or {}).get("document") or "")
 output = str(v.get("output") or "")
 before, after = distance(document, reference), distance(output, reference)
-score = 0.0 if before == 0 else max(0.0, (before - after) / before)
+score = 0.0 if max(before, after) == 0 else (before - after) / max(before, after)
 print(json.dumps({
     "score": round(score, 4),
     "passed": " ".join(output.split()) == " ".join(reference.split()),

@@ -122,6 +122,7 @@ pub const METHODS: &[Method] = &[
             "workflows/rbd.yaml",
             "workflows/replies/rbd.yaml",
             "prompts/rbd/judge.j2",
+            "prompts/rbd/judge-swapped.j2",
             "prompts/rbd/detect.j2",
             "prompts/rbd/reevaluate.j2",
         ],

@@ -548,11 +548,13 @@ async fn command(
 /// A command scorer's stdout: `{score, passed?, feedback?}` or a number
 /// (then the rest of the lines are the feedback).
 pub fn parse_score_reply(text: &str) -> Result<Score, String> {
+    // Negative scores say the output made things worse than its input
+    // (R3's distance score): kept as they are, never clipped to 0.
     let check = |score: f64| {
-        if (0.0..=1.0).contains(&score) {
+        if (-1.0..=1.0).contains(&score) {
             Ok(score)
         } else {
-            Err(format!("printed score {score}, not in [0, 1]"))
+            Err(format!("printed score {score}, not in [-1, 1]"))
         }
     };
     if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(text) {
@@ -815,10 +817,14 @@ mod tests {
         );
         let s = parse_score_reply(r#"{"score": 1, "feedback": "ok"}"#).unwrap();
         assert!(s.passed);
+        // Harm is a negative score, kept as it is.
+        let s = parse_score_reply("-0.5").unwrap();
+        assert_eq!((s.score, s.passed), (-0.5, false));
+        assert!(parse_score_reply("-1.5").unwrap_err().contains("not in [-1, 1]"));
         assert!(
             parse_score_reply("7")
                 .unwrap_err()
-                .contains("not in [0, 1]")
+                .contains("not in [-1, 1]")
         );
         assert!(
             parse_score_reply("great")

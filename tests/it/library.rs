@@ -580,20 +580,25 @@ async fn rbd_rejudges_until_the_detector_finds_no_bias() {
         (first["biased"].as_str(), first["bias_type"].as_str()),
         (Some("yes"), Some("verbosity"))
     );
-    // The detector sees the judge's model name and its latest decision, and
-    // the re-evaluation sees the prior decision and the detector's reasoning:
+    // The detector sees the judge's model name, its latest decision and the
+    // decision in the other order (here the judge chose by position: (a)
+    // both times), and the re-evaluation sees the prior decision and the
+    // detector's reasoning:
     // replies keyed on those prompts fail loudly when they are missing.
     let keyed = r#"
 replies:
   - { node: judge, text: '{"choice": "a"}' }
+  - node: swapped
+    prompt: 'Output \(a\):\n72\n'
+    text: '{"choice": "a"}'
   - node: detect
-    prompt: 'judge was SmolLM2-135M-Instruct[\s\S]*The judge chose: Output \(a\)'
-    text: '{"reasoning": "longer but wrong", "bias_type": "verbosity", "biased": "yes"}'
+    prompt: 'judge was SmolLM2-135M-Instruct[\s\S]*The judge chose: Output \(a\)\n[\s\S]*chose this Output \(b\): a different output than above, so its choice followed the order'
+    text: '{"reasoning": "it follows the order", "bias_type": "position", "biased": "yes"}'
   - node: rejudge
-    prompt: 'Prior evaluation: Output \(a\)[\s\S]*longer but wrong'
+    prompt: 'Prior evaluation: Output \(a\)[\s\S]*it follows the order'
     text: '{"choice": "b"}'
   - node: detect
-    prompt: 'The judge chose: Output \(b\)'
+    prompt: 'The judge chose: Output \(b\)\n[\s\S]*chose this Output \(b\): the same output, whatever the order'
     text: '{"reasoning": "fine", "bias_type": "none", "biased": "no"}'
 "#;
     let wf = load(&root().join("workflows/rbd.yaml"));
@@ -607,7 +612,10 @@ replies:
     let (s, _) = run(wf, &replies, opts).await;
     assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
     assert_eq!(s.output.as_ref().unwrap(), "a");
-    assert_eq!((runs(&s, "detect"), runs(&s, "rejudge")), (0, 0));
+    assert_eq!(
+        (runs(&s, "swapped"), runs(&s, "detect"), runs(&s, "rejudge")),
+        (0, 0, 0)
+    );
 }
 
 /// ReVISE's verifier: confidence p(Yes)/(p(Yes)+p(No)) from the first
