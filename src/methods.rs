@@ -31,7 +31,7 @@ pub const METHODS: &[Method] = &[
             "workflows/replies/self-refine.yaml",
             "prompts/self-refine/draft.j2",
             "prompts/self-refine/critique.j2",
-            "prompts/self-refine/revise.j2",
+            "prompts/self-refine/rewrite.j2",
         ],
     },
     Method {

@@ -132,9 +132,16 @@ fn check_gguf(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The default model's path (installed by `scripts/fetch-model.sh`).
+/// The embedded default model's path (`llama:default`, installed by
+/// `scripts/fetch-qwen.sh 1.5b`).
 pub fn default_model_path() -> PathBuf {
     model_file(Path::new("default")).0
+}
+
+/// The test suite's model (`llama:smollm2`, installed by
+/// `scripts/fetch-model.sh`): small enough for real-model tests in CI.
+pub fn test_model_path() -> PathBuf {
+    model_file(Path::new("smollm2")).0
 }
 
 /// A model's file: a name of [`super::NAMED_MODELS`] is the file in the

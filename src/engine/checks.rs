@@ -53,7 +53,7 @@ impl Task {
                         if ok {
                             format!("mentions {needle:?}")
                         } else {
-                            format!("does not mention {needle:?}")
+                            format!("does not mention {needle:?}, which it must")
                         },
                     )
                 }
@@ -71,7 +71,9 @@ impl Task {
                         if got == want {
                             format!("{got} lines")
                         } else {
-                            format!("expected {want} lines, got {got}")
+                            format!(
+                                "has {got} non-empty lines; it must have exactly {want}, each on a line of its own"
+                            )
                         },
                     )
                 }

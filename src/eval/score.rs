@@ -820,7 +820,11 @@ mod tests {
         // Harm is a negative score, kept as it is.
         let s = parse_score_reply("-0.5").unwrap();
         assert_eq!((s.score, s.passed), (-0.5, false));
-        assert!(parse_score_reply("-1.5").unwrap_err().contains("not in [-1, 1]"));
+        assert!(
+            parse_score_reply("-1.5")
+                .unwrap_err()
+                .contains("not in [-1, 1]")
+        );
         assert!(
             parse_score_reply("7")
                 .unwrap_err()

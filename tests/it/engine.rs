@@ -18,9 +18,11 @@ replies:
   - node: critique
     text: '{"score": 3, "feedback": "needs three lines"}'
   - node: revise
-    prompt: "Earlier feedback"
+    round: 3
+    prompt: 'Write exactly 3 lines, each on a line of its own, and use the word "test"'
     text: "still one line, later round"
   - node: revise
+    prompt: 'Write exactly 3 lines, each on a line of its own, and use the word "test"'
     text: "still one line"
 "#;
 
@@ -88,7 +90,8 @@ async fn max_rounds_caps_the_loop_exactly() {
     assert_eq!(runs(&s, "revise"), 3);
     assert_eq!(runs(&s, "critique"), 3);
     assert_eq!(s.verified, Some(false));
-    // The later rounds saw the history of earlier critiques in their prompt.
+    // Every rewrite prompt said what the checks want (the replies are keyed
+    // on it: without it the script has no reply and the run fails).
     assert!(trace(&events).contains("done revise r3"));
     // ORR: configs draft, r1, r2, r2 → changes at rounds 2 and 3 of 4: 2/3.
     assert_eq!(l.changes, 2);

@@ -1,24 +1,24 @@
-//! The in-process llama.cpp backend on the embedded default model
-//! (SmolLM2-135M-Instruct, installed by `scripts/fetch-model.sh`).
+//! The in-process llama.cpp backend on the test model (SmolLM2-135M-Instruct,
+//! `llama:smollm2`, installed by `scripts/fetch-model.sh`).
 //! Assert properties, not exact text, so a llama.cpp update does not break
 //! these for no reason.
 
 use std::sync::{Arc, OnceLock};
 
 use redraft::LanguageModel;
-use redraft::backend::llama::{LlamaModel, default_model_path};
+use redraft::backend::llama::{LlamaModel, test_model_path};
 use redraft::backend::{
     CallContext, CompletionRequest, ErrorKind, FinishReason, Message, ResponseFormat,
     SamplingParams,
 };
 
-/// The default model's file (`REDRAFT_MODEL`, else where
+/// The test model's file (`REDRAFT_MODEL`, else where
 /// `scripts/fetch-model.sh` puts it); `None`, saying so, when it is not
 /// there, unless `REDRAFT_REQUIRE_PEERS=1` (CI), where that fails.
 fn model_path() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("REDRAFT_MODEL")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(default_model_path);
+        .unwrap_or_else(test_model_path);
     if path.is_file() {
         return Some(path);
     }
@@ -28,7 +28,7 @@ fn model_path() -> Option<std::path::PathBuf> {
         path.display()
     );
     eprintln!(
-        "skipped: the default model {} is missing (scripts/fetch-model.sh)",
+        "skipped: the test model {} is missing (scripts/fetch-model.sh)",
         path.display()
     );
     None

@@ -53,7 +53,7 @@ fn refine_reply(req: &serde_json::Value) -> String {
     let prompt = req["messages"].to_string();
     if req.get("response_format").is_some() {
         r#"{"score": 4, "feedback": "Write three lines and mention tests."}"#.into()
-    } else if prompt.contains("Write the improved answer") {
+    } else if prompt.contains("Your last answer had the wrong form") {
         "Old code untangles,\ngreen tests keep watch through the night,\nthe build breathes again."
             .into()
     } else {
