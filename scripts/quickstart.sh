@@ -21,4 +21,9 @@ cd "$(dirname "$0")/.."
 # always compiled optimised (see Cargo.toml).
 echo "quickstart: building redraft with llama.cpp (about 10 minutes on 2 cores the first time)" >&2
 cargo test --features llama,otel --no-run --quiet
-exec "${CARGO_TARGET_DIR:-target}/debug/redraft" run workflows/self-refine.yaml --model writer=llama:default "$@"
+# The flagship on an everyday task whose first draft usually fails a check
+# (the haiku comes out as one line), so the first run shows the loop:
+# check, critique, a rewrite that passes (docs/results.md, "The first run").
+exec "${CARGO_TARGET_DIR:-target}/debug/redraft" run workflows/self-refine.yaml --model writer=llama:default \
+  --input "task=Write a haiku about a morning cup of coffee. It must mention steam." \
+  --input lines=3 --input mention=steam "$@"

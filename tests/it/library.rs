@@ -566,6 +566,26 @@ async fn review_decisions_from_the_run_override_the_workflow() {
     assert!(s.error.unwrap().contains("--review accept-all"));
 }
 
+/// CodeChain clusters each distinct sub-module once: four passing samples
+/// that repeat one helper word for word give one module, not four.
+#[tokio::test]
+async fn codechain_embeds_each_distinct_sub_module_once() {
+    if !have_sandbox() {
+        return;
+    }
+    let sample = "```module\ndef is_vowel(ch):\n    \"\"\"Whether ch is a vowel.\"\"\"\n```\n\n```python\ndef is_vowel(ch):\n    return ch.lower() in 'aeiou'\n\ndef count_vowels(word: str) -> int:\n    return sum(map(is_vowel, word))\n```";
+    let replies = format!(
+        "replies:\n  - node: draft\n    samples: [{0}, {0}, {0}, {0}]\n  - node: revise\n    samples: [{0}, {0}, {0}, {0}]\n",
+        serde_json::to_string(sample).unwrap()
+    );
+    let wf = load(&root().join("workflows/codechain.yaml"));
+    let (s, events) = run(wf, &replies, RunOptions::default()).await;
+    assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
+    let modules = output_of(&events, "modules", 1);
+    assert_eq!(modules["count"], 1, "{modules}");
+    assert_eq!(modules["items"][0]["name"], "is_vowel");
+}
+
 #[tokio::test]
 async fn rbd_rejudges_until_the_detector_finds_no_bias() {
     let wf = load(&root().join("workflows/rbd.yaml"));
