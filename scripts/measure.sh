@@ -42,14 +42,22 @@ cells() {
 humaneval/single-shot|single-shot-code|coder|--data humaneval
 humaneval/self-debug|self-debug|coder|--data humaneval
 humaneval/guarded|guarded|solver|--data humaneval --input format=$code
+humaneval/codechain-n8|runs/measure/codechain-n8|coder|--data humaneval --limit ${CODECHAIN_ITEMS:-40}
 gsm8k/single-shot|single-shot-math|solver|--data gsm8k
 gsm8k/vote-4|vote|solver|--data gsm8k
 gsm8k/weighted-vote-4|revise|solver|--data gsm8k --input tau=0
 gsm8k/revise|revise|solver|--data gsm8k --input tau=0.5
+gsm8k/revise-reexamine|revise|solver|--data gsm8k --input reexamine=true
 gsm8k/self-refine-judged|self-refine-judged|writer|--data gsm8k --input format=$reason
 gsm8k/guarded|guarded|solver|--data gsm8k
 CELLS
 }
+
+# CodeChain with 8 samples per round (the shipped workflow has 4; the paper
+# 20): what this machine allows, on the first CODECHAIN_ITEMS problems.
+mkdir -p runs/measure
+sed -e 's/^    n: 4$/    n: 8/' -e 's#^prompt_dir: \.\./prompts/codechain#prompt_dir: ../../prompts/codechain#' \
+  workflows/codechain.yaml > runs/measure/codechain-n8.yaml
 
 summarize='
 import json, sys
@@ -67,7 +75,10 @@ while IFS='|' read -r name workflow role args; do
   read -r -a words <<< "${args%%--input*}"
   if [[ $args == *--input* ]]; then words+=(--input "${args#*--input }"); fi
   echo "== $name ($workflow, $model)" >&2
-  out=$("$bin" eval "workflows/$workflow.yaml" "${words[@]}" "${limit[@]}" --model "$role=$model" \
+  # A cell with its own --limit (CodeChain) keeps it; LIMIT applies to the rest.
+  if [[ " ${words[*]} " == *" --limit "* ]]; then cell_limit=(); else cell_limit=("${limit[@]}"); fi
+  [[ $workflow == */* ]] || workflow="workflows/$workflow"
+  out=$("$bin" eval "$workflow.yaml" "${words[@]}" "${cell_limit[@]}" --model "$role=$model" \
     --concurrency "${CONCURRENCY:-4}" --store "$store" --json --name "$tag/$name") || true
   printf '%s\n' "$out" | python3 -c "$summarize" || echo "$name: no result" >&2
 done < <(cells)

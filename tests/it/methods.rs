@@ -204,6 +204,37 @@ async fn revise_refines_only_doubted_chains_and_votes_by_confidence() {
     assert_eq!(s.verified, None);
 }
 
+/// ReVISE's own form: the doubted chain re-examines its solution itself;
+/// no critic is asked to find a fault.
+#[tokio::test]
+async fn revise_reexamine_refines_without_a_critic() {
+    let mut opts = RunOptions {
+        log_content: true,
+        ..RunOptions::default()
+    };
+    opts.inputs
+        .insert("reexamine".into(), serde_json::json!(true));
+    let (s, events) = shipped("revise", opts).await;
+    assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
+    for i in 1..=4 {
+        assert_eq!(runs(&s, &format!("critique{i}")), 0, "chain {i}");
+    }
+    assert_eq!(runs(&s, "revise2"), 1);
+    let prompt = events
+        .iter()
+        .find_map(|e| match e {
+            Event::ModelCall(c) if c.node == "revise2" => c.prompt.as_ref().map(|p| p.to_string()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        prompt.contains("Re-examine this solution step by step"),
+        "{prompt}"
+    );
+    assert!(!prompt.contains("reviewer"), "{prompt}");
+    assert_eq!(s.output, Some(serde_json::json!("72")));
+}
+
 #[tokio::test]
 async fn revise_with_tau_zero_never_refines() {
     let mut opts = RunOptions::default();
