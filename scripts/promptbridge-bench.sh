@@ -63,7 +63,7 @@ r = json.loads((out / "check.json").read_text())["check"]
 for arm in ("source", "direct", "migrated"):
     a = r[arm]
     print(f"{arm}: {a['accuracy']:.3f} ({a['passed']}/{a['scored']}) on {a['model']}, {a['tokens']} tokens")
-print(f"transfer gap {r['transfer_gap']:+.3f}, gain {r['gain']:+.3f}")
+print(f"model gap {r['model_gap']:+.3f}, gain {r['gain']:+.3f}")
 for k in ("direct_vs_source", "migrated_vs_source", "migrated_vs_direct"):
     f = r[k]
     print(f"{k}: {len(f['negative'])} negative, {len(f['positive'])} positive, p={f['p_value']:.3f}")

@@ -44,6 +44,17 @@ pub struct Pair {
     /// Mean scores on the task's calibration items.
     pub source_score: f64,
     pub target_score: f64,
+    /// A(Mt, T, p*Ms): the target model's mean score with the source's
+    /// best prompt, when the target's calibration scored that very prompt
+    /// (the seed both started from, or a proposal both reached); else
+    /// unmeasured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_prompt_on_target: Option<f64>,
+    /// PromptBridge's transfer gap Δ = A(Mt, T, p*Ms) − A(Mt, T, p*Mt):
+    /// what the target loses by running the source's best prompt instead
+    /// of its own (≤ 0; 0 when the two best prompts are the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_gap: Option<f64>,
 }
 
 impl Mapping {
@@ -87,12 +98,23 @@ pub fn pairs(calibrations: &[Calibration], from: &str, to: &str) -> Vec<Pair> {
     keys.into_iter()
         .filter_map(|key| {
             let (s, t) = (best(from, key)?, best(to, key)?);
+            let source = s.best().prompt.clone();
+            // Every calibration of the task on the target model, searched for
+            // the source's prompt (the seed, or a proposal both reached).
+            let source_prompt_on_target = calibrations
+                .iter()
+                .filter(|c| c.model == to && c.task_key == key)
+                .flat_map(|c| c.candidates.iter())
+                .find(|c| c.prompt.trim() == source.trim())
+                .map(|c| c.mean);
             Some(Pair {
                 task: s.task.clone(),
-                source: s.best().prompt.clone(),
+                source,
                 target: t.best().prompt.clone(),
                 source_score: s.best().mean,
                 target_score: t.best().mean,
+                source_prompt_on_target,
+                transfer_gap: source_prompt_on_target.map(|a| a - t.best().mean),
             })
         })
         .collect()
@@ -398,9 +420,13 @@ pub struct CheckReport {
     pub source: ArmReport,
     pub direct: ArmReport,
     pub migrated: ArmReport,
-    /// Direct transfer's accuracy minus the source's (what moving the
-    /// prompt to the target model costs).
-    pub transfer_gap: Option<f64>,
+    /// Direct transfer's accuracy minus the source's: A(Mt, p) − A(Ms, p),
+    /// the same prompts on the target minus on the source, i.e. how much
+    /// weaker (or stronger) the target model is with them. Not the
+    /// paper's transfer gap, which compares the target's score with the
+    /// source's best prompt to its score with its own best
+    /// ([`Pair::transfer_gap`], per calibrated task).
+    pub model_gap: Option<f64>,
     /// Migrated minus direct transfer.
     pub gain: Option<f64>,
     pub direct_vs_source: FlipReport,
@@ -807,7 +833,7 @@ impl Bridge {
         let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
         Ok(CheckReport {
             items: su.len(),
-            transfer_gap: diff(source.accuracy, direct.accuracy),
+            model_gap: diff(source.accuracy, direct.accuracy),
             gain: diff(direct.accuracy, migrated_arm.accuracy),
             direct_vs_source: flip_report(&su, &du),
             migrated_vs_source: flip_report(&su, &mu),
@@ -922,6 +948,70 @@ mod tests {
         assert_eq!(replace_at(yaml, span, "other.j2", "x"), None);
     }
 
+    fn calibration(model: &str, key: &str, prompts: &[(&str, f64)]) -> Calibration {
+        Calibration {
+            id: format!("{model}-{key}"),
+            task: "sums".into(),
+            task_key: key.into(),
+            model: model.into(),
+            reflect: "r".into(),
+            workflow: "w.yaml".into(),
+            prompt_file: "p.j2".into(),
+            generation: 1,
+            candidates: prompts
+                .iter()
+                .enumerate()
+                .map(|(i, (p, mean))| super::super::calibrate::Candidate {
+                    id: i,
+                    prompt: (*p).into(),
+                    parent: None,
+                    generation: 0,
+                    scores: Default::default(),
+                    mean: *mean,
+                    passed: 0,
+                })
+                .collect(),
+            islands: vec![(0..prompts.len()).collect()],
+            proposals: vec![],
+            metric_calls: 0,
+            tokens: 0,
+            calls: 0,
+            stopped: None,
+        }
+    }
+
+    /// Δ = A(Mt, p*Ms) − A(Mt, p*Mt), read where the target's calibration
+    /// scored the source's best prompt; never the source's own score.
+    #[test]
+    fn the_transfer_gap_is_the_targets_loss_with_the_sources_best_prompt() {
+        let cals = [
+            // The source keeps its seed (nothing beat it).
+            calibration("src", "k", &[("Q: {{ q }}", 0.9), ("Think. {{ q }}", 0.5)]),
+            // The target scored that seed at 0.4 and found a better prompt.
+            calibration(
+                "tgt",
+                "k",
+                &[("Q: {{ q }}\n", 0.4), ("A number only. {{ q }}", 0.7)],
+            ),
+            // Another task: the source's best was never tried on the target.
+            calibration(
+                "src",
+                "k2",
+                &[("Seed {{ q }}", 0.2), ("Better {{ q }}", 0.6)],
+            ),
+            calibration("tgt", "k2", &[("Seed {{ q }}", 0.3)]),
+        ];
+        let pairs = pairs(&cals, "src", "tgt");
+        assert_eq!(pairs.len(), 2);
+        assert_eq!(pairs[0].source_prompt_on_target, Some(0.4));
+        assert!((pairs[0].transfer_gap.unwrap() - (0.4 - 0.7)).abs() < 1e-12);
+        assert_eq!(pairs[1].source, "Better {{ q }}");
+        assert_eq!(
+            (pairs[1].source_prompt_on_target, pairs[1].transfer_gap),
+            (None, None)
+        );
+    }
+
     #[test]
     fn a_mapping_round_trips_through_yaml() {
         let m = Mapping {
@@ -935,6 +1025,8 @@ mod tests {
                 target: "Q: {{ inputs.task }}\nA:".into(),
                 source_score: 0.25,
                 target_score: 0.5,
+                source_prompt_on_target: Some(0.25),
+                transfer_gap: Some(-0.25),
             }],
         };
         let yaml = m.to_yaml();

@@ -594,6 +594,22 @@ async fn mapping(
     .await
     .map_err(|e| BridgeError::Invalid(format!("the store thread failed: {e}")))??;
     let pairs = migrate::pairs(&cals, from, to);
+    for p in &pairs {
+        let pts = |x: f64| format!("{:+.1} pts", x * 100.0);
+        say(match (p.source_prompt_on_target, p.transfer_gap) {
+            (Some(on_target), Some(gap)) => format!(
+                "task {}: the source's best prompt scores {:.3} on the target, the target's own best {:.3}: transfer gap {}",
+                p.task,
+                on_target,
+                p.target_score,
+                pts(gap)
+            ),
+            _ => format!(
+                "task {}: transfer gap not measured (the target's calibration never scored the source's best prompt)",
+                p.task
+            ),
+        });
+    }
     let writer = args.writer.as_deref().unwrap_or(from);
     say(format!(
         "learning the mapping from {} calibrated pair(s) in {}",
@@ -666,14 +682,14 @@ fn check_text(r: &bridge::CheckReport) -> String {
         )
     };
     format!(
-        "check on {} held-out item(s), from {} to {}:\n{}{}{}transfer gap (direct − source) {} · gain over direct transfer {}\n{}{}{}",
+        "check on {} held-out item(s), from {} to {}:\n{}{}{}model gap (direct − source: the same prompts on the target minus on the source) {} · gain over direct transfer {}\n{}{}{}",
         r.items,
         r.source.model,
         r.direct.model,
         arm("source prompts on from", &r.source),
         arm("source prompts on to", &r.direct),
         arm("migrated prompts on to", &r.migrated),
-        pts(r.transfer_gap),
+        pts(r.model_gap),
         pts(r.gain),
         flips("direct vs source", &r.direct_vs_source),
         flips("migrated vs source", &r.migrated_vs_source),

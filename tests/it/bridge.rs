@@ -201,6 +201,12 @@ async fn mapping(store: &str) -> migrate::Mapping {
         pairs[0].target,
         "Give the number only. {{ inputs.question }}"
     );
+    // The target's calibration never scored the source's best prompt: the
+    // paper's transfer gap is unmeasured here, not made up.
+    assert_eq!(
+        (pairs[0].source_prompt_on_target, pairs[0].transfer_gap),
+        (None, None)
+    );
     migrate::learn(
         pairs,
         &spec("a.yaml"),
@@ -237,7 +243,7 @@ async fn migration_rewrites_checks_and_replays_what_it_recorded() {
     assert_eq!(report.source.accuracy, Some(5.0 / 6.0));
     assert_eq!(report.direct.accuracy, Some(0.0));
     assert_eq!(report.migrated.accuracy, Some(4.0 / 6.0));
-    assert_eq!(report.transfer_gap, Some(-5.0 / 6.0));
+    assert_eq!(report.model_gap, Some(-5.0 / 6.0));
     assert_eq!(report.gain, Some(4.0 / 6.0));
     assert_eq!(report.direct_vs_source.negative.len(), 5);
     assert_eq!(report.migrated_vs_source.negative, vec!["q2"]);
@@ -407,6 +413,8 @@ async fn pairs_with_the_same_prompt_for_both_models_teach_no_edit_and_prompts_ar
         target: "Q: {{ inputs.question }}".into(),
         source_score: 0.5,
         target_score: 0.25,
+        source_prompt_on_target: None,
+        transfer_gap: None,
     };
     // The writer does not exist: it must not be asked.
     let m = migrate::learn(
