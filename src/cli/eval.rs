@@ -1278,7 +1278,11 @@ pub fn report_command(args: ReportArgs) -> u8 {
         }
     }
     let mut files = vec![(&args.output, crate::eval::report::render(&evals))];
-    let rows = crate::eval::table::rows(&evals);
+    let inputs: Vec<_> = evals
+        .iter()
+        .map(|e| (&e.record, e.units.as_slice()))
+        .collect();
+    let rows = crate::eval::table::rows(&inputs);
     if let Some(path) = &args.table {
         files.push((path, crate::eval::table::markdown(&rows)));
     }

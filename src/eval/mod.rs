@@ -27,6 +27,7 @@ pub mod calibrate;
 pub mod config;
 pub mod data;
 pub mod digest;
+pub mod html;
 pub mod report;
 pub mod score;
 pub mod stats;

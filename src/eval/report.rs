@@ -23,20 +23,7 @@ const COLORS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
 ];
 
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use super::html::escape;
 
 fn pct(x: Option<f64>) -> String {
     x.map_or("–".into(), |x| format!("{:.1}%", x * 100.0))
@@ -67,7 +54,11 @@ pub fn render(evals: &[ReportEval]) -> String {
     );
     summary_table(&mut h, evals, &names);
     if evals.len() > 1 {
-        let rows = super::table::rows(evals);
+        let inputs: Vec<_> = evals
+            .iter()
+            .map(|e| (&e.record, e.units.as_slice()))
+            .collect();
+        let rows = super::table::rows(&inputs);
         let _ = write!(
             h,
             "<h2>Methods against {}</h2><p>Accuracy with its 95% Wilson interval; Δ, flips (right → wrong / wrong → right) and the exact McNemar p against the first eval on the same items; tokens per item count calls served from the response cache at their cost.</p>",

@@ -18,8 +18,12 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::ItemStatus;
-use super::report::{ReportEval, escape};
+use super::html::escape;
 use super::stats::{Pairing, compare};
+use super::store::{EvalRecord, UnitRecord};
+
+/// One eval as the table reads it: its record and its stored units.
+pub type Evaluated<'a> = (&'a EvalRecord, &'a [UnitRecord]);
 
 /// One method's line of the table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -78,11 +82,10 @@ pub fn wilson(right: usize, n: usize) -> Option<(f64, f64)> {
 
 /// One row per eval; the first eval is the baseline the others are set
 /// against.
-pub fn rows(evals: &[ReportEval]) -> Vec<MethodRow> {
+pub fn rows(evals: &[Evaluated]) -> Vec<MethodRow> {
     let mut out: Vec<MethodRow> = Vec::with_capacity(evals.len());
-    for (i, e) in evals.iter().enumerate() {
-        let done: Vec<_> = e
-            .units
+    for (i, &(record, units)) in evals.iter().enumerate() {
+        let done: Vec<_> = units
             .iter()
             .filter_map(|u| u.result.as_ref())
             .filter(|r| r.status == ItemStatus::Done && r.score.is_some())
@@ -106,12 +109,12 @@ pub fn rows(evals: &[ReportEval]) -> Vec<MethodRow> {
             // Evals of one data set (the same source) pair by item id, as
             // their inputs differ by design (a method's own inputs, `tau=0`);
             // others only where the items are the same.
-            let source = |e: &ReportEval| e.record.meta.pointer("/data/source").cloned();
-            let pairing = match source(e) {
-                Some(s) if Some(&s) == source(&evals[0]).as_ref() => Pairing::Id,
+            let source = |r: &EvalRecord| r.meta.pointer("/data/source").cloned();
+            let pairing = match source(record) {
+                Some(s) if Some(&s) == source(evals[0].0).as_ref() => Pairing::Id,
                 _ => Pairing::Content,
             };
-            let c = compare(&evals[0].units, &e.units, pairing);
+            let c = compare(evals[0].1, units, pairing);
             Against {
                 paired: c.paired,
                 negative: c.negative,
@@ -125,13 +128,18 @@ pub fn rows(evals: &[ReportEval]) -> Vec<MethodRow> {
             .map(|b| b.tokens_per_item)
             .filter(|t| *t > 0.0 && i > 0)
             .map(|t| tokens_per_item / t);
+        let failed = units
+            .iter()
+            .filter_map(|u| u.result.as_ref())
+            .filter(|r| r.status == ItemStatus::Failed)
+            .count();
         out.push(MethodRow {
-            name: e.record.name.clone(),
-            workflow: e.record.workflow.clone(),
-            models: super::store::models_of(&e.record.meta),
+            name: record.name.clone(),
+            workflow: record.workflow.clone(),
+            models: super::store::models_of(&record.meta),
             done: n,
             right,
-            failed: e.metrics.failed,
+            failed,
             accuracy: (n > 0).then(|| right as f64 / n as f64),
             interval: wilson(right, n),
             against,
@@ -405,10 +413,15 @@ fn shared_prefix(names: &[&str]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::stats::{compute, tests::unit};
-    use crate::eval::store::{EvalRecord, UnitRecord};
+    use crate::eval::stats::tests::unit;
 
-    fn eval(name: &str, source: &str, right: &[bool], tokens: u64, cached: u64) -> ReportEval {
+    fn eval(
+        name: &str,
+        source: &str,
+        right: &[bool],
+        tokens: u64,
+        cached: u64,
+    ) -> (EvalRecord, Vec<UnitRecord>) {
         let units: Vec<UnitRecord> = right
             .iter()
             .enumerate()
@@ -422,17 +435,19 @@ mod tests {
                 u
             })
             .collect();
-        ReportEval {
-            record: EvalRecord {
-                id: format!("{name:0>16}"),
-                name: name.into(),
-                workflow: "w".into(),
-                created_at: 0,
-                meta: serde_json::json!({"data": {"source": source}, "models": {"m": "llama:<q>"}}),
-            },
-            metrics: compute(&units),
-            units,
-        }
+        let record = EvalRecord {
+            id: format!("{name:0>16}"),
+            name: name.into(),
+            workflow: "w".into(),
+            created_at: 0,
+            meta: serde_json::json!({"data": {"source": source}, "models": {"m": "llama:<q>"}}),
+        };
+        (record, units)
+    }
+
+    fn rows_of(evals: &[(EvalRecord, Vec<UnitRecord>)]) -> Vec<MethodRow> {
+        let inputs: Vec<Evaluated> = evals.iter().map(|(r, u)| (r, u.as_slice())).collect();
+        rows(&inputs)
     }
 
     #[test]
@@ -465,7 +480,7 @@ mod tests {
             // same ids and empty inputs, so they pair).
             eval("m/d/other", "other.jsonl", &base, 100, 0),
         ];
-        let rows = rows(&evals);
+        let rows = rows_of(&evals);
         assert_eq!(rows[0].against, None);
         assert_eq!((rows[0].done, rows[0].right), (10, 6));
         assert_eq!(rows[0].models, "m=llama:<q>");
@@ -502,7 +517,7 @@ mod tests {
             eval("base", "gsm8k", &[true], 10, 0),
             eval("empty", "gsm8k", &[], 0, 0),
         ];
-        let rows = rows(&evals);
+        let rows = rows_of(&evals);
         assert_eq!(rows[1].accuracy, None);
         assert_eq!(rows[1].interval, None);
         assert_eq!(rows[1].against.unwrap().paired, 0);
@@ -519,7 +534,7 @@ mod tests {
             eval("x/<script>/dear-worse", "d", &[false, false], 1000, 0),
             eval("x/<script>/dear-better", "d", &[true, true], 2000, 0),
         ];
-        let svg = frontier_svg("a \"title\" <b>", &rows(&evals));
+        let svg = frontier_svg("a \"title\" <b>", &rows_of(&evals));
         assert!(!svg.contains("<script>") && !svg.contains("<b>"), "{svg}");
         assert!(svg.contains("a &quot;title&quot; &lt;b&gt;"), "{svg}");
         assert_eq!(svg.matches("<circle").count(), 3);
