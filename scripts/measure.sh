@@ -14,8 +14,9 @@
 #   REDRAFT_EVAL_MODEL  model spec [llama:qwen-coder-1.5b]
 #   REDRAFT_EVAL_STORE  results store [runs/measure.db]
 #   CELLS               which cells, a regex over DATA/METHOD [.]
-#   STREAM              only the cells of one data set [all]; run `STREAM=humaneval` and
-#                       `STREAM=gsm8k` side by side to use two cores
+#   STREAM              only the cells of one data set (humaneval, gsm8k) or one bench
+#                       (rbd: the four bias sets, RBD_ITEMS each [50]; r3: R3_ITEMS texts
+#                       [20]) [all]; run two streams side by side to use two cores
 #   LIMIT               items per data set, for a smoke run [all]
 #   CONCURRENCY         items in flight [4]
 #   REPORT              also write the report and the tables [1]
@@ -44,12 +45,12 @@ humaneval/self-debug|self-debug|coder|--data humaneval
 humaneval/guarded|guarded|solver|--data humaneval --input format=$code
 humaneval/codechain-n8|runs/measure/codechain-n8|coder|--data humaneval --limit ${CODECHAIN_ITEMS:-40}
 gsm8k/single-shot|single-shot-math|solver|--data gsm8k
+gsm8k/guarded|guarded|solver|--data gsm8k
+gsm8k/self-refine-judged|self-refine-judged|writer|--data gsm8k --input format=$reason
 gsm8k/vote-4|vote|solver|--data gsm8k
 gsm8k/weighted-vote-4|revise|solver|--data gsm8k --input tau=0
 gsm8k/revise|revise|solver|--data gsm8k --input tau=0.5
 gsm8k/revise-reexamine|revise|solver|--data gsm8k --input reexamine=true
-gsm8k/self-refine-judged|self-refine-judged|writer|--data gsm8k --input format=$reason
-gsm8k/guarded|guarded|solver|--data gsm8k
 CELLS
 }
 
@@ -82,6 +83,25 @@ while IFS='|' read -r name workflow role args; do
     --concurrency "${CONCURRENCY:-4}" --store "$store" --json --name "$tag/$name") || true
   printf '%s\n' "$out" | python3 -c "$summarize" || echo "$name: no result" >&2
 done < <(cells)
+
+# The judge and text methods run through their own bench scripts, which
+# take the model as a GGUF path.
+model_file() {
+  case $model in
+    llama:default|llama:qwen-coder-1.5b) ./scripts/fetch-qwen.sh 1.5b ;;
+    llama:qwen-coder-0.5b) ./scripts/fetch-qwen.sh 0.5b ;;
+    llama:smollm2) ./scripts/fetch-model.sh ;;
+    llama:*) echo "${model#llama:}" ;;
+    *) echo "measure.sh: the RBD and R3 cells need a llama: model" >&2; return 1 ;;
+  esac
+}
+for bench in rbd r3; do
+  [[ $bench =~ ${CELLS:-.} ]] || continue
+  [ "${STREAM:-all}" = all ] || [ "$STREAM" = "$bench" ] || continue
+  echo "== $bench ($model)" >&2
+  REDRAFT_EVAL_MODEL=$(model_file) REDRAFT_EVAL_STORE=$store REDRAFT_BIN=$bin \
+    REDRAFT_RBD_LIMIT=${RBD_ITEMS:-50} REDRAFT_R3_LIMIT=${R3_ITEMS:-20} "./scripts/$bench-bench.sh" || true
+done
 
 if [ "${REPORT:-1}" = 1 ]; then
   mkdir -p docs/results
