@@ -803,10 +803,12 @@ fn scores_of(units: &[UnitRecord], ids: &[String]) -> BTreeMap<String, f64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn cal(scores: &[&[f64]]) -> Calibration {
+    /// A calibration with one candidate per row of item scores (prompts
+    /// `p0`, `p1`, ...), all on one island.
+    pub(crate) fn cal(scores: &[&[f64]]) -> Calibration {
         Calibration {
             id: "x".into(),
             task: "t".into(),

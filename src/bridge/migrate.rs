@@ -949,35 +949,14 @@ mod tests {
     }
 
     fn calibration(model: &str, key: &str, prompts: &[(&str, f64)]) -> Calibration {
-        Calibration {
-            id: format!("{model}-{key}"),
-            task: "sums".into(),
-            task_key: key.into(),
-            model: model.into(),
-            reflect: "r".into(),
-            workflow: "w.yaml".into(),
-            prompt_file: "p.j2".into(),
-            generation: 1,
-            candidates: prompts
-                .iter()
-                .enumerate()
-                .map(|(i, (p, mean))| super::super::calibrate::Candidate {
-                    id: i,
-                    prompt: (*p).into(),
-                    parent: None,
-                    generation: 0,
-                    scores: Default::default(),
-                    mean: *mean,
-                    passed: 0,
-                })
-                .collect(),
-            islands: vec![(0..prompts.len()).collect()],
-            proposals: vec![],
-            metric_calls: 0,
-            tokens: 0,
-            calls: 0,
-            stopped: None,
+        let scores: Vec<Vec<f64>> = prompts.iter().map(|(_, mean)| vec![*mean]).collect();
+        let rows: Vec<&[f64]> = scores.iter().map(Vec::as_slice).collect();
+        let mut c = super::super::calibrate::tests::cal(&rows);
+        (c.model, c.task_key, c.task) = (model.into(), key.into(), "sums".into());
+        for (candidate, (prompt, _)) in c.candidates.iter_mut().zip(prompts) {
+            candidate.prompt = (*prompt).into();
         }
+        c
     }
 
     /// Δ = A(Mt, p*Ms) − A(Mt, p*Mt), read where the target's calibration
