@@ -20,8 +20,8 @@
 #   LIMIT               items per data set, for a smoke run [all]
 #   CONCURRENCY         items in flight [4]
 #   REPORT              also write the report and the tables [1]
-#   REDRAFT_BIN         the redraft binary [target/debug/redraft, built with llama]
-# GPU: build with `--features cuda` and point REDRAFT_BIN at it.
+#   REDRAFT_BIN         the redraft binary [target/debug/redraft, built here with FEATURES]
+#   FEATURES            cargo features of that build [cuda,otel with nvidia-smi, else llama,otel]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-data.sh
@@ -30,7 +30,12 @@ case $model in llama:qwen-coder-1.5b) ./scripts/fetch-qwen.sh 1.5b >/dev/null ;;
 tag=${model##*:}; tag=$(basename "$tag" .gguf)
 store=${REDRAFT_EVAL_STORE:-runs/measure.db}
 bin=${REDRAFT_BIN:-target/debug/redraft}
-[ -x "$bin" ] || cargo build --features llama,otel --quiet
+# On a machine with an NVIDIA GPU the llama backend is built with CUDA
+# (FEATURES=cuda,otel; every layer offloaded by default).
+if [ -z "${REDRAFT_BIN:-}" ]; then
+  features=${FEATURES:-$(command -v nvidia-smi >/dev/null 2>&1 && echo cuda,otel || echo llama,otel)}
+  cargo build --features "$features" --quiet
+fi
 mkdir -p "$(dirname "$store")"
 limit=()
 [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
