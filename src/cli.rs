@@ -778,6 +778,39 @@ impl Recorder for HumanRecorder {
     }
 }
 
+/// The start of what a node said, under its progress line: a check's or a
+/// critique's feedback, else its text; three lines at most, each cut at
+/// 100 characters, control characters (a model's terminal escapes) shown
+/// as `�`. Empty when the node said nothing in words.
+fn preview(output: &serde_json::Value) -> String {
+    let said = ["feedback", "text"]
+        .iter()
+        .filter_map(|k| output.get(*k)?.as_str())
+        .find(|t| !t.trim().is_empty());
+    let Some(said) = said else {
+        return String::new();
+    };
+    let lines: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = String::new();
+    for line in lines.iter().take(3) {
+        let clean: String = line
+            .chars()
+            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+            .collect();
+        let (cut, more) = match clean.char_indices().nth(100) {
+            Some((i, _)) => (&clean[..i], "…"),
+            None => (clean.as_str(), ""),
+        };
+        out.push_str(&format!("\n      │ {}{more}", cut.trim_end()));
+    }
+    match lines.len().saturating_sub(3) {
+        0 => {}
+        1 => out.push_str("\n      │ … (1 more line)"),
+        more => out.push_str(&format!("\n      │ … ({more} more lines)")),
+    }
+    out
+}
+
 /// One line of human progress for an event, if it deserves one.
 pub fn human_line(event: &Event) -> Option<String> {
     Some(match event {
@@ -789,9 +822,12 @@ pub fn human_line(event: &Event) -> Option<String> {
             status,
             elapsed_ms,
             error,
-            ..
+            output,
         } => match status {
-            NodeStatus::Done => format!("  [{round}] {node} done ({elapsed_ms:.1} ms)"),
+            NodeStatus::Done => format!(
+                "  [{round}] {node} done ({elapsed_ms:.1} ms){}",
+                output.as_deref().map(preview).unwrap_or_default()
+            ),
             NodeStatus::Skipped => match error {
                 Some(e) => format!("  [{round}] {node} skipped: {e}"),
                 None => format!("  [{round}] {node} skipped"),
@@ -899,6 +935,42 @@ pub fn human_line(event: &Event) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn finished(output: serde_json::Value) -> String {
+        human_line(&Event::NodeFinished {
+            node: "check".into(),
+            round: 1,
+            status: NodeStatus::Done,
+            elapsed_ms: 1.0,
+            output: Some(Arc::new(output)),
+            error: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn progress_shows_what_a_node_said_briefly_and_without_escapes() {
+        // A check's feedback comes before its text.
+        assert_eq!(
+            finished(serde_json::json!({"feedback": "lines: has 1\ncontains: ok", "text": "x"})),
+            "  [1] check done (1.0 ms)\n      │ lines: has 1\n      │ contains: ok"
+        );
+        // A draft's text: three lines at most, long lines cut, terminal
+        // escapes from a model shown as U+FFFD, blank lines skipped.
+        let long = "a".repeat(150);
+        let line = finished(serde_json::json!({
+            "text": format!("\x1b[31mred\n\n{long}\nthree\nfour\nfive")
+        }));
+        assert!(!line.contains('\x1b'), "{line}");
+        assert!(line.contains("│ \u{FFFD}[31mred\n"), "{line}");
+        assert!(line.contains(&format!("│ {}…\n", "a".repeat(100))), "{line}");
+        assert!(line.ends_with("│ three\n      │ … (2 more lines)"), "{line}");
+        // Nothing in words: the progress line alone.
+        assert_eq!(
+            finished(serde_json::json!({"passed": true, "text": " "})),
+            "  [1] check done (1.0 ms)"
+        );
+    }
 
     /// What a subscriber with `filter` prints for a warning and an error
     /// from `target`.
