@@ -963,8 +963,14 @@ mod tests {
         }));
         assert!(!line.contains('\x1b'), "{line}");
         assert!(line.contains("│ \u{FFFD}[31mred\n"), "{line}");
-        assert!(line.contains(&format!("│ {}…\n", "a".repeat(100))), "{line}");
-        assert!(line.ends_with("│ three\n      │ … (2 more lines)"), "{line}");
+        assert!(
+            line.contains(&format!("│ {}…\n", "a".repeat(100))),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("│ three\n      │ … (2 more lines)"),
+            "{line}"
+        );
         // Nothing in words: the progress line alone.
         assert_eq!(
             finished(serde_json::json!({"passed": true, "text": " "})),

@@ -503,6 +503,9 @@ pub fn public_examples(prompt: &str, entry: &str) -> Vec<String> {
     let lines: Vec<&str> = prompt.lines().map(str::trim).collect();
     let mut out: Vec<String> = Vec::new();
     let mut push = |call: &str, value: &str| {
+        // A comment after the call or the value (`>>> f(1, 2) # f(x) = 1 + 2x`)
+        // would swallow the comparison written after it.
+        let (call, value) = (strip_comment(call), strip_comment(value));
         let value = value
             .trim()
             .trim_start_matches('>')
@@ -553,6 +556,25 @@ pub fn public_examples(prompt: &str, entry: &str) -> Vec<String> {
         i += 1;
     }
     out
+}
+
+/// `line` without a trailing Python comment: from the first `#` outside a
+/// string literal on.
+fn strip_comment(line: &str) -> &str {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match quote {
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '#' => return &line[..i],
+            None => {}
+        }
+    }
+    line
 }
 
 /// ToolTalk's single-call ("easy") conversations: the user's first request,
@@ -682,6 +704,18 @@ pub(crate) mod tests {
         );
         // A value that is prose does not parse and is dropped.
         assert!(public_examples(">>> f(1)\nan error is raised\n", "f").is_empty());
+        // A comment after the call is not part of it (HumanEval/32); a `#`
+        // inside a string is.
+        assert_eq!(
+            public_examples(
+                ">>> round(f([1, 2]), 2) # f(x) = 1 + 2x\n-0.5\n>>> f('#a') # no\n'b' # two\n",
+                "f"
+            ),
+            [
+                "assert round(f([1, 2]), 2) == -0.5",
+                "assert f('#a') == 'b'"
+            ]
+        );
     }
 
     use super::*;
