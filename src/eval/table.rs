@@ -218,7 +218,7 @@ pub fn markdown(rows: &[MethodRow]) -> String {
     if let Some(b) = rows.first() {
         let _ = writeln!(
             s,
-            "Model: {}. Baseline: {}. Accuracy with its 95% Wilson interval; Δ, flips (right → wrong / wrong → right) and the exact McNemar p are against the baseline on the same items; tokens per item count calls served from the response cache at their cost.\n",
+            "Model: {}. Baseline: {}. Accuracy with its 95% Wilson interval; Δ, flips (right → wrong / wrong → right) and the exact McNemar p are against the baseline on the same items; tokens per item count calls served from the response cache at their cost; s/item is the time this eval spent (a served call takes none).\n",
             b.models, b.name
         );
     }
