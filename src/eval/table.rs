@@ -41,6 +41,9 @@ pub struct MethodRow {
     /// Against the baseline, over the units scored in both (none for the
     /// baseline itself).
     pub against: Option<Against>,
+    /// The method's own first answer against its final one: what its loop
+    /// did, apart from any difference in the first answer.
+    pub own_flips: super::stats::Flips,
     /// Mean tokens per done unit, calls served from the cache at their cost.
     pub tokens_per_item: f64,
     /// `tokens_per_item` over the baseline's.
@@ -147,6 +150,7 @@ pub fn rows(evals: &[Evaluated]) -> Vec<MethodRow> {
             token_ratio,
             seconds_per_item: mean(&|r| r.wall_ms / 1000.0),
             cached_share: (calls > 0).then(|| cached as f64 / calls as f64),
+            own_flips: super::stats::compute(units).flips,
         });
     }
     out
@@ -165,7 +169,7 @@ fn p_value(p: f64) -> String {
 }
 
 /// The cells of one row, shared by the Markdown and HTML tables.
-fn cells(r: &MethodRow) -> [String; 8] {
+fn cells(r: &MethodRow) -> [String; 9] {
     let accuracy = match (r.accuracy, r.interval) {
         (Some(a), Some((lo, hi))) => format!("{}% [{}, {}]", pct(a), pct(lo), pct(hi)),
         _ => "–".into(),
@@ -188,24 +192,31 @@ fn cells(r: &MethodRow) -> [String; 8] {
     } else {
         r.done.to_string()
     };
+    let own = if r.own_flips.units == 0 {
+        "–".to_string()
+    } else {
+        format!("−{} / +{}", r.own_flips.negative, r.own_flips.positive)
+    };
     [
         r.name.clone(),
         accuracy,
         difference,
         p,
         flips,
+        own,
         tokens,
         format!("{:.1}", r.seconds_per_item),
         items,
     ]
 }
 
-const HEADERS: [&str; 8] = [
+const HEADERS: [&str; 9] = [
     "method",
     "accuracy [95% CI]",
     "Δ pts",
     "McNemar p",
     "flips − / +",
+    "own first → final − / +",
     "tokens/item (× baseline)",
     "s/item",
     "items",
@@ -218,7 +229,7 @@ pub fn markdown(rows: &[MethodRow]) -> String {
     if let Some(b) = rows.first() {
         let _ = writeln!(
             s,
-            "Model: {}. Baseline: {}. Accuracy with its 95% Wilson interval; Δ, flips (right → wrong / wrong → right) and the exact McNemar p are against the baseline on the same items; tokens per item count calls served from the response cache at their cost; s/item is the time this eval spent (a served call takes none).\n",
+            "Model: {}. Baseline: {}. Accuracy with its 95% Wilson interval; Δ, flips (right → wrong / wrong → right) and the exact McNemar p are against the baseline on the same items; \"own first → final\" are the flips between the method's own first answer and its final one (what its loop did); tokens per item count calls served from the response cache at their cost; s/item is the time this eval spent (a served call takes none).\n",
             b.models, b.name
         );
     }
@@ -445,6 +456,29 @@ mod tests {
         (record, units)
     }
 
+    /// The same eval with these first answers (the last stay as they were).
+    fn with_firsts(
+        (record, units): (EvalRecord, Vec<UnitRecord>),
+        firsts: &[bool],
+    ) -> (EvalRecord, Vec<UnitRecord>) {
+        let units = units
+            .into_iter()
+            .zip(firsts)
+            .map(|(u, first)| {
+                let r = u.result.as_ref().unwrap();
+                let last = r.score.as_ref().unwrap().passed;
+                let tokens = r.tokens;
+                let mut v = unit(&u.item.id, 0, Some(*first), last, &[tokens, tokens]);
+                v.result = Some(crate::eval::ItemResult {
+                    candidates: v.result.unwrap().candidates,
+                    ..r.clone()
+                });
+                v
+            })
+            .collect();
+        (record, units)
+    }
+
     fn rows_of(evals: &[(EvalRecord, Vec<UnitRecord>)]) -> Vec<MethodRow> {
         let inputs: Vec<Evaluated> = evals.iter().map(|(r, u)| (r, u.as_slice())).collect();
         rows(&inputs)
@@ -475,7 +509,7 @@ mod tests {
         let evals = [
             eval("m/d/single-shot", "gsm8k", &base, 100, 0),
             // Half its tokens were served from the cache: still counted.
-            eval("m/d/loop", "gsm8k", &method, 150, 150),
+            with_firsts(eval("m/d/loop", "gsm8k", &method, 150, 150), &base),
             // Another data source: items pair only by content (here the
             // same ids and empty inputs, so they pair).
             eval("m/d/other", "other.jsonl", &base, 100, 0),
@@ -494,18 +528,22 @@ mod tests {
         assert_eq!(rows[1].cached_share, Some(0.5));
         assert_eq!(rows[1].seconds_per_item, 2.0);
         assert_eq!(rows[2].against.unwrap().paired, 10);
+        // The loop's own first answers were the baseline's: its own flips
+        // are the same −1 / +4 (a method whose draft differs shows them apart).
+        let own = rows[1].own_flips;
+        assert_eq!((own.units, own.negative, own.positive), (10, 1, 4));
         let md = markdown(&rows);
         assert!(
             md.starts_with("Model: m=llama:<q>. Baseline: m/d/single-shot."),
             "{md}"
         );
         assert!(
-            md.contains("| m/d/loop | 90.0% [59.6, 98.2] | +30.0 | 0.375 | −1 / +4 | 300 (3.0×) | 2.0 | 10 |"),
+            md.contains("| m/d/loop | 90.0% [59.6, 98.2] | +30.0 | 0.375 | −1 / +4 | −1 / +4 | 300 (3.0×) | 2.0 | 10 |"),
             "{md}"
         );
         assert!(
             md.contains(
-                "| m/d/single-shot | 60.0% [31.3, 83.2] | baseline | – | – | 100 | 2.0 | 10 |"
+                "| m/d/single-shot | 60.0% [31.3, 83.2] | baseline | – | – | −0 / +0 | 100 | 2.0 | 10 |"
             ),
             "{md}"
         );
