@@ -747,7 +747,7 @@ fn compare_reports_flips_and_gates_on_the_negative_flip_rate() {
 fn report_sets_methods_against_a_baseline_in_a_table_and_a_frontier() {
     let dir = temp_dir("methods-table");
     let store = dir.join("r.db").display().to_string();
-    let base = json(&arith_eval(
+    json(&arith_eval(
         &store,
         &["--name", "m/arith/single-shot", "--scorer", "exact"],
     ));
