@@ -26,7 +26,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-data.sh
 model=${REDRAFT_EVAL_MODEL:-llama:qwen-coder-1.5b}
-case $model in llama:qwen-coder-1.5b) ./scripts/fetch-qwen.sh 1.5b >/dev/null ;; llama:qwen-coder-0.5b) ./scripts/fetch-qwen.sh 0.5b >/dev/null ;; esac
+case $model in
+  llama:default|llama:qwen-coder-1.5b) ./scripts/fetch-qwen.sh 1.5b >/dev/null ;;
+  llama:qwen-coder-0.5b) ./scripts/fetch-qwen.sh 0.5b >/dev/null ;;
+  llama:smollm2) ./scripts/fetch-model.sh >/dev/null ;;
+esac
 tag=${model##*:}; tag=$(basename "$tag" .gguf)
 store=${REDRAFT_EVAL_STORE:-runs/measure.db}
 bin=${REDRAFT_BIN:-target/debug/redraft}
@@ -42,7 +46,8 @@ limit=()
 reason="Let's think step by step. Put your final answer at the end with 'The answer is: .'"
 code="Complete the Python function. Reply with the whole function in one Python code block."
 
-# DATA/METHOD | workflow | model role | eval arguments (one per line after the first three fields)
+# DATA/METHOD | workflow (under workflows/, or a path) | model role | eval arguments
+# (words split on spaces, except one trailing --input NAME=VALUE, whose value runs to the end)
 cells() {
   cat <<CELLS
 humaneval/single-shot|single-shot-code|coder|--data humaneval
