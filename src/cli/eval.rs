@@ -1203,13 +1203,22 @@ fn report_selection(args: &ReportArgs) -> anyhow::Result<Vec<String>> {
         listing.sort_by_key(|e| e.created_at);
     }
     // A name given twice (the eval was re-run under a changed workflow) means
-    // its newest eval; ids and id prefixes are left to the loader.
+    // its newest eval; a unique id prefix means its eval (so the baseline is
+    // not shown twice when the prefix also selects it); anything else is
+    // left to the loader, which says what is wrong with it.
     let newest = |name: &str| -> String {
-        listing
+        if let Some(e) = listing.iter().rev().find(|e| e.name == name) {
+            return e.id.clone();
+        }
+        match listing
             .iter()
-            .rev()
-            .find(|e| e.name == name)
-            .map_or_else(|| name.to_string(), |e| e.id.clone())
+            .filter(|e| e.id.starts_with(name))
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [one] => one.id.clone(),
+            _ => name.to_string(),
+        }
     };
     let mut out: Vec<String> = Vec::new();
     let mut push = |id: String| {
