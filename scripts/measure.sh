@@ -19,6 +19,7 @@
 #                       [20]) [all]; run two streams side by side to use two cores
 #   LIMIT               items per data set, for a smoke run [all]
 #   CONCURRENCY         items in flight [4]
+#   RETRY_FAILED        run units that failed before again [1]
 #   REPORT              also write the report and the tables [1]
 #   REDRAFT_BIN         the redraft binary [target/debug/redraft, built here with FEATURES]
 #   FEATURES            cargo features of that build [cuda,otel with nvidia-smi, else llama,otel]
@@ -43,6 +44,11 @@ fi
 mkdir -p "$(dirname "$store")"
 limit=()
 [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
+# Units that failed in an earlier session (most often a per-item wall-time
+# budget spent while the machine was busy or the process was stopped) run
+# again; RETRY_FAILED=0 keeps them as they are.
+retry=()
+[ "${RETRY_FAILED:-1}" = 1 ] && retry=(--retry-failed)
 reason="Let's think step by step. Put your final answer at the end with 'The answer is: .'"
 code="Complete the Python function. Reply with the whole function in one Python code block."
 
@@ -90,7 +96,7 @@ while IFS='|' read -r name workflow role args; do
   if [[ " ${words[*]} " == *" --limit "* ]]; then cell_limit=(); else cell_limit=("${limit[@]}"); fi
   [[ $workflow == */* ]] || workflow="workflows/$workflow"
   out=$("$bin" eval "$workflow.yaml" "${words[@]}" "${cell_limit[@]}" --model "$role=$model" \
-    --concurrency "${CONCURRENCY:-4}" --store "$store" --json --name "$tag/$name") || true
+    --concurrency "${CONCURRENCY:-4}" --store "$store" --json --name "$tag/$name" "${retry[@]}") || true
   printf '%s\n' "$out" | python3 -c "$summarize" || echo "$name: no result" >&2
 done < <(cells)
 
