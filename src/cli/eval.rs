@@ -1286,12 +1286,11 @@ pub fn report_command(args: ReportArgs) -> u8 {
             }
         }
     }
-    let mut files = vec![(&args.output, crate::eval::report::render(&evals))];
-    let inputs: Vec<_> = evals
-        .iter()
-        .map(|e| (&e.record, e.units.as_slice()))
-        .collect();
-    let rows = crate::eval::table::rows(&inputs);
+    let rows = crate::eval::report::method_rows(&evals);
+    let mut files = vec![(
+        &args.output,
+        crate::eval::report::render_with(&evals, &rows),
+    )];
     if let Some(path) = &args.table {
         files.push((path, crate::eval::table::markdown(&rows)));
     }

@@ -34,7 +34,22 @@ fn num(x: Option<f64>) -> String {
 }
 
 /// Renders the report.
+/// The methods table's rows for these evals, the first being the baseline.
+pub fn method_rows(evals: &[ReportEval]) -> Vec<super::table::MethodRow> {
+    let inputs: Vec<super::table::Evaluated> = evals
+        .iter()
+        .map(|e| (&e.record, e.units.as_slice(), &e.metrics))
+        .collect();
+    super::table::rows(&inputs)
+}
+
 pub fn render(evals: &[ReportEval]) -> String {
+    render_with(evals, &method_rows(evals))
+}
+
+/// [`render`] with the methods table's rows already computed (the CLI also
+/// writes them as Markdown and SVG).
+pub fn render_with(evals: &[ReportEval], rows: &[super::table::MethodRow]) -> String {
     let mut h = String::with_capacity(64 << 10);
     h.push_str(HEAD);
     let names: Vec<String> = evals
@@ -54,20 +69,16 @@ pub fn render(evals: &[ReportEval]) -> String {
     );
     summary_table(&mut h, evals, &names);
     if evals.len() > 1 {
-        let inputs: Vec<_> = evals
-            .iter()
-            .map(|e| (&e.record, e.units.as_slice()))
-            .collect();
-        let rows = super::table::rows(&inputs);
         let _ = write!(
             h,
-            "<h2>Methods against {}</h2><p>Accuracy with its 95% Wilson interval; Δ, flips (right → wrong / wrong → right) and the exact McNemar p against the first eval on the same items; tokens per item count calls served from the response cache at their cost.</p>",
-            escape(&names[0])
+            "<h2>Methods against {}</h2><p>{}</p>",
+            escape(&names[0]),
+            escape(super::table::READING)
         );
-        h.push_str(&super::table::html(&rows));
+        h.push_str(&super::table::html(rows));
         h.push_str(&super::table::frontier_svg(
             "Accuracy vs tokens per item",
-            &rows,
+            rows,
         ));
     }
 

@@ -19,11 +19,15 @@ use serde::Serialize;
 
 use super::ItemStatus;
 use super::html::escape;
-use super::stats::{Pairing, compare};
+use super::stats::{Metrics, Pairing, compare};
 use super::store::{EvalRecord, UnitRecord};
 
-/// One eval as the table reads it: its record and its stored units.
-pub type Evaluated<'a> = (&'a EvalRecord, &'a [UnitRecord]);
+/// One eval as the table reads it: its record, its stored units and their
+/// metrics (computed once, by whoever loaded the eval).
+pub type Evaluated<'a> = (&'a EvalRecord, &'a [UnitRecord], &'a Metrics);
+
+/// How to read the table, beside it in the report and in Markdown.
+pub const READING: &str = "Accuracy with its 95% Wilson interval; Δ, flips (right → wrong / wrong → right) and the exact McNemar p are against the baseline on the same items; \"own first → final\" are the flips between the method's own first answer and its final one (what its loop did); tokens per item count calls served from the response cache at their cost; s/item is the time this eval spent (a served call takes none).";
 
 /// One method's line of the table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -87,7 +91,7 @@ pub fn wilson(right: usize, n: usize) -> Option<(f64, f64)> {
 /// against.
 pub fn rows(evals: &[Evaluated]) -> Vec<MethodRow> {
     let mut out: Vec<MethodRow> = Vec::with_capacity(evals.len());
-    for (i, &(record, units)) in evals.iter().enumerate() {
+    for (i, &(record, units, metrics)) in evals.iter().enumerate() {
         let done: Vec<_> = units
             .iter()
             .filter_map(|u| u.result.as_ref())
@@ -131,18 +135,13 @@ pub fn rows(evals: &[Evaluated]) -> Vec<MethodRow> {
             .map(|b| b.tokens_per_item)
             .filter(|t| *t > 0.0 && i > 0)
             .map(|t| tokens_per_item / t);
-        let failed = units
-            .iter()
-            .filter_map(|u| u.result.as_ref())
-            .filter(|r| r.status == ItemStatus::Failed)
-            .count();
         out.push(MethodRow {
             name: record.name.clone(),
             workflow: record.workflow.clone(),
             models: super::store::models_of(&record.meta),
             done: n,
             right,
-            failed,
+            failed: metrics.failed,
             accuracy: (n > 0).then(|| right as f64 / n as f64),
             interval: wilson(right, n),
             against,
@@ -150,7 +149,7 @@ pub fn rows(evals: &[Evaluated]) -> Vec<MethodRow> {
             token_ratio,
             seconds_per_item: mean(&|r| r.wall_ms / 1000.0),
             cached_share: (calls > 0).then(|| cached as f64 / calls as f64),
-            own_flips: super::stats::compute(units).flips,
+            own_flips: metrics.flips,
         });
     }
     out
@@ -227,11 +226,7 @@ const HEADERS: [&str; 9] = [
 pub fn markdown(rows: &[MethodRow]) -> String {
     let mut s = String::new();
     if let Some(b) = rows.first() {
-        let _ = writeln!(
-            s,
-            "Model: {}. Baseline: {}. Accuracy with its 95% Wilson interval; Δ, flips (right → wrong / wrong → right) and the exact McNemar p are against the baseline on the same items; \"own first → final\" are the flips between the method's own first answer and its final one (what its loop did); tokens per item count calls served from the response cache at their cost; s/item is the time this eval spent (a served call takes none).\n",
-            b.models, b.name
-        );
+        let _ = writeln!(s, "Model: {}. Baseline: {}. {READING}\n", b.models, b.name);
     }
     let _ = writeln!(s, "| {} |", HEADERS.join(" | "));
     let _ = writeln!(s, "|{}", "---|".repeat(HEADERS.len()));
@@ -408,14 +403,15 @@ fn shared_prefix(names: &[&str]) -> usize {
     if rest.is_empty() {
         return 0;
     }
+    // Counted in whole characters, so the cut never falls inside one.
     let mut len = first.len();
     for n in rest {
         len = len.min(
             first
-                .bytes()
-                .zip(n.bytes())
-                .take_while(|(a, b)| a == b)
-                .count(),
+                .char_indices()
+                .zip(n.chars())
+                .find(|((_, a), b)| a != b)
+                .map_or(first.len().min(n.len()), |((i, _), _)| i),
         );
     }
     first[..len].rfind('/').map_or(0, |i| i + 1)
@@ -480,7 +476,15 @@ mod tests {
     }
 
     fn rows_of(evals: &[(EvalRecord, Vec<UnitRecord>)]) -> Vec<MethodRow> {
-        let inputs: Vec<Evaluated> = evals.iter().map(|(r, u)| (r, u.as_slice())).collect();
+        let metrics: Vec<Metrics> = evals
+            .iter()
+            .map(|(_, u)| crate::eval::stats::compute(u))
+            .collect();
+        let inputs: Vec<Evaluated> = evals
+            .iter()
+            .zip(&metrics)
+            .map(|((r, u), m)| (r, u.as_slice(), m))
+            .collect();
         rows(&inputs)
     }
 
@@ -563,6 +567,24 @@ mod tests {
         // The plot leaves it out rather than drawing it at 0%.
         let svg = frontier_svg("t", &rows);
         assert_eq!(svg.matches("<circle").count(), 1);
+    }
+
+    #[test]
+    fn the_legend_drops_a_shared_prefix_in_whole_characters() {
+        // "é" and "è" share their first UTF-8 byte: the shared part must
+        // stop before the character, not inside it.
+        assert_eq!(shared_prefix(&["m/é/a", "m/è/b"]), 2);
+        assert_eq!(shared_prefix(&["m/d/x", "m/d/xy"]), 4);
+        assert_eq!(shared_prefix(&["solo/x"]), 0);
+        let evals = [
+            eval("m/é", "d", &[true], 100, 0),
+            eval("m/è", "d", &[false], 200, 0),
+        ];
+        let svg = frontier_svg("t", &rows_of(&evals));
+        assert!(
+            svg.contains(">é</text>") && svg.contains(">è</text>"),
+            "{svg}"
+        );
     }
 
     #[test]
