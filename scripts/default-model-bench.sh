@@ -19,14 +19,23 @@ out=${OUT:-runs/default-model.jsonl}
 mkdir -p "$(dirname "$out")"
 touch "$out"
 tasks=examples/flagship/tasks.jsonl
+errors=$(mktemp)
+trap 'rm -f "$errors"' EXIT
 read -r -a models <<< "${MODELS:-llama:smollm2 llama:qwen-coder-0.5b llama:qwen-coder-1.5b}"
 for model in "${models[@]}"; do
   while IFS=$'\t' read -r id task lines mention; do
     if grep -qF "\"model\": \"$model\", \"task\": \"$id\"" "$out"; then continue; fi
     start=$(date +%s.%N)
     summary=$("$bin" run workflows/self-refine.yaml --cache off --json --model "writer=$model" \
-      --input "task=$task" --input "lines=$lines" --input "mention=$mention" 2>/dev/null) || true
+      --input "task=$task" --input "lines=$lines" --input "mention=$mention" 2>"$errors") || true
     end=$(date +%s.%N)
+    # No summary means the run never started (a model that cannot load, a
+    # bad flag): say why and stop, rather than count it as unverified.
+    if ! printf '%s' "$summary" | python3 -c 'import json, sys; json.load(sys.stdin)' 2>/dev/null; then
+      echo "default-model-bench: $model on $id gave no run summary:" >&2
+      tail -n 5 "$errors" >&2
+      exit 1
+    fi
     printf '%s' "$summary" | python3 -c '
 import json, sys
 model, task, start, end = sys.argv[1:5]
