@@ -780,8 +780,8 @@ impl Recorder for HumanRecorder {
 
 /// The start of what a node said, under its progress line: a check's or a
 /// critique's feedback, else its text; three lines at most, each cut at
-/// 100 characters, control characters (a model's terminal escapes) shown
-/// as `�`. Empty when the node said nothing in words.
+/// 100 characters, tabs as spaces and other control characters (a model's
+/// terminal escapes) as `�`. Empty when the node said nothing in words.
 fn preview(output: &serde_json::Value) -> String {
     let said = ["feedback", "text"]
         .iter()
@@ -795,7 +795,11 @@ fn preview(output: &serde_json::Value) -> String {
     for line in lines.iter().take(3) {
         let clean: String = line
             .chars()
-            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+            .map(|c| match c {
+                '\t' => ' ',
+                c if c.is_control() => '\u{FFFD}',
+                c => c,
+            })
             .collect();
         let (cut, more) = match clean.char_indices().nth(100) {
             Some((i, _)) => (&clean[..i], "…"),
@@ -959,10 +963,10 @@ mod tests {
         // escapes from a model shown as U+FFFD, blank lines skipped.
         let long = "a".repeat(150);
         let line = finished(serde_json::json!({
-            "text": format!("\x1b[31mred\n\n{long}\nthree\nfour\nfive")
+            "text": format!("\x1b[31mred\tok\n\n{long}\nthree\nfour\nfive")
         }));
         assert!(!line.contains('\x1b'), "{line}");
-        assert!(line.contains("│ \u{FFFD}[31mred\n"), "{line}");
+        assert!(line.contains("│ \u{FFFD}[31mred ok\n"), "{line}");
         assert!(
             line.contains(&format!("│ {}…\n", "a".repeat(100))),
             "{line}"
