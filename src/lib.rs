@@ -90,7 +90,7 @@ pub mod otel;
 pub mod redact;
 pub mod review;
 pub mod sandbox;
-pub(crate) mod similarity;
+pub mod similarity;
 pub(crate) mod sqlite;
 pub mod summary;
 pub(crate) mod template;

