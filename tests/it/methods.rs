@@ -336,6 +336,67 @@ async fn draft_explores_diverse_requests_calls_the_tool_and_converges() {
     assert!(out.contains("HH:MM:SS"), "{out}");
 }
 
+#[tokio::test]
+async fn draft_explores_a_bfcl_function_through_its_validating_endpoint() {
+    if redraft::eval::data::python_package_dir("bfcl_eval").is_none() {
+        assert!(
+            std::env::var("REDRAFT_REQUIRE_PEERS").is_err(),
+            "the bfcl-eval package is required here"
+        );
+        eprintln!("skipped: bfcl-eval is not installed (scripts/fetch-data.sh)");
+        return;
+    }
+    let replies = root().join("tests/fixtures/library/draft-bfcl.replies.yaml");
+    let events = Arc::new(Collect::default());
+    let engine = Engine::new()
+        .with_recorder(events.clone())
+        .with_model_spec("writer", format!("scripted:{}", replies.display()));
+    let mut opts = RunOptions::default();
+    for (k, v) in [
+        ("suite", "bfcl"),
+        ("api", "calculate_triangle_area"),
+        (
+            "documentation",
+            "Calculate the area of a triangle given its base and height.",
+        ),
+        (
+            "parameters",
+            r#"{"base": {"type": "integer"}, "height": {"type": "integer"}, "unit": {"type": "string"}}"#,
+        ),
+    ] {
+        opts.inputs.insert(k.into(), v.into());
+    }
+    let s = engine
+        .run(load(&root().join("workflows/draft.yaml")), opts)
+        .await
+        .unwrap();
+    assert_eq!(s.status, RunStatus::Finished, "{:?}", s.error);
+    let calls = outputs(&events.take(), "call");
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let refused = calls[0]["json"]["exception"].as_str().unwrap();
+    assert!(
+        refused.contains("'base' must be of type integer"),
+        "{refused}"
+    );
+    assert_eq!(calls[1]["json"]["response"]["accepted"]["unit"], "inches");
+    assert!(calls[1]["json"]["exception"].is_null());
+    let out = s.output.as_ref().unwrap().as_str().unwrap();
+    assert!(out.contains("integers"), "{out}");
+    // A suite the dispatcher does not know runs nothing and says so.
+    let mut opts = RunOptions::default();
+    opts.inputs.insert("suite".into(), "../../bin/sh".into());
+    let events = Arc::new(Collect::default());
+    let engine = Engine::new()
+        .with_recorder(events.clone())
+        .with_model_spec("writer", format!("scripted:{}", replies.display()));
+    engine
+        .run(load(&root().join("workflows/draft.yaml")), opts)
+        .await
+        .unwrap();
+    let call = outputs(&events.take(), "call")[0].to_string();
+    assert!(call.contains("api: unknown suite '../../bin/sh'"), "{call}");
+}
+
 /// DRAFT's shipped thresholds are the ones calibrated for the TF-IDF
 /// embedding on the labelled pairs (`cargo run --example draft_calibrate`),
 /// and they separate those pairs where the paper's ada-002 values do not.
