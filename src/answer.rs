@@ -73,6 +73,17 @@ pub fn number(text: &str) -> Option<f64> {
     last_number(text)
 }
 
+/// A number as one answer's text: whole numbers without a fraction
+/// (`18.0` is `18`), others as Rust writes them; so equal numbers give
+/// equal texts.
+pub fn format_number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
+}
+
 /// The contents of the last `\boxed{…}` (braces balanced).
 fn last_boxed(text: &str) -> Option<&str> {
     let start = BOXED.find_iter(text).last()?.end();

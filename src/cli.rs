@@ -16,6 +16,7 @@ mod bridge;
 mod cache;
 mod eval;
 mod review;
+mod view;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -103,6 +104,9 @@ pub enum Command {
     Migrate(Box<bridge::MigrateArgs>),
     /// The response cache: `stats`, `clear`, `prune` (to --cache-max-size).
     Cache(cache::CacheCommand),
+    /// Serve a local web app over a results store: evals as they run, one
+    /// eval's report with item filters and pages, comparisons.
+    View(view::ViewArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -147,7 +151,8 @@ pub struct RunArgs {
     /// Record every model call into a cassette (JSONL) for `replay:FILE`.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
-    /// Decisions for human review nodes: accept-all, reject-all, ask, or a
+    /// Decisions for human review nodes: accept-all, reject-all, ask (on
+    /// the terminal), web (in the browser: the URL is printed), or a
     /// decisions FILE (one entry per review round).
     #[arg(long, value_name = "MODE|FILE")]
     pub review: Option<String>,
@@ -166,12 +171,12 @@ pub(crate) fn parse_review(s: &str) -> anyhow::Result<workflow::ReviewDecisions>
     Ok(match s {
         "accept-all" | "accept_all" => D::AcceptAll,
         "reject-all" | "reject_all" => D::RejectAll,
-        "ask" => D::Ask,
+        "ask" | "web" => D::Ask,
         path => {
             let p = PathBuf::from(path);
             anyhow::ensure!(
                 p.is_file(),
-                "--review {path:?}: not accept-all, reject-all, ask, or an existing decisions file"
+                "--review {path:?}: not accept-all, reject-all, ask, web, or an existing decisions file"
             );
             D::File(p)
         }
@@ -265,6 +270,7 @@ pub fn main() -> u8 {
         Command::Calibrate(args) => bridge::calibrate_command(*args),
         Command::Migrate(args) => bridge::migrate_command(*args),
         Command::Cache(args) => cache::cache_command(args),
+        Command::View(args) => view::view_command(args),
     }
 }
 
@@ -424,7 +430,30 @@ fn run_command(args: RunArgs) -> u8 {
         Err(code) => return code,
     };
     let cancel = opts.cancel.clone();
+    let web_review = args.review.as_deref() == Some("web");
     let result = runtime.block_on(async move {
+        let mut opts = opts;
+        // Reviews in the browser: a viewer without a store, for this run.
+        let _viewer = if web_review {
+            let config = view::config(
+                std::net::IpAddr::from([127, 0, 0, 1]),
+                0,
+                std::time::Duration::from_millis(500),
+            );
+            match config {
+                Ok(config) => match crate::view::start(config, None).await {
+                    Ok(viewer) => {
+                        eprintln!("review the edits at {}review", viewer.url());
+                        opts.reviewer = Some(Arc::new(viewer.reviewer()));
+                        Some(viewer)
+                    }
+                    Err(e) => return Err(WebReviewError(e.to_string())),
+                },
+                Err(e) => return Err(WebReviewError(format!("{e:#}"))),
+            }
+        } else {
+            None
+        };
         // Listen before the run starts, so an early Ctrl-C is never lost.
         let interrupted = interrupt_signal();
         let watcher = tokio::spawn(async move {
@@ -435,8 +464,15 @@ fn run_command(args: RunArgs) -> u8 {
         });
         let r = engine.run(wf.clone(), opts).await;
         watcher.abort();
-        r
+        Ok(r)
     });
+    let result = match result {
+        Ok(r) => r,
+        Err(WebReviewError(e)) => {
+            eprintln!("error: --review web: {e}");
+            return EXIT_INVALID;
+        }
+    };
     if let Some(flush) = flush_traces {
         flush();
     }
@@ -462,6 +498,9 @@ fn run_command(args: RunArgs) -> u8 {
         }
     }
 }
+
+/// The browser review's viewer could not start.
+struct WebReviewError(String);
 
 /// The multi-threaded runtime of `run` and `eval`, with logging (and trace
 /// export) set up inside it; the second value flushes the traces.

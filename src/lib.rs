@@ -95,6 +95,8 @@ pub(crate) mod sqlite;
 pub mod summary;
 pub(crate) mod template;
 pub(crate) mod units;
+#[cfg(feature = "view")]
+pub mod view;
 pub mod workflow;
 pub mod yaml;
 

@@ -9,7 +9,7 @@ use super::nodes::{Task, object, parse_structured};
 use super::state::{NodeOutput, Typed, Verdict};
 use crate::backend::Completion;
 use crate::event::Event;
-use crate::workflow::{Check, Order, SelectSpec, VerifySpec, VoteFrom, VoteSpec};
+use crate::workflow::{Check, Order, SelectSpec, VerifySpec, VoteExtract, VoteFrom, VoteSpec};
 
 impl Task {
     pub(super) async fn verify(&self, v: &VerifySpec) -> Result<NodeOutput, NodeError> {
@@ -244,7 +244,13 @@ impl Task {
             let answer = match &v.extract {
                 // The first group that took part in the match (patterns
                 // with alternatives), else the whole match.
-                Some(re) => crate::answer::extract(re, text).map(str::to_string),
+                Some(VoteExtract::Regex(re)) => {
+                    crate::answer::extract(re, text).map(str::to_string)
+                }
+                // Equal numbers are one answer (`18`, `18.0`, `$18`).
+                Some(VoteExtract::Number) => {
+                    crate::answer::number(text).map(crate::answer::format_number)
+                }
                 None => Some(text.trim().to_string()),
             };
             let weight = match &v.weight {

@@ -47,11 +47,39 @@ pub fn render(evals: &[ReportEval]) -> String {
     render_with(evals, &method_rows(evals))
 }
 
+/// Where a report is read, which decides how its items link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// One self-contained file: each item links to its revision chain,
+    /// written out below the table (the first [`CHAIN_LIMIT`] per eval).
+    File,
+    /// `redraft view`: each item links to its own page (`/e/EVAL/item?...`),
+    /// so no chains are written, and the app's script is loaded.
+    View,
+}
+
 /// [`render`] with the methods table's rows already computed (the CLI also
 /// writes them as Markdown and SVG).
 pub fn render_with(evals: &[ReportEval], rows: &[super::table::MethodRow]) -> String {
+    render_for(evals, rows, Target::File)
+}
+
+/// The report for `target`: the same summary, tables and plots either way.
+pub fn render_for(
+    evals: &[ReportEval],
+    rows: &[super::table::MethodRow],
+    target: Target,
+) -> String {
     let mut h = String::with_capacity(64 << 10);
     h.push_str(HEAD);
+    if target == Target::View {
+        let ids: Vec<&str> = evals.iter().map(|e| e.record.id.as_str()).collect();
+        let _ = write!(
+            h,
+            "<nav class=view data-evals=\"{}\"><a href=\"/\">← all evals</a> <span id=live></span></nav>",
+            escape(&ids.join(" "))
+        );
+    }
     let names: Vec<String> = evals
         .iter()
         .map(|e| {
@@ -157,11 +185,48 @@ pub fn render_with(evals: &[ReportEval], rows: &[super::table::MethodRow]) -> St
         flip_matrix(&mut h, evals, &names);
     }
     round_table(&mut h, evals, &names);
-    item_table(&mut h, evals, &names);
-    chains(&mut h, evals, &names);
+    item_table(&mut h, evals, &names, target);
+    if target == Target::File {
+        chains(&mut h, evals, &names);
+    }
     h.push_str(SCRIPT);
+    if target == Target::View {
+        h.push_str(VIEW_SCRIPT);
+    }
     h.push_str("</body></html>\n");
     h
+}
+
+/// The app's script on a report served by `redraft view`.
+pub(crate) const VIEW_SCRIPT: &str = "<script src=\"/assets/app.js\"></script>";
+
+/// Percent-encodes a query value (everything but unreserved characters).
+pub fn query_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// How an item's first answer and final answer compare: `neg` (right →
+/// wrong), `pos` (wrong → right), `right`, `wrong`, or empty without a
+/// scored answer.
+fn flip(r: &super::ItemResult) -> &'static str {
+    match (
+        r.first().map(|c| c.passed),
+        r.score.as_ref().map(|s| s.passed),
+    ) {
+        (Some(true), Some(false)) => "neg",
+        (Some(false), Some(true)) => "pos",
+        (_, Some(true)) => "right",
+        (_, Some(false)) => "wrong",
+        _ => "",
+    }
 }
 
 fn summary_table(h: &mut String, evals: &[ReportEval], names: &[String]) {
@@ -433,14 +498,25 @@ fn flip_matrix(h: &mut String, evals: &[ReportEval], names: &[String]) {
     h.push_str("</table>");
 }
 
-fn item_table(h: &mut String, evals: &[ReportEval], names: &[String]) {
-    h.push_str("<h2>Items</h2><p>Click a column to sort; click an item to see its revision chain.</p><table id=items class=sortable><thead><tr><th>item</th><th>epoch</th><th>eval</th><th>status</th><th>passed</th><th>score</th><th>first answer</th><th>answers</th><th>tokens</th><th>wall ms</th></tr></thead><tbody>");
+/// The item table. Each row carries what the viewer filters on:
+/// `data-status`, `data-flip` (see [`flip`]) and `data-node` (the node of
+/// the final answer).
+fn item_table(h: &mut String, evals: &[ReportEval], names: &[String], target: Target) {
+    let hint = match target {
+        Target::File => "click an item to see its revision chain",
+        Target::View => "click an item to open it",
+    };
+    let _ = write!(
+        h,
+        "<h2>Items</h2><p>Click a column to sort; {hint}.</p><table id=items class=sortable><thead><tr><th>item</th><th>epoch</th><th>eval</th><th>status</th><th>passed</th><th>score</th><th>first answer</th><th>answers</th><th>tokens</th><th>wall ms</th></tr></thead><tbody>"
+    );
     for (ei, (e, name)) in evals.iter().zip(names).enumerate() {
         for (ui, u) in e.units.iter().enumerate() {
             let Some(r) = &u.result else {
                 let _ = write!(
                     h,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td></td><td></td><td></td><td></td><td></td><td></td></tr>",
+                    "<tr data-status=\"{}\" data-flip=\"\" data-node=\"\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td></td><td></td><td></td><td></td><td></td><td></td></tr>",
+                    escape(&u.status),
                     escape(&u.item.id),
                     u.epoch,
                     escape(name),
@@ -448,14 +524,25 @@ fn item_table(h: &mut String, evals: &[ReportEval], names: &[String]) {
                 );
                 continue;
             };
-            let anchor = if ui < CHAIN_LIMIT {
-                format!("<a href=\"#u{ei}-{ui}\">{}</a>", escape(&u.item.id))
-            } else {
-                escape(&u.item.id)
+            let anchor = match target {
+                Target::View => format!(
+                    "<a href=\"/e/{}/item?id={}&amp;epoch={}\">{}</a>",
+                    query_value(&e.record.id),
+                    query_value(&u.item.id),
+                    u.epoch,
+                    escape(&u.item.id)
+                ),
+                Target::File if ui < CHAIN_LIMIT => {
+                    format!("<a href=\"#u{ei}-{ui}\">{}</a>", escape(&u.item.id))
+                }
+                Target::File => escape(&u.item.id),
             };
             let _ = write!(
                 h,
-                "<tr><td>{anchor}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
+                "<tr data-status=\"{}\" data-flip=\"{}\" data-node=\"{}\"><td>{anchor}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
+                r.status.as_str(),
+                flip(r),
+                escape(r.candidates.last().map_or("", |c| c.node.as_str())),
                 u.epoch,
                 escape(name),
                 r.status.as_str(),
@@ -491,84 +578,93 @@ fn chains(h: &mut String, evals: &[ReportEval], names: &[String]) {
             );
         }
         for (ui, u) in e.units.iter().enumerate().take(CHAIN_LIMIT) {
-            let Some(r) = &u.result else { continue };
-            let _ = write!(
-                h,
-                "<details id=\"u{ei}-{ui}\"><summary>{} · epoch {} · {} · {}</summary>",
-                escape(&u.item.id),
-                u.epoch,
-                escape(name),
-                r.score.as_ref().map_or_else(
-                    || format!("failed: {}", escape(r.error.as_deref().unwrap_or(""))),
-                    |s| format!("score {:.3} ({})", s.score, escape(&s.feedback))
-                )
-            );
-            let answer_nodes: Vec<&str> = r.candidates.iter().map(|c| c.node.as_str()).collect();
-            let mut kinds = std::collections::HashMap::new();
-            let mut previous: Option<String> = None;
-            for ev in &r.events {
-                match ev.get("event").and_then(Value::as_str) {
-                    Some("node_started") => {
-                        if let (Some(n), Some(k)) = (
-                            ev.get("node").and_then(Value::as_str),
-                            ev.get("kind").and_then(Value::as_str),
-                        ) {
-                            kinds.insert(n.to_string(), k.to_string());
-                        }
-                    }
-                    Some("node_finished") => {
-                        let node = ev.get("node").and_then(Value::as_str).unwrap_or("?");
-                        let round = ev.get("round").and_then(Value::as_u64).unwrap_or(0);
-                        let Some(out) = ev.get("output") else {
-                            continue;
-                        };
-                        let text = match out.get("text") {
-                            Some(Value::String(s)) => s.clone(),
-                            _ => serde_json::to_string_pretty(out).unwrap_or_default(),
-                        };
-                        let kind = kinds.get(node).map(String::as_str).unwrap_or("");
-                        let _ = write!(
-                            h,
-                            "<div class=step><b>{}</b> <i>{}</i> round {round}",
-                            escape(node),
-                            escape(kind)
-                        );
-                        if answer_nodes.contains(&node) {
-                            match &previous {
-                                Some(p) => {
-                                    h.push_str("<pre class=diff>");
-                                    h.push_str(&word_diff(p, &text));
-                                    h.push_str("</pre>");
-                                }
-                                None => {
-                                    let _ = write!(h, "<pre>{}</pre>", escape(&text));
-                                }
-                            }
-                            previous = Some(text);
-                        } else {
-                            let _ = write!(h, "<pre>{}</pre>", escape(&text));
-                        }
-                        h.push_str("</div>");
-                    }
-                    Some("verdict") => {
-                        let _ = write!(
-                            h,
-                            "<div class=verdict>verdict of {}: {} (score {})</div>",
-                            escape(ev.get("node").and_then(Value::as_str).unwrap_or("?")),
-                            if ev.get("passed").and_then(Value::as_bool) == Some(true) {
-                                "passed"
-                            } else {
-                                "failed"
-                            },
-                            ev.get("score").map(|s| s.to_string()).unwrap_or_default()
-                        );
-                    }
-                    _ => {}
-                }
-            }
-            h.push_str("</details>");
+            chain(h, u, name, &format!("u{ei}-{ui}"), false);
         }
     }
+}
+
+/// One unit's revision chain as a `<details>` element with id `id` (open
+/// with `open`): the nodes in the order they finished, their outputs,
+/// verdicts, and a word-level diff of each answer against the one before.
+pub fn chain(h: &mut String, u: &UnitRecord, name: &str, id: &str, open: bool) {
+    let Some(r) = &u.result else { return };
+    let _ = write!(
+        h,
+        "<details id=\"{}\"{}><summary>{} · epoch {} · {} · {}</summary>",
+        escape(id),
+        if open { " open" } else { "" },
+        escape(&u.item.id),
+        u.epoch,
+        escape(name),
+        r.score.as_ref().map_or_else(
+            || format!("failed: {}", escape(r.error.as_deref().unwrap_or(""))),
+            |s| format!("score {:.3} ({})", s.score, escape(&s.feedback))
+        )
+    );
+    let answer_nodes: Vec<&str> = r.candidates.iter().map(|c| c.node.as_str()).collect();
+    let mut kinds = std::collections::HashMap::new();
+    let mut previous: Option<String> = None;
+    for ev in &r.events {
+        match ev.get("event").and_then(Value::as_str) {
+            Some("node_started") => {
+                if let (Some(n), Some(k)) = (
+                    ev.get("node").and_then(Value::as_str),
+                    ev.get("kind").and_then(Value::as_str),
+                ) {
+                    kinds.insert(n.to_string(), k.to_string());
+                }
+            }
+            Some("node_finished") => {
+                let node = ev.get("node").and_then(Value::as_str).unwrap_or("?");
+                let round = ev.get("round").and_then(Value::as_u64).unwrap_or(0);
+                let Some(out) = ev.get("output") else {
+                    continue;
+                };
+                let text = match out.get("text") {
+                    Some(Value::String(s)) => s.clone(),
+                    _ => serde_json::to_string_pretty(out).unwrap_or_default(),
+                };
+                let kind = kinds.get(node).map(String::as_str).unwrap_or("");
+                let _ = write!(
+                    h,
+                    "<div class=step><b>{}</b> <i>{}</i> round {round}",
+                    escape(node),
+                    escape(kind)
+                );
+                if answer_nodes.contains(&node) {
+                    match &previous {
+                        Some(p) => {
+                            h.push_str("<pre class=diff>");
+                            h.push_str(&word_diff(p, &text));
+                            h.push_str("</pre>");
+                        }
+                        None => {
+                            let _ = write!(h, "<pre>{}</pre>", escape(&text));
+                        }
+                    }
+                    previous = Some(text);
+                } else {
+                    let _ = write!(h, "<pre>{}</pre>", escape(&text));
+                }
+                h.push_str("</div>");
+            }
+            Some("verdict") => {
+                let _ = write!(
+                    h,
+                    "<div class=verdict>verdict of {}: {} (score {})</div>",
+                    escape(ev.get("node").and_then(Value::as_str).unwrap_or("?")),
+                    if ev.get("passed").and_then(Value::as_bool) == Some(true) {
+                        "passed"
+                    } else {
+                        "failed"
+                    },
+                    ev.get("score").map(|s| s.to_string()).unwrap_or_default()
+                );
+            }
+            _ => {}
+        }
+    }
+    h.push_str("</details>");
 }
 
 /// A word-level diff: removed words struck through, added words marked.
@@ -709,8 +805,8 @@ fn scatter(title: &str, xlabel: &str, ylabel: &str, points: &[(String, f64, f64)
     )
 }
 
-const HEAD: &str = "<!doctype html><html lang=en><head><meta charset=utf-8><title>redraft report</title>
-<meta name=viewport content=\"width=device-width\">
+pub(crate) const HEAD: &str = "<!doctype html><html lang=en><head><meta charset=utf-8><title>redraft report</title>
+<meta name=viewport content=\"width=device-width\"><link rel=icon href=\"data:,\">
 <style>
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0;font-size:13px}
@@ -725,6 +821,14 @@ del{background:#fdd;color:#900}
 ins{background:#dfd;color:#060;text-decoration:none}
 details{margin:.3em 0;border-left:3px solid #ddd;padding-left:.5em}
 .verdict{font-size:12px;color:#555}
+nav.view{margin-bottom:1em;font-size:14px}
+#filters{margin:.5em 0;font-size:13px}
+#filters label{margin-right:1em}
+.side{display:grid;grid-template-columns:1fr 1fr;gap:.5em}
+.edit{margin:.2em 0;padding:.2em;border:1px solid #ddd}
+.edit.current{outline:2px solid #36c}
+.edit.accepted{background:#efe}
+.edit.rejected{background:#fee}
 </style></head><body>
 <script>window.__errors=[];window.addEventListener('error',function(e){window.__errors.push(String(e.message));});</script>
 ";

@@ -555,11 +555,22 @@ pub enum VoteFrom {
     Items(String),
 }
 
+/// How a vote reads each sample's answer.
+#[derive(Debug)]
+pub enum VoteExtract {
+    /// A regex's last match: its first participating group, else the match.
+    Regex(regex::Regex),
+    /// `extract: number`: the final number, read as the numeric scorer
+    /// reads it (`answer::number`: `\boxed{}` first, then the last number),
+    /// so the vote and its eval agree on every sample's answer.
+    Number,
+}
+
 #[derive(Debug)]
 pub struct VoteSpec {
     pub from: VoteFrom,
-    /// Extracts the answer from each sample: capture group 1, else the match.
-    pub extract: Option<regex::Regex>,
+    /// Reads the answer from each sample (the whole trimmed text when absent).
+    pub extract: Option<VoteExtract>,
     /// Expression giving each sample's weight (`sample` bound); majority when absent.
     pub weight: Option<String>,
 }

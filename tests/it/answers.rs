@@ -155,6 +155,52 @@ output: {{ from: [pick] }}
     assert_eq!(summary.output, Some(serde_json::json!("4")), "{summary:?}");
 }
 
+/// `extract: number` counts each sample's final number as the numeric
+/// scorer reads it: `\boxed{15}`, "The answer is: $15." and "15.0" are one
+/// answer, and each passes the scorer for 15 while the 7 does not.
+#[tokio::test]
+async fn a_vote_by_number_agrees_with_the_numeric_scorer() {
+    let samples = [
+        r"so \boxed{15} vacuum cleaners",
+        "The answer is: $15.",
+        "x = 15.0",
+        "I think 7",
+    ];
+    for (text, right) in samples.iter().zip([true, true, true, false]) {
+        assert_eq!(
+            scorer_passes("numeric", None, "15", text).await,
+            right,
+            "{text}"
+        );
+    }
+    let wf = workflow(
+        r#"
+version: 1
+models: { m: { spec: "scripted:unused" } }
+nodes:
+  - { id: solve, kind: generate, template: "Q", n: 4 }
+  - { id: pick, kind: vote, from: solve, extract: number }
+edges: [{ from: solve, to: pick }]
+output: { from: [pick] }
+"#,
+    );
+    let script =
+        serde_json::json!({"replies": [{"node": "solve", "samples": samples}]}).to_string();
+    let (summary, events) = run(Arc::clone(&wf), &script, RunOptions::default()).await;
+    assert_eq!(summary.output, Some(serde_json::json!("15")), "{summary:?}");
+    let votes = events.iter().find_map(|e| match e {
+        redraft::event::Event::NodeFinished {
+            node,
+            output: Some(o),
+            ..
+        } if node == "pick" => Some(o["votes"].clone()),
+        _ => None,
+    });
+    assert_eq!(votes, Some(serde_json::json!({"15": 3, "7": 1})));
+    assert_eq!(redraft::answer::format_number(18.0), "18");
+    assert_eq!(redraft::answer::format_number(-0.5), "-0.5");
+}
+
 #[tokio::test]
 async fn a_judges_yes_survives_markdown() {
     for (reply, yes) in [

@@ -33,3 +33,4 @@ mod sandbox;
 mod store;
 mod support;
 mod validate;
+mod view;

@@ -262,6 +262,14 @@ pub trait Store: Send {
     /// Every unit with its result; the results' summaries and events only
     /// with `full` (they are most of the bytes).
     fn units(&mut self, eval: &str, full: bool) -> Result<Vec<UnitRecord>, StoreError>;
+    /// One unit with its result, summary and events (`None` when the eval
+    /// has no such item and epoch).
+    fn unit(
+        &mut self,
+        eval: &str,
+        item: &str,
+        epoch: u32,
+    ) -> Result<Option<UnitRecord>, StoreError>;
     /// Appends a record to the journal `(kind, key)` (a calibration's
     /// generations, a learned mapping); returns its sequence number (from 0).
     fn append_record(&mut self, kind: &str, key: &str, value: &Value) -> Result<i64, StoreError>;
@@ -571,6 +579,7 @@ pub(crate) fn archived_id(id: &str, now_ms: i64) -> String {
 
 pub(crate) const UNITS: &str = "SELECT item, epoch, status, result, CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM units WHERE eval_id = $1 ORDER BY seq";
 pub(crate) const UNITS_WITH_EVENTS: &str = "SELECT item, epoch, status, result, summary, events FROM units WHERE eval_id = $1 ORDER BY seq";
+pub(crate) const UNIT_WITH_EVENTS: &str = "SELECT item, epoch, status, result, summary, events FROM units WHERE eval_id = $1 AND item_id = $2 AND epoch = $3";
 
 /// A result as stored: its JSON, its summary and its events.
 pub(crate) fn encode(store: &str, r: &ItemResult) -> Result<(String, String, String), StoreError> {

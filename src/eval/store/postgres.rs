@@ -24,9 +24,9 @@ use tokio_postgres::{Client, NoTls};
 
 use super::{
     ARCHIVED_SUFFIX, Access, Counts, EvalListing, EvalRecord, Identity, SCHEMA_VERSION, SPENT,
-    Store, StoreError, StoreOptions, UNITS, UNITS_WITH_EVENTS, Unit, UnitRecord, WorkerId,
-    archived_id, corrupt, counts_from, encode, models_of, now_ms, resolve_id, schema, shard_filter,
-    shard_hash, shard_params, totals_from, unit_record,
+    Store, StoreError, StoreOptions, UNIT_WITH_EVENTS, UNITS, UNITS_WITH_EVENTS, Unit, UnitRecord,
+    WorkerId, archived_id, corrupt, counts_from, encode, models_of, now_ms, resolve_id, schema,
+    shard_filter, shard_hash, shard_params, totals_from, unit_record,
 };
 use crate::eval::{ItemResult, Totals};
 
@@ -840,6 +840,35 @@ impl Store for PgStore {
                 )
             })
             .collect()
+    }
+
+    fn unit(
+        &mut self,
+        eval: &str,
+        item: &str,
+        epoch: u32,
+    ) -> Result<Option<UnitRecord>, StoreError> {
+        let epoch = i64::from(epoch);
+        let rows = self.run(async |c: &mut Client, t| {
+            Ok(timed(t, c.query(UNIT_WITH_EVENTS, &[&eval, &item, &epoch])).await?)
+        })?;
+        rows.first()
+            .map(|r| {
+                let item: String = r.get(0);
+                let result: Option<String> = r.get(3);
+                let summary: Option<String> = r.get(4);
+                let events: Option<String> = r.get(5);
+                unit_record(
+                    &self.location,
+                    &item,
+                    r.get(1),
+                    r.get(2),
+                    result.as_deref(),
+                    summary.as_deref(),
+                    events.as_deref(),
+                )
+            })
+            .transpose()
     }
 }
 

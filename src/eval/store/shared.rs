@@ -119,6 +119,14 @@ impl Store for SharedStore {
     fn units(&mut self, eval: &str, full: bool) -> Result<Vec<UnitRecord>, StoreError> {
         self.lock()?.units(eval, full)
     }
+    fn unit(
+        &mut self,
+        eval: &str,
+        item: &str,
+        epoch: u32,
+    ) -> Result<Option<UnitRecord>, StoreError> {
+        self.lock()?.unit(eval, item, epoch)
+    }
     fn append_record(&mut self, kind: &str, key: &str, value: &Value) -> Result<i64, StoreError> {
         self.lock()?.append_record(kind, key, value)
     }

@@ -8,9 +8,9 @@ use serde_json::Value;
 
 use super::{
     ARCHIVED_SUFFIX, Access, Counts, EvalListing, EvalRecord, Identity, SCHEMA_VERSION, SPENT,
-    Store, StoreError, StoreOptions, UNITS, UNITS_WITH_EVENTS, Unit, UnitRecord, WorkerId,
-    archived_id, corrupt, counts_from, encode, models_of, now_ms, resolve_id, schema, shard_filter,
-    shard_hash, shard_params, totals_from, unit_record,
+    Store, StoreError, StoreOptions, UNIT_WITH_EVENTS, UNITS, UNITS_WITH_EVENTS, Unit, UnitRecord,
+    WorkerId, archived_id, corrupt, counts_from, encode, models_of, now_ms, resolve_id, schema,
+    shard_filter, shard_hash, shard_params, totals_from, unit_record,
 };
 use crate::eval::{ItemResult, Totals};
 
@@ -600,6 +600,48 @@ impl Store for SqliteStore {
                 )
             })
             .collect()
+    }
+
+    fn unit(
+        &mut self,
+        eval: &str,
+        item: &str,
+        epoch: u32,
+    ) -> Result<Option<UnitRecord>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                UNIT_WITH_EVENTS,
+                rusqlite::params![eval, item, i64::from(epoch)],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                },
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
+        row.map(|(item, epoch, status, result, summary, events)| {
+            unit_record(
+                &self.path,
+                &item,
+                epoch,
+                status,
+                result.as_deref(),
+                summary.as_deref(),
+                events.as_deref(),
+            )
+        })
+        .transpose()
     }
 }
 

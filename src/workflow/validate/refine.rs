@@ -202,7 +202,13 @@ pub(crate) fn vote(cx: &mut Ctx, node: &RawNode, env: &Env) -> Option<NodeKind> 
         }
         (None, None) => None,
     };
-    let extract = n.extract.as_ref().and_then(|e| compile_regex(cx, e));
+    let extract = n.extract.as_ref().and_then(|e| {
+        if e.value == "number" {
+            Some(VoteExtract::Number)
+        } else {
+            compile_regex(cx, e).map(VoteExtract::Regex)
+        }
+    });
     if let Some(w) = &n.weight {
         check_expression(
             cx,

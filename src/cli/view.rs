@@ -1,0 +1,140 @@
+//! `redraft view` at the edge: flags, the store, the printed URL.
+
+use std::io::Read as _;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::eval::StoreArgs;
+use super::{EXIT_INVALID, EXIT_OK};
+use crate::eval::store::{self, SharedStore};
+use crate::view::{self, ViewConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct ViewArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The port to listen on (default: a free one, printed).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// The address to listen on. Anything but a loopback address requires
+    /// the token printed at start on every request.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Open the URL in the default browser (xdg-open or open).
+    #[arg(long)]
+    pub open: bool,
+    /// How often the store is read for live updates.
+    #[arg(long, default_value = "500ms", value_name = "DURATION")]
+    pub poll: String,
+}
+
+/// A random token: 128 bits from the system's generator, as hex.
+pub(crate) fn token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for the viewer's token")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The viewer's settings from the flags shared by `view` and `run --review web`.
+pub(crate) fn config(host: IpAddr, port: u16, poll: Duration) -> anyhow::Result<ViewConfig> {
+    Ok(ViewConfig {
+        host,
+        port,
+        token: if host.is_loopback() {
+            None
+        } else {
+            Some(token()?)
+        },
+        poll,
+    })
+}
+
+pub fn view_command(args: ViewArgs) -> u8 {
+    let setup = || -> anyhow::Result<(ViewConfig, store::StoreOptions)> {
+        let poll = crate::units::parse_duration(&args.poll)
+            .filter(|d| !d.is_zero())
+            .with_context(|| {
+                format!(
+                    "--poll {}: expected a positive duration (500ms, 2s)",
+                    args.poll
+                )
+            })?;
+        Ok((
+            config(args.host, args.port, poll)?,
+            args.store.timeouts.options(store::Access::ReadOnly)?,
+        ))
+    };
+    let (config, options) = match setup() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return EXIT_INVALID;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    let location = args.store.store.clone();
+    let result = runtime.block_on(async move {
+        let at = location.clone();
+        let opened = tokio::task::spawn_blocking(move || store::open_with(&at, &options))
+            .await
+            .context("the store thread failed")?
+            .with_context(|| {
+                format!(
+                    "cannot open the store {}",
+                    crate::redact::without_password(&location)
+                )
+            })?;
+        let viewer = view::start(config, Some(SharedStore::new(opened))).await?;
+        let url = viewer.url();
+        println!("redraft view: {url}");
+        eprintln!(
+            "serving {}; Ctrl-C stops",
+            crate::redact::without_password(&location)
+        );
+        if args.open {
+            open_browser(&url);
+        }
+        super::interrupt_signal().await;
+        drop(viewer);
+        anyhow::Ok(())
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INVALID
+        }
+    }
+}
+
+/// Best effort: the platform's opener, its failure only reported.
+pub(crate) fn open_browser(url: &str) {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    if let Err(e) = std::process::Command::new(opener)
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        eprintln!("warning: cannot open a browser ({opener}: {e}); open {url}");
+    }
+}
