@@ -930,7 +930,7 @@ fn the_shipped_data_sets_load_from_their_packages() {
 /// optional one (its values include "", leave it out), except where the
 /// function requires it (BFCL's ground truth lists "" for some required
 /// parameters, whose other values then count), `required`.
-fn given<'a>(allowed: &'a serde_json::Value, required: bool) -> Option<&'a serde_json::Value> {
+fn given(allowed: &serde_json::Value, required: bool) -> Option<&serde_json::Value> {
     let values = allowed.as_array()?;
     if values.iter().any(|v| v == "") && !required {
         return None;

@@ -432,7 +432,13 @@ impl Browser {
             .stderr(Stdio::null());
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(cmd_read, 3) < 0 || libc::dup2(out_write, 4) < 0 {
+                // Out of the way first, so that one dup2 cannot overwrite
+                // the other's source (a pipe end may already be fd 3 or 4).
+                let (r, w) = (
+                    libc::fcntl(cmd_read, libc::F_DUPFD, 10),
+                    libc::fcntl(out_write, libc::F_DUPFD, 10),
+                );
+                if r < 0 || w < 0 || libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
