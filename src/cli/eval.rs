@@ -162,8 +162,9 @@ pub struct EvalArgs {
     pub judge_models: Vec<String>,
     /// Decisions for human review nodes: accept-all, reject-all, reference
     /// (accept an edit when it brings the text closer to the item's
-    /// reference answer), or a decisions FILE (one entry per review round);
-    /// part of the eval's id.
+    /// reference answer), web (people, in the browser: the URL is printed;
+    /// each item's reviews go to one reviewer), or a decisions FILE (one
+    /// entry per review round); part of the eval's id.
     #[arg(long, value_name = "MODE|FILE")]
     pub review: Option<String>,
     /// Keep prompts and replies in the stored events.
@@ -325,12 +326,14 @@ pub(crate) fn prepare(args: &EvalArgs) -> anyhow::Result<Prepared> {
     }
     plan.review = match args.review.as_deref() {
         Some("ask") => bail!(
-            "--review ask: an eval never asks; give accept-all, reject-all, reference or a decisions file"
+            "--review ask: an eval never asks on the terminal; give accept-all, reject-all, reference, web or a decisions file"
         ),
         Some("reference") if plan.data.answer.is_none() => bail!(
             "--review reference: the reviewer needs each item's reference text; name its field with --answer"
         ),
         Some("reference") => Some(EvalReview::Reference),
+        // The browser's reviewer is set where the viewer starts (the runtime).
+        Some("web") => None,
         Some(r) => Some(EvalReview::Decisions(super::parse_review(r)?)),
         None => None,
     };
@@ -498,7 +501,28 @@ pub fn eval_command(args: EvalArgs) -> u8 {
         }
     }
     let cancel = opts.cancel.clone();
+    let web_review = args.review.as_deref() == Some("web");
+    let location = args.store.store.clone();
+    let mut plan = plan;
     let result = runtime.block_on(async {
+        // Reviews in the browser, on a viewer over this eval's store.
+        let _viewer = if web_review {
+            match super::view::review_viewer(&location, &args.store.timeouts).await {
+                Ok(viewer) => {
+                    eprintln!("review the edits at {}review", viewer.url());
+                    let reviewer = viewer.reviewer();
+                    plan.review = Some(EvalReview::People(eval::ReviewerPerItem(Arc::new(
+                        move |item: &str| -> Arc<dyn crate::review::Reviewer> {
+                            Arc::new(reviewer.for_item(item))
+                        },
+                    ))));
+                    Some(viewer)
+                }
+                Err(e) => return Err(eval::EvalError::Invalid(format!("--review web: {e:#}"))),
+            }
+        } else {
+            None
+        };
         let interrupted = super::interrupt_signal();
         let watcher = tokio::spawn(async move {
             if interrupted.await {

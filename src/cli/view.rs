@@ -122,6 +122,21 @@ pub fn view_command(args: ViewArgs) -> u8 {
     }
 }
 
+/// A viewer on 127.0.0.1 over `location` (read-only), for the reviews of
+/// `redraft eval --review web`: the same app shows the eval as it runs.
+pub(crate) async fn review_viewer(
+    location: &str,
+    timeouts: &super::eval::StoreTimeouts,
+) -> anyhow::Result<view::Viewer> {
+    let options = timeouts.options(store::Access::ReadOnly)?;
+    let at = location.to_string();
+    let opened = tokio::task::spawn_blocking(move || store::open_with(&at, &options))
+        .await
+        .context("the store thread failed")??;
+    let config = config(IpAddr::from([127, 0, 0, 1]), 0, Duration::from_millis(500))?;
+    Ok(view::start(config, Some(SharedStore::new(opened))).await?)
+}
+
 /// Best effort: the platform's opener, its failure only reported.
 pub(crate) fn open_browser(url: &str) {
     let opener = if cfg!(target_os = "macos") {

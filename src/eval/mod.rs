@@ -99,6 +99,19 @@ pub enum EvalReview {
     /// A simulated reviewer with the item's reference answer in mind
     /// ([`crate::review::ReferenceReviewer`]).
     Reference,
+    /// People: each item's reviews go to the reviewer this gives for the
+    /// item's id (`redraft eval --review web`: the browser).
+    People(ReviewerPerItem),
+}
+
+/// Gives the reviewer of one item (by id), for [`EvalReview::People`].
+#[derive(Clone)]
+pub struct ReviewerPerItem(pub Arc<dyn Fn(&str) -> Arc<dyn crate::review::Reviewer> + Send + Sync>);
+
+impl std::fmt::Debug for ReviewerPerItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReviewerPerItem")
+    }
 }
 
 impl EvalPlan {
@@ -174,6 +187,7 @@ impl EvalPlan {
             use crate::workflow::ReviewDecisions as D;
             let v = match review {
                 EvalReview::Reference => "reference".to_string(),
+                EvalReview::People(_) => "people".to_string(),
                 EvalReview::Decisions(D::Ask) => "ask".to_string(),
                 EvalReview::Decisions(D::AcceptAll) => "accept-all".to_string(),
                 EvalReview::Decisions(D::RejectAll) => "reject-all".to_string(),
@@ -830,6 +844,10 @@ impl UnitContext {
                     Arc::new(crate::review::ReferenceReviewer { reference });
                 (Some(crate::workflow::ReviewDecisions::Ask), Some(reviewer))
             }
+            Some(EvalReview::People(per_item)) => (
+                Some(crate::workflow::ReviewDecisions::Ask),
+                Some((per_item.0)(&unit.item.id)),
+            ),
         };
         let opts = RunOptions {
             inputs: unit.item.inputs.clone(),

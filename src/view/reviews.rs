@@ -24,6 +24,8 @@ const MAX_NAME: usize = 100;
 const MAX_COMMENT: usize = 4000;
 
 struct Pending {
+    /// Whose review it is (an eval's item id), when known.
+    label: Option<String>,
     node: String,
     round: u32,
     depth: u32,
@@ -71,7 +73,12 @@ impl Reviews {
         self.version.send_modify(|v| *v += 1);
     }
 
-    fn add(&self, req: &ReviewRequest<'_>, reply: oneshot::Sender<Vec<bool>>) -> u64 {
+    fn add(
+        &self,
+        label: Option<&str>,
+        req: &ReviewRequest<'_>,
+        reply: oneshot::Sender<Vec<bool>>,
+    ) -> u64 {
         let id = {
             let mut inner = self.lock();
             inner.next += 1;
@@ -79,6 +86,7 @@ impl Reviews {
             inner.pending.insert(
                 id,
                 Pending {
+                    label: label.map(str::to_string),
                     node: req.node.to_string(),
                     round: req.round,
                     depth: req.depth,
@@ -109,9 +117,11 @@ impl Reviews {
             .pending
             .iter()
             .map(|(id, p)| match &p.reviewer {
-                Some(r) if r != me => json!({"id": id, "node": p.node, "taken_by": r}),
+                Some(r) if r != me => {
+                    json!({"id": id, "item": p.label, "node": p.node, "taken_by": r})
+                }
                 _ => json!({
-                    "id": id, "node": p.node, "round": p.round, "depth": p.depth,
+                    "id": id, "item": p.label, "node": p.node, "round": p.round, "depth": p.depth,
                     "before": p.before, "after": p.after, "edits": p.edits,
                     "mine": p.reviewer.as_deref() == Some(me),
                 }),
@@ -182,7 +192,7 @@ impl Reviews {
                     proposed = decisions.len(), comment = %comment, "web review decided"
                 );
                 inner.decided.push(json!({
-                    "id": id, "node": p.node, "round": p.round, "reviewer": reviewer,
+                    "id": id, "item": p.label, "node": p.node, "round": p.round, "reviewer": reviewer,
                     "accepted": accepted, "proposed": decisions.len(), "comment": comment,
                 }));
                 let over = inner.decided.len().saturating_sub(KEEP_DECIDED);
@@ -217,11 +227,23 @@ impl Reviews {
 #[derive(Clone)]
 pub struct WebReviewer {
     reviews: Arc<Reviews>,
+    label: Option<String>,
 }
 
 impl WebReviewer {
     pub(super) fn new(reviews: Arc<Reviews>) -> WebReviewer {
-        WebReviewer { reviews }
+        WebReviewer {
+            reviews,
+            label: None,
+        }
+    }
+
+    /// The same page, its reviews marked as `label`'s (an eval's item).
+    pub fn for_item(&self, label: &str) -> WebReviewer {
+        WebReviewer {
+            reviews: self.reviews.clone(),
+            label: Some(label.to_string()),
+        }
     }
 }
 
@@ -240,7 +262,7 @@ impl Reviewer for WebReviewer {
         req: ReviewRequest<'a>,
     ) -> BoxFuture<'a, Result<Vec<bool>, ReviewError>> {
         let (tx, rx) = oneshot::channel();
-        let id = self.reviews.add(&req, tx);
+        let id = self.reviews.add(self.label.as_deref(), &req, tx);
         Box::pin(async move {
             let _leave = Leave(&self.reviews, id);
             rx.await

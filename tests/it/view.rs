@@ -792,3 +792,110 @@ async fn the_app_works_in_a_real_browser() {
     assert!(problems.is_empty(), "console errors: {problems:#?}");
     drop(v);
 }
+
+/// `redraft eval --review web`: each item's review waits on the page,
+/// marked with the item, held by the reviewer who claims it; the eval ends
+/// when both are decided, with the decisions in its review table.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_eval_sends_each_items_reviews_to_one_reviewer() {
+    let dir = temp_dir("eval-review");
+    let store = dir.join("r.db").display().to_string();
+    let mut child = redraft_command()
+        .args([
+            "eval",
+            &root().join("workflows/r3.yaml").display().to_string(),
+            "--data",
+            &fixtures().join("view/texts.jsonl").display().to_string(),
+            "--answer",
+            "document",
+            "--scorer",
+            "contains",
+            "--review",
+            "web",
+            "--store",
+            &store,
+            "--json",
+            "-q",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let url = loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "no review URL printed"
+        );
+        if let Some(u) = line.trim().strip_prefix("review the edits at ") {
+            break u.to_string();
+        }
+    };
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/review")
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pending = loop {
+        let (_, _, body) = http(addr, "GET", "/api/reviews?reviewer=ann", &[], None).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if v["pending"].as_array().unwrap().len() == 2 || Instant::now() > deadline {
+            break v["pending"].as_array().unwrap().clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut items: Vec<&str> = pending
+        .iter()
+        .map(|p| p["item"].as_str().unwrap())
+        .collect();
+    items.sort();
+    assert_eq!(items, ["text-1 <b>x</b>", "text-2"]);
+    let (one, two) = (
+        pending[0]["id"].as_u64().unwrap(),
+        pending[1]["id"].as_u64().unwrap(),
+    );
+    let post = |id: u64, action: &'static str, who: &'static str, d: Value| {
+        let body = json!({"reviewer": who, "decisions": d});
+        async move {
+            http(
+                addr,
+                "POST",
+                &format!("/api/reviews/{id}/{action}"),
+                &[],
+                Some(&body),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(post(two, "claim", "bob", json!(null)).await, 200);
+    let (_, _, body) = http(addr, "GET", "/api/reviews?reviewer=ann", &[], None).await;
+    assert!(body.contains("\"taken_by\":\"bob\""), "{body}");
+    assert_eq!(
+        post(two, "submit", "ann", json!([true, true, true, true])).await,
+        409
+    );
+    assert_eq!(
+        post(one, "submit", "ann", json!([true, true, false, true])).await,
+        200
+    );
+    assert_eq!(
+        post(two, "submit", "bob", json!([true, true, true, true])).await,
+        200
+    );
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["metrics"]["done"], 2);
+    assert_eq!(v["metrics"]["reviews"][0]["accepted"], 7);
+    assert_eq!(v["metrics"]["reviews"][0]["proposed"], 8);
+}

@@ -146,13 +146,13 @@
       box.textContent = '';
       var open = data.pending.filter(function (p) { return !p.taken_by; });
       data.pending.filter(function (p) { return p.taken_by; }).forEach(function (p) {
-        box.appendChild(el('p', 'Review ' + p.id + ' of ' + p.node + ': taken by ' + p.taken_by, { 'class': 'taken' }));
+        box.appendChild(el('p', 'Review ' + p.id + ' of ' + (p.item ? p.item + ' · ' : '') + p.node + ': taken by ' + p.taken_by, { 'class': 'taken' }));
       });
       if (!open.length) box.appendChild(el('p', 'No review is waiting for you.', { id: 'none' }));
       open.forEach(function (p) {
         var d = decisions[p.id] || (decisions[p.id] = new Array(p.edits.length));
         var sec = el('section', null, { 'class': 'review', 'data-review': String(p.id) });
-        sec.appendChild(el('h3', p.node + ' · round ' + p.round + ' · review ' + p.depth + (p.mine ? ' · yours' : '')));
+        sec.appendChild(el('h3', (p.item ? p.item + ' · ' : '') + p.node + ' · round ' + p.round + ' · review ' + p.depth + (p.mine ? ' · yours' : '')));
         var text = el('div', null, { 'class': 'text' });
         var before = chars(p.before), at = 0;
         p.edits.forEach(function (edit, i) {
@@ -189,7 +189,7 @@
       }
       decidedList.textContent = '';
       data.decided.slice().reverse().forEach(function (x) {
-        decidedList.appendChild(el('li', x.node + ' round ' + x.round + ': ' + x.accepted + ' of ' + x.proposed +
+        decidedList.appendChild(el('li', (x.item ? x.item + ' · ' : '') + x.node + ' round ' + x.round + ': ' + x.accepted + ' of ' + x.proposed +
           ' accepted by ' + x.reviewer + (x.comment ? ' — ' + x.comment : '')));
       });
       box.setAttribute('data-open', String(open.length));
