@@ -71,9 +71,12 @@ CELLS
 }
 
 # CodeChain with 8 samples per round (the shipped workflow has 4; the paper
-# 20): what this machine allows, on the first CODECHAIN_ITEMS problems.
+# 20): what this machine allows, on the first CODECHAIN_ITEMS problems. A
+# call reserves its prompt plus max_tokens per sample: 8 × 768 needs a
+# context of 8192 tokens (the default 4096 refused every call).
 mkdir -p runs/measure
 sed -e 's/^    n: 4$/    n: 8/' -e 's#^prompt_dir: \.\./prompts/codechain#prompt_dir: ../../prompts/codechain#' \
+  -e 's/^    max_tokens: 768$/    max_tokens: 768\n    settings: { context_size: 8192 }/' \
   workflows/codechain.yaml > runs/measure/codechain-n8.yaml
 
 summarize='
