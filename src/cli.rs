@@ -435,7 +435,7 @@ fn run_command(args: RunArgs) -> u8 {
         let mut opts = opts;
         // Reviews in the browser: a viewer without a store, for this run.
         let _viewer = if web_review {
-            let config = view::config(
+            let config = crate::view::ViewConfig::on(
                 std::net::IpAddr::from([127, 0, 0, 1]),
                 0,
                 std::time::Duration::from_millis(500),
@@ -449,7 +449,7 @@ fn run_command(args: RunArgs) -> u8 {
                     }
                     Err(e) => return Err(WebReviewError(e.to_string())),
                 },
-                Err(e) => return Err(WebReviewError(format!("{e:#}"))),
+                Err(e) => return Err(WebReviewError(e.to_string())),
             }
         } else {
             None

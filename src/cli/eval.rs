@@ -440,6 +440,25 @@ impl Progress for Bar {
     }
 }
 
+/// A viewer on 127.0.0.1 over `location` (read-only), for the reviews of
+/// `redraft eval --review web`: the same app shows the eval as it runs.
+pub(crate) async fn review_viewer(
+    location: &str,
+    timeouts: &StoreTimeouts,
+) -> anyhow::Result<crate::view::Viewer> {
+    let options = timeouts.options(store::Access::ReadOnly)?;
+    let at = location.to_string();
+    let opened = tokio::task::spawn_blocking(move || store::open_with(&at, &options))
+        .await
+        .context("the store thread failed")??;
+    let config = crate::view::ViewConfig::on(
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        0,
+        std::time::Duration::from_millis(500),
+    )?;
+    Ok(crate::view::start(config, Some(store::SharedStore::new(opened))).await?)
+}
+
 pub fn eval_command(args: EvalArgs) -> u8 {
     let prepared = match prepare(&args) {
         Ok(p) => p,
@@ -507,7 +526,7 @@ pub fn eval_command(args: EvalArgs) -> u8 {
     let result = runtime.block_on(async {
         // Reviews in the browser, on a viewer over this eval's store.
         let _viewer = if web_review {
-            match super::view::review_viewer(&location, &args.store.timeouts).await {
+            match review_viewer(&location, &args.store.timeouts).await {
                 Ok(viewer) => {
                     eprintln!("review the edits at {}review", viewer.url());
                     let reviewer = viewer.reviewer();

@@ -1,6 +1,5 @@
 //! `redraft view` at the edge: flags, the store, the printed URL.
 
-use std::io::Read as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -30,29 +29,6 @@ pub struct ViewArgs {
     pub poll: String,
 }
 
-/// A random token: 128 bits from the system's generator, as hex.
-pub(crate) fn token() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("cannot read /dev/urandom for the viewer's token")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// The viewer's settings from the flags shared by `view` and `run --review web`.
-pub(crate) fn config(host: IpAddr, port: u16, poll: Duration) -> anyhow::Result<ViewConfig> {
-    Ok(ViewConfig {
-        host,
-        port,
-        token: if host.is_loopback() {
-            None
-        } else {
-            Some(token()?)
-        },
-        poll,
-    })
-}
-
 pub fn view_command(args: ViewArgs) -> u8 {
     let setup = || -> anyhow::Result<(ViewConfig, store::StoreOptions)> {
         let poll = crate::units::parse_duration(&args.poll)
@@ -64,7 +40,7 @@ pub fn view_command(args: ViewArgs) -> u8 {
                 )
             })?;
         Ok((
-            config(args.host, args.port, poll)?,
+            ViewConfig::on(args.host, args.port, poll)?,
             args.store.timeouts.options(store::Access::ReadOnly)?,
         ))
     };
@@ -120,21 +96,6 @@ pub fn view_command(args: ViewArgs) -> u8 {
             EXIT_INVALID
         }
     }
-}
-
-/// A viewer on 127.0.0.1 over `location` (read-only), for the reviews of
-/// `redraft eval --review web`: the same app shows the eval as it runs.
-pub(crate) async fn review_viewer(
-    location: &str,
-    timeouts: &super::eval::StoreTimeouts,
-) -> anyhow::Result<view::Viewer> {
-    let options = timeouts.options(store::Access::ReadOnly)?;
-    let at = location.to_string();
-    let opened = tokio::task::spawn_blocking(move || store::open_with(&at, &options))
-        .await
-        .context("the store thread failed")??;
-    let config = config(IpAddr::from([127, 0, 0, 1]), 0, Duration::from_millis(500))?;
-    Ok(view::start(config, Some(SharedStore::new(opened))).await?)
 }
 
 /// Best effort: the platform's opener, its failure only reported.

@@ -13,23 +13,28 @@
 
 use serde_json::{Map, Value};
 
-use super::score::{Score, call_name, call_params, first_object};
+use super::call;
 
 /// Scores `output` (its first JSON object, a call) against `expected`
 /// (`[{name: {parameter: [allowed values]}}]`, any one of them may match),
 /// with the declared types from `functions` (BFCL's function list) when
 /// given. An error says what is wrong with `expected` (the data, not the
 /// output).
-pub fn check(expected: &Value, functions: Option<&Value>, output: &str) -> Result<Score, String> {
+/// The answer is whether the call passes, and what decided it.
+pub fn check(
+    expected: &Value,
+    functions: Option<&Value>,
+    output: &str,
+) -> Result<(bool, String), String> {
     let calls = expected
         .as_array()
         .filter(|c| !c.is_empty())
         .ok_or("is not a non-empty list of calls")?;
-    let Some(got) = first_object(output) else {
-        return Ok(Score::pass_fail(false, "no JSON call in the output"));
+    let Some(got) = call::first_object(output) else {
+        return Ok((false, "no JSON call in the output".into()));
     };
-    let name = call_name(&got);
-    let params = call_params(&got);
+    let name = call::name(&got);
+    let params = call::params(&got);
     let mut first_failure = None;
     for call in calls {
         let (want_name, allowed) = call
@@ -50,13 +55,13 @@ pub fn check(expected: &Value, functions: Option<&Value>, output: &str) -> Resul
             (Some(_), Some(p)) => match_params(p, allowed, declared(functions, want_name)),
         };
         match outcome {
-            Ok(()) => return Ok(Score::pass_fail(true, "the call matches")),
+            Ok(()) => return Ok((true, "the call matches".into())),
             Err(e) => {
                 first_failure.get_or_insert(e);
             }
         }
     }
-    Ok(Score::pass_fail(
+    Ok((
         false,
         first_failure.unwrap_or_else(|| "no call matches".into()),
     ))
@@ -219,7 +224,7 @@ mod tests {
         (functions, expected)
     }
 
-    fn score(output: &str) -> Score {
+    fn score(output: &str) -> (bool, String) {
         let (f, e) = triangle();
         check(&e, Some(&f), output).unwrap()
     }
@@ -282,9 +287,8 @@ mod tests {
         ];
         for (output, passed, feedback) in cases {
             let s = score(output);
-            assert_eq!(s.passed, passed, "{output}: {s:?}");
-            assert_eq!(s.score, if passed { 1.0 } else { 0.0 });
-            assert!(s.feedback.contains(feedback), "{output}: {s:?}");
+            assert_eq!(s.0, passed, "{output}: {s:?}");
+            assert!(s.1.contains(feedback), "{output}: {s:?}");
         }
     }
 
@@ -299,14 +303,14 @@ mod tests {
             r#"{"name": "math_hypot", "arguments": {"point": {"x": 3, "label": "a_point"}}}"#,
         )
         .unwrap();
-        assert!(ok.passed, "{ok:?}");
+        assert!(ok.0, "{ok:?}");
         let bad = check(
             &expected,
             None,
             r#"{"name": "math.hypot", "arguments": {"point": {"x": 3, "y": 4}}}"#,
         )
         .unwrap();
-        assert!(!bad.passed);
+        assert!(!bad.0);
         // Without declared types a float equal to the integer is accepted.
         let loose = check(
             &expected,
@@ -314,7 +318,7 @@ mod tests {
             r#"{"name": "math.hypot", "arguments": {"point": {"x": 3.0}}}"#,
         )
         .unwrap();
-        assert!(loose.passed, "{loose:?}");
+        assert!(loose.0, "{loose:?}");
     }
 
     #[test]
@@ -323,13 +327,10 @@ mod tests {
         assert!(
             check(&expected, None, r#"{"name": "b", "arguments": {"y": 2}}"#)
                 .unwrap()
-                .passed
+                .0
         );
         let miss = check(&expected, None, r#"{"name": "c", "arguments": {}}"#).unwrap();
-        assert!(
-            miss.feedback.contains("called `c`, expected `a`"),
-            "{miss:?}"
-        );
+        assert!(miss.1.contains("called `c`, expected `a`"), "{miss:?}");
         for bad in [
             json!([]),
             json!({"a": {}}),

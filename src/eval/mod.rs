@@ -25,6 +25,7 @@
 
 pub mod bfcl;
 pub mod calibrate;
+mod call;
 pub mod config;
 pub mod data;
 pub mod digest;

@@ -27,7 +27,7 @@ pub struct Score {
 }
 
 impl Score {
-    pub(super) fn pass_fail(passed: bool, feedback: impl Into<String>) -> Score {
+    fn pass_fail(passed: bool, feedback: impl Into<String>) -> Score {
         Score {
             score: if passed { 1.0 } else { 0.0 },
             passed,
@@ -341,8 +341,10 @@ impl Scorer {
                     .as_ref()
                     .or_else(|| item.hidden.get("expected"))
                     .ok_or_else(|| item_err("has no expected calls".into()))?;
-                super::bfcl::check(want, item.hidden.get("functions"), output)
-                    .map_err(|e| item_err(format!("its BFCL ground truth {e}")))?
+                let (passed, feedback) =
+                    super::bfcl::check(want, item.hidden.get("functions"), output)
+                        .map_err(|e| item_err(format!("its BFCL ground truth {e}")))?;
+                Score::pass_fail(passed, feedback)
             }
             Scorer::Command { argv, timeout } => command(argv, *timeout, item, output)
                 .await
@@ -434,45 +436,11 @@ async fn code(sandbox: &Sandbox, item: &Item, output: &str) -> Result<Score, Str
     ))
 }
 
-/// The first JSON object in a text (a reply may wrap it in prose or fences).
-pub(super) fn first_object(text: &str) -> Option<serde_json::Map<String, Value>> {
-    for (i, _) in text.match_indices('{') {
-        let mut stream = serde_json::Deserializer::from_str(&text[i..]).into_iter::<Value>();
-        if let Some(Ok(Value::Object(o))) = stream.next() {
-            return Some(o);
-        }
-    }
-    None
-}
-
-/// A tool call's name (`api_name` or `name`).
-pub(super) fn call_name(call: &serde_json::Map<String, Value>) -> Option<String> {
-    call.get("api_name")
-        .or_else(|| call.get("name"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-}
-
-/// A tool call's parameters (`parameters` or `arguments`): an object, or a
-/// JSON object in a string (OpenAI's `arguments`).
-pub(super) fn call_params(
-    call: &serde_json::Map<String, Value>,
-) -> Option<serde_json::Map<String, Value>> {
-    match call.get("parameters").or_else(|| call.get("arguments"))? {
-        Value::Object(m) => Some(m.clone()),
-        Value::String(s) => match serde_json::from_str(s) {
-            Ok(Value::Object(m)) => Some(m),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 fn tool_call(want: &Value, output: &str) -> Score {
-    let Some(got) = first_object(output) else {
+    let Some(got) = super::call::first_object(output) else {
         return Score::pass_fail(false, "no JSON tool call in the output");
     };
-    let (name, params_of) = (call_name, call_params);
+    let (name, params_of) = (super::call::name, super::call::params);
     let Some(want) = want.as_object() else {
         return Score::pass_fail(false, "the expected call is not an object");
     };

@@ -55,6 +55,29 @@ pub struct ViewConfig {
     pub poll: Duration,
 }
 
+impl ViewConfig {
+    /// Serving on `host:port` (0: a free port), reading the store every
+    /// `poll`; off a loopback address with a random token (128 bits from
+    /// the system's generator).
+    pub fn on(host: IpAddr, port: u16, poll: Duration) -> Result<ViewConfig, ViewError> {
+        let token = if host.is_loopback() {
+            None
+        } else {
+            let mut bytes = [0u8; 16];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+                .map_err(ViewError::Token)?;
+            Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        };
+        Ok(ViewConfig {
+            host,
+            port,
+            token,
+            poll,
+        })
+    }
+}
+
 impl Default for ViewConfig {
     fn default() -> Self {
         ViewConfig {
@@ -75,6 +98,8 @@ pub enum ViewError {
     },
     #[error("serving on {0} needs a token (a host other than a loopback address)")]
     NoToken(IpAddr),
+    #[error("cannot read /dev/urandom for the viewer's token: {0}")]
+    Token(std::io::Error),
 }
 
 /// A running viewer; dropping it stops the server.

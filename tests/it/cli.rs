@@ -1,6 +1,6 @@
 //! The `redraft` binary: exit codes, output and the event log.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::support::{redraft, root};
@@ -538,6 +538,11 @@ fn every_command_in_the_readme_works() {
         if !missing.is_empty() && evals.iter().any(|e| command.starts_with(e)) {
             continue;
         }
+        // A server: it prints its URL, answers there, and stops when told.
+        if command.starts_with("redraft view") {
+            serves(command, &dir, &path);
+            continue;
+        }
         let o = Command::new("sh")
             .args(["-c", command])
             .current_dir(&dir)
@@ -555,6 +560,41 @@ fn every_command_in_the_readme_works() {
             stderr(&o)
         );
     }
+}
+
+/// Runs a README command that serves (`redraft view`): the URL it prints
+/// answers with the eval list, then the server is stopped.
+fn serves(command: &str, dir: &Path, path: &str) {
+    use std::io::{BufRead, Read, Write};
+    let mut child = Command::new("sh")
+        .args(["-c", &format!("exec {command}")])
+        .current_dir(dir)
+        .env("PATH", path)
+        // `--open` may find no browser here: it warns and goes on serving.
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("redraft view: ")
+        .unwrap_or_else(|| panic!("`{command}` printed {line:?}"));
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "GET /api/evals HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answer.starts_with("HTTP/1.1 200"), "`{command}`: {answer}");
 }
 
 /// The built-in data sets the commands name whose packages are not installed.

@@ -906,9 +906,9 @@ fn the_shipped_data_sets_load_from_their_packages() {
                     };
                     let s =
                         redraft::eval::bfcl::check(want, functions, &call(name, &args)).unwrap();
-                    assert!(s.passed, "{}: {} ({})", i.id, s.feedback, call(name, &args));
+                    assert!(s.0, "{}: {} ({})", i.id, s.1, call(name, &args));
                     let wrong = redraft::eval::bfcl::check(want, functions, &call("not_it", &args));
-                    assert!(!wrong.unwrap().passed, "{}", i.id);
+                    assert!(!wrong.unwrap().0, "{}", i.id);
                     let required = allowed
                         .as_object()
                         .unwrap()
@@ -918,7 +918,7 @@ fn the_shipped_data_sets_load_from_their_packages() {
                         let mut fewer = args.clone();
                         fewer.remove(first);
                         let s = redraft::eval::bfcl::check(want, functions, &call(name, &fewer));
-                        assert!(!s.unwrap().passed, "{}: without `{first}`", i.id);
+                        assert!(!s.unwrap().0, "{}: without `{first}`", i.id);
                     }
                 }
             }
