@@ -673,6 +673,15 @@ fn tooltalk_rows(dir: &Path) -> Result<Vec<(usize, Value)>, DataError> {
     Ok(rows)
 }
 
+/// An error about row `line` of `path`.
+fn row_error(path: &Path, line: usize) -> impl Fn(String) -> DataError + '_ {
+    move |message| DataError::Row {
+        path: path.to_path_buf(),
+        line,
+        message,
+    }
+}
+
 /// A BFCL category: each question (JSON lines) with its functions, joined
 /// by id with its ground truth in `possible_answer/` beside it. `apis` is
 /// the functions' documentation as text (the `tool-use` workflow's input);
@@ -687,11 +696,7 @@ fn bfcl_rows(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
     let mut answers = std::collections::HashMap::new();
     // JSON lines, whatever the name says (one line would read as one value).
     for (line, row) in json_lines(&answers_path, &read_text(&answers_path)?)? {
-        let at = |message: String| DataError::Row {
-            path: answers_path.clone(),
-            line,
-            message,
-        };
+        let at = row_error(&answers_path, line);
         let id = row
             .get("id")
             .and_then(Value::as_str)
@@ -704,11 +709,7 @@ fn bfcl_rows(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
     }
     let mut rows = Vec::new();
     for (line, row) in json_lines(path, &read_text(path)?)? {
-        let at = |message: String| DataError::Row {
-            path: path.to_path_buf(),
-            line,
-            message,
-        };
+        let at = row_error(path, line);
         let id = row
             .get("id")
             .and_then(Value::as_str)

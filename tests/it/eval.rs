@@ -17,16 +17,7 @@ use redraft::eval::score::Scorer;
 use redraft::eval::{self, EvalEnd, EvalOptions, EvalPlan, Quiet};
 use redraft::sandbox::Isolation;
 
-use crate::support::{fixtures, redraft, root};
-
-fn required() -> bool {
-    std::env::var("REDRAFT_REQUIRE_PEERS").as_deref() == Ok("1")
-}
-
-fn skip(what: &str) {
-    assert!(!required(), "REDRAFT_REQUIRE_PEERS=1 but {what} is missing");
-    eprintln!("skipped: {what} is missing");
-}
+use crate::support::{fixtures, redraft, root, skip};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("redraft-eval-{}-{name}", std::process::id()));

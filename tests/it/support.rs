@@ -163,3 +163,33 @@ pub fn have_sandbox() -> bool {
     }
     ok
 }
+
+/// Whether every peer a test can use must be there (CI: REDRAFT_REQUIRE_PEERS=1).
+pub fn required() -> bool {
+    std::env::var("REDRAFT_REQUIRE_PEERS").as_deref() == Ok("1")
+}
+
+/// Skips a test whose peer is missing, saying so; fails when peers are required.
+pub fn skip(what: &str) {
+    assert!(!required(), "REDRAFT_REQUIRE_PEERS=1 but {what} is missing");
+    eprintln!("skipped: {what} is missing");
+}
+
+/// Reads a child's stderr until it prints `review the edits at URL`; the URL.
+pub fn review_url(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "no review URL printed"
+        );
+        if let Some(u) = line.trim().strip_prefix("review the edits at ") {
+            // Keep draining stderr so the child never blocks on a full pipe.
+            std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+            return u.to_string();
+        }
+    }
+}

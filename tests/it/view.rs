@@ -13,16 +13,7 @@ use redraft::eval::store::{self, SharedStore};
 use redraft::view::{self, ViewConfig};
 use serde_json::{Value, json};
 
-use crate::support::{fixtures, redraft, redraft_command, root};
-
-fn required() -> bool {
-    std::env::var("REDRAFT_REQUIRE_PEERS").as_deref() == Ok("1")
-}
-
-fn skip(what: &str) {
-    assert!(!required(), "REDRAFT_REQUIRE_PEERS=1 but {what} is missing");
-    eprintln!("skipped: {what} is missing");
-}
+use crate::support::{fixtures, redraft, redraft_command, review_url, root, skip};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("redraft-view-{}-{name}", std::process::id()));
@@ -706,18 +697,7 @@ async fn the_app_works_in_a_real_browser() {
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let mut child = run.spawn().unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let url = loop {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "no review URL printed"
-        );
-        if let Some(u) = line.trim().strip_prefix("review the edits at ") {
-            break u.to_string();
-        }
-    };
+    let url = review_url(&mut child);
     tokio::task::block_in_place(|| {
         b.open(&url);
         b.wait(
@@ -821,18 +801,7 @@ async fn an_eval_sends_each_items_reviews_to_one_reviewer() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let url = loop {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "no review URL printed"
-        );
-        if let Some(u) = line.trim().strip_prefix("review the edits at ") {
-            break u.to_string();
-        }
-    };
+    let url = review_url(&mut child);
     let addr: std::net::SocketAddr = url
         .trim_start_matches("http://")
         .trim_end_matches("/review")

@@ -816,13 +816,30 @@ impl Store for PgStore {
     }
 
     fn units(&mut self, eval: &str, full: bool) -> Result<Vec<UnitRecord>, StoreError> {
-        let rows = self.run(async |c: &mut Client, t| {
-            Ok(timed(
-                t,
-                c.query(if full { UNITS_WITH_EVENTS } else { UNITS }, &[&eval]),
-            )
-            .await?)
-        })?;
+        self.query_units(if full { UNITS_WITH_EVENTS } else { UNITS }, &[&eval])
+    }
+
+    fn unit(
+        &mut self,
+        eval: &str,
+        item: &str,
+        epoch: u32,
+    ) -> Result<Option<UnitRecord>, StoreError> {
+        let epoch = i64::from(epoch);
+        let units = self.query_units(UNIT_WITH_EVENTS, &[&eval, &item, &epoch])?;
+        Ok(units.into_iter().next())
+    }
+}
+
+impl PgStore {
+    /// Units as `UNITS`-shaped statements select them (item, epoch,
+    /// status, result, summary, events).
+    fn query_units(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<UnitRecord>, StoreError> {
+        let rows = self.run(async |c: &mut Client, t| Ok(timed(t, c.query(sql, params)).await?))?;
         rows.into_iter()
             .map(|r| {
                 let item: String = r.get(0);
@@ -840,35 +857,6 @@ impl Store for PgStore {
                 )
             })
             .collect()
-    }
-
-    fn unit(
-        &mut self,
-        eval: &str,
-        item: &str,
-        epoch: u32,
-    ) -> Result<Option<UnitRecord>, StoreError> {
-        let epoch = i64::from(epoch);
-        let rows = self.run(async |c: &mut Client, t| {
-            Ok(timed(t, c.query(UNIT_WITH_EVENTS, &[&eval, &item, &epoch])).await?)
-        })?;
-        rows.first()
-            .map(|r| {
-                let item: String = r.get(0);
-                let result: Option<String> = r.get(3);
-                let summary: Option<String> = r.get(4);
-                let events: Option<String> = r.get(5);
-                unit_record(
-                    &self.location,
-                    &item,
-                    r.get(1),
-                    r.get(2),
-                    result.as_deref(),
-                    summary.as_deref(),
-                    events.as_deref(),
-                )
-            })
-            .transpose()
     }
 }
 

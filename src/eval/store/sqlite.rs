@@ -570,12 +570,37 @@ impl Store for SqliteStore {
     }
 
     fn units(&mut self, eval: &str, full: bool) -> Result<Vec<UnitRecord>, StoreError> {
+        self.query_units(if full { UNITS_WITH_EVENTS } else { UNITS }, [eval])
+    }
+
+    fn unit(
+        &mut self,
+        eval: &str,
+        item: &str,
+        epoch: u32,
+    ) -> Result<Option<UnitRecord>, StoreError> {
+        let params = rusqlite::params![eval, item, i64::from(epoch)];
+        Ok(self
+            .query_units(UNIT_WITH_EVENTS, params)?
+            .into_iter()
+            .next())
+    }
+}
+
+impl SqliteStore {
+    /// Units as `UNITS`-shaped statements select them (item, epoch,
+    /// status, result, summary, events).
+    fn query_units(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<UnitRecord>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare(if full { UNITS_WITH_EVENTS } else { UNITS })
+            .prepare(sql)
             .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
         let rows = stmt
-            .query_map([eval], |r| {
+            .query_map(params, |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
@@ -600,48 +625,6 @@ impl Store for SqliteStore {
                 )
             })
             .collect()
-    }
-
-    fn unit(
-        &mut self,
-        eval: &str,
-        item: &str,
-        epoch: u32,
-    ) -> Result<Option<UnitRecord>, StoreError> {
-        let row = self
-            .conn
-            .query_row(
-                UNIT_WITH_EVENTS,
-                rusqlite::params![eval, item, i64::from(epoch)],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, Option<String>>(5)?,
-                    ))
-                },
-            )
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })
-            .map_err(|e| sqlite_error(&self.path, e, self.busy))?;
-        row.map(|(item, epoch, status, result, summary, events)| {
-            unit_record(
-                &self.path,
-                &item,
-                epoch,
-                status,
-                result.as_deref(),
-                summary.as_deref(),
-                events.as_deref(),
-            )
-        })
-        .transpose()
     }
 }
 
