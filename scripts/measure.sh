@@ -62,6 +62,7 @@ humaneval/guarded|guarded|solver|--data humaneval --input format=$code
 humaneval/codechain-n8|runs/measure/codechain-n8|coder|--data humaneval --limit ${CODECHAIN_ITEMS:-40}
 gsm8k/single-shot|single-shot-math|solver|--data gsm8k
 gsm8k/guarded|guarded|solver|--data gsm8k
+gsm8k/guarded-calibrated|runs/measure/guarded-calibrated|solver|--data gsm8k
 gsm8k/self-refine-judged|self-refine-judged|writer|--data gsm8k --input format=$reason
 gsm8k/vote-4|vote|solver|--data gsm8k
 gsm8k/weighted-vote-4|revise|solver|--data gsm8k --input tau=0
@@ -78,6 +79,21 @@ mkdir -p runs/measure
 sed -e 's/^    n: 4$/    n: 8/' -e 's#^prompt_dir: \.\./prompts/codechain#prompt_dir: ../../prompts/codechain#' \
   -e 's/^    max_tokens: 768$/    max_tokens: 768\n    settings: { context_size: 8192 }/' \
   workflows/codechain.yaml > runs/measure/codechain-n8.yaml
+
+# Guarded with a calibrated judge: Platt scaling of the judge's p(Yes),
+# fitted by --calibrate on half of the finished guarded eval's items (no
+# model call), then the same workflow with `calibration:` on its check, so
+# `confident: 0.9` means a probability. Prepared once gsm8k/guarded is done.
+calibrated() {
+  local cal=runs/measure/guarded-check.calibration.yaml
+  if [ ! -s "$cal" ]; then
+    "$bin" eval workflows/guarded.yaml --data gsm8k --model "solver=$model" --store "$store" \
+      --name "$tag/gsm8k/guarded" --calibrate check --calibration-out "$cal" -q >/dev/null || return 1
+  fi
+  sed -e 's#^prompt_dir: \.\./prompts/guarded#prompt_dir: ../../prompts/guarded#' \
+    -e 's#^  - id: check$#  - id: check\n    calibration: guarded-check.calibration.yaml#' \
+    workflows/guarded.yaml > runs/measure/guarded-calibrated.yaml
+}
 
 summarize='
 import json, sys
@@ -97,6 +113,10 @@ while IFS='|' read -r name workflow role args; do
   echo "== $name ($workflow, $model)" >&2
   # A cell with its own --limit (CodeChain) keeps it; LIMIT applies to the rest.
   if [[ " ${words[*]} " == *" --limit "* ]]; then cell_limit=(); else cell_limit=("${limit[@]}"); fi
+  if [[ $name == */guarded-calibrated ]] && ! calibrated; then
+    echo "$name: needs gsm8k/guarded finished first" >&2
+    continue
+  fi
   [[ $workflow == */* ]] || workflow="workflows/$workflow"
   out=$("$bin" eval "$workflow.yaml" "${words[@]}" "${cell_limit[@]}" --model "$role=$model" \
     --concurrency "${CONCURRENCY:-4}" --store "$store" --json --name "$tag/$name" "${retry[@]}") || true
