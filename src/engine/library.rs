@@ -398,7 +398,7 @@ impl Task {
             .or_else(|| r.decisions.clone())
             .unwrap_or(ReviewDecisions::Ask);
         let decisions = self
-            .decide(&mode, &before, &after, &proposals, depth)
+            .decide(&mode, &before, &after, &proposals, depth, r.timeout)
             .await?;
         let text = review::apply(&before, &proposals, &decisions);
         let accepted = decisions.iter().filter(|d| **d).count();
@@ -447,6 +447,7 @@ impl Task {
         after: &str,
         proposals: &[Edit],
         depth: u32,
+        timeout: Option<std::time::Duration>,
     ) -> Result<Vec<bool>, NodeError> {
         if proposals.is_empty() {
             return Ok(Vec::new());
@@ -471,10 +472,16 @@ impl Task {
                     after,
                     edits: proposals,
                 };
-                reviewer
-                    .review(request)
-                    .await
-                    .map_err(|e| self.data_error(format!("review failed: {e}")))?
+                let asked = reviewer.review(request);
+                let decided = match timeout {
+                    Some(limit) => tokio::time::timeout(limit, asked).await.map_err(|_| {
+                        self.data_error(format!(
+                            "no review decision within {limit:?} (the node's `timeout`)"
+                        ))
+                    })?,
+                    None => asked.await,
+                };
+                decided.map_err(|e| self.data_error(format!("review failed: {e}")))?
             }
         };
         if decisions.len() != proposals.len() {

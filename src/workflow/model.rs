@@ -714,6 +714,9 @@ pub struct ReviewSpec {
     pub after: String,
     /// Decisions when no person is asked (the run's `--review` wins).
     pub decisions: Option<ReviewDecisions>,
+    /// How long a person (a `Reviewer`) may take to decide; the node fails
+    /// past it (no limit when absent).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Where review decisions come from.

@@ -566,6 +566,47 @@ async fn review_decisions_from_the_run_override_the_workflow() {
     assert!(s.error.unwrap().contains("--review accept-all"));
 }
 
+/// A person who never decides: the node's `timeout` fails it, naming the
+/// limit; without one the run would wait for good.
+#[tokio::test]
+async fn a_review_nobody_decides_fails_at_the_nodes_timeout() {
+    struct Away;
+    impl Reviewer for Away {
+        fn review<'a>(
+            &'a self,
+            _: ReviewRequest<'a>,
+        ) -> BoxFuture<'a, Result<Vec<bool>, ReviewError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+    let wf = workflow(
+        r#"
+version: 1
+models: { m: { spec: "scripted:unused" } }
+inputs: { document: { type: string, default: "It were good." } }
+nodes:
+  - { id: propose, kind: revise, template: "Fix: {{ inputs.document }}" }
+  - { id: review, kind: human_review, before: "{{ inputs.document }}", after: "{{ propose.text }}", timeout: 50ms }
+edges: [{ from: propose, to: review }]
+output: { from: [review] }
+"#,
+    );
+    let opts = RunOptions {
+        review: Some(ReviewDecisions::Ask),
+        reviewer: Some(Arc::new(Away)),
+        ..RunOptions::default()
+    };
+    let (s, _) = run(
+        wf,
+        r#"{"replies": [{"node": "propose", "text": "It was good."}]}"#,
+        opts,
+    )
+    .await;
+    assert_eq!(s.status, RunStatus::Failed);
+    let error = s.error.unwrap();
+    assert!(error.contains("no review decision within 50ms"), "{error}");
+}
+
 /// CodeChain clusters each distinct sub-module once: four passing samples
 /// that repeat one helper word for word give one module, not four.
 #[tokio::test]

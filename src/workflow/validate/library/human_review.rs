@@ -3,7 +3,7 @@
 use super::*;
 
 /// The kind's own keys (besides `id`, `kind`, `budget`).
-pub(crate) const KEYS: &[&str] = &["before", "after", "decisions"];
+pub(crate) const KEYS: &[&str] = &["before", "after", "decisions", "timeout"];
 
 /// The kind's builder (named in the kinds table).
 pub(crate) fn build(cx: &mut Ctx, n: &RawNode, env: &Env) -> Option<NodeKind> {
@@ -44,9 +44,11 @@ pub(super) fn review(cx: &mut Ctx, f: &Fields, env: &Env) -> Read<ReviewSpec> {
             }
         })
     });
+    let timeout = optional(f.get("timeout"), |v| duration(cx, v, "`timeout`"));
     Ok(ReviewSpec {
         before: before?,
         after: after?,
         decisions: decisions?,
+        timeout: timeout?,
     })
 }
