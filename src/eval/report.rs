@@ -213,6 +213,20 @@ pub fn query_value(s: &str) -> String {
     out
 }
 
+/// An item's "passed" cell: yes, no, or empty without a score.
+pub(crate) fn passed_cell(r: &super::ItemResult) -> &'static str {
+    r.score
+        .as_ref()
+        .map_or("", |s| if s.passed { "yes" } else { "no" })
+}
+
+/// An item's score to three decimals, or empty.
+pub(crate) fn score_cell(r: &super::ItemResult) -> String {
+    r.score
+        .as_ref()
+        .map_or(String::new(), |s| format!("{:.3}", s.score))
+}
+
 /// How an item's first answer and final answer compare: `neg` (right →
 /// wrong), `pos` (wrong → right), `right`, `wrong`, or empty without a
 /// scored answer.
@@ -546,12 +560,8 @@ fn item_table(h: &mut String, evals: &[ReportEval], names: &[String], target: Ta
                 u.epoch,
                 escape(name),
                 r.status.as_str(),
-                r.score
-                    .as_ref()
-                    .map_or("", |s| if s.passed { "yes" } else { "no" }),
-                r.score
-                    .as_ref()
-                    .map_or(String::new(), |s| format!("{:.3}", s.score)),
+                passed_cell(r),
+                score_cell(r),
                 r.first()
                     .map_or("", |c| if c.passed { "yes" } else { "no" }),
                 r.candidates.len(),

@@ -166,12 +166,8 @@ pub(super) fn item(record: &EvalRecord, u: &UnitRecord) -> String {
                 "<table class=summary id=result><tr><th>status</th><th>passed</th><th>score</th><th>feedback</th><th>answers</th><th>tokens</th><th>calls</th><th>wall ms</th></tr>\
 <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr></table>",
                 r.status.as_str(),
-                r.score
-                    .as_ref()
-                    .map_or("", |s| if s.passed { "yes" } else { "no" }),
-                r.score
-                    .as_ref()
-                    .map_or(String::new(), |s| format!("{:.3}", s.score)),
+                report::passed_cell(r),
+                report::score_cell(r),
                 escape(
                     r.score
                         .as_ref()

@@ -326,24 +326,10 @@ async fn serves_a_store(location: &str) {
     assert_eq!(status, 200);
     let cookie = headers.iter().find(|(k, _)| k == "set-cookie").unwrap();
     assert!(cookie.1.starts_with("redraft_token=s3cret;") && cookie.1.contains("HttpOnly"));
-    let (status, _, _) = http(
-        t.addr(),
-        "GET",
-        "/api/evals",
-        &[("Cookie", "redraft_token=s3cret")],
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
-    let (status, _, _) = http(
-        t.addr(),
-        "GET",
-        "/api/evals",
-        &[("Cookie", "redraft_token=s3creT")],
-        None,
-    )
-    .await;
-    assert_eq!(status, 401);
+    for (cookie, status) in [("redraft_token=s3cret", 200), ("redraft_token=s3creT", 401)] {
+        let (got, _, _) = http(t.addr(), "GET", "/api/evals", &[("Cookie", cookie)], None).await;
+        assert_eq!(got, status, "{cookie}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
