@@ -11,6 +11,9 @@
 //!   exponents, currency and percent signs).
 //! - [`extract`]: a regex's **last** match, its first participating group
 //!   (else the whole match), trimmed. The final answer comes last.
+//! - [`Rule`]: how a workflow key reads an answer (`extract` of a vote,
+//!   `answer` of a loop's `metrics` and `accept`): a pattern, or `number`
+//!   (the numeric scorer's own reading).
 //! - [`same`]: two answers are the same when both read as one number and
 //!   the numbers are equal, else when their trimmed texts are.
 //! - [`mentions`]: a needle occurring at the start of a word.
@@ -71,6 +74,26 @@ pub fn number(text: &str) -> Option<f64> {
         }
     }
     last_number(text)
+}
+
+/// How a workflow reads the answer out of a text: a regex (see
+/// [`extract`]), or `number`, the final number as the numeric scorer reads
+/// it ([`number`], written by [`format_number`]), so a workflow and its
+/// eval agree on every answer.
+#[derive(Debug, Clone)]
+pub enum Rule {
+    Pattern(Regex),
+    Number,
+}
+
+impl Rule {
+    /// The answer in `text`, if the rule finds one.
+    pub fn read(&self, text: &str) -> Option<String> {
+        match self {
+            Rule::Pattern(re) => extract(re, text).map(str::to_string),
+            Rule::Number => number(text).map(format_number),
+        }
+    }
 }
 
 /// A number as one answer's text: whole numbers without a fraction
@@ -264,6 +287,15 @@ pub fn yes_no(text: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rule_reads_a_pattern_or_the_scorers_number() {
+        let text = r"The answer is: 7. Final: \boxed{18.0}";
+        let pattern = Rule::Pattern(Regex::new(r"answer is:?\s*(\d+)").unwrap());
+        assert_eq!(pattern.read(text).as_deref(), Some("7"));
+        assert_eq!(Rule::Number.read(text).as_deref(), Some("18"));
+        assert_eq!(Rule::Number.read("no digits"), None);
+    }
 
     #[test]
     fn a_whole_answer_is_a_number_or_not() {

@@ -9,7 +9,7 @@ use super::nodes::{Task, object, parse_structured};
 use super::state::{NodeOutput, Typed, Verdict};
 use crate::backend::Completion;
 use crate::event::Event;
-use crate::workflow::{Check, Order, SelectSpec, VerifySpec, VoteExtract, VoteFrom, VoteSpec};
+use crate::workflow::{Check, Order, SelectSpec, VerifySpec, VoteFrom, VoteSpec};
 
 impl Task {
     pub(super) async fn verify(&self, v: &VerifySpec) -> Result<NodeOutput, NodeError> {
@@ -242,15 +242,7 @@ impl Task {
         for (i, s) in samples.iter().enumerate() {
             let text = s.as_str().unwrap_or_default();
             let answer = match &v.extract {
-                // The first group that took part in the match (patterns
-                // with alternatives), else the whole match.
-                Some(VoteExtract::Regex(re)) => {
-                    crate::answer::extract(re, text).map(str::to_string)
-                }
-                // Equal numbers are one answer (`18`, `18.0`, `$18`).
-                Some(VoteExtract::Number) => {
-                    crate::answer::number(text).map(crate::answer::format_number)
-                }
+                Some(rule) => rule.read(text),
                 None => Some(text.trim().to_string()),
             };
             let weight = match &v.weight {

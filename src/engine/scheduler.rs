@@ -1079,11 +1079,9 @@ impl Run {
 /// The final answer in `text` by `pattern` ([`crate::answer::extract`]:
 /// its last match), empty without one; the whole trimmed text without a
 /// pattern.
-fn answer_of(pattern: Option<&regex::Regex>, text: &str) -> String {
-    match pattern {
-        Some(re) => crate::answer::extract(re, text)
-            .unwrap_or_default()
-            .to_string(),
+fn answer_of(rule: Option<&crate::answer::Rule>, text: &str) -> String {
+    match rule {
+        Some(rule) => rule.read(text).unwrap_or_default(),
         None => text.trim().to_string(),
     }
 }

@@ -555,22 +555,11 @@ pub enum VoteFrom {
     Items(String),
 }
 
-/// How a vote reads each sample's answer.
-#[derive(Debug)]
-pub enum VoteExtract {
-    /// A regex's last match: its first participating group, else the match.
-    Regex(regex::Regex),
-    /// `extract: number`: the final number, read as the numeric scorer
-    /// reads it (`answer::number`: `\boxed{}` first, then the last number),
-    /// so the vote and its eval agree on every sample's answer.
-    Number,
-}
-
 #[derive(Debug)]
 pub struct VoteSpec {
     pub from: VoteFrom,
     /// Reads the answer from each sample (the whole trimmed text when absent).
-    pub extract: Option<VoteExtract>,
+    pub extract: Option<crate::answer::Rule>,
     /// Expression giving each sample's weight (`sample` bound); majority when absent.
     pub weight: Option<String>,
 }
@@ -774,9 +763,9 @@ pub struct Accept {
     pub rule: AcceptRule,
     /// How much the score must rise for `improved`.
     pub margin: f64,
-    /// The final answer in a judged text (first capture group, or the whole
-    /// match); defaults to the loop's `metrics.answer`.
-    pub answer: Option<regex::Regex>,
+    /// The final answer in a judged text; defaults to the loop's
+    /// `metrics.answer`.
+    pub answer: Option<crate::answer::Rule>,
     /// What a revision that changes the final answer must pass as well.
     pub answer_change: Option<AcceptRule>,
     /// The margin for `improved` when the final answer changes (default:
@@ -832,9 +821,9 @@ impl AcceptRule {
 /// steers the loop.
 #[derive(Debug, Clone, Default)]
 pub struct LoopMetrics {
-    /// The final answer in a candidate's text (first capture group, or the
-    /// whole match): a change is a change of this, not any rewording.
-    pub answer: Option<regex::Regex>,
+    /// The final answer in a candidate's text: a change is a change of
+    /// this, not any rewording.
+    pub answer: Option<crate::answer::Rule>,
     /// Template name of the right answer (e.g. from an input): a win is a
     /// round whose answer equals it (numbers compared as numbers).
     pub gold: Option<String>,

@@ -193,6 +193,17 @@ replies:
     // The same revisions with a plain `improved`: the answer flips to 4.
     let (s, _) = run(guarded(", accept: improved"), script, RunOptions::default()).await;
     assert_eq!(output(&s), "because I recounted, the answer is 4");
+
+    // `answer: number` reads answers as the numeric scorer does: a revision
+    // that boxes a new number changes the answer (the pattern saw none).
+    let boxed = script.replace(
+        "because I recounted, the answer is 4",
+        r"because I recounted, \\boxed{4}",
+    );
+    let by_number = r#", accept: { when: improved, answer: number, answer_change: verified }"#;
+    let (_, events) = run(guarded(by_number), &boxed, RunOptions::default()).await;
+    let reason = revisions(&events)[0].2.clone().unwrap_or_default();
+    assert!(reason.contains("from 5 to 4"), "{reason}");
 }
 
 #[tokio::test]

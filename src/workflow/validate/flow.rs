@@ -143,7 +143,7 @@ pub(super) fn loops_pass(
         });
         let budget = cx.limits(&l.budget, &format!("the budget of {what}"));
         let metrics = LoopMetrics {
-            answer: l.metrics_answer.as_ref().and_then(|r| compile_regex(cx, r)),
+            answer: l.metrics_answer.as_ref().and_then(|r| answer_rule(cx, r)),
             gold: l.metrics_gold.as_ref().and_then(|g| {
                 let name = format!(
                     "{}.metrics.gold",
@@ -258,7 +258,7 @@ pub(super) fn accept_rule(
     let answer = a
         .answer
         .as_ref()
-        .and_then(|r| compile_regex(cx, r))
+        .and_then(|r| answer_rule(cx, r))
         .or_else(|| metrics.answer.clone());
     if (a.answer_change.is_some() || a.answer_change_margin.is_some()) && answer.is_none() {
         cx.err(

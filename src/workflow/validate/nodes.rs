@@ -481,6 +481,16 @@ pub(super) fn verify_check(
     }
 }
 
+/// An answer-reading key (`extract`, `answer`): `number` (the numeric
+/// scorer's reading), else a regex.
+pub(super) fn answer_rule(cx: &mut Ctx, r: &Spanned<String>) -> Option<crate::answer::Rule> {
+    if r.value == "number" {
+        Some(crate::answer::Rule::Number)
+    } else {
+        compile_regex(cx, r).map(crate::answer::Rule::Pattern)
+    }
+}
+
 pub(super) fn compile_regex(cx: &mut Ctx, r: &Spanned<String>) -> Option<regex::Regex> {
     match regex::RegexBuilder::new(&r.value)
         .size_limit(1 << 20)

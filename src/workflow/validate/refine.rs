@@ -5,8 +5,8 @@
 
 use super::library::Env;
 use super::{
-    CallRole, Ctx, DEFAULT_TARGET, SAMPLE_VAR, VarCheck, VarSource, check_expression,
-    compile_regex, model_call, verify_check,
+    CallRole, Ctx, DEFAULT_TARGET, SAMPLE_VAR, VarCheck, VarSource, answer_rule, check_expression,
+    model_call, verify_check,
 };
 use crate::diagnostic::{Code, Diagnostic};
 use crate::workflow::model::*;
@@ -202,13 +202,7 @@ pub(crate) fn vote(cx: &mut Ctx, node: &RawNode, env: &Env) -> Option<NodeKind> 
         }
         (None, None) => None,
     };
-    let extract = n.extract.as_ref().and_then(|e| {
-        if e.value == "number" {
-            Some(VoteExtract::Number)
-        } else {
-            compile_regex(cx, e).map(VoteExtract::Regex)
-        }
-    });
+    let extract = n.extract.as_ref().and_then(|e| answer_rule(cx, e));
     if let Some(w) = &n.weight {
         check_expression(
             cx,
