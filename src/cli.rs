@@ -435,20 +435,12 @@ fn run_command(args: RunArgs) -> u8 {
         let mut opts = opts;
         // Reviews in the browser: a viewer without a store, for this run.
         let _viewer = if web_review {
-            let config = crate::view::ViewConfig::on(
-                std::net::IpAddr::from([127, 0, 0, 1]),
-                0,
-                std::time::Duration::from_millis(500),
-            );
-            match config {
-                Ok(config) => match crate::view::start(config, None).await {
-                    Ok(viewer) => {
-                        eprintln!("review the edits at {}review", viewer.url());
-                        opts.reviewer = Some(Arc::new(viewer.reviewer()));
-                        Some(viewer)
-                    }
-                    Err(e) => return Err(WebReviewError(e.to_string())),
-                },
+            match crate::view::start(crate::view::ViewConfig::default(), None).await {
+                Ok(viewer) => {
+                    eprintln!("review the edits at {}review", viewer.url());
+                    opts.reviewer = Some(Arc::new(viewer.reviewer()));
+                    Some(viewer)
+                }
                 Err(e) => return Err(WebReviewError(e.to_string())),
             }
         } else {

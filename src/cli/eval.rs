@@ -451,11 +451,7 @@ pub(crate) async fn review_viewer(
     let opened = tokio::task::spawn_blocking(move || store::open_with(&at, &options))
         .await
         .context("the store thread failed")??;
-    let config = crate::view::ViewConfig::on(
-        std::net::IpAddr::from([127, 0, 0, 1]),
-        0,
-        std::time::Duration::from_millis(500),
-    )?;
+    let config = crate::view::ViewConfig::default();
     Ok(crate::view::start(config, Some(store::SharedStore::new(opened))).await?)
 }
 

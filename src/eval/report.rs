@@ -33,7 +33,6 @@ fn num(x: Option<f64>) -> String {
     x.map_or("–".into(), |x| format!("{x:.3}"))
 }
 
-/// Renders the report.
 /// The methods table's rows for these evals, the first being the baseline.
 pub fn method_rows(evals: &[ReportEval]) -> Vec<super::table::MethodRow> {
     let inputs: Vec<super::table::Evaluated> = evals
@@ -43,6 +42,7 @@ pub fn method_rows(evals: &[ReportEval]) -> Vec<super::table::MethodRow> {
     super::table::rows(&inputs)
 }
 
+/// Renders the report.
 pub fn render(evals: &[ReportEval]) -> String {
     render_with(evals, &method_rows(evals))
 }
@@ -202,15 +202,13 @@ pub(crate) const VIEW_SCRIPT: &str = "<script src=\"/assets/app.js\"></script>";
 
 /// Percent-encodes a query value (everything but unreserved characters).
 pub fn query_value(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const RESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    utf8_percent_encode(s, RESERVED).to_string()
 }
 
 /// An item's "passed" cell: yes, no, or empty without a score.

@@ -25,6 +25,7 @@
 mod pages;
 pub mod reviews;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -78,6 +79,7 @@ impl ViewConfig {
     }
 }
 
+/// 127.0.0.1 on a free port, no token, the store read every 500 ms.
 impl Default for ViewConfig {
     fn default() -> Self {
         ViewConfig {
@@ -107,7 +109,9 @@ pub struct Viewer {
     addr: SocketAddr,
     token: Option<String>,
     reviews: Arc<reviews::Reviews>,
+    /// The server's accept loop, and the store's poller when there is one.
     task: tokio::task::JoinHandle<()>,
+    poller: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Viewer {
@@ -133,6 +137,9 @@ impl Viewer {
 impl Drop for Viewer {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(p) = &self.poller {
+            p.abort();
+        }
     }
 }
 
@@ -175,7 +182,6 @@ pub async fn start(config: ViewConfig, store: Option<SharedStore>) -> Result<Vie
     });
     let poller = store.map(|s| tokio::spawn(poll(s, tx, config.poll)));
     let task = tokio::spawn(async move {
-        let _poller = AbortOnDrop(poller);
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -197,37 +203,27 @@ pub async fn start(config: ViewConfig, store: Option<SharedStore>) -> Result<Vie
         token: config.token,
         reviews,
         task,
+        poller,
     })
-}
-
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(t) = &self.0 {
-            t.abort();
-        }
-    }
 }
 
 /// Reads the eval list every `every` and publishes it when it changed. An
 /// eval still running (units pending or claimed) is read in full each time;
 /// a finished one's totals are kept from when it was last seen changing.
 async fn poll(store: SharedStore, tx: watch::Sender<Arc<String>>, every: Duration) {
-    let mut known: std::collections::HashMap<String, (i64, i64, Value)> = Default::default();
+    // Each eval's row as last read, with the done and failed counts it had.
+    let mut known: HashMap<String, (i64, i64, Value)> = HashMap::new();
     loop {
         let snapshot = {
-            let known_now: Vec<(String, i64, i64)> = known
+            let seen: HashMap<String, (i64, i64)> = known
                 .iter()
-                .map(|(k, (d, f, _))| (k.clone(), *d, *f))
+                .map(|(id, (done, failed, _))| (id.clone(), (*done, *failed)))
                 .collect();
             store
                 .with(move |s| {
                     let mut out = Vec::new();
                     for e in s.evals()? {
-                        let unchanged = known_now
-                            .iter()
-                            .any(|(id, d, f)| *id == e.id && *d == e.done && *f == e.failed);
+                        let unchanged = seen.get(&e.id) == Some(&(e.done, e.failed));
                         let fresh = if unchanged && e.done + e.failed == e.units {
                             None
                         } else {
@@ -327,38 +323,18 @@ fn store_error(e: StoreError) -> Response<Body> {
     error(status, &e.to_string())
 }
 
-/// A query string's value for `key`, percent-decoded.
+/// A query string's value for `key`, decoded (`+` a space, `%XX` a byte).
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(k) == key).then(|| decode(v))
-    })
+    form_urlencoded::parse(req.uri().query()?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
-/// Percent-decoding (`+` is a space), invalid sequences kept as written.
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) => {
-                    out.push(high << 4 | low);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
+/// A path segment, percent-decoded.
+fn segment(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Whether the request may be served: its Host is ours, and it carries the
@@ -540,7 +516,7 @@ async fn eval_page(state: &State, id: &str) -> Response<Body> {
     let Some(store) = &state.store else {
         return no_store();
     };
-    let id = decode(id);
+    let id = segment(id);
     let loaded = store
         .with(move |s| {
             let record = s.eval(&id)?;
@@ -564,7 +540,7 @@ async fn item_page(state: &State, id: &str, item: &str, epoch: u32) -> Response<
     let Some(store) = &state.store else {
         return no_store();
     };
-    let (id, item_id) = (decode(id), item.to_string());
+    let (id, item_id) = (segment(id), item.to_string());
     let loaded = store
         .with(move |s| {
             let record = s.eval(&id)?;
@@ -612,13 +588,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percent_decoding_keeps_what_it_cannot_read() {
-        assert_eq!(decode("HumanEval%2F0"), "HumanEval/0");
-        assert_eq!(decode("a+b%20c"), "a b c");
-        assert_eq!(decode("100%"), "100%");
-        assert_eq!(decode("%zz%4"), "%zz%4");
-        assert_eq!(decode("%é1"), "%é1");
-        assert_eq!(decode("%C3%A9"), "é");
+    fn tokens_compare_whole_and_path_segments_decode() {
         assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"ab", b"abc"));
+        assert_eq!(segment("HumanEval%2F0"), "HumanEval/0");
     }
 }

@@ -2,6 +2,7 @@
 //! rendering ([`report::render_for`] with [`Target::View`]); the list and the
 //! review page are shells that `assets/app.js` fills from the JSON API.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde_json::Value;
@@ -80,61 +81,53 @@ pub(super) fn compare(evals: Vec<(EvalRecord, Vec<UnitRecord>)>) -> String {
     let mut page = report::render_for(&evals, &report::method_rows(&evals), Target::View);
     let mut side = String::from("<h2 id=flipped>Flipped items, side by side</h2>");
     let (a, b) = (&evals[0], &evals[1]);
-    let by_key: std::collections::HashMap<(&str, u32), &UnitRecord> = b
-        .units
-        .iter()
-        .map(|u| ((u.item.id.as_str(), u.epoch), u))
-        .collect();
-    let passed = |u: &UnitRecord| u.result.as_ref()?.score.as_ref().map(|s| s.passed);
-    let mut n = 0;
-    for ua in &a.units {
-        let Some(ub) = by_key.get(&(ua.item.id.as_str(), ua.epoch)) else {
-            continue;
-        };
-        let (Some(pa), Some(pb)) = (passed(ua), passed(ub)) else {
-            continue;
-        };
-        if pa == pb {
-            continue;
-        }
-        n += 1;
+    // The pairs `redraft compare` and the flip matrix count: the same id,
+    // epoch and item, scored in both.
+    let flipped = stats::compare(&a.units, &b.units, stats::Pairing::Content).flipped;
+    let outputs = |e: &ReportEval| -> HashMap<(String, u32), String> {
+        e.units
+            .iter()
+            .filter_map(|u| {
+                let out = u.result.as_ref()?.output.clone()?;
+                Some(((u.item.id.clone(), u.epoch), out))
+            })
+            .collect()
+    };
+    let (out_a, out_b) = (outputs(a), outputs(b));
+    for f in &flipped {
         let _ = write!(
             side,
             "<section class=flip data-item=\"{}\"><h3>{} · epoch {} · {}</h3><div class=side>",
-            escape(&ua.item.id),
-            escape(&ua.item.id),
-            ua.epoch,
-            if pa {
+            escape(&f.item),
+            escape(&f.item),
+            f.epoch,
+            if f.direction == "negative" {
                 "right → wrong"
             } else {
                 "wrong → right"
             }
         );
-        for (e, u) in [(a, ua), (b, *ub)] {
-            let out = u
-                .result
-                .as_ref()
-                .and_then(|r| r.output.as_deref())
-                .unwrap_or("");
+        let key = (f.item.clone(), f.epoch);
+        for (e, outs, right) in [
+            (a, &out_a, f.direction == "negative"),
+            (b, &out_b, f.direction == "positive"),
+        ] {
+            let out = outs.get(&key).map_or("", String::as_str);
             let shown: String = out.chars().take(SIDE_CHARS).collect();
             let _ = write!(
                 side,
                 "<div><a href=\"/e/{}/item?id={}&amp;epoch={}\">{}</a> {}<pre>{}</pre></div>",
                 query_value(&e.record.id),
-                query_value(&u.item.id),
-                u.epoch,
+                query_value(&f.item),
+                f.epoch,
                 escape(&e.record.name),
-                if passed(u) == Some(true) {
-                    "right"
-                } else {
-                    "wrong"
-                },
+                if right { "right" } else { "wrong" },
                 escape(&shown)
             );
         }
         side.push_str("</div></section>");
     }
-    if n == 0 {
+    if flipped.is_empty() {
         side.push_str("<p>No item is right in one and wrong in the other.</p>");
     }
     if let Some(at) = page.find("<h2>Items</h2>") {

@@ -4,7 +4,7 @@
 //! filters, an item's diff, and a review accepted and rejected edit by
 //! edit).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,8 +25,13 @@ fn temp_dir(name: &str) -> PathBuf {
 /// `eval` of the view fixture (30 items, two with hostile ids and outputs)
 /// into `store`; its id.
 fn fixture_eval(store: &str, extra: &[&str]) -> String {
+    fixture_eval_on(store, &fixtures().join("view/items.jsonl"), extra)
+}
+
+/// `eval` of the view fixture's workflow over `data`.
+fn fixture_eval_on(store: &str, data: &Path, extra: &[&str]) -> String {
     let wf = fixtures().join("view/view.yaml").display().to_string();
-    let data = fixtures().join("view/items.jsonl").display().to_string();
+    let data = data.display().to_string();
     let mut args = vec![
         "eval", &wf, "--data", &data, "--answer", "answer", "--store", store, "--json", "-q",
     ];
@@ -246,6 +251,20 @@ async fn serves_a_store(location: &str) {
         29,
         "right in a, wrong in b"
     );
+    // The same ids over other reference answers are other questions: not
+    // paired, so nothing flips (as `redraft compare` counts).
+    let other =
+        std::env::temp_dir().join(format!("redraft-view-{}-other.jsonl", std::process::id()));
+    let items = std::fs::read_to_string(fixtures().join("view/items.jsonl")).unwrap();
+    std::fs::write(
+        &other,
+        items.replace(r#""answer": "4""#, r#""answer": "4.0""#),
+    )
+    .unwrap();
+    let c = fixture_eval_on(location, &other, &["--scorer", "exact"]);
+    let (_, _, cmp) = http(addr, "GET", &format!("/compare?a={a}&b={c}"), &[], None).await;
+    assert_eq!(cmp.matches("<section class=flip ").count(), 0);
+    assert!(cmp.contains("No item is right in one and wrong in the other"));
 
     // What the server refuses.
     let (status, _, _) = http(addr, "GET", "/", &[("Host", "evil.example:80")], None).await;
@@ -714,14 +733,9 @@ async fn the_app_works_in_a_real_browser() {
         b.key("Enter");
     });
     // The run applies the decisions and ends (its viewer with it).
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let done = child.wait_with_output().unwrap();
+    assert!(done.status.success());
+    let out = String::from_utf8_lossy(&done.stdout).into_owned();
     let from_file = redraft(&[
         "run",
         &root().join("workflows/r3.yaml").display().to_string(),
@@ -841,14 +855,9 @@ async fn an_eval_sends_each_items_reviews_to_one_reviewer() {
         post(two, "submit", "bob", json!([true, true, true, true])).await,
         200
     );
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let done = child.wait_with_output().unwrap();
+    assert!(done.status.success());
+    let out = String::from_utf8_lossy(&done.stdout).into_owned();
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["metrics"]["done"], 2);
     assert_eq!(v["metrics"]["reviews"][0]["accepted"], 7);
