@@ -109,7 +109,8 @@ pub struct EvalArgs {
     /// The workflow to run on every item.
     pub workflow: PathBuf,
     /// A .jsonl, .json or .csv file (optionally .gz), or a built-in data set:
-    /// humaneval, gsm8k, mtbench, tooltalk (optionally NAME:PATH).
+    /// humaneval, gsm8k, mtbench, tooltalk, bfcl-simple, bfcl-multiple
+    /// (optionally NAME:PATH).
     #[arg(long)]
     pub data: Option<String>,
     #[command(flatten)]

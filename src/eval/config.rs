@@ -154,7 +154,11 @@ impl EvalConfig {
         let engine = engine_for(&workflow, &self.models)?;
         let data = DataSpec {
             source: self.data.ok_or_else(|| {
-                invalid("no data set: give --data FILE (or humaneval, gsm8k, mtbench, tooltalk), or `data:` in the eval file")
+                let builtins: Vec<&str> = Builtin::ALL.iter().map(|b| b.name()).collect();
+                invalid(&format!(
+                    "no data set: give --data FILE (or {}), or `data:` in the eval file",
+                    builtins.join(", ")
+                ))
             })?,
             map: self.map,
             inputs: self.inputs,

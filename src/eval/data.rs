@@ -409,17 +409,18 @@ pub fn read_rows(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
         }
         return Ok(rows);
     }
-    // One JSON value; JSON lines under a `.json` name (BFCL's files are)
-    // are read below.
-    let one_value = name.ends_with(".json")
-        && (serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok()
-            || text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .is_none_or(|first| serde_json::from_str::<serde::de::IgnoredAny>(first).is_err()));
-    if one_value {
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| at(e.line(), format!("invalid JSON: {e}")))?;
+    // One JSON value; JSON lines under a `.json` name (BFCL's files are:
+    // the first line is a value of its own) are read below.
+    let parsed = if name.ends_with(".json") {
+        match serde_json::from_str::<Value>(&text) {
+            Ok(v) => Some(v),
+            Err(_) if first_line_is_a_value(&text) => None,
+            Err(e) => return Err(at(e.line(), format!("invalid JSON: {e}"))),
+        }
+    } else {
+        None
+    };
+    if let Some(v) = parsed {
         let rows = match v {
             Value::Array(rows) => rows,
             Value::Object(o) => match o.into_iter().find(|(_, v)| v.is_array()) {
@@ -443,6 +444,12 @@ pub fn read_rows(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
         ));
     }
     Ok(rows)
+}
+
+fn first_line_is_a_value(text: &str) -> bool {
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .is_some_and(|first| serde_json::from_str::<serde::de::IgnoredAny>(first).is_ok())
 }
 
 /// One JSON value per non-empty line, with its line number.
