@@ -18,9 +18,8 @@ use super::call;
 /// Scores `output` (its first JSON object, a call) against `expected`
 /// (`[{name: {parameter: [allowed values]}}]`, any one of them may match),
 /// with the declared types from `functions` (BFCL's function list) when
-/// given. An error says what is wrong with `expected` (the data, not the
-/// output).
-/// The answer is whether the call passes, and what decided it.
+/// given: whether the call passes, and what decided it. An error says what
+/// is wrong with `expected` (the data, not the output).
 pub fn check(
     expected: &Value,
     functions: Option<&Value>,

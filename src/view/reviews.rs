@@ -183,23 +183,28 @@ impl Reviews {
                     .chars()
                     .take(MAX_COMMENT)
                     .collect();
-                let Some(p) = inner.pending.remove(&id) else {
-                    return bad(StatusCode::NOT_FOUND, "no such review waiting");
-                };
-                let accepted = decisions.iter().filter(|d| **d).count();
-                tracing::info!(
-                    node = %p.node, round = p.round, reviewer = %reviewer, accepted,
-                    proposed = decisions.len(), comment = %comment, "web review decided"
-                );
-                inner.decided.push(json!({
-                    "id": id, "item": p.label, "node": p.node, "round": p.round, "reviewer": reviewer,
-                    "accepted": accepted, "proposed": decisions.len(), "comment": comment,
-                }));
-                let over = inner.decided.len().saturating_sub(KEEP_DECIDED);
-                inner.decided.drain(..over);
-                drop(inner);
+                // Still there: the lock has been held since the lookup.
+                let p = inner
+                    .pending
+                    .remove(&id)
+                    .expect("looked up under this lock");
+                let (accepted, proposed) =
+                    (decisions.iter().filter(|d| **d).count(), decisions.len());
                 // The workflow may have stopped waiting a moment ago.
                 let delivered = p.reply.send(decisions).is_ok();
+                if delivered {
+                    tracing::info!(
+                        node = %p.node, round = p.round, reviewer = %reviewer, accepted,
+                        proposed, comment = %comment, "web review decided"
+                    );
+                    inner.decided.push(json!({
+                        "id": id, "item": p.label, "node": p.node, "round": p.round, "reviewer": reviewer,
+                        "accepted": accepted, "proposed": proposed, "comment": comment,
+                    }));
+                    let over = inner.decided.len().saturating_sub(KEEP_DECIDED);
+                    inner.decided.drain(..over);
+                }
+                drop(inner);
                 self.bump();
                 if delivered {
                     (
@@ -342,6 +347,32 @@ mod tests {
             reviews.act(id, "claim", &json!({"reviewer": ""})).0,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[test]
+    fn a_decision_the_workflow_no_longer_waits_for_is_not_counted() {
+        let reviews = Reviews::default();
+        let edits = [edit("a", "b")];
+        let req = ReviewRequest {
+            node: "review",
+            round: 1,
+            depth: 1,
+            before: "a",
+            after: "b",
+            edits: &edits,
+        };
+        let (tx, rx) = oneshot::channel();
+        let id = reviews.add(Some("item-1"), &req, tx);
+        drop(rx);
+        let (status, _) = reviews.act(
+            id,
+            "submit",
+            &json!({"reviewer": "ann", "decisions": [true]}),
+        );
+        assert_eq!(status, StatusCode::GONE);
+        let after = reviews.listing("ann");
+        assert!(after["pending"].as_array().unwrap().is_empty());
+        assert!(after["decided"].as_array().unwrap().is_empty());
     }
 
     #[tokio::test]
