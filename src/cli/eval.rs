@@ -441,18 +441,25 @@ impl Progress for Bar {
     }
 }
 
-/// A viewer on 127.0.0.1 over `location` (read-only), for the reviews of
-/// `redraft eval --review web`: the same app shows the eval as it runs.
-pub(crate) async fn review_viewer(
+/// A viewer over the store at `location`, opened read-only off the runtime
+/// (`redraft view`, and `eval --review web`, whose app shows the eval as it
+/// runs).
+pub(crate) async fn viewer_over(
     location: &str,
     timeouts: &StoreTimeouts,
+    config: crate::view::ViewConfig,
 ) -> anyhow::Result<crate::view::Viewer> {
     let options = timeouts.options(store::Access::ReadOnly)?;
     let at = location.to_string();
     let opened = tokio::task::spawn_blocking(move || store::open_with(&at, &options))
         .await
-        .context("the store thread failed")??;
-    let config = crate::view::ViewConfig::default();
+        .context("the store thread failed")?
+        .with_context(|| {
+            format!(
+                "cannot open the store {}",
+                crate::redact::without_password(location)
+            )
+        })?;
     Ok(crate::view::start(config, Some(store::SharedStore::new(opened))).await?)
 }
 
@@ -523,7 +530,8 @@ pub fn eval_command(args: EvalArgs) -> u8 {
     let result = runtime.block_on(async {
         // Reviews in the browser, on a viewer over this eval's store.
         let _viewer = if web_review {
-            match review_viewer(&location, &args.store.timeouts).await {
+            let config = crate::view::ViewConfig::default();
+            match viewer_over(&location, &args.store.timeouts, config).await {
                 Ok(viewer) => {
                     eprintln!("review the edits at {}review", viewer.url());
                     let reviewer = viewer.reviewer();

@@ -7,8 +7,7 @@ use anyhow::Context as _;
 
 use super::eval::StoreArgs;
 use super::{EXIT_INVALID, EXIT_OK};
-use crate::eval::store::{self, SharedStore};
-use crate::view::{self, ViewConfig};
+use crate::view::ViewConfig;
 
 #[derive(Debug, clap::Args)]
 pub struct ViewArgs {
@@ -30,7 +29,7 @@ pub struct ViewArgs {
 }
 
 pub fn view_command(args: ViewArgs) -> u8 {
-    let setup = || -> anyhow::Result<(ViewConfig, store::StoreOptions)> {
+    let setup = || -> anyhow::Result<ViewConfig> {
         let poll = crate::units::parse_duration(&args.poll)
             .filter(|d| !d.is_zero())
             .with_context(|| {
@@ -39,12 +38,9 @@ pub fn view_command(args: ViewArgs) -> u8 {
                     args.poll
                 )
             })?;
-        Ok((
-            ViewConfig::on(args.host, args.port, poll)?,
-            args.store.timeouts.options(store::Access::ReadOnly)?,
-        ))
+        Ok(ViewConfig::on(args.host, args.port, poll)?)
     };
-    let (config, options) = match setup() {
+    let config = match setup() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -64,17 +60,7 @@ pub fn view_command(args: ViewArgs) -> u8 {
     };
     let location = args.store.store.clone();
     let result = runtime.block_on(async move {
-        let at = location.clone();
-        let opened = tokio::task::spawn_blocking(move || store::open_with(&at, &options))
-            .await
-            .context("the store thread failed")?
-            .with_context(|| {
-                format!(
-                    "cannot open the store {}",
-                    crate::redact::without_password(&location)
-                )
-            })?;
-        let viewer = view::start(config, Some(SharedStore::new(opened))).await?;
+        let viewer = super::eval::viewer_over(&location, &args.store.timeouts, config).await?;
         let url = viewer.url();
         println!("redraft view: {url}");
         eprintln!(
