@@ -327,20 +327,9 @@ impl Scorer {
                 )
             }
             Scorer::Code { sandbox } => code(sandbox, item, output).await.map_err(item_err)?,
-            Scorer::ToolCall => {
-                let want = item
-                    .answer
-                    .as_ref()
-                    .or_else(|| item.hidden.get("expected"))
-                    .ok_or_else(|| item_err("has no expected call".into()))?;
-                tool_call(want, output)
-            }
+            Scorer::ToolCall => tool_call(expected_call(item).map_err(item_err)?, output),
             Scorer::Bfcl => {
-                let want = item
-                    .answer
-                    .as_ref()
-                    .or_else(|| item.hidden.get("expected"))
-                    .ok_or_else(|| item_err("has no expected calls".into()))?;
+                let want = expected_call(item).map_err(item_err)?;
                 let (passed, feedback) =
                     super::bfcl::check(want, item.hidden.get("functions"), output)
                         .map_err(|e| item_err(format!("its BFCL ground truth {e}")))?;
@@ -434,6 +423,15 @@ async fn code(sandbox: &Sandbox, item: &Item, output: &str) -> Result<Score, Str
         false,
         format!("tests failed ({how}): {tail}"),
     ))
+}
+
+/// The call a tool scorer expects: the item's answer, else its hidden
+/// `expected`.
+fn expected_call(item: &Item) -> Result<&Value, String> {
+    item.answer
+        .as_ref()
+        .or_else(|| item.hidden.get("expected"))
+        .ok_or_else(|| "has no expected call".to_string())
 }
 
 fn tool_call(want: &Value, output: &str) -> Score {
