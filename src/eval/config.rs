@@ -155,7 +155,7 @@ impl EvalConfig {
         let data = DataSpec {
             source: self.data.ok_or_else(|| {
                 let builtins: Vec<&str> = Builtin::ALL.iter().map(|b| b.name()).collect();
-                invalid(&format!(
+                invalid(format!(
                     "no data set: give --data FILE (or {}), or `data:` in the eval file",
                     builtins.join(", ")
                 ))

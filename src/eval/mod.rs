@@ -107,7 +107,10 @@ pub enum EvalReview {
 
 /// Gives the reviewer of one item (by id), for [`EvalReview::People`].
 #[derive(Clone)]
-pub struct ReviewerPerItem(pub Arc<dyn Fn(&str) -> Arc<dyn crate::review::Reviewer> + Send + Sync>);
+pub struct ReviewerPerItem(pub Arc<ReviewerFor>);
+
+/// The reviewer of the item with this id.
+pub type ReviewerFor = dyn Fn(&str) -> Arc<dyn crate::review::Reviewer> + Send + Sync;
 
 impl std::fmt::Debug for ReviewerPerItem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
