@@ -288,6 +288,14 @@ pub fn load(spec: &DataSpec, declared: &[&str]) -> Result<Vec<Item>, DataError> 
     }
     let mut items = Vec::with_capacity(rows.len());
     let mut seen = std::collections::HashSet::new();
+    // Whether any row fed any input: if none did, every item would run the
+    // same workflow on its defaults and fixed inputs.
+    let mut fed = false;
+    let fields_seen: Vec<String> = rows
+        .first()
+        .and_then(|(_, r)| r.as_object())
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
     for (index, (line, row)) in rows.into_iter().enumerate() {
         let at = |message: String| DataError::Row {
             path: path.clone(),
@@ -310,6 +318,7 @@ pub fn load(spec: &DataSpec, declared: &[&str]) -> Result<Vec<Item>, DataError> 
             match lookup(&obj, field) {
                 Some(v) => {
                     inputs.insert(name.to_string(), v.clone());
+                    fed = true;
                 }
                 None if map.contains_key(*name) => {
                     return Err(at(format!(
@@ -338,6 +347,19 @@ pub fn load(spec: &DataSpec, declared: &[&str]) -> Result<Vec<Item>, DataError> 
             answer,
             hidden,
         });
+    }
+    let free: Vec<&str> = declared
+        .iter()
+        .copied()
+        .filter(|d| !spec.inputs.contains_key(*d))
+        .collect();
+    if !fed && !items.is_empty() && !free.is_empty() {
+        return Err(DataError::Spec(format!(
+            "no field of the data feeds the workflow: every item would run on the same inputs; \
+             map a field to an input with --map INPUT=FIELD (inputs: {}; fields: {})",
+            free.join(", "),
+            fields_seen.join(", ")
+        )));
     }
     Ok(items)
 }
@@ -972,6 +994,33 @@ pub(crate) mod tests {
         let p = write(&dir, "lines.json", "{\"id\": 1}\n{\"id\": 2\n");
         let e = load(&spec(&p), &[]).unwrap_err().to_string();
         assert!(e.contains("lines.json:2: invalid JSON"), "{e}");
+    }
+
+    /// A workflow whose inputs no field feeds would run every item on its
+    /// defaults (ReVISE's `question` under GSM8K's `task` mapping did: 100
+    /// items, one default problem): an error naming inputs and fields.
+    #[test]
+    fn data_that_feeds_no_input_is_an_error() {
+        let dir = tempdir();
+        let p = write(
+            &dir,
+            "g.jsonl",
+            "{\"id\":\"a\",\"prompt\":\"1+1?\",\"expected\":\"2\"}\n",
+        );
+        let mut s = spec(&p);
+        s.inputs.insert("tau".into(), Value::from(0.5));
+        let e = load(&s, &["question", "tau"]).unwrap_err().to_string();
+        assert!(
+            e.contains("no field of the data feeds the workflow")
+                && e.contains("inputs: question;")
+                && e.contains("fields: expected, id, prompt"),
+            "{e}"
+        );
+        s.map.insert("question".into(), "prompt".into());
+        let items = load(&s, &["question", "tau"]).unwrap();
+        assert_eq!(items[0].inputs["question"], "1+1?");
+        // A workflow without inputs, or with every input fixed, runs as asked.
+        assert!(load(&spec(&p), &[]).is_ok());
     }
 
     #[test]
