@@ -83,7 +83,10 @@ sed -e 's/^    n: 4$/    n: 8/' -e 's#^prompt_dir: \.\./prompts/codechain#prompt
 # Guarded with a calibrated judge: Platt scaling of the judge's p(Yes),
 # fitted by --calibrate on half of the finished guarded eval's items (no
 # model call), then the same workflow with `calibration:` on its check, so
-# `confident: 0.9` means a probability. Prepared once gsm8k/guarded is done.
+# `confident: 0.9` means a probability, and refining whenever the judge is
+# less sure than that, passed or not (the shipped edge also asks for a No,
+# which the judge gave on 7 of 100 items: calibrated alone, the loop ran on
+# none). Prepared once gsm8k/guarded is done.
 calibrated() {
   local cal=runs/measure/guarded-check.calibration.yaml
   if [ ! -s "$cal" ]; then
@@ -92,6 +95,7 @@ calibrated() {
   fi
   sed -e 's#^prompt_dir: \.\./prompts/guarded#prompt_dir: ../../prompts/guarded#' \
     -e 's#^  - id: check$#  - id: check\n    calibration: guarded-check.calibration.yaml#' \
+    -e 's#when: "not check.passed and check.score < inputs.confident#when: "check.score < inputs.confident#' \
     workflows/guarded.yaml > runs/measure/guarded-calibrated.yaml
 }
 
