@@ -432,6 +432,9 @@ fn run_command(args: RunArgs) -> u8 {
     let cancel = opts.cancel.clone();
     let web_review = args.review.as_deref() == Some("web");
     let result = runtime.block_on(async move {
+        // Listen before anything is printed (the review URL), so a signal
+        // sent once it is seen, or an early Ctrl-C, is never lost.
+        let interrupted = interrupt_signal();
         let mut opts = opts;
         // Reviews in the browser: a viewer without a store, for this run.
         let _viewer = if web_review {
@@ -446,8 +449,6 @@ fn run_command(args: RunArgs) -> u8 {
         } else {
             None
         };
-        // Listen before the run starts, so an early Ctrl-C is never lost.
-        let interrupted = interrupt_signal();
         let watcher = tokio::spawn(async move {
             if interrupted.await {
                 eprintln!("stopping; finished work is kept");

@@ -528,6 +528,9 @@ pub fn eval_command(args: EvalArgs) -> u8 {
     let location = args.store.store.clone();
     let mut plan = plan;
     let result = runtime.block_on(async {
+        // Listen before anything is printed (the review URL), so a signal
+        // sent once it is seen is never lost to the default action.
+        let interrupted = super::interrupt_signal();
         // Reviews in the browser, on a viewer over this eval's store.
         let _viewer = if web_review {
             let config = crate::view::ViewConfig::default();
@@ -547,7 +550,6 @@ pub fn eval_command(args: EvalArgs) -> u8 {
         } else {
             None
         };
-        let interrupted = super::interrupt_signal();
         let watcher = tokio::spawn(async move {
             if interrupted.await {
                 eprintln!("stopping; finished items are stored, run the same command to continue");

@@ -60,6 +60,9 @@ pub fn view_command(args: ViewArgs) -> u8 {
     };
     let location = args.store.store.clone();
     let result = runtime.block_on(async move {
+        // Listen before the URL is out: a signal sent once it is seen is
+        // never lost to the default action.
+        let stop = super::interrupt_signal();
         let viewer = super::eval::viewer_over(&location, &args.store.timeouts, config).await?;
         let url = viewer.url();
         println!("redraft view: {url}");
@@ -70,13 +73,21 @@ pub fn view_command(args: ViewArgs) -> u8 {
         if args.open {
             open_browser(&url);
         }
-        super::interrupt_signal().await;
+        // Stopped as every command is: the line the signal began is ended,
+        // and the exit code says which signal (130 for Ctrl-C, 143 for
+        // SIGTERM, 129 for SIGHUP); EXIT_OK where signals are unavailable
+        // and the server stops by itself.
+        let signalled = stop.await;
+        if signalled {
+            eprintln!("stopping the viewer; the store was only read");
+        }
         drop(viewer);
-        anyhow::Ok(())
+        anyhow::Ok(signalled)
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
-        Ok(()) => EXIT_OK,
+        Ok(true) => super::interrupted_exit(),
+        Ok(false) => EXIT_OK,
         Err(e) => {
             eprintln!("error: {e:#}");
             EXIT_INVALID

@@ -377,6 +377,81 @@ fn view_flags_are_checked() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--poll soon"));
 }
 
+/// Stopped by a signal, the viewer ends the line the signal began and
+/// exits as every command does: 128 + the signal's number.
+#[test]
+fn the_viewer_stops_on_each_signal_with_its_exit_code() {
+    let dir = temp_dir("signals");
+    let store = dir.join("r.db").display().to_string();
+    fixture_eval(&store, &[]);
+    for (sig, code, name) in [
+        (libc::SIGTERM, 143, "terminated (SIGTERM)"),
+        (libc::SIGHUP, 129, "hangup (SIGHUP)"),
+        (libc::SIGINT, 130, "interrupted"),
+    ] {
+        let mut child = redraft_command()
+            .args(["view", "--store", &store])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Serving once the URL is out (the handlers are installed before).
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("redraft view: http://127.0.0.1:"),
+            "{line}"
+        );
+        // SAFETY: signalling our own child, which has not been waited for.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(
+            err.ends_with(&format!(
+                "{name}: stopping the viewer; the store was only read\n"
+            )),
+            "{err:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// SIGTERM while a run or an eval waits for reviews in the browser, sent
+/// as soon as the review URL is out (what a script that waits for the URL
+/// does): exit 143 with the summary written, as without a viewer.
+#[test]
+fn a_signal_while_reviews_wait_in_the_browser_stops_cleanly() {
+    let dir = temp_dir("review-signal");
+    let store = dir.join("r.db").display().to_string();
+    let r3 = root().join("workflows/r3.yaml").display().to_string();
+    let texts = fixtures().join("view/texts.jsonl").display().to_string();
+    let run: &[&str] = &["run", &r3, "--review", "web", "--json", "-q"];
+    let eval: &[&str] = &[
+        "eval", &r3, "--data", &texts, "--answer", "document", "--scorer", "contains", "--review",
+        "web", "--store", &store, "--json", "-q",
+    ];
+    for args in [run, eval] {
+        let mut child = redraft_command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        review_url(&mut child);
+        // SAFETY: signalling our own child, which has not been waited for.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(143), "{}", args[0]);
+        let summary: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{}: {e}: {:?}", args[0], out.stdout));
+        assert!(summary.is_object(), "{}: {summary}", args[0]);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 // ---- the browser ----
 
 fn chromium() -> Option<PathBuf> {
