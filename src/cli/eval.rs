@@ -1099,7 +1099,7 @@ pub struct CompareArgs {
     /// Which units are the same question: `content` (the same id, epoch
     /// and item: inputs and reference answer) or `id` (the same id and
     /// epoch, for twins that differ by design, such as RBD's biased sets).
-    #[arg(long, value_enum, default_value_t = PairBy::Content)]
+    #[arg(long, value_enum, default_value_t = PairBy::Data)]
     pub pair_by: PairBy,
     /// Print the comparison as JSON on stdout.
     #[arg(long)]
@@ -1108,6 +1108,9 @@ pub struct CompareArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PairBy {
+    /// `id` when both ran on the same data set, else `content` (what
+    /// `report` and `view` do).
+    Data,
     Content,
     Id,
 }
@@ -1131,6 +1134,7 @@ pub fn compare_command(args: CompareArgs) -> u8 {
         }
     }
     let pairing = match args.pair_by {
+        PairBy::Data => crate::eval::stats::Pairing::between(&a.record, &b.record),
         PairBy::Content => crate::eval::stats::Pairing::Content,
         PairBy::Id => crate::eval::stats::Pairing::Id,
     };
@@ -1143,7 +1147,12 @@ pub fn compare_command(args: CompareArgs) -> u8 {
                 crate::eval::stats::Pairing::Content => {
                     ": not paired (`--pair-by id` pairs twins that differ by design)"
                 }
-                crate::eval::stats::Pairing::Id => ": paired by id as asked",
+                crate::eval::stats::Pairing::Id if args.pair_by == PairBy::Id => {
+                    ": paired by id as asked"
+                }
+                crate::eval::stats::Pairing::Id => {
+                    ": paired by id, as both ran on the same data set (`--pair-by content` pairs only the same items)"
+                }
             }
         );
     }

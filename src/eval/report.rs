@@ -494,7 +494,8 @@ fn flip_matrix(h: &mut String, evals: &[ReportEval], names: &[String]) {
                 h.push_str("<td>–</td>");
                 continue;
             }
-            let c = stats::compare(&a.units, &b.units, stats::Pairing::Content);
+            let pairing = stats::Pairing::between(&a.record, &b.record);
+            let c = stats::compare(&a.units, &b.units, pairing);
             let shade = c.negative_flip_rate.unwrap_or(0.0).min(1.0);
             let _ = write!(
                 h,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::store::UnitRecord;
+use super::store::{EvalRecord, UnitRecord};
 use super::{ItemResult, ItemStatus};
 use crate::summary::LoopReport;
 
@@ -706,6 +706,20 @@ pub enum Pairing {
     Id,
 }
 
+impl Pairing {
+    /// How every table, matrix and page pairs two stored evals: by id when
+    /// they ran on the same data set (their inputs differ by design, a
+    /// method's own `--input tau=0`), else only where the items are the
+    /// same.
+    pub fn between(a: &EvalRecord, b: &EvalRecord) -> Pairing {
+        let source = |r: &EvalRecord| r.meta.pointer("/data/source").cloned();
+        match (source(a), source(b)) {
+            (Some(x), Some(y)) if x == y => Pairing::Id,
+            _ => Pairing::Content,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Flip {
     pub item: String,
@@ -784,6 +798,27 @@ pub fn compare(a: &[UnitRecord], b: &[UnitRecord], pairing: Pairing) -> Comparis
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn evals_of_one_data_set_pair_by_id_and_others_by_content() {
+        let record = |meta: serde_json::Value| EvalRecord {
+            id: "e".into(),
+            name: "e".into(),
+            workflow: "w".into(),
+            created_at: 0,
+            meta,
+        };
+        let gsm8k = |fixed: serde_json::Value| {
+            record(serde_json::json!({"data": {"source": "gsm8k", "inputs": fixed}}))
+        };
+        let single = gsm8k(serde_json::json!({}));
+        let revise = gsm8k(serde_json::json!({"tau": 0.0}));
+        assert_eq!(Pairing::between(&single, &revise), Pairing::Id);
+        let file = record(serde_json::json!({"data": {"source": "x.csv"}}));
+        assert_eq!(Pairing::between(&single, &file), Pairing::Content);
+        let unknown = record(serde_json::json!({}));
+        assert_eq!(Pairing::between(&unknown, &unknown), Pairing::Content);
+    }
 
     #[test]
     fn auroc_counts_pairs_and_ties() {

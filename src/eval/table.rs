@@ -113,15 +113,7 @@ pub fn rows(evals: &[Evaluated]) -> Vec<MethodRow> {
         let calls: u64 = done.iter().map(|r| r.calls).sum();
         let cached: u64 = done.iter().map(|r| r.cached_calls).sum();
         let against = (i > 0).then(|| {
-            // Evals of one data set (the same source) pair by item id, as
-            // their inputs differ by design (a method's own inputs, `tau=0`);
-            // others only where the items are the same.
-            let source = |r: &EvalRecord| r.meta.pointer("/data/source").cloned();
-            let pairing = match source(record) {
-                Some(s) if Some(&s) == source(evals[0].0).as_ref() => Pairing::Id,
-                _ => Pairing::Content,
-            };
-            let c = compare(evals[0].1, units, pairing);
+            let c = compare(evals[0].1, units, Pairing::between(evals[0].0, record));
             Against {
                 paired: c.paired,
                 negative: c.negative,

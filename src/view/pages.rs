@@ -81,9 +81,11 @@ pub(super) fn compare(evals: Vec<(EvalRecord, Vec<UnitRecord>)>) -> String {
     let mut page = report::render_for(&evals, &report::method_rows(&evals), Target::View);
     let mut side = String::from("<h2 id=flipped>Flipped items, side by side</h2>");
     let (a, b) = (&evals[0], &evals[1]);
-    // The pairs `redraft compare` and the flip matrix count: the same id,
-    // epoch and item, scored in both.
-    let flipped = stats::compare(&a.units, &b.units, stats::Pairing::Content).flipped;
+    // The pairs `redraft compare`, the methods table and the flip matrix
+    // count (the same id and epoch on one data set; elsewhere the same
+    // item), scored in both.
+    let pairing = stats::Pairing::between(&a.record, &b.record);
+    let flipped = stats::compare(&a.units, &b.units, pairing).flipped;
     let outputs = |e: &ReportEval| -> HashMap<(String, u32), String> {
         e.units
             .iter()

@@ -952,6 +952,44 @@ fn compare_pairs_the_same_questions_and_a_gate_needs_pairs() {
     let o = redraft(&["compare", &a, &b, "--store", s, "--json", "--pair-by", "id"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(json(&o)["comparison"]["paired"], 2);
+    // Two evals of one data set whose inputs differ by design (here the
+    // mapping; a method's own `--input tau=0` alike) pair by id, as the
+    // methods table, the report's flip matrix and the viewer pair them.
+    let r = dir.join("r.jsonl");
+    std::fs::write(
+        &r,
+        "{\"id\":\"p\",\"question\":\"What is 2+2?\",\"asked\":\"What is 2+2, please?\",\"answer\":\"4\"}\n\
+         {\"id\":\"q\",\"question\":\"What is 3+3?\",\"asked\":\"What is 3+3, please?\",\"answer\":\"6\"}\n",
+    )
+    .unwrap();
+    let r = r.to_str().unwrap();
+    let mapped = |field: &str| {
+        let mut args = arith_args(s, r);
+        let map = format!("task={field}");
+        let at = args.iter().position(|a| *a == "task=question").unwrap();
+        args[at] = &map;
+        id(&redraft(&[args, vec!["--json", "-q"]].concat()))
+    };
+    let (q, asked) = (mapped("question"), mapped("asked"));
+    let o = redraft(&["compare", &q, &asked, "--store", s, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(json(&o)["comparison"]["paired"], 2, "{}", text(&o));
+    assert!(
+        stderr(&o).contains("paired by id, as both ran on the same data set"),
+        "{}",
+        text(&o)
+    );
+    let o = redraft(&[
+        "compare",
+        &q,
+        &asked,
+        "--store",
+        s,
+        "--json",
+        "--pair-by",
+        "content",
+    ]);
+    assert_eq!(json(&o)["comparison"]["paired"], 0, "{}", text(&o));
     // Two evals with no item in common.
     let z = items(&dir, "z.jsonl", &[("zz", "What is 9+9?", "18")]);
     let c2 = id(&redraft(

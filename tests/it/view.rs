@@ -265,6 +265,12 @@ async fn serves_a_store(location: &str) {
     let (_, _, cmp) = http(addr, "GET", &format!("/compare?a={a}&b={c}"), &[], None).await;
     assert_eq!(cmp.matches("<section class=flip ").count(), 0);
     assert!(cmp.contains("No item is right in one and wrong in the other"));
+    // The same data set with other inputs (a method's own): paired by id,
+    // in the methods table, the flip matrix and the side-by-side list alike.
+    let d = fixture_eval(location, &["--scorer", "exact", "--map", "task=id"]);
+    let (_, _, cmp) = http(addr, "GET", &format!("/compare?a={a}&b={d}"), &[], None).await;
+    assert_eq!(cmp.matches("<section class=flip ").count(), 29);
+    assert!(cmp.contains("NFR 96.7%"), "the flip matrix pairs them too");
 
     // What the server refuses.
     let (status, _, _) = http(addr, "GET", "/", &[("Host", "evil.example:80")], None).await;
