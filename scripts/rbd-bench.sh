@@ -8,7 +8,12 @@
 # unbiased item and its biased twin, from `redraft compare`), and the
 # loop's insistency (re-evaluations that kept the decision). Results go to
 # REDRAFT_EVAL_STORE (default runs/rbd.db); resumable.
-# CACHE: the response cache mode of its evals [off: every number is a fresh call].
+# CACHE: the response cache mode of its evals [on]. The judge runs at
+# temperature 0 one item at a time (no batch partner to change its sums),
+# so a served reply is the reply a fresh call gives: with the cache on, the
+# loop arm starts from exactly the judge-alone arm's decisions (the two are
+# paired call for call) and pays only for the detector and re-judging,
+# about half of what it cost. CACHE=off makes every number a fresh call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-data.sh
@@ -24,7 +29,7 @@ spec="llama:$model_path"
 
 # eval SET LOOP → the eval's JSON summary
 run() {
-  "$bin" eval --cache "${CACHE:-off}" workflows/rbd.yaml --data "$sets/$1.jsonl" \
+  "$bin" eval --cache "${CACHE:-on}" workflows/rbd.yaml --data "$sets/$1.jsonl" \
     --map instruction=instruction --map output_a=output_a --map output_b=output_b \
     --map crowd=crowd --map bias=bias --input "rbd=$2" --answer answer --scorer exact \
     --model "judge=$spec" --model "detector=$spec" --concurrency 1 \
