@@ -368,8 +368,16 @@ fn a_lock_held_past_the_store_timeout_fails_the_eval_with_a_message() {
 /// Fails, showing where, when `secret` is anywhere in `haystack`.
 fn assert_hidden(secret: &str, haystack: &str, what: &str) {
     if let Some(at) = haystack.find(secret) {
-        let from = haystack.floor_char_boundary(at.saturating_sub(300));
-        let to = haystack.floor_char_boundary(at + secret.len() + 100);
+        // The nearest character boundaries at or before each end (MSRV
+        // 1.85: no `floor_char_boundary`).
+        let floor = |i: usize| {
+            (0..=i.min(haystack.len()))
+                .rev()
+                .find(|&b| haystack.is_char_boundary(b))
+                .unwrap_or(0)
+        };
+        let from = floor(at.saturating_sub(300));
+        let to = floor(at + secret.len() + 100);
         panic!(
             "the secret {secret:?} is in {what}:\n…{}…",
             &haystack[from..to]
