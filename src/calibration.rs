@@ -208,7 +208,7 @@ impl Calibration {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(path, self.to_yaml())
+        crate::file::write_atomic(path, self.to_yaml())
     }
 }
 

@@ -79,6 +79,7 @@ pub mod engine;
 pub mod eval;
 pub mod event;
 pub mod extract;
+pub mod file;
 pub mod graph;
 pub(crate) mod hash;
 pub mod layer;

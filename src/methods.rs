@@ -194,7 +194,7 @@ pub fn write(method: &Method, dir: &Path, force: bool) -> Result<Vec<PathBuf>, N
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(err)?;
         }
-        std::fs::write(&path, text).map_err(err)?;
+        crate::file::write_atomic(&path, text).map_err(err)?;
         if path.parent().is_some_and(|p| p.ends_with("tools")) {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(err)?;

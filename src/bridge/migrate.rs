@@ -79,7 +79,7 @@ impl Mapping {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        std::fs::write(path, self.to_yaml()).map_err(io)
+        crate::file::write_atomic(path, self.to_yaml()).map_err(io)
     }
 }
 
@@ -244,7 +244,7 @@ impl MigratedWorkflow {
         workflow::load_str_with_prompts(&yaml, &out.display().to_string(), base, &texts)?;
         refuse_existing(&out)?;
         let mut written = write_prompts(&self.prompts, Some(tag), false)?;
-        std::fs::write(&out, yaml).map_err(|source| BridgeError::Io {
+        crate::file::write_atomic(&out, yaml).map_err(|source| BridgeError::Io {
             path: out.clone(),
             source,
         })?;
@@ -343,7 +343,7 @@ fn write_prompts(
         }
     }
     for (p, t) in prompts.iter().zip(&targets) {
-        std::fs::write(t, &p.text).map_err(|source| BridgeError::Io {
+        crate::file::write_atomic(t, &p.text).map_err(|source| BridgeError::Io {
             path: t.clone(),
             source,
         })?;

@@ -132,7 +132,7 @@ pub fn calibrate_command(args: CalibrateArgs) -> u8 {
     };
     let best = cal.best();
     if let Some(out) = &args.out {
-        if let Err(e) = std::fs::write(out, &best.prompt) {
+        if let Err(e) = crate::file::write_atomic(out, &best.prompt) {
             eprintln!("error: cannot write {}: {e}", out.display());
             return EXIT_BACKEND;
         }
@@ -642,7 +642,7 @@ fn write_prompt(
         }
         out
     };
-    std::fs::write(&out, &p.text).map_err(|source| BridgeError::Io {
+    crate::file::write_atomic(&out, &p.text).map_err(|source| BridgeError::Io {
         path: out.clone(),
         source,
     })?;

@@ -1361,7 +1361,7 @@ pub fn report_command(args: ReportArgs) -> u8 {
         files.push((path, crate::eval::table::frontier_svg(&title, &rows)));
     }
     for (path, text) in files {
-        if let Err(e) = std::fs::write(path, text) {
+        if let Err(e) = crate::file::write_atomic(path, text) {
             eprintln!("error: cannot write {}: {e}", path.display());
             return EXIT_INVALID;
         }

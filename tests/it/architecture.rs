@@ -330,6 +330,7 @@ fn the_leaves_stay_leaves() {
         "hash",
         "redact",
         "answer",
+        "file",
     ] {
         let uses: Vec<_> = deps[leaf]
             .iter()
@@ -337,4 +338,29 @@ fn the_leaves_stay_leaves() {
             .collect();
         assert!(uses.is_empty(), "{leaf} imports {uses:?}");
     }
+}
+
+/// Files a user keeps are written whole or not at all: outside the
+/// sandbox (which writes kernel control files in place) and outside
+/// tests, no code writes a file with `std::fs::write`; `file::write_atomic`
+/// does.
+#[test]
+fn kept_files_are_written_atomically() {
+    let mut offenders = Vec::new();
+    for (dir, _) in modules() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            let rel = p.strip_prefix(root()).unwrap().display().to_string();
+            if p.extension().is_none_or(|e| e != "rs")
+                || rel.starts_with("src/sandbox")
+                || rel.ends_with("tests.rs")
+            {
+                continue;
+            }
+            for line in code_of(&p).lines().filter(|l| l.contains("fs::write(")) {
+                offenders.push(format!("{rel}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{offenders:#?}");
 }
