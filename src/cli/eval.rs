@@ -1096,9 +1096,11 @@ pub struct CompareArgs {
     /// over nothing passes nothing).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub min_pairs: usize,
-    /// Which units are the same question: `content` (the same id, epoch
-    /// and item: inputs and reference answer) or `id` (the same id and
-    /// epoch, for twins that differ by design, such as RBD's biased sets).
+    /// Which units are the same question: `data` (by id when both ran on
+    /// the same data set, whatever inputs each method added; else as
+    /// `content`), `content` (the same id, epoch and item: inputs and
+    /// reference answer) or `id` (the same id and epoch, for twins that
+    /// differ by design, such as RBD's biased sets).
     #[arg(long, value_enum, default_value_t = PairBy::Data)]
     pub pair_by: PairBy,
     /// Print the comparison as JSON on stdout.
