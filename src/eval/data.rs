@@ -506,12 +506,18 @@ fn read_text(path: &Path) -> Result<String, DataError> {
     } else {
         bytes
     };
-    String::from_utf8(bytes).map_err(|e| {
+    let mut text = String::from_utf8(bytes).map_err(|e| {
         read(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("not UTF-8: {e}"),
         ))
-    })
+    })?;
+    // A byte-order mark (what Windows editors and Excel's "CSV UTF-8"
+    // write first) is not part of the first row.
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
 }
 
 fn read_builtin(b: Builtin, path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
@@ -1021,6 +1027,22 @@ pub(crate) mod tests {
         assert_eq!(items[0].inputs["question"], "1+1?");
         // A workflow without inputs, or with every input fixed, runs as asked.
         assert!(load(&spec(&p), &[]).is_ok());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_row() {
+        let dir = tempdir();
+        for (name, text) in [
+            ("b.jsonl", "\u{feff}{\"task\":\"1+1?\",\"answer\":\"2\"}\n"),
+            ("b.json", "\u{feff}[{\"task\":\"1+1?\",\"answer\":\"2\"}]"),
+            ("b.csv", "\u{feff}task,answer\n1+1?,2\n"),
+        ] {
+            let p = write(&dir, name, text);
+            let mut s = spec(&p);
+            s.answer = Some("answer".into());
+            let items = load(&s, &["task"]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(items[0].inputs["task"], "1+1?", "{name}");
+        }
     }
 
     #[test]

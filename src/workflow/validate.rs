@@ -137,7 +137,9 @@ impl Ctx {
         let path = self.prompt_dir.join(&file.value);
         let text = match self.prompt_overrides.get(&file.value) {
             Some(text) => Ok(text.clone()),
-            None => std::fs::read_to_string(&path),
+            // A byte-order mark an editor wrote is not part of the prompt.
+            None => std::fs::read_to_string(&path)
+                .map(|t| t.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(t)),
         };
         match text {
             Ok(text) => {

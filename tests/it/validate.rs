@@ -513,3 +513,16 @@ fn every_kind_is_documented() {
         );
     }
 }
+
+/// A prompt file an editor saved with a byte-order mark: the mark is not
+/// part of the prompt the model is sent.
+#[test]
+fn a_byte_order_mark_is_not_part_of_a_prompt() {
+    let dir = std::env::temp_dir().join(format!("redraft-bom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ask.j2"), "\u{feff}Q: {{ task }}").unwrap();
+    let source = "version: 1\nname: bom\nmodels:\n  m: { spec: \"scripted:r.yaml\" }\ninputs:\n  task: string\nnodes:\n  - id: ask\n    kind: generate\n    prompt: ask.j2\noutput: { from: [ask] }\n";
+    let wf = redraft::workflow::load_str(source, "bom.yaml", &dir).unwrap();
+    assert_eq!(wf.prompt_files()[0].text, "Q: {{ task }}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
