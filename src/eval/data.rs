@@ -407,9 +407,11 @@ pub fn read_rows(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
         line,
         message,
     };
-    if name.ends_with(".csv") {
+    let tsv = name.ends_with(".tsv");
+    if name.ends_with(".csv") || tsv {
         let mut reader = csv::ReaderBuilder::new()
             .flexible(false)
+            .delimiter(if tsv { b'\t' } else { b',' })
             .from_reader(text.as_bytes());
         let headers = reader
             .headers()
@@ -458,11 +460,26 @@ pub fn read_rows(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
         };
         return Ok(rows.into_iter().map(|r| (0, r)).collect());
     }
-    let rows = json_lines(path, &text)?;
+    // Any other name is read as JSON lines; one that is neither says so.
+    let known = name.ends_with(".jsonl") || name.ends_with(".json");
+    let rows = json_lines(path, &text).map_err(|e| match e {
+        DataError::Row {
+            path,
+            line,
+            message,
+        } if !known => DataError::Row {
+            path,
+            line,
+            message: format!(
+                "{message} (read as JSON lines: data files are .jsonl, .json, .csv or .tsv, optionally .gz)"
+            ),
+        },
+        e => e,
+    })?;
     if rows.is_empty() && !name.ends_with(".jsonl") {
         return Err(at(
             1,
-            "no rows (expected a .jsonl, .json or .csv file)".into(),
+            "no rows (expected a .jsonl, .json, .csv or .tsv file)".into(),
         ));
     }
     Ok(rows)
@@ -1036,6 +1053,7 @@ pub(crate) mod tests {
             ("b.jsonl", "\u{feff}{\"task\":\"1+1?\",\"answer\":\"2\"}\n"),
             ("b.json", "\u{feff}[{\"task\":\"1+1?\",\"answer\":\"2\"}]"),
             ("b.csv", "\u{feff}task,answer\n1+1?,2\n"),
+            ("b.tsv", "\u{feff}task\tanswer\n1+1?\t2\n"),
         ] {
             let p = write(&dir, name, text);
             let mut s = spec(&p);
@@ -1043,6 +1061,21 @@ pub(crate) mod tests {
             let items = load(&s, &["task"]).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(items[0].inputs["task"], "1+1?", "{name}");
         }
+    }
+
+    #[test]
+    fn a_file_of_no_known_format_says_which_formats_are() {
+        let dir = tempdir();
+        let p = write(&dir, "rows.txt", "task,answer\n1+1?,2\n");
+        let e = load(&spec(&p), &["task"]).unwrap_err().to_string();
+        assert!(
+            e.contains("rows.txt:1: invalid JSON")
+                && e.contains("data files are .jsonl, .json, .csv or .tsv"),
+            "{e}"
+        );
+        // JSON lines under another name are read as such.
+        let p = write(&dir, "rows.ndjson", "{\"task\":\"1+1?\"}\n");
+        assert_eq!(load(&spec(&p), &["task"]).unwrap().len(), 1);
     }
 
     #[test]
