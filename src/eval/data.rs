@@ -814,6 +814,12 @@ pub struct Selection {
 
 impl Selection {
     pub fn apply(&self, mut items: Vec<Item>) -> Result<Vec<Item>, DataError> {
+        if self.ids.iter().any(|id| id.trim().is_empty()) {
+            return Err(DataError::Spec(format!(
+                "--ids {}: an empty id (ids are separated by commas)",
+                self.ids.join(",")
+            )));
+        }
         if !self.ids.is_empty() {
             let known: std::collections::HashSet<&str> =
                 items.iter().map(|i| i.id.as_str()).collect();
@@ -1134,6 +1140,13 @@ pub(crate) mod tests {
         };
         let e = s.apply(items.clone()).unwrap_err().to_string();
         assert!(e.contains("no item `11`"), "{e}");
+        // `--ids ''` or `--ids 1,,3`: a slip, not an item to look for.
+        let s = Selection {
+            ids: vec!["1".into(), "".into()],
+            ..Default::default()
+        };
+        let e = s.apply(items.clone()).unwrap_err().to_string();
+        assert!(e.contains("an empty id (ids are separated by commas)"), "{e}");
     }
 
     pub(crate) fn tempdir() -> PathBuf {
