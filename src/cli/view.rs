@@ -16,9 +16,10 @@ pub struct ViewArgs {
     /// The port to listen on (default: a free one, printed).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
-    /// The address to listen on. Anything but a loopback address requires
-    /// the token printed at start on every request.
-    #[arg(long, default_value = "127.0.0.1")]
+    /// The address to listen on (an IP address, or `localhost`). Anything
+    /// but a loopback address requires the token printed at start on every
+    /// request.
+    #[arg(long, default_value = "127.0.0.1", value_parser = host)]
     pub host: IpAddr,
     /// Open the URL in the default browser (xdg-open or open).
     #[arg(long)]
@@ -26,6 +27,15 @@ pub struct ViewArgs {
     /// How often the store is read for live updates.
     #[arg(long, default_value = "500ms", value_name = "DURATION")]
     pub poll: String,
+}
+
+/// An IP address, or `localhost` (127.0.0.1; no name is looked up).
+fn host(s: &str) -> Result<IpAddr, String> {
+    if s.eq_ignore_ascii_case("localhost") {
+        return Ok(IpAddr::from([127, 0, 0, 1]));
+    }
+    s.parse()
+        .map_err(|e| format!("{e} (an IP address such as 127.0.0.1 or 0.0.0.0, or localhost)"))
 }
 
 pub fn view_command(args: ViewArgs) -> u8 {

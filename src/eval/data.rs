@@ -1146,7 +1146,10 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let e = s.apply(items.clone()).unwrap_err().to_string();
-        assert!(e.contains("an empty id (ids are separated by commas)"), "{e}");
+        assert!(
+            e.contains("an empty id (ids are separated by commas)"),
+            "{e}"
+        );
     }
 
     pub(crate) fn tempdir() -> PathBuf {

@@ -381,6 +381,11 @@ fn view_flags_are_checked() {
     let o = redraft(&["view", "--poll", "soon"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--poll soon"));
+    // A host name other than localhost is not looked up.
+    let o = redraft(&["view", "--host", "example.com"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("an IP address such as 127.0.0.1"), "{err}");
 }
 
 /// Stopped by a signal, the viewer ends the line the signal began and
@@ -390,13 +395,13 @@ fn the_viewer_stops_on_each_signal_with_its_exit_code() {
     let dir = temp_dir("signals");
     let store = dir.join("r.db").display().to_string();
     fixture_eval(&store, &[]);
-    for (sig, code, name) in [
-        (libc::SIGTERM, 143, "terminated (SIGTERM)"),
-        (libc::SIGHUP, 129, "hangup (SIGHUP)"),
-        (libc::SIGINT, 130, "interrupted"),
+    for (sig, code, name, host) in [
+        (libc::SIGTERM, 143, "terminated (SIGTERM)", "127.0.0.1"),
+        (libc::SIGHUP, 129, "hangup (SIGHUP)", "localhost"),
+        (libc::SIGINT, 130, "interrupted", "127.0.0.1"),
     ] {
         let mut child = redraft_command()
-            .args(["view", "--store", &store])
+            .args(["view", "--store", &store, "--host", host])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
