@@ -14,8 +14,13 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-/// Writes `contents` to `path` atomically (see the module docs).
+/// Writes `contents` to `path` atomically (see the module docs). A path
+/// that names no file but a device, a pipe or a socket (`-o /dev/stdout`)
+/// is written as it is: nothing there could be replaced.
 pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return std::fs::write(path, contents);
+    }
     // Through a symbolic link to the file it names, so the link stays.
     let path = match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)?,
@@ -63,6 +68,7 @@ pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileTypeExt as _;
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("redraft-file-{}-{name}", std::process::id()));
@@ -111,6 +117,17 @@ mod tests {
         );
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "new");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_device_is_written_as_it_is() {
+        write_atomic(Path::new("/dev/null"), "gone").unwrap();
+        assert!(
+            std::fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
     }
 
     #[test]
