@@ -37,3 +37,34 @@ pub(crate) fn wal(
         }
     }
 }
+
+/// Why `path` cannot be a database file when something other than a
+/// regular file is there (a directory, a device such as `/dev/null`, a
+/// pipe, a socket), before SQLite answers "unable to open" or "disk I/O
+/// error"; `None` for a regular file or nothing at all. `example` is a
+/// file name to suggest (`results.db`).
+pub(crate) fn not_a_file(path: &std::path::Path, example: &str) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let t = std::fs::metadata(path).ok()?.file_type();
+    let what = if t.is_file() {
+        return None;
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "something other than a file"
+    };
+    Some(format!(
+        "{what}, not a database file: give a file's path (created if missing), e.g. {}",
+        if t.is_dir() {
+            path.join(example).display().to_string()
+        } else {
+            format!("runs/{example}")
+        }
+    ))
+}

@@ -51,6 +51,9 @@ impl SqliteCache {
         use rusqlite::OpenFlags as F;
         let location = path.display().to_string();
         let db = |e: rusqlite::Error| db_error(&location, e);
+        if let Some(message) = crate::sqlite::not_a_file(path, "responses.db") {
+            return Err(CacheError::Db { location, message });
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| CacheError::Db {
                 location: location.clone(),

@@ -213,6 +213,42 @@ fn a_foreign_sqlite_file_is_refused_and_left_as_it_was() {
     assert_eq!(sqlite_tables(&store), ["customers", "units"]);
 }
 
+/// A path that holds something other than a file (a directory, a device)
+/// is refused as what it is, by every command and by the response cache,
+/// before SQLite answers "unable to open" or "disk I/O error".
+#[test]
+fn a_path_that_is_no_file_is_refused_as_what_it_is() {
+    let dir = temp_dir("not-a-file");
+    let d = dir.to_str().unwrap();
+    for (path, what) in [(d, "a directory"), ("/dev/null", "a device")] {
+        for o in [
+            arith(path, &["-q"]),
+            redraft(&["runs", "--store", path]),
+            redraft(&["report", "--store", path]),
+        ] {
+            assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+            assert!(
+                stderr(&o).contains(&format!(
+                    "results store {path}: {what}, not a database file"
+                )),
+                "{}",
+                text(&o)
+            );
+        }
+        let o = redraft(&["cache", "stats", "--cache-db", path]);
+        assert!(
+            stderr(&o).contains(&format!(
+                "response cache {path}: {what}, not a database file"
+            )),
+            "{}",
+            text(&o)
+        );
+    }
+    assert!(stderr(&arith(d, &["-q"])).contains(&format!("e.g. {d}/results.db")));
+    // Nothing was created inside the directory.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+}
+
 /// A store with one finished eval of the arith fixture.
 fn made_store(dir: &Path) -> PathBuf {
     let store = dir.join("r.db");

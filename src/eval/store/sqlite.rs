@@ -84,6 +84,12 @@ impl SqliteStore {
         let busy = opts.statement_timeout;
         let db = |e: rusqlite::Error| sqlite_error(&name, e, busy);
         let writable = opts.access == Access::ReadWrite;
+        if let Some(message) = crate::sqlite::not_a_file(path, "results.db") {
+            return Err(StoreError::Db {
+                store: name,
+                message,
+            });
+        }
         if !writable && !path.is_file() {
             return Err(StoreError::Missing { store: name });
         }
