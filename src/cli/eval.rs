@@ -1228,7 +1228,7 @@ pub struct ReportArgs {
     pub store: Vec<String>,
     #[command(flatten)]
     pub timeouts: StoreTimeouts,
-    /// The HTML file to write.
+    /// The HTML file to write (`-`: stdout).
     #[arg(short, long, default_value = "report.html")]
     pub output: PathBuf,
     /// Every eval whose name starts with PREFIX (the newest of each name),
@@ -1363,11 +1363,19 @@ pub fn report_command(args: ReportArgs) -> u8 {
         files.push((path, crate::eval::table::frontier_svg(&title, &rows)));
     }
     for (path, text) in files {
-        if let Err(e) = crate::file::write_atomic(path, text) {
-            eprintln!("error: cannot write {}: {e}", path.display());
-            return EXIT_INVALID;
+        // `-` is stdout; a reader that went away (`| head`) is no error.
+        if path.as_os_str() == "-" {
+            super::stdout(&text);
+            continue;
         }
-        eprintln!("wrote {}", path.display());
+        match crate::file::write_atomic(path, text) {
+            Ok(()) => eprintln!("wrote {}", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                return EXIT_INVALID;
+            }
+        }
     }
     EXIT_OK
 }

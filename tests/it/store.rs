@@ -1195,6 +1195,20 @@ fn report_without_an_eval_reports_the_newest() {
     );
     let html = std::fs::read_to_string(&out).unwrap();
     assert!(html.contains("newest"));
+    // `-o -` is stdout, the same page.
+    let o = redraft(&["report", "--store", store.to_str().unwrap(), "-o", "-"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), html);
+    // A reader that goes away (`| head -c 1`) is no error.
+    let mut child = bin()
+        .args(["report", "--store", store.to_str().unwrap(), "-o", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
 #[test]
