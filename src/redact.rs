@@ -6,14 +6,21 @@
 //! HTML report and error messages. Every one of those goes through [`text`]
 //! (or [`url`] for a lone URL) first.
 //!
-//! What counts as a secret: the password of a URL's userinfo, and the value
-//! of a query parameter whose name says it holds one (`password`, `key`,
-//! `token`, `secret`, `signature`, `auth`, `credential`, ... in any case).
-//! Both become `***`; the user name, host, path and other parameters stay,
-//! so a message still says where.
+//! What counts as a secret: the password of a URL's userinfo, the value of
+//! a query parameter whose name says it holds one (`password`, `key`,
+//! `token`, `secret`, `signature`, `auth`, `credential`, ... in any case),
+//! the credential after `Bearer`/`Basic`, and the value of a `name: value`
+//! or `"name": "value"` pair whose name is a credential's (`Authorization`,
+//! `api-key`, `x-api-key`, `token`, `password`, `secret`, `cookie`, or
+//! ending in `_api_key`, `_token`, `_secret`, `_password`): a workflow's
+//! `headers:` written with a literal key. All become `***`; the user name,
+//! host, path, other parameters and names stay, so a message still says
+//! where. A value that names an environment variable (`${VAR}`) is no
+//! secret and stays.
 //!
 //! **Invariant:** a leaf (imports nothing of redraft's); idempotent
-//! (`text(text(s)) == text(s)`); a string without `://` is returned as it is.
+//! (`text(text(s)) == text(s)`); a string with no `://`, no `:` and no `=`
+//! is returned as it is.
 
 use std::borrow::Cow;
 
@@ -33,8 +40,114 @@ const SECRET_PARAMS: &[&str] = &[
     "session",
 ];
 
-/// Every URL in `s` with its secrets masked.
+/// Every URL in `s` with its secrets masked, and every credential.
 pub fn text(s: &str) -> Cow<'_, str> {
+    match urls(s) {
+        Cow::Borrowed(_) => credentials(s),
+        Cow::Owned(o) => match credentials(&o) {
+            Cow::Borrowed(_) => Cow::Owned(o),
+            Cow::Owned(c) => Cow::Owned(c),
+        },
+    }
+}
+
+/// `Bearer`/`Basic` credentials and the values of credential-named pairs.
+fn credentials(s: &str) -> Cow<'_, str> {
+    use std::sync::LazyLock;
+    if !s.contains(':') && !s.contains('=') && !s.contains("earer ") && !s.contains("asic ") {
+        return Cow::Borrowed(s);
+    }
+    static SCHEME: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"(?i)\b(bearer|basic)\s+([A-Za-z0-9._~+/=-]{6,})").expect("valid")
+    });
+    static PAIR: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?P<name>["']?[A-Za-z][A-Za-z0-9_-]*["']?)(?P<sep>[ \t]*[:=][ \t]*)(?:"(?P<dq>[^"\n]*)"|'(?P<sq>[^'\n]*)'|(?P<bare>[^\s"',}\]#{\[&;][^\s,}\]#&;]*))"#,
+        )
+        .expect("valid")
+    });
+    let after_scheme = SCHEME.replace_all(s, |c: &regex::Captures| {
+        // A credential has a digit, a symbol or mixed case; a word after
+        // "Basic" in prose ("Basic arithmetic") has none.
+        let v = &c[2];
+        let tail = v.get(1..).unwrap_or("");
+        let credential = v.chars().any(|ch| !ch.is_ascii_alphabetic())
+            || (tail.chars().any(|ch| ch.is_ascii_uppercase())
+                && tail.chars().any(|ch| ch.is_ascii_lowercase()));
+        if v == MASK || !credential {
+            c[0].to_string()
+        } else {
+            format!("{} {MASK}", &c[1])
+        }
+    });
+    let masked = PAIR.replace_all(&after_scheme, |c: &regex::Captures| {
+        let name = c["name"].trim_matches(['"', '\'']);
+        let value = c
+            .name("dq")
+            .or_else(|| c.name("sq"))
+            .or_else(|| c.name("bare"))
+            .map_or("", |m| m.as_str());
+        let value = value.trim_end();
+        if !is_credential_name(name) {
+            // What it took in may hold a pair of its own (`task=x key=y`).
+            let head = c["name"].len() + c["sep"].len();
+            return format!("{}{}", &c[0][..head], credentials(&c[0][head..]));
+        }
+        // `Authorization: Bearer ***`: the scheme is no secret, and what
+        // follows it was masked above.
+        let scheme = ["bearer", "basic", "token", "digest"]
+            .iter()
+            .any(|w| value.eq_ignore_ascii_case(w));
+        if value.is_empty()
+            || scheme
+            || value.starts_with("${")
+            || value == MASK
+            || value.ends_with(&format!(" {MASK}"))
+        {
+            return c[0].to_string();
+        }
+        let quote = if c.name("dq").is_some() {
+            "\""
+        } else if c.name("sq").is_some() {
+            "'"
+        } else {
+            ""
+        };
+        format!("{}{}{quote}{MASK}{quote}", &c["name"], &c["sep"])
+    });
+    match (&after_scheme, masked) {
+        (Cow::Borrowed(_), Cow::Borrowed(_)) => Cow::Borrowed(s),
+        (_, m) => Cow::Owned(m.into_owned()),
+    }
+}
+
+/// Whether a header, setting or field of this name holds a credential.
+fn is_credential_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase().replace('-', "_");
+    matches!(
+        n.as_str(),
+        "authorization"
+            | "proxy_authorization"
+            | "cookie"
+            | "set_cookie"
+            | "api_key"
+            | "apikey"
+            | "x_api_key"
+            | "token"
+            | "access_token"
+            | "auth_token"
+            | "secret"
+            | "client_secret"
+            | "password"
+            | "passwd"
+            | "private_key"
+    ) || ["_api_key", "_apikey", "_token", "_secret", "_password"]
+        .iter()
+        .any(|suffix| n.ends_with(suffix))
+}
+
+/// Every URL in `s` with its secrets masked.
+fn urls(s: &str) -> Cow<'_, str> {
     if !s.contains("://") {
         return Cow::Borrowed(s);
     }
@@ -163,6 +276,47 @@ mod tests {
             assert_eq!(text(given), want, "{given}");
             assert_eq!(text(want), want, "idempotent: {want}");
         }
+    }
+
+    #[test]
+    fn credentials_in_headers_settings_and_flags_are_masked() {
+        let cases = [
+            (
+                r#"headers: { Authorization: "Bearer sk-abc123def", x-api-key: "k-secret-xyz" }"#,
+                r#"headers: { Authorization: "Bearer ***", x-api-key: "***" }"#,
+            ),
+            (
+                "    headers:\n      api-key: 0123456789abcdef\n      X-Trace: on\n",
+                "    headers:\n      api-key: ***\n      X-Trace: on\n",
+            ),
+            (
+                r#"{"Authorization":"Basic dXNlcjpwYXNz","model":"m"}"#,
+                r#"{"Authorization":"Basic ***","model":"m"}"#,
+            ),
+            (
+                "--input task=hello password=hunter2 --input tau=0",
+                "--input task=hello password=*** --input tau=0",
+            ),
+            (
+                "OPENAI_API_KEY=sk-live-1 redraft run",
+                "OPENAI_API_KEY=*** redraft run",
+            ),
+            // Not credentials: token counts, a variable's name, prose.
+            (
+                "max_tokens: 320, prompt_tokens: 12",
+                "max_tokens: 320, prompt_tokens: 12",
+            ),
+            (
+                r#"headers: { Authorization: "${AZURE_AUTH}" }"#,
+                r#"headers: { Authorization: "${AZURE_AUTH}" }"#,
+            ),
+            ("Basic arithmetic: 2 + 2", "Basic arithmetic: 2 + 2"),
+        ];
+        for (given, want) in cases {
+            assert_eq!(text(given), want, "{given}");
+            assert_eq!(text(want), want, "idempotent: {want}");
+        }
+        assert!(matches!(text("no pairs here"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -530,3 +530,57 @@ pub fn open(
         )),
     }
 }
+
+/// A header value with each `${NAME}` replaced by that environment
+/// variable, so a workflow names where a credential is and never holds it;
+/// `Err(NAME)` for one that is unset or empty.
+pub(crate) fn from_environment(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find("${") {
+        let Some(end) = rest[at + 2..].find('}') else {
+            break;
+        };
+        let name = &rest[at + 2..at + 2 + end];
+        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        out.push_str(&rest[..at]);
+        if valid {
+            match std::env::var(name) {
+                Ok(v) if !v.is_empty() => out.push_str(&v),
+                _ => return Err(name.to_string()),
+            }
+        } else {
+            out.push_str(&rest[at..at + 3 + end]);
+        }
+        rest = &rest[at + 3 + end..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod environment_tests {
+    use super::from_environment;
+
+    #[test]
+    fn variables_in_a_value_are_read_from_the_environment() {
+        let home = std::env::var("HOME").expect("HOME is set");
+        assert_eq!(
+            from_environment("Bearer ${HOME}").unwrap(),
+            format!("Bearer {home}")
+        );
+        assert_eq!(
+            from_environment("${HOME}/${HOME}").unwrap(),
+            format!("{home}/{home}")
+        );
+        assert_eq!(
+            from_environment("Bearer ${REDRAFT_SURELY_UNSET_VAR_71}"),
+            Err("REDRAFT_SURELY_UNSET_VAR_71".into())
+        );
+        // Not a variable's name, or not closed: kept as written.
+        assert_eq!(from_environment("a ${1x} b").unwrap(), "a ${1x} b");
+        assert_eq!(from_environment("plain ${open").unwrap(), "plain ${open");
+        assert_eq!(from_environment("no vars").unwrap(), "no vars");
+    }
+}

@@ -40,7 +40,8 @@ pub struct OpenAiSettings {
     pub base_urls: Vec<String>,
     /// Environment variable holding the API key (default `OPENAI_API_KEY`).
     pub api_key_env: Option<String>,
-    /// Extra HTTP headers on every request.
+    /// Extra HTTP headers on every request; `${NAME}` in a value is the
+    /// environment variable NAME (keep credentials out of the workflow).
     pub headers: BTreeMap<String, String>,
     /// Most requests in flight per endpoint (default 64).
     pub concurrency_per_endpoint: Option<usize>,
@@ -260,8 +261,13 @@ impl OpenAiModel {
             for (k, v) in &s.headers {
                 let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
                     .map_err(|e| config_err(format!("header {k}: {e}")))?;
+                let value = super::from_environment(v).map_err(|var| {
+                    config_err(format!(
+                        "header `{k}` names the environment variable {var}, which is not set"
+                    ))
+                })?;
                 config = config
-                    .with_header(name, v.as_str())
+                    .with_header(name, value.as_str())
                     .map_err(|e| config_err(format!("header {k}: {e}")))?;
             }
             // `build` with our client: `with_config` would make a client of

@@ -726,7 +726,8 @@ fn failure(e: &BridgeError, interrupted: bool) -> u8 {
             EXIT_INVALID
         }
         BridgeError::Invalid(_) | BridgeError::Io { .. } => EXIT_INVALID,
-        BridgeError::Eval(crate::eval::EvalError::Store(_)) | BridgeError::Store(_) => EXIT_BACKEND,
+        BridgeError::Eval(crate::eval::EvalError::Store(_) | crate::eval::EvalError::Model(_))
+        | BridgeError::Store(_) => EXIT_BACKEND,
         BridgeError::Eval(_) => EXIT_INVALID,
         BridgeError::Model { .. } | BridgeError::Unusable { .. } => EXIT_BACKEND,
     }

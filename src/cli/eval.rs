@@ -595,7 +595,7 @@ pub fn eval_command(args: EvalArgs) -> u8 {
                 None => code,
             }
         }
-        Err(e @ eval::EvalError::Store(_)) => {
+        Err(e @ (eval::EvalError::Store(_) | eval::EvalError::Model(_))) => {
             eprintln!("error: {e}");
             EXIT_BACKEND
         }

@@ -795,8 +795,12 @@ fn tool_request(
     for (k, v) in headers {
         let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
             .map_err(|e| format!("header {k:?}: {e}"))?;
+        // `${NAME}`: the environment variable, so the workflow holds no key.
+        let v = crate::backend::from_environment(v).map_err(|var| {
+            format!("header `{k}` names the environment variable {var}, which is not set")
+        })?;
         let value =
-            reqwest::header::HeaderValue::from_str(v).map_err(|e| format!("header {k:?}: {e}"))?;
+            reqwest::header::HeaderValue::from_str(&v).map_err(|e| format!("header {k:?}: {e}"))?;
         map.insert(name, value);
     }
     if let Some(b) = body {

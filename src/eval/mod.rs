@@ -64,6 +64,9 @@ pub enum EvalError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Invalid(String),
+    /// A model of the workflow could not be opened (exit 4, as for `run`).
+    #[error("{0}")]
+    Model(String),
 }
 
 /// What determines an eval's results; its hash is the eval's id.
@@ -660,6 +663,20 @@ pub async fn run(
             "shard {k}/{n} holds none of the {} selected items: nothing to measure (use fewer shards)",
             items.len()
         )));
+    }
+    // A model its spec or settings make unusable (a missing file, an
+    // unset variable a header names) would fail every unit the same way:
+    // said once, before anything is stored. Opened models are kept by the
+    // engine, so the first unit does not open them again.
+    match engine.open_models(&plan.workflow).await {
+        Err(e @ crate::engine::RunError::Model { .. }) => {
+            return Err(EvalError::Model(e.to_string()));
+        }
+        Err(
+            e @ (crate::engine::RunError::UnknownModel { .. }
+            | crate::engine::RunError::NoSpec { .. }),
+        ) => return Err(EvalError::Invalid(e.to_string())),
+        _ => {}
     }
     let (id, meta) = plan.id_and_meta();
     let record = EvalRecord {

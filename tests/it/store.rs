@@ -549,6 +549,121 @@ async fn no_endpoint_secret_reaches_any_output_log_or_record() {
     assert_hidden(key, &everything, "the outputs, log, report or store");
 }
 
+/// A workflow whose `headers:` hold a credential: written literally, it is
+/// masked wherever the workflow's source goes (the stored eval, the
+/// report, runs, --json, the log); written as `${VAR}`, the workflow holds
+/// no secret at all and the header carries the variable's value. An unset
+/// variable is an error that names it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_credential_in_a_workflows_headers_reaches_no_output_or_record() {
+    let server = crate::mock_openai::MockServer::start(vec![]).await;
+    let dir = temp_dir("header-secret");
+    let (literal, from_env) = ("lit-Key-8f0a2b", "env-Secret-11aa3c");
+    let source = std::fs::read_to_string(root().join("tests/fixtures/eval/arith.yaml"))
+        .unwrap()
+        .replace(
+            "spec: scripted:arith.replies.yaml",
+            &format!(
+                "spec: \"openai:m@{}\"\n    settings: {{ headers: {{ Authorization: \"Bearer ${{REDRAFT_TEST_AUTH}}\", x-api-key: \"{literal}\" }} }}",
+                server.url
+            ),
+        );
+    assert!(source.contains(literal), "the fixture's model line changed");
+    let wf = dir.join("headers.yaml");
+    std::fs::write(&wf, source).unwrap();
+    let store = dir.join("r.db");
+    let (report, log) = (dir.join("report.html"), dir.join("run.jsonl"));
+    let (wf_s, store_s) = (wf.display().to_string(), store.display().to_string());
+    let (report_s, log_s) = (report.display().to_string(), log.display().to_string());
+    let outputs = tokio::task::spawn_blocking(move || {
+        let with_env = |args: &[&str]| {
+            bin()
+                .args(args)
+                .env("REDRAFT_TEST_AUTH", from_env)
+                .output()
+                .unwrap()
+        };
+        let eval = with_env(&[
+            "eval",
+            &wf_s,
+            "--data",
+            ARITH,
+            "--map",
+            "task=question",
+            "--answer",
+            "answer",
+            "--store",
+            &store_s,
+            "--json",
+            "--cache",
+            "off",
+        ]);
+        assert_eq!(eval.status.code(), Some(0), "{}", text(&eval));
+        let runs = with_env(&["runs", "--store", &store_s, "--json"]);
+        let rep = with_env(&["report", "--store", &store_s, "-o", &report_s]);
+        let run = with_env(&[
+            "run",
+            &wf_s,
+            "--input",
+            "task=What is 2+2?",
+            "--json",
+            "--log",
+            &log_s,
+        ]);
+        let unset = redraft(&["run", &wf_s, "--input", "task=What is 2+2?"]);
+        assert_eq!(unset.status.code(), Some(4), "{}", text(&unset));
+        assert!(
+            stderr(&unset).contains(
+                "header `Authorization` names the environment variable REDRAFT_TEST_AUTH, which is not set"
+            ),
+            "{}",
+            text(&unset)
+        );
+        // An eval says so once, before anything is stored (it failed every
+        // unit alike, each stored as failed).
+        let empty = format!("{store_s}.unset.db");
+        let unset_eval = redraft(&[
+            "eval", &wf_s, "--data", ARITH, "--map", "task=question", "--answer", "answer",
+            "--store", &empty,
+        ]);
+        assert_eq!(unset_eval.status.code(), Some(4), "{}", text(&unset_eval));
+        assert!(stderr(&unset_eval).contains("REDRAFT_TEST_AUTH, which is not set"));
+        let listed = redraft(&["runs", "--store", &empty, "--json"]);
+        assert_eq!(json(&listed), serde_json::json!([]), "{}", text(&listed));
+        [eval, runs, rep, run, unset, unset_eval]
+    })
+    .await
+    .unwrap();
+    // The header carried the variable's value.
+    let seen = server.seen();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter()
+            .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {from_env}"))),
+        "{:?}",
+        seen.iter().map(|r| &r.authorization).collect::<Vec<_>>()
+    );
+    let mut everything = String::new();
+    for o in &outputs {
+        everything.push_str(&text(o));
+    }
+    everything.push_str(&std::fs::read_to_string(&report).unwrap());
+    everything.push_str(&std::fs::read_to_string(&log).unwrap());
+    let stored = sqlite_dump(&store);
+    assert!(stored.contains("x-api-key"), "the stored source says where");
+    everything.push_str(&stored);
+    assert_hidden(
+        literal,
+        &everything,
+        "an output, report, log or stored record",
+    );
+    assert_hidden(
+        from_env,
+        &everything,
+        "an output, report, log or stored record",
+    );
+}
+
 /// Runs every command against a PostgreSQL store given by `url`, with
 /// `env` set, and returns all they printed and wrote.
 fn pg_commands(url: &str, env: &[(&str, &str)], dir: &Path, data: &str) -> String {
