@@ -53,7 +53,8 @@ reason="Let's think step by step. Put your final answer at the end with 'The ans
 code="Complete the Python function. Reply with the whole function in one Python code block."
 
 # DATA/METHOD | workflow (under workflows/, or a path) | model role | eval arguments
-# (words split on spaces, except one trailing --input NAME=VALUE, whose value runs to the end)
+# (words split on spaces, except the trailing --input NAME=VALUE flags: each
+# value runs to the next " --input " or the end, so it may hold spaces)
 cells() {
   cat <<CELLS
 humaneval/single-shot|single-shot-code|coder|--data humaneval
@@ -68,6 +69,8 @@ gsm8k/vote-4|vote|solver|--data gsm8k
 gsm8k/weighted-vote-4|revise|solver|--data gsm8k --input tau=0
 gsm8k/revise|revise|solver|--data gsm8k --input tau=0.5
 gsm8k/revise-reexamine|revise|solver|--data gsm8k --input reexamine=true
+gsm8k/revise-tau0.96|revise|solver|--data gsm8k --input tau=0.96
+gsm8k/revise-tau0.96-reexamine|revise|solver|--data gsm8k --input tau=0.96 --input reexamine=true
 CELLS
 }
 
@@ -79,6 +82,9 @@ mkdir -p runs/measure
 sed -e 's/^    n: 4$/    n: 8/' -e 's#^prompt_dir: \.\./prompts/codechain#prompt_dir: ../../prompts/codechain#' \
   -e 's/^    max_tokens: 768$/    max_tokens: 768\n    settings: { context_size: 8192 }/' \
   workflows/codechain.yaml > runs/measure/codechain-n8.yaml
+
+# ReVISE at tau = 0.96: the judge's median confidence on the sampled chains
+# of gsm8k/weighted-vote-4, so about half are refined (at 0.5 none was).
 
 # Guarded with a calibrated judge: Platt scaling of the judge's p(Yes),
 # fitted by --calibrate on half of the finished guarded eval's items (no
@@ -111,9 +117,17 @@ print("%-40s acc %s first %s NFR %s PFR %s tokens/item %.0f wall s/item p50 %.1f
 while IFS='|' read -r name workflow role args; do
   [[ $name =~ ${CELLS:-.} ]] || continue
   [ "${STREAM:-all}" = all ] || [ "${name%%/*}" = "$STREAM" ] || continue
-  # The arguments are space-separated words, except an --input's value, which runs to the end.
+  # The arguments are space-separated words, except each --input's value,
+  # which runs to the next " --input " or the end.
   read -r -a words <<< "${args%%--input*}"
-  if [[ $args == *--input* ]]; then words+=(--input "${args#*--input }"); fi
+  rest=${args#"${args%%--input *}"}
+  while [[ $rest == --input\ * ]]; do
+    rest=${rest#--input }
+    value=${rest%% --input *}
+    words+=(--input "$value")
+    rest=${rest#"$value"}
+    rest=${rest# }
+  done
   echo "== $name ($workflow, $model)" >&2
   # A cell with its own --limit (CodeChain) keeps it; LIMIT applies to the rest.
   if [[ " ${words[*]} " == *" --limit "* ]]; then cell_limit=(); else cell_limit=("${limit[@]}"); fi

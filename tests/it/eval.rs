@@ -1324,16 +1324,16 @@ fn every_measurement_cell_feeds_its_workflow() {
                 continue;
             }
         }
-        // Words split on spaces, except one trailing --input whose value
-        // runs to the end (as measure.sh reads them).
-        let (words, input) = match args.split_once("--input ") {
-            Some((w, i)) => (w, Some(i)),
-            None => (args.as_str(), None),
+        // Words split on spaces, except the trailing --input flags, each
+        // value running to the next " --input " (as measure.sh reads them).
+        let (words, inputs) = match args.split_once("--input ") {
+            Some((w, rest)) => (w, rest.split(" --input ").collect::<Vec<_>>()),
+            None => (args.as_str(), Vec::new()),
         };
         let wf = format!("workflows/{workflow}.yaml");
         let mut argv: Vec<&str> = vec!["eval", &wf];
         argv.extend(words.split_whitespace());
-        if let Some(i) = input {
+        for i in inputs {
             argv.extend(["--input", i]);
         }
         argv.retain(|a| !a.starts_with("${"));
