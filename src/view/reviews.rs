@@ -292,6 +292,18 @@ mod tests {
         }
     }
 
+    /// A review of `edits` turning `before` into `after`, at depth 1.
+    fn request<'a>(before: &'a str, after: &'a str, edits: &'a [Edit]) -> ReviewRequest<'a> {
+        ReviewRequest {
+            node: "review",
+            round: 1,
+            depth: 1,
+            before,
+            after,
+            edits,
+        }
+    }
+
     #[tokio::test]
     async fn one_reviewer_holds_a_review_and_its_decisions_reach_the_workflow() {
         let reviews = Arc::new(Reviews::default());
@@ -300,15 +312,7 @@ mod tests {
             let reviewer = reviewer.clone();
             async move {
                 let edits = [edit("a", "b"), edit("c", "d")];
-                let req = ReviewRequest {
-                    node: "review",
-                    round: 1,
-                    depth: 1,
-                    before: "a c",
-                    after: "b d",
-                    edits: &edits,
-                };
-                reviewer.review(req).await
+                reviewer.review(request("a c", "b d", &edits)).await
             }
         });
         let mut version = reviews.subscribe();
@@ -353,14 +357,7 @@ mod tests {
     fn a_decision_the_workflow_no_longer_waits_for_is_not_counted() {
         let reviews = Reviews::default();
         let edits = [edit("a", "b")];
-        let req = ReviewRequest {
-            node: "review",
-            round: 1,
-            depth: 1,
-            before: "a",
-            after: "b",
-            edits: &edits,
-        };
+        let req = request("a", "b", &edits);
         let (tx, rx) = oneshot::channel();
         let id = reviews.add(Some("item-1"), &req, tx);
         drop(rx);
@@ -380,14 +377,7 @@ mod tests {
         let reviews = Arc::new(Reviews::default());
         let reviewer = WebReviewer::new(reviews.clone());
         let edits = [edit("a", "b")];
-        let req = ReviewRequest {
-            node: "review",
-            round: 1,
-            depth: 1,
-            before: "a",
-            after: "b",
-            edits: &edits,
-        };
+        let req = request("a", "b", &edits);
         let cut =
             tokio::time::timeout(std::time::Duration::from_millis(20), reviewer.review(req)).await;
         assert!(cut.is_err(), "timed out");
