@@ -664,20 +664,6 @@ pub async fn run(
             items.len()
         )));
     }
-    // A model its spec or settings make unusable (a missing file, an
-    // unset variable a header names) would fail every unit the same way:
-    // said once, before anything is stored. Opened models are kept by the
-    // engine, so the first unit does not open them again.
-    match engine.open_models(&plan.workflow).await {
-        Err(e @ crate::engine::RunError::Model { .. }) => {
-            return Err(EvalError::Model(e.to_string()));
-        }
-        Err(
-            e @ (crate::engine::RunError::UnknownModel { .. }
-            | crate::engine::RunError::NoSpec { .. }),
-        ) => return Err(EvalError::Invalid(e.to_string())),
-        _ => {}
-    }
     let (id, meta) = plan.id_and_meta();
     let record = EvalRecord {
         id,
@@ -718,6 +704,23 @@ pub async fn run(
         let id = id.clone();
         actor.call(move |s| s.counts(&id)).await??
     };
+    // A model its spec or settings make unusable (a missing file, an
+    // unset variable a header names) would fail every unit the same way:
+    // said once, before any unit runs, and only when one is left to run
+    // (a finished eval loads no weights). Opened models are kept by the
+    // engine, so the first unit does not open them again.
+    if counts.pending > 0 {
+        match engine.open_models(&plan.workflow).await {
+            Err(e @ crate::engine::RunError::Model { .. }) => {
+                return Err(EvalError::Model(e.to_string()));
+            }
+            Err(
+                e @ (crate::engine::RunError::UnknownModel { .. }
+                | crate::engine::RunError::NoSpec { .. }),
+            ) => return Err(EvalError::Invalid(e.to_string())),
+            _ => {}
+        }
+    }
     progress.started(counts.total() as u64, (counts.done + counts.failed) as u64);
 
     let mut totals = Totals::default();

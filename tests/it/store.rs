@@ -619,8 +619,9 @@ async fn a_credential_in_a_workflows_headers_reaches_no_output_or_record() {
             "{}",
             text(&unset)
         );
-        // An eval says so once, before anything is stored (it failed every
-        // unit alike, each stored as failed).
+        // An eval says so once, before any unit runs (it failed every unit
+        // alike, each stored as failed); the same command with the variable
+        // set then runs them all.
         let empty = format!("{store_s}.unset.db");
         let unset_eval = redraft(&[
             "eval", &wf_s, "--data", ARITH, "--map", "task=question", "--answer", "answer",
@@ -628,9 +629,19 @@ async fn a_credential_in_a_workflows_headers_reaches_no_output_or_record() {
         ]);
         assert_eq!(unset_eval.status.code(), Some(4), "{}", text(&unset_eval));
         assert!(stderr(&unset_eval).contains("REDRAFT_TEST_AUTH, which is not set"));
-        let listed = redraft(&["runs", "--store", &empty, "--json"]);
-        assert_eq!(json(&listed), serde_json::json!([]), "{}", text(&listed));
-        [eval, runs, rep, run, unset, unset_eval]
+        let listed = json(&redraft(&["runs", "--store", &empty, "--json"]));
+        assert_eq!(
+            (&listed[0]["done"], &listed[0]["failed"]),
+            (&serde_json::json!(0), &serde_json::json!(0)),
+            "{listed}"
+        );
+        let set_eval = with_env(&[
+            "eval", &wf_s, "--data", ARITH, "--map", "task=question", "--answer", "answer",
+            "--store", &empty, "--json", "--cache", "off",
+        ]);
+        assert_eq!(set_eval.status.code(), Some(0), "{}", text(&set_eval));
+        assert_eq!(json(&set_eval)["metrics"]["failed"], 0, "{}", text(&set_eval));
+        [eval, runs, rep, run, unset, unset_eval, set_eval]
     })
     .await
     .unwrap();
