@@ -531,10 +531,18 @@ pub fn open(
     }
 }
 
+/// An HTTP header's value as sent (models' `headers:`, HTTP tools'):
+/// [`from_environment`], or an error naming the header and the variable.
+pub(crate) fn header_value(header: &str, value: &str) -> Result<String, String> {
+    from_environment(value).map_err(|var| {
+        format!("header `{header}` names the environment variable {var}, which is not set")
+    })
+}
+
 /// A header value with each `${NAME}` replaced by that environment
 /// variable, so a workflow names where a credential is and never holds it;
 /// `Err(NAME)` for one that is unset or empty.
-pub(crate) fn from_environment(value: &str) -> Result<String, String> {
+fn from_environment(value: &str) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(at) = rest.find("${") {

@@ -261,11 +261,7 @@ impl OpenAiModel {
             for (k, v) in &s.headers {
                 let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
                     .map_err(|e| config_err(format!("header {k}: {e}")))?;
-                let value = super::from_environment(v).map_err(|var| {
-                    config_err(format!(
-                        "header `{k}` names the environment variable {var}, which is not set"
-                    ))
-                })?;
+                let value = super::header_value(k, v).map_err(config_err)?;
                 config = config
                     .with_header(name, value.as_str())
                     .map_err(|e| config_err(format!("header {k}: {e}")))?;

@@ -796,9 +796,7 @@ fn tool_request(
         let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
             .map_err(|e| format!("header {k:?}: {e}"))?;
         // `${NAME}`: the environment variable, so the workflow holds no key.
-        let v = crate::backend::from_environment(v).map_err(|var| {
-            format!("header `{k}` names the environment variable {var}, which is not set")
-        })?;
+        let v = crate::backend::header_value(k, v)?;
         let value =
             reqwest::header::HeaderValue::from_str(&v).map_err(|e| format!("header {k:?}: {e}"))?;
         map.insert(name, value);
@@ -870,6 +868,23 @@ fn decisions_from_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tools_header_reads_the_environment_it_names() {
+        let home = std::env::var("HOME").expect("HOME is set");
+        let headers = [("X-Key".to_string(), "k ${HOME}".to_string())];
+        let req = tool_request("POST", "http://127.0.0.1:9/api", None, &headers).unwrap();
+        assert_eq!(req.headers()["x-key"], format!("k {home}").as_str());
+        let unset = [(
+            "X-Key".to_string(),
+            "${REDRAFT_SURELY_UNSET_VAR_72}".to_string(),
+        )];
+        let e = tool_request("POST", "http://127.0.0.1:9/api", None, &unset).unwrap_err();
+        assert_eq!(
+            e,
+            "header `X-Key` names the environment variable REDRAFT_SURELY_UNSET_VAR_72, which is not set"
+        );
+    }
 
     #[test]
     fn output_comparison_ignores_trailing_space_only() {

@@ -1076,9 +1076,8 @@ impl Run {
     }
 }
 
-/// The final answer in `text` by `pattern` ([`crate::answer::extract`]:
-/// its last match), empty without one; the whole trimmed text without a
-/// pattern.
+/// The final answer in `text` by `rule` ([`crate::answer::Rule`]), empty
+/// without one; the whole trimmed text without a rule.
 fn answer_of(rule: Option<&crate::answer::Rule>, text: &str) -> String {
     match rule {
         Some(rule) => rule.read(text).unwrap_or_default(),
