@@ -471,19 +471,19 @@ pub fn read_rows(path: &Path) -> Result<Vec<(usize, Value)>, DataError> {
             path,
             line,
             message: format!(
-                "{message} (read as JSON lines: data files are .jsonl, .json, .csv or .tsv, optionally .gz)"
+                "{message} (read as JSON lines: data files are {FORMATS}, optionally .gz)"
             ),
         },
         e => e,
     })?;
     if rows.is_empty() && !name.ends_with(".jsonl") {
-        return Err(at(
-            1,
-            "no rows (expected a .jsonl, .json, .csv or .tsv file)".into(),
-        ));
+        return Err(at(1, format!("no rows (expected a {FORMATS} file)")));
     }
     Ok(rows)
 }
+
+/// The file formats a data set may have (each optionally `.gz`).
+const FORMATS: &str = ".jsonl, .json, .csv or .tsv";
 
 fn first_line_is_a_value(text: &str) -> bool {
     text.lines()
