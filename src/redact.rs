@@ -19,8 +19,8 @@
 //! secret and stays.
 //!
 //! **Invariant:** a leaf (imports nothing of redraft's); idempotent
-//! (`text(text(s)) == text(s)`); a string with no `://`, no `:` and no `=`
-//! is returned as it is.
+//! (`text(text(s)) == text(s)`); a string with nothing to mask is returned
+//! as it is (borrowed).
 
 use std::borrow::Cow;
 
@@ -115,9 +115,12 @@ fn credentials(s: &str) -> Cow<'_, str> {
         };
         format!("{}{}{quote}{MASK}{quote}", &c["name"], &c["sep"])
     });
-    match (&after_scheme, masked) {
-        (Cow::Borrowed(_), Cow::Borrowed(_)) => Cow::Borrowed(s),
-        (_, m) => Cow::Owned(m.into_owned()),
+    // A pair whose name is no credential is written back as it was: only a
+    // text that changed is a new one.
+    if masked == s {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(masked.into_owned())
     }
 }
 
@@ -317,6 +320,7 @@ mod tests {
             assert_eq!(text(want), want, "idempotent: {want}");
         }
         assert!(matches!(text("no pairs here"), Cow::Borrowed(_)));
+        assert!(matches!(text("max_tokens: 320"), Cow::Borrowed(_)));
     }
 
     #[test]
