@@ -35,29 +35,22 @@ fn shrunk(method: &str) -> Arc<redraft::workflow::Workflow> {
         })
         .into_owned()
     };
-    let cap_unless_structured = |node: &str| -> String {
-        if node.contains("\n    schema:") {
-            node.to_string()
-        } else {
-            cap(r"(max_tokens: )(\d+)", 256, node)
-        }
-    };
     // A structured reply keeps the room its schema's bounds need (the
     // workflows size it so): cut short, the JSON is never complete, and
     // whether a 135M model's reply fits a smaller cap depends on the CPU
-    // the floats were summed on. Free text is capped.
-    let source = source.split_inclusive('\n').fold(
-        (String::new(), String::new()),
-        |(mut done, mut node), line| {
-            if line.starts_with("  - id: ") {
-                done.push_str(&cap_unless_structured(&node));
-                node.clear();
+    // the floats were summed on. Free text is capped. Each node's block
+    // starts at `  - id: `.
+    let source = source
+        .split("\n  - id: ")
+        .map(|block| {
+            if block.contains("\n    schema:") {
+                block.to_string()
+            } else {
+                cap(r"(max_tokens: )(\d+)", 256, block)
             }
-            node.push_str(line);
-            (done, node)
-        },
-    );
-    let source = source.0 + &cap_unless_structured(&source.1);
+        })
+        .collect::<Vec<_>>()
+        .join("\n  - id: ");
     let source = cap(r"(\bn: )(\d+)", 2, &source);
     let source = cap(r"(max_rounds: )(\d+)", 2, &source);
     let wf = redraft::workflow::load_str(&source, &format!("{method}.yaml"), &dir)
